@@ -1,0 +1,303 @@
+"""The task state machine: one transition table, one pure ``apply``.
+
+``apply(record, event, now)`` returns the next record or raises a
+:class:`~protocol.errors.TransitionError` naming state, event and actor. The runtime
+writes the returned record with a compare-and-set on the revision it read, so two
+actors racing on the same record serialize: one wins, the other re-reads.
+
+The docs' state diagram is generated from :data:`TRANSITIONS`; nothing else lists
+which state an event may lead to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from .errors import Fenced, TransitionError
+from .events import (
+    AddChild,
+    Approve,
+    Cancel,
+    Charge,
+    Claim,
+    Event,
+    Expire,
+    Fail,
+    Finish,
+    Release,
+    Renew,
+    Reopen,
+    Veto,
+)
+from .types import TERMINAL_STATES, TaskRecord, Usage, Vote
+
+__all__ = ["TRANSITIONS", "apply", "is_terminal", "approvals", "event_kind"]
+
+#: (state, event kind) -> the states the event may lead to. A pair not listed is an
+#: illegal transition. Terminal states have no outgoing transitions.
+TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("open", "claim"): ("working",),
+    ("open", "cancel"): ("cancelled",),
+    ("open", "expire"): ("failed",),
+    ("working", "renew"): ("working",),
+    ("working", "add_child"): ("working",),
+    ("working", "charge"): ("working", "failed"),
+    ("working", "finish"): ("done", "review"),
+    ("working", "fail"): ("failed",),
+    ("working", "release"): ("open",),
+    ("working", "reopen"): ("open", "failed"),
+    ("working", "cancel"): ("cancelled",),
+    ("working", "expire"): ("failed",),
+    ("review", "approve"): ("review", "done"),
+    ("review", "veto"): ("open", "failed"),
+    ("review", "cancel"): ("cancelled",),
+    ("review", "expire"): ("failed",),
+}
+
+
+def is_terminal(record: TaskRecord) -> bool:
+    return record.state in TERMINAL_STATES
+
+
+def event_kind(event: Event) -> str:
+    kind = type(event).__struct_config__.tag
+    assert isinstance(kind, str)
+    return kind
+
+
+def approvals(record: TaskRecord) -> frozenset[str]:
+    """Distinct non-author reviewers approving the current round."""
+    return frozenset(
+        v.reviewer
+        for v in record.votes
+        if v.verdict == "approve" and v.round == record.reworks and v.reviewer != record.author
+    )
+
+
+def apply(record: TaskRecord, event: Event, now: float) -> TaskRecord:
+    """Apply one event at wall-clock time ``now``; return the new record."""
+    kind = event_kind(event)
+    if (record.state, kind) not in TRANSITIONS:
+        why = "the task is terminal" if is_terminal(record) else "not a legal transition"
+        raise TransitionError(state=record.state, event=kind, actor=event.actor, why=why)
+    if (
+        record.deadline is not None
+        and now >= record.deadline
+        and not isinstance(event, Cancel)
+    ):
+        # Enforced on every transition: whatever was asked, a late task ends here.
+        return _end(record, now, "failed", reason="deadline", error="deadline passed")
+    new = _HANDLERS[type(event)](record, event, now)
+    assert new.state in TRANSITIONS[(record.state, kind)], (record.state, kind, new.state)
+    return new
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+def _refuse(record: TaskRecord, event: Event, why: str) -> TransitionError:
+    return TransitionError(state=record.state, event=event_kind(event), actor=event.actor, why=why)
+
+
+def _check_owner(record: TaskRecord, event: Renew | AddChild | Charge | Finish | Fail | Release) -> None:
+    if event.actor != record.owner:
+        raise Fenced(
+            state=record.state,
+            event=event_kind(event),
+            actor=event.actor,
+            why=f"not the owner (owner is {record.owner!r})",
+        )
+    if event.epoch != record.epoch:
+        raise Fenced(
+            state=record.state,
+            event=event_kind(event),
+            actor=event.actor,
+            why=f"stale epoch {event.epoch} (current epoch is {record.epoch})",
+        )
+
+
+def _end(record: TaskRecord, now: float, state: str, *, reason: str | None, error: str = "") -> TaskRecord:
+    return msgspec.structs.replace(
+        record, state=state, reason=reason, error=error, updated=now
+    )
+
+
+def _claim(record: TaskRecord, event: Claim, now: float) -> TaskRecord:
+    return msgspec.structs.replace(
+        record,
+        state="working",
+        owner=event.actor,
+        epoch=record.epoch + 1,
+        attempts=record.attempts + 1,
+        progress="",
+        updated=now,
+    )
+
+
+def _renew(record: TaskRecord, event: Renew, now: float) -> TaskRecord:
+    _check_owner(record, event)
+    return msgspec.structs.replace(
+        record,
+        progress=record.progress if event.progress is None else event.progress,
+        checkpoint=record.checkpoint if event.checkpoint is None else event.checkpoint,
+        updated=now,
+    )
+
+
+def _add_child(record: TaskRecord, event: AddChild, now: float) -> TaskRecord:
+    _check_owner(record, event)
+    children = record.children if event.child in record.children else (*record.children, event.child)
+    return msgspec.structs.replace(record, children=children, updated=now)
+
+
+def _charge(record: TaskRecord, event: Charge, now: float) -> TaskRecord:
+    _check_owner(record, event)
+    spent = Usage(
+        tokens=record.spent.tokens + event.usage.tokens,
+        cost=record.spent.cost + event.usage.cost,
+    )
+    new = msgspec.structs.replace(record, spent=spent, updated=now)
+    budget = record.budget
+    if budget is not None and (
+        (budget.tokens is not None and spent.tokens > budget.tokens)
+        or (budget.cost is not None and spent.cost > budget.cost)
+    ):
+        return _end(new, now, "failed", reason="budget", error=f"budget exceeded: spent {spent.tokens} tokens, {spent.cost:.6f} cost")
+    return new
+
+
+def _finish(record: TaskRecord, event: Finish, now: float) -> TaskRecord:
+    _check_owner(record, event)
+    state = "done" if record.review is None else "review"
+    return msgspec.structs.replace(
+        record, state=state, result=event.result, author=event.actor, votes=(), updated=now
+    )
+
+
+def _fail(record: TaskRecord, event: Fail, now: float) -> TaskRecord:
+    _check_owner(record, event)
+    return _end(record, now, "failed", reason=event.reason, error=event.message)
+
+
+def _release(record: TaskRecord, event: Release, now: float) -> TaskRecord:
+    _check_owner(record, event)
+    return msgspec.structs.replace(record, state="open", owner=None, progress=event.note, updated=now)
+
+
+def _reopen(record: TaskRecord, event: Reopen, now: float) -> TaskRecord:
+    if event.epoch != record.epoch:
+        raise Fenced(
+            state=record.state,
+            event="reopen",
+            actor=event.actor,
+            why=f"observed epoch {event.epoch} is stale (current epoch is {record.epoch})",
+        )
+    lapses = record.lapses + 1
+    if lapses >= record.max_lapses:
+        return _end(
+            msgspec.structs.replace(record, lapses=lapses),
+            now,
+            "failed",
+            reason="error",
+            error=f"owner lost {lapses} times (last: {record.owner}); giving up",
+        )
+    return msgspec.structs.replace(
+        record, state="open", owner=None, lapses=lapses, progress=f"lease of {record.owner} expired", updated=now
+    )
+
+
+def _vote_guard(record: TaskRecord, event: Approve | Veto) -> None:
+    if event.epoch != record.epoch:
+        raise Fenced(
+            state=record.state,
+            event=event_kind(event),
+            actor=event.actor,
+            why=f"vote on epoch {event.epoch} but the result under review is epoch {record.epoch}",
+        )
+    if event.actor == record.author:
+        raise _refuse(record, event, "the author cannot review its own result")
+    if any(v.reviewer == event.actor and v.round == record.reworks for v in record.votes):
+        raise _refuse(record, event, "this reviewer already voted on this result")
+
+
+def _approve(record: TaskRecord, event: Approve, now: float) -> TaskRecord:
+    _vote_guard(record, event)
+    vote = Vote(reviewer=event.actor, verdict="approve", round=record.reworks, at=now)
+    new = msgspec.structs.replace(record, votes=(*record.votes, vote), updated=now)
+    assert record.review is not None
+    if len(approvals(new)) >= record.review.quorum:
+        return msgspec.structs.replace(new, state="done")
+    return new
+
+
+def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
+    _vote_guard(record, event)
+    if not event.reasons or not all(r.strip() for r in event.reasons):
+        raise _refuse(record, event, "a veto must give at least one non-empty reason")
+    policy = record.review
+    assert policy is not None
+    vote = Vote(reviewer=event.actor, verdict="veto", reasons=event.reasons, round=record.reworks, at=now)
+    feedback = (*record.feedback, vote)
+    if record.reworks >= policy.max_reworks:
+        if policy.escalate_to is not None:
+            # Past the bound a person (or another authority) decides; its answer is final.
+            return msgspec.structs.replace(
+                record,
+                state="open",
+                capability=policy.escalate_to,
+                review=None,
+                owner=None,
+                votes=(*record.votes, vote),
+                feedback=feedback,
+                progress=f"escalated to {policy.escalate_to} after {record.reworks} reworks",
+                updated=now,
+            )
+        return _end(
+            msgspec.structs.replace(record, votes=(*record.votes, vote), feedback=feedback),
+            now,
+            "failed",
+            reason="rejected",
+            error="; ".join(event.reasons),
+        )
+    return msgspec.structs.replace(
+        record,
+        state="open",
+        owner=None,
+        reworks=record.reworks + 1,
+        votes=(),
+        feedback=feedback,
+        progress="sent back for rework",
+        updated=now,
+    )
+
+
+def _cancel(record: TaskRecord, event: Cancel, now: float) -> TaskRecord:
+    return _end(record, now, "cancelled", reason="cancelled", error=event.note)
+
+
+def _expire(record: TaskRecord, event: Expire, now: float) -> TaskRecord:
+    if event.reason == "deadline":
+        # apply() already ended every task past its deadline; reaching here means
+        # the deadline has not passed.
+        raise _refuse(record, event, "the deadline has not passed")
+    if record.state == "working":
+        raise _refuse(record, event, "no_agent only ends a task nobody holds")
+    return _end(record, now, "failed", reason="no_agent", error=f"no agent took {record.capability!r}")
+
+
+_HANDLERS: dict[type, Callable[[TaskRecord, object, float], TaskRecord]] = {
+    Claim: _claim,  # type: ignore[dict-item]
+    Renew: _renew,  # type: ignore[dict-item]
+    AddChild: _add_child,  # type: ignore[dict-item]
+    Charge: _charge,  # type: ignore[dict-item]
+    Finish: _finish,  # type: ignore[dict-item]
+    Fail: _fail,  # type: ignore[dict-item]
+    Release: _release,  # type: ignore[dict-item]
+    Reopen: _reopen,  # type: ignore[dict-item]
+    Approve: _approve,  # type: ignore[dict-item]
+    Veto: _veto,  # type: ignore[dict-item]
+    Cancel: _cancel,  # type: ignore[dict-item]
+    Expire: _expire,  # type: ignore[dict-item]
+}
