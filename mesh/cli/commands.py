@@ -1,0 +1,338 @@
+"""The ``mesh`` commands. Errors a user can fix become :class:`UserError` with a
+message saying what was wrong and what to do."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from protocol import InvalidName, LocalProtocolError, Names, ReviewPolicy
+
+from ..briefs import BRIEF_TEMPLATE, BriefError, load_brief, load_org
+from ..broker import Broker, BrokerFailed, BrokerNotFound
+from ..bus import MeshError, NotFound, Unreachable
+from ..client import Mesh, default_server
+from ..kinds import KINDS, KindError
+from ..logs import configure_logging
+from . import render
+
+__all__ = ["UserError", "dispatch"]
+
+
+class UserError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (BriefError, KindError, BrokerNotFound, BrokerFailed, Unreachable, InvalidName) as exc:
+        raise UserError(str(exc)) from None
+    except NotFound as exc:
+        raise UserError(f"no such task: {exc} (ids are printed by `mesh submit`; see `mesh watch`)") from None
+    except LocalProtocolError as exc:
+        raise UserError(str(exc)) from None
+    except MeshError as exc:
+        raise UserError(str(exc)) from None
+
+
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    table: dict[str, Callable[[argparse.Namespace], int]] = {
+        "demo": cmd_demo,
+        "broker": cmd_broker,
+        "agent": cmd_agent,
+        "up": cmd_up,
+        "submit": cmd_submit,
+        "agents": cmd_agents,
+        "watch": cmd_watch,
+        "trace": cmd_trace,
+        "cancel": cmd_cancel,
+        "brief": cmd_brief,
+        "kinds": cmd_kinds,
+    }
+    if args.command == "agent" and args.agent_command is None:
+        parser.parse_args(["agent", "--help"])
+    if args.command == "brief" and args.brief_command is None:
+        parser.parse_args(["brief", "--help"])
+    with user_errors():
+        return table[args.command](args)
+
+
+def _run(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
+    return anyio.run(fn, *args)
+
+
+async def _mesh(args: argparse.Namespace) -> Mesh:
+    return await Mesh.connect(args.server or default_server(), names=Names(args.prefix))
+
+
+# --- demo, broker, agents as processes ------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(keep_logs=args.keep_logs)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    store = args.store or str(Path("mesh-data").absolute())
+    broker = Broker(host=args.host, port=args.port, http_port=args.http_port, store=store, config=args.config)
+    broker.start(log=None)
+    print(f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr)
+    print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}", file=sys.stderr)
+    try:
+        assert broker.process is not None
+        return broker.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    if args.agent_command == "run":
+        configure_logging()
+        from ..process import run_agent
+
+        brief = _brief_or_org_member(args.brief, args.agent)
+        server = args.server or default_server()
+        _run(lambda: run_agent(brief, server=server, agent_id=args.id, prefix=args.prefix))
+        return 0
+
+    async def control() -> int:
+        mesh = await _mesh(args)
+        try:
+            reply = await mesh.control(args.id, "drain" if args.agent_command == "drain" else "status")
+        finally:
+            await mesh.close()
+        print(json.dumps(msgspec.to_builtins(reply)))
+        return 0
+
+    return _run(control)
+
+
+def _brief_or_org_member(path: str, name: str | None) -> Any:
+    if name is None:
+        return load_brief(path)
+    _, briefs = load_org(path)
+    for brief, _ in briefs:
+        if brief.name == name:
+            return brief
+    raise UserError(f"{path}: no agent named {name!r}; agents are {', '.join(b.name for b, _ in briefs)}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ..process import spawn_agent
+
+    org, briefs = load_org(args.org)
+    broker = None
+    server = args.server
+    if server is None:
+        broker = Broker(port=4222 if _port_free(4222) else 0, http_port=8222 if _port_free(8222) else 0)
+        broker.start()
+        server = broker.url
+        print(f"broker: {server} (monitoring {broker.monitor_url})", file=sys.stderr)
+    procs = []
+    try:
+        for brief, replicas in briefs:
+            for i in range(replicas):
+                agent_id = brief.name if replicas == 1 else f"{brief.name}-{i + 1}"
+                procs.append(spawn_agent(args.org, server=server, agent_id=agent_id, agent_name=brief.name, log_path=None))
+        print(f"org {org.name!r}: {len(procs)} agent processes; Ctrl-C drains them all", file=sys.stderr)
+        print(f"submit work with: mesh submit CAPABILITY TEXT --wait --server {server}", file=sys.stderr)
+        # Restart nothing silently: a process that exits on its own is reported.
+        while True:
+            for p in procs:
+                code = p.process.poll()
+                if code is not None and not p.expected_exit:
+                    print(f"agent {p.agent_id} exited with code {code}; not restarting it", file=sys.stderr)
+                    p.expected_exit = True
+            if all(p.expected_exit for p in procs):
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("draining agents ...", file=sys.stderr)
+        return 0
+    finally:
+        with _ignore_sigint():
+            for p in procs:
+                p.drain()
+            for p in procs:
+                try:
+                    p.wait(60)
+                except Exception:
+                    p.kill()
+            if broker is not None:
+                broker.stop()
+
+
+@contextlib.contextmanager
+def _ignore_sigint() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# --- tasks ----------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    data = None
+    if args.data is not None:
+        raw = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--data is not valid JSON ({exc}); pass a JSON value or @file.json") from None
+    review = ReviewPolicy(quorum=args.review, capability=args.reviewer) if args.review else None
+
+    async def submit() -> int:
+        mesh = await _mesh(args)
+        try:
+            record = await mesh.submit(
+                args.capability, args.text, data=data, criteria=args.criteria, review=review,
+                deadline_s=args.deadline, hops=args.hops, claim_timeout_s=args.claim_timeout,
+            )
+            if not args.wait:
+                print(json.dumps({"id": record.id, "state": record.state}) if args.json else record.id)
+                return 0
+            if not args.json:
+                print(f"submitted {record.id}; waiting ...", file=sys.stderr)
+            final = await mesh.wait(record)
+        finally:
+            await mesh.close()
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(final)))
+        else:
+            print(render.outcome(final))
+        return 0 if final.state == "done" else 1
+
+    return _run(submit)
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    async def agents() -> int:
+        mesh = await _mesh(args)
+        try:
+            cards = await mesh.agents()
+        finally:
+            await mesh.close()
+        if args.json:
+            print(json.dumps([msgspec.to_builtins(c) for c in cards]))
+        else:
+            print(render.agents_table(cards, now=time.time()))
+        return 0
+
+    return _run(agents)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    async def watch() -> int:
+        mesh = await _mesh(args)
+        try:
+            print(f"watching {'task tree ' + args.root if args.root else 'all events'} (Ctrl-C to stop)", file=sys.stderr)
+            async for event in mesh.events(root=args.root, history=args.history):
+                print(render.event_line(event), flush=True)
+        finally:
+            await mesh.close()
+        return 0
+
+    return _run(watch)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    async def trace() -> int:
+        mesh = await _mesh(args)
+        try:
+            root = await mesh.get(args.id)
+            tree = await mesh.tree(args.id)
+            events = await mesh.history(root.root)
+        finally:
+            await mesh.close()
+        if args.json:
+            print(json.dumps({"tasks": [msgspec.to_builtins(r) for _, r in tree], "events": [msgspec.to_builtins(e) for e in events]}))
+        else:
+            print(render.trace(tree, [e for e in events if e.task in {r.id for _, r in tree}]))
+        return 0
+
+    return _run(trace)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def cancel() -> int:
+        mesh = await _mesh(args)
+        try:
+            record = await mesh.cancel(args.id)
+        finally:
+            await mesh.close()
+        print(render.outcome(record))
+        return 0
+
+    return _run(cancel)
+
+
+# --- briefs ---------------------------------------------------------------------------------
+
+
+def cmd_brief(args: argparse.Namespace) -> int:
+    if args.brief_command == "new":
+        if args.file == "-":
+            sys.stdout.write(BRIEF_TEMPLATE)
+        else:
+            path = Path(args.file)
+            if path.exists():
+                raise UserError(f"{path} exists; choose another name or remove it first")
+            path.write_text(BRIEF_TEMPLATE)
+            print(f"wrote {path}; edit it, then: mesh brief check {path}", file=sys.stderr)
+        return 0
+    text = Path(args.file).read_text() if Path(args.file).is_file() else ""
+    if "[[agents]]" in text or "agents =" in text:
+        org, briefs = load_org(args.file)
+        for brief, _ in briefs:
+            _check_kind(brief)
+        total = sum(n for _, n in briefs)
+        print(f"{args.file}: ok (org {org.name!r}: {len(briefs)} agents, {total} processes)")
+    else:
+        brief = load_brief(args.file)
+        _check_kind(brief)
+        print(f"{args.file}: ok (agent {brief.name!r} serves {', '.join(brief.serves)}; kind {brief.kind})")
+    return 0
+
+
+def _check_kind(brief: Any) -> None:
+    from ..kinds import make_worker
+
+    make_worker(brief)
+
+
+def cmd_kinds(args: argparse.Namespace) -> int:
+    for name, cls in sorted(KINDS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:8} {doc}")
+    print("package.module:Class   your own worker, constructed as Class(brief)")
+    return 0

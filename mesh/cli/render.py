@@ -1,0 +1,69 @@
+"""Plain-text rendering for the CLI: readable without colour or a wide terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from protocol import AgentCard, TaskEvent, TaskRecord
+
+__all__ = ["outcome", "agents_table", "event_line", "trace"]
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def outcome(record: TaskRecord) -> str:
+    if record.state == "done":
+        return str(record.result) if isinstance(record.result, str) else json.dumps(record.result, indent=2, default=str)
+    detail = f" ({record.reason}: {record.error})" if record.reason else ""
+    return f"task {record.id} {record.state}{detail}"
+
+
+def agents_table(cards: list[AgentCard], *, now: float) -> str:
+    if not cards:
+        return "no agents (start one with `mesh agent run BRIEF.toml`)"
+    rows = [("AGENT", "ROLE", "SERVES", "LOAD", "DONE", "FAILED", "STATE", "HOST", "UP")]
+    for c in cards:
+        rows.append(
+            (
+                c.id, c.role or c.kind, ",".join(c.serves), f"{c.load}/{c.capacity}", str(c.completed), str(c.failed),
+                "draining" if c.draining else "ready", f"{c.host}:{c.pid}", f"{int(now - c.started)}s",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def event_line(e: TaskEvent) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at * 1000) % 1000:03d}"
+    reason = f" ({e.reason})" if e.reason else ""
+    note = f"  {_short(e.note, 60)}" if e.note else ""
+    return f"{clock} {e.task} {e.kind:9} -> {e.state}{reason}  {e.capability} by {e.actor} epoch {e.epoch}{note}"
+
+
+def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
+    lines = []
+    for depth, r in tree:
+        took = f"{(r.updated - r.created) * 1000:.0f} ms"
+        reason = f" ({r.reason}: {_short(r.error, 50)})" if r.reason else ""
+        owner = f" owner {r.author or r.owner} epoch {r.epoch}" if (r.author or r.owner) else ""
+        review = f" review {len(r.votes)}/{r.review.quorum}" if r.review else ""
+        lines.append(f"{'  ' * depth}{r.id} [{r.capability}] {r.state}{reason}{owner} attempts {r.attempts}{review} {took}")
+        if r.state == "done" and r.result is not None:
+            lines.append(f"{'  ' * depth}  result: {_short(r.result, 100)}")
+        for v in r.feedback:
+            lines.append(f"{'  ' * depth}  veto by {v.reviewer}: {_short('; '.join(v.reasons), 90)}")
+    if events:
+        t0 = events[0].at
+        lines.append("")
+        lines.append("events:")
+        for e in events:
+            reason = f" ({e.reason})" if e.reason else ""
+            note = f"  {_short(e.note, 50)}" if e.note else ""
+            lines.append(f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}")
+    return "\n".join(lines)

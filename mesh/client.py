@@ -1,0 +1,241 @@
+"""The client API: what a program (or the CLI) uses to put work into the mesh.
+
+    async with await Mesh.connect("nats://127.0.0.1:4222") as mesh:
+        record = await mesh.run("summarize", "Summarize this.", data={"text": ...})
+
+A client is a party to the tasks it submits, never a coordinator: it creates the
+record and follows it; agents do the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+
+from protocol import (
+    AgentCard,
+    Budget,
+    Cancel,
+    ControlReply,
+    ControlRequest,
+    Names,
+    RemoteProtocolError,
+    ReviewPolicy,
+    TaskEvent,
+    TaskRecord,
+    TransitionError,
+    decode_card,
+    decode_control_reply,
+    decode_event,
+    encode,
+    is_terminal,
+    new_task,
+)
+
+from .bus import Bus, MeshError, NotFound, Settings, connect
+from .follow import wait_terminal
+from .work import new_id
+
+__all__ = ["DEFAULT_SERVER", "default_server", "Mesh"]
+
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+
+def default_server() -> str:
+    return os.environ.get("MESH_SERVER", DEFAULT_SERVER)
+
+
+class Mesh:
+    def __init__(self, nc: Client, bus: Bus, client_id: str) -> None:
+        self.nc = nc
+        self.bus = bus
+        self.id = client_id
+        self.names = bus.names
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        client_id: str | None = None,
+        names: Names | None = None,
+        settings: Settings | None = None,
+    ) -> Mesh:
+        client_id = client_id or f"client-{new_id()[:8]}"
+        nc = await connect(url or default_server(), name=client_id)
+        try:
+            bus = await Bus.open(nc, names or Names(), agent=client_id, settings=settings)
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(nc, bus, client_id)
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        capability: str,
+        instruction: str,
+        *,
+        data: Any = None,
+        criteria: str = "",
+        tags: tuple[str, ...] = (),
+        review: ReviewPolicy | int | None = None,
+        deadline_s: float | None = None,
+        hops: int = 8,
+        budget: Budget | None = None,
+        lease_s: float = 10.0,
+        claim_timeout_s: float = 10.0,
+        task_id: str | None = None,
+    ) -> TaskRecord:
+        """Create a task; returns the open record. ``review=2`` asks for a quorum of
+        two approvals from agents serving ``review`` (or pass a full policy)."""
+        if isinstance(review, int):
+            review = ReviewPolicy(quorum=review)
+        now = time.time()
+        record = new_task(
+            task_id=task_id or new_id(),
+            capability=capability,
+            instruction=instruction,
+            requester=self.id,
+            now=now,
+            data=data,
+            criteria=criteria,
+            tags=tags,
+            review=review,
+            hops=hops,
+            deadline=None if deadline_s is None else now + deadline_s,
+            budget=budget,
+            lease_s=lease_s,
+            claim_timeout_s=claim_timeout_s,
+        )
+        await self.bus.create(record)
+        return record
+
+    async def wait(self, task: TaskRecord | str) -> TaskRecord:
+        """Wait for the task to end; also judges no_agent, lease lapses and deadline."""
+        record = task if isinstance(task, TaskRecord) else (await self.get(task))
+        return await wait_terminal(self.bus, record, observer=self.id)
+
+    async def run(self, capability: str, instruction: str, **kwargs: Any) -> TaskRecord:
+        """Submit and wait: the final record."""
+        return await self.wait(await self.submit(capability, instruction, **kwargs))
+
+    async def get(self, task_id: str) -> TaskRecord:
+        record, _ = await self.bus.read(task_id)
+        return record
+
+    async def cancel(self, task_id: str, note: str = "") -> TaskRecord:
+        """Cancel a task and, depth first, every descendant still running."""
+        record = await self.get(task_id)
+        if not is_terminal(record):
+            with contextlib.suppress(TransitionError):
+                record, _ = await self.bus.transition(task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}"))
+        for child in record.children:
+            with contextlib.suppress(NotFound, RemoteProtocolError):
+                await self.cancel(child, note=f"parent {task_id} cancelled")
+        return await self.get(task_id)
+
+    async def tree(self, task_id: str) -> list[tuple[int, TaskRecord]]:
+        """The task and its descendants, depth first, with their depth."""
+        out: list[tuple[int, TaskRecord]] = []
+
+        async def walk(tid: str, depth: int) -> None:
+            try:
+                record = await self.get(tid)
+            except (NotFound, RemoteProtocolError):
+                return
+            out.append((depth, record))
+            for child in record.children:
+                await walk(child, depth + 1)
+
+        await walk(task_id, 0)
+        return out
+
+    # --- directory -------------------------------------------------------------------------
+
+    async def agents(self) -> list[AgentCard]:
+        """Live agents' cards (cards of agents that stopped heartbeating have expired)."""
+        try:
+            keys = await self.bus.agents.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        cards = []
+        for key in keys:
+            try:
+                entry = await self.bus.agents.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                try:
+                    cards.append(decode_card(entry.value))
+                except RemoteProtocolError:
+                    continue
+        return sorted(cards, key=lambda c: c.id)
+
+    async def control(self, agent_id: str, action: str, timeout: float = 5.0) -> ControlReply:
+        """Send a control request (``status``, ``drain``) to one agent."""
+        try:
+            msg = await self.nc.request(
+                self.names.control_subject(agent_id), encode(ControlRequest(action=action)), timeout=timeout  # type: ignore[arg-type]
+            )
+        except nats.errors.NoRespondersError:
+            raise MeshError(f"no agent {agent_id!r} is listening (see `mesh agents`)") from None
+        except nats.errors.TimeoutError:
+            raise MeshError(f"agent {agent_id!r} did not answer within {timeout}s") from None
+        return decode_control_reply(msg.data)
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def events(self, *, root: str | None = None, history: bool = False) -> AsyncIterator[TaskEvent]:
+        """Events from the stream: live ones, or (``history``) all stored ones first."""
+        sub = await self.bus.js.subscribe(
+            self.names.events_filter(root),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL if history else DeliverPolicy.NEW,
+        )
+        try:
+            async for msg in sub.messages:
+                try:
+                    yield decode_event(msg.data)
+                except RemoteProtocolError:
+                    continue
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def history(self, root: str, *, timeout: float = 0.5) -> list[TaskEvent]:
+        """All stored events of one task tree, in order."""
+        sub = await self.bus.js.subscribe(self.names.events_filter(root), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        out: list[TaskEvent] = []
+        try:
+            pending = (await sub.consumer_info()).num_pending
+            while len(out) < pending:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except nats.errors.TimeoutError:
+                    break
+                with contextlib.suppress(RemoteProtocolError):
+                    out.append(decode_event(msg.data))
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return out

@@ -1,0 +1,93 @@
+"""Waiting for a task to end, as one of its parties (requester, parent owner).
+
+A party follows its task's events with a core NATS subscription (no JetStream
+consumer per wait) and re-reads the record only when an event says the task ended
+or a timer is due. While waiting it is also an *observer*: it judges, on its own
+monotonic clock, whether an unclaimed task has waited too long (``no_agent``), whether
+the owner's lease lapsed (re-open), and whether the deadline passed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import anyio.lowlevel
+import nats.errors
+import structlog
+
+from protocol import (
+    Expire,
+    LeaseView,
+    RemoteProtocolError,
+    Reopen,
+    TaskRecord,
+    TransitionError,
+    decode_event,
+    is_terminal,
+)
+
+from .bus import Bus, Conflict
+
+__all__ = ["wait_terminal"]
+
+log = structlog.get_logger("mesh.follow")
+
+
+async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: float = 1.0) -> TaskRecord:
+    """Return ``record``'s terminal version. Never hangs: every task has a claim
+    timeout, a lease, and usually a deadline, and this function enforces all three."""
+    async with bus.follow(record) as sub:
+        current, revision = await bus.read(record.id)
+        view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+        while not is_terminal(current):
+            wait = min(poll_s, max(view.due() - time.monotonic(), 0.0))
+            if current.deadline is not None:
+                wait = min(wait, max(current.deadline - time.time(), 0.0) + 0.01)
+            ended = False
+            try:
+                msg = await sub.next_msg(timeout=max(wait, 0.001))
+                try:
+                    ended = decode_event(msg.data).state in ("done", "failed", "cancelled")
+                except RemoteProtocolError:
+                    ended = True  # unreadable event: check the record itself
+            except nats.errors.TimeoutError:
+                pass
+            if not ended and time.monotonic() < view.due() and (
+                current.deadline is None or time.time() < current.deadline
+            ):
+                continue
+            current, revision = await bus.read(record.id)
+            if revision > view.revision:
+                view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+                if current.deadline is None or time.time() < current.deadline:
+                    continue
+            current, revision = await _judge(bus, current, revision, observer)
+            view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+        return current
+
+
+def _patience(record: TaskRecord) -> float:
+    """How long a party lets a record stay unchanged before acting on it."""
+    if record.state == "working":
+        return record.lease_s
+    return record.claim_timeout_s
+
+
+async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str) -> tuple[TaskRecord, int]:
+    """The record has not changed for its patience, or its deadline passed: end or
+    re-open it. A lost race just means someone else acted first."""
+    if is_terminal(record):
+        return record, revision
+    if record.deadline is not None and time.time() >= record.deadline:
+        event: Expire | Reopen = Expire(actor=observer, reason="deadline")
+    elif record.state == "working":
+        event = Reopen(actor=observer, epoch=record.epoch)
+        log.info("lease lapsed, reopening", task=record.id, owner=record.owner, epoch=record.epoch)
+    else:
+        event = Expire(actor=observer, reason="no_agent")
+    try:
+        return await bus.write(record, revision, event)
+    except (Conflict, TransitionError):
+        await anyio.lowlevel.checkpoint()
+        return await bus.read(record.id)
