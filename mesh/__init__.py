@@ -1,0 +1,81 @@
+"""agent-mesh runtime: binds the protocol to NATS. Public API: the client, the agent
+runtime and the worker interface; the CLI is ``mesh``.
+
+Names are imported on first use (PEP 562), so ``mesh --help`` does not pay for
+nats-py and anyio.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Agent": "agent",
+    "AgentConfig": "agent",
+    "Brief": "briefs",
+    "BriefError": "briefs",
+    "Org": "briefs",
+    "load_brief": "briefs",
+    "load_org": "briefs",
+    "Broker": "broker",
+    "BrokerNotFound": "broker",
+    "find_nats_server": "broker",
+    "Conflict": "bus",
+    "MeshError": "bus",
+    "NotFound": "bus",
+    "Settings": "bus",
+    "Unreachable": "bus",
+    "Mesh": "client",
+    "Lost": "work",
+    "Reviewer": "work",
+    "RoleViolation": "work",
+    "TaskContext": "work",
+    "TaskFailed": "work",
+    "Verdict": "work",
+    "Worker": "work",
+}
+
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "Brief",
+    "BriefError",
+    "Broker",
+    "BrokerNotFound",
+    "Conflict",
+    "Lost",
+    "Mesh",
+    "MeshError",
+    "NotFound",
+    "Org",
+    "Reviewer",
+    "RoleViolation",
+    "Settings",
+    "TaskContext",
+    "TaskFailed",
+    "Unreachable",
+    "Verdict",
+    "Worker",
+    "find_nats_server",
+    "load_brief",
+    "load_org",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .agent import Agent, AgentConfig
+    from .briefs import Brief, BriefError, Org, load_brief, load_org
+    from .broker import Broker, BrokerNotFound, find_nats_server
+    from .bus import Conflict, MeshError, NotFound, Settings, Unreachable
+    from .client import Mesh
+    from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker

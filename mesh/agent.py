@@ -61,7 +61,7 @@ from protocol import (
     is_terminal,
 )
 
-from .bus import Bus, Conflict, MeshError, NotFound, Settings, connect
+from .bus import Bus, Conflict, MeshError, NotFound, Settings, connect, translate_errors
 from .work import Lost, Reviewer, TaskContext, TaskFailed, Worker
 
 __all__ = ["AgentConfig", "Agent"]
@@ -284,7 +284,7 @@ class Agent:
                 await self._on_offer(entry.key, entry.value, entry.operation, entry.revision or 0)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _on_offer(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
         try:
@@ -406,26 +406,35 @@ class Agent:
         self._tasks_tg.start_soon(self._hold, TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates), scope)
 
     def _track(self, task_id: str, record: TaskRecord, revision: int) -> None:
-        """Keep watching a task we did not get: its lease if it is held, nothing if it
-        ended (and then clean its stale offer off the board)."""
+        """Bring our view of a task in line with its record (the truth), after the
+        board proved stale: claim it if open, watch its lease if held, forget it if
+        it ended (and clean its stale offer off the board)."""
+        known = self._known.get(task_id)
         if is_terminal(record):
             self._known.pop(task_id, None)
-            self._tasks_tg.start_soon(self._clean_offer, task_id)
+            self._tasks_tg.start_soon(self._clean_offer, record)
             return
-        known = self._known.get(task_id)
-        if known is not None:
-            known.offer = Offer(
-                task=task_id, capability=record.capability, state="working" if record.state == "working" else known.offer.state,
-                revision=revision, epoch=record.epoch, owner=record.owner, lease_s=record.lease_s, deadline=record.deadline,
-            )
-            known.view = known.view.observe(revision, time.monotonic())
+        if known is None:
+            return
+        if (record.state == "review") != (known.offer.state == "review"):
+            self._known.pop(task_id, None)  # the task is someone else's business now
+            return
+        known.offer = Offer(
+            task=task_id, capability=record.capability, state=record.state,  # type: ignore[arg-type]
+            revision=revision, epoch=record.epoch, owner=record.owner, tags=record.tags, author=record.author,
+            lease_s=record.lease_s, deadline=record.deadline,
+        )
+        known.view = known.view.observe(revision, time.monotonic())
+        self._notify()
 
-    async def _clean_offer(self, task_id: str) -> None:
-        """Remove the offer of an ended task whose last writer died before doing so."""
-        for served in self.config.serves:
-            with contextlib.suppress(Exception):
-                key = self.names.offer_key(served, task_id)
-                entry = await self.bus.tasks.get(key)
+    async def _clean_offer(self, record: TaskRecord) -> None:
+        """Remove the offers of an ended task whose last writer died before doing so."""
+        caps = {record.capability} | ({record.review.capability} if record.review else set())
+        for cap in caps:
+            key = self.names.offer_key(cap, record.id)
+            with contextlib.suppress(NotFound, nats.errors.Error):
+                with translate_errors(key):
+                    entry = await self.bus.tasks.get(key)
                 if entry.value:
                     await self.bus.tasks.purge(key, msg_ttl=self.settings.marker_ttl_s)
 

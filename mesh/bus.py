@@ -13,6 +13,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
@@ -89,21 +90,46 @@ def translate_errors(what: str) -> Iterator[None]:
 
 
 async def connect(url: str, *, name: str, reconnect: bool = True) -> Client:
-    """Connect to the broker; a missing broker is a clear :class:`Unreachable`."""
+    """Connect to the broker; a missing broker is a clear :class:`Unreachable`.
+
+    The first connection gets a few attempts (nats-py would otherwise retry a wrong
+    URL forever); once connected, the client reconnects forever, so agents ride out
+    broker restarts."""
+    log = structlog.get_logger("mesh.nats").bind(connection=name)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats connection error", error=str(exc) or type(exc).__name__)
+
+    clients: list[Client] = []
+
+    async def on_disconnect() -> None:
+        if clients and not (clients[0].is_closed or clients[0].is_draining):
+            log.warning("disconnected from broker; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to broker")
+
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             connect_timeout=2,
             allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
+            max_reconnect_attempts=2,
             reconnect_time_wait=0.25,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
         )
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
         raise Unreachable(
             f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
             "`mesh broker`, or point --server / MESH_SERVER at a running one."
         ) from None
+    clients.append(nc)
+    if reconnect:
+        nc.options["max_reconnect_attempts"] = -1
+    return nc
 
 
 class Bus:

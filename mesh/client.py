@@ -227,8 +227,11 @@ class Mesh:
         sub = await self.bus.js.subscribe(self.names.events_filter(root), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         out: list[TaskEvent] = []
         try:
-            pending = (await sub.consumer_info()).num_pending
-            while len(out) < pending:
+            info = await sub.consumer_info()
+            # Messages already pushed to us count as delivered, not pending.
+            delivered = info.delivered.consumer_seq if info.delivered else None
+            total = (info.num_pending or 0) + (delivered or 0)
+            while len(out) < total:
                 try:
                     msg = await sub.next_msg(timeout=timeout)
                 except nats.errors.TimeoutError:

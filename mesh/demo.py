@@ -13,8 +13,8 @@ import anyio
 
 from .briefs import load_org
 from .broker import Broker
-from .client import Mesh
 from .cli import render
+from .client import Mesh
 from .process import AgentProcess, spawn_agent
 
 __all__ = ["run_demo", "DEMO_ORG"]

@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from ..logs import configure_logging
     from . import commands  # the heavy imports start here
+
+    # Logs go to stderr; stdout is for results (so --json output stays parseable).
+    configure_logging(None if args.command in ("agent", "up", "broker") else os.environ.get("MESH_LOG_LEVEL", "warning"))
 
     try:
         return commands.dispatch(args, parser)

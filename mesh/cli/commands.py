@@ -23,7 +23,6 @@ from ..broker import Broker, BrokerFailed, BrokerNotFound
 from ..bus import MeshError, NotFound, Unreachable
 from ..client import Mesh, default_server
 from ..kinds import KINDS, KindError
-from ..logs import configure_logging
 from . import render
 
 __all__ = ["UserError", "dispatch"]
@@ -103,12 +102,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     if args.agent_command == "run":
-        configure_logging()
         from ..process import run_agent
 
         brief = _brief_or_org_member(args.brief, args.agent)
         server = args.server or default_server()
-        _run(lambda: run_agent(brief, server=server, agent_id=args.id, prefix=args.prefix))
+        anyio.run(lambda: run_agent(brief, server=server, agent_id=args.id, prefix=args.prefix))
         return 0
 
     async def control() -> int:

@@ -1,0 +1,151 @@
+"""Test helpers shipped with the package (as structlog ships ``structlog.testing``):
+a real nats-server per test on free loopback ports, and real agent processes.
+
+Use in a conftest.py::
+
+    from mesh.testing import broker, mesh_client, agent_procs  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from .broker import Broker
+from .client import Mesh
+from .process import AgentProcess, spawn_agent
+
+__all__ = ["broker", "mesh_client", "agent_procs", "AgentProcs", "write_brief", "wait_for"]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh nats-server with JetStream (store under the test's tmp dir)."""
+    store = tmp_path / "js"
+    store.mkdir()
+    b = Broker(store=str(store))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+async def mesh_client(broker: Broker) -> AsyncIterator[Mesh]:
+    mesh = await Mesh.connect(broker.url, client_id="test-client")
+    try:
+        yield mesh
+    finally:
+        await mesh.close()
+
+
+def write_brief(directory: Path, name: str, serves: list[str], **fields: Any) -> Path:
+    """Write a brief TOML file and return its path."""
+    lines = [f'name = "{name}"', f"serves = {_toml(serves)}"]
+    options = fields.pop("options", None)
+    review = fields.pop("review", None)
+    for key, value in fields.items():
+        lines.append(f"{key} = {_toml(value)}")
+    if options:
+        lines.append("[options]")
+        lines += [f"{k} = {_toml(v)}" for k, v in options.items()]
+    if review:
+        lines.append("[review]")
+        lines += [f"{k} = {_toml(v)}" for k, v in review.items()]
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML here")
+
+
+async def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll an async or sync predicate until truthy; fail the test with ``what``.
+
+    For state that lives in another process (the directory, a record) there is no
+    event to await from here, so we poll the broker, bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if hasattr(value, "__await__"):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+class AgentProcs:
+    """Real ``mesh agent run`` processes, stopped (SIGKILL if need be) at teardown."""
+
+    def __init__(self, broker: Broker, directory: Path) -> None:
+        self.broker = broker
+        self.directory = directory
+        self.procs: dict[str, AgentProcess] = {}
+
+    def start(self, name: str, serves: list[str], *, agent_id: str | None = None, **fields: Any) -> AgentProcess:
+        brief = write_brief(self.directory, name, serves, **fields)
+        agent_id = agent_id or name
+        log = self.directory / f"{agent_id}.log"
+        proc = spawn_agent(brief, server=self.broker.url, agent_id=agent_id, log_path=log, env={"MESH_LOG_LEVEL": "info"})
+        self.procs[agent_id] = proc
+        return proc
+
+    async def ready(self, mesh: Mesh, *ids: str, timeout: float = 20.0) -> None:
+        want = set(ids or self.procs)
+
+        async def joined() -> bool:
+            for agent_id in want:
+                p = self.procs.get(agent_id)
+                if p is not None and p.process.poll() is not None:
+                    raise AssertionError(f"agent {agent_id} exited with {p.process.returncode}:\n{self.log(agent_id)}")
+            return want <= {c.id for c in await mesh.agents()}
+
+        await wait_for(joined, timeout=timeout, what=f"agents {sorted(want)} to join the directory")
+
+    def log(self, agent_id: str) -> str:
+        p = self.procs[agent_id]
+        return p.log_path.read_text() if p.log_path and p.log_path.exists() else ""
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.process.poll() is None:
+                p.process.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.process.wait(20)
+            except Exception:
+                p.process.kill()
+                p.process.wait()
+
+
+@pytest.fixture
+def agent_procs(broker: Broker, tmp_path: Path) -> Iterator[AgentProcs]:
+    procs = AgentProcs(broker, tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        if os.environ.get("MESH_TEST_SHOW_LOGS"):
+            for agent_id in procs.procs:
+                sys.stderr.write(f"--- {agent_id} ---\n{procs.log(agent_id)}\n")

@@ -1,0 +1,1 @@
+from mesh.testing import agent_procs, broker, mesh_client  # noqa: F401  (fixtures)

@@ -1,0 +1,153 @@
+"""The `mesh` command line, run as a user would: separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh.broker import Broker
+from mesh.client import Mesh
+from mesh.testing import AgentProcs, wait_for, write_brief
+
+
+def mesh(*args: str, server: str | None = None, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ}
+    if server:
+        env["MESH_SERVER"] = server
+    proc = subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mesh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_the_commands() -> None:
+    out = mesh("--help").stdout
+    for command in ("demo", "broker", "agent", "up", "submit", "agents", "watch", "trace", "cancel", "brief"):
+        assert command in out
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = "import sys; from mesh.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('nats', 'litellm', 'anyio')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+async def test_submit_wait_json_agents_and_trace(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:
+    agent_procs.start("echoer", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    out = mesh("submit", "echo", "hi there", "--wait", "--json", server=broker.url).stdout
+    record = json.loads(out)
+    for field in ("id", "state", "result", "reason", "owner", "epoch", "attempts"):
+        assert field in record
+    assert record["state"] == "done" and record["result"] == "hi there" and record["owner"] == "echoer"
+
+    cards = json.loads(mesh("agents", "--json", server=broker.url).stdout)
+    assert [c["id"] for c in cards] == ["echoer"] and cards[0]["serves"] == ["echo"]
+    table = mesh("agents", server=broker.url).stdout
+    assert "echoer" in table and "AGENT" in table
+
+    trace = mesh("trace", record["id"], server=broker.url).stdout
+    assert record["id"] in trace and "claim" in trace and "done" in trace
+
+    status = json.loads(mesh("agent", "status", "echoer", server=broker.url).stdout)
+    assert status["agent"] == "echoer"
+
+
+def test_submit_without_agent_fails_no_agent_with_exit_1(broker: Broker) -> None:
+    proc = mesh("submit", "nobody", "x", "--wait", "--claim-timeout", "300ms", server=broker.url, check=False)
+    assert proc.returncode == 1
+    assert "no_agent" in proc.stdout
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    proc = mesh("agents", "--server", "nats://127.0.0.1:9", check=False)
+    assert proc.returncode == 2
+    assert "cannot reach a NATS server at nats://127.0.0.1:9" in proc.stderr
+    assert "mesh broker" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_duration_is_a_clear_error() -> None:
+    proc = mesh("submit", "echo", "x", "--deadline", "soon", check=False)
+    assert proc.returncode == 2 and "invalid duration 'soon'" in proc.stderr
+
+
+def test_brief_new_then_check(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    mesh("brief", "new", str(path))
+    assert "ok" in mesh("brief", "check", str(path)).stdout
+    again = mesh("brief", "new", str(path), check=False)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('name = "a"\nserves = ["x"]\ncapacity = "two"\n', "field `capacity`: Expected `int`, got `str`"),
+        ('name = "a"\nserve = ["x"]\n', "unknown field `serve`"),
+        ('name = "a b"\nserves = ["x"]\n', "field `name`: invalid agent id"),
+        ('name = "a"\nserves = ["Bad Cap"]\n', "field `serves`: invalid capability"),
+        ('name = "a"\nserves = ["x"]\nkind = "nope"\n', "unknown kind 'nope'"),
+        ('name = "a"\n', "missing required field `serves`"),
+        ("name = \n", "not valid TOML"),
+    ],
+)
+def test_invalid_briefs_name_file_field_and_fix(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "brief.toml"
+    path.write_text(content)
+    proc = mesh("brief", "check", str(path), check=False)
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr or "brief 'a'" in proc.stderr
+    assert expected in proc.stderr, proc.stderr
+
+
+async def test_agent_drain_command_stops_an_agent(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:
+    agent_procs.start("drainee", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    reply = json.loads(mesh("agent", "drain", "drainee", server=broker.url).stdout)
+    assert reply["draining"] is True
+    assert agent_procs.procs["drainee"].wait(20) == 0
+
+
+async def test_up_runs_an_org_and_ctrl_c_drains_it(tmp_path: Path, broker: Broker, mesh_client: Mesh) -> None:
+    write_brief(tmp_path, "upper", ["echo"], kind="echo", options={"prefix": "up: "})
+    org = tmp_path / "org.toml"
+    org.write_text(
+        'name = "two"\n[[agents]]\nbrief = "upper.toml"\nreplicas = 2\n'
+        '[[agents]]\nname = "inline"\nserves = ["other"]\nkind = "echo"\n'
+    )
+    assert "3 processes" in mesh("brief", "check", str(org)).stdout
+    with open(tmp_path / "up.log", "wb") as log:
+        up = subprocess.Popen([sys.executable, "-m", "mesh", "up", str(org), "--server", broker.url], stderr=log)
+    try:
+        async def joined() -> bool:
+            return {c.id for c in await mesh_client.agents()} == {"upper-1", "upper-2", "inline"}
+
+        await wait_for(joined, what="the org's three agents")
+        assert (await mesh_client.run("echo", "x")).result == "up: x"
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0, (tmp_path / "up.log").read_text()
+        await wait_for(lambda: _no_agents(mesh_client), what="every agent to leave")
+    finally:
+        if up.poll() is None:
+            up.kill()
+        up.wait()
+
+
+async def _no_agents(mesh_client: Mesh) -> bool:
+    return not await mesh_client.agents()
+
+
+def test_demo_runs_end_to_end() -> None:
+    proc = mesh("demo", timeout=120)
+    out = proc.stdout
+    assert "1. a direct task" in out and "done: 'hello from the mesh'" in out
+    assert "approve" in out and "-> done by checker" in out
+    assert "failed (no_agent)" in out
+    assert "stopped every agent" in out
