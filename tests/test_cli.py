@@ -123,8 +123,7 @@ async def test_up_runs_an_org_and_ctrl_c_drains_it(tmp_path: Path, broker: Broke
         '[[agents]]\nname = "inline"\nserves = ["other"]\nkind = "echo"\n'
     )
     assert "3 processes" in mesh("brief", "check", str(org)).stdout
-    with open(tmp_path / "up.log", "wb") as log:
-        up = subprocess.Popen([sys.executable, "-m", "mesh", "up", str(org), "--server", broker.url], stderr=log)
+    up = _spawn_up(org, broker.url, tmp_path / "up.log")
     try:
         async def joined() -> bool:
             return {c.id for c in await mesh_client.agents()} == {"upper-1", "upper-2", "inline"}
@@ -138,6 +137,11 @@ async def test_up_runs_an_org_and_ctrl_c_drains_it(tmp_path: Path, broker: Broke
         if up.poll() is None:
             up.kill()
         up.wait()
+
+
+def _spawn_up(org: Path, server: str, log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "mesh", "up", str(org), "--server", server], stderr=log)
 
 
 async def _no_agents(mesh_client: Mesh) -> bool:
