@@ -61,7 +61,7 @@ from protocol import (
     is_terminal,
 )
 
-from .bus import Bus, Conflict, MeshError, NotFound, Settings, connect, translate_errors
+from .bus import Bus, Conflict, MeshError, NotFound, Settings, translate_errors
 from .work import Lost, Reviewer, TaskContext, TaskFailed, Worker
 
 __all__ = ["AgentConfig", "Agent"]
@@ -149,9 +149,9 @@ class Agent:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join the mesh and work until drained (or cancelled, which drains too)."""
-        nc = await connect(self.server, name=self.config.id)
+        self.bus = await Bus.connect(self.server, self.names, agent=self.config.id, settings=self.settings)
+        nc = self.bus.nc
         try:
-            self.bus = await Bus.open(nc, self.names, agent=self.config.id, settings=self.settings)
             async with anyio.create_task_group() as tg:
                 async with anyio.create_task_group() as tasks_tg:
                     self._tasks_tg = tasks_tg
@@ -275,16 +275,38 @@ class Agent:
     # --- the board -----------------------------------------------------------------------
 
     async def _watch_offers(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        watcher = await self.bus.tasks.watch(self.names.offer_filter(served))
-        task_status.started()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue
+        """Follow the board for one served capability. The watcher is a server-side
+        consumer that does not survive a broker restart, so after every reconnection
+        we watch afresh (its first values are the board as it is now)."""
+        started = False
+        while True:
+            try:
+                watcher = await self.bus.tasks.watch(self.names.offer_filter(served))
+            except (nats.errors.Error, MeshError, TimeoutError) as exc:
+                self.log.warning("cannot watch the board yet, retrying", error=str(exc) or type(exc).__name__)
+                await anyio.sleep(0.5)
+                continue
+            if not started:
+                task_status.started()
+                started = True
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._pump_offers, watcher)
+                    await self.bus.reconnects.wait()
+                    tg.cancel_scope.cancel()
+                self.log.info("re-watching the board after reconnecting", capability=served)
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _pump_offers(self, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue
+            try:
                 await self._on_offer(entry.key, entry.value, entry.operation, entry.revision or 0)
-        finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            except (nats.errors.Error, MeshError) as exc:
+                self.log.warning("could not handle an offer", key=entry.key, error=str(exc) or type(exc).__name__)
 
     async def _on_offer(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
         try:
@@ -370,6 +392,10 @@ class Agent:
                 await self._review(task_id, known)
             else:
                 await self._claim(task_id, known)
+        except (nats.errors.Error, MeshError) as exc:
+            # Broker away: try again later (the offer stays known).
+            self.log.warning("claim attempt failed, will retry", task=task_id, error=str(exc) or type(exc).__name__)
+            known.seen_at = time.monotonic() + 0.5
         finally:
             known.attempting = False
             self._notify()
@@ -432,7 +458,7 @@ class Agent:
         caps = {record.capability} | ({record.review.capability} if record.review else set())
         for cap in caps:
             key = self.names.offer_key(cap, record.id)
-            with contextlib.suppress(NotFound, nats.errors.Error):
+            with contextlib.suppress(MeshError, nats.errors.Error):
                 with translate_errors(key):
                     entry = await self.bus.tasks.get(key)
                 if entry.value:
@@ -553,14 +579,20 @@ class Agent:
         revision it saw; a renewal shows up as a newer revision when it re-reads."""
         while True:
             now = time.monotonic()
+            # Time spent disconnected from the broker does not count against a lease:
+            # nobody could renew then.
+            since = self.bus.reconnects.at
             due = [
-                (k.view.due(), task_id)
+                (max(k.view.due(), since + k.view.lease_s), task_id)
                 for task_id, k in self._known.items()
                 if k.offer.state == "working" and k.offer.owner != self.config.id
             ]
             expired = [task_id for at, task_id in due if at <= now]
             for task_id in expired:
-                await self._check_lease(task_id)
+                try:
+                    await self._check_lease(task_id)
+                except (nats.errors.Error, MeshError) as exc:
+                    self.log.warning("lease check failed, will retry", task=task_id, error=str(exc) or type(exc).__name__)
             next_due = min((at for at, _ in due if at > now), default=now + 1.0)
             with anyio.move_on_after(max(next_due - time.monotonic(), 0.01)):
                 await self._wake_leases.wait()

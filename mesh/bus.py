@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import nats
 import nats.errors
 import nats.js.errors
@@ -39,6 +40,8 @@ __all__ = [
     "Conflict",
     "NotFound",
     "Unreachable",
+    "Unavailable",
+    "Reconnects",
     "Settings",
     "Bus",
     "connect",
@@ -61,6 +64,30 @@ class Unreachable(MeshError):
     """No broker at the URL."""
 
 
+class Unavailable(MeshError):
+    """The broker did not answer in time (restarting, partitioned). Retry later."""
+
+
+class Reconnects:
+    """Counts reconnections of one connection, so loops that depend on server-side
+    state (KV watchers, lease timers) can start afresh after one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: monotonic time of the last reconnection (or of the first connection)
+        self.at = time.monotonic()
+        self._event = anyio.Event()
+
+    def happened(self) -> None:
+        self.count += 1
+        self.at = time.monotonic()
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the mesh's JetStream resources are created (by whoever comes first)."""
@@ -79,6 +106,7 @@ class Settings:
 
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
+    """nats-py's exceptions, translated in one place."""
     try:
         yield
     except nats.js.errors.KeyWrongLastSequenceError as exc:
@@ -87,9 +115,13 @@ def translate_errors(what: str) -> Iterator[None]:
         raise NotFound(what) from None
     except nats.js.errors.NotFoundError:
         raise NotFound(what) from None
+    except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+        raise Unavailable(f"{what}: broker did not answer ({type(exc).__name__})") from None
+    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError) as exc:
+        raise Unavailable(f"{what}: not connected to the broker ({type(exc).__name__})") from None
 
 
-async def connect(url: str, *, name: str, reconnect: bool = True) -> Client:
+async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None) -> Client:
     """Connect to the broker; a missing broker is a clear :class:`Unreachable`.
 
     The first connection gets a few attempts (nats-py would otherwise retry a wrong
@@ -108,6 +140,8 @@ async def connect(url: str, *, name: str, reconnect: bool = True) -> Client:
 
     async def on_reconnect() -> None:
         log.info("reconnected to broker")
+        if reconnects is not None:
+            reconnects.happened()
 
     try:
         nc = await nats.connect(
@@ -135,9 +169,10 @@ async def connect(url: str, *, name: str, reconnect: bool = True) -> Client:
 class Bus:
     """A connection plus the mesh's buckets and stream."""
 
-    def __init__(self, nc: Client, names: Names, *, agent: str) -> None:
+    def __init__(self, nc: Client, names: Names, *, agent: str, reconnects: Reconnects | None = None) -> None:
         self.nc = nc
         self.names = names
+        self.reconnects = reconnects or Reconnects()
         self.agent = agent
         self.js: JetStreamContext = nc.jetstream()
         self.tasks: KeyValue
@@ -148,6 +183,20 @@ class Bus:
     async def open(cls, nc: Client, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
         bus = cls(nc, names, agent=agent)
         await bus.ensure(settings or Settings())
+        return bus
+
+    @classmethod
+    async def connect(cls, url: str, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
+        """Connect (with reconnection tracking) and ensure the mesh's resources."""
+        reconnects = Reconnects()
+        nc = await connect(url, name=agent, reconnects=reconnects)
+        bus = cls(nc, names, agent=agent, reconnects=reconnects)
+        try:
+            with translate_errors("setting up the mesh's buckets and stream"):
+                await bus.ensure(settings or Settings())
+        except BaseException:
+            await nc.close()
+            raise
         return bus
 
     async def ensure(self, settings: Settings) -> None:
@@ -216,8 +265,13 @@ class Bus:
         return decode_record(entry.value), entry.revision or 0
 
     async def create(self, record: TaskRecord) -> int:
-        with translate_errors(f"task {record.id} already exists"):
-            revision = await self.tasks.create(self.names.task_key(record.id), encode(record))
+        try:
+            with translate_errors(f"task {record.id} already exists"):
+                revision = await self.tasks.create(self.names.task_key(record.id), encode(record))
+        except Unavailable:
+            existing, revision = await self.read(record.id)  # did it land?
+            if existing != record:
+                raise
         await self.publish_board(record.id, board_change(None, record, revision))
         await self.publish_event("created", record, actor=record.requester)
         return revision
@@ -227,8 +281,16 @@ class Bus:
         result. Raises the protocol's TransitionError if the rules refuse, or
         :class:`Conflict` if the record changed since ``revision``."""
         new = apply(old, event, time.time() if now is None else now)
-        with translate_errors(f"task {old.id} changed since revision {revision}"):
-            new_revision = await self.tasks.update(self.names.task_key(old.id), encode(new), last=revision)
+        try:
+            with translate_errors(f"task {old.id} changed since revision {revision}"):
+                new_revision = await self.tasks.update(self.names.task_key(old.id), encode(new), last=revision)
+        except Unavailable:
+            # The ack is lost, not necessarily the write: if the record now is exactly
+            # what we wrote, it landed.
+            fresh, fresh_revision = await self.read(old.id)
+            if fresh != new:
+                raise
+            new_revision = fresh_revision
         await self.publish_board(old.id, board_change(old, new, new_revision))
         if event_kind(event) != "renew" or new.state != old.state:
             await self.publish_event(event_kind(event), new, actor=event.actor, note=_note(event, new))

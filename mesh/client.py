@@ -40,7 +40,7 @@ from protocol import (
     new_task,
 )
 
-from .bus import Bus, MeshError, NotFound, Settings, connect
+from .bus import Bus, MeshError, NotFound, Settings
 from .follow import wait_terminal
 from .work import new_id
 
@@ -70,13 +70,8 @@ class Mesh:
         settings: Settings | None = None,
     ) -> Mesh:
         client_id = client_id or f"client-{new_id()[:8]}"
-        nc = await connect(url or default_server(), name=client_id)
-        try:
-            bus = await Bus.open(nc, names or Names(), agent=client_id, settings=settings)
-        except BaseException:
-            await nc.close()
-            raise
-        return cls(nc, bus, client_id)
+        bus = await Bus.connect(url or default_server(), names or Names(), agent=client_id, settings=settings)
+        return cls(bus.nc, bus, client_id)
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error):
@@ -222,8 +217,8 @@ class Mesh:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def history(self, root: str, *, timeout: float = 0.5) -> list[TaskEvent]:
-        """All stored events of one task tree, in order."""
+    async def history(self, root: str | None, *, timeout: float = 0.5) -> list[TaskEvent]:
+        """All stored events of one task tree (or of the whole mesh), in order."""
         sub = await self.bus.js.subscribe(self.names.events_filter(root), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         out: list[TaskEvent] = []
         try:

@@ -27,7 +27,7 @@ from protocol import (
     is_terminal,
 )
 
-from .bus import Bus, Conflict
+from .bus import Bus, Conflict, Unavailable
 
 __all__ = ["wait_terminal"]
 
@@ -53,11 +53,17 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
                     ended = True  # unreadable event: check the record itself
             except nats.errors.TimeoutError:
                 pass
+            # Time without a broker does not count against anyone's patience.
+            view = LeaseView(revision=view.revision, seen_at=max(view.seen_at, bus.reconnects.at), lease_s=view.lease_s)
             if not ended and time.monotonic() < view.due() and (
                 current.deadline is None or time.time() < current.deadline
             ):
                 continue
-            current, revision = await bus.read(record.id)
+            try:
+                current, revision = await bus.read(record.id)
+            except Unavailable:
+                await anyio.sleep(0.25)
+                continue
             if revision > view.revision:
                 view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
                 if current.deadline is None or time.time() < current.deadline:
@@ -88,6 +94,6 @@ async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str) -> 
         event = Expire(actor=observer, reason="no_agent")
     try:
         return await bus.write(record, revision, event)
-    except (Conflict, TransitionError):
+    except (Conflict, TransitionError, Unavailable):
         await anyio.lowlevel.checkpoint()
         return await bus.read(record.id)

@@ -26,7 +26,7 @@ from protocol import (
     fingerprint,
 )
 
-from .bus import Bus, Conflict, NotFound
+from .bus import Bus, Conflict, NotFound, Unavailable
 from .follow import wait_terminal
 
 __all__ = [
@@ -104,6 +104,22 @@ class TaskContext:
         return f"{self.record.id}:{self.record.epoch}"
 
     async def write(self, event: Any) -> TaskRecord:
+        """Apply ``event`` to our record by CAS. While the broker is unreachable we
+        retry for up to a lease period (others cannot take the task meanwhile: they
+        cannot reach the broker either, and do not count that time); after that the
+        task is given up as :class:`Lost`."""
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                return await self._write_once(event)
+            except Unavailable as exc:
+                if waited >= max(self.record.lease_s, 5.0):
+                    raise Lost(f"broker unavailable for {waited:.1f}s: {exc}") from None
+                await anyio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 1.0)
+
+    async def _write_once(self, event: Any) -> TaskRecord:
         async with self._lock:
             try:
                 self.record, self.revision = await self.bus.write(self.record, self.revision, event)

@@ -1,0 +1,75 @@
+"""Chaos: agents killed with SIGKILL at random and restarted while 300 tasks run.
+No task is lost, none completes twice, every task ends with a reason."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import anyio
+
+from mesh.client import Mesh
+from mesh.testing import AgentProcs
+from protocol import REASONS, TaskRecord, is_terminal
+
+TASKS = 300
+AGENTS = 4
+
+
+async def test_random_sigkills_lose_nothing_and_complete_nothing_twice(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    rng = random.Random(20261121)
+    names = [f"c{i}" for i in range(AGENTS)]
+    brief = {"kind": "sleep", "capacity": 8, "options": {"seconds": 0.3, "steps": 3}}
+    for name in names:
+        agent_procs.start(name, ["chaos"], **brief)
+    await agent_procs.ready(mesh_client)
+
+    records = [await mesh_client.submit("chaos", f"task {i}", lease_s=1.0, claim_timeout_s=30.0) for i in range(TASKS)]
+    finals: dict[str, TaskRecord] = {}
+    kills = 0
+
+    async def wait_all() -> None:
+        async def one(record_id: str) -> None:
+            finals[record_id] = await mesh_client.wait(record_id)
+
+        async with anyio.create_task_group() as tg:
+            for r in records:
+                tg.start_soon(one, r.id)
+
+    async def chaos(scope: anyio.CancelScope) -> None:
+        nonlocal kills
+        while True:
+            await anyio.sleep(0.4)
+            victim = rng.choice(names)
+            agent_procs.procs[victim].kill()
+            agent_procs.procs[victim].wait(10)
+            kills += 1
+            await anyio.sleep(0.2)
+            agent_procs.start(victim, ["chaos"], **brief)
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(chaos, tg.cancel_scope)
+            await wait_all()
+            tg.cancel_scope.cancel()
+
+    assert kills >= 5, f"only {kills} kills happened: the test did not test much"
+    results = [finals[r.id] for r in records]
+    assert len(results) == TASKS
+    assert all(is_terminal(r) for r in results)
+    states = Counter(r.state for r in results)
+    for r in results:
+        if r.state == "failed":
+            # The only acceptable failure: a task whose owner was lost max_lapses times.
+            assert r.reason in REASONS and r.reason == "error" and r.lapses >= r.max_lapses, r
+    assert states["done"] >= TASKS * 0.95, states
+
+    # Nothing completed twice: one accepted finish per task, by the final epoch's owner.
+    events = await mesh_client.history(None)
+    finishes = Counter(e.task for e in events if e.kind == "finish")
+    assert max(finishes.values()) == 1
+    for r in results:
+        if r.state == "done":
+            assert finishes[r.id] == 1
+    lapsed = sum(1 for r in results if r.lapses)
+    print(f"chaos: {TASKS} tasks, {kills} SIGKILLs, {lapsed} tasks failed over, states {dict(states)}")
