@@ -59,10 +59,11 @@ from protocol import (
     encode,
     fit,
     is_terminal,
+    serves,
 )
 
 from .bus import Bus, Conflict, MeshError, NotFound, Settings, translate_errors
-from .work import Lost, Reviewer, TaskContext, TaskFailed, Worker
+from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Worker
 
 __all__ = ["AgentConfig", "Agent"]
 
@@ -118,7 +119,7 @@ class Agent:
         self.worker = worker
         self.server = server
         self.names = names or Names()
-        self.settings = settings or Settings()
+        self.settings = settings or Settings.from_env()
         self.rng = rng or random.Random()
         self.log = log.bind(agent=config.id)
         self.bus: Bus
@@ -169,12 +170,16 @@ class Agent:
                         with anyio.CancelScope(shield=True):
                             await self._drain_held()
                 tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self.bus.agents.purge(self.names.agent_key(self.config.id), msg_ttl=self.settings.marker_ttl_s)
-            self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
         finally:
+            # Leave the directory however we got here (drained, cancelled, crashed).
             with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(2):
+                        await self.bus.agents.purge(self.names.agent_key(self.config.id), msg_ttl=self.settings.marker_ttl_s)
+                except (nats.errors.Error, MeshError) as exc:
+                    self.log.warning("could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__)
                 await nc.close()
+            self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
             self._stopped.set()
 
     async def _drain_held(self) -> None:
@@ -420,6 +425,13 @@ class Agent:
         if record.state != "open":
             self._track(task_id, record, revision)
             return
+        if not serves(self.config.serves, record.capability):
+            # Only a forged or corrupted offer gets here: the watch filters by what we serve.
+            self._known.pop(task_id, None)
+            why = f"role: {self.config.id} serves {list(self.config.serves)}, not {record.capability!r}; not claiming {task_id}"
+            self.log.warning("refused to claim outside the brief", task=task_id, capability=record.capability)
+            await self.bus.report(why, key=self.names.task_key(task_id))
+            return
         try:
             record, revision = await self.bus.write(record, revision, Claim(actor=self.config.id))
         except (Conflict, TransitionError):
@@ -497,6 +509,10 @@ class Agent:
             return "abandoned"
         except TaskFailed as exc:
             return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason=exc.reason, message=str(exc)), log)
+        except RoleViolation as exc:
+            log.warning("role violation", why=str(exc))
+            await self.bus.report(f"role violation on task {ctx.record.id}: {exc}", key=self.names.task_key(ctx.record.id))
+            return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason="error", message=f"role violation: {exc}"), log)
         except Exception as exc:  # a worker bug fails its task, loudly; it never kills the agent
             log.exception("worker raised")
             await self.bus.report(f"worker raised on task {ctx.record.id}: {exc!r}")

@@ -5,6 +5,7 @@ ours (the way httpcore maps its transport's errors)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -90,7 +91,10 @@ class Reconnects:
 
 @dataclass(frozen=True)
 class Settings:
-    """How the mesh's JetStream resources are created (by whoever comes first)."""
+    """How the mesh's JetStream resources are created (by whoever comes first).
+
+    ``MESH_REPLICAS`` (e.g. 3 on a 3-node cluster) and ``MESH_STORAGE`` (file or
+    memory) set the defaults from the environment; see docs/DEPLOY.md."""
 
     replicas: int = 1
     #: file storage survives broker restarts; memory is for benchmarks only
@@ -102,6 +106,16 @@ class Settings:
     records_max_age_s: float = 7 * 24 * 3600.0
     #: how long the marker of a removed offer stays on the board
     marker_ttl_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        replicas = os.environ.get("MESH_REPLICAS", "1")
+        storage = os.environ.get("MESH_STORAGE", "file")
+        if not replicas.isdigit() or not 1 <= int(replicas) <= 5:
+            raise MeshError(f"MESH_REPLICAS={replicas!r}: expected 1 to 5 (3 on a 3-node cluster)")
+        if storage not in ("file", "memory"):
+            raise MeshError(f"MESH_STORAGE={storage!r}: expected file or memory")
+        return cls(replicas=int(replicas), storage=storage)
 
 
 @contextlib.contextmanager
@@ -115,7 +129,12 @@ def translate_errors(what: str) -> Iterator[None]:
         raise NotFound(what) from None
     except nats.js.errors.NotFoundError:
         raise NotFound(what) from None
-    except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+    except (
+        nats.errors.TimeoutError,
+        nats.js.errors.ServiceUnavailableError,
+        nats.js.errors.NoStreamResponseError,
+        nats.errors.NoRespondersError,
+    ) as exc:
         raise Unavailable(f"{what}: broker did not answer ({type(exc).__name__})") from None
     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError) as exc:
         raise Unavailable(f"{what}: not connected to the broker ({type(exc).__name__})") from None
@@ -182,7 +201,7 @@ class Bus:
     @classmethod
     async def open(cls, nc: Client, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
         bus = cls(nc, names, agent=agent)
-        await bus.ensure(settings or Settings())
+        await bus.ensure(settings or Settings.from_env())
         return bus
 
     @classmethod
@@ -193,7 +212,7 @@ class Bus:
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
             with translate_errors("setting up the mesh's buckets and stream"):
-                await bus.ensure(settings or Settings())
+                await bus.ensure(settings or Settings.from_env())
         except BaseException:
             await nc.close()
             raise
@@ -321,6 +340,19 @@ class Bus:
                 b"",
                 headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
             )
+
+    async def snapshot(self, pattern: str) -> list[Any]:
+        """The current entries of the tasks bucket whose keys match ``pattern``."""
+        watcher = await self.tasks.watch(pattern, ignore_deletes=True)
+        entries = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                entries.append(entry)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return entries
 
     # --- events -------------------------------------------------------------------------
 

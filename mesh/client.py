@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
+import anyio.abc
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -22,19 +24,25 @@ from nats.js.api import DeliverPolicy
 
 from protocol import (
     AgentCard,
+    Approve,
     Budget,
     Cancel,
+    Claim,
     ControlReply,
     ControlRequest,
+    Finish,
     Names,
     RemoteProtocolError,
     ReviewPolicy,
     TaskEvent,
     TaskRecord,
     TransitionError,
+    Veto,
+    clarification_capability,
     decode_card,
     decode_control_reply,
     decode_event,
+    decode_offer,
     encode,
     is_terminal,
     new_task,
@@ -44,7 +52,10 @@ from .bus import Bus, MeshError, NotFound, Settings
 from .follow import wait_terminal
 from .work import new_id
 
-__all__ = ["DEFAULT_SERVER", "default_server", "Mesh"]
+__all__ = ["DEFAULT_SERVER", "default_server", "Answerer", "Mesh"]
+
+#: answers a clarification: gets the question's record, returns the answer
+Answerer = Callable[[TaskRecord], Awaitable[str]]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
@@ -125,10 +136,53 @@ class Mesh:
         await self.bus.create(record)
         return record
 
-    async def wait(self, task: TaskRecord | str) -> TaskRecord:
-        """Wait for the task to end; also judges no_agent, lease lapses and deadline."""
+    async def wait(self, task: TaskRecord | str, *, on_question: Answerer | None = None) -> TaskRecord:
+        """Wait for the task to end; also judges no_agent, lease lapses and deadline.
+
+        With ``on_question``, questions that agents ask this client while it waits
+        (clarification tasks addressed to ``agent.<client id>``) are answered by
+        calling it with the question's record."""
         record = task if isinstance(task, TaskRecord) else (await self.get(task))
-        return await wait_terminal(self.bus, record, observer=self.id)
+        if on_question is None:
+            return await wait_terminal(self.bus, record, observer=self.id)
+        final: list[TaskRecord] = []
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.answer_questions, on_question)
+            final.append(await wait_terminal(self.bus, record, observer=self.id))
+            tg.cancel_scope.cancel()
+        return final[0]
+
+    async def answer_questions(
+        self, on_question: Answerer, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer clarification tasks addressed to this client, until cancelled."""
+        watcher = await self.bus.tasks.watch(self.names.offer_filter(clarification_capability(self.id)))
+        task_status.started()
+        try:
+            async for entry in watcher:
+                if entry is None or entry.operation is not None or not entry.value:
+                    continue
+                try:
+                    offer = decode_offer(entry.value)
+                except RemoteProtocolError:
+                    continue
+                if offer.state == "open":
+                    await self._answer(offer.task, on_question)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _answer(self, task_id: str, on_question: Answerer) -> None:
+        try:
+            record, revision = await self.bus.read(task_id)
+            if record.state != "open":
+                return
+            record, revision = await self.bus.write(record, revision, Claim(actor=self.id))
+        except (MeshError, TransitionError, RemoteProtocolError):
+            return
+        answer = await on_question(record)
+        with contextlib.suppress(MeshError, TransitionError):
+            await self.bus.write(record, revision, Finish(actor=self.id, epoch=record.epoch, result=answer))
 
     async def run(self, capability: str, instruction: str, **kwargs: Any) -> TaskRecord:
         """Submit and wait: the final record."""
@@ -164,6 +218,37 @@ class Mesh:
 
         await walk(task_id, 0)
         return out
+
+    # --- acting as a person (the human inbox) -------------------------------------------------
+
+    async def offered(self, capability: str) -> list[TaskRecord]:
+        """Tasks currently offered under ``capability`` and below (open or in review)."""
+        records: list[TaskRecord] = []
+        for entry in await self.bus.snapshot(self.names.offer_filter(capability)):
+            _, task_id = self.names.parse_offer_key(entry.key)
+            with contextlib.suppress(NotFound, RemoteProtocolError):
+                record = await self.get(task_id)
+                if record.state in ("open", "review"):
+                    records.append(record)
+        return records
+
+    async def take_and_finish(self, task_id: str, result: Any) -> TaskRecord:
+        """Claim an open task as this client and finish it with ``result``."""
+        record, revision = await self.bus.read(task_id)
+        record, revision = await self.bus.write(record, revision, Claim(actor=self.id))
+        record, _ = await self.bus.write(record, revision, Finish(actor=self.id, epoch=record.epoch, result=result))
+        return record
+
+    async def vote(self, task_id: str, *, approve: bool, reasons: tuple[str, ...] = ()) -> TaskRecord:
+        """Approve or veto a result under review, as this client."""
+
+        def event(record: TaskRecord) -> Approve | Veto:
+            if approve:
+                return Approve(actor=self.id, epoch=record.epoch)
+            return Veto(actor=self.id, epoch=record.epoch, reasons=reasons)
+
+        record, _ = await self.bus.transition(task_id, event)
+        return record
 
     # --- directory -------------------------------------------------------------------------
 

@@ -109,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     n = bsub.add_parser("new", help="write a commented brief template")
     n.add_argument("file", nargs="?", default="-", help="where to write (default: stdout)")
 
+    p = sub.add_parser("inbox", help="work and reviews addressed to people (human.* capabilities)")
+    p.add_argument("--capability", default="human", help="capability prefix of the inbox (default: human)")
+    p.add_argument("--as", dest="as_", default=None, metavar="NAME", help="your id in the mesh (default: human-<login>)")
+    p.add_argument("--json", action="store_true")
+    _server(p)
+    isub = p.add_subparsers(dest="inbox_command", metavar="ACTION")
+    isub.add_parser("list", help="list what waits for a person (the default)")
+    a = isub.add_parser("answer", help="take an open task and finish it with your answer")
+    a.add_argument("id")
+    a.add_argument("text")
+    a = isub.add_parser("approve", help="approve a result under review")
+    a.add_argument("id")
+    a = isub.add_parser("veto", help="send a result back, with reasons")
+    a.add_argument("id")
+    a.add_argument("--reason", action="append", required=True, help="why (repeatable)")
+
     sub.add_parser("kinds", help="list the built-in agent kinds")
     return parser
 

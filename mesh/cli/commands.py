@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import msgspec
 
 from protocol import InvalidName, LocalProtocolError, Names, ReviewPolicy
@@ -59,6 +60,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "cancel": cmd_cancel,
         "brief": cmd_brief,
         "kinds": cmd_kinds,
+        "inbox": cmd_inbox,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
@@ -221,7 +223,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 return 0
             if not args.json:
                 print(f"submitted {record.id}; waiting ...", file=sys.stderr)
-            final = await mesh.wait(record)
+            final = await mesh.wait(record, on_question=_ask_the_terminal)
         finally:
             await mesh.close()
         if args.json:
@@ -231,6 +233,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0 if final.state == "done" else 1
 
     return _run(submit)
+
+
+async def _ask_the_terminal(question: Any) -> str:
+    """An agent asked the submitter a question: show it, read one line as the answer."""
+    print(f"\nquestion from {question.requester} (task {question.parent}):\n  {question.instruction}", file=sys.stderr)
+    print("your answer> ", end="", file=sys.stderr, flush=True)
+    line: str = await anyio.to_thread.run_sync(sys.stdin.readline)
+    return line.strip()
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -334,3 +344,41 @@ def cmd_kinds(args: argparse.Namespace) -> int:
         print(f"{name:8} {doc}")
     print("package.module:Class   your own worker, constructed as Class(brief)")
     return 0
+
+
+# --- the human inbox ---------------------------------------------------------------------------
+
+
+def _person() -> str:
+    import getpass
+    import re
+
+    return "human-" + (re.sub(r"[^A-Za-z0-9_-]", "-", getpass.getuser()) or "someone")
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    """List work and reviews offered to people; answer, approve or veto one."""
+    person = args.as_ or _person()
+
+    async def inbox() -> int:
+        mesh = await Mesh.connect(args.server or default_server(), client_id=person, names=Names(args.prefix))
+        try:
+            if args.inbox_command in (None, "list"):
+                items = await mesh.offered(args.capability)
+                if args.json:
+                    print(json.dumps([msgspec.to_builtins(r) for r in items]))
+                else:
+                    print(render.inbox(items))
+                return 0
+            if args.inbox_command == "answer":
+                record = await mesh.take_and_finish(args.id, args.text)
+            elif args.inbox_command == "approve":
+                record = await mesh.vote(args.id, approve=True)
+            else:
+                record = await mesh.vote(args.id, approve=False, reasons=tuple(args.reason))
+            print(f"{record.id}: {record.state}{' (' + record.reason + ')' if record.reason else ''}")
+            return 0
+        finally:
+            await mesh.close()
+
+    return _run(inbox)

@@ -8,7 +8,7 @@ from typing import Any
 
 from protocol import AgentCard, TaskEvent, TaskRecord
 
-__all__ = ["outcome", "agents_table", "event_line", "trace"]
+__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox"]
 
 
 def _short(value: Any, width: int = 80) -> str:
@@ -66,4 +66,22 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
             reason = f" ({e.reason})" if e.reason else ""
             note = f"  {_short(e.note, 50)}" if e.note else ""
             lines.append(f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}")
+    return "\n".join(lines)
+
+
+def inbox(records: list[TaskRecord]) -> str:
+    if not records:
+        return "nothing waits for a person"
+    lines = []
+    for r in records:
+        what = "REVIEW" if r.state == "review" else "TASK"
+        lines.append(f"{what} {r.id} [{r.capability}] from {r.requester}: {_short(r.instruction, 100)}")
+        if r.criteria:
+            lines.append(f"  criteria: {_short(r.criteria, 100)}")
+        if r.state == "review":
+            lines.append(f"  result by {r.author}: {_short(r.result, 100)}")
+        for v in r.feedback:
+            lines.append(f"  veto by {v.reviewer}: {_short('; '.join(v.reasons), 90)}")
+    lines.append("")
+    lines.append("act with: mesh inbox answer ID TEXT | mesh inbox approve ID | mesh inbox veto ID --reason WHY")
     return "\n".join(lines)
