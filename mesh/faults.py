@@ -14,7 +14,7 @@ import anyio
 from .briefs import Brief
 from .work import TaskContext, Verdict
 
-__all__ = ["AlwaysWrong", "Sloppy", "RubberStamp", "SelfDelegator", "Staller", "Overreacher", "Asker"]
+__all__ = ["AlwaysWrong", "Sloppy", "RubberStamp", "SelfDelegator", "Rephraser", "Staller", "Overreacher", "Asker"]
 
 
 class AlwaysWrong:
@@ -62,6 +62,19 @@ class SelfDelegator:
 
     async def work(self, task: TaskContext) -> Any:
         child = await task.delegate(task.record.capability, task.instruction)
+        return child.result if child.state == "done" else f"child {child.state}: {child.reason}"
+
+
+class Rephraser:
+    """Hands its task back to its own capability, reworded each time: a near-loop the
+    fingerprint rule cannot see; the hop limit ends it and `mesh top` flags it."""
+
+    def __init__(self, brief: Brief) -> None:
+        self.delay = float(brief.options.get("delay", 0.0))
+
+    async def work(self, task: TaskContext) -> Any:
+        await anyio.sleep(self.delay)
+        child = await task.delegate(task.record.capability, f"{task.instruction} (rephrased)")
         return child.result if child.state == "done" else f"child {child.state}: {child.reason}"
 
 

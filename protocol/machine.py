@@ -132,6 +132,7 @@ def _claim(record: TaskRecord, event: Claim, now: float) -> TaskRecord:
         epoch=record.epoch + 1,
         attempts=record.attempts + 1,
         progress="",
+        progress_at=now,
         updated=now,
     )
 
@@ -141,6 +142,7 @@ def _renew(record: TaskRecord, event: Renew, now: float) -> TaskRecord:
     return msgspec.structs.replace(
         record,
         progress=record.progress if event.progress is None else event.progress,
+        progress_at=record.progress_at if event.progress is None and event.checkpoint is None else now,
         checkpoint=record.checkpoint if event.checkpoint is None else event.checkpoint,
         updated=now,
     )

@@ -144,6 +144,9 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     children: tuple[str, ...] = ()
     checkpoint: Any = None
     progress: str = ""
+    #: when the owner last reported progress (or claimed); a lease renewed with no
+    #: progress for long marks the task as stuck in `mesh top`
+    progress_at: float | None = None
     result: Any = None
     #: who produced ``result`` (excluded from reviewing it)
     author: str | None = None

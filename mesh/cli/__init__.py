@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("id")
     a.add_argument("--reason", action="append", required=True, help="why (repeatable)")
 
+    p = sub.add_parser("top", help="live view of agents and tasks; flags stuck, looping and overloaded work")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--json", action="store_true", help="with --once: JSON for scripts")
+    p.add_argument("--interval", type=parse_duration, default=1.0, help="refresh interval (default 1s)")
+    p.add_argument("--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)")
+    p.add_argument("--loop-after", type=int, default=3, help="a capability recurring this often in a chain = looping (default 3)")
+    _server(p)
+
     sub.add_parser("kinds", help="list the built-in agent kinds")
     return parser
 

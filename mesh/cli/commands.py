@@ -61,6 +61,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "brief": cmd_brief,
         "kinds": cmd_kinds,
         "inbox": cmd_inbox,
+        "top": cmd_top,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
@@ -382,3 +383,34 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             await mesh.close()
 
     return _run(inbox)
+
+
+# --- top ---------------------------------------------------------------------------------------
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from ..top import take_snapshot
+
+    async def top() -> int:
+        mesh = await _mesh(args)
+        try:
+            if args.once:
+                snap = await take_snapshot(mesh, stuck_after=args.stuck_after, loop_after=args.loop_after)
+                if args.json:
+                    print(json.dumps(snap.to_json()))
+                else:
+                    from rich.console import Console
+
+                    Console().print(render.top_view(snap))
+                return 0
+            from rich.live import Live
+
+            with Live(auto_refresh=False, screen=False) as live:
+                while True:
+                    snap = await take_snapshot(mesh, stuck_after=args.stuck_after, loop_after=args.loop_after)
+                    live.update(render.top_view(snap), refresh=True)
+                    await anyio.sleep(args.interval)
+        finally:
+            await mesh.close()
+
+    return _run(top)

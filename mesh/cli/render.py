@@ -8,7 +8,7 @@ from typing import Any
 
 from protocol import AgentCard, TaskEvent, TaskRecord
 
-__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox"]
+__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view"]
 
 
 def _short(value: Any, width: int = 80) -> str:
@@ -85,3 +85,40 @@ def inbox(records: list[TaskRecord]) -> str:
     lines.append("")
     lines.append("act with: mesh inbox answer ID TEXT | mesh inbox approve ID | mesh inbox veto ID --reason WHY")
     return "\n".join(lines)
+
+
+def top_view(snap: Any) -> Any:
+    """A rich renderable of a :class:`mesh.top.Snapshot` (rich is imported here only)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    data = snap.to_json()
+    agents = Table(title=f"agents ({len(data['agents'])})", expand=True)
+    for col in ("agent", "role", "serves", "load", "tasks", "last progress", "reworks", "done", "failed"):
+        agents.add_column(col)
+    for a in data["agents"]:
+        age = "-" if a["last_progress_age_s"] is None else f"{a['last_progress_age_s']:.0f}s ago"
+        agents.add_row(
+            a["id"] + (" (draining)" if a["draining"] else ""), a["role"], ",".join(a["serves"]),
+            f"{a['load']}/{a['capacity']}", ",".join(a["tasks"]) or "-", age, str(a["reworks"]),
+            str(a["completed"]), str(a["failed"]),
+        )
+    flags = data["flags"]
+    tasks = Table(title=f"active tasks ({len(data['tasks'])})", expand=True)
+    for col in ("task", "capability", "state", "owner", "epoch", "reworks", "progress", "age", "flags"):
+        tasks.add_column(col)
+    for t in data["tasks"]:
+        marks = [name for name in ("stuck", "looping") if t["id"] in flags[name]]
+        if t["state"] == "open" and t["capability"] in flags["overloaded"]:
+            marks.append("overloaded")
+        tasks.add_row(
+            t["id"], t["capability"], t["state"], t["owner"] or "-", str(t["epoch"]), str(t["reworks"]),
+            _short(t["progress"], 30), f"{t['age_s']:.0f}s", Text(" ".join(marks), style="bold red") if marks else "",
+        )
+    summary = Text(
+        f"stuck: {len(flags['stuck'])}   looping: {len(flags['looping'])}   overloaded capabilities: "
+        f"{', '.join(flags['overloaded']) or 'none'}",
+        style="bold red" if any(flags.values()) else "green",
+    )
+    return Group(agents, tasks, summary)

@@ -1,0 +1,102 @@
+"""What `mesh top` shows: a snapshot of the mesh's operations, with the three things
+a person must notice early flagged (sensitivity to operations):
+
+- **stuck**: a task whose lease is renewed but whose owner reported no progress for
+  ``stuck_after`` seconds (alive, but not getting anywhere);
+- **looping**: a chain of handoffs in which one capability recurs ``loop_after``
+  times (exact repeats are refused by the protocol; near-repeats are flagged here);
+- **overloaded**: a capability with open tasks and no agent with free capacity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import AgentCard, RemoteProtocolError, TaskRecord, is_terminal, serves
+
+from .bus import NotFound
+from .client import Mesh
+
+__all__ = ["Snapshot", "take_snapshot", "analyse"]
+
+
+@dataclass
+class Snapshot:
+    at: float
+    agents: list[AgentCard]
+    tasks: list[TaskRecord]
+    stuck: list[str] = field(default_factory=list)
+    looping: list[str] = field(default_factory=list)
+    overloaded: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        by_owner: dict[str, list[TaskRecord]] = {}
+        for t in self.tasks:
+            if t.owner:
+                by_owner.setdefault(t.owner, []).append(t)
+        agents = []
+        for card in self.agents:
+            held = by_owner.get(card.id, [])
+            last = max((t.progress_at or t.created for t in held), default=None)
+            agents.append(
+                {
+                    "id": card.id, "role": card.role, "serves": list(card.serves), "load": card.load,
+                    "capacity": card.capacity, "tasks": [t.id for t in held], "draining": card.draining,
+                    "last_progress_age_s": None if last is None else round(self.at - last, 3),
+                    "reworks": sum(t.reworks for t in held), "completed": card.completed, "failed": card.failed,
+                }
+            )
+        tasks = [
+            {
+                "id": t.id, "capability": t.capability, "state": t.state, "owner": t.owner, "epoch": t.epoch,
+                "attempts": t.attempts, "reworks": t.reworks, "progress": t.progress, "parent": t.parent, "root": t.root,
+                "progress_age_s": None if t.progress_at is None else round(self.at - t.progress_at, 3),
+                "age_s": round(self.at - t.created, 3),
+            }
+            for t in self.tasks
+        ]
+        return {
+            "at": self.at, "agents": agents, "tasks": tasks,
+            "flags": {"stuck": self.stuck, "looping": self.looping, "overloaded": self.overloaded},
+        }
+
+
+async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: int = 3) -> Snapshot:
+    """Read the directory and every task on the board (active tasks are exactly the
+    ones with an offer), then flag what needs a person's attention."""
+    agents = await mesh.agents()
+    seen: set[str] = set()
+    tasks: list[TaskRecord] = []
+    for entry in await mesh.bus.snapshot("offer.>"):
+        with contextlib.suppress(Exception):
+            _, task_id = mesh.names.parse_offer_key(entry.key)
+            if task_id in seen:
+                continue
+            seen.add(task_id)
+            with contextlib.suppress(NotFound, RemoteProtocolError):
+                record = await mesh.get(task_id)
+                if not is_terminal(record):
+                    tasks.append(record)
+    return analyse(time.time(), agents, tasks, stuck_after=stuck_after, loop_after=loop_after)
+
+
+def analyse(now: float, agents: list[AgentCard], tasks: list[TaskRecord], *, stuck_after: float, loop_after: int) -> Snapshot:
+    snap = Snapshot(at=now, agents=agents, tasks=sorted(tasks, key=lambda t: t.created))
+    by_id = {t.id: t for t in tasks}
+    for t in snap.tasks:
+        if t.state == "working" and t.progress_at is not None and now - t.progress_at >= stuck_after:
+            snap.stuck.append(t.id)
+        chain, node = [t.capability], t
+        while node.parent is not None and node.parent in by_id:
+            node = by_id[node.parent]
+            chain.append(node.capability)
+        if chain.count(t.capability) >= loop_after:
+            snap.looping.append(t.id)
+    open_caps = sorted({t.capability for t in tasks if t.state == "open"})
+    for cap in open_caps:
+        if not any(serves(a.serves, cap) and a.load < a.capacity and not a.draining for a in agents):
+            snap.overloaded.append(cap)
+    return snap
