@@ -97,7 +97,15 @@ class Broker:
         return [*cmd, *self.extra_args]
 
     def start(self, *, timeout: float = 10.0, log: int | None = subprocess.DEVNULL) -> Broker:
+        return self.launch(log=log).wait_healthy(timeout=timeout)
+
+    def launch(self, *, log: int | None = subprocess.DEVNULL) -> Broker:
+        """Start the process without waiting (a cluster's nodes are healthy only together)."""
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        return self
+
+    def wait_healthy(self, *, timeout: float = 10.0) -> Broker:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

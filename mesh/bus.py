@@ -164,7 +164,8 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
 
     try:
         nc = await nats.connect(
-            url,
+            # A comma-separated list names several servers of one cluster.
+            [u.strip() for u in url.split(",") if u.strip()],
             name=name,
             connect_timeout=2,
             allow_reconnect=reconnect,

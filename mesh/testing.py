@@ -19,11 +19,11 @@ from typing import Any
 import anyio
 import pytest
 
-from .broker import Broker
+from .broker import Broker, free_port
 from .client import Mesh
 from .process import AgentProcess, spawn_agent
 
-__all__ = ["broker", "mesh_client", "agent_procs", "AgentProcs", "write_brief", "wait_for"]
+__all__ = ["broker", "mesh_client", "agent_procs", "AgentProcs", "Cluster", "write_brief", "wait_for"]
 
 
 @pytest.fixture
@@ -149,3 +149,39 @@ def agent_procs(broker: Broker, tmp_path: Path) -> Iterator[AgentProcs]:
         if os.environ.get("MESH_TEST_SHOW_LOGS"):
             for agent_id in procs.procs:
                 sys.stderr.write(f"--- {agent_id} ---\n{procs.log(agent_id)}\n")
+
+
+class Cluster:
+    """A 3-node nats-server cluster with JetStream on loopback (free ports)."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.cluster_ports = [free_port() for _ in range(size)]
+        self.nodes: list[Broker] = []
+        for i in range(size):
+            store = directory / f"n{i + 1}"
+            store.mkdir(parents=True, exist_ok=True)
+            routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i)
+            self.nodes.append(
+                Broker(
+                    store=str(store),
+                    extra_args=(
+                        "--server_name", f"n{i + 1}", "--cluster_name", "mesh-test",
+                        "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}", "--routes", routes,
+                    ),
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes if node.process is not None)
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_healthy(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
