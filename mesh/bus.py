@@ -284,6 +284,20 @@ class Bus:
             raise NotFound(f"task {task_id}")
         return decode_record(entry.value), entry.revision or 0
 
+    async def read_patiently(self, task_id: str, *, patience_s: float = 15.0) -> tuple[TaskRecord, int]:
+        """:meth:`read`, retried while the broker is briefly unavailable (a restart, a
+        cluster node failing over)."""
+        deadline = time.monotonic() + patience_s
+        delay = 0.05
+        while True:
+            try:
+                return await self.read(task_id)
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def create(self, record: TaskRecord) -> int:
         try:
             with translate_errors(f"task {record.id} already exists"):
@@ -292,8 +306,9 @@ class Bus:
             existing, revision = await self.read(record.id)  # did it land?
             if existing != record:
                 raise
-        await self.publish_board(record.id, board_change(None, record, revision))
-        await self.publish_event("created", record, actor=record.requester)
+        async with anyio.create_task_group() as tg:  # two independent acks, one round trip
+            tg.start_soon(self.publish_board, record.id, board_change(None, record, revision), revision)
+            tg.start_soon(lambda: self.publish_event("created", record, revision, actor=record.requester))
         return revision
 
     async def write(self, old: TaskRecord, revision: int, event: Event, now: float | None = None) -> tuple[TaskRecord, int]:
@@ -311,9 +326,11 @@ class Bus:
             if fresh != new:
                 raise
             new_revision = fresh_revision
-        await self.publish_board(old.id, board_change(old, new, new_revision))
-        if event_kind(event) != "renew" or new.state != old.state:
-            await self.publish_event(event_kind(event), new, actor=event.actor, note=_note(event, new))
+        async with anyio.create_task_group() as tg:  # two independent acks, one round trip
+            tg.start_soon(self.publish_board, old.id, board_change(old, new, new_revision), new_revision)
+            if event_kind(event) != "renew" or new.state != old.state:
+                kind, note = event_kind(event), _note(event, new)
+                tg.start_soon(lambda: self.publish_event(kind, new, new_revision, actor=event.actor, note=note))
         return new, new_revision
 
     async def transition(self, task_id: str, make: Any, *, attempts: int = 20) -> tuple[TaskRecord, int]:
@@ -327,13 +344,14 @@ class Bus:
                 continue
         raise Conflict(f"task {task_id}: gave up after {attempts} conflicting writes")
 
-    async def publish_board(self, task_id: str, change: BoardChange) -> None:
-        """Write offers without waiting for JetStream's ack: the board is a hint that
-        heals itself (observers re-read the record before acting), and an offer
-        write is off the critical path of the task. Order is kept: one connection."""
+    async def publish_board(self, task_id: str, change: BoardChange, revision: int) -> None:
+        """Put offers with JetStream's ack (a lost "open" offer would leave a task
+        unannounced); removals go unacknowledged: a stale offer is harmless, since
+        observers re-read the record before acting and clean it up."""
         prefix = f"$KV.{self.names.tasks_bucket}."
         for capability, offer in change.put.items():
-            await self.nc.publish(prefix + self.names.offer_key(capability, task_id), encode(offer))
+            key = self.names.offer_key(capability, task_id)
+            await self.publish_acked(prefix + key, encode(offer), msg_id=f"{key}:{revision}")
         for capability in change.delete:
             # A purge marker that itself expires: finished tasks leave nothing on the board.
             await self.nc.publish(
@@ -341,6 +359,25 @@ class Bus:
                 b"",
                 headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
             )
+
+    async def publish_acked(self, subject: str, data: bytes, *, msg_id: str, patience_s: float = 10.0) -> bool:
+        """Publish to a stream and wait for its ack, retrying through a leader election
+        or a reconnection; ``msg_id`` makes the retries idempotent (JetStream dedupe).
+        Returns False (after logging) if the broker never acknowledged."""
+        headers = {VERSION_HEADER: "1", "Nats-Msg-Id": msg_id}
+        deadline = time.monotonic() + patience_s
+        delay = 0.05
+        while True:
+            try:
+                with translate_errors(f"publishing {subject}"):
+                    await self.js.publish(subject, data, headers=headers, timeout=2.0)
+                return True
+            except Unavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    structlog.get_logger("mesh.bus").error("not recorded by the broker", subject=subject, error=str(exc))
+                    return False
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def snapshot(self, pattern: str) -> list[Any]:
         """The current entries of the tasks bucket whose keys match ``pattern``."""
@@ -357,7 +394,9 @@ class Bus:
 
     # --- events -------------------------------------------------------------------------
 
-    async def publish_event(self, kind: str, record: TaskRecord, *, actor: str, note: str = "") -> None:
+    async def publish_event(self, kind: str, record: TaskRecord, revision: int, *, actor: str, note: str = "") -> None:
+        """Record one event per transition, acknowledged (an event published while a
+        stream elects a leader would otherwise vanish), deduplicated by revision."""
         event = TaskEvent(
             kind=kind,
             task=record.id,
@@ -371,10 +410,8 @@ class Bus:
             note=note,
             at=time.time(),
         )
-        await self.nc.publish(
-            self.names.event_subject(record.root, record.id, kind),
-            encode(event),
-            headers={VERSION_HEADER: "1"},
+        await self.publish_acked(
+            self.names.event_subject(record.root, record.id, kind), encode(event), msg_id=f"{record.id}:{revision}:{kind}"
         )
 
     async def report(self, error: str, *, subject: str = "", key: str = "") -> None:

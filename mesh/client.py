@@ -48,7 +48,7 @@ from protocol import (
     new_task,
 )
 
-from .bus import Bus, MeshError, NotFound, Settings
+from .bus import Bus, MeshError, NotFound, Settings, Unavailable, translate_errors
 from .follow import wait_terminal
 from .work import new_id
 
@@ -189,7 +189,7 @@ class Mesh:
         return await self.wait(await self.submit(capability, instruction, **kwargs))
 
     async def get(self, task_id: str) -> TaskRecord:
-        record, _ = await self.bus.read(task_id)
+        record, _ = await self.bus.read_patiently(task_id)
         return record
 
     async def cancel(self, task_id: str, note: str = "") -> TaskRecord:
@@ -304,7 +304,17 @@ class Mesh:
 
     async def history(self, root: str | None, *, timeout: float = 0.5) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""
-        sub = await self.bus.js.subscribe(self.names.events_filter(root), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        for attempt in range(20):  # the stream may be electing a leader (cluster failover)
+            try:
+                with translate_errors("reading the events stream"):
+                    sub = await self.bus.js.subscribe(
+                        self.names.events_filter(root), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+                    )
+                break
+            except Unavailable:
+                if attempt == 19:
+                    raise
+                await anyio.sleep(0.25)
         out: list[TaskEvent] = []
         try:
             info = await sub.consumer_info()

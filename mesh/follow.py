@@ -23,6 +23,7 @@ from protocol import (
     Reopen,
     TaskRecord,
     TransitionError,
+    board_change,
     decode_event,
     is_terminal,
 )
@@ -38,8 +39,9 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
     """Return ``record``'s terminal version. Never hangs: every task has a claim
     timeout, a lease, and usually a deadline, and this function enforces all three."""
     async with bus.follow(record) as sub:
-        current, revision = await bus.read(record.id)
+        current, revision = await bus.read_patiently(record.id)
         view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+        reannounced: set[str] = set()
         while not is_terminal(current):
             wait = min(poll_s, max(view.due() - time.monotonic(), 0.0))
             if current.deadline is not None:
@@ -68,7 +70,10 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
                 view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
                 if current.deadline is None or time.time() < current.deadline:
                     continue
-            current, revision = await _judge(bus, current, revision, observer)
+            announced = current.state == "open" and current.id in reannounced
+            current, revision = await _judge(bus, current, revision, observer, announced_again=announced)
+            if current.state == "open":
+                reannounced.add(current.id)
             view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
         return current
 
@@ -77,10 +82,12 @@ def _patience(record: TaskRecord) -> float:
     """How long a party lets a record stay unchanged before acting on it."""
     if record.state == "working":
         return record.lease_s
-    return record.claim_timeout_s
+    # An open task is re-announced after half its claim timeout and ends no_agent
+    # after the other half.
+    return record.claim_timeout_s / 2
 
 
-async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str) -> tuple[TaskRecord, int]:
+async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str, *, announced_again: bool) -> tuple[TaskRecord, int]:
     """The record has not changed for its patience, or its deadline passed: end or
     re-open it. A lost race just means someone else acted first."""
     if is_terminal(record):
@@ -90,6 +97,11 @@ async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str) -> 
     elif record.state == "working":
         event = Reopen(actor=observer, epoch=record.epoch)
         log.info("lease lapsed, reopening", task=record.id, owner=record.owner, epoch=record.epoch)
+    elif not announced_again:
+        # Before declaring no_agent, announce the task once more: its offer may have
+        # been lost (broker failover) rather than ignored.
+        await bus.publish_board(record.id, board_change(None, record, revision), revision)
+        return record, revision
     else:
         event = Expire(actor=observer, reason="no_agent")
     try:

@@ -4,6 +4,7 @@ Imports only the standard library and msgspec; reads no clock; does no I/O. Feed
 records and events, it returns the next record or a :class:`ProtocolError`.
 """
 
+from .cards import a2a_card
 from .codec import (
     MAX_MESSAGE_BYTES,
     check_record,
@@ -64,7 +65,6 @@ from .rules import (
     specificity,
     split_budget,
 )
-from .cards import a2a_card
 from .types import (
     PROTOCOL_VERSION,
     REASONS,

@@ -77,6 +77,13 @@ def check_record(record: TaskRecord) -> TaskRecord:
         validate_agent_id(record.requester)
         if record.parent is not None:
             validate_task_id(record.parent)
+        for child in record.children:
+            validate_task_id(child)
+        # The reviewer and escalation capabilities become board keys.
+        if record.review is not None:
+            validate_capability(record.review.capability)
+            if record.review.escalate_to is not None:
+                validate_capability(record.review.escalate_to)
     except InvalidName as exc:
         raise RemoteProtocolError(f"task record: {exc}") from None
     if record.state == "working" and record.owner is None:

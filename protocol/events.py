@@ -105,6 +105,9 @@ class Charge(_OwnerEvent, frozen=True, kw_only=True, tag="charge"):
 
 
 class Cancel(_Event, frozen=True, kw_only=True, tag="cancel"):
+    """End the task as ``cancelled`` in any live state, even past its deadline; the
+    canceller then cancels the task's children."""
+
     note: str = ""
 
 

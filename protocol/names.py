@@ -32,6 +32,11 @@ _CAPABILITY_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN}){{0,7}}$")
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+#: an event kind is one lowercase subject token (``claim``, ``add_child``, ``created``)
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+# Patterns are applied with ``fullmatch``: ``re.match`` with ``$`` accepts a trailing
+# newline, which would let ``"summarize\n"`` into a subject.
 
 
 def validate_capability(capability: str) -> str:
@@ -40,7 +45,7 @@ def validate_capability(capability: str) -> str:
     A capability is 1-8 dot-separated lowercase tokens (``summarize.medical``); the
     tokens become NATS subject tokens, so wildcards and spaces are not allowed.
     """
-    if not isinstance(capability, str) or not _CAPABILITY_RE.match(capability):
+    if not isinstance(capability, str) or not _CAPABILITY_RE.fullmatch(capability):
         raise InvalidName(
             f"invalid capability {capability!r}: expected 1-8 dot-separated tokens of "
             "lowercase letters, digits, '_' or '-' (e.g. 'summarize.medical')"
@@ -49,7 +54,7 @@ def validate_capability(capability: str) -> str:
 
 
 def validate_agent_id(agent_id: str) -> str:
-    if not isinstance(agent_id, str) or not _AGENT_ID_RE.match(agent_id):
+    if not isinstance(agent_id, str) or not _AGENT_ID_RE.fullmatch(agent_id):
         raise InvalidName(
             f"invalid agent id {agent_id!r}: expected 1-64 letters, digits, '_' or '-' "
             "(no dots: the id is one subject token)"
@@ -58,9 +63,18 @@ def validate_agent_id(agent_id: str) -> str:
 
 
 def validate_task_id(task_id: str) -> str:
-    if not isinstance(task_id, str) or not _TASK_ID_RE.match(task_id):
+    if not isinstance(task_id, str) or not _TASK_ID_RE.fullmatch(task_id):
         raise InvalidName(f"invalid task id {task_id!r}: expected 1-64 letters, digits, '_' or '-'")
     return task_id
+
+
+def _validate_kind(kind: str) -> str:
+    if not isinstance(kind, str) or not _KIND_RE.fullmatch(kind):
+        raise InvalidName(
+            f"invalid event kind {kind!r}: expected a lowercase letter then up to 31 lowercase "
+            "letters, digits or '_' (one subject token, e.g. 'add_child')"
+        )
+    return kind
 
 
 def capability_tokens(capability: str) -> tuple[str, ...]:
@@ -84,7 +98,7 @@ class Names:
     prefix: str = "mesh"
 
     def __post_init__(self) -> None:
-        if not _PREFIX_RE.match(self.prefix):
+        if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
             raise InvalidName(
                 f"invalid mesh prefix {self.prefix!r}: expected a lowercase letter then up to "
                 "31 lowercase letters, digits, '_' or '-'"
@@ -151,7 +165,7 @@ class Names:
     def event_subject(self, root: str, task_id: str, kind: str) -> str:
         return (
             f"{self.prefix}.v{MAJOR_VERSION}.evt.{validate_task_id(root)}."
-            f"{validate_task_id(task_id)}.{kind}"
+            f"{validate_task_id(task_id)}.{_validate_kind(kind)}"
         )
 
     def events_filter(self, root: str | None = None) -> str:
@@ -163,7 +177,7 @@ class Names:
         parts = subject.split(".")
         if len(parts) != 6 or parts[:3] != [self.prefix, f"v{MAJOR_VERSION}", "evt"]:
             raise InvalidName(f"not an event subject of mesh {self.prefix!r}: {subject!r}")
-        return validate_task_id(parts[3]), validate_task_id(parts[4]), parts[5]
+        return validate_task_id(parts[3]), validate_task_id(parts[4]), _validate_kind(parts[5])
 
     def error_subject(self, agent_id: str) -> str:
         return f"{self.prefix}.v{MAJOR_VERSION}.err.{validate_agent_id(agent_id)}"

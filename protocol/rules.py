@@ -62,10 +62,7 @@ def new_task(
     validate_task_id(task_id)
     validate_capability(capability)
     validate_agent_id(requester)
-    if review is not None:
-        validate_capability(review.capability)
-        if review.escalate_to is not None:
-            validate_capability(review.escalate_to)
+    _validate_review(review)
     if hops < 0:
         raise LocalProtocolError(f"hops must be >= 0, got {hops}")
     if deadline is not None and deadline <= now:
@@ -88,6 +85,13 @@ def new_task(
         created=now,
         updated=now,
     )
+
+
+def _validate_review(review: ReviewPolicy | None) -> None:
+    if review is not None:
+        validate_capability(review.capability)
+        if review.escalate_to is not None:
+            validate_capability(review.escalate_to)
 
 
 # --- longest-prefix routing and fit -----------------------------------------------------
@@ -127,8 +131,19 @@ def fit(
 ) -> float:
     """How well an agent fits a task, in [0, 1]; 0 means it may not claim it.
 
-    Specificity dominates (a specialist beats a generalist even when busier); then
-    free capacity, declared expertise for the task's tags, and track record.
+    Specificity dominates, strictly: an agent whose served capability matches more
+    tokens of the task's capability always fits better than one matching fewer, however
+    busy it is (as long as it is not full). Within one specificity, *quality* decides:
+    free capacity, declared expertise for the task's tags, and track record::
+
+        quality = 0.6 + 0.25 * free + 0.1 * expert + 0.05 * track      in (0.6, 1]
+        fit     = specificity - (1 - quality) / n                      n = tokens of capability
+
+    Specificities of one capability are ``k / n`` for ``k`` matched tokens, so the
+    penalty (under ``0.4 / n``) never crosses into the band below. For a one-token
+    capability ``fit == quality``; for ``summarize`` serving ``summarize.medical`` it
+    is ``0.5 * quality``. (A plain product ``specificity * quality`` lets a busy exact
+    match lose to an idle three-of-four-token prefix.)
 
     The track record only ever *lowers* fit: ``1 - failed / (completed + failed + 1)``
     is 1.0 for an agent that never failed, new or old. (A smoothed success rate would
@@ -138,11 +153,12 @@ def fit(
     spec = max((specificity(s, capability) for s in served), default=0.0)
     if spec == 0.0 or load >= capacity:
         return 0.0
-    free = 1.0 - load / capacity
+    free = 1.0 - max(load, 0) / capacity
     expert = 1.0 if not tags else len(set(tags) & set(expertise)) / len(set(tags))
-    track = 1.0 - failed / (completed + failed + 1)
+    track = 1.0 - max(failed, 0) / (max(completed, 0) + max(failed, 0) + 1)
     # Weights sum to 1: an idle exact match that never failed has fit 1 (no delay).
-    return spec * (0.6 + 0.25 * free + 0.1 * expert + 0.05 * track)
+    quality = 0.6 + 0.25 * free + 0.1 * expert + 0.05 * track
+    return min(1.0, spec - (1.0 - quality) / len(capability_tokens(capability)))
 
 
 def claim_delay(fit_value: float, *, window: float = DEFAULT_CLAIM_WINDOW_S, jitter: float = 0.0) -> float:
@@ -223,13 +239,14 @@ def delegate(
 
     Rules: one hop fewer; a deadline no later than the parent's; a share of the
     parent's remaining budget. A child the rules forbid is still created, already
-    ``failed`` with the reason (``hop_limit``, ``loop``, ``budget``), so the refusal is
-    on record and the parent's owner reads it like any other outcome.
+    ``failed`` with the reason (``hop_limit``, ``loop``, ``budget``, ``deadline``), so
+    the refusal is on record and the parent's owner reads it like any other outcome.
     """
     if actor != parent.owner or parent.state != "working":
         raise LocalProtocolError(f"only the owner of a working task may delegate ({actor!r} is not)")
     validate_task_id(child_id)
     validate_capability(capability)
+    _validate_review(review)
     if parent.deadline is not None:
         deadline = parent.deadline if deadline is None else min(deadline, parent.deadline)
     lineage = (*parent.lineage, fingerprint(parent.capability, parent.instruction))
@@ -261,6 +278,8 @@ def delegate(
         refusal = ("loop", f"same capability and instruction as an ancestor of {parent.id}")
     elif budget is not None and (budget.tokens == 0 or budget.cost == 0.0):
         refusal = ("budget", f"{parent.id} has no budget left to share")
+    elif deadline is not None and deadline <= now:
+        refusal = ("deadline", f"the deadline of {child_id} has already passed")
     if refusal is not None:
         return msgspec.structs.replace(child, state="failed", reason=refusal[0], error=refusal[1])
     return child

@@ -65,7 +65,7 @@ async def test_losing_one_node_of_three_loses_nothing(cluster: Cluster, tmp_path
         assert Counter(r.state for r in finals) == {"done": 40}, [(r.state, r.reason, r.error) for r in finals if r.state != "done"]
         events = await mesh.history(None)
         finishes = Counter(e.task for e in events if e.kind == "finish")
-        assert all(finishes[r.id] == 1 for r in finals)
+        assert all(finishes[r.id] == 1 for r in finals), sorted(finishes[r.id] for r in finals)
         assert all(p.process.poll() is None for p in procs)
     finally:
         for p in procs:
