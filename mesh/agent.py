@@ -94,7 +94,6 @@ class _Known:
     offer: Offer
     seen_at: float
     view: LeaseView
-    attempting: bool = False
 
 
 @dataclass
@@ -136,6 +135,7 @@ class Agent:
         self._known: dict[str, _Known] = {}
         self._held: dict[str, anyio.CancelScope] = {}
         self._reviewing: set[str] = set()
+        self._attempting: set[str] = set()
         self._tasks_tg: anyio.abc.TaskGroup
 
     # --- life cycle -----------------------------------------------------------------------
@@ -371,10 +371,12 @@ class Agent:
 
     def _start_attempts(self) -> None:
         free = self.config.capacity - len(self._held) - len(self._reviewing)
-        attempting = sum(1 for k in self._known.values() if k.attempting)
+        # In-flight attempts are counted by task id, not on the board entry: a newer
+        # offer for the same task (e.g. our own claim's) replaces the entry mid-attempt.
+        attempting = len(self._attempting)
         candidates = []
         for task_id, known in self._known.items():
-            if known.attempting or task_id in self._held or task_id in self._reviewing:
+            if task_id in self._attempting or task_id in self._held or task_id in self._reviewing:
                 continue
             if known.offer.state == "working":
                 continue
@@ -385,7 +387,7 @@ class Agent:
         candidates.sort()
         for due, task_id in candidates[: max(free - attempting, 0)]:
             known = self._known[task_id]
-            known.attempting = True
+            self._attempting.add(task_id)
             self._tasks_tg.start_soon(self._attempt, task_id, known, due)
 
     async def _attempt(self, task_id: str, known: _Known, due: float) -> None:
@@ -402,7 +404,7 @@ class Agent:
             self.log.warning("claim attempt failed, will retry", task=task_id, error=str(exc) or type(exc).__name__)
             known.seen_at = time.monotonic() + 0.5
         finally:
-            known.attempting = False
+            self._attempting.discard(task_id)
             self._notify()
 
     async def _read(self, task_id: str) -> tuple[TaskRecord, int] | None:

@@ -1,19 +1,23 @@
 """Briefs and org files: the organization as TOML a person can read and review.
 
-A *brief* describes one agent: its role, its written brief, what it serves, whom it
-may delegate to, its capacity and the ``kind`` of implementation. An *org* file
-lists agents (inline or by path to a brief) with replicas. Errors name the file,
-the field and what was expected.
+A *brief* describes one agent: its role, its written brief (responsibilities, what
+it may and must not do), what it serves, whom it may delegate to, its capacity, the
+review policies for the tasks it creates and for the results it produces, its model
+settings (model or fallback list, temperature, budget, tools) and the ``kind`` of
+implementation. An *org* file lists agents (inline or by path to a brief) with
+replicas. Errors name the file, the field and what to do about it.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from protocol import Budget, InvalidName, ReviewPolicy, validate_agent_id, validate_capability
+from protocol import Budget, InvalidName, ReviewPolicy, best_match, validate_agent_id, validate_capability
 
 __all__ = ["BriefError", "Brief", "OrgAgent", "Org", "load_brief", "load_org", "BRIEF_TEMPLATE"]
 
@@ -28,6 +32,9 @@ class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     role: str = ""
     #: the written brief: responsibilities, what the agent may and must not do
     brief: str = ""
+    #: what the agent may do, and what it must not do (one line each; part of its prompt)
+    may: tuple[str, ...] = ()
+    must_not: tuple[str, ...] = ()
     serves: tuple[str, ...]
     delegates: tuple[str, ...] = ()
     expertise: tuple[str, ...] = ()
@@ -38,30 +45,53 @@ class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     options: dict[str, Any] = {}
     #: review policy for the tasks this agent creates when it delegates
     review: ReviewPolicy | None = None
-    #: LLM settings, used by model-calling kinds
+    #: review policy for the results this agent produces: they are checked by
+    #: reviewers of ``review_results.capability`` before the agent returns them
+    review_results: ReviewPolicy | None = None
+    #: LLM settings, used by model-calling kinds: a litellm model name, or a list
+    #: (the first is used, the others are fallbacks); $MESH_MODEL is the default
     model: str | tuple[str, ...] | None = None
     temperature: float = 0.2
+    #: the most one task may cost this agent (tokens, cost in USD)
     budget: Budget | None = None
+    #: extra tools the model may call besides the protocol's actions
     tools: tuple[str, ...] = ()
     lease_s: float = 10.0
     drain_timeout_s: float = 30.0
+
+    def models(self) -> tuple[str, ...]:
+        """The models to use, in fallback order: the brief's, else ``$MESH_MODEL``
+        (comma-separated for fallbacks), else none (kinds then work offline)."""
+        if isinstance(self.model, str):
+            return (self.model,)
+        if self.model:
+            return self.model
+        return tuple(m.strip() for m in os.environ.get("MESH_MODEL", "").split(",") if m.strip())
 
 
 class OrgAgent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: path to a brief file, relative to the org file ...
     brief: str | None = None
-    # ... or the brief inline (same fields as a brief file)
+    # ... or the brief inline: the fields of a brief file, with its text in `text`
     name: str | None = None
     role: str = ""
+    text: str = ""
+    may: tuple[str, ...] = ()
+    must_not: tuple[str, ...] = ()
     serves: tuple[str, ...] = ()
     delegates: tuple[str, ...] = ()
     expertise: tuple[str, ...] = ()
     capacity: int = 1
     kind: str = "echo"
     options: dict[str, Any] = {}
-    text: str = ""
     review: ReviewPolicy | None = None
+    review_results: ReviewPolicy | None = None
     model: str | tuple[str, ...] | None = None
+    temperature: float = 0.2
+    budget: Budget | None = None
+    tools: tuple[str, ...] = ()
+    lease_s: float = 10.0
+    drain_timeout_s: float = 30.0
     replicas: int = 1
 
 
@@ -115,7 +145,46 @@ def _check(brief: Brief, where: str) -> Brief:
         raise BriefError(f"{where}: field `capacity`: must be at least 1, got {brief.capacity}")
     if brief.lease_s <= 0:
         raise BriefError(f"{where}: field `lease_s`: must be positive")
+    if brief.drain_timeout_s < 0:
+        raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 or more")
+    for field in ("review", "review_results"):
+        policy = getattr(brief, field)
+        if policy is None:
+            continue
+        for sub, cap in (("capability", policy.capability), ("escalate_to", policy.escalate_to)):
+            if cap is None:
+                continue
+            try:
+                validate_capability(cap)
+            except InvalidName as exc:
+                raise BriefError(f"{where}: field `{field}.{sub}`: {exc}") from None
+    if brief.review_results is not None and best_match(brief.serves, brief.review_results.capability):
+        raise BriefError(
+            f"{where}: field `review_results.capability`: {brief.review_results.capability!r} is served by this "
+            "agent itself; an author cannot review its own results: name another agent's capability"
+        )
+    models = (brief.model,) if isinstance(brief.model, str) else (brief.model or ())
+    if brief.model is not None and (not models or not all(m.strip() for m in models)):
+        raise BriefError(
+            f"{where}: field `model`: give a litellm model name (e.g. \"openai/gpt-4o-mini\") "
+            "or a non-empty list of them (the first is used, the rest are fallbacks)"
+        )
+    if len(set(models)) != len(models):
+        raise BriefError(f"{where}: field `model`: a model is listed twice; list each fallback once")
+    if not 0.0 <= brief.temperature <= 2.0:
+        raise BriefError(f"{where}: field `temperature`: must be between 0 and 2, got {brief.temperature}")
+    for tool in brief.tools:
+        if not _TOOL.fullmatch(tool):
+            raise BriefError(f"{where}: field `tools`: invalid tool name {tool!r}: use letters, digits and '_'")
+    if len(set(brief.tools)) != len(brief.tools):
+        raise BriefError(f"{where}: field `tools`: a tool is listed twice")
+    for field in ("may", "must_not"):
+        if not all(line.strip() for line in getattr(brief, field)):
+            raise BriefError(f"{where}: field `{field}`: remove the empty entry (one rule per string)")
     return brief
+
+
+_TOOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def load_brief(path: str | Path) -> Brief:
@@ -134,16 +203,14 @@ def load_org(path: str | Path) -> tuple[Org, list[tuple[Brief, int]]]:
         if entry.replicas < 1:
             raise BriefError(f"{where}: field `replicas`: must be at least 1")
         if entry.brief is not None:
+            if entry.name is not None:
+                raise BriefError(
+                    f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline brief (`name`, `serves`, ...), not both"
+                )
             brief = load_brief(p.parent / entry.brief)
         elif entry.name is not None:
-            brief = _check(
-                Brief(
-                    name=entry.name, role=entry.role, brief=entry.text, serves=entry.serves, delegates=entry.delegates,
-                    expertise=entry.expertise, capacity=entry.capacity, kind=entry.kind, options=entry.options,
-                    review=entry.review, model=entry.model,
-                ),
-                where,
-            )
+            fields = {f: getattr(entry, f) for f in entry.__struct_fields__ if f not in ("brief", "text", "replicas")}
+            brief = _check(Brief(brief=entry.text, **fields), where)
         else:
             raise BriefError(f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline `name` and `serves`")
         out.append((brief, entry.replicas))
@@ -156,20 +223,23 @@ def load_org(path: str | Path) -> tuple[Org, list[tuple[Brief, int]]]:
 
 BRIEF_TEMPLATE = '''\
 # An agent brief for agent-mesh. Check it with: mesh brief check FILE
-# Run it with:                                  mesh agent run FILE --server nats://HOST:4222
+# Run it alone with:                            mesh agent run FILE --server nats://HOST:4222
+# or list it in an org file (one line per agent: brief = "FILE", replicas = N) for `mesh up`.
 
 # Agent id: letters, digits, '_' and '-'. Replicas get a suffix (-1, -2, ...).
 name = "summarizer"
 role = "Summarizer"
 
-# The written brief: responsibilities, what the agent may and must not do.
+# The written brief: the agent's responsibilities. Model-calling kinds put it, and
+# the two lists below, in the model's instructions.
 brief = """
 Summarize the document you are given in three sentences, faithfully.
-You may delegate fact lookups to `lookup`. You must not invent facts.
 """
+may = ["delegate fact lookups to `lookup`", "ask the requester what the summary is for"]
+must_not = ["invent facts that are not in the document"]
 
 # Capabilities it serves (dotted; `summarize` also covers `summarize.medical`,
-# at lower fit than a specialist), and those it may hand work to.
+# at lower fit than a specialist), and those it may hand work to (enforced).
 serves = ["summarize"]
 delegates = []
 expertise = []
@@ -177,12 +247,23 @@ expertise = []
 # How many tasks it works on at once.
 capacity = 2
 
-# Implementation: a built-in kind (echo, sleep, fail, relay, extract, check) or
-# `package.module:Class` for your own code.
-kind = "echo"
+# Implementation: `llm` (a model-driven agent; see `mesh kinds` for the others) or
+# `package.module:Class` for your own code. With no model configured (no `model`
+# here, no $MESH_MODEL) an `llm` agent works offline: it hands the task to its first
+# delegate, or answers extractively from the task's text, and says so.
+kind = "llm"
 
-# Settings for the kind, e.g. seconds = 2.0 for `sleep`.
-[options]
+# The model, through litellm: one name, or a list (the first is used, the others
+# are fallbacks when a provider fails). $MESH_MODEL is the default.
+# model = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022"]
+temperature = 0.2
+
+# The most one task may cost this agent; the task's own budget applies as well.
+# budget = { tokens = 20000, cost = 0.05 }
+
+# Extra tools for the model besides the protocol's actions (delegate, ask, finish):
+# e.g. "search_docs" (BM25 search in Python's documentation).
+tools = []
 
 # Review policy for the tasks this agent creates when it delegates (optional):
 # [review]
@@ -190,4 +271,13 @@ kind = "echo"
 # capability = "review"
 # max_reworks = 2
 # escalate_to = "human.review"
+
+# Review policy for the results this agent produces: reviewers of `capability`
+# check them before the agent returns them (optional):
+# [review_results]
+# capability = "critique"
+# max_reworks = 1
+
+# Settings for the kind (for `llm`: max_turns, max_tokens, timeout_s, retries).
+[options]
 '''
