@@ -482,7 +482,8 @@ class Agent:
 
     async def _hold(self, ctx: TaskContext, scope: anyio.CancelScope) -> None:
         record = ctx.record
-        log = self.log.bind(task=record.id, root=record.root, epoch=record.epoch)
+        trace_id = record.trace.split("-")[1] if record.trace else None
+        log = self.log.bind(task=record.id, root=record.root, epoch=record.epoch, trace_id=trace_id)
         log.info("claimed", capability=record.capability, attempt=record.attempts)
         self._notify()
         outcome: str = "lost"

@@ -360,11 +360,15 @@ class Bus:
                 headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
             )
 
-    async def publish_acked(self, subject: str, data: bytes, *, msg_id: str, patience_s: float = 10.0) -> bool:
+    async def publish_acked(
+        self, subject: str, data: bytes, *, msg_id: str, trace: str | None = None, patience_s: float = 10.0
+    ) -> bool:
         """Publish to a stream and wait for its ack, retrying through a leader election
         or a reconnection; ``msg_id`` makes the retries idempotent (JetStream dedupe).
         Returns False (after logging) if the broker never acknowledged."""
         headers = {VERSION_HEADER: "1", "Nats-Msg-Id": msg_id}
+        if trace is not None:
+            headers["traceparent"] = trace
         deadline = time.monotonic() + patience_s
         delay = 0.05
         while True:
@@ -411,7 +415,10 @@ class Bus:
             at=time.time(),
         )
         await self.publish_acked(
-            self.names.event_subject(record.root, record.id, kind), encode(event), msg_id=f"{record.id}:{revision}:{kind}"
+            self.names.event_subject(record.root, record.id, kind),
+            encode(event),
+            msg_id=f"{record.id}:{revision}:{kind}",
+            trace=record.trace,
         )
 
     async def report(self, error: str, *, subject: str = "", key: str = "") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -46,6 +47,7 @@ from protocol import (
     encode,
     is_terminal,
     new_task,
+    traceparent,
 )
 
 from .bus import Bus, MeshError, NotFound, Settings, Unavailable, translate_errors
@@ -132,6 +134,7 @@ class Mesh:
             budget=budget,
             lease_s=lease_s,
             claim_timeout_s=claim_timeout_s,
+            trace=traceparent(secrets.token_hex(16), secrets.token_hex(8)),
         )
         await self.bus.create(record)
         return record

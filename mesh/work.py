@@ -180,13 +180,17 @@ class TaskContext:
                 criteria=criteria,
                 review=review,
                 budget_share=budget_share,
+                span_id=secrets.token_hex(8),
             )
         )
 
     async def ask(self, question: str) -> str:
         """Ask the requester; returns its answer (the clarification task's result)."""
         child = await self._hand_off(
-            lambda child_id: ask(self.record, child_id=child_id, question=question, actor=self.agent, now=time.time())
+            lambda child_id: ask(
+                self.record, child_id=child_id, question=question, actor=self.agent, now=time.time(),
+                span_id=secrets.token_hex(8),
+            )
         )
         if child.state != "done":
             raise TaskFailed(f"clarification {child.id} ended {child.state}: {child.error}")

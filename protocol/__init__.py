@@ -55,6 +55,7 @@ from .rules import (
     ask,
     best_match,
     board_change,
+    child_traceparent,
     claim_delay,
     delegate,
     fingerprint,
@@ -64,6 +65,7 @@ from .rules import (
     serves,
     specificity,
     split_budget,
+    traceparent,
 )
 from .types import (
     PROTOCOL_VERSION,
@@ -100,7 +102,7 @@ __all__ = [
     "validate_agent_id", "validate_capability", "validate_task_id",
     "DEFAULT_CLAIM_WINDOW_S", "DEFAULT_HOPS", "DEFAULT_LEASE_S", "BoardChange", "LeaseView", "ask",
     "best_match", "board_change", "claim_delay", "delegate", "fingerprint", "fit", "new_task",
-    "offers_for", "serves", "specificity", "split_budget",
+    "offers_for", "serves", "specificity", "split_budget", "traceparent", "child_traceparent",
     "a2a_card",
     "PROTOCOL_VERSION", "REASONS", "TERMINAL_STATES", "A2ACard", "A2AInterface", "A2ASkill", "AgentCard",
     "Budget", "ControlReply", "ControlRequest", "ErrorReport", "NotUnderstood", "Offer", "Reason",

@@ -30,6 +30,8 @@ __all__ = [
     "delegate",
     "ask",
     "split_budget",
+    "traceparent",
+    "child_traceparent",
     "offers_for",
     "BoardChange",
     "board_change",
@@ -57,8 +59,10 @@ def new_task(
     budget: Budget | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     claim_timeout_s: float = 10.0,
+    trace: str | None = None,
 ) -> TaskRecord:
-    """A new root task, open for claiming."""
+    """A new root task, open for claiming. ``trace`` is a W3C traceparent (see
+    :func:`traceparent`); ids and randomness come from the caller."""
     validate_task_id(task_id)
     validate_capability(capability)
     validate_agent_id(requester)
@@ -82,9 +86,39 @@ def new_task(
         root=task_id,
         lease_s=lease_s,
         claim_timeout_s=claim_timeout_s,
+        trace=None if trace is None else _check_traceparent(trace),
         created=now,
         updated=now,
     )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def traceparent(trace_id: str, span_id: str) -> str:
+    """A W3C trace-context ``traceparent`` (version 00, sampled) from a 32-hex-digit
+    trace id and a 16-hex-digit span id."""
+    return _check_traceparent(f"00-{trace_id}-{span_id}-01")
+
+
+def child_traceparent(parent: str | None, span_id: str) -> str | None:
+    """The traceparent of a child task: the parent's trace id, a new span id."""
+    if parent is None:
+        return None
+    return traceparent(_check_traceparent(parent).split("-")[1], span_id)
+
+
+def _check_traceparent(value: str) -> str:
+    parts = value.split("-")
+    if (
+        len(parts) != 4
+        or [len(p) for p in parts] != [2, 32, 16, 2]
+        or not all(set(p) <= _HEX for p in parts)
+        or parts[1] == "0" * 32
+        or parts[2] == "0" * 16
+    ):
+        raise LocalProtocolError(f"not a W3C traceparent: {value!r} (expected 00-<32 hex>-<16 hex>-<2 hex>)")
+    return value
 
 
 def _validate_review(review: ReviewPolicy | None) -> None:
@@ -234,6 +268,7 @@ def delegate(
     review: ReviewPolicy | None = None,
     deadline: float | None = None,
     budget_share: float = 0.5,
+    span_id: str | None = None,
 ) -> TaskRecord:
     """The child task of a handoff by ``parent``'s owner.
 
@@ -266,6 +301,7 @@ def delegate(
         parent=parent.id,
         root=parent.root,
         lineage=lineage,
+        trace=None if span_id is None else child_traceparent(parent.trace, span_id),
         lease_s=parent.lease_s,
         claim_timeout_s=parent.claim_timeout_s,
         created=now,
@@ -285,7 +321,9 @@ def delegate(
     return child
 
 
-def ask(parent: TaskRecord, *, child_id: str, question: str, actor: str, now: float) -> TaskRecord:
+def ask(
+    parent: TaskRecord, *, child_id: str, question: str, actor: str, now: float, span_id: str | None = None
+) -> TaskRecord:
     """A clarification: a child task addressed to the requester's own capability
     ``agent.<requester>``. Its result is the answer."""
     return delegate(
@@ -296,6 +334,7 @@ def ask(parent: TaskRecord, *, child_id: str, question: str, actor: str, now: fl
         actor=actor,
         now=now,
         budget_share=1.0,
+        span_id=span_id,
     )
 
 

@@ -147,6 +147,9 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     #: when the owner last reported progress (or claimed); a lease renewed with no
     #: progress for long marks the task as stuck in `mesh top`
     progress_at: float | None = None
+    #: W3C ``traceparent`` of the task (children share the trace id); also sent as the
+    #: ``traceparent`` header of the task's events
+    trace: str | None = None
     result: Any = None
     #: who produced ``result`` (excluded from reviewing it)
     author: str | None = None

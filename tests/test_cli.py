@@ -8,7 +8,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from mesh.broker import Broker
@@ -155,3 +158,68 @@ def test_demo_runs_end_to_end() -> None:
     assert "approve" in out and "-> done by checker" in out
     assert "failed (no_agent)" in out
     assert "stopped every agent" in out
+
+
+async def test_watch_prints_events_live(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker, tmp_path: Path) -> None:
+    agent_procs.start("echoer", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    log_path = tmp_path / "watch.out"
+    watcher = _spawn(["watch", "--server", broker.url], log_path)
+    try:
+        async def watching() -> bool:
+            return any(c.name and c.name.startswith("client-") for c in await _connections(broker))
+
+        await wait_for(watching, what="mesh watch to subscribe")
+        record = await mesh_client.run("echo", "watch me")
+
+        def printed() -> bool:
+            text = log_path.read_text()
+            return f"{record.id} finish" in text and "-> done" in text
+
+        await wait_for(printed, what="the finish event on mesh watch's output")
+        assert f"{record.id} created" in log_path.read_text()
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+
+
+async def test_inbox_lists_and_answers_escalated_work(mesh_client: Mesh, broker: Broker) -> None:
+    record = await mesh_client.submit("human.review", "Is this release good to ship?")
+    listing = mesh("inbox", server=broker.url).stdout
+    assert record.id in listing and "Is this release good to ship?" in listing
+    items = json.loads(mesh("inbox", "--json", server=broker.url).stdout)
+    assert [i["id"] for i in items] == [record.id]
+    out = mesh("inbox", "--as", "human-bob", "answer", record.id, "yes, ship it", server=broker.url).stdout
+    assert "done" in out
+    final = await mesh_client.wait(record)
+    assert final.result == "yes, ship it" and final.author == "human-bob"
+    assert mesh("inbox", server=broker.url).stdout.startswith("nothing waits")
+
+
+async def test_submit_wait_answers_a_question_from_the_terminal(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:
+    agent_procs.start("asker", ["ambiguous"], kind="mesh.faults:Asker", options={"question": "Which file?"})
+    await agent_procs.ready(mesh_client)
+    proc = await anyio.run_process(
+        [sys.executable, "-m", "mesh", "submit", "ambiguous", "open it", "--wait", "--server", broker.url],
+        input=b"notes.txt\n", check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "Which file?" in proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "open it -> using your answer: notes.txt"
+
+
+def _spawn(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    with open(out, "wb") as f:
+        return subprocess.Popen([sys.executable, "-m", "mesh", *args], stdout=f, stderr=subprocess.DEVNULL)
+
+
+async def _connections(broker: Broker) -> list[Any]:
+    import urllib.request
+    from types import SimpleNamespace
+
+    def fetch() -> list[Any]:
+        with urllib.request.urlopen(f"{broker.monitor_url}/connz", timeout=2) as resp:
+            data = json.loads(resp.read())
+        return [SimpleNamespace(name=c.get("name")) for c in data.get("connections", [])]
+
+    return await anyio.to_thread.run_sync(fetch)
