@@ -50,6 +50,7 @@ from protocol import (
     Release,
     RemoteProtocolError,
     Reopen,
+    Reviewing,
     TaskRecord,
     TransitionError,
     Veto,
@@ -570,8 +571,11 @@ class Agent:
         self._notify()
         try:
             ctx = TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates)
-            verdict = await self.worker.review(ctx)
             epoch = record.epoch
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._still_reviewing, task_id, epoch, record.claim_timeout_s)
+                verdict = await self.worker.review(ctx)
+                tg.cancel_scope.cancel()
 
             def vote(current: TaskRecord) -> Approve | Veto:
                 if verdict.approve:
@@ -588,6 +592,18 @@ class Agent:
             self._reviewing.discard(task_id)
             self._known.pop(task_id, None)
             self._notify()
+
+    async def _still_reviewing(self, task_id: str, epoch: int, patience_s: float) -> None:
+        """Reviews hold no lease; tell the waiting parties we are at work, well within
+        their patience, so a slow review is not mistaken for no reviewer at all."""
+        while True:
+            await anyio.sleep(max(patience_s / 4, 0.2))
+            try:
+                after, _ = await self.bus.transition(task_id, lambda _: Reviewing(actor=self.config.id, epoch=epoch))
+            except (TransitionError, MeshError, nats.errors.Error):
+                return  # voted on, ended, or unreachable: nothing more to say
+            if after.state != "review":
+                return
 
     # --- observing other agents' leases --------------------------------------------------
 

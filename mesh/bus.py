@@ -328,7 +328,8 @@ class Bus:
             new_revision = fresh_revision
         async with anyio.create_task_group() as tg:  # two independent acks, one round trip
             tg.start_soon(self.publish_board, old.id, board_change(old, new, new_revision), new_revision)
-            if event_kind(event) != "renew" or new.state != old.state:
+            # Heartbeats (lease renewals, "still reviewing") are not worth an event each.
+            if event_kind(event) not in ("renew", "reviewing") or new.state != old.state:
                 kind, note = event_kind(event), _note(event, new)
                 tg.start_soon(lambda: self.publish_event(kind, new, new_revision, actor=event.actor, note=note))
         return new, new_revision

@@ -14,7 +14,7 @@ import anyio
 from .briefs import Brief
 from .work import TaskContext, Verdict
 
-__all__ = ["AlwaysWrong", "Sloppy", "RubberStamp", "SelfDelegator", "Rephraser", "Staller", "Overreacher", "Asker"]
+__all__ = ["AlwaysWrong", "Sloppy", "RubberStamp", "SelfDelegator", "Rephraser", "Staller", "Overreacher", "Asker", "SlowReviewer"]
 
 
 class AlwaysWrong:
@@ -108,3 +108,18 @@ class Asker:
     async def work(self, task: TaskContext) -> Any:
         answer = await task.ask(self.question)
         return f"{task.instruction} -> using your answer: {answer}"
+
+
+class SlowReviewer:
+    """A reviewer that takes its time (``options.seconds``) and then approves, like a
+    model or a person would: slower than the task's claim timeout."""
+
+    def __init__(self, brief: Brief) -> None:
+        self.seconds = float(brief.options.get("seconds", 3.0))
+
+    async def work(self, task: TaskContext) -> Any:
+        return "reviewed"
+
+    async def review(self, task: TaskContext) -> Verdict:
+        await anyio.sleep(self.seconds)
+        return Verdict(approve=True)

@@ -33,6 +33,7 @@ from .events import (
     Release,
     Renew,
     Reopen,
+    Reviewing,
     Veto,
 )
 from .machine import TRANSITIONS, apply, approvals, event_kind, is_terminal
@@ -96,7 +97,7 @@ __all__ = [
     "decode_error", "decode_event", "decode_offer", "decode_record", "decode_transition", "encode",
     "Fenced", "InvalidName", "LocalProtocolError", "ProtocolError", "RemoteProtocolError", "TransitionError",
     "EVENT_KINDS", "AddChild", "Approve", "Cancel", "Charge", "Claim", "Event", "Expire", "Fail", "Finish",
-    "Release", "Renew", "Reopen", "Veto",
+    "Release", "Renew", "Reopen", "Reviewing", "Veto",
     "TRANSITIONS", "apply", "approvals", "event_kind", "is_terminal",
     "MAJOR_VERSION", "VERSION_HEADER", "Names", "capability_tokens", "clarification_capability",
     "validate_agent_id", "validate_capability", "validate_task_id",

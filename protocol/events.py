@@ -20,6 +20,7 @@ __all__ = [
     "Fail",
     "Release",
     "Reopen",
+    "Reviewing",
     "Approve",
     "Veto",
     "Charge",
@@ -85,6 +86,14 @@ class Reopen(_Event, frozen=True, kw_only=True, tag="reopen"):
     epoch: NonNegInt
 
 
+class Reviewing(_Event, frozen=True, kw_only=True, tag="reviewing"):
+    """A reviewer says it is working on a review: it changes the record's revision, so
+    the parties waiting on the task see life and do not end it ``no_agent`` while a
+    slow reviewer (a model, a person) is still at work. Reviews hold no lease."""
+
+    epoch: NonNegInt
+
+
 class Approve(_Event, frozen=True, kw_only=True, tag="approve"):
     """A reviewer approves the current result (round = ``reworks``)."""
 
@@ -118,10 +127,12 @@ class Expire(_Event, frozen=True, kw_only=True, tag="expire"):
     reason: Literal["deadline", "no_agent"]
 
 
-Event = Claim | Renew | AddChild | Finish | Fail | Release | Reopen | Approve | Veto | Charge | Cancel | Expire
+Event = (
+    Claim | Renew | AddChild | Finish | Fail | Release | Reopen | Reviewing | Approve | Veto | Charge | Cancel | Expire
+)
 OwnerEvent = Renew | AddChild | Finish | Fail | Release | Charge
 
 EVENT_KINDS: tuple[str, ...] = (
     "claim", "renew", "add_child", "finish", "fail", "release",
-    "reopen", "approve", "veto", "charge", "cancel", "expire",
+    "reopen", "reviewing", "approve", "veto", "charge", "cancel", "expire",
 )

@@ -29,6 +29,7 @@ from .events import (
     Release,
     Renew,
     Reopen,
+    Reviewing,
     Veto,
 )
 from .types import TERMINAL_STATES, TaskRecord, Usage, Vote
@@ -50,6 +51,7 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("working", "reopen"): ("open", "failed"),
     ("working", "cancel"): ("cancelled",),
     ("working", "expire"): ("failed",),
+    ("review", "reviewing"): ("review",),
     ("review", "approve"): ("review", "done"),
     ("review", "veto"): ("open", "failed"),
     ("review", "cancel"): ("cancelled",),
@@ -210,7 +212,7 @@ def _reopen(record: TaskRecord, event: Reopen, now: float) -> TaskRecord:
     )
 
 
-def _vote_guard(record: TaskRecord, event: Approve | Veto) -> None:
+def _vote_guard(record: TaskRecord, event: Approve | Veto | Reviewing) -> None:
     if event.epoch != record.epoch:
         raise Fenced(
             state=record.state,
@@ -222,6 +224,11 @@ def _vote_guard(record: TaskRecord, event: Approve | Veto) -> None:
         raise _refuse(record, event, "the author cannot review its own result")
     if any(v.reviewer == event.actor and v.round == record.reworks for v in record.votes):
         raise _refuse(record, event, "this reviewer already voted on this result")
+
+
+def _reviewing(record: TaskRecord, event: Reviewing, now: float) -> TaskRecord:
+    _vote_guard(record, event)
+    return msgspec.structs.replace(record, progress=f"{event.actor} is reviewing", updated=now)
 
 
 def _approve(record: TaskRecord, event: Approve, now: float) -> TaskRecord:
@@ -298,6 +305,7 @@ _HANDLERS: dict[type, Callable[[TaskRecord, object, float], TaskRecord]] = {
     Fail: _fail,  # type: ignore[dict-item]
     Release: _release,  # type: ignore[dict-item]
     Reopen: _reopen,  # type: ignore[dict-item]
+    Reviewing: _reviewing,  # type: ignore[dict-item]
     Approve: _approve,  # type: ignore[dict-item]
     Veto: _veto,  # type: ignore[dict-item]
     Cancel: _cancel,  # type: ignore[dict-item]

@@ -59,6 +59,7 @@ from .events import (
     Release,
     Renew,
     Reopen,
+    Reviewing,
     Veto,
 )
 from .machine import TRANSITIONS, apply
@@ -291,6 +292,7 @@ def _sample_event(kind: str, record: TaskRecord, *, actor: str | None = None) ->
         "fail": Fail(actor=owner, epoch=epoch, reason="error", message="tool crashed"),
         "release": Release(actor=owner, epoch=epoch, note="draining"),
         "reopen": Reopen(actor=actor or "agent-b", epoch=epoch),
+        "reviewing": Reviewing(actor=actor or "critic-1", epoch=epoch),
         "approve": Approve(actor=actor or "critic-1", epoch=epoch),
         "veto": Veto(actor=actor or "critic-1", epoch=epoch, reasons=("Too vague.",)),
         "charge": Charge(actor=owner, epoch=epoch, usage=Usage(tokens=1200, cost=0.01)),
@@ -354,6 +356,7 @@ def transition_vectors() -> list[dict[str, Any]]:
     add("working/reopen -> failed (error: max_lapses reached)", w.twice_lapsed, Reopen(actor="agent-a", epoch=3), T0 + 90)
     add("working/cancel -> cancelled", w.working, Cancel(actor="client-1", note="no longer needed"), T0 + 20)
     add("working/expire -> failed (deadline)", w.working, Expire(actor="agent-b", reason="deadline"), later)
+    add("review/reviewing -> review (a reviewer is at work)", w.review, Reviewing(actor="critic-1", epoch=1), T0 + 65)
     add("review/approve -> review (quorum not yet reached)", w.review, Approve(actor="critic-1", epoch=1), T0 + 70)
     add("review/approve -> done (quorum reached)", w.review_one_vote, Approve(actor="critic-2", epoch=1), T0 + 80)
     add("review/veto -> open (sent back for rework)", w.review_one_vote, Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)), T0 + 80)

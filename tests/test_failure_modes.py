@@ -156,3 +156,12 @@ async def test_fm_3_1_and_3_2_no_done_without_quorum_of_non_authors(agent_procs:
         assert record.state == "done"
         assert record.author not in approvals(record) and len(approvals(record)) >= 1
         assert record.author not in {v.reviewer for v in record.votes}
+
+
+async def test_a_slow_reviewer_is_not_mistaken_for_no_reviewer(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    agent_procs.start("author", ["answer"], kind="echo")
+    agent_procs.start("slow", ["review"], kind="mesh.faults:SlowReviewer", options={"seconds": 2.5})
+    await agent_procs.ready(mesh_client)
+    record = await mesh_client.run("answer", "take your time", review=1, claim_timeout_s=1.0)
+    assert record.state == "done", (record.state, record.reason, record.error)
+    assert [v.reviewer for v in record.votes] == ["slow"]

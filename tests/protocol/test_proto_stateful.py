@@ -34,6 +34,7 @@ from protocol import (
     Release,
     Renew,
     Reopen,
+    Reviewing,
     ReviewPolicy,
     TaskRecord,
     TransitionError,
@@ -247,12 +248,15 @@ class TaskLife(RuleBasedStateMachine):
     @rule(
         who=st.sampled_from(["$author", *REVIEWERS, *REVIEWERS, "a"]),
         shift=EPOCH_SHIFT,
-        verdict=st.sampled_from(["approve", "approve", "veto"]),
+        verdict=st.sampled_from(["approve", "approve", "veto", "reviewing"]),
         reasons=st.sampled_from([(), ("",), ("wrong",), ("wrong", "late")]),
     )
     def vote(self, who: str, shift: int, verdict: str, reasons: tuple[str, ...]) -> None:
         actor, epoch = self.actor(who), self.epoch(shift)
-        self.feed(Approve(actor=actor, epoch=epoch) if verdict == "approve" else Veto(actor=actor, epoch=epoch, reasons=reasons))
+        if verdict == "reviewing":
+            self.feed(Reviewing(actor=actor, epoch=epoch))
+        else:
+            self.feed(Approve(actor=actor, epoch=epoch) if verdict == "approve" else Veto(actor=actor, epoch=epoch, reasons=reasons))
 
     @rule(who=ACTORS, reason=st.sampled_from(["deadline", "no_agent"]), dice=st.integers(0, 5))
     def expire(self, who: str, reason: Any, dice: int) -> None:
