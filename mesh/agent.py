@@ -420,8 +420,15 @@ class Agent:
             self._known.pop(task_id, None)
             return None
 
+    async def _current(self, task_id: str, known: _Known) -> tuple[TaskRecord, int] | None:
+        """The record as the offer carried it (if it did), else as read now. Acting on
+        the carried copy is safe: our write is a compare-and-set on its revision."""
+        if known.offer.record is not None:
+            return known.offer.record, known.offer.revision
+        return await self._read(task_id)
+
     async def _claim(self, task_id: str, known: _Known) -> None:
-        got = await self._read(task_id)
+        got = await self._current(task_id, known)
         if got is None:
             return
         record, revision = got
@@ -436,7 +443,8 @@ class Agent:
             await self.bus.report(why, key=self.names.task_key(task_id))
             return
         try:
-            record, revision = await self.bus.write(record, revision, Claim(actor=self.config.id))
+            # Announcing the claim (offer, event) goes on while we start working.
+            record, revision = await self.bus.write(record, revision, Claim(actor=self.config.id), announce_in=self._tasks_tg)
         except (Conflict, TransitionError):
             return  # someone else was faster; the board will tell us what happened
         if record.state != "working":  # e.g. the deadline passed while it was open
@@ -556,7 +564,7 @@ class Agent:
     async def _review(self, task_id: str, known: _Known) -> None:
         if not isinstance(self.worker, Reviewer):
             return
-        got = await self._read(task_id)
+        got = await self._current(task_id, known)
         if got is None:
             return
         record, revision = got

@@ -147,8 +147,17 @@ def _check(brief: Brief, where: str) -> Brief:
         raise BriefError(f"{where}: field `lease_s`: must be positive")
     if brief.drain_timeout_s < 0:
         raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 or more")
+    _check_reviews(brief, where)
+    _check_model(brief, where)
+    for field in ("may", "must_not"):
+        if not all(line.strip() for line in getattr(brief, field)):
+            raise BriefError(f"{where}: field `{field}`: remove the empty entry (one rule per string)")
+    return brief
+
+
+def _check_reviews(brief: Brief, where: str) -> None:
     for field in ("review", "review_results"):
-        policy = getattr(brief, field)
+        policy: ReviewPolicy | None = getattr(brief, field)
         if policy is None:
             continue
         for sub, cap in (("capability", policy.capability), ("escalate_to", policy.escalate_to)):
@@ -158,11 +167,23 @@ def _check(brief: Brief, where: str) -> Brief:
                 validate_capability(cap)
             except InvalidName as exc:
                 raise BriefError(f"{where}: field `{field}.{sub}`: {exc}") from None
-    if brief.review_results is not None and best_match(brief.serves, brief.review_results.capability):
+    own = brief.review_results
+    if own is None:
+        return
+    if best_match(brief.serves, own.capability):
         raise BriefError(
-            f"{where}: field `review_results.capability`: {brief.review_results.capability!r} is served by this "
-            "agent itself; an author cannot review its own results: name another agent's capability"
+            f"{where}: field `review_results.capability`: {own.capability!r} is served by this agent "
+            "itself; an author cannot review its own results: name another agent's capability"
         )
+    for sub, cap in (("capability", own.capability), ("escalate_to", own.escalate_to)):
+        if cap is not None and best_match(brief.delegates, cap) is None:
+            raise BriefError(
+                f"{where}: field `review_results.{sub}`: sending results to {cap!r} is a handoff; "
+                f"add {cap!r} to `delegates`"
+            )
+
+
+def _check_model(brief: Brief, where: str) -> None:
     models = (brief.model,) if isinstance(brief.model, str) else (brief.model or ())
     if brief.model is not None and (not models or not all(m.strip() for m in models)):
         raise BriefError(
@@ -178,10 +199,6 @@ def _check(brief: Brief, where: str) -> Brief:
             raise BriefError(f"{where}: field `tools`: invalid tool name {tool!r}: use letters, digits and '_'")
     if len(set(brief.tools)) != len(brief.tools):
         raise BriefError(f"{where}: field `tools`: a tool is listed twice")
-    for field in ("may", "must_not"):
-        if not all(line.strip() for line in getattr(brief, field)):
-            raise BriefError(f"{where}: field `{field}`: remove the empty entry (one rule per string)")
-    return brief
 
 
 _TOOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -235,7 +252,7 @@ role = "Summarizer"
 brief = """
 Summarize the document you are given in three sentences, faithfully.
 """
-may = ["delegate fact lookups to `lookup`", "ask the requester what the summary is for"]
+may = ["ask the requester what the summary is for"]
 must_not = ["invent facts that are not in the document"]
 
 # Capabilities it serves (dotted; `summarize` also covers `summarize.medical`,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -34,6 +36,7 @@ from protocol import (
     decode_record,
     encode,
     event_kind,
+    is_terminal,
 )
 
 __all__ = [
@@ -47,6 +50,10 @@ __all__ = [
     "Bus",
     "connect",
 ]
+
+
+#: offers carrying their record stay under this size (bytes); larger records are read
+OFFER_RECORD_LIMIT = 8 * 1024
 
 
 class MeshError(Exception):
@@ -307,14 +314,27 @@ class Bus:
             if existing != record:
                 raise
         async with anyio.create_task_group() as tg:  # two independent acks, one round trip
-            tg.start_soon(self.publish_board, record.id, board_change(None, record, revision), revision)
+            tg.start_soon(self.publish_board, record.id, board_change(None, record, revision), revision, record)
             tg.start_soon(lambda: self.publish_event("created", record, revision, actor=record.requester))
         return revision
 
-    async def write(self, old: TaskRecord, revision: int, event: Event, now: float | None = None) -> tuple[TaskRecord, int]:
+    async def write(
+        self,
+        old: TaskRecord,
+        revision: int,
+        event: Event,
+        now: float | None = None,
+        *,
+        announce_in: anyio.abc.TaskGroup | None = None,
+    ) -> tuple[TaskRecord, int]:
         """Apply ``event`` to ``old`` (read at ``revision``) and compare-and-set the
         result. Raises the protocol's TransitionError if the rules refuse, or
-        :class:`Conflict` if the record changed since ``revision``."""
+        :class:`Conflict` if the record changed since ``revision``.
+
+        The board change and the event are published after the write. With
+        ``announce_in`` they are started in that task group instead of awaited, so the
+        caller can go on (a claimer starts working) while the acks come back; they
+        are still sent in order, before anything the caller does next."""
         new = apply(old, event, time.time() if now is None else now)
         try:
             with translate_errors(f"task {old.id} changed since revision {revision}"):
@@ -326,13 +346,19 @@ class Bus:
             if fresh != new:
                 raise
             new_revision = fresh_revision
-        async with anyio.create_task_group() as tg:  # two independent acks, one round trip
-            tg.start_soon(self.publish_board, old.id, board_change(old, new, new_revision), new_revision)
-            # Heartbeats (lease renewals, "still reviewing") are not worth an event each.
-            if event_kind(event) not in ("renew", "reviewing") or new.state != old.state:
-                kind, note = event_kind(event), _note(event, new)
-                tg.start_soon(lambda: self.publish_event(kind, new, new_revision, actor=event.actor, note=note))
+        if announce_in is not None:
+            self._announce(announce_in, old, new, new_revision, event)
+        else:
+            async with anyio.create_task_group() as tg:  # two independent acks, one round trip
+                self._announce(tg, old, new, new_revision, event)
         return new, new_revision
+
+    def _announce(self, tg: anyio.abc.TaskGroup, old: TaskRecord, new: TaskRecord, revision: int, event: Event) -> None:
+        tg.start_soon(self.publish_board, new.id, board_change(old, new, revision), revision, new)
+        # Heartbeats (lease renewals, "still reviewing") are not worth an event each.
+        if event_kind(event) not in ("renew", "reviewing") or new.state != old.state:
+            kind, note = event_kind(event), _note(event, new)
+            tg.start_soon(lambda: self.publish_event(kind, new, revision, actor=event.actor, note=note))
 
     async def transition(self, task_id: str, make: Any, *, attempts: int = 20) -> tuple[TaskRecord, int]:
         """Read-apply-CAS, re-reading on conflict: for events that stay valid whoever
@@ -345,14 +371,20 @@ class Bus:
                 continue
         raise Conflict(f"task {task_id}: gave up after {attempts} conflicting writes")
 
-    async def publish_board(self, task_id: str, change: BoardChange, revision: int) -> None:
+    async def publish_board(self, task_id: str, change: BoardChange, revision: int, record: TaskRecord | None = None) -> None:
         """Put offers with JetStream's ack (a lost "open" offer would leave a task
         unannounced); removals go unacknowledged: a stale offer is harmless, since
-        observers re-read the record before acting and clean it up."""
+        observers re-read the record before acting and clean it up. Offers to claim or
+        review carry the record when it is small, saving every claimer a read."""
         prefix = f"$KV.{self.names.tasks_bucket}."
         for capability, offer in change.put.items():
             key = self.names.offer_key(capability, task_id)
-            await self.publish_acked(prefix + key, encode(offer), msg_id=f"{key}:{revision}")
+            data = encode(offer)
+            if record is not None and offer.state in ("open", "review"):
+                with_record = encode(msgspec.structs.replace(offer, record=record))
+                if len(with_record) <= OFFER_RECORD_LIMIT:
+                    data = with_record
+            await self.publish_acked(prefix + key, data, msg_id=f"{key}:{revision}")
         for capability in change.delete:
             # A purge marker that itself expires: finished tasks leave nothing on the board.
             await self.nc.publish(
@@ -403,6 +435,7 @@ class Bus:
         """Record one event per transition, acknowledged (an event published while a
         stream elects a leader would otherwise vanish), deduplicated by revision."""
         event = TaskEvent(
+            record=record if is_terminal(record) else None,
             kind=kind,
             task=record.id,
             root=record.root,

@@ -42,6 +42,7 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
         current, revision = await bus.read_patiently(record.id)
         view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
         reannounced: set[str] = set()
+        watched = not is_terminal(current)
         while not is_terminal(current):
             wait = min(poll_s, max(view.due() - time.monotonic(), 0.0))
             if current.deadline is not None:
@@ -50,7 +51,10 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
             try:
                 msg = await sub.next_msg(timeout=max(wait, 0.001))
                 try:
-                    ended = decode_event(msg.data).state in ("done", "failed", "cancelled")
+                    event = decode_event(msg.data)
+                    ended = event.state in ("done", "failed", "cancelled")
+                    if ended and event.record is not None and event.record.id == record.id:
+                        return event.record  # terminal events carry the final record
                 except RemoteProtocolError:
                     ended = True  # unreadable event: check the record itself
             except nats.errors.TimeoutError:
@@ -75,6 +79,10 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
             if current.state == "open":
                 reannounced.add(current.id)
             view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+        if watched:
+            # We saw the end on the record, not in an event: the writer may have died
+            # between committing and publishing. Fill the gap in the trace (idempotent).
+            await bus.publish_event("ended", current, revision, actor=observer, note="end observed on the record")
         return current
 
 

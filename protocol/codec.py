@@ -109,6 +109,10 @@ def decode_offer(data: bytes) -> Offer:
         validate_capability(offer.capability)
     except InvalidName as exc:
         raise RemoteProtocolError(f"offer: {exc}") from None
+    if offer.record is not None:
+        check_record(offer.record)
+        if offer.record.id != offer.task:
+            raise RemoteProtocolError(f"offer for {offer.task} carries the record of {offer.record.id}")
     return offer
 
 
@@ -125,6 +129,10 @@ def decode_card(data: bytes) -> AgentCard:
 
 def decode_event(data: bytes) -> TaskEvent:
     event: TaskEvent = _decode(data, TaskEvent, "task event")
+    if event.record is not None:
+        check_record(event.record)
+        if event.record.id != event.task:
+            raise RemoteProtocolError(f"event of {event.task} carries the record of {event.record.id}")
     return event
 
 

@@ -183,6 +183,9 @@ class Offer(_Wire, frozen=True, kw_only=True):
     author: str | None = None
     lease_s: PosFloat = 10.0
     deadline: float | None = None
+    #: the record at ``revision``, when small enough to broadcast: a claimer or reviewer
+    #: may then skip reading it (its compare-and-set on ``revision`` still decides)
+    record: TaskRecord | None = None
 
 
 class AgentCard(_Wire, frozen=True, kw_only=True):
@@ -227,6 +230,8 @@ class TaskEvent(_Wire, frozen=True, kw_only=True):
     reason: Reason | None = None
     note: str = ""
     at: float
+    #: terminal events carry the final record, so a waiting party needs no extra read
+    record: TaskRecord | None = None
 
 
 class NotUnderstood(_Wire, frozen=True, kw_only=True):

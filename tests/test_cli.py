@@ -154,8 +154,10 @@ async def _no_agents(mesh_client: Mesh) -> bool:
 def test_demo_runs_end_to_end() -> None:
     proc = mesh("demo", timeout=120)
     out = proc.stdout
-    assert "1. a direct task" in out and "done: 'hello from the mesh'" in out
-    assert "approve" in out and "-> done by checker" in out
+    assert "1. a question the documentation answers" in out and "pydoc_data.topics['compound']" in out
+    assert "the exception is suppressed" in out and "[1]" in out and "no model configured" in out
+    assert "fact-check: approved by fact-checker" in out and "approve   -> done by fact-checker" in out
+    assert "the human inbox (`mesh inbox`) holds:" in out and "[human.desk]" in out and "human-demo answered task" in out
     assert "failed (no_agent)" in out
     assert "stopped every agent" in out
 

@@ -64,12 +64,15 @@ async def test_random_sigkills_lose_nothing_and_complete_nothing_twice(agent_pro
             assert r.reason in REASONS and r.reason == "error" and r.lapses >= r.max_lapses, r
     assert states["done"] >= TASKS * 0.95, states
 
-    # Nothing completed twice: one accepted finish per task, by the final epoch's owner.
+    # Nothing completed twice: at most one accepted finish per task. (An owner killed
+    # between committing its result and publishing the event leaves the end to be
+    # recorded by the waiting requester as an "ended" event.)
     events = await mesh_client.history(None)
     finishes = Counter(e.task for e in events if e.kind == "finish")
+    ends = Counter(e.task for e in events if e.kind in ("finish", "ended"))
     assert max(finishes.values()) == 1
     for r in results:
         if r.state == "done":
-            assert finishes[r.id] == 1
+            assert ends[r.id] >= 1 and finishes[r.id] <= 1
     lapsed = sum(1 for r in results if r.lapses)
     print(f"chaos: {TASKS} tasks, {kills} SIGKILLs, {lapsed} tasks failed over, states {dict(states)}")
