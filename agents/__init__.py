@@ -5,7 +5,6 @@
 - :mod:`agents.critic`: the critic / red team (kind ``critic``).
 - :mod:`agents.research`: the research desk's researcher (``retrieve``) and writer
   (``writer``) on Python's own documentation.
-- :mod:`agents.answers`: questions from delegated work, passed up to the requester.
 - :mod:`agents.prompt`, :mod:`agents.tools`, :mod:`agents.text`: what a model is told,
   the tools it gets, and text methods that need no model (BM25, support checking).
 - ``agents/orgs/research-desk.toml`` (what ``mesh demo`` runs), ``agents/briefs/``.

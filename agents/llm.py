@@ -47,7 +47,6 @@ from mesh.kinds import (
 from mesh.work import RoleViolation, TaskContext, TaskFailed, Verdict
 from protocol import LocalProtocolError, ReviewPolicy, TaskRecord
 
-from .answers import answering_questions
 from .prompt import review_prompt, system_prompt, task_prompt
 from .tools import EXTRA_TOOLS, Tool, protocol_tools
 
@@ -345,10 +344,7 @@ class LLMAgent:
         await task.progress("offline: no model configured (set `model` in the brief or MESH_MODEL)")
         if self.brief.delegates and task.record.hops_left > 0:
             to = self.brief.delegates[0]
-            child = await answering_questions(
-                task,
-                lambda: task.delegate(to, task.instruction, data=task.data, criteria=task.record.criteria, review=self.brief.review),
-            )
+            child = await task.delegate(to, task.instruction, data=task.data, criteria=task.record.criteria, review=self.brief.review)
             if child.state != "done":
                 raise TaskFailed(f"{to} task {child.id} ended {child.state}: {child.reason} {child.error}".strip())
             return child.result
@@ -524,11 +520,8 @@ class LLMAgent:
             except (TypeError, ValueError):
                 review = ReviewPolicy()
         try:
-            child = await answering_questions(
-                task,
-                lambda: task.delegate(
-                    capability, instruction, data=args.get("data"), criteria=str(args.get("criteria", "")), review=review
-                ),
+            child = await task.delegate(
+                capability, instruction, data=args.get("data"), criteria=str(args.get("criteria", "")), review=review
             )
         except (RoleViolation, LocalProtocolError) as exc:  # not allowed, or not a valid capability
             return f"refused: {exc}"

@@ -582,8 +582,14 @@ class Agent:
             epoch = record.epoch
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._still_reviewing, task_id, epoch, record.claim_timeout_s)
-                verdict = await self.worker.review(ctx)
-                tg.cancel_scope.cancel()
+                try:
+                    verdict = await self.worker.review(ctx)
+                except Exception as exc:  # a reviewer bug casts no vote; it never kills the agent
+                    self.log.exception("reviewer raised", task=task_id)
+                    await self.bus.report(f"reviewer raised on task {task_id}: {exc!r}", key=self.names.task_key(task_id))
+                    return
+                finally:
+                    tg.cancel_scope.cancel()
 
             def vote(current: TaskRecord) -> Approve | Veto:
                 if verdict.approve:

@@ -149,10 +149,16 @@ class Mesh:
         if on_question is None:
             return await wait_terminal(self.bus, record, observer=self.id)
         final: list[TaskRecord] = []
+        failure: list[Exception] = []
         async with anyio.create_task_group() as tg:
             await tg.start(self.answer_questions, on_question)
-            final.append(await wait_terminal(self.bus, record, observer=self.id))
+            try:
+                final.append(await wait_terminal(self.bus, record, observer=self.id))
+            except Exception as exc:  # re-raised as itself, not inside an ExceptionGroup
+                failure.append(exc)
             tg.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
         return final[0]
 
     async def answer_questions(

@@ -28,6 +28,7 @@ from protocol import (
 
 from .bus import Bus, Conflict, NotFound, Unavailable
 from .follow import wait_terminal
+from .questions import answering_questions
 
 __all__ = [
     "Worker",
@@ -48,7 +49,9 @@ def new_id() -> str:
 class TaskFailed(Exception):
     """Raised by a worker to end its task ``failed`` with a reason from the closed set."""
 
-    def __init__(self, message: str, reason: Literal["error", "rejected", "budget", "hop_limit", "loop"] = "error") -> None:
+    def __init__(
+        self, message: str, reason: Literal["error", "rejected", "budget", "hop_limit", "loop", "deadline"] = "error"
+    ) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -206,7 +209,8 @@ class TaskContext:
             await self.bus.create(child)
         else:
             child = existing
-        return await wait_terminal(self.bus, child, observer=self.agent)
+        # While we wait, questions the child asks us are passed up to our requester.
+        return await answering_questions(self, lambda: wait_terminal(self.bus, child, observer=self.agent))
 
     async def _existing_child(self, print_: str) -> TaskRecord | None:
         for child_id in self.record.children:

@@ -258,6 +258,7 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
                 capability=policy.escalate_to,
                 review=None,
                 owner=None,
+                claim_timeout_s=policy.escalation_timeout_s,
                 votes=(*record.votes, vote),
                 feedback=feedback,
                 progress=f"escalated to {policy.escalate_to} after {record.reworks} reworks",

@@ -75,6 +75,9 @@ class ReviewPolicy(_Wire, frozen=True, kw_only=True):
     #: capability to hand the task to past ``max_reworks`` (e.g. ``human.review``);
     #: without one the task fails with reason ``rejected``.
     escalate_to: str | None = None
+    #: how long an escalated task waits to be taken (people are slower than agents):
+    #: it becomes the escalated task's ``claim_timeout_s``
+    escalation_timeout_s: PosFloat = 3600.0
 
 
 class Vote(_Wire, frozen=True, kw_only=True):

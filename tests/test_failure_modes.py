@@ -165,3 +165,19 @@ async def test_a_slow_reviewer_is_not_mistaken_for_no_reviewer(agent_procs: Agen
     record = await mesh_client.run("answer", "take your time", review=1, claim_timeout_s=1.0)
     assert record.state == "done", (record.state, record.reason, record.error)
     assert [v.reviewer for v in record.votes] == ["slow"]
+
+
+async def test_fm_2_2_questions_travel_up_a_chain_of_plain_agents(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    agent_procs.start("front", ["front"], kind="relay", delegates=["ambiguous"])
+    agent_procs.start("asker", ["ambiguous"], kind="mesh.faults:Asker", options={"question": "Which region?"})
+    await agent_procs.ready(mesh_client)
+    asked: list[TaskRecord] = []
+
+    async def answer(question: TaskRecord) -> str:
+        asked.append(question)
+        return "eu-west"
+
+    record = await mesh_client.wait(await mesh_client.submit("front", "deploy it"), on_question=answer)
+    assert record.state == "done" and record.result == "deploy it -> using your answer: eu-west"
+    # The relay, which cannot answer, passed the question up to the client.
+    assert [q.instruction for q in asked] == ["Which region?"] and asked[0].requester == "front"

@@ -105,10 +105,11 @@ async def test_owner_killed_its_task_moves_to_another_agent(agent_procs: AgentPr
     await agent_procs.ready(mesh_client)
     record = await mesh_client.submit("slow", "long job", lease_s=1.0, data={"seconds": 1.0})
 
-    async def claimed() -> bool:
-        return (await mesh_client.get(record.id)).owner == "doomed"
+    async def checkpointed() -> bool:
+        r = await mesh_client.get(record.id)
+        return r.owner == "doomed" and isinstance(r.checkpoint, int) and r.checkpoint >= 1
 
-    await wait_for(claimed, what="doomed to claim")
+    await wait_for(checkpointed, what="doomed to claim and checkpoint some progress")
     agent_procs.procs["doomed"].kill()  # SIGKILL: no drain, no hand-back
     agent_procs.start("rescuer", ["slow"], kind="sleep", options={"seconds": 0.5, "steps": 5})
     final = await mesh_client.wait(record)

@@ -1,4 +1,5 @@
-"""Answering the questions of work you delegated.
+"""Answering the questions of work you delegated (design rule 7: every agent
+implicitly serves ``agent.<its id>``).
 
 A clarification is a task addressed to the asker's requester (``agent.<id>``). When
 an agent delegates, its child may ask *it*; nothing else serves ``agent.<id>``, so
@@ -14,15 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.abc
 import nats.errors
 import structlog
 
-from mesh.bus import MeshError
-from mesh.work import TaskContext
 from protocol import (
     Claim,
     Fail,
@@ -35,11 +34,16 @@ from protocol import (
     decode_offer,
 )
 
+from .bus import MeshError
+
+if TYPE_CHECKING:
+    from .work import TaskContext
+
 __all__ = ["answering_questions"]
 
 T = TypeVar("T")
 
-log = structlog.get_logger("agents.answers")
+log = structlog.get_logger("mesh.questions")
 
 
 async def answering_questions(task: TaskContext, wait: Callable[[], Awaitable[T]]) -> T:
