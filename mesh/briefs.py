@@ -19,7 +19,7 @@ import msgspec
 
 from protocol import Budget, InvalidName, ReviewPolicy, best_match, validate_agent_id, validate_capability
 
-__all__ = ["BriefError", "Brief", "OrgAgent", "Org", "load_brief", "load_org", "BRIEF_TEMPLATE"]
+__all__ = ["BriefError", "Brief", "Org", "load_brief", "load_org", "BRIEF_TEMPLATE"]
 
 
 class BriefError(ValueError):
@@ -69,36 +69,13 @@ class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return tuple(m.strip() for m in os.environ.get("MESH_MODEL", "").split(",") if m.strip())
 
 
-class OrgAgent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    #: path to a brief file, relative to the org file ...
-    brief: str | None = None
-    # ... or the brief inline: the fields of a brief file, with its text in `text`
-    name: str | None = None
-    role: str = ""
-    text: str = ""
-    may: tuple[str, ...] = ()
-    must_not: tuple[str, ...] = ()
-    serves: tuple[str, ...] = ()
-    delegates: tuple[str, ...] = ()
-    expertise: tuple[str, ...] = ()
-    capacity: int = 1
-    kind: str = "echo"
-    options: dict[str, Any] = {}
-    review: ReviewPolicy | None = None
-    review_results: ReviewPolicy | None = None
-    model: str | tuple[str, ...] | None = None
-    temperature: float = 0.2
-    budget: Budget | None = None
-    tools: tuple[str, ...] = ()
-    lease_s: float = 10.0
-    drain_timeout_s: float = 30.0
-    replicas: int = 1
-
-
 class Org(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str = ""
-    agents: tuple[OrgAgent, ...]
+    #: each entry is either ``brief = "path/to/brief.toml"`` (plus ``replicas``) or an
+    #: inline brief: the fields of a brief file, with its text under ``text`` (since
+    #: ``brief`` names the file), plus ``replicas``
+    agents: tuple[dict[str, Any], ...]
 
 
 def _decode(path: Path, tp: type[Any]) -> Any:
@@ -217,20 +194,31 @@ def load_org(path: str | Path) -> tuple[Org, list[tuple[Brief, int]]]:
     out: list[tuple[Brief, int]] = []
     for i, entry in enumerate(org.agents):
         where = f"{p}: agents[{i}]"
-        if entry.replicas < 1:
-            raise BriefError(f"{where}: field `replicas`: must be at least 1")
-        if entry.brief is not None:
-            if entry.name is not None:
+        fields = dict(entry)
+        replicas = fields.pop("replicas", 1)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise BriefError(f"{where}: field `replicas`: must be a whole number, at least 1")
+        path_ = fields.pop("brief", None)
+        if path_ is not None:
+            if fields:
                 raise BriefError(
-                    f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline brief (`name`, `serves`, ...), not both"
+                    f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline brief (`name`, `serves`, ...), "
+                    f"not both (found {', '.join(sorted(fields))})"
                 )
-            brief = load_brief(p.parent / entry.brief)
-        elif entry.name is not None:
-            fields = {f: getattr(entry, f) for f in entry.__struct_fields__ if f not in ("brief", "text", "replicas")}
-            brief = _check(Brief(brief=entry.text, **fields), where)
+            if not isinstance(path_, str):
+                raise BriefError(f"{where}: field `brief`: expected the path of a brief file")
+            brief = load_brief(p.parent / path_)
+        elif "name" in fields:
+            if "text" in fields:
+                fields["brief"] = fields.pop("text")
+            try:
+                brief = msgspec.convert(fields, type=Brief)
+            except msgspec.ValidationError as exc:
+                raise BriefError(f"{where}: {_explain(str(exc)).replace('field `brief`', 'field `text`')}") from None
+            brief = _check(brief, where)
         else:
             raise BriefError(f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline `name` and `serves`")
-        out.append((brief, entry.replicas))
+        out.append((brief, replicas))
     names = [b.name for b, _ in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
