@@ -19,6 +19,7 @@ Every background activity lives in an anyio task group; nothing is fire-and-forg
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import socket
@@ -71,6 +72,10 @@ __all__ = ["AgentConfig", "Agent"]
 log = structlog.get_logger("mesh.agent")
 
 
+#: how many times a busy agent passed a nudge on
+NUDGE_HOPS_HEADER = "Mesh-Nudge-Hops"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     id: str
@@ -95,6 +100,11 @@ class _Known:
     offer: Offer
     seen_at: float
     view: LeaseView
+    #: this agent got the queue-group nudge for the offer: it is the first choice of its
+    #: group and claims without the backup delay
+    nudged: bool = False
+    #: this agent's random draw for the offer (jitter, backup delay), drawn once
+    draw: float = 0.0
 
 
 @dataclass
@@ -161,6 +171,7 @@ class Agent:
                     await tg.start(self._service)
                     for served in self.config.serves:
                         await tg.start(self._watch_offers, served)
+                        await tg.start(self._nudges, served)
                     tg.start_soon(self._claimer)
                     tg.start_soon(self._leases)
                     self.log.info("agent ready", serves=self.config.serves, capacity=self.config.capacity)
@@ -314,7 +325,49 @@ class Agent:
             except (nats.errors.Error, MeshError) as exc:
                 self.log.warning("could not handle an offer", key=entry.key, error=str(exc) or type(exc).__name__)
 
-    async def _on_offer(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+    async def _nudges(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Take the nudges NATS deals to one agent of our queue group per open offer.
+        Nudges are core NATS messages (at most once): the board is the backup."""
+        subs = [
+            await self.bus.nc.subscribe(subject, queue=self.names.work_queue(served))
+            for subject in self.names.work_filters(served)
+        ]
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                for sub in subs:
+                    tg.start_soon(self._pump_nudges, sub)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for sub in subs:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+    async def _pump_nudges(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            try:
+                offer = decode_offer(msg.data)
+            except RemoteProtocolError as exc:
+                await self.bus.report(f"bad nudge: {exc}", subject=msg.subject)
+                continue
+            busy = self.draining or self._fit(offer) == 0.0 or (
+                len(self._held) + len(self._reviewing) + len(self._attempting) >= self.config.capacity
+            )
+            if busy:
+                # Pass it on to another member of the group, a few times at most; past
+                # that the backups will take it from the board.
+                hops = int((msg.headers or {}).get(NUDGE_HOPS_HEADER, "0") or 0)
+                if hops < 3:
+                    await self.bus.nc.publish(msg.subject, msg.data, headers={**(msg.headers or {}), NUDGE_HOPS_HEADER: str(hops + 1)})
+                continue
+            capability = offer.capability if offer.state == "open" else msg.subject.split(".work.", 1)[1]
+            try:
+                key = self.names.offer_key(capability, offer.task)
+                await self._on_offer(key, msg.data, None, offer.revision, nudged=True)
+            except (ProtocolError, nats.errors.Error, MeshError) as exc:
+                self.log.warning("could not handle a nudge", error=str(exc) or type(exc).__name__)
+
+    async def _on_offer(self, key: str, value: bytes | None, operation: str | None, revision: int, *, nudged: bool = False) -> None:
         try:
             _, task_id = self.names.parse_offer_key(key)
         except ProtocolError as exc:
@@ -335,11 +388,16 @@ class Agent:
         now = time.monotonic()
         known = self._known.get(task_id)
         if known is not None and known.offer.revision >= offer.revision:
+            if nudged and known.offer.revision == offer.revision and not known.nudged:
+                known.nudged = True  # the board was faster than the nudge
+                self._notify()
             return
         self._known[task_id] = _Known(
             offer=offer,
             seen_at=now,
             view=LeaseView(revision=offer.revision, seen_at=now, lease_s=offer.lease_s),
+            nudged=nudged,
+            draw=self.rng.random() * 0.999,
         )
         self._notify()
 
@@ -363,33 +421,51 @@ class Agent:
         )
 
     async def _claimer(self) -> None:
-        """Start claim (or review) attempts on the best-fitting open offers while there
-        is free capacity; each attempt first waits its fit-weighted delay."""
+        """Start claim (or review) attempts on open offers whose fit-weighted delay has
+        run out, while there is free capacity. Offers not yet due hold no capacity
+        (so a nudge is never refused for a backup that may never be needed)."""
         while True:
-            if not self.draining:
-                self._start_attempts()
-            await self._wake_claimer.wait()
+            next_due = None if self.draining else self._start_due_attempts()
+            wait = math.inf if next_due is None else max(next_due - time.monotonic(), 0.0)
+            with anyio.move_on_after(wait):
+                await self._wake_claimer.wait()
 
-    def _start_attempts(self) -> None:
-        free = self.config.capacity - len(self._held) - len(self._reviewing)
+    def _due(self, known: _Known) -> float | None:
+        """When this agent would claim (or review) the offer, or None if it may not."""
+        f = self._fit(known.offer)
+        if f <= 0:
+            return None
+        window = self.config.claim_window_s
+        due = known.seen_at + claim_delay(f, window=window, jitter=known.draw * 0.2)
+        if not known.nudged:
+            # A backup: the nudged agent of our group should have it by then.
+            due += window * (0.5 + 0.5 * known.draw)
+        return due
+
+    def _start_due_attempts(self) -> float | None:
+        """Start the attempts that are due; return when the next one will be."""
         # In-flight attempts are counted by task id, not on the board entry: a newer
         # offer for the same task (e.g. our own claim's) replaces the entry mid-attempt.
-        attempting = len(self._attempting)
+        free = self.config.capacity - len(self._held) - len(self._reviewing) - len(self._attempting)
+        if free <= 0:
+            return None  # woken again when something finishes; skip scoring every offer
+        now = time.monotonic()
         candidates = []
         for task_id, known in self._known.items():
-            if task_id in self._attempting or task_id in self._held or task_id in self._reviewing:
+            if known.offer.state == "working" or task_id in self._attempting or task_id in self._held or task_id in self._reviewing:
                 continue
-            if known.offer.state == "working":
-                continue
-            f = self._fit(known.offer)
-            if f > 0:
-                due = known.seen_at + claim_delay(f, window=self.config.claim_window_s, jitter=self.rng.random() * 0.2)
+            due = self._due(known)
+            if due is not None:
                 candidates.append((due, task_id))
         candidates.sort()
-        for due, task_id in candidates[: max(free - attempting, 0)]:
-            known = self._known[task_id]
+        started = 0
+        for due, task_id in candidates:
+            if due > now or started >= free:
+                return due if due > now else now + 0.001
             self._attempting.add(task_id)
-            self._tasks_tg.start_soon(self._attempt, task_id, known, due)
+            self._tasks_tg.start_soon(self._attempt, task_id, self._known[task_id], due)
+            started += 1
+        return None
 
     async def _attempt(self, task_id: str, known: _Known, due: float) -> None:
         try:

@@ -384,6 +384,12 @@ class Bus:
                 with_record = encode(msgspec.structs.replace(offer, record=record))
                 if len(with_record) <= OFFER_RECORD_LIMIT:
                     data = with_record
+            if offer.state in ("open", "review"):
+                # One agent of each queue group serving this capability gets a nudge and
+                # may claim at once; every other agent is a backup that waits longer.
+                # Nudge first: the nudge carries the offer, and the nudged agent should
+                # not have scheduled itself as a backup from the board already.
+                await self.nc.publish(self.names.work_subject(capability), data, headers={VERSION_HEADER: "1"})
             await self.publish_acked(prefix + key, data, msg_id=f"{key}:{revision}")
         for capability in change.delete:
             # A purge marker that itself expires: finished tasks leave nothing on the board.

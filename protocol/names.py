@@ -182,6 +182,21 @@ class Names:
     def error_subject(self, agent_id: str) -> str:
         return f"{self.prefix}.v{MAJOR_VERSION}.err.{validate_agent_id(agent_id)}"
 
+    def work_subject(self, capability: str) -> str:
+        """Where a newly open offer is also *nudged* to one agent per served capability
+        (a NATS queue group), so that not every idle agent races for it."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.work.{validate_capability(capability)}"
+
+    def work_filters(self, served: str) -> tuple[str, str]:
+        """The subjects an agent serving ``served`` takes nudges on: the capability
+        itself and everything below it."""
+        base = self.work_subject(served)
+        return base, f"{base}.>"
+
+    def work_queue(self, served: str) -> str:
+        """Queue group of the agents serving ``served``: one of them gets each nudge."""
+        return f"{self.prefix}-v{MAJOR_VERSION}-work-{validate_capability(served)}"
+
     def control_subject(self, agent_id: str) -> str:
         """Request subject of an agent's control endpoint (drain, status)."""
         return f"{self.prefix}.v{MAJOR_VERSION}.ctl.{validate_agent_id(agent_id)}"

@@ -5,6 +5,7 @@ Time, ids and randomness are arguments: every rule here is deterministic.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,7 @@ def _validate_review(review: ReviewPolicy | None) -> None:
 # --- longest-prefix routing and fit -----------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)
 def specificity(served: str, capability: str) -> float:
     """How specifically ``served`` matches ``capability``: 1.0 for an exact match,
     ``len(served)/len(capability)`` in tokens for a prefix, 0.0 for no match.

@@ -164,7 +164,7 @@ async def test_cut_link_moves_the_task_and_the_late_result_is_refused(hosts: Hos
                 r = await mesh.get(record.id)
                 return r.owner == other and r.epoch >= 2
 
-            await wait_for(moved, timeout=20, what=f"the task to move from {first} to {other}")
+            await wait_for(moved, timeout=40, what=f"the task to move from {first} to {other}")
             hosts.heal(first)
             final = await mesh.wait(record)
             assert final.state == "done" and final.author == other and final.epoch >= 2
@@ -176,7 +176,7 @@ async def test_cut_link_moves_the_task_and_the_late_result_is_refused(hosts: Hos
                 text = log.read_text()
                 return "lost the task" in text or "lease lost" in text or "result refused" in text
 
-            await wait_for(refused, timeout=20, what=f"{first} to find it was fenced out")
+            await wait_for(refused, timeout=40, what=f"{first} to find it was fenced out")
             events = await mesh.history(None)
             assert Counter(e.kind for e in events if e.task == record.id)["finish"] == 1
         finally:
