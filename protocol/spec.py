@@ -822,6 +822,8 @@ def _names_table() -> str:
         ("Events of one task tree", pat.events_filter("ZZROOT"), ex.events_filter("T1")),
         ("Error reports of an agent", pat.error_subject("ZZAGENT"), ex.error_subject("agent-a")),
         ("Control endpoint of an agent", pat.control_subject("ZZAGENT"), ex.control_subject("agent-a")),
+        ("Work subject (nudges) of a capability", pat.work_subject("zzcap"), ex.work_subject("summarize.medical")),
+        ("Nudge queue group of a served capability", pat.work_queue("zzcap"), ex.work_queue("summarize")),
         ("Services API name (`$SRV.*`)", pat.service_name, ex.service_name),
         ("Clarification capability of an agent", clarification_capability("ZZAGENT"), clarification_capability("Client-1")),
         ("Version header", f"{VERSION_HEADER}: <major>", f"{VERSION_HEADER}: {PROTOCOL_VERSION}"),
