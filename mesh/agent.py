@@ -18,6 +18,7 @@ Every background activity lives in an anyio task group; nothing is fire-and-forg
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -147,6 +148,8 @@ class Agent:
         self._held: dict[str, anyio.CancelScope] = {}
         self._reviewing: set[str] = set()
         self._attempting: set[str] = set()
+        #: task id -> board revision up to which its offers are stale (taken or ended)
+        self._gone: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._tasks_tg: anyio.abc.TaskGroup
 
     # --- life cycle -----------------------------------------------------------------------
@@ -374,7 +377,7 @@ class Agent:
             await self.bus.report(f"bad offer key: {exc}", key=key)
             return
         if operation is not None:  # DEL or PURGE: nobody needs to act any more
-            self._known.pop(task_id, None)
+            self._forget(task_id, revision)
             self._notify()
             return
         try:
@@ -385,6 +388,8 @@ class Agent:
             self.log.warning("bad offer ignored", key=key, error=str(exc))
             await self.bus.report(str(exc), key=key)
             return
+        if offer.revision <= self._gone.get(task_id, -1):
+            return  # a late nudge or a stale offer for a task we saw taken or ended
         now = time.monotonic()
         known = self._known.get(task_id)
         if known is not None and known.offer.revision >= offer.revision:
@@ -400,6 +405,15 @@ class Agent:
             draw=self.rng.random() * 0.999,
         )
         self._notify()
+
+    def _forget(self, task_id: str, revision: int) -> None:
+        """Drop a task from the board view and ignore its offers up to ``revision``
+        (bounded memory: the oldest entries go first)."""
+        self._known.pop(task_id, None)
+        self._gone[task_id] = max(revision, self._gone.get(task_id, -1))
+        self._gone.move_to_end(task_id)
+        while len(self._gone) > 50_000:
+            self._gone.popitem(last=False)
 
     def _fit(self, offer: Offer) -> float:
         if offer.state == "review" and offer.author == self.config.id:
@@ -522,7 +536,10 @@ class Agent:
             # Announcing the claim (offer, event) goes on while we start working.
             record, revision = await self.bus.write(record, revision, Claim(actor=self.config.id), announce_in=self._tasks_tg)
         except (Conflict, TransitionError):
-            return  # someone else was faster; the board will tell us what happened
+            # Someone else was faster (or our copy was stale): forget this offer; the
+            # board brings a newer one if the task is still someone's to take.
+            self._forget(task_id, revision)
+            return
         if record.state != "working":  # e.g. the deadline passed while it was open
             return
         self._known.pop(task_id, None)

@@ -371,12 +371,24 @@ class Bus:
                 continue
         raise Conflict(f"task {task_id}: gave up after {attempts} conflicting writes")
 
-    async def publish_board(self, task_id: str, change: BoardChange, revision: int, record: TaskRecord | None = None) -> None:
+    async def publish_board(
+        self, task_id: str, change: BoardChange, revision: int, record: TaskRecord | None = None, *, again: bool = False
+    ) -> None:
         """Put offers with JetStream's ack (a lost "open" offer would leave a task
         unannounced); removals go unacknowledged: a stale offer is harmless, since
-        observers re-read the record before acting and clean it up. Offers to claim or
-        review carry the record when it is small, saving every claimer a read."""
+        observers re-read the record before acting and clean it up. Removals go first:
+        sent after a put, a slow removal of the old offer could land after the task was
+        already re-offered under the same key (a veto) and delete the live offer.
+        Offers to claim or review carry the record when it is small, saving a read.
+        ``again`` marks a re-announcement, which must not be dropped as a duplicate."""
         prefix = f"$KV.{self.names.tasks_bucket}."
+        for capability in change.delete:
+            # A purge marker that itself expires: finished tasks leave nothing on the board.
+            await self.nc.publish(
+                prefix + self.names.offer_key(capability, task_id),
+                b"",
+                headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
+            )
         for capability, offer in change.put.items():
             key = self.names.offer_key(capability, task_id)
             data = encode(offer)
@@ -390,14 +402,8 @@ class Bus:
                 # Nudge first: the nudge carries the offer, and the nudged agent should
                 # not have scheduled itself as a backup from the board already.
                 await self.nc.publish(self.names.work_subject(capability), data, headers={VERSION_HEADER: "1"})
-            await self.publish_acked(prefix + key, data, msg_id=f"{key}:{revision}")
-        for capability in change.delete:
-            # A purge marker that itself expires: finished tasks leave nothing on the board.
-            await self.nc.publish(
-                prefix + self.names.offer_key(capability, task_id),
-                b"",
-                headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
-            )
+            msg_id = f"{key}:{revision}" + (f":again:{time.monotonic_ns()}" if again else "")
+            await self.publish_acked(prefix + key, data, msg_id=msg_id)
 
     async def publish_acked(
         self, subject: str, data: bytes, *, msg_id: str, trace: str | None = None, patience_s: float = 10.0
@@ -422,9 +428,10 @@ class Bus:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def snapshot(self, pattern: str) -> list[Any]:
-        """The current entries of the tasks bucket whose keys match ``pattern``."""
-        watcher = await self.tasks.watch(pattern, ignore_deletes=True)
+    async def snapshot(self, pattern: str, *, bucket: KeyValue | None = None) -> list[Any]:
+        """The current entries of a bucket (default: tasks) whose keys match ``pattern``:
+        one watch, however many keys (a get per key is one round trip each)."""
+        watcher = await (bucket or self.tasks).watch(pattern, ignore_deletes=True)
         entries = []
         try:
             async for entry in watcher:

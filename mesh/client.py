@@ -263,16 +263,8 @@ class Mesh:
 
     async def agents(self) -> list[AgentCard]:
         """Live agents' cards (cards of agents that stopped heartbeating have expired)."""
-        try:
-            keys = await self.bus.agents.keys()
-        except nats.js.errors.NoKeysError:
-            return []
         cards = []
-        for key in keys:
-            try:
-                entry = await self.bus.agents.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue
+        for entry in await self.bus.snapshot("agent.>", bucket=self.bus.agents):
             if entry.value:
                 try:
                     cards.append(decode_card(entry.value))

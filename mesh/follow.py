@@ -108,7 +108,7 @@ async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str, *, 
     elif not announced_again:
         # Before declaring no_agent, announce the task once more: its offer may have
         # been lost (broker failover) rather than ignored.
-        await bus.publish_board(record.id, board_change(None, record, revision), revision)
+        await bus.publish_board(record.id, board_change(None, record, revision), revision, record, again=True)
         return record, revision
     else:
         event = Expire(actor=observer, reason="no_agent")
