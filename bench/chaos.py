@@ -17,6 +17,7 @@ from bench.common import AgentRun, progress, tempdir, write_brief
 from bench.common import broker as fresh_broker
 
 NAME = "chaos"
+SETUP = "4 `mesh agent run` sleep processes (capacity 8), {tasks} tasks of 0.3 s with a 1 s lease, SIGKILL of a random agent every 0.2-0.6 s, restarted 0.2 s later"
 
 
 async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Random) -> dict[str, Any]:
@@ -69,6 +70,7 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Rand
         "failed_over": sum(1 for r in finals.values() if r.lapses),
         "elapsed_s": elapsed,
         "tasks_per_s": tasks / elapsed if elapsed else 0.0,
+        "setup": SETUP.format(tasks=f"{tasks:,}"),
     }
     progress(NAME, f"{result['kills']} SIGKILLs; lost {result['lost']}, completed twice {result['completed_twice']}, "
                    f"states {result['states']}, failed over {result['failed_over']}")

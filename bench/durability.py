@@ -17,6 +17,7 @@ import anyio
 from bench.common import AgentRun, dist_ms, progress, tempdir, write_brief
 
 NAME = "durability"
+SETUP = "1 `mesh agent run` echo process per broker, client in the bench process, {rounds} alternating rounds per setting, {sequential} sequential and {concurrent} concurrent tasks per round"
 
 
 async def _measure(url: str, sequential: int, concurrent: int) -> dict[str, Any]:
@@ -84,4 +85,5 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         "tasks_per_s": tps,
         "latency_ratio_always_vs_default": p50["always"] / p50["default"],
         "throughput_ratio_always_vs_default": tps["always"] / tps["default"],
+        "setup": SETUP.format(rounds=rounds, sequential=sequential, concurrent=concurrent),
     }

@@ -379,7 +379,7 @@ def _targets(r: dict[str, dict[str, Any] | None], hp: dict[str, Any] | None) -> 
         if a and b:
             row(f"tasks/s at {top} agents vs 2 agents", _med(sc["ratio_rate_top_vs_2"]),
                 f"{_sp(a['rate'], '/s', 0)} vs {_sp(b['rate'], '/s', 0)}: x{_sp(sc['ratio_rate_top_vs_2'], '', 2)}",
-                TARGETS["rate_100_vs_2"], ">= x0.7", True, "every idle agent races to claim every task (thundering herd)")
+                TARGETS["rate_100_vs_2"], ">= x0.7", True, "every agent receives every board change of its capability (~5 broker messages per agent per task)")
     fo = r["failover"]
     if fo:
         d = fo["by_lease"]["1.0"]["failover_ms"]
@@ -521,14 +521,13 @@ def _scale(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> st
         lo, hi = res["by_agents"][str(counts[0])], res["by_agents"][str(counts[-1])]
         slope = (_med(hi["msgs_per_task"]) - _med(lo["msgs_per_task"])) / max(counts[-1] - counts[0], 1)
         out.append(
-            f"\nThe broker messages per task grow linearly with the number of agents, by ~{slope:.1f} per agent: each agent "
-            "receives the offer on its board watch and, being idle, has fit 1.0 and so a claim delay of ~0 "
-            f"({where('protocol/rules.py', 'def claim_delay')}; the jitter is at most 0.2% of the window, "
-            f"{where('mesh/agent.py', 'claim_delay[(]f')}): all of them race a compare-and-set for the claim "
-            f"({where('mesh/agent.py', 'async def _claim')}); one wins, the rest lose and re-sync. The fan-out design keeps "
-            "*later* transitions off the board (renewals, progress), but the claim itself is a thundering herd, and its cost "
-            "lands on the broker and on every agent's CPU. The p50 of a lone task rises with it because the winner's CAS "
-            "queues behind the losers' at the broker, and the agents of one host share one interpreter."
+            f"\nThe broker messages per task grow linearly with the number of agents, by ~{slope:.1f} per agent: every agent "
+            "serving the capability receives each change of the task's offer on its board watch (open, taken, ended) and "
+            "the agents of one host share one interpreter. Claim races are gone: a new offer is also nudged to one agent "
+            f"per queue group ({where('mesh/agent.py', 'async def _nudges')}), which claims at once; the others are "
+            "backups that wait 100-200 ms and almost always see the task taken first. What is left is the board's "
+            "broadcast itself. The next steps are one board watch per host process shared by its agents, and "
+            "taking the *taken* and *ended* changes off the broadcast (only backups need them, to stand down)."
         )
         out.append(_img(plots, "scale", "scale"))
         d = res.get("directory")
