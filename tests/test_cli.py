@@ -171,7 +171,14 @@ async def test_watch_prints_events_live(agent_procs: AgentProcs, mesh_client: Me
         async def watching() -> bool:
             return any(c.name and c.name.startswith("client-") for c in await _connections(broker))
 
-        await wait_for(watching, what="mesh watch to subscribe")
+        await wait_for(watching, what="mesh watch to connect")
+
+        # The connection comes before the consumer: watch until a probe task shows up.
+        async def probe_seen() -> bool:
+            probe = await mesh_client.run("echo", "probe")
+            return f"{probe.id} finish" in log_path.read_text()
+
+        await wait_for(probe_seen, what="mesh watch to print a probe task")
         record = await mesh_client.run("echo", "watch me")
 
         def printed() -> bool:
