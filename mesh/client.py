@@ -39,11 +39,9 @@ from protocol import (
     TaskRecord,
     TransitionError,
     Veto,
-    clarification_capability,
     decode_card,
     decode_control_reply,
     decode_event,
-    decode_offer,
     encode,
     is_terminal,
     new_task,
@@ -52,6 +50,7 @@ from protocol import (
 
 from .bus import Bus, MeshError, NotFound, Settings, Unavailable, translate_errors
 from .follow import wait_terminal
+from .questions import open_questions
 from .work import new_id
 
 __all__ = ["DEFAULT_SERVER", "default_server", "Answerer", "Mesh"]
@@ -165,21 +164,12 @@ class Mesh:
         self, on_question: Answerer, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Answer clarification tasks addressed to this client, until cancelled."""
-        watcher = await self.bus.tasks.watch(self.names.offer_filter(clarification_capability(self.id)))
-        task_status.started()
+        questions = open_questions(self.bus, self.id, task_status=task_status)
         try:
-            async for entry in watcher:
-                if entry is None or entry.operation is not None or not entry.value:
-                    continue
-                try:
-                    offer = decode_offer(entry.value)
-                except RemoteProtocolError:
-                    continue
-                if offer.state == "open":
-                    await self._answer(offer.task, on_question)
+            async for question_id in questions:
+                await self._answer(question_id, on_question)
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            await questions.aclose()
 
     async def _answer(self, task_id: str, on_question: Answerer) -> None:
         try:

@@ -14,7 +14,7 @@ never answer each other's questions.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -37,9 +37,10 @@ from protocol import (
 from .bus import MeshError
 
 if TYPE_CHECKING:
+    from .bus import Bus
     from .work import TaskContext
 
-__all__ = ["answering_questions"]
+__all__ = ["answering_questions", "open_questions"]
 
 T = TypeVar("T")
 
@@ -63,24 +64,36 @@ async def answering_questions(task: TaskContext, wait: Callable[[], Awaitable[T]
     return out[0]
 
 
-async def _watch(task: TaskContext, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-    bus = task.bus
-    watcher = await bus.tasks.watch(bus.names.offer_filter(clarification_capability(task.agent)))
+async def open_questions(
+    bus: Bus, agent: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> AsyncGenerator[str, None]:
+    """Ids of open clarification tasks addressed to ``agent`` (``agent.<id>``), as they
+    are offered, until the caller stops iterating."""
+    watcher = await bus.tasks.watch(bus.names.offer_filter(clarification_capability(agent)))
     task_status.started()
     try:
-        async with anyio.create_task_group() as tg:
-            async for entry in watcher:
-                if entry is None or entry.operation is not None or not entry.value:
-                    continue
-                try:
-                    offer = decode_offer(entry.value)
-                except RemoteProtocolError:
-                    continue
-                if offer.state == "open":
-                    tg.start_soon(_answer, task, offer.task)
+        async for entry in watcher:
+            if entry is None or entry.operation is not None or not entry.value:
+                continue
+            try:
+                offer = decode_offer(entry.value)
+            except RemoteProtocolError:
+                continue
+            if offer.state == "open":
+                yield offer.task
     finally:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def _watch(task: TaskContext, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async with anyio.create_task_group() as tg:
+        questions = open_questions(task.bus, task.agent, task_status=task_status)
+        try:
+            async for question_id in questions:
+                tg.start_soon(_answer, task, question_id)
+        finally:
+            await questions.aclose()
 
 
 class _Held:
