@@ -202,30 +202,19 @@ def main(quick: bool = False) -> dict[str, Any]:
     for rep in range(repeats):
         run: dict[str, Any] = {}
         with broker() as b, tempdir() as d:
-            # Central: coordinator + 2 workers; kill the coordinator.
-            kids = [coordinator_child(b.url), *(worker_child(b.url, f"cw{i}", worker="bench.workers:Nap") for i in range(2))]
-            try:
-                for k in kids:
-                    k.start()
-                for k in kids:
-                    k.wait_ready()
-                run["central_kill_coordinator"] = asyncio.run(_central_kill(b.url, kids[0], inflight, nap_s, wait_s))
-            finally:
-                for k in kids:
-                    k.stop()
-            progress(NAME, f"run {rep + 1}/{repeats}: central, coordinator killed: {run['central_kill_coordinator']}")
-            # Central: kill one of the two workers instead.
-            kids = [coordinator_child(b.url), *(worker_child(b.url, f"cw{i}", worker="bench.workers:Nap") for i in range(2))]
-            try:
-                for k in kids:
-                    k.start()
-                for k in kids:
-                    k.wait_ready()
-                run["central_kill_worker"] = asyncio.run(_central_kill(b.url, kids[1], inflight, nap_s, wait_s))
-            finally:
-                for k in kids:
-                    k.stop()
-            progress(NAME, f"run {rep + 1}/{repeats}: central, one worker killed: {run['central_kill_worker']}")
+            # Central: coordinator + 2 workers; kill the coordinator (kid 0), then one worker (kid 1).
+            for key, victim, what in (("central_kill_coordinator", 0, "coordinator"), ("central_kill_worker", 1, "one worker")):
+                kids = [coordinator_child(b.url), *(worker_child(b.url, f"cw{i}", worker="bench.workers:Nap") for i in range(2))]
+                try:
+                    for k in kids:
+                        k.start()
+                    for k in kids:
+                        k.wait_ready()
+                    run[key] = asyncio.run(_central_kill(b.url, kids[victim], inflight, nap_s, wait_s))
+                finally:
+                    for k in kids:
+                        k.stop()
+                progress(NAME, f"run {rep + 1}/{repeats}: central, {what} killed: {run[key]}")
             # Mesh: two agents; kill one.
             brief = write_brief(d, "nap", ["nap"], kind="bench.workers:Nap", capacity=64)
             agents = [AgentRun(brief, b.url, f"nap{i}", d) for i in range(2)]

@@ -207,12 +207,6 @@ class Bus:
         self.settings = Settings()
 
     @classmethod
-    async def open(cls, nc: Client, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
-        bus = cls(nc, names, agent=agent)
-        await bus.ensure(settings or Settings.from_env())
-        return bus
-
-    @classmethod
     async def connect(cls, url: str, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
         """Connect (with reconnection tracking) and ensure the mesh's resources."""
         reconnects = Reconnects()
