@@ -77,8 +77,9 @@ async def test_handoff_chain_completes(agent_procs: AgentProcs, mesh_client: Mes
 
 
 async def test_drain_under_load_loses_nothing(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
-    # The leaver cannot finish 3 s of work within its 0.5 s grace: it must hand back.
-    agent_procs.start("leaver", ["job"], kind="sleep", capacity=3, drain_timeout_s=0.5, options={"seconds": 3.0, "steps": 30})
+    # The leaver cannot finish 20 s of work within its 0.5 s grace: it must hand back.
+    # (Long enough that a slow CI machine cannot finish it before the SIGTERM arrives.)
+    agent_procs.start("leaver", ["job"], kind="sleep", capacity=3, drain_timeout_s=0.5, options={"seconds": 20.0, "steps": 100})
     await agent_procs.ready(mesh_client)
     records = [await mesh_client.submit("job", f"job {i}", lease_s=5.0) for i in range(6)]
 
