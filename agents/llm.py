@@ -123,8 +123,11 @@ def mock_params(turn: Any, *, call: int) -> dict[str, Any]:
     params: dict[str, Any] = {"mock_response": str(turn.get("content", ""))}
     if calls:
         params["mock_tool_calls"] = [
-            {"id": f"call_{call}_{i}", "type": "function",
-             "function": {"name": c["tool"], "arguments": json.dumps(c.get("args", {}))}}
+            {
+                "id": f"call_{call}_{i}",
+                "type": "function",
+                "function": {"name": c["tool"], "arguments": json.dumps(c.get("args", {}))},
+            }
             for i, c in enumerate(calls)
         ]
     return params
@@ -206,15 +209,25 @@ class ModelClient:
         )
 
     async def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, max_tokens: int, patience: float,
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        patience: float,
         turn: Any = None,
     ) -> Reply:
         self._calls += 1
-        router = self._router if self._router is not None else self._make_router(
-            {} if turn is None else mock_params(turn, call=self._calls)
+        router = (
+            self._router
+            if self._router is not None
+            else self._make_router({} if turn is None else mock_params(turn, call=self._calls))
         )
         kwargs: dict[str, Any] = {
-            "model": self.models[0], "messages": messages, "temperature": self.temperature, "max_tokens": max_tokens,
+            "model": self.models[0],
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": max_tokens,
         }
         if tools:
             kwargs["tools"] = tools
@@ -248,7 +261,14 @@ class ModelClient:
                 args = json.loads(raw)
             except json.JSONDecodeError:
                 args = None
-            calls.append(ToolCall(id=tc.id or f"call_{len(calls)}", name=tc.function.name, args=args if isinstance(args, dict) else None, raw=raw))
+            calls.append(
+                ToolCall(
+                    id=tc.id or f"call_{len(calls)}",
+                    name=tc.function.name,
+                    args=args if isinstance(args, dict) else None,
+                    raw=raw,
+                )
+            )
         usage = getattr(response, "usage", None)
         tokens = int(getattr(usage, "total_tokens", 0) or 0)
         hidden = getattr(response, "_hidden_params", {}) or {}
@@ -297,7 +317,9 @@ class LLMAgent:
             )
         self.extra: dict[str, Tool] = {t: EXTRA_TOOLS[t] for t in brief.tools}
         self.models = brief.models()
-        self.client = ModelClient(self.models, temperature=brief.temperature, options=self.options) if self.models else None
+        self.client = (
+            ModelClient(self.models, temperature=brief.temperature, options=self.options) if self.models else None
+        )
         self._mock_position: dict[tuple[str, Mode], int] = {}
         #: with a model it reworks with its reviewers' reasons itself (a brief's
         #: `review_results`); offline, mesh.kinds.ReviewedResults does the review
@@ -344,11 +366,15 @@ class LLMAgent:
         await task.progress("offline: no model configured (set `model` in the brief or MESH_MODEL)")
         if self.brief.delegates and task.record.hops_left > 0:
             to = self.brief.delegates[0]
-            child = await task.delegate(to, task.instruction, data=task.data, criteria=task.record.criteria, review=self.brief.review)
+            child = await task.delegate(
+                to, task.instruction, data=task.data, criteria=task.record.criteria, review=self.brief.review
+            )
             if child.state != "done":
                 raise TaskFailed(f"{to} task {child.id} ended {child.state}: {child.reason} {child.error}".strip())
             return child.result
-        text = task.data.get("text") if isinstance(task.data, dict) else task.data if isinstance(task.data, str) else None
+        text = (
+            task.data.get("text") if isinstance(task.data, dict) else task.data if isinstance(task.data, str) else None
+        )
         body = summarize(str(text), 3) if text else task.instruction
         return f"{body}\n[offline: {self.brief.name} has no model configured; this is {'an extractive summary of the input' if text else 'the instruction, unchanged'}]"
 
@@ -361,11 +387,22 @@ class LLMAgent:
         tools += [t.schema for t in self.extra.values()]
         session = _Session(task=task, mode="work", charge=True)
         session.messages = [
-            {"role": "system", "content": system_prompt(
-                self.brief, mode="work", tools=[t["function"]["name"] for t in tools], can_delegate=can_delegate,
-                preface=self.system,
-            )},
-            {"role": "user", "content": task_prompt(task.record, children=children, now=time.time(), data_chars=self.options.data_chars)},
+            {
+                "role": "system",
+                "content": system_prompt(
+                    self.brief,
+                    mode="work",
+                    tools=[t["function"]["name"] for t in tools],
+                    can_delegate=can_delegate,
+                    preface=self.system,
+                ),
+            },
+            {
+                "role": "user",
+                "content": task_prompt(
+                    task.record, children=children, now=time.time(), data_chars=self.options.data_chars
+                ),
+            },
         ]
         for turn in range(1, self.options.max_turns + 1):
             reply = await self._call(session, tools)
@@ -377,7 +414,9 @@ class LLMAgent:
                         return outcome.value
                     session.messages.append({"role": "user", "content": outcome})
                 else:
-                    session.messages.append({"role": "user", "content": "Use your tools: call `finish` with the result."})
+                    session.messages.append(
+                        {"role": "user", "content": "Use your tools: call `finish` with the result."}
+                    )
                 continue
             for call in reply.calls:
                 outcome = await self._act(session, call)
@@ -385,32 +424,51 @@ class LLMAgent:
                     return outcome.value
                 session.messages.append({"role": "tool", "tool_call_id": call.id, "content": outcome})
             await task.progress(f"turn {turn}: {', '.join(c.name for c in reply.calls)} ({reply.model})")
-        raise TaskFailed(f"no result after {self.options.max_turns} model turns (the brief's options.max_turns)", reason="budget")
+        raise TaskFailed(
+            f"no result after {self.options.max_turns} model turns (the brief's options.max_turns)", reason="budget"
+        )
 
     async def _judge(self, record: TaskRecord, task: TaskContext, *, charge: bool) -> Verdict:
-        tools = protocol_tools(mode="review", delegates=(), can_delegate=False) + [t.schema for t in self.extra.values()]
+        tools = protocol_tools(mode="review", delegates=(), can_delegate=False) + [
+            t.schema for t in self.extra.values()
+        ]
         session = _Session(task=task, mode="review", charge=charge)
         session.messages = [
-            {"role": "system", "content": system_prompt(
-                self.brief, mode="review", tools=[t["function"]["name"] for t in tools], can_delegate=False,
-                preface=self.system,
-            )},
-            {"role": "user", "content": review_prompt(record, data_chars=self.options.data_chars, findings=self.findings(record))},
+            {
+                "role": "system",
+                "content": system_prompt(
+                    self.brief,
+                    mode="review",
+                    tools=[t["function"]["name"] for t in tools],
+                    can_delegate=False,
+                    preface=self.system,
+                ),
+            },
+            {
+                "role": "user",
+                "content": review_prompt(record, data_chars=self.options.data_chars, findings=self.findings(record)),
+            },
         ]
         for _ in range(self.options.max_turns):
             reply = await self._call(session, tools)
             session.messages.append(reply.message())
             if not reply.calls:
-                session.messages.append({"role": "user", "content": "Give your verdict: call `approve`, or `veto` with reasons."})
+                session.messages.append(
+                    {"role": "user", "content": "Give your verdict: call `approve`, or `veto` with reasons."}
+                )
                 continue
             for call in reply.calls:
                 outcome = await self._act(session, call)
                 if isinstance(outcome, _Final):
                     verdict: Verdict = outcome.value
-                    log.info("verdict", task=record.id, approve=verdict.approve, reasons=verdict.reasons, model=reply.model)
+                    log.info(
+                        "verdict", task=record.id, approve=verdict.approve, reasons=verdict.reasons, model=reply.model
+                    )
                     return verdict
                 session.messages.append({"role": "tool", "tool_call_id": call.id, "content": outcome})
-        return Verdict(approve=False, reasons=(f"{self.brief.name} reached no verdict in {self.options.max_turns} model turns",))
+        return Verdict(
+            approve=False, reasons=(f"{self.brief.name} reached no verdict in {self.options.max_turns} model turns",)
+        )
 
     async def _call(self, session: _Session, tools: list[dict[str, Any]]) -> Reply:
         """One model call within the task's deadline and budgets; usage is charged."""
@@ -429,19 +487,28 @@ class LLMAgent:
             max_tokens = min(max_tokens, limit - used)
         turn = self._next_mock(record, session.mode)
         try:
-            reply = await self.client.complete(session.messages, tools, max_tokens=max_tokens, patience=patience, turn=turn)
+            reply = await self.client.complete(
+                session.messages, tools, max_tokens=max_tokens, patience=patience, turn=turn
+            )
         except ModelFailed as exc:
             log.warning("model call failed", task=record.id, error=str(exc))
             raise TaskFailed(str(exc), reason="error") from None
-        log.info("model answered", task=record.id, model=reply.model, tokens=reply.tokens, cost=reply.cost,
-                 tools=[c.name for c in reply.calls])
+        log.info(
+            "model answered",
+            task=record.id,
+            model=reply.model,
+            tokens=reply.tokens,
+            cost=reply.cost,
+            tools=[c.name for c in reply.calls],
+        )
         session.tokens += reply.tokens
         session.cost += reply.cost
         if session.charge:
             await task.charge(tokens=reply.tokens, cost=reply.cost)  # past the task's budget: Lost, task failed(budget)
         own = self.brief.budget
         if own is not None and (
-            (own.tokens is not None and session.tokens > own.tokens) or (own.cost is not None and session.cost > own.cost)
+            (own.tokens is not None and session.tokens > own.tokens)
+            or (own.cost is not None and session.cost > own.cost)
         ):
             raise TaskFailed(
                 f"{self.brief.name}'s own budget per task is spent ({session.tokens} tokens, {session.cost:.6f} USD)",
@@ -506,7 +573,9 @@ class LLMAgent:
                 case "finish":
                     return await self._finish(session, args.get("result", ""))
                 case _:  # decline
-                    raise TaskFailed(f"declined by {self.brief.name}: {args.get('reason', 'no reason given')}", reason="rejected")
+                    raise TaskFailed(
+                        f"declined by {self.brief.name}: {args.get('reason', 'no reason given')}", reason="rejected"
+                    )
         except KeyError as exc:
             return f"error: {call.name} needs the argument {exc}"
 
@@ -516,7 +585,9 @@ class LLMAgent:
         asked = args.get("review")
         if review is None and isinstance(asked, dict):
             try:
-                review = ReviewPolicy(quorum=int(asked.get("quorum", 1)), capability=str(asked.get("capability", "review")))
+                review = ReviewPolicy(
+                    quorum=int(asked.get("quorum", 1)), capability=str(asked.get("capability", "review"))
+                )
             except (TypeError, ValueError):
                 review = ReviewPolicy()
         try:
@@ -526,7 +597,13 @@ class LLMAgent:
         except (RoleViolation, LocalProtocolError) as exc:  # not allowed, or not a valid capability
             return f"refused: {exc}"
         return json.dumps(
-            {"task": child.id, "state": child.state, "result": child.result, "reason": child.reason, "error": child.error},
+            {
+                "task": child.id,
+                "state": child.state,
+                "result": child.result,
+                "reason": child.reason,
+                "error": child.error,
+            },
             default=str,
         )
 
@@ -541,8 +618,10 @@ class LLMAgent:
         session.vetoes += verdict.reasons
         if session.rounds > policy.max_reworks:
             return _Final(await settle_rejected(session.task, result, tuple(session.vetoes), policy))
-        return "Reviewers vetoed your result:\n" + "\n".join(f"- {r}" for r in verdict.reasons) + (
-            "\nRevise it to address every point, then call finish again."
+        return (
+            "Reviewers vetoed your result:\n"
+            + "\n".join(f"- {r}" for r in verdict.reasons)
+            + ("\nRevise it to address every point, then call finish again.")
         )
 
 

@@ -58,7 +58,9 @@ def _is_prose(block: str) -> bool:
         return False
     if not (text.endswith(".") or ". " in text):
         return False
-    plain = sum(1 for w in words if re.fullmatch(r"[\"'\u201c\u2018(]*[A-Za-z][a-z\u2019'-]*[.,;:)\"'\u201d\u2019]*", w))
+    plain = sum(
+        1 for w in words if re.fullmatch(r"[\"'\u201c\u2018(]*[A-Za-z][a-z\u2019'-]*[.,;:)\"'\u201d\u2019]*", w)
+    )
     return plain / len(words) >= 0.6
 
 
@@ -211,7 +213,9 @@ class Writer:
         )
         if result["answer"] == NO_ANSWER and task.record.feedback:
             result["method"] += "; reworked after a veto, but the passages still do not answer it"
-        await task.progress(f"composed {len(sentences(result['answer']))} sentences citing {len(result['citations'])} passages")
+        await task.progress(
+            f"composed {len(sentences(result['answer']))} sentences citing {len(result['citations'])} passages"
+        )
         return result
 
 
@@ -262,7 +266,9 @@ def check_support(result: Any, data: Any, *, threshold: float = 0.8) -> list[str
             continue
         best = max((support(s, cited[n]) for n in numbers if n in cited), default=None)
         if best is None:
-            reasons.append(f"sentence {i} cites [{'], ['.join(map(str, numbers))}], which is not in the citations: {quote!r}")
+            reasons.append(
+                f"sentence {i} cites [{'], ['.join(map(str, numbers))}], which is not in the citations: {quote!r}"
+            )
         elif best < threshold:
             reasons.append(f"sentence {i} is not supported by its cited passage ({best:.0%} of its terms): {quote!r}")
     return reasons
@@ -280,7 +286,7 @@ def render_answer(result: Any, *, width: int = 100) -> str:
             excerpt = str(c.get("text", ""))
             excerpt = excerpt if len(excerpt) <= 90 else excerpt[:89] + "…"
             lines.append(f"  [{c.get('n')}] {c.get('source')}")
-            lines.append(f"      \"{excerpt}\"")
+            lines.append(f'      "{excerpt}"')
     if result.get("method"):
         lines.append(f"method: {result['method']}")
     return "\n".join(lines)

@@ -15,7 +15,9 @@ __all__ = ["Tool", "EXTRA_TOOLS", "protocol_tools", "tool_schema"]
 Mode = Literal["work", "review"]
 
 
-def tool_schema(name: str, description: str, properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+def tool_schema(
+    name: str, description: str, properties: dict[str, Any], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
     return {
         "type": "function",
         "function": {
@@ -38,8 +40,14 @@ def protocol_tools(*, mode: Mode, delegates: tuple[str, ...], can_delegate: bool
             tool_schema(
                 "veto",
                 "Send the result back for rework. Give every flaw you found as a specific reason.",
-                {"reasons": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                             "description": "one specific, checkable reason per flaw"}},
+                {
+                    "reasons": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "minItems": 1,
+                        "description": "one specific, checkable reason per flaw",
+                    }
+                },
                 ("reasons",),
             ),
         ]

@@ -125,7 +125,9 @@ async def _autogen_concurrent(runtime: Any, n: int, inflight: int) -> dict[str, 
     return {"rate": n / elapsed, "elapsed_s": elapsed, "latencies": latencies}
 
 
-async def _measure(url: str, address: str, n_seq: int, n_conc: int, repeats: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+async def _measure(
+    url: str, address: str, n_seq: int, n_conc: int, repeats: int, pids: dict[str, list[int]]
+) -> dict[str, Any]:
     import nats
     from autogen_core import try_get_known_serializers_for_type
     from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime
@@ -163,8 +165,18 @@ async def _measure(url: str, address: str, n_seq: int, n_conc: int, repeats: int
             me_cpu = ((time.process_time() - c0) + (cpu("mesh") - p0)) * 1000 / n_conc
             raw = await raw_sequential(nc, n_seq, RAW_SUBJECT)
             run = {
-                "autogen": {"seq": dist_ms(ag_seq), "rate": ag_conc["rate"], "conc": dist_ms(ag_conc["latencies"]), "cpu_ms_per_task": ag_cpu},
-                "mesh": {"seq": dist_ms(me_seq), "rate": me_conc["rate"], "conc": dist_ms(me_conc["latencies"]), "cpu_ms_per_task": me_cpu},
+                "autogen": {
+                    "seq": dist_ms(ag_seq),
+                    "rate": ag_conc["rate"],
+                    "conc": dist_ms(ag_conc["latencies"]),
+                    "cpu_ms_per_task": ag_cpu,
+                },
+                "mesh": {
+                    "seq": dist_ms(me_seq),
+                    "rate": me_conc["rate"],
+                    "conc": dist_ms(me_conc["latencies"]),
+                    "cpu_ms_per_task": me_cpu,
+                },
                 "raw": {"seq": dist_ms(raw)},
             }
             run["ratio_mesh_autogen_p50"] = ratio(run["mesh"]["seq"]["p50"], run["autogen"]["seq"]["p50"])
@@ -213,8 +225,15 @@ def main(quick: bool = False) -> dict[str, Any]:
     n_seq, n_conc, repeats = (10, INFLIGHT, 1) if quick else (300, 1000, 3)
     address = f"127.0.0.1:{free_port()}"
     with broker() as b, tempdir() as d:
-        host = Child("autogen-host", python("-m", "bench.autogen_peer", "host", address), env=child_env(), log=d / "ag-host.log")
-        worker = Child("autogen-worker", python("-m", "bench.autogen_peer", "worker", address), env=child_env(), log=d / "ag-worker.log")
+        host = Child(
+            "autogen-host", python("-m", "bench.autogen_peer", "host", address), env=child_env(), log=d / "ag-host.log"
+        )
+        worker = Child(
+            "autogen-worker",
+            python("-m", "bench.autogen_peer", "worker", address),
+            env=child_env(),
+            log=d / "ag-worker.log",
+        )
         raw = worker_child(b.url, "raw-responder", subject=RAW_SUBJECT)
         echo = AgentRun(write_brief(d, "echo", ["echo"], kind="echo", capacity=INFLIGHT), b.url, "echo1", d)
         try:
@@ -222,7 +241,10 @@ def main(quick: bool = False) -> dict[str, Any]:
             worker.start().wait_ready()
             raw.start().wait_ready()
             echo.start().wait_ready()
-            progress(NAME, f"AutoGen host + worker, mesh echo agent, raw responder up; {repeats} x ({n_seq} sequential + {n_conc} at {INFLIGHT} in flight)")
+            progress(
+                NAME,
+                f"AutoGen host + worker, mesh echo agent, raw responder up; {repeats} x ({n_seq} sequential + {n_conc} at {INFLIGHT} in flight)",
+            )
             pids = {"autogen": [host.pid, worker.pid], "mesh": [echo.pid, b.process.pid]}
             result = asyncio.run(_measure(b.url, address, n_seq, n_conc, repeats, pids))
         finally:

@@ -111,11 +111,31 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-def worker_child(server: str, name: str, *, subject: str = WORK, worker: str = "bench.workers:Noop", options: dict[str, Any] | None = None) -> Child:
+def worker_child(
+    server: str,
+    name: str,
+    *,
+    subject: str = WORK,
+    worker: str = "bench.workers:Noop",
+    options: dict[str, Any] | None = None,
+) -> Child:
     return Child(
         name,
-        python("-m", "bench.central", "worker", "--server", server, "--subject", subject, "--worker", worker,
-               "--options", json.dumps(options or {}), "--name", name),
+        python(
+            "-m",
+            "bench.central",
+            "worker",
+            "--server",
+            server,
+            "--subject",
+            subject,
+            "--worker",
+            worker,
+            "--options",
+            json.dumps(options or {}),
+            "--name",
+            name,
+        ),
         env=child_env(),
     )
 
@@ -140,7 +160,9 @@ async def _central_kill(url: str, victim: Child, inflight: int, nap_s: float, wa
 
     async def one(i: int) -> None:
         try:
-            reply = await nc.request(SUBMIT, json.dumps({"instruction": f"t{i}", "data": {"seconds": nap_s}}).encode(), timeout=wait_s)
+            reply = await nc.request(
+                SUBMIT, json.dumps({"instruction": f"t{i}", "data": {"seconds": nap_s}}).encode(), timeout=wait_s
+            )
             body = json.loads(reply.data)
             outcomes.append("done" if "result" in body else "error")
             finished_at.append(time.monotonic() - t0)
@@ -155,10 +177,17 @@ async def _central_kill(url: str, victim: Child, inflight: int, nap_s: float, wa
     await asyncio.gather(*jobs)
     await nc.close()
     lost = outcomes.count("lost") + outcomes.count("error")
-    return {"tasks": inflight, "done": outcomes.count("done"), "lost": lost, "all_done_s": max(finished_at) if finished_at and not lost else None}
+    return {
+        "tasks": inflight,
+        "done": outcomes.count("done"),
+        "lost": lost,
+        "all_done_s": max(finished_at) if finished_at and not lost else None,
+    }
 
 
-async def _mesh_kill(url: str, victim: AgentRun, inflight: int, nap_s: float, lease_s: float, wait_s: float) -> dict[str, Any]:
+async def _mesh_kill(
+    url: str, victim: AgentRun, inflight: int, nap_s: float, lease_s: float, wait_s: float
+) -> dict[str, Any]:
     """The same experiment on the mesh: kill one of the agents holding the tasks."""
     from mesh.client import Mesh
 
@@ -203,8 +232,14 @@ def main(quick: bool = False) -> dict[str, Any]:
         run: dict[str, Any] = {}
         with broker() as b, tempdir() as d:
             # Central: coordinator + 2 workers; kill the coordinator (kid 0), then one worker (kid 1).
-            for key, victim, what in (("central_kill_coordinator", 0, "coordinator"), ("central_kill_worker", 1, "one worker")):
-                kids = [coordinator_child(b.url), *(worker_child(b.url, f"cw{i}", worker="bench.workers:Nap") for i in range(2))]
+            for key, victim, what in (
+                ("central_kill_coordinator", 0, "coordinator"),
+                ("central_kill_worker", 1, "one worker"),
+            ):
+                kids = [
+                    coordinator_child(b.url),
+                    *(worker_child(b.url, f"cw{i}", worker="bench.workers:Nap") for i in range(2)),
+                ]
                 try:
                     for k in kids:
                         k.start()

@@ -72,8 +72,11 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Rand
         "tasks_per_s": tasks / elapsed if elapsed else 0.0,
         "setup": SETUP.format(tasks=f"{tasks:,}"),
     }
-    progress(NAME, f"{result['kills']} SIGKILLs; lost {result['lost']}, completed twice {result['completed_twice']}, "
-                   f"states {result['states']}, failed over {result['failed_over']}")
+    progress(
+        NAME,
+        f"{result['kills']} SIGKILLs; lost {result['lost']}, completed twice {result['completed_twice']}, "
+        f"states {result['states']}, failed over {result['failed_over']}",
+    )
     return result
 
 

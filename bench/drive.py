@@ -30,7 +30,9 @@ def check_failures() -> None:
         raise TooManyFailures(f"more than {FAILURE_LIMIT} tasks did not end done: {dict(FAILURES)}")
 
 
-async def mesh_sequential(mesh: Any, n: int, capability: str = "echo", *, review: int | None = None, text: str = "ping") -> list[float]:
+async def mesh_sequential(
+    mesh: Any, n: int, capability: str = "echo", *, review: int | None = None, text: str = "ping"
+) -> list[float]:
     """``n`` tasks one after the other: submit -> claim -> result (-> review) -> done."""
     out = []
     for _ in range(n):
@@ -69,7 +71,14 @@ async def mesh_concurrent(
             tg.start_soon(one)
     elapsed = time.perf_counter() - t0
     check_failures()
-    return {"n": n, "elapsed_s": elapsed, "rate": n / elapsed, "latencies": latencies, "states": dict(states), "lapsed": relapsed[0]}
+    return {
+        "n": n,
+        "elapsed_s": elapsed,
+        "rate": n / elapsed,
+        "latencies": latencies,
+        "states": dict(states),
+        "lapsed": relapsed[0],
+    }
 
 
 async def raw_sequential(nc: Any, n: int, subject: str, text: str = "ping") -> list[float]:

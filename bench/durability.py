@@ -76,7 +76,10 @@ def main(*, quick: bool = False) -> dict[str, Any]:
                 sub.mkdir()
                 result = _one_mode(mode, sub, sequential, concurrent)
                 runs[mode].append(result)
-                progress(NAME, f"round {r + 1}/{rounds} {mode}: p50 {result['latency']['p50']:.2f} ms, {result['tasks_per_s']:.0f} tasks/s")
+                progress(
+                    NAME,
+                    f"round {r + 1}/{rounds} {mode}: p50 {result['latency']['p50']:.2f} ms, {result['tasks_per_s']:.0f} tasks/s",
+                )
     p50 = {m: statistics.median(x["latency"]["p50"] for x in v) for m, v in runs.items()}
     tps = {m: statistics.median(x["tasks_per_s"] for x in v) for m, v in runs.items()}
     return {

@@ -86,8 +86,11 @@ async def _run(url: str, d: Any, trials: int, lease_s: float, brief: Any) -> lis
         for i in range(trials):
             res = await _trial(mesh, runs, lease_s, rng)
             results.append(res)
-            progress(NAME, f"trial {i + 1}/{trials} (lease {lease_s} s): {res['victim']} killed, {res['new_owner']} holds the task "
-                     f"after {res['failover_s'] * 1000:.0f} ms (re-opened by the {res['reopened_by']} after {res['detect_s'] * 1000:.0f} ms)")
+            progress(
+                NAME,
+                f"trial {i + 1}/{trials} (lease {lease_s} s): {res['victim']} killed, {res['new_owner']} holds the task "
+                f"after {res['failover_s'] * 1000:.0f} ms (re-opened by the {res['reopened_by']} after {res['detect_s'] * 1000:.0f} ms)",
+            )
             victim = runs[res["victim"]]
             victim.start()
             await anyio.to_thread.run_sync(victim.wait_ready)
@@ -117,5 +120,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     out["summary"] = {"p50_ms": first["p50"], "p95_ms": first["p95"], "lease_s": 1.0}
     out["spread_note"] = "p50/p95 over all trials (each trial is one kill); spread: min-max of trials"
     out["failover_range_ms"] = spread([r["failover_s"] * 1000 for r in out["by_lease"]["1.0"]["trials"]])
-    out["setup"] = "3 `mesh agent run` processes (kind sleep, one 120 s step so no progress writes), 1 waiting requester; kill -9 the owner"
+    out["setup"] = (
+        "3 `mesh agent run` processes (kind sleep, one 120 s step so no progress writes), 1 waiting requester; kill -9 the owner"
+    )
     return out

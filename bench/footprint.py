@@ -38,7 +38,10 @@ def _rss_of(code: str, env: dict[str, str] | None = None) -> float:
     """RSS of a Python process that ran ``code`` and then waits."""
     proc = subprocess.Popen(
         [sys.executable, "-c", f"{code}\nimport sys\nprint('READY', flush=True)\nsys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env or child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env or child_env(),
     )
     try:
         assert proc.stdout is not None
@@ -84,7 +87,9 @@ def _variant(env: dict[str, str], starts: int, idle_s: float, label: str) -> dic
             time.sleep(idle_s)
             rss.append(rss_mb(run.pid))
             run.stop()
-            progress(NAME, f"{label}: agent {i + 1}/{starts} ready in {ready[-1] * 1000:.0f} ms, idle RSS {rss[-1]:.1f} MiB")
+            progress(
+                NAME, f"{label}: agent {i + 1}/{starts} ready in {ready[-1] * 1000:.0f} ms, idle RSS {rss[-1]:.1f} MiB"
+            )
         first.stop()
     imports = _wall([sys.executable, "-c", AGENT_IMPORTS], max(starts, 2), env)
     return {
@@ -130,8 +135,11 @@ def main(quick: bool = False) -> dict[str, Any]:
     out["help_ms"] = spread([t * 1000 for t in help_times])
     out["python_bare_ms"] = spread([t * 1000 for t in bare])
     out["rss_bare_python_mib"] = _rss_of("pass")
-    progress(NAME, f"mesh --help {statistics.median(help_times) * 1000:.0f} ms (bare python {statistics.median(bare) * 1000:.0f} ms); "
-             f"bare python RSS {out['rss_bare_python_mib']:.1f} MiB")
+    progress(
+        NAME,
+        f"mesh --help {statistics.median(help_times) * 1000:.0f} ms (bare python {statistics.median(bare) * 1000:.0f} ms); "
+        f"bare python RSS {out['rss_bare_python_mib']:.1f} MiB",
+    )
     out["setup"] = (
         f"`mesh agent run` (kind echo) against a local nats-server; {starts} starts per variant; idle {idle_s:.0f} s before "
         "reading VmRSS; start-to-ready = spawn to the agent's `agent ready` log line"

@@ -38,7 +38,9 @@ async def host(args: argparse.Namespace) -> None:
         extra: dict[str, Any] = {}
         if args.heartbeat_s:
             extra["heartbeat_s"] = args.heartbeat_s
-        config = AgentConfig(id=f"{args.id_prefix}{i}", serves=tuple(args.serves), capacity=args.capacity, kind=args.worker, **extra)
+        config = AgentConfig(
+            id=f"{args.id_prefix}{i}", serves=tuple(args.serves), capacity=args.capacity, kind=args.worker, **extra
+        )
         agents.append(Agent(config, worker, server=args.server))
 
     t0 = time.monotonic()

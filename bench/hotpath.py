@@ -155,7 +155,9 @@ async def _session(url: str, n: int, mode: str, storage: str = "file") -> dict[s
     from mesh.client import Mesh
 
     settings = Settings(storage=storage)
-    agent = Agent(AgentConfig(id="hot-agent", serves=("echo",), capacity=64), Noop(Opts()), server=url, settings=settings)
+    agent = Agent(
+        AgentConfig(id="hot-agent", serves=("echo",), capacity=64), Noop(Opts()), server=url, settings=settings
+    )
     out: dict[str, Any] = {}
     async with anyio.create_task_group() as tg:
         await tg.start(agent.run)
@@ -177,7 +179,12 @@ async def _session(url: str, n: int, mode: str, storage: str = "file") -> dict[s
                     counter.active = False
                 lat = [b - a for a, b in bounds]
                 out["ops"] = [
-                    {"side": s, "op": op, "per_task": c / n, "wait_ms_per_task": counter.wait_s.get((s, op), 0.0) * 1000 / n}
+                    {
+                        "side": s,
+                        "op": op,
+                        "per_task": c / n,
+                        "wait_ms_per_task": counter.wait_s.get((s, op), 0.0) * 1000 / n,
+                    }
                     for (s, op), c in sorted(counter.counts.items(), key=lambda kv: (kv[0][0], -kv[1]))
                 ]
                 out["waves_per_task"] = counter.waves / n
@@ -226,8 +233,14 @@ def _top_self(prof: cProfile.Profile, n_tasks: int, limit: int = 25) -> list[dic
     rows = []
     for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         short = filename.split("site-packages/")[-1].split("/work/main/")[-1]
-        rows.append({"function": f"{short}:{line}({func})", "calls_per_task": nc / n_tasks, "self_us_per_task": tt * 1e6 / n_tasks,
-                     "cum_us_per_task": ct * 1e6 / n_tasks})
+        rows.append(
+            {
+                "function": f"{short}:{line}({func})",
+                "calls_per_task": nc / n_tasks,
+                "self_us_per_task": tt * 1e6 / n_tasks,
+                "cum_us_per_task": ct * 1e6 / n_tasks,
+            }
+        )
     rows.sort(key=lambda r: -r["self_us_per_task"])
     return rows[:limit]
 
@@ -250,9 +263,12 @@ def main(quick: bool = False) -> dict[str, Any]:
                 per_side[op["side"]] += op["per_task"]
         out["round_trips_per_task"] = dict(per_side)
         out["round_trip_wait_ms_per_task"] = sum(op["wait_ms_per_task"] for op in res["ops"])
-        progress(NAME, f"{n} tasks: p50 {res['latency']['p50']:.2f} ms; JetStream round trips per task {dict(per_side)} "
-                 f"in {res['waves_per_task']:.1f} sequential waves; "
-                 f"CPU {res['cpu_ms_per_task']:.2f} ms per task (agent + client in one process)")
+        progress(
+            NAME,
+            f"{n} tasks: p50 {res['latency']['p50']:.2f} ms; JetStream round trips per task {dict(per_side)} "
+            f"in {res['waves_per_task']:.1f} sequential waves; "
+            f"CPU {res['cpu_ms_per_task']:.2f} ms per task (agent + client in one process)",
+        )
         prof = anyio.run(_session, b.url, n, "cprofile")["cprofile"]
         out["top_self"] = _top_self(prof, n)
         try:
@@ -274,12 +290,19 @@ def main(quick: bool = False) -> dict[str, Any]:
         logging_cost = {}
         for level in ("info", "warning"):
             res_level = subprocess.run(
-                [sys.executable, "-m", "bench.hotpath", b.url, str(n), level], capture_output=True, text=True,
-                env=child_env(), check=True, timeout=300,
+                [sys.executable, "-m", "bench.hotpath", b.url, str(n), level],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                check=True,
+                timeout=300,
             )
             logging_cost[level] = json.loads(res_level.stdout.strip().splitlines()[-1])["cpu_ms_per_task"]
         out["logging_cpu_ms_per_task"] = logging_cost
-        progress(NAME, f"CPU per task with info logging {logging_cost['info']:.2f} ms, with warning {logging_cost['warning']:.2f} ms")
+        progress(
+            NAME,
+            f"CPU per task with info logging {logging_cost['info']:.2f} ms, with warning {logging_cost['warning']:.2f} ms",
+        )
 
     # What durability costs: the same tasks with other storage settings.
     storage: dict[str, Any] = {}
@@ -295,7 +318,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             storage["file, sync_interval always"] = anyio.run(_session, b.url, m, "latency")["latency"]
     out["storage"] = storage
     progress(NAME, "storage modes, p50: " + ", ".join(f"{k} {v['p50']:.2f} ms" for k, v in storage.items()))
-    out["setup"] = "one process: an echo Agent (capacity 64) and a Mesh client; sequential no-op tasks; local nats-server"
+    out["setup"] = (
+        "one process: an echo Agent (capacity 64) and a Mesh client; sequential no-op tasks; local nats-server"
+    )
     return out
 
 

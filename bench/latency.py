@@ -51,12 +51,20 @@ async def _measure(url: str, n: int, repeats: int, warmup: int) -> dict[str, Any
         await nc.close()
         await mesh.close()
     summary = {
-        f"{key}_{q}": spread([r[key][q] for r in runs]) for key in ("raw", "mesh", "mesh_review1") for q in ("p50", "p99")
+        f"{key}_{q}": spread([r[key][q] for r in runs])
+        for key in ("raw", "mesh", "mesh_review1")
+        for q in ("p50", "p99")
     }
     summary["ratio_mesh_raw_p50"] = spread([ratio(r["mesh"]["p50"], r["raw"]["p50"]) for r in runs])
     summary["ratio_review_raw_p50"] = spread([ratio(r["mesh_review1"]["p50"], r["raw"]["p50"]) for r in runs])
     summary["ratio_mesh_raw_p99"] = spread([ratio(r["mesh"]["p99"], r["raw"]["p99"]) for r in runs])
-    return {"n": n, "repeats": repeats, "runs": runs, "summary": summary, "samples": {k: samples(v) for k, v in pooled.items()}}
+    return {
+        "n": n,
+        "repeats": repeats,
+        "runs": runs,
+        "summary": summary,
+        "samples": {k: samples(v) for k, v in pooled.items()},
+    }
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -71,5 +79,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                 result = anyio.run(_measure, b.url, n, repeats, warmup)
         finally:
             raw.stop()
-    result["setup"] = "1 raw responder process, 1 echo agent process, 1 check reviewer process; client in the bench process; file storage"
+    result["setup"] = (
+        "1 raw responder process, 1 echo agent process, 1 check reviewer process; client in the bench process; file storage"
+    )
     return result

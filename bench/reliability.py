@@ -54,7 +54,13 @@ def predict(p: float, q: float, f: float, k: int, max_reworks: int = MAX_REWORKS
     # Reviews in a round if voters go one after the other and the first veto ends it.
     approve_right, approve_wrong = 1 - f, 1 - q
     per_round = sum(p * approve_right**i + (1 - p) * approve_wrong**i for i in range(k))
-    return {"accuracy": a * geo, "wrong_accepted": b * geo, "failed": r**rounds, "attempts": geo, "reviews": per_round * geo}
+    return {
+        "accuracy": a * geo,
+        "wrong_accepted": b * geo,
+        "failed": r**rounds,
+        "attempts": geo,
+        "reviews": per_round * geo,
+    }
 
 
 async def _batch(url: str, n: int, k: int, rng: random.Random, deadline_s: float) -> dict[str, Any]:
@@ -72,15 +78,19 @@ async def _batch(url: str, n: int, k: int, rng: random.Random, deadline_s: float
         async with limiter:
             t = time.perf_counter()
             review = ReviewPolicy(quorum=k, max_reworks=MAX_REWORKS) if k else None
-            record = await mesh.run("sum", f"add {a} and {b}", data={"a": a, "b": b}, review=review, deadline_s=deadline_s)
-            rows.append({
-                "state": record.state,
-                "reason": record.reason,
-                "right": record.state == "done" and record.result == a + b,
-                "attempts": record.attempts,
-                "reworks": record.reworks,
-                "latency": time.perf_counter() - t,
-            })
+            record = await mesh.run(
+                "sum", f"add {a} and {b}", data={"a": a, "b": b}, review=review, deadline_s=deadline_s
+            )
+            rows.append(
+                {
+                    "state": record.state,
+                    "reason": record.reason,
+                    "right": record.state == "done" and record.result == a + b,
+                    "attempts": record.attempts,
+                    "reworks": record.reworks,
+                    "latency": time.perf_counter() - t,
+                }
+            )
 
     try:
         async with anyio.create_task_group() as tg:
@@ -103,13 +113,42 @@ async def _batch(url: str, n: int, k: int, rng: random.Random, deadline_s: float
 
 def main(quick: bool = False) -> dict[str, Any]:
     n, repeats = (8, 1) if quick else (250, 3)
-    out: dict[str, Any] = {"n": n, "repeats": repeats, "max_reworks": MAX_REWORKS, "workers": WORKERS, "reviewers": REVIEWERS, "configs": []}
+    out: dict[str, Any] = {
+        "n": n,
+        "repeats": repeats,
+        "max_reworks": MAX_REWORKS,
+        "workers": WORKERS,
+        "reviewers": REVIEWERS,
+        "configs": [],
+    }
     for ci, cfg in enumerate(CONFIGS):
         with broker() as b:
-            workers = Child("workers", host_cmd(b.url, count=WORKERS, serves=["sum"], worker="bench.workers:NoisyAdder",
-                                                capacity=8, id_prefix="w", options={"p": cfg["p"]}, seed=100 + ci))
-            reviewers = Child("reviewers", host_cmd(b.url, count=REVIEWERS, serves=["review"], worker="bench.workers:NoisyChecker",
-                                                    capacity=8, id_prefix="r", options={"q": cfg["q"], "f": cfg["f"]}, seed=200 + ci))
+            workers = Child(
+                "workers",
+                host_cmd(
+                    b.url,
+                    count=WORKERS,
+                    serves=["sum"],
+                    worker="bench.workers:NoisyAdder",
+                    capacity=8,
+                    id_prefix="w",
+                    options={"p": cfg["p"]},
+                    seed=100 + ci,
+                ),
+            )
+            reviewers = Child(
+                "reviewers",
+                host_cmd(
+                    b.url,
+                    count=REVIEWERS,
+                    serves=["review"],
+                    worker="bench.workers:NoisyChecker",
+                    capacity=8,
+                    id_prefix="r",
+                    options={"q": cfg["q"], "f": cfg["f"]},
+                    seed=200 + ci,
+                ),
+            )
             runs = []
             try:
                 workers.start()
@@ -120,32 +159,37 @@ def main(quick: bool = False) -> dict[str, Any]:
                 for rep in range(repeats):
                     res = anyio.run(_batch, b.url, n, cfg["k"], rng, DEADLINE_S / 2 if quick else DEADLINE_S)
                     runs.append(res)
-                    progress(NAME, f"{cfg['name']} (p={cfg['p']}, q={cfg['q']}, f={cfg['f']}), run {rep + 1}/{repeats}: "
-                             f"accuracy {res['accuracy']:.3f}, wrong accepted {res['wrong_accepted']:.3f}, failed {res['failed']:.3f}, "
-                             f"attempts {res['attempts']:.2f}, p50 {res['latency']['p50']:.1f} ms")
+                    progress(
+                        NAME,
+                        f"{cfg['name']} (p={cfg['p']}, q={cfg['q']}, f={cfg['f']}), run {rep + 1}/{repeats}: "
+                        f"accuracy {res['accuracy']:.3f}, wrong accepted {res['wrong_accepted']:.3f}, failed {res['failed']:.3f}, "
+                        f"attempts {res['attempts']:.2f}, p50 {res['latency']['p50']:.1f} ms",
+                    )
             finally:
                 worker_stats = workers.stop_collect()
                 reviewer_stats = reviewers.stop_collect()
         ws = json.loads(worker_stats)["workers"] if worker_stats else {}
         rs = json.loads(reviewer_stats)["workers"] if reviewer_stats else {}
         total = n * repeats
-        out["configs"].append({
-            **cfg,
-            "runs": runs,
-            "accuracy": spread([r["accuracy"] for r in runs]),
-            "wrong_accepted": spread([r["wrong_accepted"] for r in runs]),
-            "failed": spread([r["failed"] for r in runs]),
-            "attempts": spread([r["attempts"] for r in runs]),
-            "reviews_per_task": rs.get("reviews", 0) / total,
-            "failed_by_reason": dict(sum((Counter(r["failed_by_reason"]) for r in runs), Counter())),
-            "stalled": sum(r["stalled"] for r in runs),
-            "max_latency_s": max(r["latency"]["max"] for r in runs) / 1000,
-            "worker_wrong_rate": ws.get("wrong", 0) / max(ws.get("attempts", 1), 1),
-            "reviewer_stats": rs,
-            "p50_ms": spread([r["latency"]["p50"] for r in runs]),
-            "p95_ms": spread([r["latency"]["p95"] for r in runs]),
-            "predicted": predict(cfg["p"], cfg["q"], cfg["f"], cfg["k"]),
-        })
+        out["configs"].append(
+            {
+                **cfg,
+                "runs": runs,
+                "accuracy": spread([r["accuracy"] for r in runs]),
+                "wrong_accepted": spread([r["wrong_accepted"] for r in runs]),
+                "failed": spread([r["failed"] for r in runs]),
+                "attempts": spread([r["attempts"] for r in runs]),
+                "reviews_per_task": rs.get("reviews", 0) / total,
+                "failed_by_reason": dict(sum((Counter(r["failed_by_reason"]) for r in runs), Counter())),
+                "stalled": sum(r["stalled"] for r in runs),
+                "max_latency_s": max(r["latency"]["max"] for r in runs) / 1000,
+                "worker_wrong_rate": ws.get("wrong", 0) / max(ws.get("attempts", 1), 1),
+                "reviewer_stats": rs,
+                "p50_ms": spread([r["latency"]["p50"] for r in runs]),
+                "p95_ms": spread([r["latency"]["p95"] for r in runs]),
+                "predicted": predict(cfg["p"], cfg["q"], cfg["f"], cfg["k"]),
+            }
+        )
     out["setup"] = (
         f"{WORKERS} noisy worker agents and {REVIEWERS} noisy reviewer agents (two agent host processes), {INFLIGHT} tasks in flight, "
         f"review quorum k with at most {MAX_REWORKS} reworks, no escalation; every task has a {DEADLINE_S:.0f} s deadline"

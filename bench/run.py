@@ -48,7 +48,10 @@ def _child(name: str, quick: bool, results: Path) -> int:
     module = importlib.import_module(BENCHMARKS[name])
     t0 = time.monotonic()
     record: dict[str, Any] = {
-        "name": name, "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": os.getloadavg(),
+        "name": name,
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_before": os.getloadavg(),
     }
     code = 0
     from bench import drive
@@ -73,7 +76,10 @@ def _child(name: str, quick: bool, results: Path) -> int:
 def _wait_quiet(limit_s: float) -> None:
     if limit_s <= 0 or os.getloadavg()[0] < 1.0:
         return
-    print(f"== waiting up to {limit_s:.0f} s for the machine to quieten (load average {os.getloadavg()[0]:.2f})", flush=True)
+    print(
+        f"== waiting up to {limit_s:.0f} s for the machine to quieten (load average {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and os.getloadavg()[0] >= 1.0:
         time.sleep(5)
@@ -83,13 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; figures are not meaningful)")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    p.add_argument("--results", type=Path, default=RESULTS, help="directory for the JSON results (default bench/results)")
+    p.add_argument(
+        "--results", type=Path, default=RESULTS, help="directory for the JSON results (default bench/results)"
+    )
     p.add_argument("--docs", type=Path, default=DOCS, help="where BENCHMARKS.md and bench/*.png go (default docs/)")
     p.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
     p.add_argument("--report-only", action="store_true", help="only rewrite BENCHMARKS.md from the results")
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="before each benchmark wait up to S seconds for the 1-minute load average to drop below 1 "
-                   "(other work on the machine skews the figures)")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each benchmark wait up to S seconds for the 1-minute load average to drop below 1 "
+        "(other work on the machine skews the figures)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -107,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
         args.results.mkdir(parents=True, exist_ok=True)
         facts = machine_facts()
         (args.results / "machine.json").write_text(json.dumps(facts, indent=1) + "\n")
-        print(f"== machine: {facts['cpu']}, {facts['cores']} cores, {facts['memory_gib']} GiB; Python {facts['python']}; "
-              f"{facts['nats_server']}; nats-py {facts['versions']['nats-py']}", flush=True)
+        print(
+            f"== machine: {facts['cpu']}, {facts['cores']} cores, {facts['memory_gib']} GiB; Python {facts['python']}; "
+            f"{facts['nats_server']}; nats-py {facts['versions']['nats-py']}",
+            flush=True,
+        )
         budget = 240 if args.quick else 900
         for name in names:
             _wait_quiet(args.quiet_wait)
             print(f"== {name}{' (quick)' if args.quick else ''} (load average {os.getloadavg()[0]:.2f})", flush=True)
             t = time.monotonic()
-            cmd = [sys.executable, "-m", "bench.run", "--child", name, "--results", str(args.results)] + (["--quick"] if args.quick else [])
+            cmd = [sys.executable, "-m", "bench.run", "--child", name, "--results", str(args.results)] + (
+                ["--quick"] if args.quick else []
+            )
             try:
                 code = subprocess.run(cmd, env=child_env(), timeout=budget).returncode
             except subprocess.TimeoutExpired:

@@ -53,7 +53,10 @@ async def _serve(b: Any, host: Child, count: int, n_seq: int, n_conc: int, repea
                 "rate": conc["rate"],
                 "conc": dist_ms(conc["latencies"]),
                 "lapsed": conc["lapsed"],
-                "server_msgs_per_task": (after[2]["in_msgs"] - before[2]["in_msgs"] + after[2]["out_msgs"] - before[2]["out_msgs"]) / n_conc,
+                "server_msgs_per_task": (
+                    after[2]["in_msgs"] - before[2]["in_msgs"] + after[2]["out_msgs"] - before[2]["out_msgs"]
+                )
+                / n_conc,
                 "cpu_ms_per_task": {
                     "client": (after[0] - before[0]) * 1000 / n_conc,
                     "agents": (after[1] - before[1]) * 1000 / n_conc,
@@ -61,8 +64,11 @@ async def _serve(b: Any, host: Child, count: int, n_seq: int, n_conc: int, repea
                 },
             }
             runs.append(run)
-            progress(NAME, f"{count} agents, repeat {rep + 1}/{repeats}: p50 {run['seq']['p50']:.1f} ms, {run['rate']:.0f} tasks/s, "
-                     f"{run['server_msgs_per_task']:.0f} broker messages per task")
+            progress(
+                NAME,
+                f"{count} agents, repeat {rep + 1}/{repeats}: p50 {run['seq']['p50']:.1f} ms, {run['rate']:.0f} tasks/s, "
+                f"{run['server_msgs_per_task']:.0f} broker messages per task",
+            )
     finally:
         await mesh.close()
     return {
@@ -109,7 +115,9 @@ async def _directory(b: Any, hosts: list[Child], agents: int, window_s: float, l
 
         async def count(msg: Any) -> None:
             counts["msgs"] += 1
-            counts["bytes"] += len(msg.data) + len(msg.subject) + sum(len(k) + len(v) for k, v in (msg.headers or {}).items())
+            counts["bytes"] += (
+                len(msg.data) + len(msg.subject) + sum(len(k) + len(v) for k, v in (msg.headers or {}).items())
+            )
 
         sub = await mesh.nc.subscribe(f"$KV.{names.agents_bucket}.>", cb=count)
         before = server_counters(b)
@@ -147,14 +155,18 @@ def main(quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"inflight": INFLIGHT, "n_seq": n_seq, "n_conc": n_conc, "repeats": repeats, "by_agents": {}}
     for count in counts:
         with broker() as b:
-            host = Child(f"host-{count}", host_cmd(b.url, count=count, serves=["echo"], capacity=INFLIGHT, id_prefix="s")).start()
+            host = Child(
+                f"host-{count}", host_cmd(b.url, count=count, serves=["echo"], capacity=INFLIGHT, id_prefix="s")
+            ).start()
             try:
                 host.wait_ready(timeout=120)
                 progress(NAME, f"{count} agents up in one host process ({host.ready_line})")
                 rss = rss_mb(host.pid)
                 # Past 10 agents a task takes ~100x longer: fewer tasks keep the suite's time bounded.
                 big = count > 10 and not quick
-                res = anyio.run(_serve, b, host, count, n_seq // 3 if big else n_seq, n_conc * 3 // 10 if big else n_conc, repeats)
+                res = anyio.run(
+                    _serve, b, host, count, n_seq // 3 if big else n_seq, n_conc * 3 // 10 if big else n_conc, repeats
+                )
                 res["n_seq"], res["n_conc"] = (n_seq // 3, n_conc * 3 // 10) if big else (n_seq, n_conc)
                 res["host_rss_mib"] = rss
                 out["by_agents"][str(count)] = res
@@ -170,7 +182,11 @@ def main(quick: bool = False) -> dict[str, Any]:
     with broker() as b, tempdir() as d:
         per = dir_agents // dir_hosts
         hosts = [
-            Child(f"dir-host-{i}", host_cmd(b.url, count=per, serves=["idle"], capacity=1, id_prefix=f"d{i}-", start_concurrency=16), log=d / f"h{i}.log")
+            Child(
+                f"dir-host-{i}",
+                host_cmd(b.url, count=per, serves=["idle"], capacity=1, id_prefix=f"d{i}-", start_concurrency=16),
+                log=d / f"h{i}.log",
+            )
             for i in range(dir_hosts)
         ]
         try:
@@ -184,9 +200,12 @@ def main(quick: bool = False) -> dict[str, Any]:
             res = anyio.run(_directory, b, hosts, dir_agents, 2.0 if quick else 10.0, 2 if quick else 5)
             res["start_s"] = started
             out["directory"] = res
-            progress(NAME, f"directory: list {res['list_ms']['p50']:.0f} ms (one KV watch: {res['watch_list_ms']['p50']:.0f} ms); "
-                     f"presence {res['presence_msgs_per_s']:.0f} msgs/s, {res['presence_kib_per_s']:.0f} KiB/s; "
-                     f"broker idle load {res['server_cpu_pct']:.0f}% CPU")
+            progress(
+                NAME,
+                f"directory: list {res['list_ms']['p50']:.0f} ms (one KV watch: {res['watch_list_ms']['p50']:.0f} ms); "
+                f"presence {res['presence_msgs_per_s']:.0f} msgs/s, {res['presence_kib_per_s']:.0f} KiB/s; "
+                f"broker idle load {res['server_cpu_pct']:.0f}% CPU",
+            )
         finally:
             for h in hosts:
                 h.stop(timeout=60)

@@ -38,7 +38,9 @@ def _cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
 
-async def _measure(b: Any, agent_pids: list[int], central_pids: list[int], n: int, repeats: int, count: int) -> dict[str, Any]:
+async def _measure(
+    b: Any, agent_pids: list[int], central_pids: list[int], n: int, repeats: int, count: int
+) -> dict[str, Any]:
     import nats
 
     from mesh.client import Mesh
@@ -67,7 +69,10 @@ async def _measure(b: Any, agent_pids: list[int], central_pids: list[int], n: in
                         "workers": (after[1] - before[1]) * 1000 / n,
                         "server": (after[2]["cpu_s"] - before[2]["cpu_s"]) * 1000 / n,
                     },
-                    "server_msgs_per_task": (after[2]["in_msgs"] - before[2]["in_msgs"] + after[2]["out_msgs"] - before[2]["out_msgs"]) / n,
+                    "server_msgs_per_task": (
+                        after[2]["in_msgs"] - before[2]["in_msgs"] + after[2]["out_msgs"] - before[2]["out_msgs"]
+                    )
+                    / n,
                 }
             run["ratio_mesh_central"] = ratio(run["mesh"]["rate"], run["central"]["rate"])
             runs.append(run)
@@ -103,7 +108,9 @@ def main(quick: bool = False) -> dict[str, Any]:
                 for c in central:
                     c.wait_ready()
                 with agent_runs([AgentRun(echo, b.url, f"echo{i}", d) for i in range(count)]) as agents:
-                    progress(NAME, f"{count} agent process(es) and central with {count} worker(s) up; {repeats} x {n} tasks")
+                    progress(
+                        NAME, f"{count} agent process(es) and central with {count} worker(s) up; {repeats} x {n} tasks"
+                    )
                     out["by_processes"][str(count)] = anyio.run(
                         _measure, b, [a.pid for a in agents], [c.pid for c in central], n, repeats, count
                     )

@@ -119,7 +119,12 @@ class NoisyChecker:
         return Verdict(approve=True)
 
     def stats(self) -> dict[str, int]:
-        return {"reviews": self.reviews, "vetoes": self.vetoes, "false_vetoes": self.false_vetoes, "missed": self.missed}
+        return {
+            "reviews": self.reviews,
+            "vetoes": self.vetoes,
+            "false_vetoes": self.false_vetoes,
+            "missed": self.missed,
+        }
 
 
 def load(spec: str) -> Any:

@@ -190,10 +190,17 @@ class Agent:
             with anyio.CancelScope(shield=True):
                 try:
                     with anyio.move_on_after(2):
-                        await self.bus.agents.purge(self.names.agent_key(self.config.id), msg_ttl=self.settings.marker_ttl_s)
+                        await self.bus.agents.purge(
+                            self.names.agent_key(self.config.id), msg_ttl=self.settings.marker_ttl_s
+                        )
                 except (nats.errors.Error, MeshError) as exc:
-                    self.log.warning("could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__)
-                await nc.close()
+                    self.log.warning(
+                        "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
+                    )
+                with anyio.move_on_after(5) as closing:
+                    await nc.close()
+                if closing.cancelled_caught:
+                    self.log.warning("the broker connection did not close within 5 s; leaving anyway")
             self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
             self._stopped.set()
 
@@ -283,13 +290,24 @@ class Agent:
         try:
             control = decode_control(request.data)
         except RemoteProtocolError as exc:
-            await request.respond(encode(NotUnderstood(subject=self.names.control_subject(self.config.id), error=str(exc), at=time.time())))
+            await request.respond(
+                encode(
+                    NotUnderstood(subject=self.names.control_subject(self.config.id), error=str(exc), at=time.time())
+                )
+            )
             return
         if control.action == "drain":
             self.log.info("drain requested over the control endpoint")
             self.drain()
         await request.respond(
-            encode(ControlReply(agent=self.config.id, action=control.action, draining=self._drain.is_set(), tasks=tuple(sorted(self._held))))
+            encode(
+                ControlReply(
+                    agent=self.config.id,
+                    action=control.action,
+                    draining=self._drain.is_set(),
+                    tasks=tuple(sorted(self._held)),
+                )
+            )
         )
 
     # --- the board -----------------------------------------------------------------------
@@ -353,15 +371,19 @@ class Agent:
             except RemoteProtocolError as exc:
                 await self.bus.report(f"bad nudge: {exc}", subject=msg.subject)
                 continue
-            busy = self.draining or self._fit(offer) == 0.0 or (
-                len(self._held) + len(self._reviewing) + len(self._attempting) >= self.config.capacity
+            busy = (
+                self.draining
+                or self._fit(offer) == 0.0
+                or (len(self._held) + len(self._reviewing) + len(self._attempting) >= self.config.capacity)
             )
             if busy:
                 # Pass it on to another member of the group, a few times at most; past
                 # that the backups will take it from the board.
                 hops = int((msg.headers or {}).get(NUDGE_HOPS_HEADER, "0") or 0)
                 if hops < 3:
-                    await self.bus.nc.publish(msg.subject, msg.data, headers={**(msg.headers or {}), NUDGE_HOPS_HEADER: str(hops + 1)})
+                    await self.bus.nc.publish(
+                        msg.subject, msg.data, headers={**(msg.headers or {}), NUDGE_HOPS_HEADER: str(hops + 1)}
+                    )
                 continue
             capability = offer.capability if offer.state == "open" else msg.subject.split(".work.", 1)[1]
             try:
@@ -370,7 +392,9 @@ class Agent:
             except (ProtocolError, nats.errors.Error, MeshError) as exc:
                 self.log.warning("could not handle a nudge", error=str(exc) or type(exc).__name__)
 
-    async def _on_offer(self, key: str, value: bytes | None, operation: str | None, revision: int, *, nudged: bool = False) -> None:
+    async def _on_offer(
+        self, key: str, value: bytes | None, operation: str | None, revision: int, *, nudged: bool = False
+    ) -> None:
         try:
             _, task_id = self.names.parse_offer_key(key)
         except ProtocolError as exc:
@@ -466,7 +490,12 @@ class Agent:
         now = time.monotonic()
         candidates = []
         for task_id, known in self._known.items():
-            if known.offer.state == "working" or task_id in self._attempting or task_id in self._held or task_id in self._reviewing:
+            if (
+                known.offer.state == "working"
+                or task_id in self._attempting
+                or task_id in self._held
+                or task_id in self._reviewing
+            ):
                 continue
             due = self._due(known)
             if due is not None:
@@ -534,7 +563,9 @@ class Agent:
             return
         try:
             # Announcing the claim (offer, event) goes on while we start working.
-            record, revision = await self.bus.write(record, revision, Claim(actor=self.config.id), announce_in=self._tasks_tg)
+            record, revision = await self.bus.write(
+                record, revision, Claim(actor=self.config.id), announce_in=self._tasks_tg
+            )
         except (Conflict, TransitionError):
             # Someone else was faster (or our copy was stale): forget this offer; the
             # board brings a newer one if the task is still someone's to take.
@@ -545,7 +576,11 @@ class Agent:
         self._known.pop(task_id, None)
         scope = anyio.CancelScope()
         self._held[task_id] = scope
-        self._tasks_tg.start_soon(self._hold, TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates), scope)
+        self._tasks_tg.start_soon(
+            self._hold,
+            TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates),
+            scope,
+        )
 
     def _track(self, task_id: str, record: TaskRecord, revision: int) -> None:
         """Bring our view of a task in line with its record (the truth), after the
@@ -562,9 +597,16 @@ class Agent:
             self._known.pop(task_id, None)  # the task is someone else's business now
             return
         known.offer = Offer(
-            task=task_id, capability=record.capability, state=record.state,  # type: ignore[arg-type]
-            revision=revision, epoch=record.epoch, owner=record.owner, tags=record.tags, author=record.author,
-            lease_s=record.lease_s, deadline=record.deadline,
+            task=task_id,
+            capability=record.capability,
+            state=record.state,  # type: ignore[arg-type]
+            revision=revision,
+            epoch=record.epoch,
+            owner=record.owner,
+            tags=record.tags,
+            author=record.author,
+            lease_s=record.lease_s,
+            deadline=record.deadline,
         )
         known.view = known.view.observe(revision, time.monotonic())
         self._notify()
@@ -613,15 +655,29 @@ class Agent:
             log.warning("lost the task, abandoning it", why=str(exc))
             return "abandoned"
         except TaskFailed as exc:
-            return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason=exc.reason, message=str(exc)), log)
+            return await self._finish(
+                ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason=exc.reason, message=str(exc)), log
+            )
         except RoleViolation as exc:
             log.warning("role violation", why=str(exc))
-            await self.bus.report(f"role violation on task {ctx.record.id}: {exc}", key=self.names.task_key(ctx.record.id))
-            return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason="error", message=f"role violation: {exc}"), log)
+            await self.bus.report(
+                f"role violation on task {ctx.record.id}: {exc}", key=self.names.task_key(ctx.record.id)
+            )
+            return await self._finish(
+                ctx,
+                Fail(actor=self.config.id, epoch=ctx.record.epoch, reason="error", message=f"role violation: {exc}"),
+                log,
+            )
         except Exception as exc:  # a worker bug fails its task, loudly; it never kills the agent
             log.exception("worker raised")
             await self.bus.report(f"worker raised on task {ctx.record.id}: {exc!r}")
-            return await self._finish(ctx, Fail(actor=self.config.id, epoch=ctx.record.epoch, reason="error", message=f"{type(exc).__name__}: {exc}"), log)
+            return await self._finish(
+                ctx,
+                Fail(
+                    actor=self.config.id, epoch=ctx.record.epoch, reason="error", message=f"{type(exc).__name__}: {exc}"
+                ),
+                log,
+            )
         return await self._finish(ctx, Finish(actor=self.config.id, epoch=ctx.record.epoch, result=result), log)
 
     async def _finish(self, ctx: TaskContext, event: Finish | Fail, log: Any) -> str:
@@ -643,11 +699,17 @@ class Agent:
                 work_scope.cancel()
                 return
             except (nats.errors.Error, MeshError) as exc:
-                self.log.warning("lease renewal failed, will retry", task=ctx.record.id, error=str(exc) or type(exc).__name__)
+                self.log.warning(
+                    "lease renewal failed, will retry", task=ctx.record.id, error=str(exc) or type(exc).__name__
+                )
 
     async def _hand_back(self, ctx: TaskContext, log: Any) -> None:
         try:
-            await ctx.write(Release(actor=self.config.id, epoch=ctx.record.epoch, note=f"handed back by {self.config.id} (draining)"))
+            await ctx.write(
+                Release(
+                    actor=self.config.id, epoch=ctx.record.epoch, note=f"handed back by {self.config.id} (draining)"
+                )
+            )
             log.info("handed back")
         except (Lost, MeshError, nats.errors.Error) as exc:
             log.warning("could not hand back; its lease will lapse", why=str(exc))
@@ -679,7 +741,9 @@ class Agent:
                     verdict = await self.worker.review(ctx)
                 except Exception as exc:  # a reviewer bug casts no vote; it never kills the agent
                     self.log.exception("reviewer raised", task=task_id)
-                    await self.bus.report(f"reviewer raised on task {task_id}: {exc!r}", key=self.names.task_key(task_id))
+                    await self.bus.report(
+                        f"reviewer raised on task {task_id}: {exc!r}", key=self.names.task_key(task_id)
+                    )
                     return
                 finally:
                     tg.cancel_scope.cancel()
@@ -734,7 +798,9 @@ class Agent:
                 try:
                     await self._check_lease(task_id)
                 except (nats.errors.Error, MeshError) as exc:
-                    self.log.warning("lease check failed, will retry", task=task_id, error=str(exc) or type(exc).__name__)
+                    self.log.warning(
+                        "lease check failed, will retry", task=task_id, error=str(exc) or type(exc).__name__
+                    )
             next_due = min((at for at, _ in due if at > now), default=now + 1.0)
             with anyio.move_on_after(max(next_due - time.monotonic(), 0.01)):
                 await self._wake_leases.wait()

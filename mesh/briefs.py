@@ -164,7 +164,7 @@ def _check_model(brief: Brief, where: str) -> None:
     models = (brief.model,) if isinstance(brief.model, str) else (brief.model or ())
     if brief.model is not None and (not models or not all(m.strip() for m in models)):
         raise BriefError(
-            f"{where}: field `model`: give a litellm model name (e.g. \"openai/gpt-4o-mini\") "
+            f'{where}: field `model`: give a litellm model name (e.g. "openai/gpt-4o-mini") '
             "or a non-empty list of them (the first is used, the rest are fallbacks)"
         )
     if len(set(models)) != len(models):
@@ -202,7 +202,7 @@ def load_org(path: str | Path) -> tuple[Org, list[tuple[Brief, int]]]:
         if path_ is not None:
             if fields:
                 raise BriefError(
-                    f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline brief (`name`, `serves`, ...), "
+                    f'{where}: give either `brief = "path/to/brief.toml"` or an inline brief (`name`, `serves`, ...), '
                     f"not both (found {', '.join(sorted(fields))})"
                 )
             if not isinstance(path_, str):
@@ -217,7 +217,7 @@ def load_org(path: str | Path) -> tuple[Org, list[tuple[Brief, int]]]:
                 raise BriefError(f"{where}: {_explain(str(exc)).replace('field `brief`', 'field `text`')}") from None
             brief = _check(brief, where)
         else:
-            raise BriefError(f"{where}: give either `brief = \"path/to/brief.toml\"` or an inline `name` and `serves`")
+            raise BriefError(f'{where}: give either `brief = "path/to/brief.toml"` or an inline `name` and `serves`')
         out.append((brief, replicas))
     names = [b.name for b, _ in out]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -20,7 +20,15 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.kv import KeyValue
 
 from protocol import (
@@ -143,7 +151,11 @@ def translate_errors(what: str) -> Iterator[None]:
         nats.errors.NoRespondersError,
     ) as exc:
         raise Unavailable(f"{what}: broker did not answer ({type(exc).__name__})") from None
-    except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError) as exc:
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.StaleConnectionError,
+    ) as exc:
         raise Unavailable(f"{what}: not connected to the broker ({type(exc).__name__})") from None
 
 
@@ -381,7 +393,11 @@ class Bus:
             await self.nc.publish(
                 prefix + self.names.offer_key(capability, task_id),
                 b"",
-                headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
+                headers={
+                    "KV-Operation": "PURGE",
+                    "Nats-Rollup": "sub",
+                    "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s",
+                },
             )
         for capability, offer in change.put.items():
             key = self.names.offer_key(capability, task_id)
@@ -417,7 +433,9 @@ class Bus:
                 return True
             except Unavailable as exc:
                 if time.monotonic() + delay > deadline:
-                    structlog.get_logger("mesh.bus").error("not recorded by the broker", subject=subject, error=str(exc))
+                    structlog.get_logger("mesh.bus").error(
+                        "not recorded by the broker", subject=subject, error=str(exc)
+                    )
                     return False
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -435,6 +453,49 @@ class Bus:
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return entries
+
+    async def stored(self, stream: str, subject: str, *, patience_s: float = 15.0) -> list[bytes]:
+        """Every message ``stream`` holds on ``subject`` as of now, oldest first.
+
+        A pull consumer is read until a message says nothing is left after it: counting
+        on a push consumer's totals undercounts while a cluster moves the stream's leader.
+        """
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=subject,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        deadline = time.monotonic() + patience_s
+        sub = None
+        while sub is None:
+            try:
+                with translate_errors(f"reading {stream}"):
+                    sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
+            except Unavailable:  # the stream may be electing a leader
+                if time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(0.25)
+        out: list[bytes] = []
+        try:
+            with translate_errors(f"reading {stream}"):
+                if not (await sub.consumer_info()).num_pending:
+                    return out
+            while True:
+                try:
+                    batch = await sub.fetch(batch=512, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise Unavailable(f"reading {stream}: stopped after {len(out)} messages") from None
+                    continue
+                out.extend(msg.data for msg in batch)
+                if batch and batch[-1].metadata.num_pending == 0:
+                    return out
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     # --- events -------------------------------------------------------------------------
 
@@ -490,4 +551,3 @@ def _note(event: Event, record: TaskRecord) -> str:
             return str(getattr(event, "child", ""))
         case _:
             return ""
-

@@ -48,7 +48,7 @@ from protocol import (
     traceparent,
 )
 
-from .bus import Bus, MeshError, NotFound, Settings, Unavailable, translate_errors
+from .bus import Bus, MeshError, NotFound, Settings
 from .follow import wait_terminal
 from .questions import open_questions
 from .work import new_id
@@ -196,7 +196,9 @@ class Mesh:
         record = await self.get(task_id)
         if not is_terminal(record):
             with contextlib.suppress(TransitionError):
-                record, _ = await self.bus.transition(task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}"))
+                record, _ = await self.bus.transition(
+                    task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}")
+                )
         for child in record.children:
             with contextlib.suppress(NotFound, RemoteProtocolError):
                 await self.cancel(child, note=f"parent {task_id} cancelled")
@@ -266,7 +268,9 @@ class Mesh:
         """Send a control request (``status``, ``drain``) to one agent."""
         try:
             msg = await self.nc.request(
-                self.names.control_subject(agent_id), encode(ControlRequest(action=action)), timeout=timeout  # type: ignore[arg-type]
+                self.names.control_subject(agent_id),
+                encode(ControlRequest(action=action)),  # type: ignore[arg-type]  # decoded and checked by the agent
+                timeout=timeout,
             )
         except nats.errors.NoRespondersError:
             raise MeshError(f"no agent {agent_id!r} is listening (see `mesh agents`)") from None
@@ -293,33 +297,10 @@ class Mesh:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def history(self, root: str | None, *, timeout: float = 0.5) -> list[TaskEvent]:
+    async def history(self, root: str | None) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""
-        for attempt in range(20):  # the stream may be electing a leader (cluster failover)
-            try:
-                with translate_errors("reading the events stream"):
-                    sub = await self.bus.js.subscribe(
-                        self.names.events_filter(root), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-                    )
-                break
-            except Unavailable:
-                if attempt == 19:
-                    raise
-                await anyio.sleep(0.25)
-        out: list[TaskEvent] = []
-        try:
-            info = await sub.consumer_info()
-            # Messages already pushed to us count as delivered, not pending.
-            delivered = info.delivered.consumer_seq if info.delivered else None
-            total = (info.num_pending or 0) + (delivered or 0)
-            while len(out) < total:
-                try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except nats.errors.TimeoutError:
-                    break
-                with contextlib.suppress(RemoteProtocolError):
-                    out.append(decode_event(msg.data))
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        out = []
+        for data in await self.bus.stored(self.names.events_stream, self.names.events_filter(root)):
+            with contextlib.suppress(RemoteProtocolError):  # a foreign message is not ours to judge here
+                out.append(decode_event(data))
         return out

@@ -47,9 +47,13 @@ def run_demo(*, keep_logs: bool = False) -> int:
         procs: list[AgentProcess] = []
         try:
             for brief, _ in briefs:
-                procs.append(spawn_agent(DEMO_ORG, server=broker.url, agent_name=brief.name, log_path=logs / f"{brief.name}.log"))
-            say(f"org {org.name!r} ({DEMO_ORG.name}): started {len(procs)} agent processes: "
-                + ", ".join(f"{p.agent_id} (pid {p.process.pid})" for p in procs))
+                procs.append(
+                    spawn_agent(DEMO_ORG, server=broker.url, agent_name=brief.name, log_path=logs / f"{brief.name}.log")
+                )
+            say(
+                f"org {org.name!r} ({DEMO_ORG.name}): started {len(procs)} agent processes: "
+                + ", ".join(f"{p.agent_id} (pid {p.process.pid})" for p in procs)
+            )
             code = anyio.run(_tasks, broker.url, [b.name for b, _ in briefs], procs)
         finally:
             for p in procs:
@@ -74,7 +78,9 @@ async def _joined(mesh: Mesh, names: list[str], procs: list[AgentProcess]) -> bo
     while {c.id for c in await mesh.agents()} < set(names):
         for p in procs:
             if p.process.poll() is not None:
-                print(f"agent {p.agent_id} exited with code {p.process.returncode} (log: {p.log_path})", file=sys.stderr)
+                print(
+                    f"agent {p.agent_id} exited with code {p.process.returncode} (log: {p.log_path})", file=sys.stderr
+                )
                 return False
         if time.monotonic() > deadline:
             print("agents did not all join within 60 s", file=sys.stderr)
@@ -91,9 +97,12 @@ async def _tasks(server: str, names: list[str], procs: list[AgentProcess]) -> in
             return 1
         say("directory: " + ", ".join(f"{c.id} serves {'/'.join(c.serves)}" for c in await mesh.agents()))
         model = os.environ.get("MESH_MODEL")
-        say(f"model: {model} (writer and fact-checker use it)" if model else
-            "model: none configured, so the writer composes extractively and the fact-checker checks support "
-            "by rule (set MESH_MODEL to use a model)")
+        say(
+            f"model: {model} (writer and fact-checker use it)"
+            if model
+            else "model: none configured, so the writer composes extractively and the fact-checker checks support "
+            "by rule (set MESH_MODEL to use a model)"
+        )
 
         say("\n1. a question the documentation answers: researcher -> writer -> fact-checker")
         say(f"   question: {QUESTION}")

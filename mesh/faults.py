@@ -14,7 +14,17 @@ import anyio
 from .briefs import Brief
 from .work import TaskContext, Verdict
 
-__all__ = ["AlwaysWrong", "Sloppy", "RubberStamp", "SelfDelegator", "Rephraser", "Staller", "Overreacher", "Asker", "SlowReviewer"]
+__all__ = [
+    "AlwaysWrong",
+    "Sloppy",
+    "RubberStamp",
+    "SelfDelegator",
+    "Rephraser",
+    "Staller",
+    "Overreacher",
+    "Asker",
+    "SlowReviewer",
+]
 
 
 class AlwaysWrong:

@@ -61,8 +61,10 @@ async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: 
                 pass
             # Time without a broker does not count against anyone's patience.
             view = LeaseView(revision=view.revision, seen_at=max(view.seen_at, bus.reconnects.at), lease_s=view.lease_s)
-            if not ended and time.monotonic() < view.due() and (
-                current.deadline is None or time.time() < current.deadline
+            if (
+                not ended
+                and time.monotonic() < view.due()
+                and (current.deadline is None or time.time() < current.deadline)
             ):
                 continue
             try:
@@ -95,7 +97,9 @@ def _patience(record: TaskRecord) -> float:
     return record.claim_timeout_s / 2
 
 
-async def _judge(bus: Bus, record: TaskRecord, revision: int, observer: str, *, announced_again: bool) -> tuple[TaskRecord, int]:
+async def _judge(
+    bus: Bus, record: TaskRecord, revision: int, observer: str, *, announced_again: bool
+) -> tuple[TaskRecord, int]:
     """The record has not changed for its patience, or its deadline passed: end or
     re-open it. A lost race just means someone else acted first."""
     if is_terminal(record):

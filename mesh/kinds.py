@@ -101,7 +101,9 @@ class Relay:
         self.review = brief.review
 
     async def work(self, task: TaskContext) -> Any:
-        child = await task.delegate(self.to, task.instruction, data=task.data, criteria=task.record.criteria, review=self.review)
+        child = await task.delegate(
+            self.to, task.instruction, data=task.data, criteria=task.record.criteria, review=self.review
+        )
         if child.state != "done":
             raise TaskFailed(f"{self.to} task {child.id} ended {child.state}: {child.reason} {child.error}".strip())
         return child.result
@@ -116,16 +118,22 @@ class Pipeline:
     def __init__(self, brief: Brief) -> None:
         steps = brief.options.get("steps", list(brief.delegates))
         if not isinstance(steps, list) or not steps or not all(isinstance(x, str) for x in steps):
-            raise KindError(f"brief {brief.name!r}: field `options.steps`: list the capabilities to hand the task through")
+            raise KindError(
+                f"brief {brief.name!r}: field `options.steps`: list the capabilities to hand the task through"
+            )
         for step in steps:
             if best_match(brief.delegates, step) is None:
-                raise KindError(f"brief {brief.name!r}: field `options.steps`: {step!r} is not in `delegates`; add it there")
+                raise KindError(
+                    f"brief {brief.name!r}: field `options.steps`: {step!r} is not in `delegates`; add it there"
+                )
         self.steps: list[str] = steps
         self.review = brief.review
         self.criteria = str(brief.options.get("criteria", ""))
 
     async def work(self, task: TaskContext) -> Any:
-        data: dict[str, Any] = dict(task.data) if isinstance(task.data, dict) else ({} if task.data is None else {"input": task.data})
+        data: dict[str, Any] = (
+            dict(task.data) if isinstance(task.data, dict) else ({} if task.data is None else {"input": task.data})
+        )
         result: Any = None
         for i, step in enumerate(self.steps):
             last = i == len(self.steps) - 1
@@ -137,7 +145,9 @@ class Pipeline:
                 step, task.instruction, data=data, criteria=criteria, review=self.review if last else None
             )
             if child.state != "done":
-                raise TaskFailed(f"step {step} (task {child.id}) ended {child.state}: {child.reason} {child.error}".strip())
+                raise TaskFailed(
+                    f"step {step} (task {child.id}) ended {child.state}: {child.reason} {child.error}".strip()
+                )
             result = child.result
             data = {**data, **result} if isinstance(result, dict) else {**data, step: result}
         return result
@@ -204,7 +214,9 @@ class Check:
 def criteria_flaws(record: TaskRecord) -> list[str]:
     """Reasons ``record.result`` misses its acceptance criteria, for criteria a program
     can check: ``must mention: a, b``."""
-    result = "" if record.result is None else record.result if isinstance(record.result, str) else json.dumps(record.result)
+    result = (
+        "" if record.result is None else record.result if isinstance(record.result, str) else json.dumps(record.result)
+    )
     criteria = record.criteria
     reasons = []
     if "must mention:" in criteria:
@@ -252,7 +264,9 @@ def _verdict(child: TaskRecord) -> Verdict:
         return Verdict(approve=result["approve"], reasons=reasons)
     if child.state == "done":
         return Verdict(approve=False, reasons=(f"review task {child.id} answered without a verdict: {result!r}",))
-    return Verdict(approve=False, reasons=(f"review task {child.id} ended {child.state} ({child.reason}): {child.error}",))
+    return Verdict(
+        approve=False, reasons=(f"review task {child.id} ended {child.state} ({child.reason}): {child.error}",)
+    )
 
 
 async def request_review(task: TaskContext, result: Any, policy: ReviewPolicy, *, round: int) -> Verdict:
@@ -287,8 +301,14 @@ async def settle_rejected(task: TaskContext, result: Any, reasons: tuple[str, ..
     (whose answer is final), or fail the task ``rejected``."""
     if policy.escalate_to is None:
         raise TaskFailed("reviewers rejected the result: " + "; ".join(reasons), reason="rejected")
-    request = {"instruction": task.instruction, "criteria": task.record.criteria, "data": task.data,
-               "result": result, "author": task.agent, "vetoes": list(reasons)}
+    request = {
+        "instruction": task.instruction,
+        "criteria": task.record.criteria,
+        "data": task.data,
+        "result": result,
+        "author": task.agent,
+        "vetoes": list(reasons),
+    }
     child = await task.delegate(
         policy.escalate_to,
         f"Decide: reviewers kept vetoing the result of task {task.record.id}: {task.instruction}",
@@ -296,7 +316,10 @@ async def settle_rejected(task: TaskContext, result: Any, reasons: tuple[str, ..
         criteria=task.record.criteria,
     )
     if child.state != "done":
-        raise TaskFailed(f"escalation to {policy.escalate_to} (task {child.id}) ended {child.state}: {child.error}", reason="rejected")
+        raise TaskFailed(
+            f"escalation to {policy.escalate_to} (task {child.id}) ended {child.state}: {child.error}",
+            reason="rejected",
+        )
     return child.result
 
 

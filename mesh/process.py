@@ -43,11 +43,16 @@ async def run_agent(brief: Brief, *, server: str, agent_id: str | None = None, p
         await tg.start(agent.run)
 
         async def on_signals() -> None:
+            # Keep receiving until we leave: a second signal (Ctrl-C reaches a whole
+            # process group, then `mesh up` sends SIGTERM) must not kill a draining agent.
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    agent.log.info("signal received, draining", signal=signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    if agent.draining:
+                        agent.log.info("signal received while draining; still draining", signal=name)
+                    else:
+                        agent.log.info("signal received, draining", signal=name)
                     agent.drain()
-                    return
 
         tg.start_soon(on_signals)
         await agent.stopped()
@@ -86,13 +91,14 @@ def spawn_agent(
     log_path: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> AgentProcess:
-    """Start ``mesh agent run`` for a brief (or one agent of an org file) as a child."""
+    """Start ``mesh agent run`` for a brief (or one agent of an org file) as a child,
+    logging to ``log_path`` or, without one, to this process's own stdout and stderr."""
     cmd = [sys.executable, "-m", "mesh", "agent", "run", str(brief_file), "--server", server]
     if agent_id:
         cmd += ["--id", agent_id]
     if agent_name:
         cmd += ["--agent", agent_name]
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    out = open(log_path, "ab") if log_path else None  # None: the child's logs go where ours go
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, env={**os.environ, **(env or {})})
     finally:

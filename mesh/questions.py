@@ -120,7 +120,9 @@ async def _answer(task: TaskContext, question_id: str) -> None:
             answer = await task.ask(question.instruction)
             end = Finish(actor=task.agent, epoch=question.epoch, result=answer)
         except Exception as exc:  # TaskFailed (no answer), Lost (our own task ended): the asker must hear
-            end = Fail(actor=task.agent, epoch=question.epoch, reason="error", message=f"{task.agent} got no answer: {exc}")
+            end = Fail(
+                actor=task.agent, epoch=question.epoch, reason="error", message=f"{task.agent} got no answer: {exc}"
+            )
         tg.cancel_scope.cancel()
     try:
         await bus.write(held.record, held.revision, end)

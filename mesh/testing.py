@@ -107,7 +107,9 @@ class AgentProcs:
         brief = write_brief(self.directory, name, serves, **fields)
         agent_id = agent_id or name
         log = self.directory / f"{agent_id}.log"
-        proc = spawn_agent(brief, server=self.broker.url, agent_id=agent_id, log_path=log, env={"MESH_LOG_LEVEL": "info"})
+        proc = spawn_agent(
+            brief, server=self.broker.url, agent_id=agent_id, log_path=log, env={"MESH_LOG_LEVEL": "info"}
+        )
         self.procs[agent_id] = proc
         return proc
 
@@ -165,8 +167,14 @@ class Cluster:
                 Broker(
                     store=str(store),
                     extra_args=(
-                        "--server_name", f"n{i + 1}", "--cluster_name", "mesh-test",
-                        "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}", "--routes", routes,
+                        "--server_name",
+                        f"n{i + 1}",
+                        "--cluster_name",
+                        "mesh-test",
+                        "--cluster",
+                        f"nats://127.0.0.1:{self.cluster_ports[i]}",
+                        "--routes",
+                        routes,
                     ),
                 )
             )

@@ -43,23 +43,40 @@ class Snapshot:
             last = max((t.progress_at or t.created for t in held), default=None)
             agents.append(
                 {
-                    "id": card.id, "role": card.role, "serves": list(card.serves), "load": card.load,
-                    "capacity": card.capacity, "tasks": [t.id for t in held], "draining": card.draining,
+                    "id": card.id,
+                    "role": card.role,
+                    "serves": list(card.serves),
+                    "load": card.load,
+                    "capacity": card.capacity,
+                    "tasks": [t.id for t in held],
+                    "draining": card.draining,
                     "last_progress_age_s": None if last is None else round(self.at - last, 3),
-                    "reworks": sum(t.reworks for t in held), "completed": card.completed, "failed": card.failed,
+                    "reworks": sum(t.reworks for t in held),
+                    "completed": card.completed,
+                    "failed": card.failed,
                 }
             )
         tasks = [
             {
-                "id": t.id, "capability": t.capability, "state": t.state, "owner": t.owner, "epoch": t.epoch,
-                "attempts": t.attempts, "reworks": t.reworks, "progress": t.progress, "parent": t.parent, "root": t.root,
+                "id": t.id,
+                "capability": t.capability,
+                "state": t.state,
+                "owner": t.owner,
+                "epoch": t.epoch,
+                "attempts": t.attempts,
+                "reworks": t.reworks,
+                "progress": t.progress,
+                "parent": t.parent,
+                "root": t.root,
                 "progress_age_s": None if t.progress_at is None else round(self.at - t.progress_at, 3),
                 "age_s": round(self.at - t.created, 3),
             }
             for t in self.tasks
         ]
         return {
-            "at": self.at, "agents": agents, "tasks": tasks,
+            "at": self.at,
+            "agents": agents,
+            "tasks": tasks,
             "flags": {"stuck": self.stuck, "looping": self.looping, "overloaded": self.overloaded},
         }
 
@@ -83,7 +100,9 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
     return analyse(time.time(), agents, tasks, stuck_after=stuck_after, loop_after=loop_after)
 
 
-def analyse(now: float, agents: list[AgentCard], tasks: list[TaskRecord], *, stuck_after: float, loop_after: int) -> Snapshot:
+def analyse(
+    now: float, agents: list[AgentCard], tasks: list[TaskRecord], *, stuck_after: float, loop_after: int
+) -> Snapshot:
     snap = Snapshot(at=now, agents=agents, tasks=sorted(tasks, key=lambda t: t.created))
     by_id = {t.id: t for t in tasks}
     for t in snap.tasks:

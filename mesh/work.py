@@ -129,7 +129,9 @@ class TaskContext:
             except Conflict:
                 fresh, rev = await self.bus.read(self.record.id)
                 if fresh.owner != self.agent or fresh.epoch != self.record.epoch or fresh.state != "working":
-                    raise Lost(f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}") from None
+                    raise Lost(
+                        f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}"
+                    ) from None
                 self.record, self.revision = fresh, rev
                 self.record, self.revision = await self.bus.write(self.record, self.revision, event)
             except Fenced as exc:
@@ -191,7 +193,11 @@ class TaskContext:
         """Ask the requester; returns its answer (the clarification task's result)."""
         child = await self._hand_off(
             lambda child_id: ask(
-                self.record, child_id=child_id, question=question, actor=self.agent, now=time.time(),
+                self.record,
+                child_id=child_id,
+                question=question,
+                actor=self.agent,
+                now=time.time(),
                 span_id=secrets.token_hex(8),
             )
         )

@@ -133,6 +133,17 @@ Event = (
 OwnerEvent = Renew | AddChild | Finish | Fail | Release | Charge
 
 EVENT_KINDS: tuple[str, ...] = (
-    "claim", "renew", "add_child", "finish", "fail", "release",
-    "reopen", "reviewing", "approve", "veto", "charge", "cancel", "expire",
+    "claim",
+    "renew",
+    "add_child",
+    "finish",
+    "fail",
+    "release",
+    "reopen",
+    "reviewing",
+    "approve",
+    "veto",
+    "charge",
+    "cancel",
+    "expire",
 )

@@ -84,11 +84,7 @@ def apply(record: TaskRecord, event: Event, now: float) -> TaskRecord:
     if (record.state, kind) not in TRANSITIONS:
         why = "the task is terminal" if is_terminal(record) else "not a legal transition"
         raise TransitionError(state=record.state, event=kind, actor=event.actor, why=why)
-    if (
-        record.deadline is not None
-        and now >= record.deadline
-        and not isinstance(event, Cancel)
-    ):
+    if record.deadline is not None and now >= record.deadline and not isinstance(event, Cancel):
         # Enforced on every transition: whatever was asked, a late task ends here.
         return _end(record, now, "failed", reason="deadline", error="deadline passed")
     new = _HANDLERS[type(event)](record, event, now)
@@ -121,9 +117,7 @@ def _check_owner(record: TaskRecord, event: Renew | AddChild | Charge | Finish |
 
 
 def _end(record: TaskRecord, now: float, state: str, *, reason: str | None, error: str = "") -> TaskRecord:
-    return msgspec.structs.replace(
-        record, state=state, reason=reason, error=error, updated=now
-    )
+    return msgspec.structs.replace(record, state=state, reason=reason, error=error, updated=now)
 
 
 def _claim(record: TaskRecord, event: Claim, now: float) -> TaskRecord:
@@ -168,16 +162,20 @@ def _charge(record: TaskRecord, event: Charge, now: float) -> TaskRecord:
         (budget.tokens is not None and spent.tokens > budget.tokens)
         or (budget.cost is not None and spent.cost > budget.cost)
     ):
-        return _end(new, now, "failed", reason="budget", error=f"budget exceeded: spent {spent.tokens} tokens, {spent.cost:.6f} cost")
+        return _end(
+            new,
+            now,
+            "failed",
+            reason="budget",
+            error=f"budget exceeded: spent {spent.tokens} tokens, {spent.cost:.6f} cost",
+        )
     return new
 
 
 def _finish(record: TaskRecord, event: Finish, now: float) -> TaskRecord:
     _check_owner(record, event)
     state = "done" if record.review is None else "review"
-    return msgspec.structs.replace(
-        record, state=state, result=event.result, author=event.actor, votes=(), updated=now
-    )
+    return msgspec.structs.replace(record, state=state, result=event.result, author=event.actor, votes=(), updated=now)
 
 
 def _fail(record: TaskRecord, event: Fail, now: float) -> TaskRecord:

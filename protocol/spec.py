@@ -244,9 +244,7 @@ def _world() -> _World:
     review_one_vote = apply(review, Approve(actor="critic-1", epoch=1), T0 + 70)
     reworked = apply(review_one_vote, Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)), T0 + 80)
     reclaimed = apply(reworked, Claim(actor="agent-b"), T0 + 90)
-    review_last_round = apply(
-        reclaimed, Finish(actor="agent-b", epoch=2, result={"summary": "Draft two."}), T0 + 150
-    )
+    review_last_round = apply(reclaimed, Finish(actor="agent-b", epoch=2, result={"summary": "Draft two."}), T0 + 150)
     esc_policy = ReviewPolicy(quorum=1, capability="review.medical", max_reworks=0, escalate_to="human.review")
     esc_working = apply(_replace(open_, id="T3", root="T3", review=esc_policy), Claim(actor="agent-a"), T0 + 1)
     review_escalating = apply(esc_working, Finish(actor="agent-a", epoch=1, result="Draft."), T0 + 60)
@@ -340,63 +338,173 @@ def transition_vectors() -> list[dict[str, Any]]:
     add("open/cancel -> cancelled", w.open, Cancel(actor="client-1", note="no longer needed"), T0 + 5)
     add("open/expire -> failed (no_agent)", w.open, Expire(actor="agent-b", reason="no_agent"), T0 + 11)
     add("open/expire -> failed (deadline)", w.open, Expire(actor="agent-b", reason="deadline"), late)
-    add("working/renew -> working", w.working, Renew(actor="agent-a", epoch=1, progress="page 3", checkpoint={"page": 3}), T0 + 5)
+    add(
+        "working/renew -> working",
+        w.working,
+        Renew(actor="agent-a", epoch=1, progress="page 3", checkpoint={"page": 3}),
+        T0 + 5,
+    )
     add("working/renew keeps progress and checkpoint when omitted", w.working, Renew(actor="agent-a", epoch=1), T0 + 5)
     add("working/add_child -> working", w.working, AddChild(actor="agent-a", epoch=1, child="T1-c1"), T0 + 5)
     once = apply(w.working, AddChild(actor="agent-a", epoch=1, child="T1-c1"), T0 + 5)
-    add("working/add_child of a known child is idempotent", once, AddChild(actor="agent-a", epoch=1, child="T1-c1"), T0 + 6)
-    add("working/charge -> working (within budget)", w.working, Charge(actor="agent-a", epoch=1, usage=Usage(tokens=20_000, cost=2.0)), T0 + 5)
-    add("working/charge -> failed (budget: tokens)", w.working, Charge(actor="agent-a", epoch=1, usage=Usage(tokens=20_001)), T0 + 5)
-    add("working/charge -> failed (budget: cost)", w.working, Charge(actor="agent-a", epoch=1, usage=Usage(cost=2.5)), T0 + 5)
-    add("working/finish -> done (no review policy)", w.working, Finish(actor="agent-a", epoch=1, result={"summary": "Done."}), T0 + 60)
-    add("working/finish -> review (review policy)", w.rv_working, Finish(actor="agent-a", epoch=1, result={"summary": "Draft one."}), T0 + 60)
-    add("working/fail -> failed", w.working, Fail(actor="agent-a", epoch=1, reason="rejected", message="not a medical letter"), T0 + 60)
+    add(
+        "working/add_child of a known child is idempotent",
+        once,
+        AddChild(actor="agent-a", epoch=1, child="T1-c1"),
+        T0 + 6,
+    )
+    add(
+        "working/charge -> working (within budget)",
+        w.working,
+        Charge(actor="agent-a", epoch=1, usage=Usage(tokens=20_000, cost=2.0)),
+        T0 + 5,
+    )
+    add(
+        "working/charge -> failed (budget: tokens)",
+        w.working,
+        Charge(actor="agent-a", epoch=1, usage=Usage(tokens=20_001)),
+        T0 + 5,
+    )
+    add(
+        "working/charge -> failed (budget: cost)",
+        w.working,
+        Charge(actor="agent-a", epoch=1, usage=Usage(cost=2.5)),
+        T0 + 5,
+    )
+    add(
+        "working/finish -> done (no review policy)",
+        w.working,
+        Finish(actor="agent-a", epoch=1, result={"summary": "Done."}),
+        T0 + 60,
+    )
+    add(
+        "working/finish -> review (review policy)",
+        w.rv_working,
+        Finish(actor="agent-a", epoch=1, result={"summary": "Draft one."}),
+        T0 + 60,
+    )
+    add(
+        "working/fail -> failed",
+        w.working,
+        Fail(actor="agent-a", epoch=1, reason="rejected", message="not a medical letter"),
+        T0 + 60,
+    )
     add("working/release -> open", w.working, Release(actor="agent-a", epoch=1, note="draining"), T0 + 20)
     add("working/reopen -> open (lease lapsed)", w.working, Reopen(actor="agent-b", epoch=1), T0 + 30)
-    add("working/reopen -> failed (error: max_lapses reached)", w.twice_lapsed, Reopen(actor="agent-a", epoch=3), T0 + 90)
+    add(
+        "working/reopen -> failed (error: max_lapses reached)",
+        w.twice_lapsed,
+        Reopen(actor="agent-a", epoch=3),
+        T0 + 90,
+    )
     add("working/cancel -> cancelled", w.working, Cancel(actor="client-1", note="no longer needed"), T0 + 20)
     add("working/expire -> failed (deadline)", w.working, Expire(actor="agent-b", reason="deadline"), later)
     add("review/reviewing -> review (a reviewer is at work)", w.review, Reviewing(actor="critic-1", epoch=1), T0 + 65)
     add("review/approve -> review (quorum not yet reached)", w.review, Approve(actor="critic-1", epoch=1), T0 + 70)
     add("review/approve -> done (quorum reached)", w.review_one_vote, Approve(actor="critic-2", epoch=1), T0 + 80)
-    add("review/veto -> open (sent back for rework)", w.review_one_vote, Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)), T0 + 80)
-    add("review/veto -> failed (rejected: past max_reworks)", w.review_last_round, Veto(actor="critic-1", epoch=2, reasons=("Still wrong.",)), T0 + 160)
-    add("review/veto -> open (escalated past max_reworks)", w.review_escalating, Veto(actor="critic-1", epoch=1, reasons=("Unsure.",)), T0 + 70)
-    add("review/approve: a reviewer of an earlier round votes again", w.review_last_round, Approve(actor="critic-1", epoch=2), T0 + 160)
+    add(
+        "review/veto -> open (sent back for rework)",
+        w.review_one_vote,
+        Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)),
+        T0 + 80,
+    )
+    add(
+        "review/veto -> failed (rejected: past max_reworks)",
+        w.review_last_round,
+        Veto(actor="critic-1", epoch=2, reasons=("Still wrong.",)),
+        T0 + 160,
+    )
+    add(
+        "review/veto -> open (escalated past max_reworks)",
+        w.review_escalating,
+        Veto(actor="critic-1", epoch=1, reasons=("Unsure.",)),
+        T0 + 70,
+    )
+    add(
+        "review/approve: a reviewer of an earlier round votes again",
+        w.review_last_round,
+        Approve(actor="critic-1", epoch=2),
+        T0 + 160,
+    )
     add("review/cancel -> cancelled", w.review, Cancel(actor="client-1"), T0 + 70)
-    add("review/expire -> failed (no_agent: no reviewer came)", w.review, Expire(actor="agent-b", reason="no_agent"), T0 + 600)
+    add(
+        "review/expire -> failed (no_agent: no reviewer came)",
+        w.review,
+        Expire(actor="agent-b", reason="no_agent"),
+        T0 + 600,
+    )
     add("review/expire -> failed (deadline)", w.review, Expire(actor="agent-b", reason="deadline"), late)
 
     # The deadline rule overrides the table: any event but cancel, by anyone, ends a late task.
     add("deadline: open/claim at the deadline -> failed (deadline)", w.open, Claim(actor="agent-a"), late)
-    add("deadline: working/finish after the deadline -> failed (deadline)", w.working, Finish(actor="agent-a", epoch=1), later)
-    add("deadline: working/renew by a stranger after the deadline -> failed (deadline)", w.working, Renew(actor="stranger", epoch=0), later)
-    add("deadline: review/approve after the deadline -> failed (deadline)", w.review, Approve(actor="critic-1", epoch=1), later)
+    add(
+        "deadline: working/finish after the deadline -> failed (deadline)",
+        w.working,
+        Finish(actor="agent-a", epoch=1),
+        later,
+    )
+    add(
+        "deadline: working/renew by a stranger after the deadline -> failed (deadline)",
+        w.working,
+        Renew(actor="stranger", epoch=0),
+        later,
+    )
+    add(
+        "deadline: review/approve after the deadline -> failed (deadline)",
+        w.review,
+        Approve(actor="critic-1", epoch=1),
+        later,
+    )
     add("deadline: cancel after the deadline still cancels", w.working, Cancel(actor="client-1"), later)
 
     # Refusals: every (state, event) pair outside the table.
     for state, kind in itertools.product(STATES, EVENT_KINDS):
         if (state, kind) not in TRANSITIONS:
             record = _in_state(w, state)
-            add(f"illegal: {kind} in {state}", record, _sample_event(kind, record), later if state in TERMINAL_STATES else T0 + 30)
+            add(
+                f"illegal: {kind} in {state}",
+                record,
+                _sample_event(kind, record),
+                later if state in TERMINAL_STATES else T0 + 30,
+            )
 
     # Refusals by the handlers: fencing, reviews, expiry.
     for kind in ("renew", "add_child", "charge", "finish", "fail", "release"):
         add(f"fenced: {kind} by a non-owner", w.working, _sample_event(kind, w.working, actor="agent-b"), T0 + 20)
         stale = msgspec.structs.replace(_sample_event(kind, w.taken_over, actor="agent-b"), epoch=1)
         add(f"fenced: {kind} with a stale epoch", w.taken_over, stale, T0 + 40)
-        add(f"fenced: {kind} by the previous owner", w.taken_over, msgspec.structs.replace(stale, actor="agent-a"), T0 + 40)
+        add(
+            f"fenced: {kind} by the previous owner",
+            w.taken_over,
+            msgspec.structs.replace(stale, actor="agent-a"),
+            T0 + 40,
+        )
     add("fenced: reopen with a stale epoch", w.taken_over, Reopen(actor="agent-c", epoch=1), T0 + 40)
     add("fenced: approve on another epoch", w.review, Approve(actor="critic-1", epoch=0), T0 + 70)
     add("fenced: veto on another epoch", w.review, Veto(actor="critic-1", epoch=2, reasons=("x",)), T0 + 70)
     add("refused: the author approves its own result", w.review, Approve(actor="agent-a", epoch=1), T0 + 70)
     add("refused: the author vetoes its own result", w.review, Veto(actor="agent-a", epoch=1, reasons=("x",)), T0 + 70)
     add("refused: a reviewer votes twice", w.review_one_vote, Approve(actor="critic-1", epoch=1), T0 + 75)
-    add("refused: a reviewer vetoes after approving", w.review_one_vote, Veto(actor="critic-1", epoch=1, reasons=("x",)), T0 + 75)
+    add(
+        "refused: a reviewer vetoes after approving",
+        w.review_one_vote,
+        Veto(actor="critic-1", epoch=1, reasons=("x",)),
+        T0 + 75,
+    )
     add("refused: a veto without reasons", w.review, Veto(actor="critic-1", epoch=1, reasons=()), T0 + 70)
     add("refused: a veto with a blank reason", w.review, Veto(actor="critic-1", epoch=1, reasons=("ok", "  ")), T0 + 70)
-    add("refused: expire(deadline) before the deadline", w.working, Expire(actor="agent-b", reason="deadline"), late - 0.001)
-    add("refused: expire(deadline) of a task without deadline", _replace(w.open, deadline=None), Expire(actor="agent-b", reason="deadline"), later)
+    add(
+        "refused: expire(deadline) before the deadline",
+        w.working,
+        Expire(actor="agent-b", reason="deadline"),
+        late - 0.001,
+    )
+    add(
+        "refused: expire(deadline) of a task without deadline",
+        _replace(w.open, deadline=None),
+        Expire(actor="agent-b", reason="deadline"),
+        later,
+    )
     add("refused: expire(no_agent) of a held task", w.working, Expire(actor="agent-b", reason="no_agent"), T0 + 20)
     add("refused: cancel of a done task, even after the deadline", w.done, Cancel(actor="client-1"), later)
 
@@ -439,7 +547,12 @@ def _rule_vectors() -> dict[str, Any]:
         {"served": ["summarize", "summarize.medical"], "capability": "summarize.medical.cardiology"},
         {"served": ["summarize.medical"], "capability": "summarize.medical", "load": 3, "capacity": 4},
         {"served": ["summarize.medical"], "capability": "summarize.medical", "load": 4, "capacity": 4},
-        {"served": ["summarize.medical"], "capability": "summarize.medical", "tags": ["cardiology", "renal"], "expertise": ["cardiology"]},
+        {
+            "served": ["summarize.medical"],
+            "capability": "summarize.medical",
+            "tags": ["cardiology", "renal"],
+            "expertise": ["cardiology"],
+        },
         {"served": ["summarize.medical"], "capability": "summarize.medical", "completed": 9, "failed": 1},
         {"served": ["a.b.c.d"], "capability": "a.b.c.d", "load": 9, "capacity": 10, "tags": ["x"], "failed": 50},
         {"served": ["a.b.c"], "capability": "a.b.c.d", "tags": ["x"], "expertise": ["x"], "completed": 1000},
@@ -475,15 +588,59 @@ def _rule_vectors() -> dict[str, Any]:
         delegations.append({"name": name, "parent": _builtins(parent), "args": args, "child": _builtins(child)})
 
     base: dict[str, Any] = {"child_id": "T1-c1", "actor": "agent-a", "now": T0 + 10}
-    delegation("handoff: one hop fewer, half the budget, the parent's deadline", w.working, capability="translate", instruction="Translate to French.", **base)
-    delegation("handoff: an earlier deadline is kept", w.working, capability="translate", instruction="x", deadline=T0 + 600, **base)
-    delegation("handoff: a later deadline is cut to the parent's", w.working, capability="translate", instruction="x", deadline=T0 + 7200, **base)
-    delegation("handoff: a share of what is left", spent, capability="translate", instruction="x", budget_share=0.25, **base)
+    delegation(
+        "handoff: one hop fewer, half the budget, the parent's deadline",
+        w.working,
+        capability="translate",
+        instruction="Translate to French.",
+        **base,
+    )
+    delegation(
+        "handoff: an earlier deadline is kept",
+        w.working,
+        capability="translate",
+        instruction="x",
+        deadline=T0 + 600,
+        **base,
+    )
+    delegation(
+        "handoff: a later deadline is cut to the parent's",
+        w.working,
+        capability="translate",
+        instruction="x",
+        deadline=T0 + 7200,
+        **base,
+    )
+    delegation(
+        "handoff: a share of what is left", spent, capability="translate", instruction="x", budget_share=0.25, **base
+    )
     delegation("refused: hop_limit at zero hops", hop0, capability="translate", instruction="x", **base)
-    delegation("refused: loop (same capability and instruction as an ancestor)", w.working, capability="summarize.medical", instruction=" summarize the DISCHARGE letter for the family doctor. ", **base)
-    delegation("refused: budget exhausted", _replace(w.working, spent=Usage(tokens=20_000)), capability="translate", instruction="x", **base)
-    delegation("refused: deadline already passed", w.working, capability="translate", instruction="x", child_id="T1-c1", actor="agent-a", now=T0 + 3600)
-    question = ask(w.working, child_id="T1-q1", question="Which language does the doctor read?", actor="agent-a", now=T0 + 10)
+    delegation(
+        "refused: loop (same capability and instruction as an ancestor)",
+        w.working,
+        capability="summarize.medical",
+        instruction=" summarize the DISCHARGE letter for the family doctor. ",
+        **base,
+    )
+    delegation(
+        "refused: budget exhausted",
+        _replace(w.working, spent=Usage(tokens=20_000)),
+        capability="translate",
+        instruction="x",
+        **base,
+    )
+    delegation(
+        "refused: deadline already passed",
+        w.working,
+        capability="translate",
+        instruction="x",
+        child_id="T1-c1",
+        actor="agent-a",
+        now=T0 + 3600,
+    )
+    question = ask(
+        w.working, child_id="T1-q1", question="Which language does the doctor read?", actor="agent-a", now=T0 + 10
+    )
     boards = []
     for name, old, new, revision in (
         ("created: offered under its capability", None, w.open, 1),
@@ -526,10 +683,19 @@ def _name_vectors() -> dict[str, Any]:
             "events_subjects": list(n.events_subjects),
             "service_name": n.service_name,
             "task_key": {"task": "T-1", "key": n.task_key("T-1")},
-            "offer_key": {"capability": "summarize.medical", "task": "T-1", "key": n.offer_key("summarize.medical", "T-1")},
+            "offer_key": {
+                "capability": "summarize.medical",
+                "task": "T-1",
+                "key": n.offer_key("summarize.medical", "T-1"),
+            },
             "offer_filter": {"capability": "summarize", "filter": n.offer_filter("summarize")},
             "agent_key": {"agent": "Agent_7", "key": n.agent_key("Agent_7")},
-            "event_subject": {"root": "R", "task": "T-1", "kind": "add_child", "subject": n.event_subject("R", "T-1", "add_child")},
+            "event_subject": {
+                "root": "R",
+                "task": "T-1",
+                "kind": "add_child",
+                "subject": n.event_subject("R", "T-1", "add_child"),
+            },
             "events_filter": {"root": "R", "filter": n.events_filter("R")},
             "error_subject": {"agent": "Agent_7", "subject": n.error_subject("Agent_7")},
             "control_subject": {"agent": "Agent_7", "subject": n.control_subject("Agent_7")},
@@ -557,11 +723,29 @@ def _name_vectors() -> dict[str, Any]:
             "event_kind": _KIND_RE.pattern,
         },
         "capability": split(
-            ["summarize", "summarize.medical", "a.b.c.d.e.f.g.h", "x-1_y", "9lives", "Summarize", "a..b", "a.",
-             "a.*", "a.>", "a b", "a.b.c.d.e.f.g.h.i", "-a", "summarize\n", "x" * 65, ""],
+            [
+                "summarize",
+                "summarize.medical",
+                "a.b.c.d.e.f.g.h",
+                "x-1_y",
+                "9lives",
+                "Summarize",
+                "a..b",
+                "a.",
+                "a.*",
+                "a.>",
+                "a b",
+                "a.b.c.d.e.f.g.h.i",
+                "-a",
+                "summarize\n",
+                "x" * 65,
+                "",
+            ],
             validate_capability,
         ),
-        "agent_id": split(["agent-1", "Agent_7", "A", "x" * 64, "a.b", "a b", "-a", "*", "x" * 65, "a\n", ""], validate_agent_id),
+        "agent_id": split(
+            ["agent-1", "Agent_7", "A", "x" * 64, "a.b", "a b", "-a", "*", "x" * 65, "a\n", ""], validate_agent_id
+        ),
         "task_id": split(["T-1", "01HZX", "x" * 64, "a.b", "_a", ">", "x" * 65, ""], validate_task_id),
         "clarification_capability": [
             {"agent": a, "capability": clarification_capability(a)} for a in ("client-1", "Agent_7")
@@ -585,7 +769,11 @@ def _decode_vectors() -> list[dict[str, Any]]:
     }
     inputs: list[tuple[str, str, Any]] = [
         ("task_record", "a valid record", record),
-        ("task_record", "unknown fields are ignored, at any depth", {**record, "priority": "high", "budget": {**record["budget"], "currency": "EUR"}}),
+        (
+            "task_record",
+            "unknown fields are ignored, at any depth",
+            {**record, "priority": "high", "budget": {**record["budget"], "currency": "EUR"}},
+        ),
         ("task_record", "a newer minor version with extra fields", {**record, "v": 1, "sla": {"p99_s": 3}}),
         ("task_record", "a field of the wrong type", {**record, "epoch": "1"}),
         ("task_record", "a missing required field", {k: v for k, v in record.items() if k != "requester"}),
@@ -620,9 +808,12 @@ def _decode_vectors() -> list[dict[str, Any]]:
         else:
             verdict = "accept"
         out.append({"name": name, "message": message, "input": raw, "expect": verdict})
-    raw_cases = [("task_record", "not JSON", "{'id': 1}"), ("task_record", "truncated", json.dumps(record)[:-1]),
-                 ("task_record", "a number too large for a float", json.dumps(record)[:-1] + ', "deadline": 1e999}'),
-                 ("transition", "empty", "")]
+    raw_cases = [
+        ("task_record", "not JSON", "{'id': 1}"),
+        ("task_record", "truncated", json.dumps(record)[:-1]),
+        ("task_record", "a number too large for a float", json.dumps(record)[:-1] + ', "deadline": 1e999}'),
+        ("transition", "empty", ""),
+    ]
     for message, name, raw in raw_cases:
         try:
             decoders[message](raw.encode())
@@ -669,7 +860,9 @@ def _transition_table() -> str:
     rows = ["| State | Event | Leads to | What the event is |", "|---|---|---|---|"]
     for (state, kind), targets in TRANSITIONS.items():
         rows.append(f"| `{state}` | `{kind}` | {', '.join(f'`{t}`' for t in targets)} | {_first_line(by_kind[kind])} |")
-    rows.append("| `open`, `working`, `review` | any but `cancel`, at or after `deadline` | `failed` (`deadline`) | The deadline rule, checked before the row's own effect. |")
+    rows.append(
+        "| `open`, `working`, `review` | any but `cancel`, at or after `deadline` | `failed` (`deadline`) | The deadline rule, checked before the row's own effect. |"
+    )
     return "\n".join(rows)
 
 
@@ -699,7 +892,11 @@ def _type_of(prop: dict[str, Any]) -> str:
     if kind == "array":
         return f"array of {_type_of(prop['items'])}"
     text = str(kind)
-    bounds = [f"{op} {prop[key]}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<=")) if key in prop]
+    bounds = [
+        f"{op} {prop[key]}"
+        for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="))
+        if key in prop
+    ]
     if bounds:
         text += f" ({', '.join(bounds)})"
     if "pattern" in prop:
@@ -762,7 +959,14 @@ def _messages() -> str:
     )
     section("Agent card", f"Value of `{names.agent_key('agent-a')}` in `{names.agents_bucket}`.", card)
     event = TaskEvent(
-        kind="approve", task="T2", root="T2", capability="summarize.medical", actor="critic-1", epoch=1, state="review", at=T0 + 70
+        kind="approve",
+        task="T2",
+        root="T2",
+        capability="summarize.medical",
+        actor="critic-1",
+        epoch=1,
+        state="review",
+        at=T0 + 70,
     )
     section(
         "Task event",
@@ -775,7 +979,9 @@ def _messages() -> str:
     )
     for kind in EVENT_KINDS:
         record_for = w.review if kind in ("approve", "veto") else w.working
-        out.append(f"`{kind}`: {_first_line(type(_sample_event(kind, record_for)))}\n\n{_json_block(_sample_event(kind, record_for))}\n")
+        out.append(
+            f"`{kind}`: {_first_line(type(_sample_event(kind, record_for)))}\n\n{_json_block(_sample_event(kind, record_for))}\n"
+        )
     section(
         "Error report",
         f"Published on `{names.error_subject('agent-a')}`.",
@@ -790,10 +996,18 @@ def _messages() -> str:
     section(
         "Not understood",
         f"Reply to a request on `{names.control_subject('agent-a')}` the agent cannot decode.",
-        NotUnderstood(subject=names.control_subject("agent-a"), error="control request: Invalid enum value 'reboot' - at `$.action`", at=T0),
+        NotUnderstood(
+            subject=names.control_subject("agent-a"),
+            error="control request: Invalid enum value 'reboot' - at `$.action`",
+            at=T0,
+        ),
     )
     section("Control request", f"Request on `{names.control_subject('agent-a')}`.", ControlRequest(action="drain"))
-    section("Control reply", "The answer to a control request.", ControlReply(agent="agent-a", action="drain", draining=True, tasks=("T1",)))
+    section(
+        "Control reply",
+        "The answer to a control request.",
+        ControlReply(agent="agent-a", action="drain", draining=True, tasks=("T1",)),
+    )
     for tp in (ReviewPolicy, Vote, Budget, Usage):
         out.append(f"#### {tp.__name__} (nested)\n\n{_first_line(tp) or 'Part of a task record.'}\n\n{_fields(tp)}\n")
     return "\n".join(out).rstrip()
@@ -801,8 +1015,15 @@ def _messages() -> str:
 
 def _names_table() -> str:
     pat, ex = Names("zzprefix"), Names()
-    subs = {"zzprefix": "<prefix>", "ZZROOT": "<root>", "ZZTASK": "<task>", "ZZAGENT": "<agent>", "zzcap": "<capability>",
-            "zzkind": "<kind>", "zzagent": "<agent, lowercased>"}
+    subs = {
+        "zzprefix": "<prefix>",
+        "ZZROOT": "<root>",
+        "ZZTASK": "<task>",
+        "ZZAGENT": "<agent>",
+        "zzcap": "<capability>",
+        "zzkind": "<kind>",
+        "zzagent": "<agent, lowercased>",
+    }
 
     def pattern(text: str) -> str:
         for key, value in subs.items():
@@ -818,14 +1039,22 @@ def _names_table() -> str:
         ("Offer key (tasks bucket)", pat.offer_key("zzcap", "ZZTASK"), ex.offer_key("summarize.medical", "T1")),
         ("Offer watch filter of a served capability", pat.offer_filter("zzcap"), ex.offer_filter("summarize")),
         ("Agent card key (directory bucket)", pat.agent_key("ZZAGENT"), ex.agent_key("agent-a")),
-        ("Transition event subject", pat.event_subject("ZZROOT", "ZZTASK", "zzkind"), ex.event_subject("T1", "T1-c1", "claim")),
+        (
+            "Transition event subject",
+            pat.event_subject("ZZROOT", "ZZTASK", "zzkind"),
+            ex.event_subject("T1", "T1-c1", "claim"),
+        ),
         ("Events of one task tree", pat.events_filter("ZZROOT"), ex.events_filter("T1")),
         ("Error reports of an agent", pat.error_subject("ZZAGENT"), ex.error_subject("agent-a")),
         ("Control endpoint of an agent", pat.control_subject("ZZAGENT"), ex.control_subject("agent-a")),
         ("Work subject (nudges) of a capability", pat.work_subject("zzcap"), ex.work_subject("summarize.medical")),
         ("Nudge queue group of a served capability", pat.work_queue("zzcap"), ex.work_queue("summarize")),
         ("Services API name (`$SRV.*`)", pat.service_name, ex.service_name),
-        ("Clarification capability of an agent", clarification_capability("ZZAGENT"), clarification_capability("Client-1")),
+        (
+            "Clarification capability of an agent",
+            clarification_capability("ZZAGENT"),
+            clarification_capability("Client-1"),
+        ),
         ("Version header", f"{VERSION_HEADER}: <major>", f"{VERSION_HEADER}: {PROTOCOL_VERSION}"),
     ]
     lines = ["| Name | Pattern | Example |", "|---|---|---|"]
@@ -853,7 +1082,10 @@ def _constants() -> str:
         ("Default lease, seconds (`lease_s`)", DEFAULT_LEASE_S),
         ("Default claim timeout, seconds (`claim_timeout_s`)", defaults.claim_timeout_s),
         ("Default `max_lapses` (owners lost before the task fails)", defaults.max_lapses),
-        ("Default review policy", f"`quorum` {policy.quorum}, `capability` `{policy.capability}`, `max_reworks` {policy.max_reworks}"),
+        (
+            "Default review policy",
+            f"`quorum` {policy.quorum}, `capability` `{policy.capability}`, `max_reworks` {policy.max_reworks}",
+        ),
         ("Default contention window, seconds", DEFAULT_CLAIM_WINDOW_S),
         ("Terminal reasons", ", ".join(f"`{r}`" for r in REASONS)),
     ]
@@ -1009,8 +1241,12 @@ def write(root: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m protocol.spec", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if an artifact drifted from the code")
+    parser = argparse.ArgumentParser(
+        prog="python -m protocol.spec", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if an artifact drifted from the code"
+    )
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="repository root")
     args = parser.parse_args(argv)
     if args.check:

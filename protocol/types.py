@@ -40,9 +40,7 @@ State = Literal["open", "working", "review", "done", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 #: The closed set of reasons a task can end without ``done``.
-Reason = Literal[
-    "hop_limit", "deadline", "budget", "no_agent", "rejected", "loop", "error", "cancelled"
-]
+Reason = Literal["hop_limit", "deadline", "budget", "no_agent", "rejected", "loop", "error", "cancelled"]
 REASONS: tuple[str, ...] = (
     "hop_limit",
     "deadline",

@@ -31,7 +31,14 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     await kv.put("task.bad1", bad_record)
     await kv.put("offer.echo.bad1", b'{"task":"bad1","capability":"echo","revision":1}')
     # 3. A forged owner: a record claiming "mallory" holds the task, who never renews.
-    forged = new_task(task_id="forged1", capability="echo", instruction="mine now", requester="test-client", now=time.time(), lease_s=1.0)
+    forged = new_task(
+        task_id="forged1",
+        capability="echo",
+        instruction="mine now",
+        requester="test-client",
+        now=time.time(),
+        lease_s=1.0,
+    )
     forged = msgspec.structs.replace(forged, state="working", owner="mallory", epoch=1, attempts=1)
     await kv.create("task.forged1", encode(forged))
     await kv.put(
@@ -65,4 +72,3 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     assert agent_procs.procs["worker"].process.poll() is None
     status = await mesh_client.control("worker", "status")
     assert status.agent == "worker" and not status.draining
-

@@ -19,7 +19,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["footprint", "latency", "throughput", "central", "autogen", "scale", "failover", "reliability", "chaos", "durability", "hotpath"]
+BENCHMARKS = [
+    "footprint",
+    "latency",
+    "throughput",
+    "central",
+    "autogen",
+    "scale",
+    "failover",
+    "reliability",
+    "chaos",
+    "durability",
+    "hotpath",
+]
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,7 +50,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_runs_at_tiny_sizes(name: str, results: Path) -> None:
-    if name == "autogen" and (importlib.util.find_spec("autogen_core") is None or importlib.util.find_spec("autogen_ext") is None):
+    if name == "autogen" and (
+        importlib.util.find_spec("autogen_core") is None or importlib.util.find_spec("autogen_ext") is None
+    ):
         reason = "autogen-core / autogen-ext[grpc] not installed (the bench extra): AutoGen peer benchmark not run"
         print(reason)
         pytest.skip(reason)
@@ -54,8 +68,18 @@ def test_report_is_rebuilt_from_the_results(results: Path, tmp_path: Path) -> No
     proc = _run("--report-only", "--results", str(results), "--docs", str(tmp_path), timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (tmp_path / "BENCHMARKS.md").read_text()
-    for heading in ("## Targets", "## Latency", "## Throughput", "## Central baseline", "## Scale", "## Failover",
-                    "## Footprint", "## Organizational reliability", "## Where the time goes", "## Suggestions"):
+    for heading in (
+        "## Targets",
+        "## Latency",
+        "## Throughput",
+        "## Central baseline",
+        "## Scale",
+        "## Failover",
+        "## Footprint",
+        "## Organizational reliability",
+        "## Where the time goes",
+        "## Suggestions",
+    ):
         assert heading in text, heading
     assert "Smoke sizes" in text
     if importlib.util.find_spec("matplotlib") is not None:

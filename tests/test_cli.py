@@ -19,11 +19,15 @@ from mesh.client import Mesh
 from mesh.testing import AgentProcs, wait_for, write_brief
 
 
-def mesh(*args: str, server: str | None = None, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+def mesh(
+    *args: str, server: str | None = None, timeout: float = 60, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ}
     if server:
         env["MESH_SERVER"] = server
-    proc = subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"mesh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -118,7 +122,10 @@ async def test_agent_drain_command_stops_an_agent(agent_procs: AgentProcs, mesh_
     assert agent_procs.procs["drainee"].wait(20) == 0
 
 
-async def test_up_runs_an_org_and_ctrl_c_drains_it(tmp_path: Path, broker: Broker, mesh_client: Mesh) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_up_runs_an_org_and_a_stop_signal_drains_it(
+    tmp_path: Path, broker: Broker, mesh_client: Mesh, stop: signal.Signals
+) -> None:
     write_brief(tmp_path, "upper", ["echo"], kind="echo", options={"prefix": "up: "})
     org = tmp_path / "org.toml"
     org.write_text(
@@ -128,13 +135,15 @@ async def test_up_runs_an_org_and_ctrl_c_drains_it(tmp_path: Path, broker: Broke
     assert "3 processes" in mesh("brief", "check", str(org)).stdout
     up = _spawn_up(org, broker.url, tmp_path / "up.log")
     try:
+
         async def joined() -> bool:
             return {c.id for c in await mesh_client.agents()} == {"upper-1", "upper-2", "inline"}
 
         await wait_for(joined, what="the org's three agents")
         assert (await mesh_client.run("echo", "x")).result == "up: x"
-        up.send_signal(signal.SIGINT)
+        up.send_signal(stop)
         assert up.wait(30) == 0, (tmp_path / "up.log").read_text()
+        assert "draining agents" in (tmp_path / "up.log").read_text()
         await wait_for(lambda: _no_agents(mesh_client), what="every agent to leave")
     finally:
         if up.poll() is None:
@@ -157,17 +166,22 @@ def test_demo_runs_end_to_end() -> None:
     assert "1. a question the documentation answers" in out and "pydoc_data.topics['compound']" in out
     assert "the exception is suppressed" in out and "[1]" in out and "no model configured" in out
     assert "fact-check: approved by fact-checker" in out and "approve   -> done by fact-checker" in out
-    assert "the human inbox (`mesh inbox`) holds:" in out and "[human.desk]" in out and "human-demo answered task" in out
+    assert (
+        "the human inbox (`mesh inbox`) holds:" in out and "[human.desk]" in out and "human-demo answered task" in out
+    )
     assert "failed (no_agent)" in out
     assert "stopped every agent" in out
 
 
-async def test_watch_prints_events_live(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker, tmp_path: Path) -> None:
+async def test_watch_prints_events_live(
+    agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker, tmp_path: Path
+) -> None:
     agent_procs.start("echoer", ["echo"], kind="echo")
     await agent_procs.ready(mesh_client)
     log_path = tmp_path / "watch.out"
     watcher = _spawn(["watch", "--server", broker.url], log_path)
     try:
+
         async def watching() -> bool:
             return any(c.name and c.name.startswith("client-") for c in await _connections(broker))
 
@@ -205,12 +219,15 @@ async def test_inbox_lists_and_answers_escalated_work(mesh_client: Mesh, broker:
     assert mesh("inbox", server=broker.url).stdout.startswith("nothing waits")
 
 
-async def test_submit_wait_answers_a_question_from_the_terminal(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:
+async def test_submit_wait_answers_a_question_from_the_terminal(
+    agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker
+) -> None:
     agent_procs.start("asker", ["ambiguous"], kind="mesh.faults:Asker", options={"question": "Which file?"})
     await agent_procs.ready(mesh_client)
     proc = await anyio.run_process(
         [sys.executable, "-m", "mesh", "submit", "ambiguous", "open it", "--wait", "--server", broker.url],
-        input=b"notes.txt\n", check=False,
+        input=b"notes.txt\n",
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert "Which file?" in proc.stderr.decode()

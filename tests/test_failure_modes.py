@@ -11,12 +11,17 @@ from mesh.testing import AgentProcs
 from protocol import Claim, Finish, ReviewPolicy, TaskRecord, approvals, new_task
 
 
-async def test_fm_1_1_and_2_3_off_spec_result_is_vetoed_and_reworked(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+async def test_fm_1_1_and_2_3_off_spec_result_is_vetoed_and_reworked(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
     agent_procs.start("author", ["answer"], kind="mesh.faults:Sloppy")
     agent_procs.start("checker", ["review"], kind="check")
     await agent_procs.ready(mesh_client)
     record = await mesh_client.run(
-        "answer", "Name the serialization module.", review=1, criteria="must mention: pickle",
+        "answer",
+        "Name the serialization module.",
+        review=1,
+        criteria="must mention: pickle",
         data={"wrong": "json, probably", "right": "pickle"},
     )
     assert record.state == "done" and record.result == "pickle"
@@ -25,7 +30,9 @@ async def test_fm_1_1_and_2_3_off_spec_result_is_vetoed_and_reworked(agent_procs
 
 
 async def test_fm_1_2_delegating_outside_the_brief_is_refused(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
-    agent_procs.start("rogue", ["task"], kind="mesh.faults:Overreacher", delegates=["allowed"], options={"target": "secrets"})
+    agent_procs.start(
+        "rogue", ["task"], kind="mesh.faults:Overreacher", delegates=["allowed"], options={"target": "secrets"}
+    )
     await agent_procs.ready(mesh_client)
     record = await mesh_client.run("task", "go get the secrets")
     assert record.state == "failed" and record.reason == "error"
@@ -44,7 +51,9 @@ async def test_fm_1_3_step_repetition_is_refused_as_a_loop(agent_procs: AgentPro
     assert record.state == "done" and "loop" in str(record.result)
 
 
-async def test_fm_1_5_a_task_that_never_finishes_ends_at_its_deadline(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+async def test_fm_1_5_a_task_that_never_finishes_ends_at_its_deadline(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
     agent_procs.start("staller", ["forever"], kind="mesh.faults:Staller")
     await agent_procs.ready(mesh_client)
     started = time.monotonic()
@@ -89,7 +98,9 @@ async def test_fm_2_1_a_stale_owner_cannot_commit_after_takeover(mesh_client: Me
     assert done.result == "on time" and done.author == "new"
 
 
-async def test_fm_2_2_an_agent_asks_its_requester_instead_of_guessing(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+async def test_fm_2_2_an_agent_asks_its_requester_instead_of_guessing(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
     agent_procs.start("asker", ["ambiguous"], kind="mesh.faults:Asker", options={"question": "Which Python version?"})
     await agent_procs.ready(mesh_client)
     asked: list[TaskRecord] = []
@@ -133,7 +144,9 @@ def _url(mesh: Mesh) -> str:
     return f"nats://{url.hostname}:{url.port}"
 
 
-async def test_fm_3_3_a_rubber_stamp_cannot_pass_a_wrong_answer_alone(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+async def test_fm_3_3_a_rubber_stamp_cannot_pass_a_wrong_answer_alone(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
     agent_procs.start("wrong", ["answer"], kind="mesh.faults:AlwaysWrong")
     agent_procs.start("stamp", ["review"], kind="mesh.faults:RubberStamp")
     agent_procs.start("checker", ["review"], kind="check")

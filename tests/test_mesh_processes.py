@@ -79,7 +79,9 @@ async def test_handoff_chain_completes(agent_procs: AgentProcs, mesh_client: Mes
 async def test_drain_under_load_loses_nothing(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
     # The leaver cannot finish 20 s of work within its 0.5 s grace: it must hand back.
     # (Long enough that a slow CI machine cannot finish it before the SIGTERM arrives.)
-    agent_procs.start("leaver", ["job"], kind="sleep", capacity=3, drain_timeout_s=0.5, options={"seconds": 20.0, "steps": 100})
+    agent_procs.start(
+        "leaver", ["job"], kind="sleep", capacity=3, drain_timeout_s=0.5, options={"seconds": 20.0, "steps": 100}
+    )
     await agent_procs.ready(mesh_client)
     records = [await mesh_client.submit("job", f"job {i}", lease_s=5.0) for i in range(6)]
 
@@ -150,7 +152,9 @@ async def test_review_quorum_of_distinct_reviewers(agent_procs: AgentProcs, mesh
     for name in ("rev1", "rev2"):
         agent_procs.start(name, ["review"], kind="check")
     await agent_procs.ready(mesh_client)
-    record = await mesh_client.run("write", "the answer mentions pickle", review=quorum, criteria="must mention: pickle")
+    record = await mesh_client.run(
+        "write", "the answer mentions pickle", review=quorum, criteria="must mention: pickle"
+    )
     assert record.state == "done"
     approvers = {v.reviewer for v in record.votes if v.verdict == "approve"}
     assert len(approvers) >= quorum and "author" not in approvers
@@ -163,7 +167,10 @@ async def test_veto_sends_back_then_fails_rejected(agent_procs: AgentProcs, mesh
     agent_procs.start("strict", ["review"], kind="check")
     await agent_procs.ready(mesh_client)
     record = await mesh_client.run(
-        "write", "an answer without the word", review=ReviewPolicy(quorum=1, max_reworks=1), criteria="must mention: pickle"
+        "write",
+        "an answer without the word",
+        review=ReviewPolicy(quorum=1, max_reworks=1),
+        criteria="must mention: pickle",
     )
     assert record.state == "failed" and record.reason == "rejected"
     assert record.reworks == 1
@@ -175,7 +182,9 @@ async def test_agent_run_is_cancellable_and_leaves_cleanly(broker, mesh_client: 
     from mesh.briefs import Brief
     from mesh.kinds import Echo
 
-    agent = Agent(AgentConfig(id="inproc", serves=("echo",)), Echo(Brief(name="inproc", serves=("echo",))), server=broker.url)
+    agent = Agent(
+        AgentConfig(id="inproc", serves=("echo",)), Echo(Brief(name="inproc", serves=("echo",))), server=broker.url
+    )
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             await tg.start(agent.run)

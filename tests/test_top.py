@@ -15,7 +15,10 @@ from mesh.testing import AgentProcs, wait_for
 def top(server: str, *extra: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "mesh", "top", "--once", "--json", "--server", server, *extra],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 
@@ -23,13 +26,20 @@ def top(server: str, *extra: str) -> dict[str, Any]:
 def top_text(server: str, *extra: str) -> str:
     return subprocess.run(
         [sys.executable, "-m", "mesh", "top", "--once", "--server", server, *extra],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
 
 
-async def test_top_flags_stuck_looping_and_overloaded(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:
+async def test_top_flags_stuck_looping_and_overloaded(
+    agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker
+) -> None:
     agent_procs.start("staller", ["stall"], kind="mesh.faults:Staller", capacity=1)
-    agent_procs.start("rephraser", ["spin"], kind="mesh.faults:Rephraser", delegates=["spin"], capacity=8, options={"delay": 0.3})
+    agent_procs.start(
+        "rephraser", ["spin"], kind="mesh.faults:Rephraser", delegates=["spin"], capacity=8, options={"delay": 0.3}
+    )
     await agent_procs.ready(mesh_client)
     stuck = await mesh_client.submit("stall", "hold on", lease_s=1.0)
     waiting = await mesh_client.submit("stall", "queue behind it", claim_timeout_s=60)

@@ -22,7 +22,9 @@ def parse_duration(text: str) -> float:
     try:
         value = float(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 30s, 2m, 500ms or a number of seconds") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 30s, 2m, 500ms or a number of seconds"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
     return value
@@ -39,14 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
         "agents claim, hand off, review and retry work by the rules of one wire protocol.",
         epilog="Start with `mesh demo`. Docs: README.md, docs/PROTOCOL.md.",
     )
-    parser.add_argument("--prefix", default=os.environ.get("MESH_PREFIX", "mesh"), help="mesh name on the broker (default: mesh)")
+    parser.add_argument(
+        "--prefix", default=os.environ.get("MESH_PREFIX", "mesh"), help="mesh name on the broker (default: mesh)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run a small organization on an embedded broker (no setup, no API key)")
     p.add_argument("--keep-logs", action="store_true", help="print where the agents' logs are and keep them")
 
     p = sub.add_parser("broker", help="run the embedded nats-server with JetStream")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)"
+    )
     p.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
     p.add_argument("--http-port", type=int, default=8222, help="monitoring port (default 8222)")
     p.add_argument("--store", default=None, help="JetStream store directory (default: ./mesh-data)")
@@ -79,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reviewer", default="review", help="reviewer capability (default: review)")
     p.add_argument("--deadline", type=parse_duration, default=None, help="deadline, e.g. 30s or 5m")
     p.add_argument("--hops", type=int, default=8, help="hop limit for handoffs (default 8)")
-    p.add_argument("--claim-timeout", type=parse_duration, default=10.0, help="fail no_agent if unclaimed this long (default 10s)")
+    p.add_argument(
+        "--claim-timeout", type=parse_duration, default=10.0, help="fail no_agent if unclaimed this long (default 10s)"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the task to end and print the result")
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: the final record)")
     _server(p)
@@ -111,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inbox", help="work and reviews addressed to people (human.* capabilities)")
     p.add_argument("--capability", default="human", help="capability prefix of the inbox (default: human)")
-    p.add_argument("--as", dest="as_", default=None, metavar="NAME", help="your id in the mesh (default: human-<login>)")
+    p.add_argument(
+        "--as", dest="as_", default=None, metavar="NAME", help="your id in the mesh (default: human-<login>)"
+    )
     p.add_argument("--json", action="store_true")
     _server(p)
     isub = p.add_subparsers(dest="inbox_command", metavar="ACTION")
@@ -129,8 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true", help="with --once: JSON for scripts")
     p.add_argument("--interval", type=parse_duration, default=1.0, help="refresh interval (default 1s)")
-    p.add_argument("--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)")
-    p.add_argument("--loop-after", type=int, default=3, help="a capability recurring this often in a chain = looping (default 3)")
+    p.add_argument(
+        "--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)"
+    )
+    p.add_argument(
+        "--loop-after", type=int, default=3, help="a capability recurring this often in a chain = looping (default 3)"
+    )
     _server(p)
 
     sub.add_parser("kinds", help="list the built-in agent kinds")
@@ -147,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import commands  # the heavy imports start here
 
     # Logs go to stderr; stdout is for results (so --json output stays parseable).
-    configure_logging(None if args.command in ("agent", "up", "broker") else os.environ.get("MESH_LOG_LEVEL", "warning"))
+    configure_logging(
+        None if args.command in ("agent", "up", "broker") else os.environ.get("MESH_LOG_LEVEL", "warning")
+    )
 
     try:
         return commands.dispatch(args, parser)

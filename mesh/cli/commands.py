@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -92,13 +93,18 @@ def cmd_broker(args: argparse.Namespace) -> int:
     store = args.store or str(Path("mesh-data").absolute())
     broker = Broker(host=args.host, port=args.port, http_port=args.http_port, store=store, config=args.config)
     broker.start(log=None)
-    print(f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr)
+    print(
+        f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr
+    )
     print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}", file=sys.stderr)
     try:
         assert broker.process is not None
-        return broker.process.wait()
-    except KeyboardInterrupt:
-        return 0
+        with _stop_signals() as stop:
+            while (code := broker.process.poll()) is None:
+                if stop.wait(0.5):
+                    return 0
+        print(f"nats-server exited with code {code}", file=sys.stderr)
+        return code or 1
     finally:
         broker.stop()
 
@@ -150,20 +156,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         for brief, replicas in briefs:
             for i in range(replicas):
                 agent_id = brief.name if replicas == 1 else f"{brief.name}-{i + 1}"
-                procs.append(spawn_agent(args.org, server=server, agent_id=agent_id, agent_name=brief.name, log_path=None))
+                procs.append(
+                    spawn_agent(args.org, server=server, agent_id=agent_id, agent_name=brief.name, log_path=None)
+                )
         print(f"org {org.name!r}: {len(procs)} agent processes; Ctrl-C drains them all", file=sys.stderr)
         print(f"submit work with: mesh submit CAPABILITY TEXT --wait --server {server}", file=sys.stderr)
         # Restart nothing silently: a process that exits on its own is reported.
-        while True:
-            for p in procs:
-                code = p.process.poll()
-                if code is not None and not p.expected_exit:
-                    print(f"agent {p.agent_id} exited with code {code}; not restarting it", file=sys.stderr)
-                    p.expected_exit = True
-            if all(p.expected_exit for p in procs):
-                return 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+        with _stop_signals() as stop:
+            while not stop.wait(0.5):
+                for p in procs:
+                    code = p.process.poll()
+                    if code is not None and not p.expected_exit:
+                        print(f"agent {p.agent_id} exited with code {code}; not restarting it", file=sys.stderr)
+                        p.expected_exit = True
+                if all(p.expected_exit for p in procs):
+                    return 1
         print("draining agents ...", file=sys.stderr)
         return 0
     finally:
@@ -177,6 +184,21 @@ def cmd_up(args: argparse.Namespace) -> int:
                     p.kill()
             if broker is not None:
                 broker.stop()
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT (Ctrl-C) and SIGTERM (systemd, docker, kill) set. Handled
+    explicitly rather than as KeyboardInterrupt: SIGTERM would otherwise kill us without
+    stopping our children, and a SIGINT ignored by whoever started us would be ignored
+    here too."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -216,8 +238,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         mesh = await _mesh(args)
         try:
             record = await mesh.submit(
-                args.capability, args.text, data=data, criteria=args.criteria, review=review,
-                deadline_s=args.deadline, hops=args.hops, claim_timeout_s=args.claim_timeout,
+                args.capability,
+                args.text,
+                data=data,
+                criteria=args.criteria,
+                review=review,
+                deadline_s=args.deadline,
+                hops=args.hops,
+                claim_timeout_s=args.claim_timeout,
             )
             if not args.wait:
                 print(json.dumps({"id": record.id, "state": record.state}) if args.json else record.id)
@@ -264,7 +292,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     async def watch() -> int:
         mesh = await _mesh(args)
         try:
-            print(f"watching {'task tree ' + args.root if args.root else 'all events'} (Ctrl-C to stop)", file=sys.stderr)
+            print(
+                f"watching {'task tree ' + args.root if args.root else 'all events'} (Ctrl-C to stop)", file=sys.stderr
+            )
             async for event in mesh.events(root=args.root, history=args.history):
                 print(render.event_line(event), flush=True)
         finally:
@@ -284,7 +314,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
         finally:
             await mesh.close()
         if args.json:
-            print(json.dumps({"tasks": [msgspec.to_builtins(r) for _, r in tree], "events": [msgspec.to_builtins(e) for e in events]}))
+            print(
+                json.dumps(
+                    {
+                        "tasks": [msgspec.to_builtins(r) for _, r in tree],
+                        "events": [msgspec.to_builtins(e) for e in events],
+                    }
+                )
+            )
         else:
             print(render.trace(tree, [e for e in events if e.task in {r.id for _, r in tree}]))
         return 0

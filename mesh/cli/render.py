@@ -19,7 +19,9 @@ def _short(value: Any, width: int = 80) -> str:
 
 def outcome(record: TaskRecord) -> str:
     if record.state == "done":
-        return str(record.result) if isinstance(record.result, str) else json.dumps(record.result, indent=2, default=str)
+        return (
+            str(record.result) if isinstance(record.result, str) else json.dumps(record.result, indent=2, default=str)
+        )
     detail = f" ({record.reason}: {record.error})" if record.reason else ""
     return f"task {record.id} {record.state}{detail}"
 
@@ -31,8 +33,15 @@ def agents_table(cards: list[AgentCard], *, now: float) -> str:
     for c in cards:
         rows.append(
             (
-                c.id, c.role or c.kind, ",".join(c.serves), f"{c.load}/{c.capacity}", str(c.completed), str(c.failed),
-                "draining" if c.draining else "ready", f"{c.host}:{c.pid}", f"{int(now - c.started)}s",
+                c.id,
+                c.role or c.kind,
+                ",".join(c.serves),
+                f"{c.load}/{c.capacity}",
+                str(c.completed),
+                str(c.failed),
+                "draining" if c.draining else "ready",
+                f"{c.host}:{c.pid}",
+                f"{int(now - c.started)}s",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -53,7 +62,9 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
         reason = f" ({r.reason}: {_short(r.error, 50)})" if r.reason else ""
         owner = f" owner {r.author or r.owner} epoch {r.epoch}" if (r.author or r.owner) else ""
         review = f" review {len(r.votes)}/{r.review.quorum}" if r.review else ""
-        lines.append(f"{'  ' * depth}{r.id} [{r.capability}] {r.state}{reason}{owner} attempts {r.attempts}{review} {took}")
+        lines.append(
+            f"{'  ' * depth}{r.id} [{r.capability}] {r.state}{reason}{owner} attempts {r.attempts}{review} {took}"
+        )
         if r.state == "done" and r.result is not None:
             lines.append(f"{'  ' * depth}  result: {_short(r.result, 100)}")
         for v in r.feedback:
@@ -65,7 +76,9 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
         for e in events:
             reason = f" ({e.reason})" if e.reason else ""
             note = f"  {_short(e.note, 50)}" if e.note else ""
-            lines.append(f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}")
+            lines.append(
+                f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}"
+            )
     return "\n".join(lines)
 
 
@@ -100,9 +113,15 @@ def top_view(snap: Any) -> Any:
     for a in data["agents"]:
         age = "-" if a["last_progress_age_s"] is None else f"{a['last_progress_age_s']:.0f}s ago"
         agents.add_row(
-            a["id"] + (" (draining)" if a["draining"] else ""), a["role"], ",".join(a["serves"]),
-            f"{a['load']}/{a['capacity']}", ",".join(a["tasks"]) or "-", age, str(a["reworks"]),
-            str(a["completed"]), str(a["failed"]),
+            a["id"] + (" (draining)" if a["draining"] else ""),
+            a["role"],
+            ",".join(a["serves"]),
+            f"{a['load']}/{a['capacity']}",
+            ",".join(a["tasks"]) or "-",
+            age,
+            str(a["reworks"]),
+            str(a["completed"]),
+            str(a["failed"]),
         )
     flags = data["flags"]
     tasks = Table(title=f"active tasks ({len(data['tasks'])})", expand=True)
@@ -113,8 +132,15 @@ def top_view(snap: Any) -> Any:
         if t["state"] == "open" and t["capability"] in flags["overloaded"]:
             marks.append("overloaded")
         tasks.add_row(
-            t["id"], t["capability"], t["state"], t["owner"] or "-", str(t["epoch"]), str(t["reworks"]),
-            _short(t["progress"], 30), f"{t['age_s']:.0f}s", Text(" ".join(marks), style="bold red") if marks else "",
+            t["id"],
+            t["capability"],
+            t["state"],
+            t["owner"] or "-",
+            str(t["epoch"]),
+            str(t["reworks"]),
+            _short(t["progress"], 30),
+            f"{t['age_s']:.0f}s",
+            Text(" ".join(marks), style="bold red") if marks else "",
         )
     summary = Text(
         f"stuck: {len(flags['stuck'])}   looping: {len(flags['looping'])}   overloaded capabilities: "

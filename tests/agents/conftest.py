@@ -46,7 +46,9 @@ OFFLINE_ENV = {"MESH_MODEL": "", "MESH_LOG_LEVEL": "info"}
 def start(procs: AgentProcs, name: str, **fields: Any) -> AgentProcess:
     """Start one agent process from a brief with ``fields``; stopped at teardown."""
     path = write_brief(procs.directory, name, **fields)
-    proc = spawn_agent(path, server=procs.broker.url, agent_id=name, log_path=procs.directory / f"{name}.log", env=OFFLINE_ENV)
+    proc = spawn_agent(
+        path, server=procs.broker.url, agent_id=name, log_path=procs.directory / f"{name}.log", env=OFFLINE_ENV
+    )
     procs.procs[name] = proc
     return proc
 

@@ -35,11 +35,17 @@ def test_the_template_is_a_working_llm_brief(tmp_path: Path) -> None:
 
 
 def test_new_fields_round_trip(tmp_path: Path) -> None:
-    brief = load_brief(brief_file(tmp_path, BASE + (
-        'may = ["ask"]\nmust_not = ["guess"]\nmodel = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022"]\n'
-        'temperature = 0.0\nbudget = { tokens = 1000, cost = 0.5 }\ntools = ["search_docs"]\ndelegates = ["critique", "human.x"]\n'
-        'review_results = { capability = "critique", max_reworks = 1, escalate_to = "human.x" }\n'
-    )))
+    brief = load_brief(
+        brief_file(
+            tmp_path,
+            BASE
+            + (
+                'may = ["ask"]\nmust_not = ["guess"]\nmodel = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022"]\n'
+                'temperature = 0.0\nbudget = { tokens = 1000, cost = 0.5 }\ntools = ["search_docs"]\ndelegates = ["critique", "human.x"]\n'
+                'review_results = { capability = "critique", max_reworks = 1, escalate_to = "human.x" }\n'
+            ),
+        )
+    )
     assert brief.may == ("ask",) and brief.must_not == ("guess",)
     assert brief.models() == ("openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022")
     assert brief.budget == Budget(tokens=1000, cost=0.5) and brief.tools == ("search_docs",)
@@ -65,10 +71,15 @@ def test_models_default_to_mesh_model(monkeypatch: pytest.MonkeyPatch) -> None:
         ("budget = { tokens = -1 }\n", "field `budget.tokens`: Expected `int` >= 0"),
         ('review = { capability = "Bad Cap" }\n', "field `review.capability`: invalid capability 'Bad Cap'"),
         ("review = { quorum = 0 }\n", "field `review.quorum`: Expected `int` >= 1"),
-        ('review_results = { capability = "x" }\n', "field `review_results.capability`: 'x' is served by this agent itself"),
+        (
+            'review_results = { capability = "x" }\n',
+            "field `review_results.capability`: 'x' is served by this agent itself",
+        ),
         ('review_results = { capability = "critique" }\n', "add 'critique' to `delegates`"),
-        ('delegates = ["critique"]\nreview_results = { capability = "critique", escalate_to = "human.x" }\n',
-         "field `review_results.escalate_to`: sending results to 'human.x' is a handoff; add 'human.x' to `delegates`"),
+        (
+            'delegates = ["critique"]\nreview_results = { capability = "critique", escalate_to = "human.x" }\n',
+            "field `review_results.escalate_to`: sending results to 'human.x' is a handoff; add 'human.x' to `delegates`",
+        ),
         ("temprature = 0.1\n", "unknown field `temprature` (a typo? see `mesh brief new` for the fields)"),
     ],
 )
@@ -84,7 +95,10 @@ def test_invalid_briefs_name_file_field_and_fix(tmp_path: Path, extra: str, expe
     ("options", "expected"),
     [
         ('tools = ["web_search"]\n', "field `tools`: unknown tool(s) web_search; available: search_docs"),
-        ("[options]\nmax_turn = 3\n", "field `options.max_turn`: unknown option; the options of kind 'llm' are max_turns"),
+        (
+            "[options]\nmax_turn = 3\n",
+            "field `options.max_turn`: unknown option; the options of kind 'llm' are max_turns",
+        ),
         ('[options]\nmax_turns = "many"\n', "field `options.max_turns`: Expected `int`, got `str`"),
         ("[options]\nmax_turns = 0\n", "field `options.max_turns`: must be at least 1"),
         ("[options]\nmock_responses = [3]\n", "field `options.mock_responses[0]`: give a string, or a table"),
@@ -106,7 +120,11 @@ def test_org_inline_agents_take_every_brief_field(tmp_path: Path) -> None:
     )
     _, [(brief, replicas)] = load_org(org)
     assert (brief.brief, brief.must_not, brief.model, brief.temperature, replicas) == (
-        "Write.", ("invent",), "openai/gpt-4o-mini", 0.7, 2,
+        "Write.",
+        ("invent",),
+        "openai/gpt-4o-mini",
+        0.7,
+        2,
     )
     assert brief.budget == Budget(tokens=10) and brief.tools == ("search_docs",)
 

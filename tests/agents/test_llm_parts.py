@@ -21,19 +21,33 @@ from protocol import Budget, TaskRecord, Usage, Vote, new_task
 NOW = 1_800_000_000.0
 
 BRIEF = Brief(
-    name="writer", role="Writer", brief="Answer from sources.", may=("ask for sources",), must_not=("invent facts",),
-    serves=("write",), delegates=("retrieve",),
+    name="writer",
+    role="Writer",
+    brief="Answer from sources.",
+    may=("ask for sources",),
+    must_not=("invent facts",),
+    serves=("write",),
+    delegates=("retrieve",),
 )
 
 
 def record(**fields: Any) -> TaskRecord:
-    base = new_task(task_id="t1", capability="write", instruction="Explain the with statement.", requester="desk", now=NOW)
+    base = new_task(
+        task_id="t1", capability="write", instruction="Explain the with statement.", requester="desk", now=NOW
+    )
     return msgspec.structs.replace(base, **fields)
 
 
 def test_system_prompt_is_the_brief_and_the_rules_of_acting() -> None:
     text = system_prompt(BRIEF, mode="work", tools=["delegate", "ask", "finish", "decline"], can_delegate=True)
-    for part in ("You are writer, the Writer", "Answer from sources.", "- ask for sources", "- invent facts", "`delegate` to: retrieve", "`ask`"):
+    for part in (
+        "You are writer, the Writer",
+        "Answer from sources.",
+        "- ask for sources",
+        "- invent facts",
+        "`delegate` to: retrieve",
+        "`ask`",
+    ):
         assert part in text, part
     no_hops = system_prompt(BRIEF, mode="work", tools=["ask", "finish"], can_delegate=False)
     assert "no hops left" in no_hops
@@ -44,16 +58,32 @@ def test_system_prompt_is_the_brief_and_the_rules_of_acting() -> None:
 def test_task_prompt_holds_only_this_tasks_context() -> None:
     veto = Vote(reviewer="checker", verdict="veto", reasons=("sentence 2 is unsupported",))
     rec = record(
-        criteria="Cite every sentence.", data={"passages": ["p1"]}, feedback=(veto,), reworks=1,
-        budget=Budget(tokens=1000), spent=Usage(tokens=400), deadline=NOW + 30, hops_left=3,
+        criteria="Cite every sentence.",
+        data={"passages": ["p1"]},
+        feedback=(veto,),
+        reworks=1,
+        budget=Budget(tokens=1000),
+        spent=Usage(tokens=400),
+        deadline=NOW + 30,
+        hops_left=3,
         children=("q1", "c1"),
     )
-    question = record(id="q1", capability="agent.desk", instruction="Which version?", state="done", result="3.12", parent="t1")
-    child = record(id="c1", capability="retrieve", instruction="Find passages.", state="done", result={"passages": 2}, parent="t1")
+    question = record(
+        id="q1", capability="agent.desk", instruction="Which version?", state="done", result="3.12", parent="t1"
+    )
+    child = record(
+        id="c1", capability="retrieve", instruction="Find passages.", state="done", result={"passages": 2}, parent="t1"
+    )
     text = task_prompt(rec, children=[question, child], now=NOW)
     for part in (
-        "Explain the with statement.", "Cite every sentence.", '{"passages": ["p1"]}', "checker: sentence 2 is unsupported",
-        "Q: Which version?\n  A: 3.12", "[retrieve] Find passages.: {\"passages\": 2}", "deadline in 30 s", "600 tokens left",
+        "Explain the with statement.",
+        "Cite every sentence.",
+        '{"passages": ["p1"]}',
+        "checker: sentence 2 is unsupported",
+        "Q: Which version?\n  A: 3.12",
+        '[retrieve] Find passages.: {"passages": 2}',
+        "deadline in 30 s",
+        "600 tokens left",
         "3 hops left",
     ):
         assert part in text, part
@@ -73,7 +103,12 @@ def names(tools: list[dict[str, Any]]) -> list[str]:
 
 
 def test_tools_follow_the_brief_and_the_hop_limit() -> None:
-    assert names(protocol_tools(mode="work", delegates=("retrieve",), can_delegate=True)) == ["delegate", "ask", "finish", "decline"]
+    assert names(protocol_tools(mode="work", delegates=("retrieve",), can_delegate=True)) == [
+        "delegate",
+        "ask",
+        "finish",
+        "decline",
+    ]
     assert "delegate" not in names(protocol_tools(mode="work", delegates=("retrieve",), can_delegate=False))
     assert "delegate" not in names(protocol_tools(mode="work", delegates=(), can_delegate=True))
     review = protocol_tools(mode="review", delegates=(), can_delegate=False)
@@ -85,10 +120,17 @@ def test_mock_params_are_litellms() -> None:
     assert mock_params("hello", call=1) == {"mock_response": "hello"}
     params = mock_params({"tool": "finish", "args": {"result": "ok"}}, call=2)
     assert params["mock_tool_calls"] == [
-        {"id": "call_2_0", "type": "function", "function": {"name": "finish", "arguments": json.dumps({"result": "ok"})}}
+        {
+            "id": "call_2_0",
+            "type": "function",
+            "function": {"name": "finish", "arguments": json.dumps({"result": "ok"})},
+        }
     ]
     two = mock_params({"content": "thinking", "tool_calls": [{"tool": "ask", "args": {}}, {"tool": "finish"}]}, call=3)
-    assert two["mock_response"] == "thinking" and [c["function"]["name"] for c in two["mock_tool_calls"]] == ["ask", "finish"]
+    assert two["mock_response"] == "thinking" and [c["function"]["name"] for c in two["mock_tool_calls"]] == [
+        "ask",
+        "finish",
+    ]
 
 
 def test_bm25_ranks_the_right_documentation_first() -> None:
@@ -101,15 +143,32 @@ def test_bm25_ranks_the_right_documentation_first() -> None:
 
 
 def test_text_methods() -> None:
-    assert sentences("It works, e.g. here. Then it stops! Does it? \"Yes.\"") == ["It works, e.g. here.", "Then it stops!", "Does it?", "\"Yes.\""]
+    assert sentences('It works, e.g. here. Then it stops! Does it? "Yes."') == [
+        "It works, e.g. here.",
+        "Then it stops!",
+        "Does it?",
+        '"Yes."',
+    ]
     assert terms("The Managers raised") == ["manager", "rais"]
-    assert support("The with statement calls __exit__ [1].", "The with statement always calls __exit__ at the end.") == 1.0
+    assert (
+        support("The with statement calls __exit__ [1].", "The with statement always calls __exit__ at the end.") == 1.0
+    )
     assert support("Lists are immutable.", "Tuples are immutable sequences.") == 0.5
 
 
 PASSAGES = [
-    Passage(id="global#1", title="global", source="pydoc global 1", text='The "global" statement is a declaration which holds for the entire current code block. It means that the listed identifiers are to be interpreted as globals.'),
-    Passage(id="global#2", title="global", source="pydoc global 2", text='Names listed in a "global" statement must not be used in the same code block textually preceding that "global" statement.'),
+    Passage(
+        id="global#1",
+        title="global",
+        source="pydoc global 1",
+        text='The "global" statement is a declaration which holds for the entire current code block. It means that the listed identifiers are to be interpreted as globals.',
+    ),
+    Passage(
+        id="global#2",
+        title="global",
+        source="pydoc global 2",
+        text='Names listed in a "global" statement must not be used in the same code block textually preceding that "global" statement.',
+    ),
 ]
 
 
@@ -130,9 +189,13 @@ def test_check_support_vetoes_what_the_passages_do_not_say() -> None:
     cite = {"n": 1, "id": "global#1", "source": "s", "text": PASSAGES[0].text}
     ok = 'The "global" statement is a declaration which holds for the entire current code block [1].'
     assert check_support({"answer": ok, "citations": [cite]}, data) == []
-    reasons = check_support({"answer": ok + " Globals are stored in the registry [1]. Uncited claim.", "citations": [cite]}, data)
+    reasons = check_support(
+        {"answer": ok + " Globals are stored in the registry [1]. Uncited claim.", "citations": [cite]}, data
+    )
     assert any(r.startswith("sentence 2 is not supported") for r in reasons)
     assert any(r.startswith("sentence 3 cites no passage") for r in reasons)
     forged = {"n": 1, "id": "global#1", "source": "s", "text": "The global statement is deprecated."}
-    assert any("not one of the passages provided" in r for r in check_support({"answer": ok, "citations": [forged]}, data))
+    assert any(
+        "not one of the passages provided" in r for r in check_support({"answer": ok, "citations": [forged]}, data)
+    )
     assert check_support("just text", data) == ["the result is not an answer with citations ({answer, citations})"]

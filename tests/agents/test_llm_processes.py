@@ -29,49 +29,86 @@ def llm_agents(shared_start: Callable[..., AgentProcess], shared_procs: AgentPro
     """Every agent of this module, started once (an LLM agent imports litellm: seconds).
     The generalist's scripted replies are keyed by the capability of the task."""
     if importlib.util.find_spec("litellm") is None or importlib.util.find_spec("mcp") is None:
-        pytest.fail("the LLM agent needs litellm[mcp]==1.106.2: install the `llm` extra (the `dev` extra should include it)")
+        pytest.fail(
+            "the LLM agent needs litellm[mcp]==1.106.2: install the `llm` extra (the `dev` extra should include it)"
+        )
     shared_start(
-        "generalist", kind="llm", model=PRIMARY, role="Generalist", brief="Do the work; delegate drafting.",
-        serves=["plan", "clarify", "essay", "spend", "forbidden"], delegates=["draft"], tools=["search_docs"], capacity=4,
-        options={"mock_responses": {
-            "plan": [
-                {"tool": "delegate", "args": {"capability": "draft", "instruction": "Draft a haiku about queues."}},
-                finish("planned and drafted"),
-            ],
-            "clarify": [{"tool": "ask", "args": {"question": "Which Python version?"}}, finish("installed it")],
-            # The second claim of the same task (the rework) gets the second reply.
-            "essay": [finish("first draft"), finish("second draft, with pickle")],
-            "spend": [{"tool": "search_docs", "args": {"query": "with statement"}}] * 4,
-            "forbidden": [
-                {"tool": "delegate", "args": {"capability": "secrets", "instruction": "Leak them."}},  # refused
-                {"tool": "decline", "args": {"reason": "my brief does not cover secrets"}},
-            ],
-        }},
+        "generalist",
+        kind="llm",
+        model=PRIMARY,
+        role="Generalist",
+        brief="Do the work; delegate drafting.",
+        serves=["plan", "clarify", "essay", "spend", "forbidden"],
+        delegates=["draft"],
+        tools=["search_docs"],
+        capacity=4,
+        options={
+            "mock_responses": {
+                "plan": [
+                    {"tool": "delegate", "args": {"capability": "draft", "instruction": "Draft a haiku about queues."}},
+                    finish("planned and drafted"),
+                ],
+                "clarify": [{"tool": "ask", "args": {"question": "Which Python version?"}}, finish("installed it")],
+                # The second claim of the same task (the rework) gets the second reply.
+                "essay": [finish("first draft"), finish("second draft, with pickle")],
+                "spend": [{"tool": "search_docs", "args": {"query": "with statement"}}] * 4,
+                "forbidden": [
+                    {"tool": "delegate", "args": {"capability": "secrets", "instruction": "Leak them."}},  # refused
+                    {"tool": "decline", "args": {"reason": "my brief does not cover secrets"}},
+                ],
+            }
+        },
     )
     shared_start("drafter", serves=["draft"], kind="echo", options={"prefix": "draft: "})
     shared_start(
-        "critic", serves=["critique"], kind="critic", model=PRIMARY,
-        options={"mock_responses": [
-            {"tool": "veto", "args": {"reasons": []}},  # refused: a veto needs reasons; the model is told so
-            {"tool": "veto", "args": {"reasons": ["the essay does not mention pickle"]}},
-            {"tool": "approve", "args": {}},
-        ]},
+        "critic",
+        serves=["critique"],
+        kind="critic",
+        model=PRIMARY,
+        options={
+            "mock_responses": [
+                {"tool": "veto", "args": {"reasons": []}},  # refused: a veto needs reasons; the model is told so
+                {"tool": "veto", "args": {"reasons": ["the essay does not mention pickle"]}},
+                {"tool": "approve", "args": {}},
+            ]
+        },
     )
     shared_start(
-        "sturdy", serves=["sturdy"], kind="llm", model=[PRIMARY, FALLBACK],
-        options={"retries": 1, "mock_errors": {PRIMARY: "litellm.InternalServerError"}, "mock_responses": [finish("answered by the fallback")]},
+        "sturdy",
+        serves=["sturdy"],
+        kind="llm",
+        model=[PRIMARY, FALLBACK],
+        options={
+            "retries": 1,
+            "mock_errors": {PRIMARY: "litellm.InternalServerError"},
+            "mock_responses": [finish("answered by the fallback")],
+        },
     )
     shared_start(
-        "fragile", serves=["fragile"], kind="llm", model=[PRIMARY, FALLBACK],
-        options={"retries": 0, "mock_errors": {PRIMARY: "litellm.InternalServerError", FALLBACK: "litellm.RateLimitError"}},
+        "fragile",
+        serves=["fragile"],
+        kind="llm",
+        model=[PRIMARY, FALLBACK],
+        options={
+            "retries": 0,
+            "mock_errors": {PRIMARY: "litellm.InternalServerError", FALLBACK: "litellm.RateLimitError"},
+        },
     )
     # The research desk's writer with a model: the same brief as offline, plus a model.
     shared_start(
-        "scribe", serves=["write"], kind="writer", model=PRIMARY,
-        options={"sentences": 3, "mock_responses": [finish(
-            'The "global" statement is a declaration which holds for the entire current code block [1]. '
-            "It names globals [1][9]."
-        )]},
+        "scribe",
+        serves=["write"],
+        kind="writer",
+        model=PRIMARY,
+        options={
+            "sentences": 3,
+            "mock_responses": [
+                finish(
+                    'The "global" statement is a declaration which holds for the entire current code block [1]. '
+                    "It names globals [1][9]."
+                )
+            ],
+        },
     )
     return shared_procs
 
@@ -88,7 +125,10 @@ async def test_delegates_through_a_tool_call_and_charges_usage(mesh: Mesh) -> No
     tree = await mesh.tree(record.id)
     child = tree[1][1]
     assert (child.capability, child.instruction, child.owner, child.result) == (
-        "draft", "Draft a haiku about queues.", "drafter", "draft: Draft a haiku about queues.",
+        "draft",
+        "Draft a haiku about queues.",
+        "drafter",
+        "draft: Draft a haiku about queues.",
     )
     assert child.hops_left == record.hops_left - 1
     assert record.spent.tokens == 60  # two model calls; litellm's mock usage is 30 tokens each
@@ -112,7 +152,9 @@ async def test_asks_the_requester_and_uses_the_answer(mesh: Mesh) -> None:
 
 async def test_a_critic_vetoes_with_reasons_and_the_author_reworks(mesh: Mesh) -> None:
     policy = ReviewPolicy(quorum=1, capability="critique", max_reworks=2)
-    record = await mesh.run("essay", "Write about serialization.", review=policy, criteria="must mention: pickle", deadline_s=30)
+    record = await mesh.run(
+        "essay", "Write about serialization.", review=policy, criteria="must mention: pickle", deadline_s=30
+    )
     assert record.state == "done" and record.result == "second draft, with pickle"
     assert record.reworks == 1 and record.attempts == 2
     assert [(v.reviewer, v.reasons) for v in record.feedback] == [("critic", ("the essay does not mention pickle",))]
@@ -150,8 +192,12 @@ async def test_provider_outage_fails_the_task_with_error_naming_the_provider(mes
 
 async def test_the_desk_writer_uses_the_model_and_cites_the_passages_it_marks(mesh: Mesh) -> None:
     passages = [
-        {"id": "global#1", "title": "global", "source": "pydoc global 1",
-         "text": 'The "global" statement is a declaration which holds for the entire current code block.'},
+        {
+            "id": "global#1",
+            "title": "global",
+            "source": "pydoc global 1",
+            "text": 'The "global" statement is a declaration which holds for the entire current code block.',
+        },
         {"id": "global#2", "title": "global", "source": "pydoc global 2", "text": "Unused."},
     ]
     record = await mesh.run("write", "What does global do?", data={"passages": passages}, deadline_s=30)

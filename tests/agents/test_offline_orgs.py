@@ -25,35 +25,51 @@ TEXT = (
 
 def mesh_cli(*args: str, cwd: Path) -> str:
     env = {**os.environ, "MESH_MODEL": ""}
-    proc = subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
-async def test_a_two_agent_org_from_the_template_runs_offline_with_mesh_up(tmp_path: Path, broker: Broker, mesh_client: Mesh) -> None:
+async def test_a_two_agent_org_from_the_template_runs_offline_with_mesh_up(
+    tmp_path: Path, broker: Broker, mesh_client: Mesh
+) -> None:
     mesh_cli("brief", "new", "front.toml", cwd=tmp_path)
     mesh_cli("brief", "new", "summarizer.toml", cwd=tmp_path)
     front = (tmp_path / "front.toml").read_text()
     front = front.replace('name = "summarizer"', 'name = "front"').replace('role = "Summarizer"', 'role = "Front desk"')
-    front = front.replace('serves = ["summarize"]', 'serves = ["brief"]').replace("delegates = []", 'delegates = ["summarize"]')
+    front = front.replace('serves = ["summarize"]', 'serves = ["brief"]').replace(
+        "delegates = []", 'delegates = ["summarize"]'
+    )
     (tmp_path / "front.toml").write_text(front)
-    (tmp_path / "org.toml").write_text('name = "pair"\n[[agents]]\nbrief = "front.toml"\n[[agents]]\nbrief = "summarizer.toml"\n')
+    (tmp_path / "org.toml").write_text(
+        'name = "pair"\n[[agents]]\nbrief = "front.toml"\n[[agents]]\nbrief = "summarizer.toml"\n'
+    )
     assert "2 agents, 2 processes" in mesh_cli("brief", "check", "org.toml", cwd=tmp_path)
 
     up = _spawn_up(tmp_path, broker.url)
     try:
+
         async def joined() -> bool:
             return {c.id for c in await mesh_client.agents()} == {"front", "summarizer"}
 
         await wait_for(joined, timeout=30, what="the org's two agents")
         record = await mesh_client.run("brief", "Summarize this for a newcomer.", data={"text": TEXT}, deadline_s=30)
         assert record.state == "done", record.error
-        assert "operating system process" in record.result and "[offline: summarizer has no model configured" in record.result
+        assert (
+            "operating system process" in record.result
+            and "[offline: summarizer has no model configured" in record.result
+        )
         tree = await mesh_client.tree(record.id)
         assert [(r.capability, r.owner) for _, r in tree] == [("brief", "front"), ("summarize", "summarizer")]
     finally:
         up.send_signal(signal.SIGINT)  # drains its agents (a SIGKILL would orphan them)
-        code = up.wait(30)
+        try:
+            code = up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise AssertionError("`mesh up` did not drain within 60 s:\n" + (tmp_path / "up.log").read_text()) from None
     assert code == 0, (tmp_path / "up.log").read_text()
 
 
@@ -61,7 +77,9 @@ def _spawn_up(directory: Path, server: str) -> subprocess.Popen[bytes]:
     with open(directory / "up.log", "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "mesh", "up", "org.toml", "--server", server],
-            cwd=directory, stderr=log, env={**os.environ, "MESH_MODEL": ""},
+            cwd=directory,
+            stderr=log,
+            env={**os.environ, "MESH_MODEL": ""},
         )
 
 
@@ -95,14 +113,22 @@ async def test_review_of_own_results_rejects_or_passes(
     start_agent: Callable[..., AgentProcess], agent_procs: object, mesh_client: Mesh
 ) -> None:
     start_agent(
-        "summarizer", serves=["summarize"], kind="extract", delegates=["critique"],
-        review_results={"capability": "critique", "max_reworks": 0}, options={"sentences": 2},
+        "summarizer",
+        serves=["summarize"],
+        kind="extract",
+        delegates=["critique"],
+        review_results={"capability": "critique", "max_reworks": 0},
+        options={"sentences": 2},
     )
     start_agent("critic", serves=["critique"], kind="critic")
     await agent_procs.ready(mesh_client)  # type: ignore[attr-defined]
-    passed = await mesh_client.run("summarize", "Summarize.", data={"text": TEXT}, criteria="must mention: lease", deadline_s=30)
+    passed = await mesh_client.run(
+        "summarize", "Summarize.", data={"text": TEXT}, criteria="must mention: lease", deadline_s=30
+    )
     assert passed.state == "done" and "lease" in passed.result, passed.error
-    rejected = await mesh_client.run("summarize", "Summarize.", data={"text": TEXT}, criteria="must mention: zebra", deadline_s=30)
+    rejected = await mesh_client.run(
+        "summarize", "Summarize.", data={"text": TEXT}, criteria="must mention: zebra", deadline_s=30
+    )
     assert (rejected.state, rejected.reason) == ("failed", "rejected")
     assert "does not mention zebra" in rejected.error
     tree = await mesh_client.tree(rejected.id)

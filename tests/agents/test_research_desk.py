@@ -67,7 +67,9 @@ async def test_every_sentence_of_the_answer_is_supported_by_a_cited_passage(mesh
 
 async def test_the_fact_checker_vetoes_unsupported_sentences_and_invented_sources(mesh: Mesh) -> None:
     passage = {
-        "id": "global#1", "title": "The global statement", "source": "pydoc",
+        "id": "global#1",
+        "title": "The global statement",
+        "source": "pydoc",
         "text": 'The "global" statement is a declaration which holds for the entire current code block.',
     }
     answer = {
@@ -87,7 +89,9 @@ async def test_the_fact_checker_vetoes_unsupported_sentences_and_invented_source
     assert not any("sentence 1 " in r for r in reasons), reasons
 
 
-async def test_an_unanswerable_question_is_vetoed_reworked_and_escalated_to_a_person(mesh: Mesh, shared_broker: Broker) -> None:
+async def test_an_unanswerable_question_is_vetoed_reworked_and_escalated_to_a_person(
+    mesh: Mesh, shared_broker: Broker
+) -> None:
     task = await mesh.submit("research", OUT_OF_SCOPE, deadline_s=30, claim_timeout_s=20)
 
     async def inbox() -> list[TaskRecord]:

@@ -173,7 +173,9 @@ task_events = st.builds(
 _epochs = st.integers(0, 100)
 transitions: st.SearchStrategy[p.Event] = st.one_of(
     st.builds(p.Claim, actor=agent_ids),
-    st.builds(p.Renew, actor=agent_ids, epoch=_epochs, progress=st.none() | st.text(max_size=10), checkpoint=json_values),
+    st.builds(
+        p.Renew, actor=agent_ids, epoch=_epochs, progress=st.none() | st.text(max_size=10), checkpoint=json_values
+    ),
     st.builds(p.AddChild, actor=agent_ids, epoch=_epochs, child=task_ids),
     st.builds(p.Finish, actor=agent_ids, epoch=_epochs, result=json_values),
     st.builds(
@@ -202,7 +204,12 @@ control_replies = st.builds(
     error=st.text(max_size=10),
 )
 error_reports = st.builds(
-    p.ErrorReport, agent=agent_ids, subject=st.text(max_size=10), key=st.text(max_size=10), error=st.text(max_size=20), at=times
+    p.ErrorReport,
+    agent=agent_ids,
+    subject=st.text(max_size=10),
+    key=st.text(max_size=10),
+    error=st.text(max_size=20),
+    at=times,
 )
 
 

@@ -301,7 +301,9 @@ def mutated_bytes(draw: st.DrawFn, encoded: bytes) -> bytes:
         if op == "flip" and data:
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b"{", b"[", b'"', b"\\", b",", b"\x00"]))
+            data[at:at] = draw(
+                st.binary(min_size=1, max_size=8) | st.sampled_from([b"{", b"[", b'"', b"\\", b",", b"\x00"])
+            )
         elif op == "delete" and data:
             del data[at : at + draw(st.integers(1, 8))]
         else:
@@ -331,7 +333,9 @@ def test_messages(name: str, data: st.DataObject) -> None:
     assert decode(memoryview(encoded)) == value  # type: ignore[arg-type]
 
     extra = data.draw(
-        st.dictionaries(st.text(alphabet="xyz_", min_size=1, max_size=6).map("zz_".__add__), json_values, min_size=1, max_size=3),
+        st.dictionaries(
+            st.text(alphabet="xyz_", min_size=1, max_size=6).map("zz_".__add__), json_values, min_size=1, max_size=3
+        ),
         label="unknown fields",
     )
     assert decode(msgspec.json.encode(_with_unknown_fields(name, value, extra))) == value

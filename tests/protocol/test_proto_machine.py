@@ -45,7 +45,13 @@ STATES = ("open", "working", "review", "done", "failed", "cancelled")
 
 
 def opened(**kwargs: object) -> TaskRecord:
-    args: dict[str, object] = {"task_id": "T", "capability": "x", "instruction": "do it", "requester": "client", "now": T0}
+    args: dict[str, object] = {
+        "task_id": "T",
+        "capability": "x",
+        "instruction": "do it",
+        "requester": "client",
+        "now": T0,
+    }
     args.update(kwargs)
     return new_task(**args)  # type: ignore[arg-type]
 
@@ -56,7 +62,8 @@ def working(**kwargs: object) -> TaskRecord:
 
 def in_review(quorum: int = 2, max_reworks: int = 1, escalate_to: str | None = None, **kwargs: object) -> TaskRecord:
     record = working(
-        review=ReviewPolicy(quorum=quorum, capability="check", max_reworks=max_reworks, escalate_to=escalate_to), **kwargs
+        review=ReviewPolicy(quorum=quorum, capability="check", max_reworks=max_reworks, escalate_to=escalate_to),
+        **kwargs,
     )
     return apply(record, Finish(actor="a", epoch=record.epoch, result="v1"), T0 + 2)
 
@@ -145,7 +152,13 @@ def test_terminal_records_refuse_everything_even_past_the_deadline(state: str) -
 def test_claim_sets_owner_and_next_epoch() -> None:
     record = opened()
     claimed = apply(record, Claim(actor="a"), T0 + 1)
-    assert (claimed.state, claimed.owner, claimed.epoch, claimed.attempts, claimed.updated) == ("working", "a", 1, 1, T0 + 1)
+    assert (claimed.state, claimed.owner, claimed.epoch, claimed.attempts, claimed.updated) == (
+        "working",
+        "a",
+        1,
+        1,
+        T0 + 1,
+    )
     released = apply(claimed, Release(actor="a", epoch=1, note="draining"), T0 + 2)
     assert (released.state, released.owner, released.epoch, released.progress) == ("open", None, 1, "draining")
     again = apply(released, Claim(actor="b"), T0 + 3)
@@ -155,7 +168,12 @@ def test_claim_sets_owner_and_next_epoch() -> None:
 def test_renew_records_progress_and_checkpoint() -> None:
     record = working()
     renewed = apply(record, Renew(actor="a", epoch=1, progress="half", checkpoint={"page": 3}), T0 + 2)
-    assert (renewed.state, renewed.progress, renewed.checkpoint, renewed.updated) == ("working", "half", {"page": 3}, T0 + 2)
+    assert (renewed.state, renewed.progress, renewed.checkpoint, renewed.updated) == (
+        "working",
+        "half",
+        {"page": 3},
+        T0 + 2,
+    )
     kept = apply(renewed, Renew(actor="a", epoch=1), T0 + 3)
     assert (kept.progress, kept.checkpoint) == ("half", {"page": 3})
 
@@ -331,7 +349,12 @@ def test_past_max_reworks_without_escalation_fails_rejected() -> None:
 def test_past_max_reworks_escalates() -> None:
     record = in_review(quorum=1, max_reworks=0, escalate_to="human.review")
     escalated = apply(record, Veto(actor="r1", epoch=1, reasons=("unsure",)), T0 + 3)
-    assert (escalated.state, escalated.capability, escalated.review, escalated.owner) == ("open", "human.review", None, None)
+    assert (escalated.state, escalated.capability, escalated.review, escalated.owner) == (
+        "open",
+        "human.review",
+        None,
+        None,
+    )
     assert escalated.reworks == 0
     assert "escalated" in escalated.progress
     # The escalation's answer is final: no review.

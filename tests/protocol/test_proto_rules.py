@@ -170,7 +170,13 @@ def test_more_specific_always_fits_better(
         served=(cap[: 2 * longer - 1],), capability=cap, load=load, capacity=capacity, tags=tags, failed=failed
     )
     best_general = fit(
-        served=(cap[: 2 * shorter - 1],), capability=cap, load=0, capacity=capacity, tags=tags, expertise=tags, completed=10**6
+        served=(cap[: 2 * shorter - 1],),
+        capability=cap,
+        load=0,
+        capacity=capacity,
+        tags=tags,
+        expertise=tags,
+        completed=10**6,
     )
     assert 0 < best_general < worst_specific <= 1
     assert claim_delay(worst_specific) < claim_delay(best_general)
@@ -355,7 +361,9 @@ def test_at_zero_hops_the_child_fails_with_hop_limit() -> None:
 def test_hops_decrease_along_any_chain(hops: int, depth: int) -> None:
     record = working(hops=hops)
     for i in range(depth):
-        child = delegate(record, child_id=f"C{i}", capability="x", instruction=f"step {i}", actor=record.owner or "", now=T0 + 2)
+        child = delegate(
+            record, child_id=f"C{i}", capability="x", instruction=f"step {i}", actor=record.owner or "", now=T0 + 2
+        )
         if record.hops_left == 0:
             assert child.state == "failed"
             assert child.reason == "hop_limit"
@@ -411,7 +419,9 @@ def test_budget_share(
     else:
         assert budget.cost is not None
         assert 0 <= budget.cost <= max(cost - spent_cost, 0) + 1e-9
-    child = delegate(parent, child_id="C", capability="x", instruction="y", actor="owner", now=T0 + 2, budget_share=share)
+    child = delegate(
+        parent, child_id="C", capability="x", instruction="y", actor="owner", now=T0 + 2, budget_share=share
+    )
     assert child.budget == budget
     exhausted = budget.tokens == 0 or budget.cost == 0.0
     assert (child.state == "failed" and child.reason == "budget") == exhausted
@@ -443,14 +453,21 @@ def test_loop_is_refused_by_fingerprint_over_lineage() -> None:
     claimed = apply(child, Claim(actor="b"), T0 + 3)
     # The grandchild asks for the root's work again (whitespace and case do not matter).
     loop = delegate(
-        claimed, child_id="G", capability="summarize.medical", instruction="  Summarize THE\nreport ", actor="b", now=T0 + 4
+        claimed,
+        child_id="G",
+        capability="summarize.medical",
+        instruction="  Summarize THE\nreport ",
+        actor="b",
+        now=T0 + 4,
     )
     assert (loop.state, loop.reason) == ("failed", "loop")
     # Asking for the parent's own work is a loop too.
     again = delegate(claimed, child_id="H", capability="translate", instruction="to french", actor="b", now=T0 + 4)
     assert (again.state, again.reason) == ("failed", "loop")
     # Same instruction, another capability: not a loop.
-    other = delegate(claimed, child_id="I", capability="summarize", instruction="summarize the report", actor="b", now=T0 + 4)
+    other = delegate(
+        claimed, child_id="I", capability="summarize", instruction="summarize the report", actor="b", now=T0 + 4
+    )
     assert other.state == "open"
 
 
@@ -555,7 +572,14 @@ def test_open_and_working_are_offered_under_the_capability() -> None:
     offers = offers_for(opened, 5)
     assert list(offers) == ["summarize.medical"]
     offer = offers["summarize.medical"]
-    assert (offer.task, offer.state, offer.revision, offer.epoch, offer.owner, offer.tags) == ("T", "open", 5, 0, None, ("x",))
+    assert (offer.task, offer.state, offer.revision, offer.epoch, offer.owner, offer.tags) == (
+        "T",
+        "open",
+        5,
+        0,
+        None,
+        ("x",),
+    )
     claimed = apply(opened, Claim(actor="a"), T0 + 1)
     change = board_change(opened, claimed, 6)
     assert list(change.put) == ["summarize.medical"]

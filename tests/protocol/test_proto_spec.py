@@ -46,7 +46,11 @@ def test_transition_vector(case: dict[str, Any]) -> None:
         with pytest.raises(p.TransitionError) as info:
             p.apply(record, event, case["now"])
         assert type(info.value).__name__ == expect["error"]
-        assert (info.value.state, info.value.event, info.value.actor) == (expect["state"], expect["event"], expect["actor"])
+        assert (info.value.state, info.value.event, info.value.actor) == (
+            expect["state"],
+            expect["event"],
+            expect["actor"],
+        )
 
 
 def test_vectors_cover_every_row_target_and_illegal_pair() -> None:
@@ -93,7 +97,9 @@ def test_rule_vectors() -> None:
     question = rules["ask"]
     parent = p.decode_record(json.dumps(question["parent"]).encode())
     child = question["child"]
-    got = p.ask(parent, child_id=child["id"], question=child["instruction"], actor=parent.owner or "", now=child["created"])
+    got = p.ask(
+        parent, child_id=child["id"], question=child["instruction"], actor=parent.owner or "", now=child["created"]
+    )
     assert builtins(got) == child
     for case in rules["board"]:
         old = None if case["old"] is None else p.decode_record(json.dumps(case["old"]).encode())

@@ -189,7 +189,13 @@ class TaskLife(RuleBasedStateMachine):
 
     # --- rules ----------------------------------------------------------------------------
 
-    @rule(dt=st.one_of(st.floats(min_value=0, max_value=3), st.floats(min_value=0, max_value=3), st.floats(min_value=0, max_value=150)))
+    @rule(
+        dt=st.one_of(
+            st.floats(min_value=0, max_value=3),
+            st.floats(min_value=0, max_value=3),
+            st.floats(min_value=0, max_value=150),
+        )
+    )
     def tick(self, dt: float) -> None:
         self.now += dt
 
@@ -256,7 +262,11 @@ class TaskLife(RuleBasedStateMachine):
         if verdict == "reviewing":
             self.feed(Reviewing(actor=actor, epoch=epoch))
         else:
-            self.feed(Approve(actor=actor, epoch=epoch) if verdict == "approve" else Veto(actor=actor, epoch=epoch, reasons=reasons))
+            self.feed(
+                Approve(actor=actor, epoch=epoch)
+                if verdict == "approve"
+                else Veto(actor=actor, epoch=epoch, reasons=reasons)
+            )
 
     @rule(who=ACTORS, reason=st.sampled_from(["deadline", "no_agent"]), dice=st.integers(0, 5))
     def expire(self, who: str, reason: Any, dice: int) -> None:

@@ -16,7 +16,9 @@ TASKS = 300
 AGENTS = 4
 
 
-async def test_random_sigkills_lose_nothing_and_complete_nothing_twice(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+async def test_random_sigkills_lose_nothing_and_complete_nothing_twice(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
     rng = random.Random(20261121)
     names = [f"c{i}" for i in range(AGENTS)]
     brief = {"kind": "sleep", "capacity": 8, "options": {"seconds": 0.3, "steps": 3}}

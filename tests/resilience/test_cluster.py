@@ -46,7 +46,13 @@ async def test_losing_one_node_of_three_loses_nothing(cluster: Cluster, tmp_path
         for name in ("k1", "k2"):
             brief = write_brief(tmp_path, name, ["job"], kind="sleep", capacity=8, options={"seconds": 0.4, "steps": 4})
             procs.append(
-                spawn_agent(brief, server=cluster.url, agent_id=name, log_path=tmp_path / f"{name}.log", env={"MESH_REPLICAS": "3"})
+                spawn_agent(
+                    brief,
+                    server=cluster.url,
+                    agent_id=name,
+                    log_path=tmp_path / f"{name}.log",
+                    env={"MESH_REPLICAS": "3"},
+                )
             )
 
         async def joined() -> bool:
@@ -62,7 +68,9 @@ async def test_losing_one_node_of_three_loses_nothing(cluster: Cluster, tmp_path
         cluster.nodes[0].kill()  # the node everyone connected to first
 
         finals = [await mesh.wait(r.id) for r in records]
-        assert Counter(r.state for r in finals) == {"done": 40}, [(r.state, r.reason, r.error) for r in finals if r.state != "done"]
+        assert Counter(r.state for r in finals) == {"done": 40}, [
+            (r.state, r.reason, r.error) for r in finals if r.state != "done"
+        ]
         events = await mesh.history(None)
         finishes = Counter(e.task for e in events if e.kind == "finish")
         assert all(finishes[r.id] == 1 for r in finals), sorted(finishes[r.id] for r in finals)

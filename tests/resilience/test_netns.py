@@ -140,7 +140,11 @@ async def test_cut_link_moves_the_task_and_the_late_result_is_refused(hosts: Hos
             for name in ("a1", "a2"):
                 brief = write_brief(tmp_path, name, ["far"], kind="sleep", options={"seconds": 4.0, "steps": 10})
                 procs.append(
-                    hosts.popen(name, [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--server", url], tmp_path / f"{name}.log")
+                    hosts.popen(
+                        name,
+                        [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--server", url],
+                        tmp_path / f"{name}.log",
+                    )
                 )
 
             async def joined() -> bool:
