@@ -7,11 +7,18 @@
   running), next to a bare interpreter and an interpreter that only imported the
   agent's modules, to show where the memory goes;
 - ``mesh --help``: wall time of the console script, next to ``python -c pass``;
-- the slowest imports of the agent's start-up (``python -X importtime``).
+- the slowest imports of the agent's start-up (``-X importtime`` of a real
+  ``mesh agent run``, up to ready), and who imports the heavy optional packages
+  (aiohttp, rich, ...).
+
+The project's sources are byte-compiled first: with ``PYTHONDONTWRITEBYTECODE`` set
+(as in some shells and CI images) an edited module's stale ``.pyc`` is otherwise
+recompiled at every start, up to ~70 ms of "start-up" that no installed package pays.
 """
 
 from __future__ import annotations
 
+import compileall
 import statistics
 import subprocess
 import sys
@@ -19,10 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import AgentRun, broker, child_env, progress, rss_mb, spread, tempdir, write_brief
+from bench.common import REPO, AgentRun, broker, child_env, progress, rss_mb, spread, tempdir, write_brief
 
 NAME = "footprint"
-AGENT_IMPORTS = "import mesh.cli.commands, mesh.process, mesh.kinds"
+#: what `mesh agent run` imports before it starts the agent (mesh/cli/__init__.py, cmd_agent)
+AGENT_IMPORTS = "import mesh.cli, mesh.cli.commands, mesh.logs, mesh.process, mesh.client"
+#: packages an idle agent has no use for; `heavy_imports` says who brought them in
+HEAVY = ("aiohttp", "rich", "pygments", "attr", "litellm", "httpx", "openai", "agents", "urllib.request")
 
 
 def _wall(cmd: list[str], repeats: int, env: dict[str, str] | None = None) -> list[float]:
@@ -54,26 +64,56 @@ def _rss_of(code: str, env: dict[str, str] | None = None) -> float:
         proc.wait(10)
 
 
-def _import_profile(env: dict[str, str], limit: int = 12) -> list[dict[str, Any]]:
-    """Slowest imports (cumulative ms) of the agent's modules, two levels deep."""
-    res = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", AGENT_IMPORTS], capture_output=True, text=True, env=env, check=True
-    )
+def _importtime(text: str) -> list[tuple[str, int, int, int]]:
+    """``-X importtime`` lines as (module, depth, self us, cumulative us), in output order
+    (a module comes after the modules it imported)."""
     rows = []
-    total_us = 0
-    for line in res.stderr.splitlines():
+    for line in text.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
         self_us, cum_us, name = line.split(":", 1)[1].split("|")
-        total_us += int(self_us)
-        depth = (len(name) - len(name.lstrip()) - 1) // 2
-        if depth <= 2 and not name.strip().startswith(("encodings", "_", "site", "io", "zipimport")):
-            rows.append({"module": name.strip(), "depth": depth, "cumulative_ms": int(cum_us) / 1000})
-    rows.sort(key=lambda r: -r["cumulative_ms"])
-    return [*rows[:limit], {"module": "(all imports)", "cumulative_ms": total_us / 1000}]
+        rows.append((name.strip(), (len(name) - len(name.lstrip()) - 1) // 2, int(self_us), int(cum_us)))
+    return rows
 
 
-def _variant(env: dict[str, str], starts: int, idle_s: float, label: str) -> dict[str, Any]:
+def _import_profile(rows: list[tuple[str, int, int, int]], limit: int = 12) -> list[dict[str, Any]]:
+    """Slowest imports (cumulative ms), two levels deep, and the total."""
+    top: list[dict[str, Any]] = [
+        {"module": name, "depth": depth, "cumulative_ms": cum_us / 1000}
+        for name, depth, _, cum_us in rows
+        if depth <= 2 and not name.startswith(("encodings", "_", "site", "io", "zipimport"))
+    ]
+    top.sort(key=lambda r: -r["cumulative_ms"])
+    return [*top[:limit], {"module": "(all imports)", "cumulative_ms": sum(r[2] for r in rows) / 1000}]
+
+
+def _importers(rows: list[tuple[str, int, int, int]], hidden: tuple[str, ...] = ()) -> dict[str, str]:
+    """Which module first imported each of :data:`HEAVY` that was imported ("-": the
+    program itself). ``hidden``: packages made to fail their import (listed, not loaded)."""
+    above: dict[int, str] = {}  # depth -> the module being imported at that depth
+    found: dict[str, str] = {}
+    for name, depth, _, _ in reversed(rows):  # reversed, a module's importer comes before it
+        above[depth] = name
+        if name in HEAVY and name not in hidden:
+            # `import a.b` imports the package `a` under `a.b`: look past the package's own modules
+            up = next((above[d] for d in range(depth - 1, -1, -1) if not above[d].startswith(name + ".")), "-")
+            found[name] = up
+    return found
+
+
+def _profiled_start(brief: Path, server: str, log_dir: Path, env: dict[str, str]) -> list[tuple[str, int, int, int]]:
+    """The imports of one real ``mesh agent run``, from spawn to ready."""
+    run = AgentRun(brief, server, "importtime", log_dir, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}).start()
+    try:
+        run.wait_ready()
+    finally:
+        run.stop()
+    return _importtime(run.log.read_text(errors="replace"))
+
+
+def _variant(
+    env: dict[str, str], starts: int, idle_s: float, label: str, hidden: tuple[str, ...] = ()
+) -> dict[str, Any]:
     ready: list[float] = []
     rss: list[float] = []
     with broker() as b, tempdir() as d:
@@ -90,15 +130,19 @@ def _variant(env: dict[str, str], starts: int, idle_s: float, label: str) -> dic
             progress(
                 NAME, f"{label}: agent {i + 1}/{starts} ready in {ready[-1] * 1000:.0f} ms, idle RSS {rss[-1]:.1f} MiB"
             )
+        profiled = _profiled_start(brief, b.url, d, env)
         first.stop()
     imports = _wall([sys.executable, "-c", AGENT_IMPORTS], max(starts, 2), env)
+    heavy = _importers(profiled, hidden)
+    progress(NAME, f"{label}: heavy imports (module: imported by): {heavy or 'none'}")
     return {
         "ready_ms": spread([r * 1000 for r in ready]),
         "first_ready_ms": first_ready * 1000,
         "idle_rss_mib": spread(rss),
         "agent_imports_ms": spread([t * 1000 for t in imports]),
         "rss_after_imports_mib": _rss_of(AGENT_IMPORTS, env),
-        "import_profile": _import_profile(env),
+        "import_profile": _import_profile(profiled),
+        "heavy_imports": heavy,
     }
 
 
@@ -114,6 +158,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     idle_s = 0.5 if quick else 2.5
     mesh_bin = str(Path(sys.executable).parent / "mesh")
     out: dict[str, Any] = {"variants": {}}
+    for package in ("mesh", "protocol", "agents"):  # see the module's docstring
+        compileall.compile_dir(REPO / package, quiet=1)
 
     out["variants"]["as installed"] = _variant(child_env(), starts, idle_s, "as installed")
     out["aiohttp_installed"] = _has("aiohttp")
@@ -125,7 +171,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             (block / "aiohttp" / "__init__.py").write_text("raise ImportError('hidden by bench/footprint.py')\n")
             env = child_env()
             env["PYTHONPATH"] = f"{block}:{env['PYTHONPATH']}"
-            out["variants"]["without aiohttp"] = _variant(env, starts, idle_s, "without aiohttp")
+            out["variants"]["without aiohttp"] = _variant(env, starts, idle_s, "without aiohttp", hidden=("aiohttp",))
     lean = out["variants"].get("without aiohttp", out["variants"]["as installed"])
     out["idle_rss_mib"] = lean["idle_rss_mib"]
     out["ready_ms"] = lean["ready_ms"]

@@ -80,37 +80,58 @@ class NatsCounter:
 
         orig_request, orig_publish = Client.request, Client.publish
         orig_subscribe, orig_unsub = Client.subscribe, Subscription.unsubscribe
+        orig_process_msg = Client._process_msg
         counter = self
+        #: reply subject -> (start, side, subject) of round trips sent with publish(reply=...)
+        #: and awaited later (mesh/bus.py sends a transition's offer and event, then awaits
+        #: their acks together); nc.request's own publishes are timed by request()
+        sent: dict[str, tuple[float, str, str]] = {}
 
         def side(nc: Any) -> str:
             name = str(nc.options.get("name") or "?")
             return "client" if name.startswith("hot-client") else "agent"
 
+        def begin(t: float) -> None:
+            if counter._inflight == 0:
+                counter.waves += 1
+                counter._busy_since = t
+            counter._inflight += 1
+
+        def end(t: float, done: float, key: tuple[str, str]) -> None:
+            counter.counts[key] += 1
+            counter.wait_s[key] += done - t
+            counter.spans.append((t, done, *key))
+            counter._inflight -= 1
+            if counter._inflight == 0:
+                counter.busy_s += done - counter._busy_since
+
         async def request(nc: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
             t = time.perf_counter()
             active = counter.active
             if active:
-                if counter._inflight == 0:
-                    counter.waves += 1
-                    counter._busy_since = t
-                counter._inflight += 1
+                begin(t)
             try:
                 return await orig_request(nc, subject, *args, **kwargs)
             finally:
                 if active:
-                    end = time.perf_counter()
-                    key = (side(nc), _category(subject, True))
-                    counter.counts[key] += 1
-                    counter.wait_s[key] += end - t
-                    counter.spans.append((t, end, *key))
-                    counter._inflight -= 1
-                    if counter._inflight == 0:
-                        counter.busy_s += end - counter._busy_since
+                    end(t, time.perf_counter(), (side(nc), _category(subject, True)))
 
         async def publish(nc: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
-            if counter.active and not kwargs.get("reply"):
+            reply = kwargs.get("reply") or (args[1] if len(args) > 1 else "")
+            if counter.active and not reply:
                 counter.counts[(side(nc), _category(subject, False))] += 1
+            elif counter.active and not (nc._resp_sub_prefix and reply.startswith(nc._resp_sub_prefix.decode())):
+                t = time.perf_counter()
+                begin(t)
+                sent[reply] = (t, side(nc), subject)
             return await orig_publish(nc, subject, *args, **kwargs)
+
+        async def process_msg(nc: Any, sid: int, subject: bytes, *args: Any) -> Any:
+            started = sent.pop(subject.decode(), None) if sent else None
+            if started is not None:
+                t, who, what = started
+                end(t, time.perf_counter(), (who, _category(what, True)))
+            return await orig_process_msg(nc, sid, subject, *args)
 
         async def subscribe(nc: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
             if counter.active and not subject.startswith("_INBOX"):
@@ -124,11 +145,13 @@ class NatsCounter:
 
         Client.request, Client.publish = request, publish  # type: ignore[method-assign]
         Client.subscribe, Subscription.unsubscribe = subscribe, unsubscribe  # type: ignore[method-assign]
+        Client._process_msg = process_msg  # type: ignore[method-assign,assignment]
         try:
             yield self
         finally:
             Client.request, Client.publish = orig_request, orig_publish  # type: ignore[method-assign]
             Client.subscribe, Subscription.unsubscribe = orig_subscribe, orig_unsub  # type: ignore[method-assign]
+            Client._process_msg = orig_process_msg  # type: ignore[method-assign]
 
 
 def _quiet_info_logging(level: str = "info") -> None:

@@ -101,7 +101,7 @@ async def _directory(b: Any, hosts: list[Child], agents: int, window_s: float, l
         watched = []
         for _ in range(list_repeats):
             t = time.perf_counter()
-            watcher = await mesh.bus.agents.watch(">", ignore_deletes=True)
+            watcher = await mesh.bus.agents.watch("agent.>", ignore_deletes=True)
             n = 0
             async for entry in watcher:
                 if entry is None:

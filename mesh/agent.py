@@ -4,8 +4,10 @@ One :class:`Agent` is one member of the mesh. It
 
 - publishes its card in the directory on a heartbeat (the card expires by itself if
   the process dies) and registers with the NATS services API (``nats micro ls``);
-- watches the board's offers for the capabilities it serves, and claims open tasks
-  by fit-weighted contention (:func:`protocol.claim_delay`), up to its capacity;
+- takes nudges for the capabilities it serves (one agent of a queue group each) and
+  keeps up with their board: a few agents per capability watch it live, the rest
+  read it when they may have missed work; claims open tasks by fit-weighted
+  contention (:func:`protocol.claim_delay`), up to its capacity;
 - works each claimed task under a lease it renews, and writes the result by CAS;
 - reviews tasks offered to a reviewer capability it serves;
 - observes the leases of other agents' tasks in its capabilities and re-opens a task
@@ -20,30 +22,36 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import os
 import random
 import socket
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 import nats.errors
+import nats.js.errors
 import nats.micro
 import structlog
 from nats.micro.request import Request
 
 from protocol import (
+    BOARD_WATCH_SLOTS,
     DEFAULT_CLAIM_WINDOW_S,
     DEFAULT_LEASE_S,
+    VERSION_HEADER,
     AgentCard,
     Approve,
     Claim,
     ControlReply,
     Fail,
     Finish,
+    LeaseBeat,
     LeaseView,
     Names,
     NotUnderstood,
@@ -53,20 +61,26 @@ from protocol import (
     RemoteProtocolError,
     Reopen,
     Reviewing,
+    ReviewSlot,
+    SlotsView,
     TaskRecord,
     TransitionError,
     Veto,
     claim_delay,
+    decode_beat,
     decode_control,
     decode_offer,
     encode,
     fit,
     is_terminal,
+    offers_for,
+    review_lease_s,
     serves,
+    take_slot,
 )
 
 from .bus import Bus, Conflict, MeshError, NotFound, Settings, translate_errors
-from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Worker
+from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
 
 __all__ = ["AgentConfig", "Agent"]
 
@@ -75,6 +89,8 @@ log = structlog.get_logger("mesh.agent")
 
 #: how many times a busy agent passed a nudge on
 NUDGE_HOPS_HEADER = "Mesh-Nudge-Hops"
+#: JetStream's "wrong last sequence" API error codes: a compare-and-set lost
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,8 @@ class _Known:
     nudged: bool = False
     #: this agent's random draw for the offer (jitter, backup delay), drawn once
     draw: float = 0.0
+    #: for a full review: the holders' review slots as we last saw them (their leases)
+    slots: SlotsView | None = None
 
 
 @dataclass
@@ -150,6 +168,11 @@ class Agent:
         self._attempting: set[str] = set()
         #: task id -> board revision up to which its offers are stale (taken or ended)
         self._gone: collections.OrderedDict[str, int] = collections.OrderedDict()
+        #: served capabilities whose board we watch (we hold a watch slot)
+        self._watching: set[str] = set()
+        #: served capabilities whose nudges we passed on while busy: read the board when free
+        self._missed: set[str] = set()
+        self._scanning: set[str] = set()
         self._tasks_tg: anyio.abc.TaskGroup
 
     # --- life cycle -----------------------------------------------------------------------
@@ -173,8 +196,8 @@ class Agent:
                     await tg.start(self._heartbeat)
                     await tg.start(self._service)
                     for served in self.config.serves:
-                        await tg.start(self._watch_offers, served)
                         await tg.start(self._nudges, served)
+                        await tg.start(self._board, served)
                     tg.start_soon(self._claimer)
                     tg.start_soon(self._leases)
                     self.log.info("agent ready", serves=self.config.serves, capacity=self.config.capacity)
@@ -312,7 +335,170 @@ class Agent:
 
     # --- the board -----------------------------------------------------------------------
 
-    async def _watch_offers(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _board(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Keep up with the board of one served capability.
+
+        At most :data:`BOARD_WATCH_SLOTS` agents watch it live, each holding a watch
+        slot: a directory key with a TTL that its holder renews on its heartbeat, so a
+        dead watcher's slot frees itself. Every other agent takes nudges and reads the
+        board once whenever it may have missed work: on joining, after reconnecting,
+        and on becoming free after passing nudges on. A board change thus reaches a
+        bounded number of agents however many serve the capability; watchers are also
+        the agents that observe the leases of working tasks (with the tasks' parties).
+        """
+        slot = await self._take_watch_slot(served)
+        if slot is None:
+            await self._scan_board(served)
+        first = True
+        while True:
+            if slot is not None:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._watch_board, served)
+                    await tg.start(self._lease_beats, served)
+                    if first:
+                        task_status.started()
+                        first = False
+                    self._watching.add(served)
+                    try:
+                        await self._hold_watch_slot(*slot)
+                    finally:
+                        self._watching.discard(served)
+                    tg.cancel_scope.cancel()
+            elif first:
+                task_status.started()
+                first = False
+            # Not a watcher: try for a slot again every few heartbeats (a dead
+            # watcher's slot expires after three; no hurry: the requesters observe
+            # their tasks' leases too); read the board afresh if the broker connection
+            # came back in between.
+            with anyio.move_on_after(self.config.heartbeat_s * (2 + 2 * self.rng.random())):
+                await self.bus.reconnects.wait()
+                await self._scan_board(served)
+            slot = await self._take_watch_slot(served)
+
+    async def _take_watch_slot(self, served: str) -> tuple[str, int] | None:
+        """Try to become a watcher of ``served``'s board by taking a free slot."""
+        for slot in range(BOARD_WATCH_SLOTS):
+            key = self.names.watch_slot_key(served, slot)
+            try:
+                revision = await self._set_watch_slot(key, last=0)
+                if revision is None:
+                    # Taken, or a tombstone: an expired or given-up slot leaves a marker
+                    # (no value), which is free to take over by compare-and-set.
+                    with translate_errors(key):
+                        try:
+                            entry = await self.bus.agents.get(key)
+                            last = None if entry.value else entry.revision
+                        except nats.js.errors.KeyDeletedError as deleted:
+                            last = deleted.entry.revision if deleted.entry else None
+                    revision = None if last is None else await self._set_watch_slot(key, last=last)
+            except (nats.errors.Error, MeshError) as exc:
+                self.log.warning("cannot reach the directory for a watch slot", error=str(exc) or type(exc).__name__)
+                return None
+            if revision is not None:
+                self.log.info("watching the board", capability=served, slot=slot)
+                return key, revision
+        return None
+
+    async def _set_watch_slot(self, key: str, *, last: int) -> int | None:
+        """Compare-and-set our id into a watch slot with a fresh TTL (``last=0``: the
+        key must not exist); the new revision, or None if ``last`` is not current."""
+        try:
+            with translate_errors(key):
+                ack = await self.bus.js.publish(
+                    f"$KV.{self.names.agents_bucket}.{key}",
+                    self.config.id.encode(),
+                    headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
+                    msg_ttl=max(3 * self.config.heartbeat_s, 1.0),
+                )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        return ack.seq
+
+    async def _hold_watch_slot(self, key: str, revision: int) -> None:
+        """Renew our watch slot every heartbeat; return when it is someone else's (it
+        expired while we could not renew). Give it up when we stop."""
+        held = True
+        try:
+            while True:
+                await anyio.sleep(self.config.heartbeat_s)
+                try:
+                    renewed = await self._set_watch_slot(key, last=revision)
+                except (nats.errors.Error, MeshError) as exc:
+                    # Broker away: keep watching (an extra watcher is harmless) and retry.
+                    self.log.warning("watch slot renewal failed, will retry", error=str(exc) or type(exc).__name__)
+                    continue
+                if renewed is None:
+                    held = False
+                    self.log.info("lost our board watch slot", key=key)
+                    return
+                revision = renewed
+        finally:
+            if held:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    with contextlib.suppress(nats.errors.Error, MeshError):
+                        with translate_errors(key):
+                            await self.bus.agents.delete(key, last=revision)
+
+    async def _lease_beats(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """As a watcher, see the owners' renewals of ``served``'s tasks as they land."""
+        await self._take_messages(self.names.beat_filters(served), self._pump_beats, task_status=task_status)
+
+    async def _take_messages(
+        self,
+        subjects: tuple[str, ...],
+        pump: Callable[[Any], Coroutine[Any, Any, None]],
+        *,
+        queue: str = "",
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        """Subscribe (core NATS) to ``subjects`` and ``pump`` each subscription's
+        messages until cancelled; unsubscribe on the way out."""
+        subs = [await self.bus.nc.subscribe(subject, queue=queue) for subject in subjects]
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                for sub in subs:
+                    tg.start_soon(pump, sub)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for sub in subs:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+
+    async def _pump_beats(self, sub: Any) -> None:
+        async for msg in sub.messages:
+            try:
+                beat = decode_beat(msg.data)
+            except RemoteProtocolError as exc:
+                await self.bus.report(f"bad lease beat: {exc}", subject=msg.subject)
+                continue
+            known = self._known.get(beat.task)
+            if known is not None and known.offer.state == "working":
+                known.view = known.view.observe(beat.revision, time.monotonic())
+
+    async def _scan_board(self, served: str) -> None:
+        """Read ``served``'s board once, for an agent that does not watch it: its open
+        offers and reviews become known to us as a backup would know them."""
+        if served in self._scanning:
+            return
+        self._scanning.add(served)
+        try:
+            entries = await self.bus.snapshot(self.names.offer_filter(served))
+        except (nats.errors.Error, MeshError) as exc:
+            self.log.warning("could not read the board", capability=served, error=str(exc) or type(exc).__name__)
+            return
+        finally:
+            self._scanning.discard(served)
+        for entry in entries:
+            try:
+                await self._on_offer(entry.key, entry.value, None, entry.revision or 0, claimable_only=True)
+            except (nats.errors.Error, MeshError) as exc:
+                self.log.warning("could not handle an offer", key=entry.key, error=str(exc) or type(exc).__name__)
+
+    async def _watch_board(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Follow the board for one served capability. The watcher is a server-side
         consumer that does not survive a broker restart, so after every reconnection
         we watch afresh (its first values are the board as it is now)."""
@@ -349,22 +535,14 @@ class Agent:
     async def _nudges(self, served: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """Take the nudges NATS deals to one agent of our queue group per open offer.
         Nudges are core NATS messages (at most once): the board is the backup."""
-        subs = [
-            await self.bus.nc.subscribe(subject, queue=self.names.work_queue(served))
-            for subject in self.names.work_filters(served)
-        ]
-        task_status.started()
-        try:
-            async with anyio.create_task_group() as tg:
-                for sub in subs:
-                    tg.start_soon(self._pump_nudges, sub)
-        finally:
-            with anyio.CancelScope(shield=True):
-                for sub in subs:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+        await self._take_messages(
+            self.names.work_filters(served),
+            functools.partial(self._pump_nudges, served=served),
+            queue=self.names.work_queue(served),
+            task_status=task_status,
+        )
 
-    async def _pump_nudges(self, sub: Any) -> None:
+    async def _pump_nudges(self, sub: Any, *, served: str) -> None:
         async for msg in sub.messages:
             try:
                 offer = decode_offer(msg.data)
@@ -378,7 +556,9 @@ class Agent:
             )
             if busy:
                 # Pass it on to another member of the group, a few times at most; past
-                # that the backups will take it from the board.
+                # that the watchers take it from the board, and so do we once free.
+                if served not in self._watching:
+                    self._missed.add(served)
                 hops = int((msg.headers or {}).get(NUDGE_HOPS_HEADER, "0") or 0)
                 if hops < 3:
                     await self.bus.nc.publish(
@@ -393,7 +573,14 @@ class Agent:
                 self.log.warning("could not handle a nudge", error=str(exc) or type(exc).__name__)
 
     async def _on_offer(
-        self, key: str, value: bytes | None, operation: str | None, revision: int, *, nudged: bool = False
+        self,
+        key: str,
+        value: bytes | None,
+        operation: str | None,
+        revision: int,
+        *,
+        nudged: bool = False,
+        claimable_only: bool = False,
     ) -> None:
         try:
             _, task_id = self.names.parse_offer_key(key)
@@ -414,6 +601,8 @@ class Agent:
             return
         if offer.revision <= self._gone.get(task_id, -1):
             return  # a late nudge or a stale offer for a task we saw taken or ended
+        if claimable_only and offer.state == "working":
+            return  # leases are for the watchers and the task's parties to observe
         now = time.monotonic()
         known = self._known.get(task_id)
         if known is not None and known.offer.revision >= offer.revision:
@@ -440,13 +629,15 @@ class Agent:
             self._gone.popitem(last=False)
 
     def _fit(self, offer: Offer) -> float:
-        if offer.state == "review" and offer.author == self.config.id:
-            return 0.0
+        if offer.state == "review":
+            # Reviews are offered under the reviewer capability, matched exactly. A full
+            # review is not on offer: only a slot whose holder's lease lapsed can be taken.
+            known = self._known.get(offer.task)
+            if offer.author == self.config.id or (offer.full and (known is None or not self._lapsed_slots(known))):
+                return 0.0
+            return 1.0 if len(self._held) + len(self._reviewing) < self.config.capacity else 0.0
         capability = offer.capability
         served = self.config.serves
-        if offer.state == "review":
-            # Reviews are offered under the reviewer capability, matched exactly.
-            return 1.0 if len(self._held) + len(self._reviewing) < self.config.capacity else 0.0
         return fit(
             served=served,
             capability=capability,
@@ -463,6 +654,10 @@ class Agent:
         run out, while there is free capacity. Offers not yet due hold no capacity
         (so a nudge is never refused for a backup that may never be needed)."""
         while True:
+            if self._missed and not self.draining and self._free() > 0:
+                for served in sorted(self._missed):
+                    self._tasks_tg.start_soon(self._scan_board, served)
+                self._missed.clear()
             next_due = None if self.draining else self._start_due_attempts()
             wait = math.inf if next_due is None else max(next_due - time.monotonic(), 0.0)
             with anyio.move_on_after(wait):
@@ -480,11 +675,14 @@ class Agent:
             due += window * (0.5 + 0.5 * known.draw)
         return due
 
+    def _free(self) -> int:
+        return self.config.capacity - len(self._held) - len(self._reviewing) - len(self._attempting)
+
     def _start_due_attempts(self) -> float | None:
         """Start the attempts that are due; return when the next one will be."""
         # In-flight attempts are counted by task id, not on the board entry: a newer
         # offer for the same task (e.g. our own claim's) replaces the entry mid-attempt.
-        free = self.config.capacity - len(self._held) - len(self._reviewing) - len(self._attempting)
+        free = self._free()
         if free <= 0:
             return None  # woken again when something finishes; skip scoring every offer
         now = time.monotonic()
@@ -596,18 +794,9 @@ class Agent:
         if (record.state == "review") != (known.offer.state == "review"):
             self._known.pop(task_id, None)  # the task is someone else's business now
             return
-        known.offer = Offer(
-            task=task_id,
-            capability=record.capability,
-            state=record.state,  # type: ignore[arg-type]
-            revision=revision,
-            epoch=record.epoch,
-            owner=record.owner,
-            tags=record.tags,
-            author=record.author,
-            lease_s=record.lease_s,
-            deadline=record.deadline,
-        )
+        # The offer the board should show now, built by the protocol's own rule (so
+        # fields such as a review's `full` are never lost here).
+        (known.offer,) = offers_for(record, revision).values()
         known.view = known.view.observe(revision, time.monotonic())
         self._notify()
 
@@ -647,6 +836,13 @@ class Agent:
             elif outcome == "failed":
                 self.stats.failed += 1
             self._notify()
+            # Only now, with the slot free, await the acks of the result's board change
+            # and event: the requester may see the end and submit its next task at once,
+            # and that task's nudge must find us with room (else it waits for a backup).
+            # Shielded: the result is committed and its event must be recorded, even
+            # while a drain cancels us (bounded by the publish patience).
+            with anyio.CancelScope(shield=True):
+                await ctx.settle()
 
     async def _run_worker(self, ctx: TaskContext, log: Any) -> str:
         try:
@@ -682,7 +878,7 @@ class Agent:
 
     async def _finish(self, ctx: TaskContext, event: Finish | Fail, log: Any) -> str:
         try:
-            record = await ctx.write(event)
+            record = await ctx.end(event)  # acks awaited by _hold, once our slot is free
         except Lost as exc:
             log.warning("result refused: lost the task", why=str(exc))
             return "abandoned"
@@ -702,6 +898,18 @@ class Agent:
                 self.log.warning(
                     "lease renewal failed, will retry", task=ctx.record.id, error=str(exc) or type(exc).__name__
                 )
+                continue
+            # Observers learn of the renewal now rather than at their next read, so a
+            # lapse is judged from about the last renewal, not up to a lease later.
+            beat = LeaseBeat(task=ctx.record.id, revision=ctx.revision, epoch=ctx.record.epoch, owner=self.config.id)
+            try:
+                await self.bus.nc.publish(
+                    self.names.beat_subject(ctx.record.id, ctx.record.capability),
+                    encode(beat),
+                    headers={VERSION_HEADER: "1"},
+                )
+            except nats.errors.Error as exc:  # a hint: observers fall back to reading the record
+                self.log.debug("lease beat not sent", task=ctx.record.id, error=str(exc) or type(exc).__name__)
 
     async def _hand_back(self, ctx: TaskContext, log: Any) -> None:
         try:
@@ -717,63 +925,184 @@ class Agent:
     # --- reviewing -------------------------------------------------------------------------
 
     async def _review(self, task_id: str, known: _Known) -> None:
+        """Review a result in one of its ``quorum`` review slots: take a slot by CAS first
+        (a free one, or one whose holder's lease we saw lapse), review while renewing it,
+        then vote. A reviewer that finds every slot taken does not review: it watches the
+        holders' slot leases instead (:meth:`_check_slots`)."""
         if not isinstance(self.worker, Reviewer):
             return
-        got = await self._current(task_id, known)
+        # A takeover is judged against the slots as they are now, not as an offer had them.
+        got = await (self._read(task_id) if known.offer.full else self._current(task_id, known))
         if got is None:
             return
-        record, revision = got
-        if record.state != "review" or record.author == self.config.id:
-            if is_terminal(record):
-                self._track(task_id, record, revision)
+        taken = await self._take_slot(task_id, known, *got)
+        if taken is None:
             return
-        if any(v.reviewer == self.config.id and v.round == record.reworks for v in record.votes):
-            self._known.pop(task_id, None)
-            return
+        record, revision, took = taken
+        epoch = record.epoch
+        log = self.log.bind(task=task_id, epoch=epoch)
+        log.info("took a review slot", took_over=took.takes, holders=[s.reviewer for s in record.slots])
         self._reviewing.add(task_id)
         self._notify()
         try:
             ctx = TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates)
-            epoch = record.epoch
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._still_reviewing, task_id, epoch, record.claim_timeout_s)
-                try:
-                    verdict = await self.worker.review(ctx)
-                except Exception as exc:  # a reviewer bug casts no vote; it never kills the agent
-                    self.log.exception("reviewer raised", task=task_id)
-                    await self.bus.report(
-                        f"reviewer raised on task {task_id}: {exc!r}", key=self.names.task_key(task_id)
-                    )
-                    return
-                finally:
+            verdict: Verdict | None = None
+            with anyio.CancelScope() as work:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._still_reviewing, task_id, epoch, review_lease_s(record), work)
+                    try:
+                        verdict = await self.worker.review(ctx)
+                    except Exception as exc:  # a reviewer bug casts no vote; it never kills the agent
+                        log.exception("reviewer raised")
+                        await self.bus.report(
+                            f"reviewer raised on task {task_id}: {exc!r}", key=self.names.task_key(task_id)
+                        )
                     tg.cancel_scope.cancel()
+            if work.cancelled_caught:
+                return  # our slot was taken over, or the review ended: a vote would be refused
+            if verdict is None:
+                given_back = await self._give_back_slot(task_id, epoch)
+                if given_back is not None:
+                    self._forget(task_id, given_back)  # let another reviewer have it, not us again
+                return
+            approve, reasons = verdict.approve, verdict.reasons or ("rejected without reason",)
 
             def vote(current: TaskRecord) -> Approve | Veto:
-                if verdict.approve:
+                if approve:
                     return Approve(actor=self.config.id, epoch=epoch)
-                return Veto(actor=self.config.id, epoch=epoch, reasons=verdict.reasons or ("rejected without reason",))
+                return Veto(actor=self.config.id, epoch=epoch, reasons=reasons)
 
             try:
                 after, _ = await self.bus.transition(task_id, vote)
-                self.log.info("voted", task=task_id, approve=verdict.approve, state=after.state)
+                log.info("voted", approve=approve, state=after.state)
                 self.stats.reviews += 1
             except (TransitionError, Conflict) as exc:
-                self.log.info("vote not needed any more", task=task_id, why=str(exc))
+                log.info("vote not needed any more", why=str(exc))
+        except anyio.get_cancelled_exc_class():
+            # Stopping (drain): give the slot back rather than make others wait out its lease.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._give_back_slot(task_id, epoch)
+            raise
         finally:
             self._reviewing.discard(task_id)
             self._known.pop(task_id, None)
             self._notify()
 
-    async def _still_reviewing(self, task_id: str, epoch: int, patience_s: float) -> None:
-        """Reviews hold no lease; tell the waiting parties we are at work, well within
-        their patience, so a slow review is not mistaken for no reviewer at all."""
+    async def _take_slot(
+        self, task_id: str, known: _Known, record: TaskRecord, revision: int
+    ) -> tuple[TaskRecord, int, Reviewing] | None:
+        """Take (or take over) a review slot by CAS. A conflict is re-read and judged
+        again: the rules fence a take by free slots and beats, not by revision. None when
+        there is no slot for us (the task is then watched, forgotten or cleaned up)."""
+        for _ in range(20):
+            event = take_slot(record, self.config.id, self._lapsed_slots(known))
+            if event is None:
+                self._observe_review(task_id, known, record, revision)
+                return None
+            try:
+                after, after_revision = await self.bus.write(record, revision, event)
+            except Conflict:
+                got = await self._read(task_id)
+                if got is None:
+                    return None
+                record, revision = got
+                continue
+            except TransitionError as exc:
+                self.log.info("no review slot for us", task=task_id, why=exc.why)
+                return None
+            if after.state != "review":  # e.g. the deadline passed
+                self._track(task_id, after, after_revision)
+                return None
+            return after, after_revision, event
+        return None
+
+    def _observe_review(self, task_id: str, known: _Known, record: TaskRecord, revision: int) -> None:
+        """Bring our view of a review we hold no slot in up to ``record``: watch the slot
+        leases of a review we may still help with; forget one that is not ours to review."""
+        if is_terminal(record):
+            self._track(task_id, record, revision)
+            return
+        voted = any(v.reviewer == self.config.id and v.round == record.reworks for v in record.votes)
+        if record.state != "review" or record.review is None or record.author == self.config.id or voted:
+            self._forget(task_id, revision)
+            return
+        if self._known.get(task_id) is not known or known.offer.revision > revision:
+            return  # the board brought a newer offer meanwhile
+        now = time.monotonic()
+        known.offer = offers_for(record, revision)[record.review.capability]
+        known.view = LeaseView(revision=revision, seen_at=now, lease_s=known.offer.lease_s)
+        known.slots = (known.slots or SlotsView(lease_s=known.offer.lease_s)).observe(record.slots, now)
+        self._notify()
+
+    def _check_slots(self, task_id: str, known: _Known, record: TaskRecord, revision: int) -> None:
+        """Our look at a full review, due when a holder's slot lease may have lapsed: note
+        which holders renewed; if one did not (or a slot came free), the claimer takes it."""
+        if known.slots is None and known.offer.record is not None:
+            # The offer carried the slots as they were when we first saw it.
+            known.slots = SlotsView(lease_s=known.offer.lease_s).observe(known.offer.record.slots, known.seen_at)
+        self._observe_review(task_id, known, record, revision)
+        if self._known.get(task_id) is known and take_slot(record, self.config.id, self._lapsed_slots(known)):
+            self.log.info("a review slot is free or lapsed", task=task_id, holders=[s.reviewer for s in record.slots])
+
+    def _lapsed_slots(self, known: _Known) -> tuple[ReviewSlot, ...]:
+        """Other reviewers' slots we saw unchanged for a slot lease (time without a
+        broker does not count: nobody could renew then)."""
+        now = time.monotonic()
+        if known.slots is None or now - self.bus.reconnects.at < known.slots.lease_s:
+            return ()
+        return tuple(s for s in known.slots.lapsed(now) if s.reviewer != self.config.id)
+
+    def _watches_slots(self, task_id: str, known: _Known) -> bool:
+        """A full review we could take a lapsed slot of: its slot leases are ours to watch."""
+        return (
+            known.offer.state == "review"
+            and known.offer.full
+            and known.offer.author != self.config.id
+            and task_id not in self._reviewing
+            and isinstance(self.worker, Reviewer)
+        )
+
+    def _observe_due(self, known: _Known) -> float:
+        """When to look at a watched task again: its owner's lease, or the first review
+        slot lease that may lapse (and at least once per slot lease)."""
+        slots = None if known.offer.state != "review" or known.slots is None else known.slots.due(time.monotonic())
+        return known.view.due() if slots is None else min(slots, known.view.due())
+
+    async def _give_back_slot(self, task_id: str, epoch: int) -> int | None:
+        """Release our review slot without voting, so another reviewer need not wait out
+        its lease; the revision written, if any. Best effort: a slot we could not give
+        back lapses by itself."""
+        try:
+            _, revision = await self.bus.transition(
+                task_id, lambda _: Reviewing(actor=self.config.id, epoch=epoch, release=True)
+            )
+        except (TransitionError, MeshError, nats.errors.Error) as exc:
+            self.log.info("could not give our review slot back; it lapses by itself", task=task_id, why=str(exc))
+            return None
+        self.log.info("gave our review slot back", task=task_id)
+        return revision
+
+    async def _still_reviewing(self, task_id: str, epoch: int, lease_s: float, work: anyio.CancelScope) -> None:
+        """Renew our review slot (a ``reviewing`` heartbeat) three times per slot lease;
+        the heartbeats also show the task's waiting parties that a slow review is alive.
+        A refused renewal means our slot was taken over (we were silent for a lease) or
+        the review is over: stop reviewing (``work``), our vote would be refused."""
         while True:
-            await anyio.sleep(max(patience_s / 4, 0.2))
+            await anyio.sleep(lease_s / 3)
             try:
                 after, _ = await self.bus.transition(task_id, lambda _: Reviewing(actor=self.config.id, epoch=epoch))
-            except (TransitionError, MeshError, nats.errors.Error):
-                return  # voted on, ended, or unreachable: nothing more to say
+            except TransitionError as exc:
+                self.log.info("review no longer ours, stopping it", task=task_id, why=exc.why)
+                work.cancel()
+                return
+            except (MeshError, nats.errors.Error) as exc:
+                self.log.warning(
+                    "review slot renewal failed, will retry", task=task_id, error=str(exc) or type(exc).__name__
+                )
+                continue
             if after.state != "review":
+                self.log.info("review ended while reviewing, stopping it", task=task_id, state=after.state)
+                work.cancel()
                 return
 
     # --- observing other agents' leases --------------------------------------------------
@@ -789,9 +1118,9 @@ class Agent:
             # nobody could renew then.
             since = self.bus.reconnects.at
             due = [
-                (max(k.view.due(), since + k.view.lease_s), task_id)
+                (max(self._observe_due(k), since + k.view.lease_s), task_id)
                 for task_id, k in self._known.items()
-                if k.offer.state == "working" and k.offer.owner != self.config.id
+                if (k.offer.state == "working" and k.offer.owner != self.config.id) or self._watches_slots(task_id, k)
             ]
             expired = [task_id for at, task_id in due if at <= now]
             for task_id in expired:
@@ -811,6 +1140,9 @@ class Agent:
         if got is None or known is None:
             return
         record, revision = got
+        if known.offer.state == "review":  # a full review: its slot leases
+            self._check_slots(task_id, known, record, revision)
+            return
         if is_terminal(record):
             self._track(task_id, record, revision)
             return

@@ -10,7 +10,6 @@ record and follows it; agents do the rest.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,7 +48,8 @@ from protocol import (
 )
 
 from .bus import Bus, MeshError, NotFound, Settings
-from .follow import wait_terminal
+from .defaults import DEFAULT_SERVER, default_server
+from .follow import create_and_wait, wait_terminal
 from .questions import open_questions
 from .work import new_id
 
@@ -57,12 +57,6 @@ __all__ = ["DEFAULT_SERVER", "default_server", "Answerer", "Mesh"]
 
 #: answers a clarification: gets the question's record, returns the answer
 Answerer = Callable[[TaskRecord], Awaitable[str]]
-
-DEFAULT_SERVER = "nats://127.0.0.1:4222"
-
-
-def default_server() -> str:
-    return os.environ.get("MESH_SERVER", DEFAULT_SERVER)
 
 
 class Mesh:
@@ -113,12 +107,46 @@ class Mesh:
         claim_timeout_s: float = 10.0,
         task_id: str | None = None,
     ) -> TaskRecord:
-        """Create a task; returns the open record. ``review=2`` asks for a quorum of
-        two approvals from agents serving ``review`` (or pass a full policy)."""
+        """Create a task; returns the open record once its offer and "created" event
+        are acknowledged. ``review=2`` asks for a quorum of two approvals from agents
+        serving ``review`` (or pass a full policy)."""
+        record = self._new_task(
+            capability,
+            instruction,
+            data=data,
+            criteria=criteria,
+            tags=tags,
+            review=review,
+            deadline_s=deadline_s,
+            hops=hops,
+            budget=budget,
+            lease_s=lease_s,
+            claim_timeout_s=claim_timeout_s,
+            task_id=task_id,
+        )
+        await self.bus.create(record)
+        return record
+
+    def _new_task(
+        self,
+        capability: str,
+        instruction: str,
+        *,
+        data: Any = None,
+        criteria: str = "",
+        tags: tuple[str, ...] = (),
+        review: ReviewPolicy | int | None = None,
+        deadline_s: float | None = None,
+        hops: int = 8,
+        budget: Budget | None = None,
+        lease_s: float = 10.0,
+        claim_timeout_s: float = 10.0,
+        task_id: str | None = None,
+    ) -> TaskRecord:
         if isinstance(review, int):
             review = ReviewPolicy(quorum=review)
         now = time.time()
-        record = new_task(
+        return new_task(
             task_id=task_id or new_id(),
             capability=capability,
             instruction=instruction,
@@ -135,8 +163,6 @@ class Mesh:
             claim_timeout_s=claim_timeout_s,
             trace=traceparent(secrets.token_hex(16), secrets.token_hex(8)),
         )
-        await self.bus.create(record)
-        return record
 
     async def wait(self, task: TaskRecord | str, *, on_question: Answerer | None = None) -> TaskRecord:
         """Wait for the task to end; also judges no_agent, lease lapses and deadline.
@@ -184,8 +210,13 @@ class Mesh:
             await self.bus.write(record, revision, Finish(actor=self.id, epoch=record.epoch, result=answer))
 
     async def run(self, capability: str, instruction: str, **kwargs: Any) -> TaskRecord:
-        """Submit and wait: the final record."""
-        return await self.wait(await self.submit(capability, instruction, **kwargs))
+        """Submit and wait: the final record. (Takes :meth:`submit`'s arguments.)
+
+        Quicker than ``wait(submit(...))``: the task's events are followed from before
+        it is created, so its record need not be read back, and the acks of its offer
+        and event come back while an agent already works on it."""
+        record = self._new_task(capability, instruction, **kwargs)
+        return await create_and_wait(self.bus, record, observer=self.id)
 
     async def get(self, task_id: str) -> TaskRecord:
         record, _ = await self.bus.read_patiently(task_id)

@@ -10,10 +10,10 @@ the owner's lease lapsed (re-open), and whether the deadline passed.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
-import nats.errors
 import structlog
 
 from protocol import (
@@ -28,9 +28,9 @@ from protocol import (
     is_terminal,
 )
 
-from .bus import Bus, Conflict, Unavailable
+from .bus import Bus, Conflict, Follow, Unavailable
 
-__all__ = ["wait_terminal"]
+__all__ = ["wait_terminal", "create_and_wait"]
 
 log = structlog.get_logger("mesh.follow")
 
@@ -38,54 +38,87 @@ log = structlog.get_logger("mesh.follow")
 async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: float = 1.0) -> TaskRecord:
     """Return ``record``'s terminal version. Never hangs: every task has a claim
     timeout, a lease, and usually a deadline, and this function enforces all three."""
-    async with bus.follow(record) as sub:
+    async with bus.follow(record) as events:
         current, revision = await bus.read_patiently(record.id)
-        view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
-        reannounced: set[str] = set()
-        watched = not is_terminal(current)
-        while not is_terminal(current):
-            wait = min(poll_s, max(view.due() - time.monotonic(), 0.0))
-            if current.deadline is not None:
-                wait = min(wait, max(current.deadline - time.time(), 0.0) + 0.01)
-            ended = False
+        return await _follow(bus, events, current, revision, observer=observer, poll_s=poll_s)
+
+
+async def create_and_wait(
+    bus: Bus,
+    record: TaskRecord,
+    *,
+    observer: str,
+    poll_s: float = 1.0,
+    around: Callable[[Callable[[], Awaitable[TaskRecord]]], Awaitable[TaskRecord]] | None = None,
+) -> TaskRecord:
+    """Create ``record`` and return its terminal version, as :func:`wait_terminal`.
+
+    Its events are followed from before it exists, so none can be missed, and the
+    record and revision this call wrote are where following starts: no read. The
+    acks of its offer and "created" event come back while the task is worked; they are
+    awaited before returning, however the wait ends, so a caller that exits at once
+    loses no offer. ``around(wait)``, if given, runs the wait once the task exists
+    (e.g. while answering the task's questions)."""
+    async with bus.follow(record) as events:
+        revision, announced = await bus.create_and_announce(record)
+
+        def wait() -> Awaitable[TaskRecord]:
+            return _follow(bus, events, record, revision, observer=observer, poll_s=poll_s)
+
+        try:
+            return await (wait() if around is None else around(wait))
+        finally:
+            # Shielded: even a cancelled wait leaves an acknowledged offer (bounded by
+            # the publish patience).
+            with anyio.CancelScope(shield=True):
+                await announced.wait()
+
+
+async def _follow(
+    bus: Bus, events: Follow, current: TaskRecord, revision: int, *, observer: str, poll_s: float
+) -> TaskRecord:
+    """Follow one task from ``current`` (at ``revision``) to its end."""
+    task_id = current.id
+    view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+    reannounced: set[str] = set()
+    watched = not is_terminal(current)
+    while not is_terminal(current):
+        wait = min(poll_s, max(view.due() - time.monotonic(), 0.0))
+        if current.deadline is not None:
+            wait = min(wait, max(current.deadline - time.time(), 0.0) + 0.01)
+        ended = False
+        data = await events.next(max(wait, 0.001))
+        if data is not None:
             try:
-                msg = await sub.next_msg(timeout=max(wait, 0.001))
-                try:
-                    event = decode_event(msg.data)
-                    ended = event.state in ("done", "failed", "cancelled")
-                    if ended and event.record is not None and event.record.id == record.id:
-                        return event.record  # terminal events carry the final record
-                except RemoteProtocolError:
-                    ended = True  # unreadable event: check the record itself
-            except nats.errors.TimeoutError:
-                pass
-            # Time without a broker does not count against anyone's patience.
-            view = LeaseView(revision=view.revision, seen_at=max(view.seen_at, bus.reconnects.at), lease_s=view.lease_s)
-            if (
-                not ended
-                and time.monotonic() < view.due()
-                and (current.deadline is None or time.time() < current.deadline)
-            ):
-                continue
-            try:
-                current, revision = await bus.read(record.id)
-            except Unavailable:
-                await anyio.sleep(0.25)
-                continue
-            if revision > view.revision:
-                view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
-                if current.deadline is None or time.time() < current.deadline:
-                    continue
-            announced = current.state == "open" and current.id in reannounced
-            current, revision = await _judge(bus, current, revision, observer, announced_again=announced)
-            if current.state == "open":
-                reannounced.add(current.id)
+                event = decode_event(data)
+                ended = event.state in ("done", "failed", "cancelled")
+                if ended and event.record is not None and event.record.id == task_id:
+                    return event.record  # terminal events carry the final record
+            except RemoteProtocolError:
+                ended = True  # unreadable event: check the record itself
+        # Time without a broker does not count against anyone's patience.
+        view = LeaseView(revision=view.revision, seen_at=max(view.seen_at, bus.reconnects.at), lease_s=view.lease_s)
+        if not ended and time.monotonic() < view.due() and (current.deadline is None or time.time() < current.deadline):
+            continue
+        try:
+            current, revision = await bus.read(task_id)
+        except Unavailable:
+            await anyio.sleep(0.25)
+            continue
+        if revision > view.revision:
             view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
-        if watched:
-            # We saw the end on the record, not in an event: the writer may have died
-            # between committing and publishing. Fill the gap in the trace (idempotent).
-            await bus.publish_event("ended", current, revision, actor=observer, note="end observed on the record")
-        return current
+            if current.deadline is None or time.time() < current.deadline:
+                continue
+        announced = current.state == "open" and current.id in reannounced
+        current, revision = await _judge(bus, current, revision, observer, announced_again=announced)
+        if current.state == "open":
+            reannounced.add(current.id)
+        view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
+    if watched:
+        # We saw the end on the record, not in an event: the writer may have died
+        # between committing and publishing. Fill the gap in the trace (idempotent).
+        await bus.publish_event("ended", current, revision, actor=observer, note="end observed on the record")
+    return current
 
 
 def _patience(record: TaskRecord) -> float:

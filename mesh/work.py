@@ -20,14 +20,15 @@ from protocol import (
     TaskRecord,
     TransitionError,
     Usage,
+    apply,
     ask,
     best_match,
     delegate,
     fingerprint,
 )
 
-from .bus import Bus, Conflict, NotFound, Unavailable
-from .follow import wait_terminal
+from .bus import Announcement, Bus, Conflict, NotFound, Unavailable
+from .follow import create_and_wait, wait_terminal
 from .questions import answering_questions
 
 __all__ = [
@@ -44,6 +45,14 @@ __all__ = [
 
 def new_id() -> str:
     return secrets.token_hex(8)
+
+
+def _applied(record: TaskRecord, event: Any, now: float) -> TaskRecord | None:
+    """``event`` applied to ``record`` at ``now``, or None if the rules refuse it."""
+    try:
+        return apply(record, event, now)
+    except TransitionError:
+        return None
 
 
 class TaskFailed(Exception):
@@ -91,6 +100,8 @@ class TaskContext:
         self.agent = agent
         self.delegates = delegates
         self._lock = anyio.Lock()
+        #: the acks :meth:`end` left outstanding, for :meth:`settle`
+        self._announced: Announcement | None = None
 
     @property
     def instruction(self) -> str:
@@ -111,10 +122,33 @@ class TaskContext:
         retry for up to a lease period (others cannot take the task meanwhile: they
         cannot reach the broker either, and do not count that time); after that the
         task is given up as :class:`Lost`."""
+        record, announced = await self._write(event)
+        await announced.wait()
+        return record
+
+    async def end(self, event: Any) -> TaskRecord:
+        """:meth:`write` the task's last transition (finish, fail), returning before
+        the acks of its board change and event: the agent frees the task's slot first
+        (the requester may see the end and submit its next task at once), then awaits
+        them with :meth:`settle`."""
+        record, self._announced = await self._write(event)
+        return record
+
+    async def settle(self) -> None:
+        """Await the acks of :meth:`end`'s board change and event, if it left any
+        (re-sent through a broker failover; see :class:`Announcement`)."""
+        announced, self._announced = self._announced, None
+        if announced is not None:
+            await announced.wait()
+
+    async def _write(self, event: Any) -> tuple[TaskRecord, Announcement]:
+        # One clock reading for every attempt: applying the event to the same record
+        # then gives the same result, so a retry can recognise its own earlier write.
+        now = time.time()
         delay, waited = 0.05, 0.0
         while True:
             try:
-                return await self._write_once(event)
+                return await self._write_once(event, now)
             except Unavailable as exc:
                 if waited >= max(self.record.lease_s, 5.0):
                     raise Lost(f"broker unavailable for {waited:.1f}s: {exc}") from None
@@ -122,25 +156,36 @@ class TaskContext:
                 waited += delay
                 delay = min(delay * 2, 1.0)
 
-    async def _write_once(self, event: Any) -> TaskRecord:
+    async def _write_once(self, event: Any, now: float) -> tuple[TaskRecord, Announcement]:
         async with self._lock:
             try:
-                self.record, self.revision = await self.bus.write(self.record, self.revision, event)
+                self.record, self.revision, announced = await self.bus.write_and_announce(
+                    self.record, self.revision, event, now
+                )
             except Conflict:
                 fresh, rev = await self.bus.read(self.record.id)
-                if fresh.owner != self.agent or fresh.epoch != self.record.epoch or fresh.state != "working":
-                    raise Lost(
-                        f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}"
-                    ) from None
-                self.record, self.revision = fresh, rev
-                self.record, self.revision = await self.bus.write(self.record, self.revision, event)
+                if fresh == _applied(self.record, event, now):
+                    # Our own write, from an attempt whose ack was lost and whose check
+                    # found the broker away too: it landed; announce it now.
+                    old, self.record, self.revision = self.record, fresh, rev
+                    announced = await self.bus.announce(old, fresh, rev, event)
+                else:
+                    if fresh.owner != self.agent or fresh.epoch != self.record.epoch or fresh.state != "working":
+                        raise Lost(
+                            f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}"
+                        ) from None
+                    self.record, self.revision = fresh, rev
+                    self.record, self.revision, announced = await self.bus.write_and_announce(
+                        self.record, self.revision, event, now
+                    )
             except Fenced as exc:
                 raise Lost(str(exc)) from None
             except TransitionError as exc:
                 raise Lost(str(exc)) from None
             if self.record.state != "working" and event.__struct_config__.tag in ("renew", "add_child", "charge"):
+                await announced.wait()  # e.g. over budget: this write ended the task
                 raise Lost(f"task {self.record.id} ended: {self.record.state} ({self.record.reason})")
-            return self.record
+            return self.record, announced
 
     async def progress(self, text: str, checkpoint: Any = None) -> None:
         """Report progress (renews the lease); ``checkpoint`` is kept for a successor."""
@@ -208,15 +253,19 @@ class TaskContext:
     async def _hand_off(self, build: Any) -> TaskRecord:
         child: TaskRecord = build(new_id())
         existing = await self._existing_child(fingerprint(child.capability, child.instruction))
-        if existing is None:
-            # Checkpoint first: a successor must know about the child even if we die
-            # right after creating it.
-            await self.write(AddChild(actor=self.agent, epoch=self.record.epoch, child=child.id))
-            await self.bus.create(child)
-        else:
-            child = existing
         # While we wait, questions the child asks us are passed up to our requester.
-        return await answering_questions(self, lambda: wait_terminal(self.bus, child, observer=self.agent))
+        if existing is not None:
+            return await answering_questions(self, lambda: wait_terminal(self.bus, existing, observer=self.agent))
+        # Checkpoint first: a successor must know about the child even if we die
+        # right after creating it. (The checkpoint's event acks need not hold that up.)
+        _, announced = await self._write(AddChild(actor=self.agent, epoch=self.record.epoch, child=child.id))
+        try:
+            return await create_and_wait(
+                self.bus, child, observer=self.agent, around=lambda wait: answering_questions(self, wait)
+            )
+        finally:
+            with anyio.CancelScope(shield=True):  # bounded by the publish patience
+                await announced.wait()
 
     async def _existing_child(self, print_: str) -> TaskRecord | None:
         for child_id in self.record.children:

@@ -15,6 +15,7 @@ from .types import (
     ControlReply,
     ControlRequest,
     ErrorReport,
+    LeaseBeat,
     NotUnderstood,
     Offer,
     TaskEvent,
@@ -32,6 +33,7 @@ __all__ = [
     "decode_control",
     "decode_control_reply",
     "decode_error",
+    "decode_beat",
     "check_record",
 ]
 
@@ -53,7 +55,18 @@ def _decoder(tp: Any) -> msgspec.json.Decoder[Any]:
 
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {
     tp: _decoder(tp)
-    for tp in (TaskRecord, Offer, AgentCard, TaskEvent, Event, ControlRequest, ControlReply, ErrorReport, NotUnderstood)
+    for tp in (
+        TaskRecord,
+        Offer,
+        AgentCard,
+        TaskEvent,
+        Event,
+        ControlRequest,
+        ControlReply,
+        ErrorReport,
+        NotUnderstood,
+        LeaseBeat,
+    )
 }
 
 
@@ -154,3 +167,15 @@ def decode_control_reply(data: bytes) -> ControlReply:
 def decode_error(data: bytes) -> ErrorReport:
     report: ErrorReport = _decode(data, ErrorReport, "error report")
     return report
+
+
+def decode_beat(data: bytes) -> LeaseBeat:
+    beat: LeaseBeat = _decode(data, LeaseBeat, "lease beat")
+    try:
+        validate_task_id(beat.task)
+        validate_agent_id(beat.owner)
+    except InvalidName as exc:
+        raise RemoteProtocolError(f"lease beat: {exc}") from None
+    if beat.revision < 1 or beat.epoch < 1:
+        raise RemoteProtocolError(f"lease beat: revision and epoch start at 1 (got {beat.revision}, {beat.epoch})")
+    return beat

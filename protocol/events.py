@@ -87,11 +87,20 @@ class Reopen(_Event, frozen=True, kw_only=True, tag="reopen"):
 
 
 class Reviewing(_Event, frozen=True, kw_only=True, tag="reviewing"):
-    """A reviewer says it is working on a review: it changes the record's revision, so
-    the parties waiting on the task see life and do not end it ``no_agent`` while a
-    slow reviewer (a model, a person) is still at work. Reviews hold no lease."""
+    """A reviewer takes, renews or gives back a review slot. A reviewer without a slot
+    takes a free one; failing that, with ``takes``, the slot of that holder, if it
+    still shows ``beat`` (the observer judged its lease lapsed). A holder renews its
+    slot (``beat`` + 1), or with ``release`` gives it back without voting. Each one
+    changes the record's revision, so the parties waiting on the task see life while a
+    slow reviewer (a model, a person) is at work."""
 
     epoch: NonNegInt
+    #: the holder whose lapsed slot the actor takes over (only when no slot is free)
+    takes: str | None = None
+    #: the ``beat`` of that holder's slot the actor saw unchanged for the review lease
+    beat: NonNegInt = 0
+    #: the holder gives its slot back without voting (draining, a reviewer error)
+    release: bool = False
 
 
 class Approve(_Event, frozen=True, kw_only=True, tag="approve"):

@@ -32,9 +32,9 @@ from .events import (
     Reviewing,
     Veto,
 )
-from .types import TERMINAL_STATES, TaskRecord, Usage, Vote
+from .types import TERMINAL_STATES, ReviewSlot, TaskRecord, Usage, Vote
 
-__all__ = ["TRANSITIONS", "apply", "is_terminal", "approvals", "event_kind"]
+__all__ = ["TRANSITIONS", "apply", "is_terminal", "approvals", "event_kind", "slot_of", "free_slots", "review_full"]
 
 #: (state, event kind) -> the states the event may lead to. A pair not listed is an
 #: illegal transition. Terminal states have no outgoing transitions.
@@ -76,6 +76,25 @@ def approvals(record: TaskRecord) -> frozenset[str]:
         for v in record.votes
         if v.verdict == "approve" and v.round == record.reworks and v.reviewer != record.author
     )
+
+
+def slot_of(record: TaskRecord, reviewer: str) -> ReviewSlot | None:
+    """The review slot ``reviewer`` holds in the current round, if any."""
+    return next((s for s in record.slots if s.reviewer == reviewer), None)
+
+
+def free_slots(record: TaskRecord) -> int:
+    """Review slots nobody has taken in the current round: ``quorum`` less the slots
+    held and the approvals already cast (an approval spends its voter's slot)."""
+    if record.state != "review" or record.review is None:
+        return 0
+    return max(0, record.review.quorum - len(approvals(record)) - len(record.slots))
+
+
+def review_full(record: TaskRecord) -> bool:
+    """In review with every slot taken: no reviewer may start on it but by taking over
+    a slot whose holder's lease lapsed."""
+    return record.state == "review" and free_slots(record) == 0
 
 
 def apply(record: TaskRecord, event: Event, now: float) -> TaskRecord:
@@ -175,7 +194,9 @@ def _charge(record: TaskRecord, event: Charge, now: float) -> TaskRecord:
 def _finish(record: TaskRecord, event: Finish, now: float) -> TaskRecord:
     _check_owner(record, event)
     state = "done" if record.review is None else "review"
-    return msgspec.structs.replace(record, state=state, result=event.result, author=event.actor, votes=(), updated=now)
+    return msgspec.structs.replace(
+        record, state=state, result=event.result, author=event.actor, votes=(), slots=(), updated=now
+    )
 
 
 def _fail(record: TaskRecord, event: Fail, now: float) -> TaskRecord:
@@ -224,29 +245,83 @@ def _vote_guard(record: TaskRecord, event: Approve | Veto | Reviewing) -> None:
         raise _refuse(record, event, "this reviewer already voted on this result")
 
 
+def _holders(record: TaskRecord) -> str:
+    return ", ".join(s.reviewer for s in record.slots) or "nobody (approvals spent them)"
+
+
+def _slots_full(record: TaskRecord, event: Approve | Veto | Reviewing, what: str) -> Fenced:
+    return Fenced(
+        state=record.state,
+        event=event_kind(event),
+        actor=event.actor,
+        why=f"{what}: every review slot is taken (held by {_holders(record)})",
+    )
+
+
+def _check_voter(record: TaskRecord, event: Approve | Veto) -> tuple[ReviewSlot, ...]:
+    """The vote check; returns the slots left once the voter's slot is spent. A voter
+    without a slot votes only if a slot is free (its vote takes and spends it at once:
+    people answering in an inbox, agents that do not reserve); a holder whose slot was
+    taken over while no slot is free is refused as ``Fenced``."""
+    _vote_guard(record, event)
+    if slot_of(record, event.actor) is None and free_slots(record) == 0:
+        raise _slots_full(record, event, "not a review slot holder")
+    return tuple(s for s in record.slots if s.reviewer != event.actor)
+
+
 def _reviewing(record: TaskRecord, event: Reviewing, now: float) -> TaskRecord:
     _vote_guard(record, event)
-    return msgspec.structs.replace(record, progress=f"{event.actor} is reviewing", updated=now)
+    mine = slot_of(record, event.actor)
+    if event.release:
+        if mine is None:
+            raise Fenced(
+                state=record.state, event="reviewing", actor=event.actor, why="holds no review slot to give back"
+            )
+        slots = tuple(s for s in record.slots if s is not mine)
+        progress = f"{event.actor} gave its review slot back"
+    elif mine is not None:
+        renewed = msgspec.structs.replace(mine, beat=mine.beat + 1)
+        slots = tuple(renewed if s is mine else s for s in record.slots)
+        progress = f"{event.actor} is reviewing"
+    elif free_slots(record) > 0:
+        slots = (*record.slots, ReviewSlot(reviewer=event.actor, since=now))
+        progress = f"{event.actor} is reviewing"
+    elif event.takes is not None:
+        lapsed = slot_of(record, event.takes)
+        if lapsed is None or lapsed.beat != event.beat:
+            now_at = "holds no slot" if lapsed is None else f"is at beat {lapsed.beat}"
+            raise Fenced(
+                state=record.state,
+                event="reviewing",
+                actor=event.actor,
+                why=f"observed beat {event.beat} of {event.takes!r} is stale ({event.takes!r} {now_at})",
+            )
+        slots = tuple(ReviewSlot(reviewer=event.actor, since=now) if s is lapsed else s for s in record.slots)
+        progress = f"{event.actor} took over the review slot of {event.takes}"
+    else:
+        raise _slots_full(record, event, "no slot to take")
+    return msgspec.structs.replace(record, slots=slots, progress=progress, updated=now)
 
 
 def _approve(record: TaskRecord, event: Approve, now: float) -> TaskRecord:
-    _vote_guard(record, event)
+    slots = _check_voter(record, event)
     vote = Vote(reviewer=event.actor, verdict="approve", round=record.reworks, at=now)
-    new = msgspec.structs.replace(record, votes=(*record.votes, vote), updated=now)
+    new = msgspec.structs.replace(record, votes=(*record.votes, vote), slots=slots, updated=now)
     assert record.review is not None
     if len(approvals(new)) >= record.review.quorum:
-        return msgspec.structs.replace(new, state="done")
+        return msgspec.structs.replace(new, state="done", slots=())
     return new
 
 
 def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
-    _vote_guard(record, event)
+    _check_voter(record, event)
     if not event.reasons or not all(r.strip() for r in event.reasons):
         raise _refuse(record, event, "a veto must give at least one non-empty reason")
     policy = record.review
     assert policy is not None
     vote = Vote(reviewer=event.actor, verdict="veto", reasons=event.reasons, round=record.reworks, at=now)
     feedback = (*record.feedback, vote)
+    # A veto ends the round: every slot is released.
     if record.reworks >= policy.max_reworks:
         if policy.escalate_to is not None:
             # Past the bound a person (or another authority) decides; its answer is final.
@@ -258,12 +333,13 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
                 owner=None,
                 claim_timeout_s=policy.escalation_timeout_s,
                 votes=(*record.votes, vote),
+                slots=(),
                 feedback=feedback,
                 progress=f"escalated to {policy.escalate_to} after {record.reworks} reworks",
                 updated=now,
             )
         return _end(
-            msgspec.structs.replace(record, votes=(*record.votes, vote), feedback=feedback),
+            msgspec.structs.replace(record, votes=(*record.votes, vote), slots=(), feedback=feedback),
             now,
             "failed",
             reason="rejected",
@@ -275,6 +351,7 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
         owner=None,
         reworks=record.reworks + 1,
         votes=(),
+        slots=(),
         feedback=feedback,
         progress="sent back for rework",
         updated=now,

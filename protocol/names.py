@@ -16,6 +16,7 @@ from .errors import InvalidName
 __all__ = [
     "MAJOR_VERSION",
     "VERSION_HEADER",
+    "BOARD_WATCH_SLOTS",
     "Names",
     "validate_capability",
     "validate_agent_id",
@@ -26,6 +27,10 @@ __all__ = [
 
 MAJOR_VERSION = 1
 VERSION_HEADER = "Mesh-Version"
+#: how many agents of one served capability watch its board; the others take nudges
+#: and read the board only when they may have missed work (so a board change costs
+#: the broker a bounded fan-out, however many agents serve the capability)
+BOARD_WATCH_SLOTS = 3
 
 _TOKEN = r"[a-z0-9][a-z0-9_-]{0,63}"
 _CAPABILITY_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN}){{0,7}}$")
@@ -152,6 +157,22 @@ class Names:
         return f"offer.{validate_capability(served)}.>"
 
     # --- directory keys -----------------------------------------------------------
+    def watch_slot_key(self, served: str, slot: int) -> str:
+        """Directory key an agent holds (with a TTL it renews) while it watches the
+        board of ``served``: one of :data:`BOARD_WATCH_SLOTS` slots."""
+        if not 0 <= slot < BOARD_WATCH_SLOTS:
+            raise InvalidName(f"watch slot {slot} out of range 0..{BOARD_WATCH_SLOTS - 1}")
+        return f"watch.{validate_capability(served)}.{slot}"
+
+    def parse_watch_slot_key(self, key: str) -> tuple[str, int]:
+        parts = key.split(".")
+        if len(parts) < 3 or parts[0] != "watch" or not parts[-1].isdigit():
+            raise InvalidName(f"not a watch slot key: {key!r}")
+        slot = int(parts[-1])
+        if not 0 <= slot < BOARD_WATCH_SLOTS:
+            raise InvalidName(f"watch slot {slot} out of range in {key!r}")
+        return validate_capability(".".join(parts[1:-1])), slot
+
     def agent_key(self, agent_id: str) -> str:
         return f"agent.{validate_agent_id(agent_id)}"
 
@@ -192,6 +213,19 @@ class Names:
         itself and everything below it."""
         base = self.work_subject(served)
         return base, f"{base}.>"
+
+    def beat_subject(self, task_id: str, capability: str) -> str:
+        """Where an owner announces each lease renewal (core NATS, not stored)."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.beat.{validate_task_id(task_id)}.{validate_capability(capability)}"
+
+    def beat_filters(self, served: str) -> tuple[str, str]:
+        """The lease beats of every task an agent serving ``served`` could observe."""
+        cap = validate_capability(served)
+        return f"{self.prefix}.v{MAJOR_VERSION}.beat.*.{cap}", f"{self.prefix}.v{MAJOR_VERSION}.beat.*.{cap}.>"
+
+    def task_beats(self, task_id: str) -> str:
+        """The lease beats of one task (for its parties)."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.beat.{validate_task_id(task_id)}.>"
 
     def work_queue(self, served: str) -> str:
         """Queue group of the agents serving ``served``: one of them gets each nudge."""

@@ -13,8 +13,10 @@ from typing import Any
 import msgspec
 
 from .errors import LocalProtocolError
+from .events import Reviewing
+from .machine import free_slots, review_full, slot_of
 from .names import capability_tokens, clarification_capability, validate_agent_id, validate_capability, validate_task_id
-from .types import Budget, Offer, ReviewPolicy, TaskRecord
+from .types import Budget, Offer, ReviewPolicy, ReviewSlot, TaskRecord
 
 __all__ = [
     "DEFAULT_HOPS",
@@ -27,6 +29,9 @@ __all__ = [
     "fit",
     "claim_delay",
     "LeaseView",
+    "review_lease_s",
+    "SlotsView",
+    "take_slot",
     "fingerprint",
     "delegate",
     "ask",
@@ -234,6 +239,62 @@ class LeaseView:
         return self.seen_at + self.lease_s
 
 
+# --- review slots ----------------------------------------------------------------------
+
+
+def review_lease_s(record: TaskRecord) -> float:
+    """The lease of a review slot: the owner's lease, but at most a quarter of the claim
+    timeout. A waiting party ends a review nobody touches for ``claim_timeout_s`` with
+    ``no_agent``; an observer notices a dead holder within two slot leases (one to see
+    its last beat, one to see it unchanged), so a takeover comes well before that."""
+    return min(record.lease_s, record.claim_timeout_s / 4)
+
+
+@dataclass(frozen=True)
+class SlotsView:
+    """One observer's view of the review slots of one task: each slot as last seen, and
+    when it was first seen in that form on the observer's *own* monotonic clock. A
+    holder's heartbeat changes its slot (``beat``); a slot seen unchanged for
+    ``lease_s`` has lapsed, for this observer. (The record's revision alone cannot
+    tell: with a quorum above one, a live holder's heartbeats move it while another
+    holder is dead.)"""
+
+    lease_s: float
+    seen: tuple[tuple[ReviewSlot, float], ...] = ()
+
+    def observe(self, slots: tuple[ReviewSlot, ...], now: float) -> SlotsView:
+        """The slots of a record read at monotonic time ``now``."""
+        first_seen = dict(self.seen)
+        return SlotsView(lease_s=self.lease_s, seen=tuple((s, first_seen.get(s, now)) for s in slots))
+
+    def lapsed(self, now: float) -> tuple[ReviewSlot, ...]:
+        return tuple(s for s, at in self.seen if now - at >= self.lease_s)
+
+    def due(self, now: float) -> float | None:
+        """When the next slot not lapsed yet lapses unless it is renewed (None: none)."""
+        return min((at + self.lease_s for _, at in self.seen if now - at < self.lease_s), default=None)
+
+
+def take_slot(record: TaskRecord, reviewer: str, lapsed: tuple[ReviewSlot, ...] = ()) -> Reviewing | None:
+    """The ``reviewing`` event by which ``reviewer`` holds a review slot of ``record``
+    before it reviews, or None if it may not review it now.
+
+    A slot it holds already is renewed; else a free slot is taken; else a slot among
+    ``lapsed`` (as judged by a :class:`SlotsView`) that the record still shows exactly
+    so is taken over. None for the author, for a reviewer that voted in this round, and
+    when every slot is taken by holders not known to have lapsed."""
+    if record.state != "review" or record.review is None:
+        return None
+    if reviewer == record.author or any(v.reviewer == reviewer and v.round == record.reworks for v in record.votes):
+        return None
+    if slot_of(record, reviewer) is not None or free_slots(record) > 0:
+        return Reviewing(actor=reviewer, epoch=record.epoch)
+    for slot in lapsed:
+        if slot.reviewer != reviewer and slot in record.slots:
+            return Reviewing(actor=reviewer, epoch=record.epoch, takes=slot.reviewer, beat=slot.beat)
+    return None
+
+
 # --- delegation, loops, budgets -----------------------------------------------------------
 
 
@@ -347,12 +408,16 @@ def offers_for(record: TaskRecord, revision: int) -> dict[str, Offer]:
     """The offers that should be on the board for ``record`` at ``revision``, by
     capability. Open and working tasks are offered under their capability (agents
     claim open ones and watch the lease of working ones); tasks in review are offered
-    under the reviewer capability; terminal tasks are on no board."""
+    under the reviewer capability, marked ``full`` once every review slot is taken
+    (reviewers then watch the slot leases instead of starting a review); terminal
+    tasks are on no board."""
+    lease_s = record.lease_s
     if record.state in ("open", "working"):
         cap = record.capability
     elif record.state == "review":
         assert record.review is not None
         cap = record.review.capability
+        lease_s = review_lease_s(record)
     else:
         return {}
     return {
@@ -365,8 +430,9 @@ def offers_for(record: TaskRecord, revision: int) -> dict[str, Offer]:
             owner=record.owner,
             tags=record.tags,
             author=record.author,
-            lease_s=record.lease_s,
+            lease_s=lease_s,
             deadline=record.deadline,
+            full=review_full(record),
         )
     }
 
@@ -380,12 +446,19 @@ class BoardChange:
 def board_change(old: TaskRecord | None, new: TaskRecord, revision: int) -> BoardChange:
     """What to write to the board after ``old`` became ``new`` at ``revision``.
 
-    Only changes of who-must-act are broadcast: lease renewals, progress and
-    checkpoints never touch the board (they go to the record only, which just the
-    task's parties watch)."""
+    Only changes of who-must-act are broadcast: lease renewals, progress, checkpoints
+    and slot heartbeats never touch the board (they go to the record only, which just
+    the task's parties watch). A review becoming full (or free again) is broadcast:
+    reviewers must stop (or may start) taking slots."""
     before = {} if old is None else offers_for(old, 0)
     after = offers_for(new, revision)
-    changed = old is None or old.state != new.state or old.epoch != new.epoch or old.capability != new.capability
+    changed = (
+        old is None
+        or old.state != new.state
+        or old.epoch != new.epoch
+        or old.capability != new.capability
+        or review_full(old) != review_full(new)
+    )
     put = after if changed else {}
     delete = tuple(cap for cap in before if cap not in after)
     return BoardChange(put=put, delete=delete)

@@ -34,6 +34,7 @@ import msgspec
 
 from .codec import (
     MAX_MESSAGE_BYTES,
+    decode_beat,
     decode_card,
     decode_control,
     decode_control_reply,
@@ -69,6 +70,7 @@ from .names import (
     _KIND_RE,
     _PREFIX_RE,
     _TASK_ID_RE,
+    BOARD_WATCH_SLOTS,
     MAJOR_VERSION,
     VERSION_HEADER,
     Names,
@@ -99,9 +101,11 @@ from .types import (
     ControlReply,
     ControlRequest,
     ErrorReport,
+    LeaseBeat,
     NotUnderstood,
     Offer,
     ReviewPolicy,
+    ReviewSlot,
     TaskEvent,
     TaskRecord,
     Usage,
@@ -133,6 +137,7 @@ SCHEMAS: dict[str, Any] = {
     "task_event": TaskEvent,
     "transition": Event,
     "error_report": ErrorReport,
+    "lease_beat": LeaseBeat,
     "not_understood": NotUnderstood,
     "control_request": ControlRequest,
     "control_reply": ControlReply,
@@ -212,6 +217,8 @@ class _World:
     rv_working: TaskRecord
     review: TaskRecord
     review_one_vote: TaskRecord
+    review_held: TaskRecord
+    review_full: TaskRecord
     review_last_round: TaskRecord
     review_escalating: TaskRecord
     taken_over: TaskRecord
@@ -242,6 +249,8 @@ def _world() -> _World:
     rv_working = apply(rv_open, Claim(actor="agent-a"), T0 + 1)
     review = apply(rv_working, Finish(actor="agent-a", epoch=1, result={"summary": "Draft one."}), T0 + 60)
     review_one_vote = apply(review, Approve(actor="critic-1", epoch=1), T0 + 70)
+    review_held = apply(review, Reviewing(actor="critic-1", epoch=1), T0 + 62)
+    review_full = apply(review_held, Reviewing(actor="critic-2", epoch=1), T0 + 63)
     reworked = apply(review_one_vote, Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)), T0 + 80)
     reclaimed = apply(reworked, Claim(actor="agent-b"), T0 + 90)
     review_last_round = apply(reclaimed, Finish(actor="agent-b", epoch=2, result={"summary": "Draft two."}), T0 + 150)
@@ -260,6 +269,8 @@ def _world() -> _World:
         rv_working=rv_working,
         review=review,
         review_one_vote=review_one_vote,
+        review_held=review_held,
+        review_full=review_full,
         review_last_round=review_last_round,
         review_escalating=review_escalating,
         taken_over=taken_over,
@@ -399,7 +410,45 @@ def transition_vectors() -> list[dict[str, Any]]:
     )
     add("working/cancel -> cancelled", w.working, Cancel(actor="client-1", note="no longer needed"), T0 + 20)
     add("working/expire -> failed (deadline)", w.working, Expire(actor="agent-b", reason="deadline"), later)
-    add("review/reviewing -> review (a reviewer is at work)", w.review, Reviewing(actor="critic-1", epoch=1), T0 + 65)
+    add(
+        "review/reviewing -> review (takes a free review slot)", w.review, Reviewing(actor="critic-1", epoch=1), T0 + 62
+    )
+    add(
+        "review/reviewing -> review (the holder renews its slot)",
+        w.review_held,
+        Reviewing(actor="critic-1", epoch=1),
+        T0 + 65,
+    )
+    add(
+        "review/reviewing -> review (takes over a lapsed slot at the beat it saw)",
+        w.review_full,
+        Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0),
+        T0 + 90,
+    )
+    add(
+        "review/reviewing -> review (a free slot is taken, the named holder keeps its own)",
+        w.review_held,
+        Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0),
+        T0 + 90,
+    )
+    add(
+        "review/reviewing -> review (the holder gives its slot back)",
+        w.review_full,
+        Reviewing(actor="critic-2", epoch=1, release=True),
+        T0 + 70,
+    )
+    add(
+        "review/approve -> review (a holder approves: its slot is spent)",
+        w.review_full,
+        Approve(actor="critic-1", epoch=1),
+        T0 + 70,
+    )
+    add(
+        "review/veto -> open (a holder vetoes: every slot is released)",
+        w.review_full,
+        Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)),
+        T0 + 70,
+    )
     add("review/approve -> review (quorum not yet reached)", w.review, Approve(actor="critic-1", epoch=1), T0 + 70)
     add("review/approve -> done (quorum reached)", w.review_one_vote, Approve(actor="critic-2", epoch=1), T0 + 80)
     add(
@@ -492,6 +541,53 @@ def transition_vectors() -> list[dict[str, Any]]:
         T0 + 75,
     )
     add("refused: a veto without reasons", w.review, Veto(actor="critic-1", epoch=1, reasons=()), T0 + 70)
+    add("refused: the author takes a review slot", w.review, Reviewing(actor="agent-a", epoch=1), T0 + 62)
+    add(
+        "refused: a reviewer that voted takes a slot again",
+        w.review_one_vote,
+        Reviewing(actor="critic-1", epoch=1),
+        T0 + 75,
+    )
+    add("fenced: a slot taken on another epoch", w.review, Reviewing(actor="critic-1", epoch=0), T0 + 62)
+    add("fenced: a slot taken when every slot is taken", w.review_full, Reviewing(actor="critic-3", epoch=1), T0 + 70)
+    renewed = apply(w.review_full, Reviewing(actor="critic-1", epoch=1), T0 + 65)
+    add(
+        "fenced: a takeover of a slot renewed since it was observed",
+        renewed,
+        Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0),
+        T0 + 90,
+    )
+    add(
+        "fenced: a takeover naming a reviewer without a slot",
+        w.review_full,
+        Reviewing(actor="critic-3", epoch=1, takes="critic-9", beat=0),
+        T0 + 90,
+    )
+    add(
+        "fenced: a slot given back by a reviewer without one",
+        w.review,
+        Reviewing(actor="critic-1", epoch=1, release=True),
+        T0 + 70,
+    )
+    add(
+        "fenced: approve by a non-holder when every slot is taken",
+        w.review_full,
+        Approve(actor="critic-3", epoch=1),
+        T0 + 70,
+    )
+    add(
+        "fenced: veto by a non-holder when every slot is taken",
+        w.review_full,
+        Veto(actor="critic-3", epoch=1, reasons=("x",)),
+        T0 + 70,
+    )
+    taken_over = apply(w.review_full, Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0), T0 + 90)
+    add(
+        "fenced: the vote of a holder whose slot was taken over",
+        taken_over,
+        Approve(actor="critic-1", epoch=1),
+        T0 + 95,
+    )
     add("refused: a veto with a blank reason", w.review, Veto(actor="critic-1", epoch=1, reasons=("ok", "  ")), T0 + 70)
     add(
         "refused: expire(deadline) before the deadline",
@@ -648,6 +744,20 @@ def _rule_vectors() -> dict[str, Any]:
         ("renewed: nothing to broadcast", w.working, apply(w.working, Renew(actor="agent-a", epoch=1), T0 + 5), 3),
         ("in review: offered to the reviewers, withdrawn from the workers", w.rv_working, w.review, 4),
         ("one vote, quorum not reached: nothing to broadcast", w.review, w.review_one_vote, 5),
+        ("a review slot taken, one still free: nothing to broadcast", w.review, w.review_held, 5),
+        ("the last review slot taken: offered as full (reviewers stop starting)", w.review_held, w.review_full, 6),
+        (
+            "a slot renewed: nothing to broadcast",
+            w.review_full,
+            apply(w.review_full, Reviewing(actor="critic-1", epoch=1), T0 + 65),
+            7,
+        ),
+        (
+            "a slot given back: on offer to reviewers again",
+            w.review_full,
+            apply(w.review_full, Reviewing(actor="critic-2", epoch=1, release=True), T0 + 70),
+            7,
+        ),
         ("done: withdrawn", w.working, w.done, 6),
     ):
         change = board_change(old, new, revision)
@@ -690,6 +800,12 @@ def _name_vectors() -> dict[str, Any]:
             },
             "offer_filter": {"capability": "summarize", "filter": n.offer_filter("summarize")},
             "agent_key": {"agent": "Agent_7", "key": n.agent_key("Agent_7")},
+            "watch_slot_key": {"capability": "summarize", "slot": 2, "key": n.watch_slot_key("summarize", 2)},
+            "beat_subject": {
+                "task": "T-1",
+                "capability": "summarize.medical",
+                "subject": n.beat_subject("T-1", "summarize.medical"),
+            },
             "event_subject": {
                 "root": "R",
                 "task": "T-1",
@@ -766,6 +882,7 @@ def _decode_vectors() -> list[dict[str, Any]]:
         "control_request": decode_control,
         "control_reply": decode_control_reply,
         "error_report": decode_error,
+        "lease_beat": decode_beat,
     }
     inputs: list[tuple[str, str, Any]] = [
         ("task_record", "a valid record", record),
@@ -795,6 +912,9 @@ def _decode_vectors() -> list[dict[str, Any]]:
         ("transition", "no kind", {"actor": "agent-a"}),
         ("transition", "an owner event without epoch", {"kind": "finish", "actor": "agent-a"}),
         ("transition", "negative usage", {"kind": "charge", "actor": "agent-a", "epoch": 1, "usage": {"tokens": -1}}),
+        ("lease_beat", "a beat", {"task": "T1", "revision": 42, "epoch": 2, "owner": "agent-a"}),
+        ("lease_beat", "an owner that is not a name", {"task": "T1", "revision": 42, "epoch": 2, "owner": "a b"}),
+        ("lease_beat", "revision zero", {"task": "T1", "revision": 0, "epoch": 2, "owner": "agent-a"}),
         ("control_request", "drain", {"action": "drain"}),
         ("control_request", "an unknown action", {"action": "reboot"}),
     ]
@@ -926,7 +1046,7 @@ def _json_block(obj: Any) -> str:
 def _messages() -> str:
     w = _world()
     names = Names()
-    record = w.review_one_vote
+    record = apply(w.review_one_vote, Reviewing(actor="critic-2", epoch=1), T0 + 72)
     offer = board_change(w.rv_working, w.review, 41).put["review.medical"]
     out: list[str] = []
 
@@ -935,7 +1055,7 @@ def _messages() -> str:
 
     section(
         "Task record",
-        f"Value of `{names.task_key('T2')}` in `{names.tasks_bucket}` (a task in review with one approval).",
+        f"Value of `{names.task_key('T2')}` in `{names.tasks_bucket}` (a task in review: one approval, one reviewer at work in the other slot).",
         record,
     )
     section("Offer", f"Value of `{names.offer_key('review.medical', 'T2')}` in `{names.tasks_bucket}`.", offer)
@@ -994,6 +1114,11 @@ def _messages() -> str:
         ),
     )
     section(
+        "Lease beat",
+        f"Published (core NATS, not stored) on `{names.beat_subject('T1', 'summarize')}` after each renewal.",
+        LeaseBeat(task="T1", revision=42, epoch=2, owner="agent-a"),
+    )
+    section(
         "Not understood",
         f"Reply to a request on `{names.control_subject('agent-a')}` the agent cannot decode.",
         NotUnderstood(
@@ -1008,7 +1133,7 @@ def _messages() -> str:
         "The answer to a control request.",
         ControlReply(agent="agent-a", action="drain", draining=True, tasks=("T1",)),
     )
-    for tp in (ReviewPolicy, Vote, Budget, Usage):
+    for tp in (ReviewPolicy, Vote, ReviewSlot, Budget, Usage):
         out.append(f"#### {tp.__name__} (nested)\n\n{_first_line(tp) or 'Part of a task record.'}\n\n{_fields(tp)}\n")
     return "\n".join(out).rstrip()
 
@@ -1040,6 +1165,11 @@ def _names_table() -> str:
         ("Offer watch filter of a served capability", pat.offer_filter("zzcap"), ex.offer_filter("summarize")),
         ("Agent card key (directory bucket)", pat.agent_key("ZZAGENT"), ex.agent_key("agent-a")),
         (
+            "Board watch slot key (directory bucket)",
+            pat.watch_slot_key("zzcap", 0)[:-1] + f"<slot: 0..{BOARD_WATCH_SLOTS - 1}>",
+            ex.watch_slot_key("summarize", 0),
+        ),
+        (
             "Transition event subject",
             pat.event_subject("ZZROOT", "ZZTASK", "zzkind"),
             ex.event_subject("T1", "T1-c1", "claim"),
@@ -1048,6 +1178,13 @@ def _names_table() -> str:
         ("Error reports of an agent", pat.error_subject("ZZAGENT"), ex.error_subject("agent-a")),
         ("Control endpoint of an agent", pat.control_subject("ZZAGENT"), ex.control_subject("agent-a")),
         ("Work subject (nudges) of a capability", pat.work_subject("zzcap"), ex.work_subject("summarize.medical")),
+        ("Lease beat subject of a task", pat.beat_subject("ZZTASK", "zzcap"), ex.beat_subject("T1", "summarize")),
+        (
+            "Lease beats a served capability observes",
+            ", ".join(pat.beat_filters("zzcap")),
+            ", ".join(ex.beat_filters("summarize")),
+        ),
+        ("Lease beats of one task", pat.task_beats("ZZTASK"), ex.task_beats("T1")),
         ("Nudge queue group of a served capability", pat.work_queue("zzcap"), ex.work_queue("summarize")),
         ("Services API name (`$SRV.*`)", pat.service_name, ex.service_name),
         (

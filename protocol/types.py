@@ -19,6 +19,7 @@ __all__ = [
     "Verdict",
     "ReviewPolicy",
     "Vote",
+    "ReviewSlot",
     "Budget",
     "Usage",
     "TaskRecord",
@@ -27,6 +28,7 @@ __all__ = [
     "TaskEvent",
     "NotUnderstood",
     "ErrorReport",
+    "LeaseBeat",
     "ControlRequest",
     "ControlReply",
     "A2ASkill",
@@ -87,6 +89,24 @@ class Vote(_Wire, frozen=True, kw_only=True):
     at: float = 0.0
 
 
+class ReviewSlot(_Wire, frozen=True, kw_only=True):
+    """One of the ``quorum`` review slots of a round, held by a reviewer at work.
+
+    A reviewer takes a slot (a ``reviewing`` transition) before it reviews, and holds it
+    under a lease it renews with further ``reviewing`` heartbeats, each adding one to
+    ``beat``. An observer that sees the same slot (``reviewer``, ``since``, ``beat``)
+    unchanged for the review lease on its own monotonic clock may take it over, naming
+    the ``beat`` it saw: a holder that renewed in between keeps its slot."""
+
+    reviewer: str
+    #: renewals so far: a per-slot fencing token for takeovers
+    beat: NonNegInt = 0
+    #: wall-clock time the slot was taken; shown, and part of the slot's identity (a
+    #: reviewer that loses and retakes a slot never looks unchanged), never compared
+    #: with another clock
+    since: float = 0.0
+
+
 class Budget(_Wire, frozen=True, kw_only=True):
     """Ceilings; ``None`` means unlimited."""
 
@@ -130,6 +150,9 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     reworks: NonNegInt = 0
     review: ReviewPolicy | None = None
     votes: tuple[Vote, ...] = ()
+    #: review slots held in the current round: reviewers at work who have not voted yet.
+    #: With this round's approvals they never number more than ``review.quorum``
+    slots: tuple[ReviewSlot, ...] = ()
     #: vetoes of earlier rounds, kept so the reworking owner sees every reason
     feedback: tuple[Vote, ...] = ()
     hops_left: NonNegInt = 8
@@ -175,6 +198,7 @@ class Offer(_Wire, frozen=True, kw_only=True):
     task: str
     capability: str
     #: ``open``: claim it; ``working``: watch the owner's lease; ``review``: review it
+    #: (take a review slot), or, when ``full``, watch the slot holders' leases
     state: Literal["open", "working", "review"] = "open"
     #: revision of the task record the offer was made at
     revision: NonNegInt
@@ -182,8 +206,13 @@ class Offer(_Wire, frozen=True, kw_only=True):
     owner: str | None = None
     tags: tuple[str, ...] = ()
     author: str | None = None
+    #: the lease observers of this offer judge: the owner's (``TaskRecord.lease_s``) for
+    #: ``open`` and ``working``, a review slot's (:func:`protocol.review_lease_s`) for ``review``
     lease_s: PosFloat = 10.0
     deadline: float | None = None
+    #: a ``review`` offer whose review slots are all taken (held, or spent on approvals):
+    #: no open offer to reviewers any more, who watch the holders' slot leases instead
+    full: bool = False
     #: the record at ``revision``, when small enough to broadcast: a claimer or reviewer
     #: may then skip reading it (its compare-and-set on ``revision`` still decides)
     record: TaskRecord | None = None
@@ -254,6 +283,20 @@ class ErrorReport(_Wire, frozen=True, kw_only=True):
     key: str = ""
     error: str
     at: float = 0.0
+
+
+class LeaseBeat(_Wire, frozen=True, kw_only=True):
+    """Published (core NATS, not stored) on ``<prefix>.v1.beat.<task>.<capability>`` by
+    an owner each time a lease renewal lands, so that observers see renewals when they
+    happen instead of when they next read the record. A hint: an observer still reads
+    the record before it re-opens a task."""
+
+    v: int = PROTOCOL_VERSION
+    task: str
+    #: the record's revision after the renewal
+    revision: int
+    epoch: int
+    owner: str
 
 
 class ControlRequest(_Wire, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ import pytest
 
 from mesh.broker import Broker
 from mesh.client import Mesh
+from mesh.process import spawn_agent
 from mesh.testing import AgentProcs, wait_for, write_brief
 
 
@@ -40,9 +41,86 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_help_does_not_import_heavy_modules() -> None:
-    code = "import sys; from mesh.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('nats', 'litellm', 'anyio')))"
+    heavy = ("nats", "litellm", "anyio", "structlog", "rich", "aiohttp", "msgspec", "protocol")
+    code = f"import sys; from mesh.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _importers(importtime_log: str) -> dict[str, str]:
+    """Every module a ``-X importtime`` log lists, with the module that imported it
+    ("-": the program itself). Importing ``a.b`` lists the package ``a`` under ``a.b``:
+    a package's importer is the first module above it outside the package."""
+    rows = []
+    for line in importtime_log.splitlines():
+        if line.startswith("import time:") and "cumulative" not in line:
+            name = line.split("|")[2]
+            rows.append((name.strip(), (len(name) - len(name.lstrip()) - 1) // 2))
+    above: dict[int, str] = {}
+    importers: dict[str, str] = {}
+    for name, depth in reversed(rows):  # a module is listed after what it imported
+        above[depth] = name
+        outside = (above[d] for d in range(depth - 1, -1, -1) if not above[d].startswith(name + "."))
+        importers.setdefault(name, next(outside, "-"))
+    return importers
+
+
+async def test_agent_run_imports_only_what_an_idle_agent_needs(broker: Broker, tmp_path: Path) -> None:
+    """`mesh agent run` for a kind that calls no model must not pay for the model stack,
+    the client's commands, the embedded broker or the renderers (bench/footprint.py
+    measures what that costs). Nor aiohttp, which nats-py imports for its websocket
+    transport whenever it is installed (the dev and llm extras install it): `mesh agent
+    run` keeps it out for nats:// servers. rich is made unimportable: structlog imports it
+    on its own when installed, and only structlog may try to."""
+    hidden = tmp_path / "hidden"
+    for package in ("rich",):
+        (hidden / package).mkdir(parents=True)
+        (hidden / package / "__init__.py").write_text("raise ImportError('hidden by tests/test_cli.py')\n")
+    env = {
+        "PYTHONPROFILEIMPORTTIME": "1",
+        "PYTHONPATH": os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    brief = write_brief(tmp_path, "lean", ["lean"], kind="echo")
+    log = tmp_path / "agent.log"
+    agent = spawn_agent(brief, server=broker.url, agent_id="lean", log_path=log, env=env)
+    try:
+        await wait_for(
+            lambda: "agent ready" in log.read_text(errors="replace") or agent.process.poll() is not None,
+            what="the agent to be ready",
+        )
+    finally:
+        agent.drain()
+        await anyio.to_thread.run_sync(agent.wait, 30)
+    text = log.read_text(errors="replace")
+    assert "agent ready" in text, text[-3000:]
+    importers = _importers(text)
+    assert "mesh.agent" in importers and "nats" in importers, "no -X importtime output in the agent's log"
+
+    never = ("litellm", "agents", "httpx", "openai", "urllib.request", "mesh.broker", "mesh.cli.render", "mesh.top")
+    assert {m: importers[m] for m in never if m in importers} == {}
+    # (nats-py's attempt, refused on purpose, is still listed: but nothing under it)
+    assert not [m for m in importers if m.startswith(("aiohttp.", "multidict"))]
+    only_from = {"rich": "structlog."}
+    unexpected = {
+        m: importers[m] for m, allowed in only_from.items() if m in importers and not importers[m].startswith(allowed)
+    }
+    assert unexpected == {}
+
+
+@pytest.mark.parametrize(("server", "websockets"), [("nats://127.0.0.1:4222", False), ("ws://127.0.0.1:8080", True)])
+def test_nats_is_imported_without_websockets_unless_a_url_needs_them(server: str, websockets: bool) -> None:
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed: nats-py never loads it")
+    code = (
+        "import sys\n"
+        "from mesh.cli.commands import _import_nats_without_websockets as lean\n"
+        f"lean({server!r})\n"
+        "import nats.aio.transport as t\n"
+        "print(t.aiohttp is not None)\n"
+        "import aiohttp\n"  # a model call (litellm) still can
+        "print(aiohttp.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(websockets), "aiohttp"]
 
 
 async def test_submit_wait_json_agents_and_trace(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:
@@ -72,8 +150,13 @@ def test_submit_without_agent_fails_no_agent_with_exit_1(broker: Broker) -> None
     assert "no_agent" in proc.stdout
 
 
-def test_unreachable_server_is_a_clear_error() -> None:
-    proc = mesh("agents", "--server", "nats://127.0.0.1:9", check=False)
+@pytest.mark.parametrize(
+    "command",
+    [("agents",), ("agent", "run", str(Path(__file__).parents[1] / "deploy" / "briefs" / "summarizer.toml"))],
+    ids=["client", "agent"],
+)
+def test_unreachable_server_is_a_clear_error(command: tuple[str, ...]) -> None:
+    proc = mesh(*command, "--server", "nats://127.0.0.1:9", check=False)
     assert proc.returncode == 2
     assert "cannot reach a NATS server at nats://127.0.0.1:9" in proc.stderr
     assert "mesh broker" in proc.stderr

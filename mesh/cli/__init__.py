@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from ..logs import configure_logging
-    from . import commands  # the heavy imports start here
+    from . import commands  # light: each command imports what it needs
 
     # Logs go to stderr; stdout is for results (so --json output stays parseable).
     configure_logging(
@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         return commands.dispatch(args, parser)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`mesh watch | head`): not an error worth a traceback.
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except commands.UserError as exc:
         print(f"mesh {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,9 @@
 """The ``mesh`` commands. Errors a user can fix become :class:`UserError` with a
-message saying what was wrong and what to do."""
+message saying what was wrong and what to do.
+
+Each command imports what it needs when it runs, so none pays for another's: ``mesh
+agent run`` loads the agent runtime but not the embedded broker, the renderers or
+what other commands use (tests/test_cli.py checks it; bench/footprint.py measures)."""
 
 from __future__ import annotations
 
@@ -12,20 +16,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.to_thread
-import msgspec
-
-from protocol import InvalidName, LocalProtocolError, Names, ReviewPolicy
-
-from ..briefs import BRIEF_TEMPLATE, BriefError, load_brief, load_org
-from ..broker import Broker, BrokerFailed, BrokerNotFound
-from ..bus import MeshError, NotFound, Unreachable
-from ..client import Mesh, default_server
-from ..kinds import KINDS, KindError
-from . import render
+if TYPE_CHECKING:
+    from ..client import Mesh
 
 __all__ = ["UserError", "dispatch"]
 
@@ -38,14 +32,43 @@ class UserError(Exception):
 def user_errors() -> Iterator[None]:
     try:
         yield
-    except (BriefError, KindError, BrokerNotFound, BrokerFailed, Unreachable, InvalidName) as exc:
-        raise UserError(str(exc)) from None
-    except NotFound as exc:
-        raise UserError(f"no such task: {exc} (ids are printed by `mesh submit`; see `mesh watch`)") from None
-    except LocalProtocolError as exc:
-        raise UserError(str(exc)) from None
-    except MeshError as exc:
-        raise UserError(str(exc)) from None
+    except Exception as exc:
+        # A task group wraps what one of its tasks raised (an agent that cannot reach
+        # the broker): judge the one error inside, not the group.
+        inner: Exception = exc
+        while isinstance(inner, ExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        message = _user_message(inner)
+        if message is None:
+            raise
+        raise UserError(message) from None
+
+
+def _user_message(exc: Exception) -> str | None:
+    """What to tell the user about an error they can fix, or None (a bug: let it show).
+
+    The error classes are looked up among the modules already imported rather than
+    imported here: an exception of a module that was never imported was never raised,
+    and importing the runtime to check would slow every error path down."""
+
+    def classes(module: str, *names: str) -> tuple[type[BaseException], ...]:
+        loaded = sys.modules.get(module)
+        return tuple(cls for name in names if (cls := getattr(loaded, name, None)) is not None)
+
+    if isinstance(
+        exc,
+        classes("mesh.briefs", "BriefError")
+        + classes("mesh.kinds", "KindError")
+        + classes("mesh.broker", "BrokerNotFound", "BrokerFailed")
+        + classes("mesh.bus", "Unreachable")
+        + classes("protocol", "InvalidName"),
+    ):
+        return str(exc)
+    if isinstance(exc, classes("mesh.bus", "NotFound")):
+        return f"no such task: {exc} (ids are printed by `mesh submit`; see `mesh watch`)"
+    if isinstance(exc, classes("protocol", "LocalProtocolError") + classes("mesh.bus", "MeshError")):
+        return str(exc)
+    return None
 
 
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -73,10 +96,16 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _run(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
+    import anyio
+
     return anyio.run(fn, *args)
 
 
 async def _mesh(args: argparse.Namespace) -> Mesh:
+    from protocol import Names
+
+    from ..client import Mesh, default_server
+
     return await Mesh.connect(args.server or default_server(), names=Names(args.prefix))
 
 
@@ -90,6 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    from ..broker import Broker
+
     store = args.store or str(Path("mesh-data").absolute())
     broker = Broker(host=args.host, port=args.port, http_port=args.http_port, store=store, config=args.config)
     broker.start(log=None)
@@ -111,12 +142,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     if args.agent_command == "run":
+        from ..defaults import default_server
+
+        server = args.server or default_server()
+        _import_nats_without_websockets(server)
+        import anyio
+
         from ..process import run_agent
 
         brief = _brief_or_org_member(args.brief, args.agent)
-        server = args.server or default_server()
         anyio.run(lambda: run_agent(brief, server=server, agent_id=args.id, prefix=args.prefix))
         return 0
+
+    import msgspec
 
     async def control() -> int:
         mesh = await _mesh(args)
@@ -130,7 +168,28 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return _run(control)
 
 
+def _import_nats_without_websockets(server: str) -> None:
+    """Import nats-py without its websocket transport when no server URL needs it.
+
+    nats-py imports aiohttp (for ``ws://`` only) whenever it is installed, and the llm
+    extra installs it: about 150 ms and 5 MiB on every agent's start, most agents never
+    using it. nats-py guards that import with ``except ImportError``; an entry of None in
+    ``sys.modules`` makes it fail on purpose. The entry is removed at once, so a model
+    call (litellm) can still import aiohttp later."""
+    if "nats" in sys.modules or "aiohttp" in sys.modules:
+        return
+    if any(url.strip().lower().startswith(("ws://", "wss://")) for url in server.split(",")):
+        return
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]
+    try:
+        import nats.aio.client  # noqa: F401
+    finally:
+        del sys.modules["aiohttp"]
+
+
 def _brief_or_org_member(path: str, name: str | None) -> Any:
+    from ..briefs import load_brief, load_org
+
     if name is None:
         return load_brief(path)
     _, briefs = load_org(path)
@@ -141,6 +200,8 @@ def _brief_or_org_member(path: str, name: str | None) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from ..briefs import load_org
+    from ..broker import Broker
     from ..process import spawn_agent
 
     org, briefs = load_org(args.org)
@@ -225,6 +286,12 @@ def _port_free(port: int) -> bool:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from protocol import ReviewPolicy
+
+    from . import render
+
     data = None
     if args.data is not None:
         raw = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
@@ -266,6 +333,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 async def _ask_the_terminal(question: Any) -> str:
     """An agent asked the submitter a question: show it, read one line as the answer."""
+    import anyio.to_thread
+
     print(f"\nquestion from {question.requester} (task {question.parent}):\n  {question.instruction}", file=sys.stderr)
     print("your answer> ", end="", file=sys.stderr, flush=True)
     line: str = await anyio.to_thread.run_sync(sys.stdin.readline)
@@ -273,6 +342,10 @@ async def _ask_the_terminal(question: Any) -> str:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from . import render
+
     async def agents() -> int:
         mesh = await _mesh(args)
         try:
@@ -289,6 +362,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from . import render
+
     async def watch() -> int:
         mesh = await _mesh(args)
         try:
@@ -305,6 +380,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from . import render
+
     async def trace() -> int:
         mesh = await _mesh(args)
         try:
@@ -330,6 +409,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from . import render
+
     async def cancel() -> int:
         mesh = await _mesh(args)
         try:
@@ -346,6 +427,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_brief(args: argparse.Namespace) -> int:
+    from ..briefs import BRIEF_TEMPLATE, load_brief, load_org
+
     if args.brief_command == "new":
         if args.file == "-":
             sys.stdout.write(BRIEF_TEMPLATE)
@@ -377,6 +460,8 @@ def _check_kind(brief: Any) -> None:
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
+    from ..kinds import KINDS
+
     for name, cls in sorted(KINDS.items()):
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:8} {doc}")
@@ -396,6 +481,13 @@ def _person() -> str:
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     """List work and reviews offered to people; answer, approve or veto one."""
+    import msgspec
+
+    from protocol import Names
+
+    from ..client import Mesh, default_server
+    from . import render
+
     person = args.as_ or _person()
 
     async def inbox() -> int:
@@ -426,27 +518,27 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    import anyio
+
     from ..top import take_snapshot
+    from . import render
 
     async def top() -> int:
         mesh = await _mesh(args)
         try:
             if args.once:
                 snap = await take_snapshot(mesh, stuck_after=args.stuck_after, loop_after=args.loop_after)
-                if args.json:
-                    print(json.dumps(snap.to_json()))
-                else:
-                    from rich.console import Console
-
-                    Console().print(render.top_view(snap))
+                print(json.dumps(snap.to_json()) if args.json else render.top_view(snap))
                 return 0
-            from rich.live import Live
-
-            with Live(auto_refresh=False, screen=False) as live:
-                while True:
-                    snap = await take_snapshot(mesh, stuck_after=args.stuck_after, loop_after=args.loop_after)
-                    live.update(render.top_view(snap), refresh=True)
-                    await anyio.sleep(args.interval)
+            # On a terminal, redraw in place (clear screen, cursor home); piped, append
+            # one view per refresh so the output stays a readable log.
+            redraw = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+            while True:
+                snap = await take_snapshot(mesh, stuck_after=args.stuck_after, loop_after=args.loop_after)
+                stamp = time.strftime("%H:%M:%S")
+                print(f"{redraw}mesh top  {stamp}  (every {args.interval:g} s; Ctrl-C quits)\n", flush=False)
+                print(render.top_view(snap), end="\n\n", flush=True)
+                await anyio.sleep(args.interval)
         finally:
             await mesh.close()
 

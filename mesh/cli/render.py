@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from protocol import AgentCard, TaskEvent, TaskRecord
@@ -100,51 +101,67 @@ def inbox(records: list[TaskRecord]) -> str:
     return "\n".join(lines)
 
 
-def top_view(snap: Any) -> Any:
-    """A rich renderable of a :class:`mesh.top.Snapshot` (rich is imported here only)."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+def _table(title: str, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    all_rows = [header, *rows]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    body = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in all_rows]
+    return "\n".join([title, *body])
 
+
+def top_view(snap: Any) -> str:
+    """A plain-text view of a :class:`mesh.top.Snapshot`: agents, active tasks, flags."""
     data = snap.to_json()
-    agents = Table(title=f"agents ({len(data['agents'])})", expand=True)
-    for col in ("agent", "role", "serves", "load", "tasks", "last progress", "reworks", "done", "failed"):
-        agents.add_column(col)
+    agents: list[tuple[str, ...]] = []
     for a in data["agents"]:
         age = "-" if a["last_progress_age_s"] is None else f"{a['last_progress_age_s']:.0f}s ago"
-        agents.add_row(
-            a["id"] + (" (draining)" if a["draining"] else ""),
-            a["role"],
-            ",".join(a["serves"]),
-            f"{a['load']}/{a['capacity']}",
-            ",".join(a["tasks"]) or "-",
-            age,
-            str(a["reworks"]),
-            str(a["completed"]),
-            str(a["failed"]),
+        agents.append(
+            (
+                a["id"] + (" (draining)" if a["draining"] else ""),
+                a["role"],
+                ",".join(a["serves"]),
+                f"{a['load']}/{a['capacity']}",
+                _short(",".join(a["tasks"]) or "-", 40),
+                age,
+                str(a["reworks"]),
+                str(a["completed"]),
+                str(a["failed"]),
+            )
         )
     flags = data["flags"]
-    tasks = Table(title=f"active tasks ({len(data['tasks'])})", expand=True)
-    for col in ("task", "capability", "state", "owner", "epoch", "reworks", "progress", "age", "flags"):
-        tasks.add_column(col)
+    tasks: list[tuple[str, ...]] = []
     for t in data["tasks"]:
-        marks = [name for name in ("stuck", "looping") if t["id"] in flags[name]]
+        marks = [name.upper() for name in ("stuck", "looping") if t["id"] in flags[name]]
         if t["state"] == "open" and t["capability"] in flags["overloaded"]:
-            marks.append("overloaded")
-        tasks.add_row(
-            t["id"],
-            t["capability"],
-            t["state"],
-            t["owner"] or "-",
-            str(t["epoch"]),
-            str(t["reworks"]),
-            _short(t["progress"], 30),
-            f"{t['age_s']:.0f}s",
-            Text(" ".join(marks), style="bold red") if marks else "",
+            marks.append("OVERLOADED")
+        tasks.append(
+            (
+                t["id"],
+                t["capability"],
+                t["state"],
+                t["owner"] or "-",
+                str(t["epoch"]),
+                str(t["reworks"]),
+                _short(t["progress"], 30),
+                f"{t['age_s']:.0f}s",
+                " ".join(marks),
+            )
         )
-    summary = Text(
+    summary = (
         f"stuck: {len(flags['stuck'])}   looping: {len(flags['looping'])}   overloaded capabilities: "
-        f"{', '.join(flags['overloaded']) or 'none'}",
-        style="bold red" if any(flags.values()) else "green",
+        f"{', '.join(flags['overloaded']) or 'none'}"
     )
-    return Group(agents, tasks, summary)
+    return "\n\n".join(
+        [
+            _table(
+                f"agents ({len(agents)})",
+                ("AGENT", "ROLE", "SERVES", "LOAD", "TASKS", "LAST PROGRESS", "REWORKS", "DONE", "FAILED"),
+                agents,
+            ),
+            _table(
+                f"active tasks ({len(tasks)})",
+                ("TASK", "CAPABILITY", "STATE", "OWNER", "EPOCH", "REWORKS", "PROGRESS", "AGE", "FLAGS"),
+                tasks,
+            ),
+            summary,
+        ]
+    )

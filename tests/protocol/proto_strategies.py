@@ -69,6 +69,7 @@ votes = st.builds(
     round=st.integers(0, 5),
     at=times,
 )
+review_slots = st.builds(p.ReviewSlot, reviewer=agent_ids, beat=st.integers(0, 2**31), since=times)
 
 
 @st.composite
@@ -105,6 +106,7 @@ def records(draw: st.DrawFn) -> p.TaskRecord:
         reworks=draw(st.integers(0, 5)),
         review=review,
         votes=tuple(draw(st.lists(votes, max_size=3))),
+        slots=tuple(draw(st.lists(review_slots, max_size=3))),
         feedback=tuple(draw(st.lists(votes, max_size=2))),
         hops_left=draw(st.integers(0, 16)),
         deadline=draw(st.none() | times),
@@ -139,6 +141,7 @@ offers = st.builds(
     author=st.none() | agent_ids,
     lease_s=positive,
     deadline=st.none() | times,
+    full=st.booleans(),
 )
 cards = st.builds(
     p.AgentCard,
@@ -187,6 +190,14 @@ transitions: st.SearchStrategy[p.Event] = st.one_of(
     ),
     st.builds(p.Release, actor=agent_ids, epoch=_epochs, note=st.text(max_size=10)),
     st.builds(p.Reopen, actor=agent_ids, epoch=_epochs),
+    st.builds(
+        p.Reviewing,
+        actor=agent_ids,
+        epoch=_epochs,
+        takes=st.none() | agent_ids,
+        beat=st.integers(0, 2**31),
+        release=st.booleans(),
+    ),
     st.builds(p.Approve, actor=agent_ids, epoch=_epochs),
     st.builds(p.Veto, actor=agent_ids, epoch=_epochs, reasons=st.lists(st.text(max_size=10), max_size=3).map(tuple)),
     st.builds(p.Charge, actor=agent_ids, epoch=_epochs, usage=usages),
@@ -202,6 +213,13 @@ control_replies = st.builds(
     draining=st.booleans(),
     tasks=st.lists(task_ids, max_size=3).map(tuple),
     error=st.text(max_size=10),
+)
+lease_beats = st.builds(
+    p.LeaseBeat,
+    task=task_ids,
+    revision=st.integers(min_value=1, max_value=2**53),
+    epoch=st.integers(min_value=1, max_value=2**31),
+    owner=agent_ids,
 )
 error_reports = st.builds(
     p.ErrorReport,

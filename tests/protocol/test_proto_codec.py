@@ -17,6 +17,7 @@ from proto_strategies import (
     control_requests,
     error_reports,
     json_values,
+    lease_beats,
     offers,
     records,
     task_events,
@@ -35,6 +36,7 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
     "control": p.decode_control,
     "control_reply": p.decode_control_reply,
     "error": p.decode_error,
+    "beat": p.decode_beat,
 }
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "record": records(),
@@ -45,6 +47,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "control": control_requests,
     "control_reply": control_replies,
     "error": error_reports,
+    "beat": lease_beats,
 }
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -174,6 +177,9 @@ def test_invalid_records_are_refused(changes: dict[str, Any], match: str) -> Non
         (p.decode_control, {"action": "explode"}, "action"),
         (p.decode_error, {"agent": "a"}, "error"),
         (p.decode_event, {"kind": "claim"}, "task"),
+        (p.decode_beat, {"task": "T", "revision": 3, "epoch": 1, "owner": "a.b"}, "invalid agent id"),
+        (p.decode_beat, {"task": "T", "revision": 0, "epoch": 1, "owner": "a"}, "start at 1"),
+        (p.decode_beat, {"task": "T", "revision": 3, "owner": "a"}, "epoch"),
     ],
 )
 def test_invalid_messages_are_refused(decode: Callable[[bytes], Any], doc: Any, match: str) -> None:

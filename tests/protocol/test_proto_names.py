@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from proto_strategies import agent_ids, capabilities, kinds, prefixes, task_ids
 
 from protocol import (
+    BOARD_WATCH_SLOTS,
     MAJOR_VERSION,
     VERSION_HEADER,
     InvalidName,
@@ -268,3 +269,17 @@ def test_names_never_contain_wildcards_or_spaces(prefix: str, task_id: str, capa
     for name in (n.task_key(task_id), n.offer_key(capability, task_id), n.event_subject(task_id, task_id, "claim")):
         assert not set(name) & set("*> \t\r\n")
         assert all(name.split("."))
+
+
+def test_watch_slot_keys_round_trip_and_stay_in_range() -> None:
+    n = Names()
+    for slot in range(BOARD_WATCH_SLOTS):
+        key = n.watch_slot_key("summarize.medical", slot)
+        assert key == f"watch.summarize.medical.{slot}"
+        assert n.parse_watch_slot_key(key) == ("summarize.medical", slot)
+    for bad_slot in (-1, BOARD_WATCH_SLOTS):
+        with pytest.raises(InvalidName):
+            n.watch_slot_key("summarize", bad_slot)
+    for bad_key in ("watch.summarize", "agent.a.0", f"watch.summarize.{BOARD_WATCH_SLOTS}", "watch.Sum.0", "watch.a.x"):
+        with pytest.raises(InvalidName):
+            n.parse_watch_slot_key(bad_key)

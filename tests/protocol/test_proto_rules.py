@@ -243,7 +243,7 @@ def test_delay_is_monotone_decreasing_in_fit(a: float, b: float, jitter: float) 
     lo, hi = sorted((a, b))
     assert claim_delay(hi) <= claim_delay(lo)
     assert claim_delay(hi, jitter=jitter) <= claim_delay(lo, jitter=jitter)
-    if hi > lo:
+    if hi - lo > 1e-12:  # closer fits may round to the same delay (1 - fit loses digits)
         assert claim_delay(hi) < claim_delay(lo)
 
 

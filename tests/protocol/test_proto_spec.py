@@ -149,6 +149,7 @@ def test_decode_vectors() -> None:
         "control_request": p.decode_control,
         "control_reply": p.decode_control_reply,
         "error_report": p.decode_error,
+        "lease_beat": p.decode_beat,
     }
     cases = load("decode.json")["cases"]
     assert {c["expect"] for c in cases} == {"accept", "refuse"}

@@ -47,8 +47,12 @@ from protocol import (
     decode_record,
     encode,
     event_kind,
+    free_slots,
     is_terminal,
     new_task,
+    review_full,
+    slot_of,
+    take_slot,
 )
 
 T0 = 1_700_000_000.0
@@ -100,6 +104,8 @@ class TaskLife(RuleBasedStateMachine):
         self.owner_of_epoch: dict[int, str] = {}
         self.revision = 1
         self.accepted: list[str] = []
+        #: reviewers whose slot was taken over in the current review
+        self.taken_over: set[str] = set()
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -181,11 +187,56 @@ class TaskLife(RuleBasedStateMachine):
         # The record stays valid on the wire.
         assert check_record(new) is new
         assert decode_record(encode(new)) == new
-        # The board only hears about changes of who must act.
+        self.check_slots(old, event, new)
+        # The board only hears about changes of who must act (a review filling up or
+        # freeing a slot is one: reviewers stop, or may start, taking slots).
         change = board_change(old, new, self.revision + 1)
-        if (old.state, old.epoch, old.capability) == (new.state, new.epoch, new.capability):
+        if (old.state, old.epoch, old.capability, review_full(old)) == (
+            new.state,
+            new.epoch,
+            new.capability,
+            review_full(new),
+        ):
             assert change.put == {}
             assert change.delete == ()
+        else:
+            assert all(offer.full == review_full(new) for offer in change.put.values())
+
+    def check_slots(self, old: TaskRecord, event: Event, new: TaskRecord) -> None:
+        """Review slots: never more than the quorum, never the author or a voter, and a
+        vote only from a holder or into a free slot."""
+        if new.state == "review":
+            assert new.review is not None
+            holders = [s.reviewer for s in new.slots]
+            assert len(holders) == len(set(holders))
+            assert len(holders) + len(approvals(new)) <= new.review.quorum
+            assert new.author not in holders
+            assert not {v.reviewer for v in new.votes if v.round == new.reworks} & set(holders)
+        if new.slots != old.slots:
+            assert isinstance(event, Reviewing | Approve | Veto | Finish)
+        if (new.state, old.state) == ("review", "review") and isinstance(event, Approve | Veto):
+            # Accepted votes come from holders, or take a free slot at once.
+            assert slot_of(old, event.actor) is not None or free_slots(old) > 0
+            assert slot_of(new, event.actor) is None
+        if old.state == "review" and new.state == "review" and isinstance(event, Reviewing):
+            mine = slot_of(old, event.actor)
+            if event.release:
+                assert mine is not None and slot_of(new, event.actor) is None
+            elif mine is not None:
+                assert slot_of(new, event.actor) == msgspec.structs.replace(mine, beat=mine.beat + 1)
+            elif free_slots(old) == 0:
+                # A takeover: only of the named holder, at the beat the taker observed.
+                assert event.takes is not None
+                lapsed = slot_of(old, event.takes)
+                assert lapsed is not None and lapsed.beat == event.beat
+                assert slot_of(new, event.takes) is None
+                self.taken_over.add(event.takes)
+            assert slot_of(new, event.actor) is not None or event.release
+        if isinstance(event, Approve | Veto) and event.actor in self.taken_over and new.state != "failed":
+            hypothesis.event("a taken-over holder voted into a free slot")
+            assert free_slots(old) > 0
+        if new.state != "review":
+            self.taken_over.clear()
 
     # --- rules ----------------------------------------------------------------------------
 
@@ -212,6 +263,8 @@ class TaskLife(RuleBasedStateMachine):
                 self.feed(Claim(actor=agent))
             case "working":
                 self.feed(Finish(actor=record.owner or agent, epoch=record.epoch, result=f"by {record.owner}"))
+            case "review" if slot_of(record, reviewer) is None and (take := take_slot(record, reviewer)) is not None:
+                self.feed(take)  # reserve before reviewing
             case "review" if veto:
                 self.feed(Veto(actor=reviewer, epoch=record.epoch, reasons=("not good enough",)))
             case "review":
@@ -268,6 +321,24 @@ class TaskLife(RuleBasedStateMachine):
                 else Veto(actor=actor, epoch=epoch, reasons=reasons)
             )
 
+    @precondition(lambda self: self.record.state == "review" or is_terminal(self.record))
+    @rule(
+        who=st.sampled_from(["$author", *REVIEWERS, *REVIEWERS, "a"]),
+        shift=EPOCH_SHIFT,
+        takes=st.sampled_from(["$holder", "$holder", "$author", *REVIEWERS]),
+        beat_shift=st.sampled_from([0, 0, 0, -1, 1]),
+        release=st.sampled_from([False, False, False, True]),
+    )
+    def slot(self, who: str, shift: int, takes: str, beat_shift: int, release: bool) -> None:
+        """Take, take over (right or wrong beat, right or wrong holder), renew or give back
+        a review slot."""
+        record = self.record
+        holder = record.slots[0] if record.slots else None
+        named = holder.reviewer if takes == "$holder" and holder is not None else self.actor(takes)
+        held = slot_of(record, named)
+        beat = max(0, (held.beat if held else 0) + beat_shift)
+        self.feed(Reviewing(actor=self.actor(who), epoch=self.epoch(shift), takes=named, beat=beat, release=release))
+
     @rule(who=ACTORS, reason=st.sampled_from(["deadline", "no_agent"]), dice=st.integers(0, 5))
     def expire(self, who: str, reason: Any, dice: int) -> None:
         if dice == 0:
@@ -318,6 +389,8 @@ class TaskLife(RuleBasedStateMachine):
         assert (record.state == "working") <= (record.owner is not None)
         if record.state == "review":
             assert record.review is not None and record.author is not None
+            assert len(record.slots) + len(approvals(record)) <= record.review.quorum
+            assert record.author not in {s.reviewer for s in record.slots}
         assert all(kind in EVENT_KINDS for kind in self.accepted)
 
 

@@ -1,0 +1,227 @@
+"""The short paths of a task's life (mesh/client.py, follow.py, bus.py, work.py): a run
+that follows its task from before creating it, acks awaited after the work, waiting
+on an id. Real broker; the acks are delayed or lost by holding the client's replies."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import nats
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from mesh.agent import Agent, AgentConfig
+from mesh.broker import Broker
+from mesh.bus import Unavailable
+from mesh.client import Mesh
+from mesh.work import TaskContext
+from protocol import Claim, Finish, TaskRecord, decode_event, decode_offer, new_task
+
+
+class Echo:
+    async def work(self, task: Any) -> Any:
+        return task.instruction
+
+
+@contextlib.asynccontextmanager
+async def running(*agents: Agent) -> AsyncIterator[None]:
+    """Agents in this process, drained on the way out. (Not a fixture: a task group must
+    be left in the task that entered it.)"""
+    async with anyio.create_task_group() as tg:
+        for agent in agents:
+            await tg.start(agent.run)
+        yield
+        for agent in agents:
+            agent.drain()
+            await agent.stopped()
+
+
+def echo_agent(broker: Broker, agent_id: str = "echo-1") -> Agent:
+    return Agent(AgentConfig(id=agent_id, serves=("echo",), capacity=4), Echo(), server=broker.url)
+
+
+class HeldReplies:
+    """Holds the acks a client's bus receives (JetStream's replies to its offers and
+    events) until released; ``drop`` loses the first ``drop`` of them instead."""
+
+    def __init__(self, mesh: Mesh, *, drop: int = 0) -> None:
+        replies = mesh.bus._replies
+        assert not replies.prefix, "install before the client's first acknowledged publish"
+        self._deliver = replies._on_reply
+        replies._on_reply = self._on_reply  # type: ignore[method-assign]
+        self.drop = drop
+        self.dropped = 0
+        self.held: list[Msg] = []
+        self.released = False
+
+    async def _on_reply(self, msg: Msg) -> None:
+        if self.dropped < self.drop:
+            self.dropped += 1
+        elif self.released:
+            await self._deliver(msg)
+        else:
+            self.held.append(msg)
+
+    async def release(self) -> int:
+        held, self.held, self.released = self.held, [], True
+        for msg in held:
+            await self._deliver(msg)
+        return len(held)
+
+
+async def _on_end(url: str, task_id: str, then: Any) -> nats.aio.client.Client:
+    """An independent observer: calls ``then()`` when the task's terminal event is out."""
+    nc = await nats.connect(url)
+
+    async def seen(msg: Msg) -> None:
+        if decode_event(msg.data).state in ("done", "failed", "cancelled"):
+            await then()
+
+    await nc.subscribe(f"mesh.v1.evt.{task_id}.{task_id}.*", cb=seen)
+    await nc.flush()
+    return nc
+
+
+async def test_run_returns_the_final_record_when_the_agent_finishes_before_the_create_acks(
+    broker: Broker, mesh_client: Mesh
+) -> None:
+    replies = HeldReplies(mesh_client)
+    released: list[int] = []
+
+    async def release() -> None:
+        released.append(await replies.release())
+
+    observer = await _on_end(broker.url, "early1", release)
+    try:
+        async with running(echo_agent(broker)):
+            record = await mesh_client.run("echo", "hello", task_id="early1")
+    finally:
+        await observer.close()
+    assert record.state == "done" and record.result == "hello" and record.owner == "echo-1"
+    # The offer's and the "created" event's acks were held until the task had ended,
+    # and run() still returned only once they were in.
+    assert released == [2]
+    assert not mesh_client.bus._replies.waiting
+    kinds = [e.kind for e in await mesh_client.history("early1")]
+    assert kinds[0] == "created" and kinds.count("created") == 1 and kinds[-1] == "finish"
+
+
+async def test_lost_acks_are_resent_and_deduplicated(broker: Broker, mesh_client: Mesh) -> None:
+    """No agent: the client's offer and event acks are lost once; submit re-sends both
+    (same Nats-Msg-Id) and returns only when they are acknowledged."""
+    replies = HeldReplies(mesh_client, drop=2)
+    await replies.release()
+    record = await mesh_client.submit("nobody", "are you there?", task_id="lost1")
+    assert replies.dropped == 2
+    entry = await mesh_client.bus.tasks.get(mesh_client.names.offer_key("nobody", "lost1"))
+    assert decode_offer(entry.value or b"").task == record.id
+    assert [e.kind for e in await mesh_client.history("lost1")] == ["created"]  # stored once
+
+
+async def test_submit_returns_with_offer_and_event_stored(broker: Broker) -> None:
+    """A client that exits right after submit leaves an announced task."""
+    mesh = await Mesh.connect(broker.url, client_id="quick")
+    record = await mesh.submit("nobody", "still there after I leave", task_id="quick1")
+    await mesh.nc.close()  # no drain: only what submit awaited is guaranteed
+    other = await Mesh.connect(broker.url, client_id="other")
+    try:
+        entry = await other.bus.tasks.get(other.names.offer_key("nobody", "quick1"))
+        assert decode_offer(entry.value or b"").task == record.id
+        assert [e.kind for e in await other.history("quick1")] == ["created"]
+    finally:
+        await other.close()
+
+
+async def test_wait_on_an_id_or_a_submitted_record(broker: Broker, mesh_client: Mesh) -> None:
+    async with running(echo_agent(broker)):
+        submitted = await mesh_client.submit("echo", "one")
+        assert (await mesh_client.wait(submitted.id)).result == "one"
+        assert (await mesh_client.wait(submitted.id)).state == "done"  # already over: at once
+        second = await mesh_client.submit("echo", "two")
+        assert (await mesh_client.wait(second)).result == "two"
+
+
+async def test_delegated_work_waits_for_its_child(broker: Broker, mesh_client: Mesh) -> None:
+    """A worker's delegation creates its child and follows it (TaskContext._hand_off)."""
+
+    class Delegator:
+        async def work(self, task: Any) -> Any:
+            child = await task.delegate("echo", f"child of {task.instruction}")
+            return f"{child.state}: {child.result}"
+
+    boss = Agent(
+        AgentConfig(id="boss", serves=("boss",), delegates=("echo",), capacity=2), Delegator(), server=broker.url
+    )
+    async with running(boss, echo_agent(broker)):
+        record = await mesh_client.run("boss", "x")
+    assert record.state == "done" and record.result == "done: child of x"
+    tree = await mesh_client.tree(record.id)
+    assert [(depth, r.state) for depth, r in tree] == [(0, "done"), (1, "done")]
+
+
+async def test_an_owner_whose_finish_ack_was_lost_still_announces_it(
+    mesh_client: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker commits the finish, but its ack is lost and so is the read that would
+    have checked it: the owner's retry recognises its own write (not Lost) and the
+    finish is announced once."""
+    bus = mesh_client.bus
+    record = new_task(task_id="unacked1", capability="x", instruction="i", requester="test-client", now=time.time())
+    held, revision = await bus.write(record, await bus.create(record), Claim(actor="w"))
+    ctx = TaskContext(bus, held, revision, agent="w", delegates=())
+    real_update, real_read = bus.tasks.update, bus.read
+    faults = {"ack": 1, "check": 1}
+
+    async def update(*args: Any, **kwargs: Any) -> int:
+        landed = await real_update(*args, **kwargs)
+        if faults["ack"]:
+            faults["ack"] -= 1
+            raise nats.errors.TimeoutError
+        return landed
+
+    async def read(task_id: str) -> tuple[TaskRecord, int]:
+        if faults["check"]:
+            faults["check"] -= 1
+            raise Unavailable("injected: the broker is away")
+        return await real_read(task_id)
+
+    monkeypatch.setattr(bus.tasks, "update", update)
+    monkeypatch.setattr(bus, "read", read)
+    done = await ctx.write(Finish(actor="w", epoch=1, result="r"))
+    assert done.state == "done" and done.result == "r" and faults == {"ack": 0, "check": 0}
+    assert [e.kind for e in await mesh_client.history("unacked1")] == ["created", "claim", "finish"]
+
+
+async def test_a_create_whose_ack_and_check_were_lost_is_recognised(
+    mesh_client: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submit() through a broker that stores the record but loses the ack, then fails
+    the read that checks it: the retry finds its own record and announces it once."""
+    bus = mesh_client.bus
+    real_create, real_read = bus.tasks.create, bus.read
+    faults = {"ack": 1, "check": 1}
+
+    async def create(*args: Any, **kwargs: Any) -> int:
+        landed = await real_create(*args, **kwargs)
+        if faults["ack"]:
+            faults["ack"] -= 1
+            raise nats.errors.TimeoutError
+        return landed
+
+    async def read(task_id: str) -> tuple[TaskRecord, int]:
+        if faults["check"]:
+            faults["check"] -= 1
+            raise Unavailable("injected: the broker is away")
+        return await real_read(task_id)
+
+    monkeypatch.setattr(bus.tasks, "create", create)
+    monkeypatch.setattr(bus, "read", read)
+    record = await mesh_client.submit("nobody", "once", task_id="created1")
+    assert faults == {"ack": 0, "check": 0}
+    assert (await mesh_client.get("created1")) == record
+    assert [e.kind for e in await mesh_client.history("created1")] == ["created"]
