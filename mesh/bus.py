@@ -616,9 +616,10 @@ class Bus:
                 if len(data) > OFFER_RECORD_LIMIT:
                     data = b""
             data = data or encode(offer)
-            if offer.state in ("open", "review"):
+            if offer.state == "open" or (offer.state == "review" and not offer.full):
                 # One agent of each queue group serving this capability gets a nudge and
-                # may claim at once; every other agent is a backup that waits longer.
+                # may claim at once; every other agent is a backup that waits longer. (A
+                # full review has nothing to take: its slots' holders are watched.)
                 # Nudge first: the nudge carries the offer, and the nudged agent should
                 # not have scheduled itself as a backup from the board already.
                 await self._send_unacked(self.names.work_subject(capability), data, {VERSION_HEADER: "1"})
