@@ -193,11 +193,12 @@ class Agent:
             async with anyio.create_task_group() as tg:
                 async with anyio.create_task_group() as tasks_tg:
                     self._tasks_tg = tasks_tg
-                    await tg.start(self._heartbeat)
                     await tg.start(self._service)
                     for served in self.config.serves:
                         await tg.start(self._nudges, served)
                         await tg.start(self._board, served)
+                    # The card goes up last: in the directory means ready to work.
+                    await tg.start(self._heartbeat)
                     tg.start_soon(self._claimer)
                     tg.start_soon(self._leases)
                     self.log.info("agent ready", serves=self.config.serves, capacity=self.config.capacity)
@@ -388,7 +389,10 @@ class Agent:
                     with translate_errors(key):
                         try:
                             entry = await self.bus.agents.get(key)
-                            last = None if entry.value else entry.revision
+                            # Free (a tombstone), or held by an earlier run of this agent
+                            # that died without giving it up: ids are unique in a mesh.
+                            mine = entry.value == self.config.id.encode()
+                            last = None if entry.value and not mine else entry.revision
                         except nats.js.errors.KeyDeletedError as deleted:
                             last = deleted.entry.revision if deleted.entry else None
                     revision = None if last is None else await self._set_watch_slot(key, last=last)

@@ -94,6 +94,10 @@ async def _follow(
                 ended = event.state in ("done", "failed", "cancelled")
                 if ended and event.record is not None and event.record.id == task_id:
                     return event.record  # terminal events carry the final record
+                if event.state == "working" and current.state != "working":
+                    # Claimed: from now on the owner's lease, not the claim timeout, is
+                    # how long the record may stay unchanged (judged after a read).
+                    view = LeaseView(revision=view.revision, seen_at=time.monotonic(), lease_s=current.lease_s)
             except RemoteProtocolError:
                 ended = True  # unreadable event: check the record itself
         # Time without a broker does not count against anyone's patience.

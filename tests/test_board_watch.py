@@ -19,7 +19,7 @@ async def test_only_a_few_agents_watch_and_a_newcomer_reads_the_board_on_joining
 ) -> None:
     first = [f"s{i}" for i in range(BOARD_WATCH_SLOTS)]
     for name in first:
-        agent_procs.start(name, ["slow"], kind="sleep", capacity=1, options={"seconds": 6, "steps": 6})
+        agent_procs.start(name, ["slow"], kind="sleep", capacity=1, options={"seconds": 12, "steps": 12})
     await agent_procs.ready(mesh_client)
 
     async def all_slots_held() -> bool:
@@ -44,7 +44,7 @@ async def test_only_a_few_agents_watch_and_a_newcomer_reads_the_board_on_joining
         owners = [(await mesh_client.get(r.id)).owner for r in records]
         return "late" in owners
 
-    await wait_for(newcomer_working, timeout=4, what="the newcomer to claim a waiting task from the board")
+    await wait_for(newcomer_working, timeout=8, what="the newcomer to claim a waiting task from the board")
     assert "late" not in (await _watchers(mesh_client, "slow")).values()
     for r in records:
         await mesh_client.cancel(r.id)
@@ -109,3 +109,30 @@ async def test_an_owner_announces_each_renewal_with_a_lease_beat(agent_procs: Ag
     _, latest = await mesh_client.bus.read(record.id)
     assert latest >= revisions[-1]
     await mesh_client.cancel(record.id)
+
+
+async def test_a_restarted_watcher_takes_back_its_own_slot_at_once(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    names = [f"r{i}" for i in range(BOARD_WATCH_SLOTS)]
+    for name in names:
+        agent_procs.start(name, ["again"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    assert sorted((await _watchers(mesh_client, "again")).values()) == names  # in the directory: watching
+    agent_procs.procs["r0"].kill()  # its slot stays held (by a dead process) until it expires
+    agent_procs.procs["r0"].wait(10)
+    before = {e.key: e.revision for e in await mesh_client.bus.snapshot("watch.again.*", bucket=mesh_client.bus.agents)}
+    (key,) = [
+        e.key
+        for e in await mesh_client.bus.snapshot("watch.again.*", bucket=mesh_client.bus.agents)
+        if e.value == b"r0"
+    ]
+    agent_procs.start("r0", ["again"], kind="echo")
+
+    async def taken_back() -> bool:
+        entry = await mesh_client.bus.agents.get(key)
+        return entry.value == b"r0" and (entry.revision or 0) > before[key]
+
+    # The old run's slot would expire 6 s after its last renewal (and its card is
+    # still listed until then): the new run takes the slot back as it starts.
+    await wait_for(taken_back, timeout=5, what="the restarted agent to take its slot back")
+    after = await mesh_client.bus.snapshot("watch.again.*", bucket=mesh_client.bus.agents)
+    assert sorted(e.value.decode() for e in after) == names
