@@ -378,24 +378,13 @@ class Agent:
             slot = await self._take_watch_slot(served)
 
     async def _take_watch_slot(self, served: str) -> tuple[str, int] | None:
-        """Try to become a watcher of ``served``'s board by taking a free slot."""
+        """Try to become a watcher of ``served``'s board by taking a free slot: one read
+        per slot (held slots cost nothing more), and a compare-and-set on a free one."""
         for slot in range(BOARD_WATCH_SLOTS):
             key = self.names.watch_slot_key(served, slot)
             try:
-                revision = await self._set_watch_slot(key, last=0)
-                if revision is None:
-                    # Taken, or a tombstone: an expired or given-up slot leaves a marker
-                    # (no value), which is free to take over by compare-and-set.
-                    with translate_errors(key):
-                        try:
-                            entry = await self.bus.agents.get(key)
-                            # Free (a tombstone), or held by an earlier run of this agent
-                            # that died without giving it up: ids are unique in a mesh.
-                            mine = entry.value == self.config.id.encode()
-                            last = None if entry.value and not mine else entry.revision
-                        except nats.js.errors.KeyDeletedError as deleted:
-                            last = deleted.entry.revision if deleted.entry else None
-                    revision = None if last is None else await self._set_watch_slot(key, last=last)
+                last = await self._free_watch_slot(key)
+                revision = None if last is None else await self._set_watch_slot(key, last=last)
             except (nats.errors.Error, MeshError) as exc:
                 self.log.warning("cannot reach the directory for a watch slot", error=str(exc) or type(exc).__name__)
                 return None
@@ -403,6 +392,23 @@ class Agent:
                 self.log.info("watching the board", capability=served, slot=slot)
                 return key, revision
         return None
+
+    async def _free_watch_slot(self, key: str) -> int | None:
+        """The revision to compare-and-set against if the slot is ours to take, or None
+        if another agent holds it. Free means: never written (0), a tombstone left by an
+        expired or given-up slot, or held by an earlier run of this agent that died
+        without giving it up (ids are unique in a mesh)."""
+        try:
+            with translate_errors(key):
+                try:
+                    entry = await self.bus.agents.get(key)
+                except nats.js.errors.KeyDeletedError as deleted:
+                    return deleted.entry.revision if deleted.entry else 0
+        except NotFound:
+            return 0
+        if entry.value and entry.value != self.config.id.encode():
+            return None
+        return entry.revision or 0
 
     async def _set_watch_slot(self, key: str, *, last: int) -> int | None:
         """Compare-and-set our id into a watch slot with a fresh TTL (``last=0``: the

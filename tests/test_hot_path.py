@@ -174,24 +174,7 @@ async def test_an_owner_whose_finish_ack_was_lost_still_announces_it(
     record = new_task(task_id="unacked1", capability="x", instruction="i", requester="test-client", now=time.time())
     held, revision = await bus.write(record, await bus.create(record), Claim(actor="w"))
     ctx = TaskContext(bus, held, revision, agent="w", delegates=())
-    real_update, real_read = bus.tasks.update, bus.read
-    faults = {"ack": 1, "check": 1}
-
-    async def update(*args: Any, **kwargs: Any) -> int:
-        landed = await real_update(*args, **kwargs)
-        if faults["ack"]:
-            faults["ack"] -= 1
-            raise nats.errors.TimeoutError
-        return landed
-
-    async def read(task_id: str) -> tuple[TaskRecord, int]:
-        if faults["check"]:
-            faults["check"] -= 1
-            raise Unavailable("injected: the broker is away")
-        return await real_read(task_id)
-
-    monkeypatch.setattr(bus.tasks, "update", update)
-    monkeypatch.setattr(bus, "read", read)
+    faults = _lose_one_ack_and_its_check(monkeypatch, mesh_client, "update")
     done = await ctx.write(Finish(actor="w", epoch=1, result="r"))
     assert done.state == "done" and done.result == "r" and faults == {"ack": 0, "check": 0}
     assert [e.kind for e in await mesh_client.history("unacked1")] == ["created", "claim", "finish"]
@@ -202,26 +185,33 @@ async def test_a_create_whose_ack_and_check_were_lost_is_recognised(
 ) -> None:
     """submit() through a broker that stores the record but loses the ack, then fails
     the read that checks it: the retry finds its own record and announces it once."""
-    bus = mesh_client.bus
-    real_create, real_read = bus.tasks.create, bus.read
+    faults = _lose_one_ack_and_its_check(monkeypatch, mesh_client, "create")
+    record = await mesh_client.submit("nobody", "once", task_id="created1")
+    assert faults == {"ack": 0, "check": 0}
+    assert (await mesh_client.get("created1")) == record
+    assert [e.kind for e in await mesh_client.history("created1")] == ["created"]
+
+
+def _lose_one_ack_and_its_check(monkeypatch: pytest.MonkeyPatch, mesh: Mesh, write: str) -> dict[str, int]:
+    """The next ``bus.tasks.<write>`` lands on the real broker but its ack is lost, and
+    the next record read (the writer's check) fails: counts of faults still to come."""
+    bus = mesh.bus
+    real_write, real_read = getattr(bus.tasks, write), bus.read
     faults = {"ack": 1, "check": 1}
 
-    async def create(*args: Any, **kwargs: Any) -> int:
-        landed = await real_create(*args, **kwargs)
+    async def lossy_write(*args: Any, **kwargs: Any) -> int:
+        landed: int = await real_write(*args, **kwargs)
         if faults["ack"]:
             faults["ack"] -= 1
             raise nats.errors.TimeoutError
         return landed
 
-    async def read(task_id: str) -> tuple[TaskRecord, int]:
+    async def failing_read(task_id: str) -> tuple[TaskRecord, int]:
         if faults["check"]:
             faults["check"] -= 1
             raise Unavailable("injected: the broker is away")
         return await real_read(task_id)
 
-    monkeypatch.setattr(bus.tasks, "create", create)
-    monkeypatch.setattr(bus, "read", read)
-    record = await mesh_client.submit("nobody", "once", task_id="created1")
-    assert faults == {"ack": 0, "check": 0}
-    assert (await mesh_client.get("created1")) == record
-    assert [e.kind for e in await mesh_client.history("created1")] == ["created"]
+    monkeypatch.setattr(bus.tasks, write, lossy_write)
+    monkeypatch.setattr(bus, "read", failing_read)
+    return faults
