@@ -6,7 +6,8 @@
 The artifacts are what an implementer in another language works from:
 
 - ``protocol/schema/*.json``: JSON Schemas of every wire message (``msgspec.json.schema``,
-  plus the name patterns the decoders enforce);
+  its descriptions normalized with ``inspect.cleandoc``, plus the name patterns the
+  decoders enforce);
 - ``protocol/vectors/*.json``: conformance vectors: transitions (record + event + time
   -> next record, or the refusal), the other rules, names, and decoding;
 - the generated sections of ``docs/PROTOCOL.md``, between ``<!-- BEGIN GENERATED: x -->``
@@ -20,6 +21,7 @@ the rest it reads and writes files (it is a build tool, not part of any agent).
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
 import re
@@ -117,6 +119,7 @@ __all__ = [
     "STATES",
     "Artifact",
     "artifacts",
+    "json_schema",
     "schema",
     "transition_vectors",
     "doc_sections",
@@ -181,14 +184,49 @@ def _add_pattern(prop: dict[str, Any], pattern: str) -> None:
         _add_pattern(branch, pattern)
 
 
+#: Keywords whose value is one schema, and those whose value is a list or a name -> schema map.
+_SUBSCHEMA = frozenset({"items", "additionalProperties", "contains", "propertyNames", "not", "if", "then", "else"})
+_SUBSCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_SUBSCHEMA_MAPS = frozenset({"$defs", "properties", "patternProperties", "dependentSchemas"})
+
+
+def _clean_descriptions(node: dict[str, Any]) -> dict[str, Any]:
+    """``node`` (a schema) with every ``description``, its own and its subschemas',
+    normalized by :func:`inspect.cleandoc`. Data (``default``, ``enum``, ...) is left as it is."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "description" and isinstance(value, str):
+            value = inspect.cleandoc(value)
+        elif key in _SUBSCHEMA and isinstance(value, dict):
+            value = _clean_descriptions(value)
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            value = [_clean_descriptions(v) if isinstance(v, dict) else v for v in value]
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            value = {k: _clean_descriptions(v) if isinstance(v, dict) else v for k, v in value.items()}
+        out[key] = value
+    return out
+
+
+def json_schema(tp: Any) -> dict[str, Any]:
+    """``msgspec.json.schema(tp)`` made independent of how it renders docstrings, plus the
+    name patterns the decoders enforce.
+
+    msgspec puts a type's docstring into its ``description``, and how much of the source's
+    indentation survives depends on msgspec (0.22 keeps it, 0.23 strips it) and on Python
+    (3.13 strips it when compiling). Every description is normalized with
+    :func:`inspect.cleandoc`, so the published artifacts depend on our docstrings only."""
+    body = _clean_descriptions(msgspec.json.schema(tp))
+    for (struct, field), regex in _PATTERNS.items():
+        definition = body.get("$defs", {}).get(struct)
+        if definition is not None and field in definition.get("properties", {}):
+            _add_pattern(definition["properties"][field], regex.pattern)
+    return body
+
+
 def schema(stem: str) -> dict[str, Any]:
     """The JSON Schema of one published message type."""
     tp = SCHEMAS[stem]
-    body = msgspec.json.schema(tp)
-    for (struct, field), regex in _PATTERNS.items():
-        definition = body.get("$defs", {}).get(struct)
-        if definition is not None and field in definition["properties"]:
-            _add_pattern(definition["properties"][field], regex.pattern)
+    body = json_schema(tp)
     title = "Event" if tp is Event else tp.__name__
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -971,8 +1009,9 @@ def _diagram() -> str:
 
 
 def _first_line(obj: Any) -> str:
-    doc = (obj.__doc__ or "").strip()
-    return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+    """The first paragraph of ``obj``'s docstring, on one line."""
+    doc = inspect.cleandoc(obj.__doc__ or "")
+    return " ".join(re.split(r"\n\s*\n", doc)[0].split()).replace("``", "`")
 
 
 def _transition_table() -> str:
@@ -1026,11 +1065,8 @@ def _type_of(prop: dict[str, Any]) -> str:
 
 def _fields(tp: Any) -> str:
     """The field table of a wire struct, from its JSON Schema."""
-    body = msgspec.json.schema(tp)
+    body = json_schema(tp)
     name = tp.__name__
-    for (struct, field), regex in _PATTERNS.items():
-        if struct == name and field in body["$defs"][name]["properties"]:
-            _add_pattern(body["$defs"][name]["properties"][field], regex.pattern)
     definition = body["$defs"][name]
     rows = ["| Field | Type | Default |", "|---|---|---|"]
     for field, prop in definition["properties"].items():

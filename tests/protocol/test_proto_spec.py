@@ -3,12 +3,13 @@ implementation, and schemas, vectors and docs have not drifted from the code."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -181,6 +182,60 @@ def test_schemas_describe_the_examples() -> None:
     assert record_schema["properties"]["capability"]["pattern"].startswith("^")
     union = json.loads((SCHEMAS / "transition.json").read_text(encoding="utf-8"))
     assert set(union["discriminator"]["mapping"]) == set(p.EVENT_KINDS)
+
+
+def _sample_struct(doc: str) -> type[msgspec.Struct]:
+    """A struct ``Sample`` (with a nested ``Inner``) whose docstrings are ``doc``."""
+
+    inner = msgspec.defstruct("Inner", [("x", int, 0)])
+    sample = msgspec.defstruct(
+        "Sample",
+        [
+            ("inner", inner),
+            ("description", str, "a field named description"),
+            ("meta", Annotated[dict[str, str], msgspec.Meta(examples=[{"description": "  kept  as  is"}])], {}),
+        ],
+    )
+    inner.__doc__ = sample.__doc__ = doc
+    return sample
+
+
+def test_schemas_do_not_depend_on_docstring_indentation() -> None:
+    """msgspec 0.22 kept a docstring's source indentation in ``description``, 0.23 strips
+    it (and Python 3.13 strips it when compiling): the same struct, its docstring indented
+    any way, has the same published schema and field table, and data is left alone."""
+    docs = [
+        "First line of the summary.\n\n    Second paragraph, indented\n    as in a class body.\n    ",
+        "First line of the summary.\n\n        Second paragraph, indented\n        as in a class body.\n        ",
+        "First line of the summary.\n\nSecond paragraph, indented\nas in a class body.",
+        "\n    First line of the summary.\n    \n    Second paragraph, indented\n    as in a class body.\n",
+        "First line of the summary.\n\n\tSecond paragraph, indented\n\tas in a class body.\n\t",
+    ]
+    schemas = [spec.json_schema(_sample_struct(doc)) for doc in docs]
+    expected = "First line of the summary.\n\nSecond paragraph, indented\nas in a class body."
+    for got in schemas:
+        assert got == schemas[0]
+        assert got["$defs"]["Sample"]["description"] == expected
+        assert got["$defs"]["Inner"]["description"] == expected
+        props = got["$defs"]["Sample"]["properties"]
+        assert props["description"]["default"] == "a field named description"
+        assert props["meta"]["examples"] == [{"description": "  kept  as  is"}]
+    assert {spec._first_line(_sample_struct(doc)) for doc in docs} == {"First line of the summary."}
+    assert len({spec._fields(_sample_struct(doc)) for doc in docs}) == 1
+
+
+def test_published_descriptions_are_our_docstrings_cleaned() -> None:
+    """Every description in the published schemas is ``inspect.cleandoc`` of the type's own
+    docstring, whatever msgspec made of it."""
+    types = {tp.__name__: tp for tp in vars(p).values() if isinstance(tp, type) and issubclass(tp, msgspec.Struct)}
+    checked = 0
+    for stem in spec.SCHEMAS:
+        doc = json.loads((SCHEMAS / f"{stem}.json").read_text(encoding="utf-8"))
+        for name, definition in doc["$defs"].items():
+            if "description" in definition:
+                assert definition["description"] == inspect.cleandoc(types[name].__doc__), (stem, name)
+                checked += 1
+    assert checked > 10
 
 
 # --- drift ----------------------------------------------------------------------------------
