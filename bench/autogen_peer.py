@@ -5,9 +5,9 @@ process, in the same run, from the same client process.
     python -m bench.autogen_peer host 127.0.0.1:PORT
     python -m bench.autogen_peer worker 127.0.0.1:PORT
 
-Measured per repeat, AutoGen then mesh: sequential round trips (p50/p99) and
-throughput with 64 requests (tasks) in flight. The mesh's raw NATS request/reply
-baseline is measured in the same run too.
+Measured per repeat: sequential round trips (p50/p99) of AutoGen, the mesh and raw
+NATS request/reply, interleaved in blocks of 50; then throughput with 64 requests
+(tasks) in flight, AutoGen then mesh.
 
 AutoGen is an optional benchmark dependency (the `bench` extra); without it this
 benchmark reports itself skipped.
@@ -126,7 +126,7 @@ async def _autogen_concurrent(runtime: Any, n: int, inflight: int) -> dict[str, 
 
 
 async def _measure(
-    url: str, address: str, n_seq: int, n_conc: int, repeats: int, pids: dict[str, list[int]]
+    url: str, address: str, n_seq: int, n_conc: int, repeats: int, pids: dict[str, list[int]], block: int
 ) -> dict[str, Any]:
     import nats
     from autogen_core import try_get_known_serializers_for_type
@@ -155,15 +155,21 @@ async def _measure(
         await mesh_concurrent(mesh, INFLIGHT, INFLIGHT)
         await raw_sequential(nc, 20, RAW_SUBJECT)
         for rep in range(repeats):
-            ag_seq = await _autogen_sequential(runtime, n_seq)
+            # Sequential round trips interleaved in blocks (as in bench/latency.py), so the
+            # three see the same machine; then each system's concurrent run.
+            ag_seq: list[float] = []
+            me_seq: list[float] = []
+            raw: list[float] = []
+            for _ in range(max(n_seq // block, 1)):
+                ag_seq += await _autogen_sequential(runtime, block)
+                me_seq += await mesh_sequential(mesh, block)
+                raw += await raw_sequential(nc, block, RAW_SUBJECT)
             c0, p0 = time.process_time(), cpu("autogen")
             ag_conc = await _autogen_concurrent(runtime, n_conc, INFLIGHT)
             ag_cpu = ((time.process_time() - c0) + (cpu("autogen") - p0)) * 1000 / n_conc
-            me_seq = await mesh_sequential(mesh, n_seq)
             c0, p0 = time.process_time(), cpu("mesh")
             me_conc = await mesh_concurrent(mesh, n_conc, INFLIGHT)
             me_cpu = ((time.process_time() - c0) + (cpu("mesh") - p0)) * 1000 / n_conc
-            raw = await raw_sequential(nc, n_seq, RAW_SUBJECT)
             run = {
                 "autogen": {
                     "seq": dist_ms(ag_seq),
@@ -222,7 +228,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     from bench.latency import RAW_SUBJECT
     from mesh.broker import free_port
 
-    n_seq, n_conc, repeats = (10, INFLIGHT, 1) if quick else (300, 1000, 3)
+    n_seq, n_conc, repeats, block = (10, INFLIGHT, 1, 5) if quick else (300, 1000, 5, 50)
     address = f"127.0.0.1:{free_port()}"
     with broker() as b, tempdir() as d:
         host = Child(
@@ -246,7 +252,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                 f"AutoGen host + worker, mesh echo agent, raw responder up; {repeats} x ({n_seq} sequential + {n_conc} at {INFLIGHT} in flight)",
             )
             pids = {"autogen": [host.pid, worker.pid], "mesh": [echo.pid, b.process.pid]}
-            result = asyncio.run(_measure(b.url, address, n_seq, n_conc, repeats, pids))
+            result = asyncio.run(_measure(b.url, address, n_seq, n_conc, repeats, pids, block))
         finally:
             echo.stop()
             for kid in (raw, worker, host):

@@ -186,17 +186,18 @@ async def _central_kill(url: str, victim: Child, inflight: int, nap_s: float, wa
 
 
 async def _mesh_kill(
-    url: str, victim: AgentRun, inflight: int, nap_s: float, lease_s: float, wait_s: float
+    url: str, agents: list[AgentRun], inflight: int, nap_s: float, lease_s: float, wait_s: float
 ) -> dict[str, Any]:
-    """The same experiment on the mesh: kill one of the agents holding the tasks."""
+    """The same experiment on the mesh: kill the agent holding the most tasks (the
+    broker fills one agent's pull before the other's, so the split is not even)."""
+    from bench.common import mesh_settings
     from mesh.client import Mesh
 
-    mesh = await Mesh.connect(url, client_id="bench-kill")
+    # The agents made the queue with their brief's lease; the client's settings say the
+    # same, in case it ever comes first.
+    mesh = await Mesh.connect(url, client_id="bench-kill", settings=mesh_settings(lease_s=lease_s))
     t0 = time.monotonic()
-    records = [
-        await mesh.submit("nap", f"t{i}", data={"seconds": nap_s}, lease_s=lease_s, deadline_s=wait_s)
-        for i in range(inflight)
-    ]
+    records = [await mesh.submit("nap", f"t{i}", data={"seconds": nap_s}, deadline_s=wait_s) for i in range(inflight)]
     # Wait until the tasks are held (so the victim really has some in flight).
     held: dict[str, str | None] = {}
     deadline = time.monotonic() + 10
@@ -205,7 +206,9 @@ async def _mesh_kill(
         if all(held.values()):
             break
         await asyncio.sleep(0.02)
-    victim_held = sum(1 for owner in held.values() if owner == victim.agent_id)
+    by_agent = {a.agent_id: sum(1 for owner in held.values() if owner == a.agent_id) for a in agents}
+    victim = max(agents, key=lambda a: by_agent[a.agent_id])
+    victim_held = by_agent[victim.agent_id]
     victim.kill()
     finals = await asyncio.gather(*(mesh.wait(r) for r in records))
     elapsed = time.monotonic() - t0
@@ -214,6 +217,7 @@ async def _mesh_kill(
     return {
         "tasks": inflight,
         "held_by_victim": victim_held,
+        "held_by_agent": by_agent,
         "done": states.count("done"),
         "lost": inflight - states.count("done"),
         "reclaimed": sum(1 for f in finals if f.epoch > 1),
@@ -251,14 +255,14 @@ def main(quick: bool = False) -> dict[str, Any]:
                         k.stop()
                 progress(NAME, f"run {rep + 1}/{repeats}: central, {what} killed: {run[key]}")
             # Mesh: two agents; kill one.
-            brief = write_brief(d, "nap", ["nap"], kind="bench.workers:Nap", capacity=64)
+            brief = write_brief(d, "nap", ["nap"], kind="bench.workers:Nap", capacity=64, lease_s=lease_s)
             agents = [AgentRun(brief, b.url, f"nap{i}", d) for i in range(2)]
             try:
                 for a in agents:
                     a.start()
                 for a in agents:
                     a.wait_ready()
-                run["mesh_kill_agent"] = asyncio.run(_mesh_kill(b.url, agents[0], inflight, nap_s, lease_s, wait_s * 2))
+                run["mesh_kill_agent"] = asyncio.run(_mesh_kill(b.url, agents, inflight, nap_s, lease_s, wait_s * 2))
             finally:
                 for a in agents:
                     a.stop()

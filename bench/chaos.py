@@ -2,6 +2,10 @@
 `mesh agent run` processes while one of them is killed with SIGKILL at random every
 ~0.4 s and restarted. Reports tasks lost, tasks completed twice (more than one
 accepted ``finish`` event), the end states and reasons, failovers and the time taken.
+
+The kills start with the first submission and go on until every task has ended, so
+they fall on tasks being worked (the queue's lease is 1 s: a killed holder's items go
+to another agent a lease after its last renewal).
 """
 
 from __future__ import annotations
@@ -13,22 +17,24 @@ from typing import Any
 
 import anyio
 
-from bench.common import AgentRun, progress, tempdir, write_brief
+from bench.common import AgentRun, log_problems, mesh_settings, progress, tempdir, write_brief
 from bench.common import broker as fresh_broker
 
 NAME = "chaos"
-SETUP = "4 `mesh agent run` sleep processes (capacity 8), {tasks} tasks of 0.3 s with a 1 s lease, SIGKILL of a random agent every 0.2-0.6 s, restarted 0.2 s later"
+LEASE_S = 1.0
+SETUP = (
+    "4 `mesh agent run` sleep processes (capacity 8, queue lease 1 s), {tasks} tasks of 0.3 s (3 progress "
+    "writes each), SIGKILL of a random agent every 0.2-0.6 s from the first submission on, restarted 0.2 s later"
+)
 
 
 async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Random) -> dict[str, Any]:
     from mesh.client import Mesh
 
-    mesh = await Mesh.connect(url, client_id="chaos-client")
+    mesh = await Mesh.connect(url, client_id="chaos-client", settings=mesh_settings(lease_s=LEASE_S))
     kills = 0
     finals: dict[str, Any] = {}
     try:
-        records = [await mesh.submit("chaos", f"task {i}", lease_s=1.0, claim_timeout_s=60.0) for i in range(tasks)]
-        progress(NAME, f"submitted {tasks} tasks; killing an agent every ~0.4 s")
         t0 = time.monotonic()
 
         async def wait_one(task_id: str) -> None:
@@ -48,14 +54,27 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Rand
             async with anyio.create_task_group() as tg:
                 tg.start_soon(chaos)
                 async with anyio.create_task_group() as waiters:
-                    for r in records:
-                        waiters.start_soon(wait_one, r.id)
+                    for i in range(tasks):
+                        record = await mesh.submit("chaos", f"task {i}", claim_timeout_s=60.0)
+                        waiters.start_soon(wait_one, record.id)
+                    progress(NAME, f"submitted {tasks} tasks in {time.monotonic() - t0:.1f} s, {kills} kills so far")
                 tg.cancel_scope.cancel()
         elapsed = time.monotonic() - t0
-        events = await mesh.history(None)
+        # An owner killed between writing its result and recording the event leaves its
+        # item unacknowledged: the next agent to get it records the end ("ended"), a
+        # lease later. Wait for every end to be on record.
+        deadline = time.monotonic() + 20
+        while True:
+            events = await mesh.history(None)
+            ends = Counter(e.task for e in events if e.kind in ("finish", "ended"))
+            missing = [t for t, r in finals.items() if r.state == "done" and not ends[t]]
+            if not missing or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.5)
     finally:
         await mesh.close()
     finishes = Counter(e.task for e in events if e.kind == "finish")
+    recorded_late = sum(1 for e in events if e.kind == "ended")
     states = Counter(r.state for r in finals.values())
     reasons = Counter(r.reason for r in finals.values() if r.reason)
     result = {
@@ -65,9 +84,12 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Rand
         "lost": tasks - len(finals),
         "not_terminal": sum(1 for r in finals.values() if r.state not in ("done", "failed", "cancelled")),
         "completed_twice": sum(1 for n in finishes.values() if n > 1),
+        "ends_unrecorded": len(missing),
+        "ends_recorded_by_next_holder": recorded_late,
         "states": dict(states),
         "reasons": dict(reasons),
         "failed_over": sum(1 for r in finals.values() if r.lapses),
+        "attempts_per_task": sum(r.attempts for r in finals.values()) / max(len(finals), 1),
         "elapsed_s": elapsed,
         "tasks_per_s": tasks / elapsed if elapsed else 0.0,
         "setup": SETUP.format(tasks=f"{tasks:,}"),
@@ -75,7 +97,8 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, rng: random.Rand
     progress(
         NAME,
         f"{result['kills']} SIGKILLs; lost {result['lost']}, completed twice {result['completed_twice']}, "
-        f"states {result['states']}, failed over {result['failed_over']}",
+        f"states {result['states']}, failed over {result['failed_over']}, ends recorded by the next holder "
+        f"{recorded_late}, unrecorded {len(missing)}",
     )
     return result
 
@@ -86,14 +109,24 @@ def main(*, quick: bool = False) -> dict[str, Any]:
     with tempdir() as d, fresh_broker() as b:
         runs = {}
         for i in range(4):
-            brief = write_brief(d, f"c{i}", ["chaos"], kind="sleep", capacity=8, options={"seconds": 0.3, "steps": 3})
+            brief = write_brief(
+                d,
+                f"c{i}",
+                ["chaos"],
+                kind="sleep",
+                capacity=8,
+                options={"seconds": 0.3, "steps": 3},
+                lease_s=LEASE_S,
+            )
             runs[f"c{i}"] = AgentRun(brief, b.url, f"c{i}", d)
         for r in runs.values():
             r.start()
         for r in runs.values():
             r.wait_ready(30)
         try:
-            return anyio.run(_run, b.url, runs, tasks, rng)
+            result = anyio.run(_run, b.url, runs, tasks, rng)
         finally:
             for r in runs.values():
                 r.stop()
+        result["log_problems"] = log_problems([r.log for r in runs.values()])
+        return result

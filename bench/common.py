@@ -104,6 +104,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def source_hash() -> str:
+    """A short hash of the runtime's sources as they are on disk (protocol/, mesh/,
+    agents/): the commit alone does not say what an uncommitted tree measured."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for package in ("protocol", "mesh", "agents"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            h.update(str(path.relative_to(REPO)).encode())
+            with contextlib.suppress(OSError):
+                h.update(path.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def machine_facts() -> dict[str, Any]:
     from mesh.broker import find_nats_server
 
@@ -162,6 +176,7 @@ def machine_facts() -> dict[str, Any]:
             )
         },
         "commit": os.environ.get("BENCH_COMMIT", commit),
+        "source": source_hash(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -342,6 +357,7 @@ def host_cmd(
     seed: int = 0,
     heartbeat_s: float | None = None,
     start_concurrency: int = 8,
+    lease_s: float | None = None,
 ) -> list[str]:
     """Command line of an agent host process (bench/host.py): ``count`` agents in one process."""
     cmd = python(
@@ -368,6 +384,8 @@ def host_cmd(
         cmd += ["--serves", s]
     if heartbeat_s is not None:
         cmd += ["--heartbeat-s", str(heartbeat_s)]
+    if lease_s is not None:
+        cmd += ["--lease-s", str(lease_s)]
     return cmd
 
 
@@ -382,13 +400,18 @@ def write_brief(
     kind: str,
     capacity: int,
     options: dict[str, Any] | None = None,
+    lease_s: float | None = None,
 ) -> Path:
+    """A brief file. ``lease_s``: the lease (AckWait) of the queues this agent creates
+    (the first party to need a queue sets it; agents start before any task is sent)."""
     lines = [
         f'name = "{name}"',
         "serves = [" + ", ".join(f'"{s}"' for s in serves) + "]",
         f'kind = "{kind}"',
         f"capacity = {capacity}",
     ]
+    if lease_s is not None:
+        lines.append(f"lease_s = {float(lease_s)}")
     if options:
         lines.append("[options]")
         for key, value in options.items():
@@ -482,6 +505,51 @@ def agent_runs(runs: Sequence[AgentRun], timeout: float = 30.0) -> Iterator[Sequ
         for r in runs:
             with contextlib.suppress(Exception):
                 r.stop()
+
+
+def log_problems(paths: Sequence[Path], limit: int = 8) -> dict[str, Any]:
+    """Warnings, errors and tracebacks in agent logs (console or JSON lines): counts by
+    level and the most frequent messages, so a benchmark can report what went wrong in
+    the runtime while it measured."""
+    from collections import Counter
+
+    levels: Counter[str] = Counter()
+    messages: Counter[str] = Counter()
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            level = None
+            if line.startswith("{") and '"level"' in line:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    level = str(entry.get("level", ""))
+                    message = str(entry.get("event", ""))
+            else:
+                for name in ("warning", "error", "critical"):
+                    tag = f"[{name}"
+                    if tag in line:
+                        level = name
+                        message = line.split("]", 1)[1].strip().split("  ")[0] if "]" in line else line
+                        break
+                if line.startswith("Traceback"):
+                    level, message = "traceback", "Traceback"
+            if level in ("warning", "error", "critical", "traceback"):
+                levels[level] += 1
+                messages[f"{level}: {message}"] += 1
+    return {"counts": dict(levels), "top": messages.most_common(limit)}
+
+
+def mesh_settings(**changes: Any) -> Any:
+    """The client's Settings (from the environment) with ``changes`` (e.g. lease_s:
+    queues the client happens to create get the same lease as the agents')."""
+    import dataclasses
+
+    from mesh.settings import Settings
+
+    return dataclasses.replace(Settings.from_env(), **changes)
 
 
 # --- broker ----------------------------------------------------------------------------------

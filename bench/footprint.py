@@ -1,8 +1,8 @@
 """Footprint: idle agent RSS, agent start-to-ready time, ``mesh --help`` time.
 
 - start-to-ready: from spawning ``mesh agent run BRIEF`` to its ``agent ready`` log
-  line (connected, buckets ensured, card published, services endpoint and board
-  watch up: it can claim);
+  line (connected, buckets and its queue ensured, pulls open, services endpoint up,
+  card published: it can take work);
 - idle RSS: VmRSS of that process after it has idled a few seconds (heartbeats
   running), next to a bare interpreter and an interpreter that only imported the
   agent's modules, to show where the memory goes;

@@ -1,6 +1,6 @@
 """An agent host: many mesh agents in one OS process (for the scale and reliability
 benchmarks). Every agent is a full :class:`mesh.agent.Agent` with its own NATS
-connection, directory card, services endpoint, board watch and lease loop; they only
+connection, directory card, services endpoint and pulls on its queues; they only
 share the interpreter.
 
     python -m bench.host --server URL --count 100 --serves echo [--worker bench.workers:Noop]
@@ -38,6 +38,8 @@ async def host(args: argparse.Namespace) -> None:
         extra: dict[str, Any] = {}
         if args.heartbeat_s:
             extra["heartbeat_s"] = args.heartbeat_s
+        if args.lease_s:
+            extra["lease_s"] = args.lease_s
         config = AgentConfig(
             id=f"{args.id_prefix}{i}", serves=tuple(args.serves), capacity=args.capacity, kind=args.worker, **extra
         )
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", default="{}")
     p.add_argument("--heartbeat-s", type=float, default=None)
+    p.add_argument("--lease-s", type=float, default=None, help="lease (AckWait) of the queues the agents create")
     p.add_argument("--start-concurrency", type=int, default=8)
     args = p.parse_args(argv)
     from mesh.logs import configure_logging

@@ -38,16 +38,25 @@ ROUND_TRIP = "round trip (request, reply awaited)"
 ONE_WAY = "one-way publish"
 
 
-def _category(subject: str, acked: bool) -> str:
+def _category(subject: str, acked: bool, data: bytes = b"") -> str:
     parts = subject.split(".")
     how = ROUND_TRIP if acked else ONE_WAY
     if subject.startswith("$JS.API.DIRECT.GET"):
-        return "KV read of task record (direct get): " + how
+        stream = parts[4] if len(parts) > 4 else "?"
+        what = "task record" if stream.startswith("KV_") else f"stream {stream}"
+        return f"read of {what} (direct get): " + how
+    if subject.startswith("$JS.API.CONSUMER.MSG.NEXT"):
+        return "pull request for work items (items arrive later)"
+    if subject.startswith("$JS.ACK."):
+        verb = data.split(b" ", 1)[0].decode(errors="replace") or "?"
+        return f"work item settlement {verb}: {how}"
     if subject.startswith("$KV.") and len(parts) > 2:
-        what = {"task": "task record", "offer": "board offer", "agent": "directory card"}.get(parts[2], parts[2])
+        what = {"task": "task record", "agent": "directory card"}.get(parts[2], parts[2])
         return f"KV write of {what}: {how}"
     if subject.startswith("$JS.API."):
         return "JetStream API " + ".".join(parts[2:4]) + ": " + how
+    if ".work." in subject:
+        return "work item to the work stream: " + how
     if ".evt." in subject:
         return "event to the events stream: " + how
     if ".err." in subject:
@@ -83,7 +92,7 @@ class NatsCounter:
         orig_process_msg = Client._process_msg
         counter = self
         #: reply subject -> (start, side, subject) of round trips sent with publish(reply=...)
-        #: and awaited later (mesh/bus.py sends a transition's offer and event, then awaits
+        #: and awaited later (mesh/bus.py sends a transition's work items and events, then awaits
         #: their acks together); nc.request's own publishes are timed by request()
         sent: dict[str, tuple[float, str, str]] = {}
 
@@ -118,8 +127,11 @@ class NatsCounter:
 
         async def publish(nc: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
             reply = kwargs.get("reply") or (args[1] if len(args) > 1 else "")
-            if counter.active and not reply:
-                counter.counts[(side(nc), _category(subject, False))] += 1
+            data = kwargs.get("payload") or (args[0] if args else b"")
+            if counter.active and (not reply or subject.startswith("$JS.API.CONSUMER.MSG.NEXT")):
+                # A pull request's reply subject gets the items whenever the queue has
+                # some: not a round trip anyone awaits.
+                counter.counts[(side(nc), _category(subject, False, data))] += 1
             elif counter.active and not (nc._resp_sub_prefix and reply.startswith(nc._resp_sub_prefix.decode())):
                 t = time.perf_counter()
                 begin(t)
@@ -131,6 +143,12 @@ class NatsCounter:
             if started is not None:
                 t, who, what = started
                 end(t, time.perf_counter(), (who, _category(what, True)))
+            elif counter.active:
+                text = subject.decode(errors="replace")
+                if ".work." in text:
+                    counter.counts[(side(nc), "work item delivered (incoming)")] += 1
+                elif ".rec." in text:
+                    counter.counts[(side(nc), "record write republished to a follower (incoming)")] += 1
             return await orig_process_msg(nc, sid, subject, *args)
 
         async def subscribe(nc: Any, subject: str, *args: Any, **kwargs: Any) -> Any:

@@ -29,7 +29,7 @@ MAX_REWORKS = 2  # the protocol's default ReviewPolicy.max_reworks
 WORKERS = 3
 REVIEWERS = 3
 INFLIGHT = 32
-#: bounds a batch's time if a task gets stuck (see the report's note on lost offers)
+#: bounds a batch's time if a task gets stuck (the report counts such tasks)
 DEADLINE_S = 20.0
 
 CONFIGS: list[dict[str, Any]] = [

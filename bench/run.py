@@ -1,6 +1,7 @@
 """Run the benchmark suite and regenerate docs/BENCHMARKS.md.
 
-    .venv/bin/python -m bench.run                 # everything (~10 minutes on 2 cores)
+    .venv/bin/python -m bench.run                 # everything (~15 minutes on 2 cores)
+    .venv/bin/python -m bench.run --only soak --soak-tasks 5000   # a shorter soak
     .venv/bin/python -m bench.run --quick         # tiny sizes: a smoke run (~1 minute)
     .venv/bin/python -m bench.run --only latency,failover
     .venv/bin/python -m bench.run --report-only   # rewrite the docs from bench/results/
@@ -23,12 +24,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import DOCS, RESULTS, child_env, machine_facts
+from bench.common import DOCS, RESULTS, child_env, machine_facts, source_hash
 
 #: name -> module, in the order they run
 BENCHMARKS: dict[str, str] = {
     "footprint": "bench.footprint",
     "latency": "bench.latency",
+    "baseline": "bench.baseline",
     "throughput": "bench.throughput",
     "central": "bench.central",
     "autogen": "bench.autogen_peer",
@@ -38,6 +40,8 @@ BENCHMARKS: dict[str, str] = {
     "chaos": "bench.chaos",
     "durability": "bench.durability",
     "hotpath": "bench.hotpath",
+    "soak": "bench.soak",
+    "profile": "bench.load_profile",
 }
 
 
@@ -52,6 +56,7 @@ def _child(name: str, quick: bool, results: Path) -> int:
         "quick": quick,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_before": os.getloadavg(),
+        "source": source_hash(),  # the runtime's sources this benchmark measured
     }
     code = 0
     from bench import drive
@@ -103,12 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         help="before each benchmark wait up to S seconds for the 1-minute load average to drop below 1 "
         "(other work on the machine skews the figures)",
     )
+    p.add_argument(
+        "--soak-tasks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks per phase of the soak benchmark (default 20,000; 400 with --quick)",
+    )
+    p.add_argument(
+        "--soak-ttl",
+        default=None,
+        metavar="DURATION",
+        help="MESH_FINISHED_TTL of the soak's agents and client (default 15s; 2s with --quick)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
         return _child(args.child, args.quick, args.results)
 
+    if args.soak_tasks is not None:
+        os.environ["BENCH_SOAK_TASKS"] = str(args.soak_tasks)  # the children inherit it
+    if args.soak_ttl is not None:
+        os.environ["BENCH_SOAK_TTL"] = args.soak_ttl
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -125,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{facts['nats_server']}; nats-py {facts['versions']['nats-py']}",
             flush=True,
         )
-        budget = 240 if args.quick else 900
         for name in names:
+            budget = 240 if args.quick else 1800 if name == "soak" else 900
             _wait_quiet(args.quiet_wait)
             print(f"== {name}{' (quick)' if args.quick else ''} (load average {os.getloadavg()[0]:.2f})", flush=True)
             t = time.monotonic()

@@ -3,7 +3,10 @@ directory of 1,000 agents.
 
 Agents run in agent host processes (bench/host.py: many full agents per process,
 each with its own connection). For each agent count: p50 of sequential no-op tasks,
-tasks/s with 64 in flight, broker messages per task (the fan-out), CPU per task.
+tasks/s with 64 in flight, broker messages per task (all messages in and out of the
+broker, divided by the tasks: with one queue per capability a task's item goes to one
+agent, whatever the number of agents pulling), CPU per task, the pull requests waiting
+on the queue, and a CPU profile of nats-server under load (its pprof endpoint).
 
 Directory: 1,000 idle agents (4 host processes); the time to list the directory with
 the client API (``Mesh.agents``) and, for comparison, with one KV watch; presence
@@ -12,7 +15,9 @@ traffic (card writes per second and bytes) and all broker traffic while idle.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from typing import Any
 
 import anyio
@@ -31,17 +36,52 @@ from bench.common import (
     tempdir,
 )
 from bench.drive import mesh_concurrent, mesh_sequential
+from mesh.broker import free_port
 
 NAME = "scale"
 INFLIGHT = 64
 
 
-async def _serve(b: Any, host: Child, count: int, n_seq: int, n_conc: int, repeats: int) -> dict[str, Any]:
+async def _waiting(mesh: Any) -> int:
+    """Pull requests waiting on the queue of ``echo`` (the consumer scans them)."""
+    names = mesh.names
+    msg = await mesh.nc.request(
+        f"$JS.API.CONSUMER.INFO.{names.work_stream}.{names.queue_consumer('echo')}", b"", timeout=5
+    )
+    return int(json.loads(msg.data).get("num_waiting", 0))
+
+
+async def _profiled(b: Any, mesh: Any, port: int, seconds: float) -> dict[str, Any]:
+    """nats-server's CPU profile while the client keeps 64 no-op tasks in flight."""
+    from bench.load_profile import parse_pprof, summarize_pprof
+
+    got: dict[str, bytes] = {}
+
+    def fetch() -> None:
+        url = f"http://127.0.0.1:{port}/debug/pprof/profile?seconds={int(seconds)}"
+        with urllib.request.urlopen(url, timeout=seconds + 30) as resp:
+            got["cpu"] = resp.read()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, fetch)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds + 0.5:
+            await mesh_concurrent(mesh, INFLIGHT * 4, INFLIGHT)
+    summary = summarize_pprof(parse_pprof(got["cpu"]))
+    return {"by_activity": summary["by_activity"], "cum": summary["cum"][:12]}
+
+
+async def _serve(
+    b: Any, host: Child, count: int, n_seq: int, n_conc: int, repeats: int, port: int, profile_s: float
+) -> dict[str, Any]:
     from mesh.client import Mesh
 
     mesh = await Mesh.connect(b.url, client_id="bench-scale")
     runs = []
+    waiting: dict[str, int] = {}
+    profile: dict[str, Any] = {}
     try:
+        waiting["idle"] = await _waiting(mesh)
         await mesh_sequential(mesh, 5)
         for rep in range(repeats):
             seq = await mesh_sequential(mesh, n_seq)
@@ -69,9 +109,14 @@ async def _serve(b: Any, host: Child, count: int, n_seq: int, n_conc: int, repea
                 f"{count} agents, repeat {rep + 1}/{repeats}: p50 {run['seq']['p50']:.1f} ms, {run['rate']:.0f} tasks/s, "
                 f"{run['server_msgs_per_task']:.0f} broker messages per task",
             )
+        waiting["after_load"] = await _waiting(mesh)
+        if profile_s:
+            profile = await _profiled(b, mesh, port, profile_s)
     finally:
         await mesh.close()
     return {
+        "waiting_pulls": waiting,
+        "broker_profile": profile,
         "runs": runs,
         "p50_ms": spread([r["seq"]["p50"] for r in runs]),
         "rate": spread([r["rate"] for r in runs]),
@@ -154,7 +199,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     dir_agents, dir_hosts = (20, 2) if quick else (1000, 4)
     out: dict[str, Any] = {"inflight": INFLIGHT, "n_seq": n_seq, "n_conc": n_conc, "repeats": repeats, "by_agents": {}}
     for count in counts:
-        with broker() as b:
+        port = free_port()
+        with broker("--profile", str(port)) as b:
             host = Child(
                 f"host-{count}", host_cmd(b.url, count=count, serves=["echo"], capacity=INFLIGHT, id_prefix="s")
             ).start()
@@ -165,7 +211,15 @@ def main(quick: bool = False) -> dict[str, Any]:
                 # Past 10 agents a task takes ~100x longer: fewer tasks keep the suite's time bounded.
                 big = count > 10 and not quick
                 res = anyio.run(
-                    _serve, b, host, count, n_seq // 3 if big else n_seq, n_conc * 3 // 10 if big else n_conc, repeats
+                    _serve,
+                    b,
+                    host,
+                    count,
+                    n_seq // 3 if big else n_seq,
+                    n_conc * 3 // 10 if big else n_conc,
+                    repeats,
+                    port,
+                    1.0 if quick else 5.0,
                 )
                 res["n_seq"], res["n_conc"] = (n_seq // 3, n_conc * 3 // 10) if big else (n_seq, n_conc)
                 res["host_rss_mib"] = rss

@@ -56,7 +56,9 @@ class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     budget: Budget | None = None
     #: extra tools the model may call besides the protocol's actions
     tools: tuple[str, ...] = ()
-    lease_s: float = 10.0
+    #: the lease of the queues this agent creates (how long it may stay silent before
+    #: its work moves to another agent); None: $MESH_LEASE_S, else 10 s
+    lease_s: float | None = None
     drain_timeout_s: float = 30.0
 
     def models(self) -> tuple[str, ...]:
@@ -85,6 +87,8 @@ def _decode(path: Path, tp: type[Any]) -> Any:
         raise BriefError(f"{path}: cannot read ({exc.strerror}); check the path") from None
     try:
         return msgspec.toml.decode(raw, type=tp)
+    except UnicodeDecodeError:
+        raise BriefError(f"{path}: not a text file (TOML must be UTF-8); see `mesh brief new` for a template") from None
     except msgspec.ValidationError as exc:
         raise BriefError(f"{path}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:
@@ -120,7 +124,7 @@ def _check(brief: Brief, where: str) -> Brief:
                 raise BriefError(f"{where}: field `{field}`: {exc}") from None
     if brief.capacity < 1:
         raise BriefError(f"{where}: field `capacity`: must be at least 1, got {brief.capacity}")
-    if brief.lease_s <= 0:
+    if brief.lease_s is not None and brief.lease_s <= 0:
         raise BriefError(f"{where}: field `lease_s`: must be positive")
     if brief.drain_timeout_s < 0:
         raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 or more")
@@ -243,14 +247,19 @@ Summarize the document you are given in three sentences, faithfully.
 may = ["ask the requester what the summary is for"]
 must_not = ["invent facts that are not in the document"]
 
-# Capabilities it serves (dotted; `summarize` also covers `summarize.medical`,
-# at lower fit than a specialist), and those it may hand work to (enforced).
+# Capabilities it serves (dotted; `summarize` also covers `summarize.medical`, when
+# no free specialist takes it), and those it may hand work to (enforced).
 serves = ["summarize"]
 delegates = []
 expertise = []
 
 # How many tasks it works on at once.
 capacity = 2
+
+# How long it may go silent before the broker gives its work to another agent (the
+# lease of the queues it is the first to create; $MESH_LEASE_S, else 10 s). A busy
+# agent renews on its own; this is the failover time when it dies.
+# lease_s = 10.0
 
 # Implementation: `llm` (a model-driven agent; see `mesh kinds` for the others) or
 # `package.module:Class` for your own code. With no model configured (no `model`

@@ -1,15 +1,15 @@
-"""The one place nats-py is spoken: connection, JetStream resources, and the task
-board's reads and compare-and-set writes, with nats-py's exceptions translated into
-ours (the way httpcore maps its transport's errors)."""
+"""The one place nats-py is spoken for the mesh's shared state: connection, JetStream
+resources, the task records' reads and compare-and-set writes, the queues' items and
+the events, with nats-py's exceptions translated into ours (the way httpcore maps its
+transport's errors). The pull side of the queues is :mod:`mesh.queues`."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import itertools
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -36,20 +37,29 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from protocol import (
+    MAJOR_VERSION,
+    PRIORITY_GROUP,
     VERSION_HEADER,
-    BoardChange,
     ErrorReport,
     Event,
     Names,
+    ProtocolError,
+    RemoteProtocolError,
     TaskEvent,
     TaskRecord,
+    WorkItem,
     apply,
-    board_change,
+    decode_event,
     decode_record,
+    decode_work_item,
     encode,
     event_kind,
     is_terminal,
+    work_item_id,
+    work_items,
 )
+
+from .settings import Settings
 
 __all__ = [
     "MeshError",
@@ -61,13 +71,16 @@ __all__ = [
     "Settings",
     "Announcement",
     "Follow",
+    "QueueInfo",
     "Bus",
     "connect",
 ]
 
-
-#: offers carrying their record stay under this size (bytes); larger records are read
-OFFER_RECORD_LIMIT = 8 * 1024
+PROTOCOL_MAJOR = str(MAJOR_VERSION)
+#: JetStream's "wrong last sequence" API error codes: a compare-and-set lost
+WRONG_LAST_SEQUENCE = (10071, 10164)
+#: "consumer already exists" (with other settings): use it as it is
+CONSUMER_EXISTS = 10148
 
 
 class MeshError(Exception):
@@ -110,35 +123,6 @@ class Reconnects:
         await self._event.wait()
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How the mesh's JetStream resources are created (by whoever comes first).
-
-    ``MESH_REPLICAS`` (e.g. 3 on a 3-node cluster) and ``MESH_STORAGE`` (file or
-    memory) set the defaults from the environment; see docs/DEPLOY.md."""
-
-    replicas: int = 1
-    #: file storage survives broker restarts; memory is for benchmarks only
-    storage: str = "file"
-    #: kept revisions per task key (for debugging; the events stream is the trace)
-    history: int = 5
-    #: how long the events stream keeps events, and a task record outlives its last write
-    events_max_age_s: float = 7 * 24 * 3600.0
-    records_max_age_s: float = 7 * 24 * 3600.0
-    #: how long the marker of a removed offer stays on the board
-    marker_ttl_s: float = 60.0
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        replicas = os.environ.get("MESH_REPLICAS", "1")
-        storage = os.environ.get("MESH_STORAGE", "file")
-        if not replicas.isdigit() or not 1 <= int(replicas) <= 5:
-            raise MeshError(f"MESH_REPLICAS={replicas!r}: expected 1 to 5 (3 on a 3-node cluster)")
-        if storage not in ("file", "memory"):
-            raise MeshError(f"MESH_STORAGE={storage!r}: expected file or memory")
-        return cls(replicas=int(replicas), storage=storage)
-
-
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """nats-py's exceptions, translated in one place."""
@@ -163,6 +147,10 @@ def translate_errors(what: str) -> Iterator[None]:
         nats.errors.StaleConnectionError,
     ) as exc:
         raise Unavailable(f"{what}: not connected to the broker ({type(exc).__name__})") from None
+    except nats.js.errors.APIError as exc:
+        if exc.err_code in WRONG_LAST_SEQUENCE:
+            raise Conflict(f"{what}: {exc.description}") from None
+        raise
 
 
 async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None) -> Client:
@@ -216,8 +204,8 @@ class _Replies:
 
     nats-py's request sends a message and awaits its reply in one call, so sending two
     messages whose acks are awaited together needs a task each. Here sending and
-    awaiting are apart: a transition sends its board change and event back to back
-    (in order, one flush) and awaits the acks later, or lets its caller do so."""
+    awaiting are apart: a write sends its work items and events back to back (in
+    order, one flush) and awaits the acks later, or lets its caller do so."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
@@ -265,7 +253,7 @@ class _Pending:
 
 
 class Announcement:
-    """What a transition told the mesh (its board change, its event): sent, in order,
+    """What a write told the mesh (its work items, its events): sent, in order,
     before the write returned; :meth:`wait` awaits the broker's acks, re-sending
     (deduplicated by ``Nats-Msg-Id``) through a leader election or a reconnection."""
 
@@ -273,6 +261,12 @@ class Announcement:
 
     def __init__(self, replies: _Replies, pending: list[_Pending]) -> None:
         self._replies, self._pending = replies, pending
+
+    @classmethod
+    def done(cls) -> Announcement:
+        """An announcement of nothing (a write that had nothing to say): its ``wait``
+        returns at once, never touching the connection."""
+        return cls(None, [])  # type: ignore[arg-type]
 
     async def wait(self, *, patience_s: float = 10.0) -> bool:
         """True once every message is acknowledged; False (after logging) for any the
@@ -333,20 +327,24 @@ class Announcement:
 
 
 class Follow:
-    """One task's events as they arrive, from a core NATS subscription. (nats-py's
-    ``next_msg`` starts two asyncio tasks per message; a callback queues them here.)"""
+    """One task's record writes as the broker republishes them (a core subscription:
+    no consumer is created), each with its revision. nats-py's ``next_msg`` starts
+    two asyncio tasks per message; a callback queues them here."""
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
         self._arrived = anyio.Event()
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._queue.append(msg.data)
-        self._arrived.set()
+        revision = (msg.headers or {}).get("Nats-Sequence", "")
+        if msg.data and revision.isdigit():  # else not a republished write (or a deletion)
+            self._queue.append((int(revision), msg.data))
+            self._arrived.set()
 
-    async def next(self, timeout: float) -> bytes | None:
-        """The next event's bytes, or None after ``timeout`` seconds without one."""
+    async def next(self, timeout: float) -> tuple[int, bytes] | None:
+        """The next write (revision, record bytes), or None after ``timeout`` seconds
+        without one."""
         if not self._queue:
             if self._nc.is_closed:
                 raise Unavailable("following a task: the connection to the broker is closed")
@@ -354,14 +352,34 @@ class Follow:
                 await self._arrived.wait()
             if not self._queue:
                 return None
-        data = self._queue.popleft()
+        write = self._queue.popleft()
         if not self._queue:
             self._arrived = anyio.Event()
-        return data
+        return write
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """What the broker says about one capability's queue."""
+
+    capability: str
+    #: the queue's lease (its consumer's AckWait), seconds
+    lease_s: float
+    #: items waiting to be delivered
+    pending: int
+    #: items lent to agents now (being worked on or reviewed)
+    held: int
+    #: pulls waiting for items (free capacity of the agents serving it)
+    waiting: int
+
+    @property
+    def active(self) -> bool:
+        """Some agent works on, or waits for, this queue's items."""
+        return self.held > 0 or self.waiting > 0
 
 
 class Bus:
-    """A connection plus the mesh's buckets and stream."""
+    """A connection plus the mesh's buckets, streams and queues."""
 
     def __init__(self, nc: Client, names: Names, *, agent: str, reconnects: Reconnects | None = None) -> None:
         self.nc = nc
@@ -373,63 +391,100 @@ class Bus:
         self.agents: KeyValue
         self.settings = Settings()
         self._replies = _Replies(nc)
+        #: capabilities whose queue this process made sure exists
+        self._queues: set[str] = set()
 
     @classmethod
     async def connect(cls, url: str, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
         """Connect (with reconnection tracking) and ensure the mesh's resources."""
+        settings = settings or Settings.from_env()  # a bad setting is said before connecting
         reconnects = Reconnects()
         nc = await connect(url, name=agent, reconnects=reconnects)
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
-            with translate_errors("setting up the mesh's buckets and stream"):
-                await bus.ensure(settings or Settings.from_env())
+            with translate_errors("setting up the mesh's buckets and streams"):
+                await bus.ensure(settings)
         except BaseException:
             await nc.close()
             raise
         return bus
 
     async def ensure(self, settings: Settings) -> None:
-        """Create the buckets and stream if absent. Idempotent: any agent may do it,
+        """Create the buckets and streams if absent. Idempotent: any agent may do it,
         and an existing resource is used as it is (never silently reconfigured)."""
         self.settings = settings
         storage = StorageType.FILE if settings.storage == "file" else StorageType.MEMORY
+        names = self.names
         self.tasks = await self._bucket(
             KeyValueConfig(
-                bucket=self.names.tasks_bucket,
-                description="agent-mesh task records (task.<id>) and offers (offer.<capability>.<id>)",
-                history=settings.history,
+                bucket=names.tasks_bucket,
+                description="agent-mesh live task records (task.<id>); finished ones expire into the events stream",
+                # One revision per key: a write replaces the last one in place. The
+                # events stream is the trace.
+                history=1,
                 direct=True,
-                ttl=settings.records_max_age_s,
                 storage=storage,
                 replicas=settings.replicas,
-                limit_marker_ttl=settings.marker_ttl_s,
+                # Parties follow a task on a plain subscription: the broker republishes
+                # every accepted write (never a refused compare-and-set).
+                republish=RePublish(src=f"$KV.{names.tasks_bucket}.>", dest=names.records_subjects),
             )
         )
         self.agents = await self._bucket(
             KeyValueConfig(
-                bucket=self.names.agents_bucket,
+                bucket=names.agents_bucket,
                 description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
                 history=1,
                 storage=storage,
                 replicas=settings.replicas,
-                limit_marker_ttl=settings.marker_ttl_s,
+                limit_marker_ttl=60.0,
             )
         )
-        try:
-            await self.js.stream_info(self.names.events_stream)
-        except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):
-                await self.js.add_stream(
-                    StreamConfig(
-                        name=self.names.events_stream,
-                        description="agent-mesh events: one per task transition, and error reports",
-                        subjects=list(self.names.events_subjects),
-                        retention=RetentionPolicy.LIMITS,
-                        max_age=settings.events_max_age_s,
-                        storage=storage,
-                        num_replicas=settings.replicas,
-                    )
-                )
+        await self._stream(
+            StreamConfig(
+                name=names.events_stream,
+                description="agent-mesh events: one per task transition (the trace and the archive), and error reports",
+                subjects=list(names.events_subjects),
+                retention=RetentionPolicy.LIMITS,
+                max_age=settings.retention_s,
+                max_bytes=settings.retention_bytes or None,
+                storage=storage,
+                num_replicas=settings.replicas,
+                allow_direct=True,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=names.work_stream,
+                description="agent-mesh queues: work items, one durable pull consumer per capability",
+                subjects=[names.work_subjects],
+                retention=RetentionPolicy.WORK_QUEUE,
+                # A backstop: items leave when acknowledged; one whose task ended
+                # while nobody pulled its queue goes when the history would.
+                max_age=settings.retention_s,
+                storage=storage,
+                num_replicas=settings.replicas,
+                allow_direct=True,
+            )
+        )
+
+    async def apply_retention(self, *, retention_s: float | None, retention_bytes: int | None) -> Settings:
+        """Set how long (and how much of) finished work's history the mesh keeps, on
+        the existing streams: an explicit operator's choice, so unlike :meth:`ensure`
+        this changes a running mesh. Returns the retention in force."""
+        names = self.names
+        with translate_errors("changing the retention of the mesh's history"):
+            events = (await self.js.stream_info(names.events_stream)).config
+            work = (await self.js.stream_info(names.work_stream)).config
+            if retention_s is not None or retention_bytes is not None:
+                if retention_s is not None:
+                    events.max_age = work.max_age = retention_s
+                if retention_bytes is not None:
+                    events.max_bytes = retention_bytes or -1
+                await self.js.update_stream(events)
+                await self.js.update_stream(work)
+        bytes_cap = events.max_bytes if events.max_bytes and events.max_bytes > 0 else 0
+        return Settings(retention_s=float(events.max_age or 0.0), retention_bytes=bytes_cap)
 
     async def _bucket(self, config: KeyValueConfig) -> KeyValue:
         try:
@@ -441,11 +496,21 @@ class Bus:
                 # Lost a creation race with another agent: use theirs.
                 return await self.js.key_value(config.bucket)
 
+    async def _stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # lost a creation race
+                await self.js.add_stream(config)
+
     # --- task records -----------------------------------------------------------------
 
     async def read(self, task_id: str) -> tuple[TaskRecord, int]:
-        """The record and its revision. A record that does not decode raises
-        :class:`RemoteProtocolError` (reported by the caller, never acted on)."""
+        """The record in the live bucket and its revision; :class:`NotFound` if the task
+        is not there (open and never claimed, finished long ago, or unknown). A record
+        that does not decode raises :class:`RemoteProtocolError` (reported by the
+        caller, never acted on)."""
         key = self.names.task_key(task_id)
         with translate_errors(f"task {task_id}"):
             entry = await self.tasks.get(key)
@@ -453,85 +518,114 @@ class Bus:
             raise NotFound(f"task {task_id}")
         return decode_record(entry.value), entry.revision or 0
 
-    async def read_patiently(self, task_id: str, *, patience_s: float = 15.0) -> tuple[TaskRecord, int]:
-        """:meth:`read`, retried while the broker is briefly unavailable (a restart, a
-        cluster node failing over)."""
+    async def read_any(self, task_id: str, *, root: str | None = None) -> tuple[TaskRecord, int]:
+        """The record wherever it is: in the live bucket (with its revision), else as
+        the task's latest recorded event carries it (revision 0: an open task that was
+        never claimed, whose first write creates the key; or a finished one that left
+        the bucket). ``root`` (the task's tree) makes the second lookup cheap."""
+        try:
+            return await self.read(task_id)
+        except NotFound:
+            pass
+        record = await self.archived(task_id, root=root)
+        if record is None:
+            raise NotFound(
+                f"task {task_id} (not live, and not in the events history: it never existed, or ended "
+                f"longer ago than the history keeps, {self.settings.retention_s / 86400:g} days by default)"
+            )
+        # A write may have created the key between the two lookups: prefer the bucket.
+        try:
+            return await self.read(task_id)
+        except NotFound:
+            return record, 0
+
+    async def archived(self, task_id: str, *, root: str | None = None) -> TaskRecord | None:
+        """The task's record as its latest event carries it (``created`` and terminal
+        events do), or None."""
+        roots = [root] if root is not None else [task_id, None]
+        for candidate in roots:
+            for kind in ("*", "created"):
+                subject = self.names.task_events_filter(task_id, candidate)
+                if kind != "*":
+                    subject = subject[:-1] + kind
+                data = await self._last(self.names.events_stream, subject)
+                if data is None:
+                    break  # no event of this task under this root
+                try:
+                    event = decode_event(data)
+                except RemoteProtocolError:
+                    continue
+                if event.record is not None and event.record.id == task_id:
+                    return event.record
+        return None
+
+    async def _last(self, stream: str, subject: str) -> bytes | None:
+        """The last message of ``stream`` on ``subject`` (wildcards allowed), or None."""
+        with translate_errors(f"reading {stream}"):
+            msg = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode({"last_by_subj": subject}), timeout=5.0
+            )
+        status = (msg.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise Unavailable(f"reading {stream}: {status} {(msg.headers or {}).get('Description', '')}")
+        return msg.data
+
+    async def read_patiently(
+        self, task_id: str, *, root: str | None = None, patience_s: float = 15.0
+    ) -> tuple[TaskRecord, int]:
+        """:meth:`read_any`, retried while the broker is briefly unavailable (a restart,
+        a cluster node failing over)."""
         deadline = time.monotonic() + patience_s
         delay = 0.05
         while True:
             try:
-                return await self.read(task_id)
+                return await self.read_any(task_id, root=root)
             except Unavailable:
                 if time.monotonic() + delay > deadline:
                     raise
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def create(self, record: TaskRecord) -> int:
-        """Create the task's record; return once its offer and "created" event are
-        acknowledged too (a client may exit right after: the offer must not be lost)."""
-        revision, announced = await self.create_and_announce(record)
-        await announced.wait()
-        return revision
+    async def create(self, record: TaskRecord) -> None:
+        """Put a new task on its queue; return once its work item and "created" event
+        are acknowledged (a client may exit right after: nothing must be lost)."""
+        announced = await self.create_and_announce(record)
+        if not await announced.wait():
+            raise Unavailable(f"task {record.id}: the broker did not acknowledge it; it may not exist")
 
-    async def create_and_announce(self, record: TaskRecord) -> tuple[int, Announcement]:
-        """Create the task's record and send its offer (with the nudge) and "created"
-        event; their acks are left to the caller (:meth:`Announcement.wait`), who can
-        await them while the task is already being worked."""
-        revision = await self._create_record(record)
-        pending = await self._send_board(record.id, board_change(None, record, revision), revision, record)
-        pending.append(await self._send_event("created", record, revision, actor=record.requester))
-        return revision, Announcement(self._replies, pending)
-
-    async def _create_record(self, record: TaskRecord, *, patience_s: float = 15.0) -> int:
-        """Create the record (its key must not exist yet), retried while the broker is
-        briefly unavailable (a restart, a stream electing its leader). A create whose
-        ack was lost is recognised by reading the record back: if it is exactly ours,
-        it landed."""
-        key, data = self.names.task_key(record.id), encode(record)
-        deadline = time.monotonic() + patience_s
-        delay, unsure = 0.05, False
-        while True:
-            try:
-                with translate_errors(f"task {record.id} already exists"):
-                    return await self.tasks.create(key, data)
-            except Conflict:
-                if not unsure:
-                    raise
-                existing, revision = await self.read(record.id)  # an earlier attempt landed?
-                if existing != record:
-                    raise
-                return revision
-            except Unavailable as exc:
-                unsure = True
-                try:
-                    existing, revision = await self.read(record.id)  # did it land?
-                    if existing == record:
-                        return revision
-                    raise Conflict(f"task {record.id} already exists") from None
-                except (NotFound, Unavailable):
-                    pass  # not there (yet), or the broker is still away: try again
-                if time.monotonic() + delay > deadline:
-                    raise exc
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+    async def create_and_announce(self, record: TaskRecord) -> Announcement:
+        """Send a new task's work item and "created" event; their acks are left to the
+        caller (:meth:`Announcement.wait`), who can await them while the task is
+        already being worked. The record is not in the tasks bucket until someone
+        claims, cancels or expires it: its work item carries it (revision 0)."""
+        if record.epoch != 0 or record.state not in ("open", "failed"):
+            raise MeshError(f"task {record.id}: a new task is open (or refused at birth, failed)")
+        if record.state == "failed":
+            # Refused at birth (a child past the hop limit, a loop): on record at once,
+            # so its parent and `mesh trace` read the refusal like any outcome.
+            revision = await self._compare_and_set(self.names.task_key(record.id), encode(record), 0, finished=True)
+            return await self.announce(None, record, revision, ())
+        return await self.announce(None, record, 0, ())
 
     async def write(
         self,
         old: TaskRecord,
         revision: int,
-        event: Event,
+        event: Event | Sequence[Event],
         now: float | None = None,
         *,
         announce_in: anyio.abc.TaskGroup | None = None,
     ) -> tuple[TaskRecord, int]:
-        """Apply ``event`` to ``old`` (read at ``revision``) and compare-and-set the
-        result. Raises the protocol's TransitionError if the rules refuse, or
-        :class:`Conflict` if the record changed since ``revision``.
+        """Apply ``event`` (or several, in order) to ``old`` (read at ``revision``; 0 for
+        a task not in the bucket yet) and compare-and-set the result. Raises the
+        protocol's TransitionError if the rules refuse, or :class:`Conflict` if the
+        record changed since ``revision``.
 
-        The board change and the event are sent after the write, before this returns,
-        and their acks awaited. With ``announce_in`` the acks are awaited in that task
-        group instead, so the caller can go on (a claimer starts working) meanwhile."""
+        The work items and events of the write are sent before this returns, and their
+        acks awaited. With ``announce_in`` the acks are awaited in that task group
+        instead, so the caller can go on meanwhile."""
         new, new_revision, announced = await self.write_and_announce(old, revision, event, now)
         if announce_in is not None:
             announce_in.start_soon(announced.wait)
@@ -540,103 +634,223 @@ class Bus:
         return new, new_revision
 
     async def write_and_announce(
-        self, old: TaskRecord, revision: int, event: Event, now: float | None = None
+        self, old: TaskRecord, revision: int, event: Event | Sequence[Event], now: float | None = None
     ) -> tuple[TaskRecord, int, Announcement]:
-        """:meth:`write`, leaving the acks of its board change and event to the caller."""
-        new = apply(old, event, time.time() if now is None else now)
+        """:meth:`write`, leaving the acks of its work items and events to the caller."""
+        events = (event,) if not isinstance(event, Sequence) else tuple(event)
+        at = time.time() if now is None else now
+        new = old
+        for e in events:
+            new = apply(new, e, at)
+        key = self.names.task_key(old.id)
         try:
-            with translate_errors(f"task {old.id} changed since revision {revision}"):
-                new_revision = await self.tasks.update(self.names.task_key(old.id), encode(new), last=revision)
+            new_revision = await self._compare_and_set(key, encode(new), revision, finished=is_terminal(new))
         except Unavailable:
             # The ack is lost, not necessarily the write: if the record now is exactly
             # what we wrote, it landed.
-            fresh, fresh_revision = await self.read(old.id)
+            try:
+                fresh, fresh_revision = await self.read(old.id)
+            except NotFound:
+                raise Unavailable(f"task {old.id}: the broker did not answer; the write did not land") from None
             if fresh != new:
                 raise
             new_revision = fresh_revision
-        return new, new_revision, await self.announce(old, new, new_revision, event)
+        return new, new_revision, await self.announce(old, new, new_revision, events, revision_before=revision)
 
-    async def announce(self, old: TaskRecord, new: TaskRecord, revision: int, event: Event) -> Announcement:
-        """Send the board change and event of a committed transition (``old`` became
-        ``new`` at ``revision`` by ``event``); their acks are left to the caller."""
-        pending = await self._send_board(new.id, board_change(old, new, revision), revision, new)
-        kind = event_kind(event)
-        # Heartbeats (lease renewals, "still reviewing") are not worth an event each.
-        if kind not in ("renew", "reviewing") or new.state != old.state:
-            note = _note(event, new)
-            pending.append(await self._send_event(kind, new, revision, actor=event.actor, note=note))
+    async def _compare_and_set(self, key: str, data: bytes, revision: int, *, finished: bool) -> int:
+        """Write ``key`` if its revision is ``revision`` (0: if it does not exist). A
+        write that ends a task carries the bucket's finished-record TTL: the record
+        leaves the live bucket by itself (its terminal event keeps it)."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        with translate_errors(f"{key} changed since revision {revision}"):
+            ack = await self.js.publish(
+                f"$KV.{self.names.tasks_bucket}.{key}",
+                data,
+                headers=headers,
+                msg_ttl=self.settings.finished_ttl_s if finished else None,
+            )
+        return int(ack.seq)
+
+    async def announce(
+        self,
+        old: TaskRecord | None,
+        new: TaskRecord,
+        revision: int,
+        events: Sequence[Event],
+        *,
+        revision_before: int = 0,
+    ) -> Announcement:
+        """Send the work items and events of a committed write (``old`` became ``new``
+        at ``revision`` by ``events``; no events and no ``old``: a task was created).
+        Their acks are left to the caller."""
+        pending = []
+        for item in work_items(old, new, revision):
+            await self.ensure_queue(item.capability)
+            pending.append(await self._send_item(item))
+        if old is None:
+            pending.append(await self._send_event("created", new, revision, actor=new.requester, with_record=True))
+        # One event per write: the write's last transition, naming the others (a claim
+        # and a result written together are one step in the trace, one message stored).
+        # Heartbeats (progress, "still reviewing") are not worth an event of their own.
+        record, told = old, []
+        for e in events:
+            assert record is not None
+            before, record = record, apply(record, e, new.updated)
+            if event_kind(e) not in ("renew", "reviewing") or record.state != before.state:
+                told.append(e)
+        if told:
+            last = told[-1]
+            note = _note(last, new)
+            if len(told) > 1:
+                steps = " + ".join(event_kind(e) for e in told)
+                note = f"{steps} in one write" + (f"; {note}" if note else "")
+            pending.append(await self._send_event(event_kind(last), new, revision, actor=last.actor, note=note))
         # nats-py only queues what we publish; its flusher task writes it once we yield.
-        # Yield now, so the board change and event are on the wire before the caller's
-        # next steps (logging, starting work) delay the parties who wait for them.
+        # Yield now, so the items and events are on the wire before the caller's next
+        # steps (logging, starting work) delay the parties who wait for them.
         # Shielded: the write is committed, and its caller must get the announcement.
         await anyio.lowlevel.cancel_shielded_checkpoint()
         return Announcement(self._replies, pending)
 
-    async def transition(self, task_id: str, make: Any, *, attempts: int = 20) -> tuple[TaskRecord, int]:
+    async def transition(
+        self, task_id: str, make: Any, *, root: str | None = None, attempts: int = 20
+    ) -> tuple[TaskRecord, int]:
         """Read-apply-CAS, re-reading on conflict: for events that stay valid whoever
         wrote in between (votes, cancel, expire). ``make(record)`` builds the event."""
         for _ in range(attempts):
-            record, revision = await self.read(task_id)
+            record, revision = await self.read_any(task_id, root=root)
             try:
                 return await self.write(record, revision, make(record))
             except Conflict:
                 continue
         raise Conflict(f"task {task_id}: gave up after {attempts} conflicting writes")
 
-    async def publish_board(
-        self, task_id: str, change: BoardChange, revision: int, record: TaskRecord | None = None, *, again: bool = False
-    ) -> None:
-        """Put offers with JetStream's ack (a lost "open" offer would leave a task
-        unannounced); removals go unacknowledged: a stale offer is harmless, since
-        observers re-read the record before acting and clean it up.
-        ``again`` marks a re-announcement, which must not be dropped as a duplicate."""
-        await Announcement(self._replies, await self._send_board(task_id, change, revision, record, again=again)).wait()
+    # --- queues ----------------------------------------------------------------------
 
-    async def _send_board(
-        self, task_id: str, change: BoardChange, revision: int, record: TaskRecord | None = None, *, again: bool = False
-    ) -> list[_Pending]:
-        """Send a board change; return the puts, whose acks are outstanding. Removals go
-        first: sent after a put, a slow removal of the old offer could land after the
-        task was already re-offered under the same key (a veto) and delete the live
-        offer. Offers to claim or review carry the record when it is small, saving a read."""
-        prefix = f"$KV.{self.names.tasks_bucket}."
-        for capability in change.delete:
-            # A purge marker that itself expires: finished tasks leave nothing on the board.
-            await self._send_unacked(
-                prefix + self.names.offer_key(capability, task_id),
-                b"",
-                {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": f"{int(self.settings.marker_ttl_s)}s"},
-            )
-        pending = []
-        for capability, offer in change.put.items():
-            key = self.names.offer_key(capability, task_id)
-            data = b""
-            if record is not None and offer.state in ("open", "review"):
-                data = encode(msgspec.structs.replace(offer, record=record))
-                if len(data) > OFFER_RECORD_LIMIT:
-                    data = b""
-            data = data or encode(offer)
-            if offer.state == "open" or (offer.state == "review" and not offer.full):
-                # One agent of each queue group serving this capability gets a nudge and
-                # may claim at once; every other agent is a backup that waits longer. (A
-                # full review has nothing to take: its slots' holders are watched.)
-                # Nudge first: the nudge carries the offer, and the nudged agent should
-                # not have scheduled itself as a backup from the board already.
-                await self._send_unacked(self.names.work_subject(capability), data, {VERSION_HEADER: "1"})
-            msg_id = f"{key}:{revision}" + (f":again:{time.monotonic_ns()}" if again else "")
-            pending.append(await self._send_acked(prefix + key, data, msg_id=msg_id))
-        return pending
+    async def ensure_queue(self, capability: str) -> None:
+        """Make sure ``capability``'s queue (a durable pull consumer on the work stream
+        that only its items reach) exists. Whoever comes first creates it with its
+        settings' lease; an existing queue is used as it is."""
+        if capability in self._queues:
+            return
+        names = self.names
+        name = names.queue_consumer(capability)
+        subject = names.work_subject(capability)
+        config: dict[str, Any] = {
+            "durable_name": name,
+            "description": f"agent-mesh queue of {capability}",
+            "filter_subject": subject,
+            "ack_policy": "explicit",
+            "ack_wait": _ns(self.settings.lease_s),
+            "max_deliver": -1,
+            "max_waiting": 4096,
+            "priority_groups": [PRIORITY_GROUP],
+            "priority_policy": "prioritized",
+            "inactive_threshold": _ns(self.settings.queue_idle_s),
+        }
+        reply = await self._api(
+            f"$JS.API.CONSUMER.CREATE.{names.work_stream}.{name}.{subject}",
+            {"stream_name": names.work_stream, "action": "create", "config": config},
+            what=f"creating the queue of {capability}",
+            ok_codes=(CONSUMER_EXISTS,),
+        )
+        del reply
+        self._queues.add(capability)
 
-    async def _send_unacked(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
-        """Send a message nobody acknowledges (an offer's removal, a nudge). Losing one
-        is harmless by design (a stale offer is cleaned by whoever reads it; a lost
-        nudge costs the backup delay), so a broker that is away is logged, not raised:
-        the transition before it is committed and must not look failed."""
+    def forget_queue(self, capability: str) -> None:
+        """The broker removed ``capability``'s queue: make it again when next needed."""
+        self._queues.discard(capability)
+
+    async def queue_info(self, capability: str) -> QueueInfo | None:
+        """The state of ``capability``'s queue, or None if it has none."""
+        names = self.names
         try:
-            with translate_errors(f"publishing {subject}"):
-                await self.nc.publish(subject, data, headers=headers)
-        except Unavailable as exc:
-            structlog.get_logger("mesh.bus").warning("not sent; harmless if lost", subject=subject, error=str(exc))
+            info = await self._api(
+                f"$JS.API.CONSUMER.INFO.{names.work_stream}.{names.queue_consumer(capability)}",
+                None,
+                what=f"reading the queue of {capability}",
+            )
+        except NotFound:
+            self._queues.discard(capability)
+            return None
+        return QueueInfo(
+            capability=capability,
+            lease_s=info.get("config", {}).get("ack_wait", 0) / 1e9,
+            pending=int(info.get("num_pending", 0)),
+            held=int(info.get("num_ack_pending", 0)),
+            waiting=int(info.get("num_waiting", 0)),
+        )
+
+    async def queue_capability(self, consumer: str) -> str | None:
+        """The capability of the queue (consumer) named ``consumer``, from its filter
+        subject; None if there is none, or it is not one of this mesh's queues."""
+        try:
+            info = await self._api(
+                f"$JS.API.CONSUMER.INFO.{self.names.work_stream}.{consumer}", None, what=f"reading queue {consumer}"
+            )
+        except NotFound:
+            return None
+        try:
+            return self.names.parse_work_subject((info.get("config") or {}).get("filter_subject") or "")
+        except ProtocolError:
+            return None
+
+    async def queues(self) -> list[str]:
+        """The capabilities that have a queue now (one listing of the work stream's
+        consumers: its length is the number of capabilities, not of tasks)."""
+        out: list[str] = []
+        offset = 0
+        while True:
+            page = await self._api(
+                f"$JS.API.CONSUMER.LIST.{self.names.work_stream}", {"offset": offset}, what="listing the queues"
+            )
+            consumers = page.get("consumers") or []
+            for consumer in consumers:
+                subject = (consumer.get("config") or {}).get("filter_subject") or ""
+                with contextlib.suppress(ProtocolError):
+                    out.append(self.names.parse_work_subject(subject))
+            offset += len(consumers)
+            if not consumers or offset >= int(page.get("total", 0)):
+                return sorted(set(out))
+
+    async def delete_item(self, sequence: int) -> None:
+        """Remove one work item from the work stream (a task that ended while its item
+        waited in a queue); best effort: the next delivery would drop it anyway."""
+        with contextlib.suppress(MeshError, nats.errors.Error):
+            await self._api(
+                f"$JS.API.STREAM.MSG.DELETE.{self.names.work_stream}",
+                {"seq": sequence, "no_erase": True},
+                what=f"deleting work item {sequence}",
+            )
+
+    async def _api(
+        self, subject: str, body: dict[str, Any] | None, *, what: str, ok_codes: tuple[int, ...] = ()
+    ) -> dict[str, Any]:
+        """One JetStream API request; an error reply is raised as ours."""
+        with translate_errors(what):
+            msg = await self.nc.request(subject, b"" if body is None else msgspec.json.encode(body), timeout=5.0)
+        try:
+            reply = msgspec.json.decode(msg.data)
+        except msgspec.DecodeError:
+            raise MeshError(f"{what}: unreadable reply {msg.data[:100]!r}") from None
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if error:
+            code = error.get("err_code", 0)
+            if code in ok_codes:
+                return reply  # type: ignore[no-any-return]
+            if error.get("code") == 404:
+                raise NotFound(f"{what}: {error.get('description', '')}")
+            if error.get("code") == 503:
+                raise Unavailable(f"{what}: {error.get('description', '')}")
+            raise MeshError(f"{what}: {error.get('description', error)} (code {code})")
+        return reply  # type: ignore[no-any-return]
+
+    async def _send_item(self, item: WorkItem) -> _Pending:
+        return await self._send_acked(
+            self.names.work_subject(item.capability), encode(item), msg_id=work_item_id(item), trace=item.record.trace
+        )
+
+    # --- acknowledged publishing --------------------------------------------------------
 
     async def publish_acked(
         self, subject: str, data: bytes, *, msg_id: str, trace: str | None = None, patience_s: float = 10.0
@@ -650,7 +864,7 @@ class Bus:
     async def _send_acked(self, subject: str, data: bytes, *, msg_id: str, trace: str | None = None) -> _Pending:
         """Send to a stream now; the ack is awaited by :meth:`Announcement.wait`, which
         also re-sends if this send found the broker away."""
-        headers = {VERSION_HEADER: "1", "Nats-Msg-Id": msg_id}
+        headers = {VERSION_HEADER: PROTOCOL_MAJOR, "Nats-Msg-Id": msg_id}
         if trace is not None:
             headers["traceparent"] = trace
         pending = _Pending(subject, data, headers)
@@ -661,29 +875,50 @@ class Bus:
             pending.sent = True
         return pending
 
-    async def snapshot(self, pattern: str, *, bucket: KeyValue | None = None) -> list[Any]:
-        """The current entries of a bucket (default: tasks) whose keys match ``pattern``:
-        one watch, however many keys (a get per key is one round trip each)."""
-        watcher = await (bucket or self.tasks).watch(pattern, ignore_deletes=True)
-        entries = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                entries.append(entry)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return entries
+    async def snapshot(self, pattern: str, *, bucket: KeyValue | None = None) -> list[bytes]:
+        """The current values of a bucket (default: tasks) whose keys match ``pattern``,
+        deleted keys left out. For listings people ask for (`mesh top`, `mesh agents`),
+        never the hot path. (A pull consumer read to its end: nats-py's KV watch can
+        report the end of the current values before it has delivered them all.)"""
+        kv = bucket or self.tasks
+        name = self.names.agents_bucket if kv is getattr(self, "agents", None) else self.names.tasks_bucket
+        values = await self.stored(f"KV_{name}", f"$KV.{name}.{pattern}", last_per_subject=True)
+        return [v for v in values if v]
 
-    async def stored(self, stream: str, subject: str, *, patience_s: float = 15.0) -> list[bytes]:
-        """Every message ``stream`` holds on ``subject`` as of now, oldest first.
+    async def waiting_items(self, capability_filter: str = ">") -> list[tuple[int, WorkItem]]:
+        """The work items waiting in the work stream under ``capability_filter`` (a
+        subject tail: ``>`` for all, ``human.>``), with their sequences, read without
+        taking them (direct gets: a work-queue stream admits no second consumer)."""
+        subject = f"{self.names.work_subjects[:-1]}{capability_filter}"
+        out: list[tuple[int, WorkItem]] = []
+        seq = 1
+        while True:
+            with translate_errors("reading the work stream"):
+                msg = await self.nc.request(
+                    f"$JS.API.DIRECT.GET.{self.names.work_stream}",
+                    msgspec.json.encode({"seq": seq, "next_by_subj": subject}),
+                    timeout=5.0,
+                )
+            headers = msg.headers or {}
+            if headers.get("Status"):
+                return out
+            seq = int(headers.get("Nats-Sequence", "0"))
+            with contextlib.suppress(RemoteProtocolError):
+                out.append((seq, decode_work_item(msg.data)))
+            seq += 1
+
+    async def stored(
+        self, stream: str, subject: str, *, last_per_subject: bool = False, patience_s: float = 15.0
+    ) -> list[bytes]:
+        """Every message ``stream`` holds on ``subject`` as of now, oldest first (or only
+        the last one of each subject).
 
         A pull consumer is read until a message says nothing is left after it: counting
         on a push consumer's totals undercounts while a cluster moves the stream's leader.
         """
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else DeliverPolicy.ALL,
             filter_subject=subject,
             inactive_threshold=30.0,
             mem_storage=True,
@@ -715,22 +950,38 @@ class Bus:
                 if batch and batch[-1].metadata.num_pending == 0:
                     return out
         finally:
-            with contextlib.suppress(nats.errors.Error):
+            # Delete the reader's consumer now rather than leave it to its inactivity
+            # threshold: every `mesh trace` would otherwise leave one behind for a while.
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                name = sub._consumer
                 await sub.unsubscribe()
+                if name:
+                    await self.js.delete_consumer(stream, name)
 
     # --- events -------------------------------------------------------------------------
 
-    async def publish_event(self, kind: str, record: TaskRecord, revision: int, *, actor: str, note: str = "") -> None:
-        """Record one event per transition, acknowledged (an event published while a
-        stream elects a leader would otherwise vanish), deduplicated by revision."""
-        pending = await self._send_event(kind, record, revision, actor=actor, note=note)
+    async def publish_event(
+        self, kind: str, record: TaskRecord, revision: int, *, actor: str, note: str = "", with_record: bool = False
+    ) -> None:
+        """Record one event, acknowledged (an event published while a stream elects a
+        leader would otherwise vanish), deduplicated by revision."""
+        pending = await self._send_event(kind, record, revision, actor=actor, note=note, with_record=with_record)
         await Announcement(self._replies, [pending]).wait()
 
     async def _send_event(
-        self, kind: str, record: TaskRecord, revision: int, *, actor: str, note: str = ""
+        self,
+        kind: str,
+        record: TaskRecord,
+        revision: int,
+        *,
+        actor: str,
+        note: str = "",
+        with_record: bool = False,
     ) -> _Pending:
         event = TaskEvent(
-            record=record if is_terminal(record) else None,
+            # Terminal and "created" events carry the record: the events stream is also
+            # the archive of tasks that are not (or no longer) in the live bucket.
+            record=record if with_record or is_terminal(record) else None,
             kind=kind,
             task=record.id,
             root=record.root,
@@ -741,7 +992,9 @@ class Bus:
             state=record.state,
             reason=record.reason,
             note=note,
-            at=time.time(),
+            # When the transition happened (the time it wrote into the record), not
+            # when its event went out: a trace orders writes as they were made.
+            at=record.updated,
         )
         return await self._send_acked(
             self.names.event_subject(record.root, record.id, kind),
@@ -753,22 +1006,28 @@ class Bus:
     async def report(self, error: str, *, subject: str = "", key: str = "") -> None:
         """Publish an :class:`ErrorReport` for bad input met by this process."""
         report = ErrorReport(agent=self.agent, subject=subject, key=key, error=error, at=time.time())
-        await self.nc.publish(self.names.error_subject(self.agent), encode(report), headers={VERSION_HEADER: "1"})
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.publish(
+                self.names.error_subject(self.agent), encode(report), headers={VERSION_HEADER: PROTOCOL_MAJOR}
+            )
 
     @contextlib.asynccontextmanager
-    async def follow(self, record: TaskRecord) -> AsyncIterator[Follow]:
-        """Subscribe to one task's events (core NATS: no consumer is created). Events
-        published after this is entered are all seen."""
+    async def follow(self, task_id: str) -> AsyncIterator[Follow]:
+        """Subscribe to one task's record writes as the broker republishes them (core
+        NATS: no consumer is created). Writes accepted after this is entered are all
+        seen, unless the connection drops: re-read after a reconnection."""
         follow = Follow(self.nc)
-        with translate_errors(f"following task {record.id}"):
-            sub = await self.nc.subscribe(
-                f"{self.names.events_filter(record.root)[:-1]}{record.id}.*", cb=follow._on_msg
-            )
+        with translate_errors(f"following task {task_id}"):
+            sub = await self.nc.subscribe(self.names.record_subject(task_id), cb=follow._on_msg)
         try:
             yield follow
         finally:
             with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 await sub.unsubscribe()
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
 
 
 def _note(event: Event, record: TaskRecord) -> str:
@@ -777,7 +1036,7 @@ def _note(event: Event, record: TaskRecord) -> str:
             return "; ".join(getattr(event, "reasons", ()))
         case "fail" | "expire" | "cancel":
             return record.error
-        case "release" | "reopen" | "renew":
+        case "release" | "renew" | "claim":
             return record.progress
         case "add_child":
             return str(getattr(event, "child", ""))

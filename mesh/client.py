@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -50,13 +50,10 @@ from protocol import (
 from .bus import Bus, MeshError, NotFound, Settings
 from .defaults import DEFAULT_SERVER, default_server
 from .follow import create_and_wait, wait_terminal
-from .questions import open_questions
+from .questions import Answerer, Questions
 from .work import new_id
 
 __all__ = ["DEFAULT_SERVER", "default_server", "Answerer", "Mesh"]
-
-#: answers a clarification: gets the question's record, returns the answer
-Answerer = Callable[[TaskRecord], Awaitable[str]]
 
 
 class Mesh:
@@ -103,13 +100,13 @@ class Mesh:
         deadline_s: float | None = None,
         hops: int = 8,
         budget: Budget | None = None,
-        lease_s: float = 10.0,
         claim_timeout_s: float = 10.0,
         task_id: str | None = None,
     ) -> TaskRecord:
-        """Create a task; returns the open record once its offer and "created" event
-        are acknowledged. ``review=2`` asks for a quorum of two approvals from agents
-        serving ``review`` (or pass a full policy)."""
+        """Create a task; returns the open record once its work item and "created"
+        event are acknowledged. ``review=2`` asks for a quorum of two approvals from
+        agents serving ``review`` (or pass a full policy). ``claim_timeout_s`` is how
+        long it may wait with no agent at its queue before it ends ``no_agent``."""
         record = self._new_task(
             capability,
             instruction,
@@ -120,7 +117,6 @@ class Mesh:
             deadline_s=deadline_s,
             hops=hops,
             budget=budget,
-            lease_s=lease_s,
             claim_timeout_s=claim_timeout_s,
             task_id=task_id,
         )
@@ -139,7 +135,6 @@ class Mesh:
         deadline_s: float | None = None,
         hops: int = 8,
         budget: Budget | None = None,
-        lease_s: float = 10.0,
         claim_timeout_s: float = 10.0,
         task_id: str | None = None,
     ) -> TaskRecord:
@@ -159,16 +154,15 @@ class Mesh:
             hops=hops,
             deadline=None if deadline_s is None else now + deadline_s,
             budget=budget,
-            lease_s=lease_s,
             claim_timeout_s=claim_timeout_s,
             trace=traceparent(secrets.token_hex(16), secrets.token_hex(8)),
         )
 
     async def wait(self, task: TaskRecord | str, *, on_question: Answerer | None = None) -> TaskRecord:
-        """Wait for the task to end; also judges no_agent, lease lapses and deadline.
+        """Wait for the task to end; also judges no_agent and the deadline.
 
-        With ``on_question``, questions that agents ask this client while it waits
-        (clarification tasks addressed to ``agent.<client id>``) are answered by
+        With ``on_question``, questions that agents working on the task ask this
+        client (clarification tasks addressed to ``agent.<client id>``) are answered by
         calling it with the question's record."""
         record = task if isinstance(task, TaskRecord) else (await self.get(task))
         if on_question is None:
@@ -176,9 +170,9 @@ class Mesh:
         final: list[TaskRecord] = []
         failure: list[Exception] = []
         async with anyio.create_task_group() as tg:
-            await tg.start(self.answer_questions, on_question)
+            questions = Questions(self.bus, self.id, on_question, tg)
             try:
-                final.append(await wait_terminal(self.bus, record, observer=self.id))
+                final.append(await wait_terminal(self.bus, record, observer=self.id, on_record=questions.on_record))
             except Exception as exc:  # re-raised as itself, not inside an ExceptionGroup
                 failure.append(exc)
             tg.cancel_scope.cancel()
@@ -186,89 +180,74 @@ class Mesh:
             raise failure[0]
         return final[0]
 
-    async def answer_questions(
-        self, on_question: Answerer, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Answer clarification tasks addressed to this client, until cancelled."""
-        questions = open_questions(self.bus, self.id, task_status=task_status)
-        try:
-            async for question_id in questions:
-                await self._answer(question_id, on_question)
-        finally:
-            await questions.aclose()
-
-    async def _answer(self, task_id: str, on_question: Answerer) -> None:
-        try:
-            record, revision = await self.bus.read(task_id)
-            if record.state != "open":
-                return
-            record, revision = await self.bus.write(record, revision, Claim(actor=self.id))
-        except (MeshError, TransitionError, RemoteProtocolError):
-            return
-        answer = await on_question(record)
-        with contextlib.suppress(MeshError, TransitionError):
-            await self.bus.write(record, revision, Finish(actor=self.id, epoch=record.epoch, result=answer))
-
     async def run(self, capability: str, instruction: str, **kwargs: Any) -> TaskRecord:
         """Submit and wait: the final record. (Takes :meth:`submit`'s arguments.)
 
-        Quicker than ``wait(submit(...))``: the task's events are followed from before
-        it is created, so its record need not be read back, and the acks of its offer
-        and event come back while an agent already works on it."""
+        Quicker than ``wait(submit(...))``: the task's record writes are followed from
+        before it is created, so nothing need be read back, and the acks of its work
+        item and event come back while an agent already works on it."""
         record = self._new_task(capability, instruction, **kwargs)
         return await create_and_wait(self.bus, record, observer=self.id)
 
-    async def get(self, task_id: str) -> TaskRecord:
-        record, _ = await self.bus.read_patiently(task_id)
+    async def get(self, task_id: str, *, root: str | None = None) -> TaskRecord:
+        """The task's record: live, or (a task never claimed yet, or finished and gone
+        from the live bucket) as the events history keeps it."""
+        record, _ = await self.bus.read_patiently(task_id, root=root)
         return record
 
-    async def cancel(self, task_id: str, note: str = "") -> TaskRecord:
+    async def cancel(self, task_id: str, note: str = "", *, root: str | None = None) -> TaskRecord:
         """Cancel a task and, depth first, every descendant still running."""
-        record = await self.get(task_id)
+        record = await self.get(task_id, root=root)
         if not is_terminal(record):
             with contextlib.suppress(TransitionError):
                 record, _ = await self.bus.transition(
-                    task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}")
+                    task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}"), root=record.root
                 )
         for child in record.children:
             with contextlib.suppress(NotFound, RemoteProtocolError):
-                await self.cancel(child, note=f"parent {task_id} cancelled")
-        return await self.get(task_id)
+                await self.cancel(child, note=f"parent {task_id} cancelled", root=record.root)
+        return await self.get(task_id, root=record.root)
 
     async def tree(self, task_id: str) -> list[tuple[int, TaskRecord]]:
         """The task and its descendants, depth first, with their depth."""
         out: list[tuple[int, TaskRecord]] = []
 
-        async def walk(tid: str, depth: int) -> None:
+        async def walk(tid: str, depth: int, root: str | None) -> None:
             try:
-                record = await self.get(tid)
+                record = await self.get(tid, root=root)
             except (NotFound, RemoteProtocolError):
                 return
             out.append((depth, record))
             for child in record.children:
-                await walk(child, depth + 1)
+                await walk(child, depth + 1, record.root)
 
-        await walk(task_id, 0)
+        await walk(task_id, 0, None)
         return out
 
     # --- acting as a person (the human inbox) -------------------------------------------------
 
     async def offered(self, capability: str) -> list[TaskRecord]:
-        """Tasks currently offered under ``capability`` and below (open or in review)."""
-        records: list[TaskRecord] = []
-        for entry in await self.bus.snapshot(self.names.offer_filter(capability)):
-            _, task_id = self.names.parse_offer_key(entry.key)
+        """Tasks waiting in the queues of ``capability`` and below (open to claim, or
+        results to review), as their work items carry them, newest state first."""
+        records: dict[str, TaskRecord] = {}
+        for _, item in await self.bus.waiting_items(f"{capability}.>") + await self.bus.waiting_items(capability):
+            if item.task in records:
+                continue
             with contextlib.suppress(NotFound, RemoteProtocolError):
-                record = await self.get(task_id)
+                record = await self.get(item.task, root=item.record.root)
                 if record.state in ("open", "review"):
-                    records.append(record)
-        return records
+                    records[item.task] = record
+        return list(records.values())
 
     async def take_and_finish(self, task_id: str, result: Any) -> TaskRecord:
-        """Claim an open task as this client and finish it with ``result``."""
-        record, revision = await self.bus.read(task_id)
-        record, revision = await self.bus.write(record, revision, Claim(actor=self.id))
-        record, _ = await self.bus.write(record, revision, Finish(actor=self.id, epoch=record.epoch, result=result))
+        """Claim an open task as this client and finish it with ``result``, in one
+        write (a person answering from an inbox holds no work item); then take its
+        item off the queue."""
+        record, revision = await self.bus.read_any(task_id)
+        record, _ = await self.bus.write(
+            record, revision, (Claim(actor=self.id), Finish(actor=self.id, epoch=record.epoch + 1, result=result))
+        )
+        await self._clear_items(task_id, record.capability)
         return record
 
     async def vote(self, task_id: str, *, approve: bool, reasons: tuple[str, ...] = ()) -> TaskRecord:
@@ -280,19 +259,28 @@ class Mesh:
             return Veto(actor=self.id, epoch=record.epoch, reasons=reasons)
 
         record, _ = await self.bus.transition(task_id, event)
+        if record.state != "review" and record.review is not None:
+            await self._clear_items(task_id, record.review.capability)
         return record
+
+    async def _clear_items(self, task_id: str, capability: str) -> None:
+        """Take the items of a task that ended without an agent off its queue (people
+        answer from the inbox, holding none); best effort: a later delivery would find
+        the task ended and drop them."""
+        for sequence, item in await self.bus.waiting_items(capability):
+            if item.task == task_id:
+                await self.bus.delete_item(sequence)
 
     # --- directory -------------------------------------------------------------------------
 
     async def agents(self) -> list[AgentCard]:
         """Live agents' cards (cards of agents that stopped heartbeating have expired)."""
         cards = []
-        for entry in await self.bus.snapshot("agent.>", bucket=self.bus.agents):
-            if entry.value:
-                try:
-                    cards.append(decode_card(entry.value))
-                except RemoteProtocolError:
-                    continue
+        for value in await self.bus.snapshot("agent.>", bucket=self.bus.agents):
+            try:
+                cards.append(decode_card(value))
+            except RemoteProtocolError:
+                continue
         return sorted(cards, key=lambda c: c.id)
 
     async def control(self, agent_id: str, action: str, timeout: float = 5.0) -> ControlReply:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_SERVER", "default_server"]
+__all__ = ["DEFAULT_SERVER", "default_server", "parse_duration", "parse_bytes"]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
@@ -13,3 +13,35 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 def default_server() -> str:
     """The server URL commands use without ``--server``: ``MESH_SERVER``, else local."""
     return os.environ.get("MESH_SERVER", DEFAULT_SERVER)
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_BYTE_UNITS = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '2m', '500ms', '1h', '7d' or plain seconds; ValueError says what is wrong."""
+    t = text.strip().lower()
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            value = float(t[: -len(suffix)]) * _DURATION_UNITS[suffix]
+            break
+    else:
+        try:
+            value = float(t)
+        except ValueError:
+            raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 2m, 500ms, 7d or a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return value
+
+
+def parse_bytes(text: str) -> int:
+    """'10GiB', '500MB', '0' or a plain number of bytes; ValueError says what is wrong."""
+    t = text.strip().lower().replace(" ", "")
+    for suffix, factor in sorted(_BYTE_UNITS.items(), key=lambda kv: -len(kv[0])):
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(suffix)]) * factor)
+    if t.isdigit():
+        return int(t)
+    raise ValueError(f"invalid size {text!r}: use e.g. 10GiB, 500MB or a number of bytes (0 for no limit)")

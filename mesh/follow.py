@@ -1,10 +1,12 @@
 """Waiting for a task to end, as one of its parties (requester, parent owner).
 
-A party follows its task's events with a core NATS subscription (no JetStream
-consumer per wait) and re-reads the record only when an event says the task ended
-or a timer is due. While waiting it is also an *observer*: it judges, on its own
-monotonic clock, whether an unclaimed task has waited too long (``no_agent``), whether
-the owner's lease lapsed (re-open), and whether the deadline passed.
+A party follows its task's record with a core NATS subscription to the subject on
+which the broker republishes every accepted write (no JetStream consumer per wait),
+and re-reads the record now and then in case a message was lost. While waiting it
+judges, on its own monotonic clock, whether a task that waits for an agent has waited
+too long with nobody at its queue (``no_agent``) and whether the deadline passed
+(:func:`protocol.judge_waiting`). Held tasks are the broker's to watch: the lease on
+their work item moves them to another agent when their owner goes silent.
 """
 
 from __future__ import annotations
@@ -16,31 +18,30 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from protocol import (
-    Expire,
-    LeaseView,
-    RemoteProtocolError,
-    Reopen,
-    TaskRecord,
-    TransitionError,
-    board_change,
-    decode_event,
-    is_terminal,
-)
+from protocol import RemoteProtocolError, TaskRecord, TransitionError, decode_record, is_terminal, judge_waiting
 
-from .bus import Bus, Conflict, Follow, Unavailable
+from .bus import Bus, Conflict, Follow, NotFound, Unavailable
 
-__all__ = ["wait_terminal", "create_and_wait"]
+__all__ = ["wait_terminal", "create_and_wait", "OnRecord"]
 
 log = structlog.get_logger("mesh.follow")
 
+#: called with each new version of the followed record (e.g. to answer its questions)
+OnRecord = Callable[[TaskRecord], Awaitable[None]]
 
-async def wait_terminal(bus: Bus, record: TaskRecord, *, observer: str, poll_s: float = 1.0) -> TaskRecord:
+#: a waiting party re-reads the record this often even if no write was announced (a
+#: core message can be lost, e.g. while reconnecting)
+REREAD_S = 5.0
+
+
+async def wait_terminal(
+    bus: Bus, record: TaskRecord, *, observer: str, poll_s: float = 1.0, on_record: OnRecord | None = None
+) -> TaskRecord:
     """Return ``record``'s terminal version. Never hangs: every task has a claim
-    timeout, a lease, and usually a deadline, and this function enforces all three."""
-    async with bus.follow(record) as events:
-        current, revision = await bus.read_patiently(record.id)
-        return await _follow(bus, events, current, revision, observer=observer, poll_s=poll_s)
+    timeout and usually a deadline, and this function enforces both."""
+    async with bus.follow(record.id) as writes:
+        current, revision = await bus.read_patiently(record.id, root=record.root)
+        return await _follow(bus, writes, current, revision, observer=observer, poll_s=poll_s, on_record=on_record)
 
 
 async def create_and_wait(
@@ -49,112 +50,105 @@ async def create_and_wait(
     *,
     observer: str,
     poll_s: float = 1.0,
-    around: Callable[[Callable[[], Awaitable[TaskRecord]]], Awaitable[TaskRecord]] | None = None,
+    on_record: OnRecord | None = None,
 ) -> TaskRecord:
     """Create ``record`` and return its terminal version, as :func:`wait_terminal`.
 
-    Its events are followed from before it exists, so none can be missed, and the
-    record and revision this call wrote are where following starts: no read. The
-    acks of its offer and "created" event come back while the task is worked; they are
-    awaited before returning, however the wait ends, so a caller that exits at once
-    loses no offer. ``around(wait)``, if given, runs the wait once the task exists
-    (e.g. while answering the task's questions)."""
-    async with bus.follow(record) as events:
-        revision, announced = await bus.create_and_announce(record)
-
-        def wait() -> Awaitable[TaskRecord]:
-            return _follow(bus, events, record, revision, observer=observer, poll_s=poll_s)
-
+    Its writes are followed from before it exists, so none can be missed, and the
+    record this call made is where following starts: no read. The acks of its work
+    item and "created" event come back while the task is worked; they are awaited
+    before returning, however the wait ends, so a caller that exits at once loses
+    nothing."""
+    async with bus.follow(record.id) as writes:
+        announced = await bus.create_and_announce(record)
         try:
-            return await (wait() if around is None else around(wait))
+            return await _follow(bus, writes, record, 0, observer=observer, poll_s=poll_s, on_record=on_record)
         finally:
-            # Shielded: even a cancelled wait leaves an acknowledged offer (bounded by
+            # Shielded: even a cancelled wait leaves an acknowledged item (bounded by
             # the publish patience).
             with anyio.CancelScope(shield=True):
                 await announced.wait()
 
 
 async def _follow(
-    bus: Bus, events: Follow, current: TaskRecord, revision: int, *, observer: str, poll_s: float
+    bus: Bus,
+    writes: Follow,
+    current: TaskRecord,
+    revision: int,
+    *,
+    observer: str,
+    poll_s: float,
+    on_record: OnRecord | None,
 ) -> TaskRecord:
     """Follow one task from ``current`` (at ``revision``) to its end."""
     task_id = current.id
-    view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
-    reannounced: set[str] = set()
-    watched = not is_terminal(current)
+    seen_at = read_at = time.monotonic()
+    if on_record is not None:
+        await on_record(current)
     while not is_terminal(current):
-        wait = min(poll_s, max(view.due() - time.monotonic(), 0.0))
+        wait = poll_s
         if current.deadline is not None:
             wait = min(wait, max(current.deadline - time.time(), 0.0) + 0.01)
-        ended = False
-        data = await events.next(max(wait, 0.001))
-        if data is not None:
+        write = await writes.next(max(wait, 0.001))
+        fresh: tuple[TaskRecord, int] | None = None
+        if write is not None:
             try:
-                event = decode_event(data)
-                ended = event.state in ("done", "failed", "cancelled")
-                if ended and event.record is not None and event.record.id == task_id:
-                    return event.record  # terminal events carry the final record
-                if event.state == "working" and current.state != "working":
-                    # Claimed: from now on the owner's lease, not the claim timeout, is
-                    # how long the record may stay unchanged (judged after a read).
-                    view = LeaseView(revision=view.revision, seen_at=time.monotonic(), lease_s=current.lease_s)
+                fresh = (decode_record(write[1]), write[0])
             except RemoteProtocolError:
-                ended = True  # unreadable event: check the record itself
+                fresh = None  # not a record we can use: read the bucket instead
+                read_at = 0.0
+        now = time.monotonic()
+        if fresh is None and now - read_at >= REREAD_S:
+            fresh = await _read(bus, current)
+            read_at = now
+        if fresh is not None and fresh[1] > revision and fresh[0].id == task_id:
+            current, revision = fresh
+            seen_at = now
+            if on_record is not None:
+                await on_record(current)
+            continue
         # Time without a broker does not count against anyone's patience.
-        view = LeaseView(revision=view.revision, seen_at=max(view.seen_at, bus.reconnects.at), lease_s=view.lease_s)
-        if not ended and time.monotonic() < view.due() and (current.deadline is None or time.time() < current.deadline):
-            continue
-        try:
-            current, revision = await bus.read(task_id)
-        except Unavailable:
-            await anyio.sleep(0.25)
-            continue
-        if revision > view.revision:
-            view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
-            if current.deadline is None or time.time() < current.deadline:
-                continue
-        announced = current.state == "open" and current.id in reannounced
-        current, revision = await _judge(bus, current, revision, observer, announced_again=announced)
-        if current.state == "open":
-            reannounced.add(current.id)
-        view = LeaseView(revision=revision, seen_at=time.monotonic(), lease_s=_patience(current))
-    if watched:
-        # We saw the end on the record, not in an event: the writer may have died
-        # between committing and publishing. Fill the gap in the trace (idempotent).
-        await bus.publish_event("ended", current, revision, actor=observer, note="end observed on the record")
+        seen_at = max(seen_at, bus.reconnects.at)
+        current, revision, seen_at = await _judge(bus, current, revision, observer, waited_s=now - seen_at, at=seen_at)
+        if on_record is not None and revision and fresh is None:
+            await on_record(current)
     return current
 
 
-def _patience(record: TaskRecord) -> float:
-    """How long a party lets a record stay unchanged before acting on it."""
-    if record.state == "working":
-        return record.lease_s
-    # An open task is re-announced after half its claim timeout and ends no_agent
-    # after the other half.
-    return record.claim_timeout_s / 2
+async def _read(bus: Bus, current: TaskRecord) -> tuple[TaskRecord, int] | None:
+    try:
+        return await bus.read_any(current.id, root=current.root)
+    except (Unavailable, NotFound, RemoteProtocolError):
+        return None
 
 
 async def _judge(
-    bus: Bus, record: TaskRecord, revision: int, observer: str, *, announced_again: bool
-) -> tuple[TaskRecord, int]:
-    """The record has not changed for its patience, or its deadline passed: end or
-    re-open it. A lost race just means someone else acted first."""
-    if is_terminal(record):
-        return record, revision
-    if record.deadline is not None and time.time() >= record.deadline:
-        event: Expire | Reopen = Expire(actor=observer, reason="deadline")
-    elif record.state == "working":
-        event = Reopen(actor=observer, epoch=record.epoch)
-        log.info("lease lapsed, reopening", task=record.id, owner=record.owner, epoch=record.epoch)
-    elif not announced_again:
-        # Before declaring no_agent, announce the task once more: its offer may have
-        # been lost (broker failover) rather than ignored.
-        await bus.publish_board(record.id, board_change(None, record, revision), revision, record, again=True)
-        return record, revision
-    else:
-        event = Expire(actor=observer, reason="no_agent")
+    bus: Bus, record: TaskRecord, revision: int, observer: str, *, waited_s: float, at: float
+) -> tuple[TaskRecord, int, float]:
+    """Apply :func:`protocol.judge_waiting`; return the record, its revision and when
+    it was last seen changing. A lost race just means someone else acted first."""
+    now = time.time()
+    if waited_s < record.claim_timeout_s and (record.deadline is None or now < record.deadline):
+        return record, revision, at
+    active = False
+    if waited_s >= record.claim_timeout_s and record.state == "open":
+        try:
+            info = await bus.queue_info(record.capability)
+        except Unavailable:
+            return record, revision, at
+        active = info is not None and info.active
+    event = judge_waiting(record, actor=observer, waited_s=waited_s, queue_active=active, now=now)
+    if event is None:
+        # Nobody gave up: the task is queued behind busy agents (or held). Look again
+        # after another claim timeout.
+        return record, revision, time.monotonic()
+    log.info("task ended by its party", task=record.id, reason=event.reason, waited_s=round(waited_s, 3))
     try:
-        return await bus.write(record, revision, event)
+        new, new_revision = await bus.write(record, revision, event)
+        return new, new_revision, time.monotonic()
     except (Conflict, TransitionError, Unavailable):
         await anyio.lowlevel.checkpoint()
-        return await bus.read(record.id)
+        fresh = await _read(bus, record)
+        if fresh is None:
+            return record, revision, time.monotonic()
+        return fresh[0], fresh[1], time.monotonic()

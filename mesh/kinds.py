@@ -393,6 +393,17 @@ def make_worker(brief: Brief) -> Worker:
 
 
 def _construct(brief: Brief) -> Worker:
+    try:
+        return _construct_kind(brief)
+    except (ValueError, TypeError, KeyError) as exc:
+        # A kind reads its settings from `options`: a wrong type there is the brief's fault.
+        raise KindError(
+            f"brief {brief.name!r}: kind {brief.kind!r} cannot use its [options] ({type(exc).__name__}: {exc}); "
+            "see `mesh kinds` for what each kind takes"
+        ) from None
+
+
+def _construct_kind(brief: Brief) -> Worker:
     if brief.kind in KINDS:
         return KINDS[brief.kind](brief)
     if ":" not in brief.kind:

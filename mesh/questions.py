@@ -1,21 +1,24 @@
-"""Answering the questions of work you delegated (design rule 7: every agent
+"""Answering the questions of work you wait for (design rule 7: every agent and client
 implicitly serves ``agent.<its id>``).
 
-A clarification is a task addressed to the asker's requester (``agent.<id>``). When
-an agent delegates, its child may ask *it*; nothing else serves ``agent.<id>``, so
-while the agent waits for its child it answers those questions itself, by passing
-them up to its own requester (ask, don't guess: the agent only knows what it was
-told, and whoever asked it knows more). The answer comes back down the same way.
+A clarification is a child task of the asker's task, addressed to that task's
+requester by its capability ``agent.<requester id>``. It has no queue: the one party
+that can answer is already following the asker's task (it waits for it), and sees the
+question appear among that task's ``children``. An agent that waits for a child
+answers the child's questions by asking its own requester in turn (ask, don't guess:
+the agent only knows what it was told, and whoever asked it knows more); a client
+answers with the function it was given (a person at a terminal, a program).
 
-Only questions from this task's own children are taken, so two tasks of one agent
-never answer each other's questions.
+The answering party holds the question without a work item, so no broker lease
+watches it: it renews its claim by writing, and the asker ends the question
+``no_agent`` if it stops (:func:`protocol.judge_waiting`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -31,113 +34,90 @@ from protocol import (
     TaskRecord,
     TransitionError,
     clarification_capability,
-    decode_offer,
 )
 
-from .bus import MeshError
+from .bus import Conflict, MeshError, NotFound
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .work import TaskContext
 
-__all__ = ["answering_questions", "open_questions"]
+__all__ = ["Answerer", "Questions"]
 
-T = TypeVar("T")
+#: answers a clarification: gets the question's record, returns the answer
+Answerer = Callable[[TaskRecord], Awaitable[Any]]
 
 log = structlog.get_logger("mesh.questions")
 
 
-async def answering_questions(task: TaskContext, wait: Callable[[], Awaitable[T]]) -> T:
-    """Run ``wait()`` (e.g. a delegation) while answering the questions that
-    ``task``'s children ask this agent, by passing them up to ``task``'s requester."""
-    out: list[T] = []
-    failure: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-        await tg.start(_watch, task)
-        try:
-            out.append(await wait())
-        except Exception as exc:  # re-raised as itself below, not wrapped in an ExceptionGroup
-            failure.append(exc)
-        tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    return out[0]
+class Questions:
+    """Finds the questions addressed to ``me`` among the children of a task being
+    followed (pass :meth:`on_record` as the follower's ``on_record``) and answers each
+    with ``answer`` in a task of ``tg``."""
 
+    def __init__(self, bus: Bus, me: str, answer: Answerer, tg: anyio.abc.TaskGroup) -> None:
+        self.bus, self.me, self.answer, self.tg = bus, me, answer, tg
+        self.capability = clarification_capability(me)
+        self._seen: set[str] = set()
 
-async def open_questions(
-    bus: Bus, agent: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-) -> AsyncGenerator[str, None]:
-    """Ids of open clarification tasks addressed to ``agent`` (``agent.<id>``), as they
-    are offered, until the caller stops iterating."""
-    watcher = await bus.tasks.watch(bus.names.offer_filter(clarification_capability(agent)))
-    task_status.started()
-    try:
-        async for entry in watcher:
-            if entry is None or entry.operation is not None or not entry.value:
-                continue
+    async def on_record(self, record: TaskRecord) -> None:
+        for child_id in record.children:
+            if child_id not in self._seen:
+                self._seen.add(child_id)
+                self.tg.start_soon(self._consider, child_id, record.root)
+
+    async def _consider(self, child_id: str, root: str) -> None:
+        # The asker records a child before it creates it (so a successor knows of it):
+        # a child we cannot find yet may be a moment from existing.
+        delay = 0.01
+        for _ in range(12):
             try:
-                offer = decode_offer(entry.value)
-            except RemoteProtocolError:
-                continue
-            if offer.state == "open":
-                yield offer.task
-    finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
-
-
-async def _watch(task: TaskContext, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-    async with anyio.create_task_group() as tg:
-        questions = open_questions(task.bus, task.agent, task_status=task_status)
-        try:
-            async for question_id in questions:
-                tg.start_soon(_answer, task, question_id)
-        finally:
-            await questions.aclose()
+                question, revision = await self.bus.read_any(child_id, root=root)
+                break
+            except NotFound:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except (MeshError, RemoteProtocolError, nats.errors.Error):
+                return
+        else:
+            return
+        if question.capability == self.capability and question.state == "open":
+            await answer_question(self.bus, self.me, question, revision, self.answer)
 
 
 class _Held:
-    """The question this agent holds while its answer travels up and back."""
+    """The question as we last wrote it."""
 
     def __init__(self, record: TaskRecord, revision: int) -> None:
         self.record, self.revision = record, revision
 
 
-async def _answer(task: TaskContext, question_id: str) -> None:
-    bus = task.bus
+async def answer_question(bus: Bus, me: str, question: TaskRecord, revision: int, answer: Answerer) -> None:
+    """Claim ``question`` (a first claim creates its key), renew the claim while
+    ``answer`` runs, then finish it with the answer (or fail it, if there is none)."""
     try:
-        question, revision = await bus.read(question_id)
-        if question.state != "open" or question.parent not in task.record.children:
-            return  # not one of this task's children's questions
-        question, revision = await bus.write(question, revision, Claim(actor=task.agent))
-    except (MeshError, TransitionError, RemoteProtocolError, nats.errors.Error):
-        return
+        question, revision = await bus.write(question, revision, Claim(actor=me))
+    except (Conflict, TransitionError, MeshError, nats.errors.Error):
+        return  # someone else answered, or it ended
     held = _Held(question, revision)
+
+    async def keep() -> None:
+        while True:
+            await anyio.sleep(question.claim_timeout_s / 3)
+            with contextlib.suppress(Conflict, TransitionError, MeshError, nats.errors.Error):
+                held.record, held.revision = await bus.write(
+                    held.record, held.revision, Renew(actor=me, epoch=question.epoch)
+                )
+
     end: Finish | Fail
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_keep, task, held)
+        tg.start_soon(keep)
         try:
-            answer = await task.ask(question.instruction)
-            end = Finish(actor=task.agent, epoch=question.epoch, result=answer)
-        except Exception as exc:  # TaskFailed (no answer), Lost (our own task ended): the asker must hear
-            end = Fail(
-                actor=task.agent, epoch=question.epoch, reason="error", message=f"{task.agent} got no answer: {exc}"
-            )
+            end = Finish(actor=me, epoch=question.epoch, result=await answer(question))
+        except Exception as exc:  # no answer (TaskFailed, Lost...): the asker must hear
+            end = Fail(actor=me, epoch=question.epoch, reason="error", message=f"{me} got no answer: {exc}")
         tg.cancel_scope.cancel()
     try:
         await bus.write(held.record, held.revision, end)
-        log.info("answered a question from delegated work", question=question_id, task=task.record.id, agent=task.agent)
-    except (MeshError, TransitionError, nats.errors.Error) as exc:
-        log.warning("could not answer a question", question=question_id, error=str(exc))
-
-
-async def _keep(task: TaskContext, held: _Held) -> None:
-    """Renew the question's lease: its asker re-opens it otherwise."""
-    while True:
-        await anyio.sleep(held.record.lease_s / 3)
-        try:
-            held.record, held.revision = await task.bus.write(
-                held.record, held.revision, Renew(actor=task.agent, epoch=held.record.epoch)
-            )
-        except (MeshError, TransitionError, nats.errors.Error):
-            return
+        log.info("answered a question", question=question.id, agent=me)
+    except (Conflict, TransitionError, MeshError, nats.errors.Error) as exc:
+        log.warning("could not answer a question", question=question.id, error=str(exc))

@@ -103,12 +103,24 @@ class AgentProcs:
         self.directory = directory
         self.procs: dict[str, AgentProcess] = {}
 
-    def start(self, name: str, serves: list[str], *, agent_id: str | None = None, **fields: Any) -> AgentProcess:
+    def start(
+        self,
+        name: str,
+        serves: list[str],
+        *,
+        agent_id: str | None = None,
+        env: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> AgentProcess:
         brief = write_brief(self.directory, name, serves, **fields)
         agent_id = agent_id or name
         log = self.directory / f"{agent_id}.log"
         proc = spawn_agent(
-            brief, server=self.broker.url, agent_id=agent_id, log_path=log, env={"MESH_LOG_LEVEL": "info"}
+            brief,
+            server=self.broker.url,
+            agent_id=agent_id,
+            log_path=log,
+            env={"MESH_LOG_LEVEL": "info", **(env or {})},
         )
         self.procs[agent_id] = proc
         return proc

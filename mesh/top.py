@@ -1,7 +1,7 @@
 """What `mesh top` shows: a snapshot of the mesh's operations, with the three things
 a person must notice early flagged (sensitivity to operations):
 
-- **stuck**: a task whose lease is renewed but whose owner reported no progress for
+- **stuck**: a task that is held (its lease renewed) but whose owner reported no progress for
   ``stuck_after`` seconds (alive, but not getting anywhere);
 - **looping**: a chain of handoffs in which one capability recurs ``loop_after``
   times (exact repeats are refused by the protocol; near-repeats are flagged here);
@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import AgentCard, RemoteProtocolError, TaskRecord, is_terminal, serves
+from protocol import AgentCard, RemoteProtocolError, TaskRecord, decode_record, is_terminal, serves
 
-from .bus import NotFound
 from .client import Mesh
 
 __all__ = ["Snapshot", "take_snapshot", "analyse"]
@@ -82,22 +81,20 @@ class Snapshot:
 
 
 async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: int = 3) -> Snapshot:
-    """Read the directory and every task on the board (active tasks are exactly the
-    ones with an offer), then flag what needs a person's attention."""
+    """Read the directory, the live tasks bucket and the work items waiting in the
+    queues (open tasks never claimed exist only there), then flag what needs a
+    person's attention."""
     agents = await mesh.agents()
-    seen: set[str] = set()
-    tasks: list[TaskRecord] = []
-    for entry in await mesh.bus.snapshot("offer.>"):
-        with contextlib.suppress(Exception):
-            _, task_id = mesh.names.parse_offer_key(entry.key)
-            if task_id in seen:
-                continue
-            seen.add(task_id)
-            with contextlib.suppress(NotFound, RemoteProtocolError):
-                record = await mesh.get(task_id)
-                if not is_terminal(record):
-                    tasks.append(record)
-    return analyse(time.time(), agents, tasks, stuck_after=stuck_after, loop_after=loop_after)
+    tasks: dict[str, TaskRecord] = {}
+    for value in await mesh.bus.snapshot("task.>"):
+        with contextlib.suppress(RemoteProtocolError, ValueError):
+            record = decode_record(value)
+            if not is_terminal(record):
+                tasks[record.id] = record
+    for _, item in await mesh.bus.waiting_items():
+        if item.task not in tasks and item.revision == 0:
+            tasks[item.task] = item.record
+    return analyse(time.time(), agents, list(tasks.values()), stuck_after=stuck_after, loop_after=loop_after)
 
 
 def analyse(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
@@ -15,6 +16,7 @@ from protocol import (
     AddChild,
     Charge,
     Fenced,
+    RemoteProtocolError,
     Renew,
     ReviewPolicy,
     TaskRecord,
@@ -28,8 +30,8 @@ from protocol import (
 )
 
 from .bus import Announcement, Bus, Conflict, NotFound, Unavailable
-from .follow import create_and_wait, wait_terminal
-from .questions import answering_questions
+from .follow import OnRecord, create_and_wait, wait_terminal
+from .questions import Questions
 
 __all__ = [
     "Worker",
@@ -47,12 +49,14 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
-def _applied(record: TaskRecord, event: Any, now: float) -> TaskRecord | None:
-    """``event`` applied to ``record`` at ``now``, or None if the rules refuse it."""
+def _applied(record: TaskRecord, events: tuple[Any, ...], now: float) -> TaskRecord | None:
+    """``events`` applied to ``record`` at ``now``, or None if the rules refuse them."""
     try:
-        return apply(record, event, now)
+        for event in events:
+            record = apply(record, event, now)
     except TransitionError:
         return None
+    return record
 
 
 class TaskFailed(Exception):
@@ -91,14 +95,34 @@ class Reviewer(Protocol):
 class TaskContext:
     """The owner's handle on one held task. All writes are compare-and-set on the
     revision this context last wrote or read, so a stale owner learns it lost the task
-    on its next write (:class:`Lost`)."""
+    on its next write (:class:`Lost`).
 
-    def __init__(self, bus: Bus, record: TaskRecord, revision: int, *, agent: str, delegates: tuple[str, ...]) -> None:
+    A context may start *unclaimed* (``claim`` given): the agent works before it writes
+    its claim, and the claim goes out with the first write, in the same
+    compare-and-set (a quick task is claimed and finished in one write). ``retake``
+    says, for a record that changed under a pending claim, which claim to try instead
+    (None: the task is someone else's now)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        record: TaskRecord,
+        revision: int,
+        *,
+        agent: str,
+        delegates: tuple[str, ...],
+        claim: Any = None,
+        retake: Callable[[TaskRecord], Any] | None = None,
+        patience_s: float = 10.0,
+    ) -> None:
         self.bus = bus
         self.record = record
         self.revision = revision
         self.agent = agent
         self.delegates = delegates
+        self._claim = claim
+        self._retake = retake
+        self._patience_s = patience_s
         self._lock = anyio.Lock()
         #: the acks :meth:`end` left outstanding, for :meth:`settle`
         self._announced: Announcement | None = None
@@ -112,92 +136,129 @@ class TaskContext:
         return self.record.data
 
     @property
+    def claimed(self) -> bool:
+        """Whether our claim is written (until then the task is ours only by the
+        broker's lease on its work item)."""
+        return self._claim is None
+
+    @property
+    def epoch(self) -> int:
+        """Our epoch as owner (the one our claim makes, if it is not written yet)."""
+        return self.record.epoch + (0 if self._claim is None else 1)
+
+    @property
     def idempotency_key(self) -> str:
         """Key for side effects: ``task_id:epoch``. A new owner after failover has a new
         epoch; a stale owner's repeat of the same effect carries the old key."""
-        return f"{self.record.id}:{self.record.epoch}"
+        return f"{self.record.id}:{self.epoch}"
+
+    async def claim(self) -> None:
+        """Write our pending claim now (a task that takes a while: its parties should
+        see it held)."""
+        if self._claim is not None:
+            await self.write(())
 
     async def write(self, event: Any) -> TaskRecord:
-        """Apply ``event`` to our record by CAS. While the broker is unreachable we
-        retry for up to a lease period (others cannot take the task meanwhile: they
-        cannot reach the broker either, and do not count that time); after that the
-        task is given up as :class:`Lost`."""
+        """Apply ``event`` (or a sequence of events) to our record by CAS. While the
+        broker is unreachable we retry for up to a lease period (others cannot take the
+        task meanwhile: they cannot reach the broker either, and its lease is paused
+        for nobody); after that the task is given up as :class:`Lost`."""
         record, announced = await self._write(event)
         await announced.wait()
         return record
 
     async def end(self, event: Any) -> TaskRecord:
         """:meth:`write` the task's last transition (finish, fail), returning before
-        the acks of its board change and event: the agent frees the task's slot first
-        (the requester may see the end and submit its next task at once), then awaits
-        them with :meth:`settle`."""
+        the acks of its events: the agent frees the task's slot first (the requester
+        may see the end and submit its next task at once), then awaits them with
+        :meth:`settle`."""
         record, self._announced = await self._write(event)
         return record
 
     async def settle(self) -> None:
-        """Await the acks of :meth:`end`'s board change and event, if it left any
+        """Await the acks of :meth:`end`'s events and work items, if it left any
         (re-sent through a broker failover; see :class:`Announcement`)."""
         announced, self._announced = self._announced, None
         if announced is not None:
             await announced.wait()
 
     async def _write(self, event: Any) -> tuple[TaskRecord, Announcement]:
-        # One clock reading for every attempt: applying the event to the same record
+        # One clock reading for every attempt: applying the events to the same record
         # then gives the same result, so a retry can recognise its own earlier write.
         now = time.time()
         delay, waited = 0.05, 0.0
+        events = tuple(event) if isinstance(event, (tuple, list)) else (event,)
         while True:
             try:
-                return await self._write_once(event, now)
+                return await self._write_once(events, now)
             except Unavailable as exc:
-                if waited >= max(self.record.lease_s, 5.0):
+                if waited >= self._patience_s:
                     raise Lost(f"broker unavailable for {waited:.1f}s: {exc}") from None
                 await anyio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 1.0)
 
-    async def _write_once(self, event: Any, now: float) -> tuple[TaskRecord, Announcement]:
+    async def _write_once(self, events: tuple[Any, ...], now: float) -> tuple[TaskRecord, Announcement]:
         async with self._lock:
+            batch = events if self._claim is None else (self._claim, *events)
+            if not batch:
+                return self.record, Announcement.done()
             try:
                 self.record, self.revision, announced = await self.bus.write_and_announce(
-                    self.record, self.revision, event, now
+                    self.record, self.revision, batch, now
                 )
             except Conflict:
-                fresh, rev = await self.bus.read(self.record.id)
-                if fresh == _applied(self.record, event, now):
+                try:
+                    fresh, rev = await self.bus.read_any(self.record.id, root=self.record.root)
+                except RemoteProtocolError as exc:
+                    # Someone wrote a record no conforming agent would: it is not ours to
+                    # act on (and never to overwrite). Say so, and let it be.
+                    await self.bus.report(str(exc), key=self.bus.names.task_key(self.record.id))
+                    raise Lost(f"task {self.record.id}: unreadable record ({exc})") from None
+                except NotFound:
+                    raise Lost(f"task {self.record.id} is gone") from None
+                if rev and fresh == _applied(self.record, batch, now):
                     # Our own write, from an attempt whose ack was lost and whose check
                     # found the broker away too: it landed; announce it now.
                     old, self.record, self.revision = self.record, fresh, rev
-                    announced = await self.bus.announce(old, fresh, rev, event)
+                    announced = await self.bus.announce(old, fresh, rev, batch)
                 else:
-                    if fresh.owner != self.agent or fresh.epoch != self.record.epoch or fresh.state != "working":
-                        raise Lost(
-                            f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}"
-                        ) from None
+                    self._still_ours(fresh)
                     self.record, self.revision = fresh, rev
+                    batch = events if self._claim is None else (self._claim, *events)
                     self.record, self.revision, announced = await self.bus.write_and_announce(
-                        self.record, self.revision, event, now
+                        self.record, self.revision, batch, now
                     )
             except Fenced as exc:
                 raise Lost(str(exc)) from None
             except TransitionError as exc:
                 raise Lost(str(exc)) from None
-            if self.record.state != "working" and event.__struct_config__.tag in ("renew", "add_child", "charge"):
+            self._claim = None
+            kinds = {e.__struct_config__.tag for e in events}
+            if self.record.state != "working" and kinds and kinds <= {"renew", "add_child", "charge"}:
                 await announced.wait()  # e.g. over budget: this write ended the task
                 raise Lost(f"task {self.record.id} ended: {self.record.state} ({self.record.reason})")
             return self.record, announced
 
+    def _still_ours(self, fresh: TaskRecord) -> None:
+        """After a conflict: may we write to ``fresh``? Raise :class:`Lost` if not."""
+        if self._claim is not None:
+            claim = None if self._retake is None else self._retake(fresh)
+            if claim is None:
+                raise Lost(f"task {fresh.id} is {fresh.state} (owner {fresh.owner}, epoch {fresh.epoch})")
+            self._claim = claim
+            return
+        if fresh.owner != self.agent or fresh.epoch != self.record.epoch or fresh.state != "working":
+            raise Lost(f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}")
+
     async def progress(self, text: str, checkpoint: Any = None) -> None:
         """Report progress (renews the lease); ``checkpoint`` is kept for a successor."""
-        await self.write(Renew(actor=self.agent, epoch=self.record.epoch, progress=text, checkpoint=checkpoint))
-
-    async def renew(self) -> None:
-        await self.write(Renew(actor=self.agent, epoch=self.record.epoch))
+        await self.write(Renew(actor=self.agent, epoch=self.epoch, progress=text, checkpoint=checkpoint))
 
     async def charge(self, *, tokens: int = 0, cost: float = 0.0) -> None:
         """Charge usage to the task's budget; past it the task fails ``budget`` and the
         worker is stopped."""
-        await self.write(Charge(actor=self.agent, epoch=self.record.epoch, usage=Usage(tokens=tokens, cost=cost)))
+        await self.write(Charge(actor=self.agent, epoch=self.epoch, usage=Usage(tokens=tokens, cost=cost)))
 
     async def delegate(
         self,
@@ -251,28 +312,56 @@ class TaskContext:
         return str(child.result)
 
     async def _hand_off(self, build: Any) -> TaskRecord:
+        await self.claim()  # a task that hands work off takes a while: show it held
         child: TaskRecord = build(new_id())
         existing = await self._existing_child(fingerprint(child.capability, child.instruction))
-        # While we wait, questions the child asks us are passed up to our requester.
-        if existing is not None:
-            return await answering_questions(self, lambda: wait_terminal(self.bus, existing, observer=self.agent))
-        # Checkpoint first: a successor must know about the child even if we die
-        # right after creating it. (The checkpoint's event acks need not hold that up.)
-        _, announced = await self._write(AddChild(actor=self.agent, epoch=self.record.epoch, child=child.id))
+        announced: Announcement | None = None
+        if existing is None:
+            # Checkpoint first: a successor must know about the child even if we die
+            # right after creating it. (The checkpoint's event acks need not hold that up.)
+            _, announced = await self._write(AddChild(actor=self.agent, epoch=self.epoch, child=child.id))
         try:
-            return await create_and_wait(
-                self.bus, child, observer=self.agent, around=lambda wait: answering_questions(self, wait)
+            # While we wait, questions the child asks us are passed up to our requester.
+            return await _answering(
+                self,
+                lambda on_record: (
+                    wait_terminal(self.bus, existing, observer=self.agent, on_record=on_record)
+                    if existing is not None
+                    else create_and_wait(self.bus, child, observer=self.agent, on_record=on_record)
+                ),
             )
         finally:
-            with anyio.CancelScope(shield=True):  # bounded by the publish patience
-                await announced.wait()
+            if announced is not None:
+                with anyio.CancelScope(shield=True):  # bounded by the publish patience
+                    await announced.wait()
 
     async def _existing_child(self, print_: str) -> TaskRecord | None:
         for child_id in self.record.children:
             try:
-                child, _ = await self.bus.read(child_id)
-            except NotFound:
+                child, _ = await self.bus.read_any(child_id, root=self.record.root)
+            except (NotFound, RemoteProtocolError):
                 continue
             if fingerprint(child.capability, child.instruction) == print_ and child.state != "cancelled":
                 return child
         return None
+
+
+async def _answering(task: TaskContext, wait: Callable[[OnRecord], Awaitable[TaskRecord]]) -> TaskRecord:
+    """Run ``wait(on_record)`` (following a child) while answering the questions the
+    child addresses to us, by asking our own requester."""
+    out: list[TaskRecord] = []
+    failure: list[Exception] = []
+
+    async def pass_up(question: TaskRecord) -> str:
+        return await task.ask(question.instruction)
+
+    async with anyio.create_task_group() as tg:
+        questions = Questions(task.bus, task.agent, pass_up, tg)
+        try:
+            out.append(await wait(questions.on_record))
+        except Exception as exc:  # re-raised as itself below, not wrapped in an ExceptionGroup
+            failure.append(exc)
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return out[0]

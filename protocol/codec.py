@@ -15,25 +15,23 @@ from .types import (
     ControlReply,
     ControlRequest,
     ErrorReport,
-    LeaseBeat,
     NotUnderstood,
-    Offer,
     TaskEvent,
     TaskRecord,
+    WorkItem,
 )
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "encode",
     "decode_record",
-    "decode_offer",
+    "decode_work_item",
     "decode_card",
     "decode_event",
     "decode_transition",
     "decode_control",
     "decode_control_reply",
     "decode_error",
-    "decode_beat",
     "check_record",
 ]
 
@@ -57,7 +55,7 @@ _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {
     tp: _decoder(tp)
     for tp in (
         TaskRecord,
-        Offer,
+        WorkItem,
         AgentCard,
         TaskEvent,
         Event,
@@ -65,7 +63,6 @@ _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {
         ControlReply,
         ErrorReport,
         NotUnderstood,
-        LeaseBeat,
     )
 }
 
@@ -92,7 +89,7 @@ def check_record(record: TaskRecord) -> TaskRecord:
             validate_task_id(record.parent)
         for child in record.children:
             validate_task_id(child)
-        # The reviewer and escalation capabilities become board keys.
+        # The reviewer and escalation capabilities become queue subjects.
         if record.review is not None:
             validate_capability(record.review.capability)
             if record.review.escalate_to is not None:
@@ -105,6 +102,8 @@ def check_record(record: TaskRecord) -> TaskRecord:
         raise RemoteProtocolError(f"task record {record.id}: failed without a reason")
     if record.state == "review" and record.review is None:
         raise RemoteProtocolError(f"task record {record.id}: in review without a review policy")
+    if record.state == "working" and record.epoch < 1:
+        raise RemoteProtocolError(f"task record {record.id}: state working at epoch {record.epoch}")
     if record.epoch < (1 if record.attempts else 0) or record.attempts < 0:
         raise RemoteProtocolError(f"task record {record.id}: epoch {record.epoch} below its claims")
     return record
@@ -115,18 +114,21 @@ def decode_record(data: bytes) -> TaskRecord:
     return check_record(record)
 
 
-def decode_offer(data: bytes) -> Offer:
-    offer: Offer = _decode(data, Offer, "offer")
+def decode_work_item(data: bytes) -> WorkItem:
+    item: WorkItem = _decode(data, WorkItem, "work item")
     try:
-        validate_task_id(offer.task)
-        validate_capability(offer.capability)
+        validate_task_id(item.task)
+        validate_capability(item.capability)
     except InvalidName as exc:
-        raise RemoteProtocolError(f"offer: {exc}") from None
-    if offer.record is not None:
-        check_record(offer.record)
-        if offer.record.id != offer.task:
-            raise RemoteProtocolError(f"offer for {offer.task} carries the record of {offer.record.id}")
-    return offer
+        raise RemoteProtocolError(f"work item: {exc}") from None
+    check_record(item.record)
+    if item.record.id != item.task:
+        raise RemoteProtocolError(f"work item for {item.task} carries the record of {item.record.id}")
+    if item.revision == 0 and (item.kind != "work" or item.record.state != "open" or item.record.epoch != 0):
+        raise RemoteProtocolError(
+            f"work item for {item.task}: revision 0 (a task not in the bucket yet) must be an open, unclaimed task"
+        )
+    return item
 
 
 def decode_card(data: bytes) -> AgentCard:
@@ -167,15 +169,3 @@ def decode_control_reply(data: bytes) -> ControlReply:
 def decode_error(data: bytes) -> ErrorReport:
     report: ErrorReport = _decode(data, ErrorReport, "error report")
     return report
-
-
-def decode_beat(data: bytes) -> LeaseBeat:
-    beat: LeaseBeat = _decode(data, LeaseBeat, "lease beat")
-    try:
-        validate_task_id(beat.task)
-        validate_agent_id(beat.owner)
-    except InvalidName as exc:
-        raise RemoteProtocolError(f"lease beat: {exc}") from None
-    if beat.revision < 1 or beat.epoch < 1:
-        raise RemoteProtocolError(f"lease beat: revision and epoch start at 1 (got {beat.revision}, {beat.epoch})")
-    return beat

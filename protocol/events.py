@@ -19,7 +19,6 @@ __all__ = [
     "Finish",
     "Fail",
     "Release",
-    "Reopen",
     "Reviewing",
     "Approve",
     "Veto",
@@ -43,11 +42,23 @@ class _OwnerEvent(_Event, frozen=True, kw_only=True):
 
 
 class Claim(_Event, frozen=True, kw_only=True, tag="claim"):
-    """Take an open task: become owner with the next epoch."""
+    """Take the task: become its owner with the next epoch, holding work item
+    ``ticket`` (its sequence in the work stream; ``None`` for a party that holds no
+    item, such as a person answering from an inbox).
+
+    A claim of an open task takes it. A claim of a ``working`` task takes it over, and
+    is allowed only with the ticket the owner holds: the broker lends an item to one
+    agent at a time, so receiving the owner's own item means its lease lapsed."""
+
+    ticket: NonNegInt | None = None
 
 
 class Renew(_OwnerEvent, frozen=True, kw_only=True, tag="renew"):
-    """Renew the lease; optionally record progress and a checkpoint."""
+    """Record progress and optionally a checkpoint: a new revision the task's parties see.
+
+    An owner holding no work item (a person, a client answering a question) renews its
+    hold this way, since only its writes show that it is alive; an agent renews the
+    lease on its work item with the broker instead (in-progress acknowledgements)."""
 
     progress: str | None = None
     checkpoint: Any = None
@@ -78,27 +89,18 @@ class Release(_OwnerEvent, frozen=True, kw_only=True, tag="release"):
     note: str = ""
 
 
-class Reopen(_Event, frozen=True, kw_only=True, tag="reopen"):
-    """An observer judged the owner's lease expired (no new revision for ``lease_s``
-    on the observer's own monotonic clock) and re-opens the task. ``epoch`` is the
-    epoch the observer saw, so an observation older than a new claim is refused."""
-
-    epoch: NonNegInt
-
-
 class Reviewing(_Event, frozen=True, kw_only=True, tag="reviewing"):
-    """A reviewer takes, renews or gives back a review slot. A reviewer without a slot
-    takes a free one; failing that, with ``takes``, the slot of that holder, if it
-    still shows ``beat`` (the observer judged its lease lapsed). A holder renews its
-    slot (``beat`` + 1), or with ``release`` gives it back without voting. Each one
-    changes the record's revision, so the parties waiting on the task see life while a
-    slow reviewer (a model, a person) is at work."""
+    """A reviewer takes, renews or gives back a review slot of the result at ``epoch``.
+
+    With ``ticket`` (the review work item the reviewer holds) it takes over the slot
+    held under that ticket, if another reviewer holds it (the broker delivered the item
+    again: its holder's lease lapsed); else it takes a free slot under that ticket. A
+    holder may renew (progress only), or with ``release`` give its slot back without
+    voting. Each one changes the record's revision, so the parties see who reviews."""
 
     epoch: NonNegInt
-    #: the holder whose lapsed slot the actor takes over (only when no slot is free)
-    takes: str | None = None
-    #: the ``beat`` of that holder's slot the actor saw unchanged for the review lease
-    beat: NonNegInt = 0
+    #: the review work item the actor holds (its sequence in the work stream)
+    ticket: NonNegInt | None = None
     #: the holder gives its slot back without voting (draining, a reviewer error)
     release: bool = False
 
@@ -130,15 +132,13 @@ class Cancel(_Event, frozen=True, kw_only=True, tag="cancel"):
 
 
 class Expire(_Event, frozen=True, kw_only=True, tag="expire"):
-    """End a task that ran out of time: past its deadline, or open with no agent
-    claiming it for ``claim_timeout_s`` (judged by the observer)."""
+    """End a task that ran out of time: past its deadline, or left for ``claim_timeout_s``
+    with nobody able to act on it (judged by a party: :func:`protocol.judge_waiting`)."""
 
     reason: Literal["deadline", "no_agent"]
 
 
-Event = (
-    Claim | Renew | AddChild | Finish | Fail | Release | Reopen | Reviewing | Approve | Veto | Charge | Cancel | Expire
-)
+Event = Claim | Renew | AddChild | Finish | Fail | Release | Reviewing | Approve | Veto | Charge | Cancel | Expire
 OwnerEvent = Renew | AddChild | Finish | Fail | Release | Charge
 
 EVENT_KINDS: tuple[str, ...] = (
@@ -148,7 +148,6 @@ EVENT_KINDS: tuple[str, ...] = (
     "finish",
     "fail",
     "release",
-    "reopen",
     "reviewing",
     "approve",
     "veto",

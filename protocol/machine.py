@@ -28,7 +28,6 @@ from .events import (
     Finish,
     Release,
     Renew,
-    Reopen,
     Reviewing,
     Veto,
 )
@@ -40,6 +39,7 @@ __all__ = ["TRANSITIONS", "apply", "is_terminal", "approvals", "event_kind", "sl
 #: illegal transition. Terminal states have no outgoing transitions.
 TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("open", "claim"): ("working",),
+    ("working", "claim"): ("working", "failed"),
     ("open", "cancel"): ("cancelled",),
     ("open", "expire"): ("failed",),
     ("working", "renew"): ("working",),
@@ -48,7 +48,6 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("working", "finish"): ("done", "review"),
     ("working", "fail"): ("failed",),
     ("working", "release"): ("open",),
-    ("working", "reopen"): ("open", "failed"),
     ("working", "cancel"): ("cancelled",),
     ("working", "expire"): ("failed",),
     ("review", "reviewing"): ("review",),
@@ -140,13 +139,37 @@ def _end(record: TaskRecord, now: float, state: str, *, reason: str | None, erro
 
 
 def _claim(record: TaskRecord, event: Claim, now: float) -> TaskRecord:
+    lapses = record.lapses
+    progress = ""
+    if record.state == "working":
+        # A takeover: only the holder of the owner's own work item may make it, and it
+        # holds that item because the broker saw the owner's lease lapse.
+        if event.ticket is None or event.ticket != record.ticket:
+            raise Fenced(
+                state=record.state,
+                event="claim",
+                actor=event.actor,
+                why=f"held by {record.owner!r} under work item {record.ticket}, not {event.ticket}",
+            )
+        lapses += 1
+        progress = f"taken over from {record.owner} (lease lapsed)"
+        if lapses >= record.max_lapses:
+            return _end(
+                msgspec.structs.replace(record, lapses=lapses),
+                now,
+                "failed",
+                reason="error",
+                error=f"owner lost {lapses} times (last: {record.owner}); giving up",
+            )
     return msgspec.structs.replace(
         record,
         state="working",
         owner=event.actor,
         epoch=record.epoch + 1,
         attempts=record.attempts + 1,
-        progress="",
+        ticket=event.ticket,
+        lapses=lapses,
+        progress=progress,
         progress_at=now,
         updated=now,
     )
@@ -206,29 +229,7 @@ def _fail(record: TaskRecord, event: Fail, now: float) -> TaskRecord:
 
 def _release(record: TaskRecord, event: Release, now: float) -> TaskRecord:
     _check_owner(record, event)
-    return msgspec.structs.replace(record, state="open", owner=None, progress=event.note, updated=now)
-
-
-def _reopen(record: TaskRecord, event: Reopen, now: float) -> TaskRecord:
-    if event.epoch != record.epoch:
-        raise Fenced(
-            state=record.state,
-            event="reopen",
-            actor=event.actor,
-            why=f"observed epoch {event.epoch} is stale (current epoch is {record.epoch})",
-        )
-    lapses = record.lapses + 1
-    if lapses >= record.max_lapses:
-        return _end(
-            msgspec.structs.replace(record, lapses=lapses),
-            now,
-            "failed",
-            reason="error",
-            error=f"owner lost {lapses} times (last: {record.owner}); giving up",
-        )
-    return msgspec.structs.replace(
-        record, state="open", owner=None, lapses=lapses, progress=f"lease of {record.owner} expired", updated=now
-    )
+    return msgspec.structs.replace(record, state="open", owner=None, ticket=None, progress=event.note, updated=now)
 
 
 def _vote_guard(record: TaskRecord, event: Approve | Veto | Reviewing) -> None:
@@ -272,6 +273,7 @@ def _check_voter(record: TaskRecord, event: Approve | Veto) -> tuple[ReviewSlot,
 def _reviewing(record: TaskRecord, event: Reviewing, now: float) -> TaskRecord:
     _vote_guard(record, event)
     mine = slot_of(record, event.actor)
+    held = None if event.ticket is None else next((s for s in record.slots if s.ticket == event.ticket), None)
     if event.release:
         if mine is None:
             raise Fenced(
@@ -280,24 +282,20 @@ def _reviewing(record: TaskRecord, event: Reviewing, now: float) -> TaskRecord:
         slots = tuple(s for s in record.slots if s is not mine)
         progress = f"{event.actor} gave its review slot back"
     elif mine is not None:
-        renewed = msgspec.structs.replace(mine, beat=mine.beat + 1)
-        slots = tuple(renewed if s is mine else s for s in record.slots)
+        # A renewal; a holder that got its own item again keeps its slot under it.
+        ticket = mine.ticket if event.ticket is None else event.ticket
+        renewed = msgspec.structs.replace(mine, ticket=ticket)
+        slots = tuple(renewed if s is mine else s for s in record.slots if s is mine or s is not held)
         progress = f"{event.actor} is reviewing"
+    elif held is not None:
+        # The broker lent the holder's item to us: its lease lapsed.
+        slots = tuple(
+            ReviewSlot(reviewer=event.actor, ticket=event.ticket, since=now) if s is held else s for s in record.slots
+        )
+        progress = f"{event.actor} took over the review slot of {held.reviewer}"
     elif free_slots(record) > 0:
-        slots = (*record.slots, ReviewSlot(reviewer=event.actor, since=now))
+        slots = (*record.slots, ReviewSlot(reviewer=event.actor, ticket=event.ticket, since=now))
         progress = f"{event.actor} is reviewing"
-    elif event.takes is not None:
-        lapsed = slot_of(record, event.takes)
-        if lapsed is None or lapsed.beat != event.beat:
-            now_at = "holds no slot" if lapsed is None else f"is at beat {lapsed.beat}"
-            raise Fenced(
-                state=record.state,
-                event="reviewing",
-                actor=event.actor,
-                why=f"observed beat {event.beat} of {event.takes!r} is stale ({event.takes!r} {now_at})",
-            )
-        slots = tuple(ReviewSlot(reviewer=event.actor, since=now) if s is lapsed else s for s in record.slots)
-        progress = f"{event.actor} took over the review slot of {event.takes}"
     else:
         raise _slots_full(record, event, "no slot to take")
     return msgspec.structs.replace(record, slots=slots, progress=progress, updated=now)
@@ -331,6 +329,7 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
                 capability=policy.escalate_to,
                 review=None,
                 owner=None,
+                ticket=None,
                 claim_timeout_s=policy.escalation_timeout_s,
                 votes=(*record.votes, vote),
                 slots=(),
@@ -349,6 +348,7 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
         record,
         state="open",
         owner=None,
+        ticket=None,
         reworks=record.reworks + 1,
         votes=(),
         slots=(),
@@ -367,8 +367,13 @@ def _expire(record: TaskRecord, event: Expire, now: float) -> TaskRecord:
         # apply() already ended every task past its deadline; reaching here means
         # the deadline has not passed.
         raise _refuse(record, event, "the deadline has not passed")
+    if record.state == "working" and record.ticket is not None:
+        # An agent's hold is watched by the broker (the lease on its item); only an
+        # owner holding no item (a person, a client answering a question) is judged
+        # by the task's parties, from the record's revisions.
+        raise _refuse(record, event, "no_agent only ends a task no agent holds")
     if record.state == "working":
-        raise _refuse(record, event, "no_agent only ends a task nobody holds")
+        return _end(record, now, "failed", reason="no_agent", error=f"{record.owner} stopped answering")
     return _end(record, now, "failed", reason="no_agent", error=f"no agent took {record.capability!r}")
 
 
@@ -380,7 +385,6 @@ _HANDLERS: dict[type, Callable[[TaskRecord, object, float], TaskRecord]] = {
     Finish: _finish,  # type: ignore[dict-item]
     Fail: _fail,  # type: ignore[dict-item]
     Release: _release,  # type: ignore[dict-item]
-    Reopen: _reopen,  # type: ignore[dict-item]
     Reviewing: _reviewing,  # type: ignore[dict-item]
     Approve: _approve,  # type: ignore[dict-item]
     Veto: _veto,  # type: ignore[dict-item]

@@ -2,12 +2,13 @@
 
 Everything one mesh puts on a broker lives under one *prefix* (default ``mesh``), so
 several meshes can share a broker. The protocol's major version is part of every name
-(``mesh-v1-tasks``, ``mesh.v1.evt...``): a v2 mesh can run beside a v1 mesh on the same
-broker. Minor evolution happens inside the messages (new fields with defaults).
+(``mesh-v2-tasks``, ``mesh.v2.evt...``): meshes of two major versions can run side by
+side on the same broker. Minor evolution happens inside the messages (new fields with defaults).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ from .errors import InvalidName
 __all__ = [
     "MAJOR_VERSION",
     "VERSION_HEADER",
-    "BOARD_WATCH_SLOTS",
+    "PRIORITY_GROUP",
+    "MAX_PRIORITY",
     "Names",
     "validate_capability",
     "validate_agent_id",
@@ -25,12 +27,12 @@ __all__ = [
     "clarification_capability",
 ]
 
-MAJOR_VERSION = 1
+MAJOR_VERSION = 2
 VERSION_HEADER = "Mesh-Version"
-#: how many agents of one served capability watch its board; the others take nudges
-#: and read the board only when they may have missed work (so a board change costs
-#: the broker a bounded fan-out, however many agents serve the capability)
-BOARD_WATCH_SLOTS = 3
+#: the priority group every queue's consumer declares and every pull names
+PRIORITY_GROUP = "mesh"
+#: the lowest pull priority (nats-server's prioritized policy takes 0 to 9)
+MAX_PRIORITY = 9
 
 _TOKEN = r"[a-z0-9][a-z0-9_-]{0,63}"
 _CAPABILITY_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN}){{0,7}}$")
@@ -132,7 +134,22 @@ class Names:
         """Name under which agents register with the NATS services API."""
         return f"{self.prefix}-agent"
 
-    # --- task board keys (in the tasks bucket) ----------------------------------------
+    @property
+    def work_stream(self) -> str:
+        """The work-queue stream holding every queue's items."""
+        return f"{self.prefix}-v{MAJOR_VERSION}-work"
+
+    @property
+    def work_subjects(self) -> str:
+        """The work stream's subjects: every queue's work items."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.work.>"
+
+    @property
+    def records_subjects(self) -> str:
+        """Where the tasks bucket republishes every accepted write (core NATS)."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.rec.>"
+
+    # --- keys of the tasks bucket ----------------------------------------------------
     def task_key(self, task_id: str) -> str:
         return f"task.{validate_task_id(task_id)}"
 
@@ -142,37 +159,34 @@ class Names:
             raise InvalidName(f"not a task key: {key!r}")
         return validate_task_id(task_id)
 
-    def offer_key(self, capability: str, task_id: str) -> str:
-        return f"offer.{validate_capability(capability)}.{validate_task_id(task_id)}"
+    def record_subject(self, task_id: str) -> str:
+        """The subject on which the broker republishes each accepted write of one
+        task's record: a task's parties follow it with a core subscription."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.rec.{self.task_key(task_id)}"
 
-    def parse_offer_key(self, key: str) -> tuple[str, str]:
-        parts = key.split(".")
-        if len(parts) < 3 or parts[0] != "offer":
-            raise InvalidName(f"not an offer key: {key!r}")
-        return validate_capability(".".join(parts[1:-1])), validate_task_id(parts[-1])
+    # --- queues (the work stream) ----------------------------------------------------
+    def work_subject(self, capability: str) -> str:
+        """The subject of a capability's queue: its work items go here."""
+        return f"{self.prefix}.v{MAJOR_VERSION}.work.{validate_capability(capability)}"
 
-    def offer_filter(self, served: str) -> str:
-        """Key filter an agent serving ``served`` watches: the capability and everything
-        below it (longest-prefix routing is decided on receipt by the fit rule)."""
-        return f"offer.{validate_capability(served)}.>"
+    def parse_work_subject(self, subject: str) -> str:
+        """The capability of a queue's subject."""
+        head = f"{self.prefix}.v{MAJOR_VERSION}.work."
+        if not subject.startswith(head):
+            raise InvalidName(f"not a work subject of mesh {self.prefix!r}: {subject!r}")
+        return validate_capability(subject[len(head) :])
+
+    def queue_consumer(self, capability: str) -> str:
+        """Name of the durable pull consumer that is a capability's queue: the
+        capability with its dots as ``~`` (consumer names allow no dots); a capability
+        too long for a name is shortened with a digest."""
+        name = validate_capability(capability).replace(".", "~")
+        if len(name) > 200:
+            digest = hashlib.sha256(capability.encode()).hexdigest()[:16]
+            name = f"{name[:180]}~{digest}"
+        return name
 
     # --- directory keys -----------------------------------------------------------
-    def watch_slot_key(self, served: str, slot: int) -> str:
-        """Directory key an agent holds (with a TTL it renews) while it watches the
-        board of ``served``: one of :data:`BOARD_WATCH_SLOTS` slots."""
-        if not 0 <= slot < BOARD_WATCH_SLOTS:
-            raise InvalidName(f"watch slot {slot} out of range 0..{BOARD_WATCH_SLOTS - 1}")
-        return f"watch.{validate_capability(served)}.{slot}"
-
-    def parse_watch_slot_key(self, key: str) -> tuple[str, int]:
-        parts = key.split(".")
-        if len(parts) < 3 or parts[0] != "watch" or not parts[-1].isdigit():
-            raise InvalidName(f"not a watch slot key: {key!r}")
-        slot = int(parts[-1])
-        if not 0 <= slot < BOARD_WATCH_SLOTS:
-            raise InvalidName(f"watch slot {slot} out of range in {key!r}")
-        return validate_capability(".".join(parts[1:-1])), slot
-
     def agent_key(self, agent_id: str) -> str:
         return f"agent.{validate_agent_id(agent_id)}"
 
@@ -193,6 +207,11 @@ class Names:
         base = f"{self.prefix}.v{MAJOR_VERSION}.evt"
         return f"{base}.>" if root is None else f"{base}.{validate_task_id(root)}.>"
 
+    def task_events_filter(self, task_id: str, root: str | None = None) -> str:
+        """The events of one task: ``root`` narrows the filter to one literal prefix."""
+        base = f"{self.prefix}.v{MAJOR_VERSION}.evt"
+        return f"{base}.{'*' if root is None else validate_task_id(root)}.{validate_task_id(task_id)}.*"
+
     def parse_event_subject(self, subject: str) -> tuple[str, str, str]:
         """Return (root, task_id, kind) of an event subject."""
         parts = subject.split(".")
@@ -202,34 +221,6 @@ class Names:
 
     def error_subject(self, agent_id: str) -> str:
         return f"{self.prefix}.v{MAJOR_VERSION}.err.{validate_agent_id(agent_id)}"
-
-    def work_subject(self, capability: str) -> str:
-        """Where a newly open offer is also *nudged* to one agent per served capability
-        (a NATS queue group), so that not every idle agent races for it."""
-        return f"{self.prefix}.v{MAJOR_VERSION}.work.{validate_capability(capability)}"
-
-    def work_filters(self, served: str) -> tuple[str, str]:
-        """The subjects an agent serving ``served`` takes nudges on: the capability
-        itself and everything below it."""
-        base = self.work_subject(served)
-        return base, f"{base}.>"
-
-    def beat_subject(self, task_id: str, capability: str) -> str:
-        """Where an owner announces each lease renewal (core NATS, not stored)."""
-        return f"{self.prefix}.v{MAJOR_VERSION}.beat.{validate_task_id(task_id)}.{validate_capability(capability)}"
-
-    def beat_filters(self, served: str) -> tuple[str, str]:
-        """The lease beats of every task an agent serving ``served`` could observe."""
-        cap = validate_capability(served)
-        return f"{self.prefix}.v{MAJOR_VERSION}.beat.*.{cap}", f"{self.prefix}.v{MAJOR_VERSION}.beat.*.{cap}.>"
-
-    def task_beats(self, task_id: str) -> str:
-        """The lease beats of one task (for its parties)."""
-        return f"{self.prefix}.v{MAJOR_VERSION}.beat.{validate_task_id(task_id)}.>"
-
-    def work_queue(self, served: str) -> str:
-        """Queue group of the agents serving ``served``: one of them gets each nudge."""
-        return f"{self.prefix}-v{MAJOR_VERSION}-work-{validate_capability(served)}"
 
     def control_subject(self, agent_id: str) -> str:
         """Request subject of an agent's control endpoint (drain, status)."""

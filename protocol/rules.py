@@ -13,40 +13,47 @@ from typing import Any
 import msgspec
 
 from .errors import LocalProtocolError
-from .events import Reviewing
-from .machine import free_slots, review_full, slot_of
-from .names import capability_tokens, clarification_capability, validate_agent_id, validate_capability, validate_task_id
-from .types import Budget, Offer, ReviewPolicy, ReviewSlot, TaskRecord
+from .events import Claim, Expire, Reviewing
+from .machine import free_slots, is_terminal, slot_of
+from .names import (
+    MAX_PRIORITY,
+    capability_tokens,
+    clarification_capability,
+    validate_agent_id,
+    validate_capability,
+    validate_task_id,
+)
+from .types import Budget, ReviewPolicy, TaskRecord, WorkItem
 
 __all__ = [
     "DEFAULT_HOPS",
     "DEFAULT_LEASE_S",
-    "DEFAULT_CLAIM_WINDOW_S",
+    "DEFAULT_CLAIM_TIMEOUT_S",
     "new_task",
     "specificity",
     "serves",
     "best_match",
-    "fit",
-    "claim_delay",
-    "LeaseView",
-    "review_lease_s",
-    "SlotsView",
-    "take_slot",
+    "pull_priority",
+    "work_items",
+    "work_item_id",
+    "is_clarification",
+    "Take",
+    "Drop",
+    "HandBack",
+    "on_delivery",
+    "judge_waiting",
     "fingerprint",
     "delegate",
     "ask",
     "split_budget",
     "traceparent",
     "child_traceparent",
-    "offers_for",
-    "BoardChange",
-    "board_change",
 ]
 
 DEFAULT_HOPS = 8
+#: the lease of a queue (its consumer's AckWait) when whoever creates it sets none
 DEFAULT_LEASE_S = 10.0
-#: the contention window: a fit-0 agent waits this long before claiming
-DEFAULT_CLAIM_WINDOW_S = 0.2
+DEFAULT_CLAIM_TIMEOUT_S = 10.0
 
 
 def new_task(
@@ -63,8 +70,7 @@ def new_task(
     hops: int = DEFAULT_HOPS,
     deadline: float | None = None,
     budget: Budget | None = None,
-    lease_s: float = DEFAULT_LEASE_S,
-    claim_timeout_s: float = 10.0,
+    claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
     trace: str | None = None,
 ) -> TaskRecord:
     """A new root task, open for claiming. ``trace`` is a W3C traceparent (see
@@ -90,7 +96,6 @@ def new_task(
         deadline=deadline,
         budget=budget,
         root=task_id,
-        lease_s=lease_s,
         claim_timeout_s=claim_timeout_s,
         trace=None if trace is None else _check_traceparent(trace),
         created=now,
@@ -128,13 +133,19 @@ def _check_traceparent(value: str) -> str:
 
 
 def _validate_review(review: ReviewPolicy | None) -> None:
+    """A policy that the decoders would refuse must not be written (its task could
+    never be read again, so never end)."""
     if review is not None:
         validate_capability(review.capability)
         if review.escalate_to is not None:
             validate_capability(review.escalate_to)
+        if not 1 <= review.quorum <= 16:
+            raise LocalProtocolError(f"review quorum must be 1 to 16, got {review.quorum}")
+        if review.max_reworks < 0 or not review.escalation_timeout_s > 0:
+            raise LocalProtocolError("review max_reworks must be >= 0 and escalation_timeout_s > 0")
 
 
-# --- longest-prefix routing and fit -----------------------------------------------------
+# --- longest-prefix routing ------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=8192)
@@ -159,139 +170,150 @@ def serves(served: tuple[str, ...], capability: str) -> bool:
     return best_match(served, capability) is not None
 
 
-def fit(
-    *,
-    served: tuple[str, ...],
-    capability: str,
-    tags: tuple[str, ...] = (),
-    expertise: tuple[str, ...] = (),
-    load: int = 0,
-    capacity: int = 1,
-    completed: int = 0,
-    failed: int = 0,
-) -> float:
-    """How well an agent fits a task, in [0, 1]; 0 means it may not claim it.
+def pull_priority(served: tuple[str, ...], capability: str) -> int | None:
+    """The priority at which an agent serving ``served`` pulls from the queue of
+    ``capability``, or None if it does not serve it. 0 is the first choice.
 
-    Specificity dominates, strictly: an agent whose served capability matches more
-    tokens of the task's capability always fits better than one matching fewer, however
-    busy it is (as long as it is not full). Within one specificity, *quality* decides:
-    free capacity, declared expertise for the task's tags, and track record::
-
-        quality = 0.6 + 0.25 * free + 0.1 * expert + 0.05 * track      in (0.6, 1]
-        fit     = specificity - (1 - quality) / n                      n = tokens of capability
-
-    Specificities of one capability are ``k / n`` for ``k`` matched tokens, so the
-    penalty (under ``0.4 / n``) never crosses into the band below. For a one-token
-    capability ``fit == quality``; for ``summarize`` serving ``summarize.medical`` it
-    is ``0.5 * quality``. (A plain product ``specificity * quality`` lets a busy exact
-    match lose to an idle three-of-four-token prefix.)
-
-    The track record only ever *lowers* fit: ``1 - failed / (completed + failed + 1)``
-    is 1.0 for an agent that never failed, new or old. (A smoothed success rate would
-    lower the fit of a perfect agent after its first success and so delay every
-    claim it makes; an idle, exact, never-failing agent must claim at once.)
-    """
+    The priority is the number of the capability's tokens that the agent's longest
+    served prefix leaves unmatched (capped at :data:`MAX_PRIORITY`): an exact match
+    pulls at 0, an agent serving ``summarize`` pulls ``summarize.medical`` work at 1. The
+    broker hands each item to a waiting pull of the lowest priority number, so a free
+    specialist always gets work before a free generalist, and the generalist gets it
+    when no specialist is free (longest-prefix routing without a round trip)."""
     spec = max((specificity(s, capability) for s in served), default=0.0)
-    if spec == 0.0 or load >= capacity:
-        return 0.0
-    free = 1.0 - max(load, 0) / capacity
-    expert = 1.0 if not tags else len(set(tags) & set(expertise)) / len(set(tags))
-    track = 1.0 - max(failed, 0) / (max(completed, 0) + max(failed, 0) + 1)
-    # Weights sum to 1: an idle exact match that never failed has fit 1 (no delay).
-    quality = 0.6 + 0.25 * free + 0.1 * expert + 0.05 * track
-    return min(1.0, spec - (1.0 - quality) / len(capability_tokens(capability)))
+    if spec == 0.0:
+        return None
+    n = len(capability_tokens(capability))
+    return min(MAX_PRIORITY, n - round(spec * n))
 
 
-def claim_delay(fit_value: float, *, window: float = DEFAULT_CLAIM_WINDOW_S, jitter: float = 0.0) -> float:
-    """Seconds to wait before claiming: ``(1 - fit) * window`` plus up to 1% of the
-    window of jitter (``jitter`` in [0, 1) is the caller's random draw). The best fit
-    claims first; everyone else sees the task taken and stands down."""
-    if not 0.0 <= jitter < 1.0:
-        raise LocalProtocolError(f"jitter must be in [0, 1), got {jitter}")
-    if not 0.0 < fit_value <= 1.0:
-        raise LocalProtocolError(f"an agent with fit {fit_value} may not claim")
-    return (1.0 - fit_value) * window + jitter * window * 0.01
+# --- work items ------------------------------------------------------------------------
 
 
-# --- leases --------------------------------------------------------------------------
+def work_items(old: TaskRecord | None, new: TaskRecord, revision: int) -> tuple[WorkItem, ...]:
+    """The work items to publish after ``old`` became ``new`` at ``revision`` (``old``
+    None: ``new`` was just made, and ``revision`` is 0 if it is not in the bucket).
+
+    An item is made only when someone new must act: a task that becomes open to claim
+    (created, sent back for rework, escalated) gets one work item on its capability's
+    queue; a result that enters review gets one review item per slot of the quorum on
+    the reviewer capability's queue. Nothing else publishes an item: a hand-back
+    (``release``) returns the owner's own item to the queue instead, and a lapsed
+    owner's item comes back by itself. A clarification (a task on ``agent.<id>``) has
+    no queue: the one party that can answer it finds it among the children of the
+    task it follows."""
+    if new.state == "open" and (old is None or old.state == "review"):
+        if is_clarification(new.capability):
+            return ()
+        return (WorkItem(task=new.id, capability=new.capability, revision=revision, record=new),)
+    if new.state == "review" and (old is None or old.state != "review"):
+        assert new.review is not None
+        return tuple(
+            WorkItem(
+                task=new.id,
+                kind="review",
+                capability=new.review.capability,
+                revision=revision,
+                round=new.reworks,
+                slot=slot,
+                record=new,
+            )
+            for slot in range(new.review.quorum)
+        )
+    return ()
+
+
+def is_clarification(capability: str) -> bool:
+    """Whether ``capability`` is a clarification capability (``agent.<id>``): a
+    question addressed to one party, never queued."""
+    return capability_tokens(capability)[0] == "agent"
+
+
+def work_item_id(item: WorkItem) -> str:
+    """The item's ``Nats-Msg-Id``: the same item sent twice is stored once."""
+    return f"{item.task}:{item.revision}:{item.kind}:{item.slot}"
 
 
 @dataclass(frozen=True)
-class LeaseView:
-    """One observer's view of a lease: the last revision it saw, and when it saw it on
-    its *own* monotonic clock. No two machines' clocks are ever compared."""
+class Take:
+    """Act on the item: write ``event`` (a claim, or a review slot) by compare-and-set."""
 
-    revision: int
-    seen_at: float
-    lease_s: float
-
-    def observe(self, revision: int, now: float) -> LeaseView:
-        """A (possibly) newer revision was read at monotonic time ``now``."""
-        if revision > self.revision:
-            return LeaseView(revision=revision, seen_at=now, lease_s=self.lease_s)
-        return self
-
-    def expired(self, now: float) -> bool:
-        return now - self.seen_at >= self.lease_s
-
-    def due(self) -> float:
-        """Monotonic time at which the lease expires unless a new revision shows up."""
-        return self.seen_at + self.lease_s
-
-
-# --- review slots ----------------------------------------------------------------------
-
-
-def review_lease_s(record: TaskRecord) -> float:
-    """The lease of a review slot: the owner's lease, but at most a quarter of the claim
-    timeout. A waiting party ends a review nobody touches for ``claim_timeout_s`` with
-    ``no_agent``; an observer notices a dead holder within two slot leases (one to see
-    its last beat, one to see it unchanged), so a takeover comes well before that."""
-    return min(record.lease_s, record.claim_timeout_s / 4)
+    event: Claim | Reviewing
 
 
 @dataclass(frozen=True)
-class SlotsView:
-    """One observer's view of the review slots of one task: each slot as last seen, and
-    when it was first seen in that form on the observer's *own* monotonic clock. A
-    holder's heartbeat changes its slot (``beat``); a slot seen unchanged for
-    ``lease_s`` has lapsed, for this observer. (The record's revision alone cannot
-    tell: with a quorum above one, a live holder's heartbeats move it while another
-    holder is dead.)"""
+class Drop:
+    """Nothing to do for anyone: acknowledge the item so it leaves the queue."""
 
-    lease_s: float
-    seen: tuple[tuple[ReviewSlot, float], ...] = ()
-
-    def observe(self, slots: tuple[ReviewSlot, ...], now: float) -> SlotsView:
-        """The slots of a record read at monotonic time ``now``."""
-        first_seen = dict(self.seen)
-        return SlotsView(lease_s=self.lease_s, seen=tuple((s, first_seen.get(s, now)) for s in slots))
-
-    def lapsed(self, now: float) -> tuple[ReviewSlot, ...]:
-        return tuple(s for s, at in self.seen if now - at >= self.lease_s)
-
-    def due(self, now: float) -> float | None:
-        """When the next slot not lapsed yet lapses unless it is renewed (None: none)."""
-        return min((at + self.lease_s for _, at in self.seen if now - at < self.lease_s), default=None)
+    why: str
 
 
-def take_slot(record: TaskRecord, reviewer: str, lapsed: tuple[ReviewSlot, ...] = ()) -> Reviewing | None:
-    """The ``reviewing`` event by which ``reviewer`` holds a review slot of ``record``
-    before it reviews, or None if it may not review it now.
+@dataclass(frozen=True)
+class HandBack:
+    """Not for this agent, but maybe for another: return the item to the queue."""
 
-    A slot it holds already is renewed; else a free slot is taken; else a slot among
-    ``lapsed`` (as judged by a :class:`SlotsView`) that the record still shows exactly
-    so is taken over. None for the author, for a reviewer that voted in this round, and
-    when every slot is taken by holders not known to have lapsed."""
-    if record.state != "review" or record.review is None:
+    why: str
+
+
+def on_delivery(item: WorkItem, record: TaskRecord, *, agent: str, ticket: int) -> Take | Drop | HandBack:
+    """What an agent does with work item ``item``, delivered to it as ``ticket`` (its
+    sequence in the work stream), given the task's current ``record``.
+
+    A work item claims an open task, or takes over a working one whose owner holds this
+    very item (the broker lends an item to one agent at a time: getting it means the
+    owner's lease lapsed); any other item of a held, reviewed or ended task is stale. A
+    review item of the current round takes the slot held under it (a lapsed reviewer's),
+    or a free slot; the author, a reviewer that already voted in the round, and a
+    reviewer that already holds a slot of the round under another item hand it back for
+    another reviewer (one reviewer reviews a result once: the item stands for a slot
+    someone else must fill)."""
+    if is_terminal(record):
+        return Drop(f"task {record.id} is {record.state}")
+    if item.kind == "work":
+        if record.state == "open":
+            return Take(Claim(actor=agent, ticket=ticket))
+        if record.state == "working" and record.ticket == ticket:
+            return Take(Claim(actor=agent, ticket=ticket))
+        return Drop(f"task {record.id} is {record.state} under another work item")
+    if record.state != "review" or record.review is None or record.reworks != item.round:
+        return Drop(f"review round {item.round} of task {record.id} is over")
+    if agent == record.author:
+        return HandBack("the author cannot review its own result")
+    if any(v.reviewer == agent and v.round == record.reworks for v in record.votes):
+        return HandBack("already voted in this round")
+    mine = slot_of(record, agent)
+    if mine is not None and mine.ticket != ticket:
+        return HandBack("already reviewing this round under another work item")
+    held = next((s for s in record.slots if s.ticket == ticket), None)
+    if held is not None or mine is not None or free_slots(record) > 0:
+        return Take(Reviewing(actor=agent, epoch=record.epoch, ticket=ticket))
+    return Drop(f"every review slot of task {record.id} is taken under other items")
+
+
+def judge_waiting(record: TaskRecord, *, actor: str, waited_s: float, queue_active: bool, now: float) -> Expire | None:
+    """What party ``actor`` waiting on ``record`` does when it has seen the record unchanged
+    for ``waited_s`` seconds (on its own monotonic clock); ``queue_active`` says whether
+    any agent is at work on, or waiting for, the queue the task is on.
+
+    Past the deadline, the task expires (``deadline``). An open task expires
+    ``no_agent`` after ``claim_timeout_s`` with nobody at its queue: a busy queue is a
+    queue, not a missing agent. A review that no reviewer started (no slot taken, no
+    vote) for ``claim_timeout_s`` expires ``no_agent`` whatever its queue shows: the
+    reviewers that may not review it (its author, one that voted) hold and return its
+    items too, so the queue cannot tell absent reviewers from busy ones. A task an
+    agent holds is the broker's to watch (the lease on its item): None. A task held by
+    an owner with no item (a person or a client answering a question, who renews by
+    writing) expires ``no_agent`` once unchanged for ``claim_timeout_s``."""
+    if is_terminal(record):
         return None
-    if reviewer == record.author or any(v.reviewer == reviewer and v.round == record.reworks for v in record.votes):
+    if record.deadline is not None and now >= record.deadline:
+        return Expire(actor=actor, reason="deadline")
+    if waited_s < record.claim_timeout_s:
         return None
-    if slot_of(record, reviewer) is not None or free_slots(record) > 0:
-        return Reviewing(actor=reviewer, epoch=record.epoch)
-    for slot in lapsed:
-        if slot.reviewer != reviewer and slot in record.slots:
-            return Reviewing(actor=reviewer, epoch=record.epoch, takes=slot.reviewer, beat=slot.beat)
+    if record.state == "working" and record.ticket is None:
+        return Expire(actor=actor, reason="no_agent")
+    if (record.state == "open" and not queue_active) or (record.state == "review" and not record.slots):
+        return Expire(actor=actor, reason="no_agent")
     return None
 
 
@@ -365,7 +387,6 @@ def delegate(
         root=parent.root,
         lineage=lineage,
         trace=None if span_id is None else child_traceparent(parent.trace, span_id),
-        lease_s=parent.lease_s,
         claim_timeout_s=parent.claim_timeout_s,
         created=now,
         updated=now,
@@ -399,66 +420,3 @@ def ask(
         budget_share=1.0,
         span_id=span_id,
     )
-
-
-# --- the board ---------------------------------------------------------------------------
-
-
-def offers_for(record: TaskRecord, revision: int) -> dict[str, Offer]:
-    """The offers that should be on the board for ``record`` at ``revision``, by
-    capability. Open and working tasks are offered under their capability (agents
-    claim open ones and watch the lease of working ones); tasks in review are offered
-    under the reviewer capability, marked ``full`` once every review slot is taken
-    (reviewers then watch the slot leases instead of starting a review); terminal
-    tasks are on no board."""
-    lease_s = record.lease_s
-    if record.state in ("open", "working"):
-        cap = record.capability
-    elif record.state == "review":
-        assert record.review is not None
-        cap = record.review.capability
-        lease_s = review_lease_s(record)
-    else:
-        return {}
-    return {
-        cap: Offer(
-            task=record.id,
-            capability=record.capability,
-            state=record.state,
-            revision=revision,
-            epoch=record.epoch,
-            owner=record.owner,
-            tags=record.tags,
-            author=record.author,
-            lease_s=lease_s,
-            deadline=record.deadline,
-            full=review_full(record),
-        )
-    }
-
-
-@dataclass(frozen=True)
-class BoardChange:
-    put: dict[str, Offer]
-    delete: tuple[str, ...]
-
-
-def board_change(old: TaskRecord | None, new: TaskRecord, revision: int) -> BoardChange:
-    """What to write to the board after ``old`` became ``new`` at ``revision``.
-
-    Only changes of who-must-act are broadcast: lease renewals, progress, checkpoints
-    and slot heartbeats never touch the board (they go to the record only, which just
-    the task's parties watch). A review becoming full (or free again) is broadcast:
-    reviewers must stop (or may start) taking slots."""
-    before = {} if old is None else offers_for(old, 0)
-    after = offers_for(new, revision)
-    changed = (
-        old is None
-        or old.state != new.state
-        or old.epoch != new.epoch
-        or old.capability != new.capability
-        or review_full(old) != review_full(new)
-    )
-    put = after if changed else {}
-    delete = tuple(cap for cap in before if cap not in after)
-    return BoardChange(put=put, delete=delete)

@@ -9,10 +9,14 @@ The artifacts are what an implementer in another language works from:
   its descriptions normalized with ``inspect.cleandoc``, plus the name patterns the
   decoders enforce);
 - ``protocol/vectors/*.json``: conformance vectors: transitions (record + event + time
-  -> next record, or the refusal), the other rules, names, and decoding;
+  -> next record, or the refusal), the other rules (routing, work items, deliveries,
+  waiting, delegation...), names, and decoding;
 - the generated sections of ``docs/PROTOCOL.md``, between ``<!-- BEGIN GENERATED: x -->``
   and ``<!-- END GENERATED: x -->``: the state diagram and transition table (from
   :data:`protocol.machine.TRANSITIONS`), refusals, message examples, names, constants.
+
+The generator owns ``protocol/schema/`` and ``protocol/vectors/``: a JSON file there that
+it no longer makes is reported by ``--check`` and removed by a write.
 
 Like the rest of the package this imports only the standard library and msgspec; unlike
 the rest it reads and writes files (it is a build tool, not part of any agent).
@@ -36,15 +40,14 @@ import msgspec
 
 from .codec import (
     MAX_MESSAGE_BYTES,
-    decode_beat,
     decode_card,
     decode_control,
     decode_control_reply,
     decode_error,
     decode_event,
-    decode_offer,
     decode_record,
     decode_transition,
+    decode_work_item,
     encode,
 )
 from .errors import Fenced, LocalProtocolError, RemoteProtocolError, TransitionError
@@ -61,7 +64,6 @@ from .events import (
     Finish,
     Release,
     Renew,
-    Reopen,
     Reviewing,
     Veto,
 )
@@ -72,8 +74,9 @@ from .names import (
     _KIND_RE,
     _PREFIX_RE,
     _TASK_ID_RE,
-    BOARD_WATCH_SLOTS,
     MAJOR_VERSION,
+    MAX_PRIORITY,
+    PRIORITY_GROUP,
     VERSION_HEADER,
     Names,
     clarification_capability,
@@ -82,17 +85,26 @@ from .names import (
     validate_task_id,
 )
 from .rules import (
-    DEFAULT_CLAIM_WINDOW_S,
+    DEFAULT_CLAIM_TIMEOUT_S,
     DEFAULT_HOPS,
     DEFAULT_LEASE_S,
+    Drop,
+    HandBack,
+    Take,
     ask,
-    board_change,
-    claim_delay,
+    best_match,
+    child_traceparent,
     delegate,
     fingerprint,
-    fit,
+    judge_waiting,
     new_task,
+    on_delivery,
+    pull_priority,
     specificity,
+    split_budget,
+    traceparent,
+    work_item_id,
+    work_items,
 )
 from .types import (
     PROTOCOL_VERSION,
@@ -103,15 +115,14 @@ from .types import (
     ControlReply,
     ControlRequest,
     ErrorReport,
-    LeaseBeat,
     NotUnderstood,
-    Offer,
     ReviewPolicy,
     ReviewSlot,
     TaskEvent,
     TaskRecord,
     Usage,
     Vote,
+    WorkItem,
 )
 
 __all__ = [
@@ -135,12 +146,11 @@ STATES: tuple[str, ...] = ("open", "working", "review", "done", "failed", "cance
 #: Published schemas: file stem -> wire type.
 SCHEMAS: dict[str, Any] = {
     "task_record": TaskRecord,
-    "offer": Offer,
+    "work_item": WorkItem,
     "agent_card": AgentCard,
     "task_event": TaskEvent,
     "transition": Event,
     "error_report": ErrorReport,
-    "lease_beat": LeaseBeat,
     "not_understood": NotUnderstood,
     "control_request": ControlRequest,
     "control_reply": ControlReply,
@@ -154,6 +164,12 @@ _SCHEMA_BASE = f"https://agent-mesh.dev/protocol/v{MAJOR_VERSION}/schema/"
 #: A fixed wall clock for every example: 2023-11-14T22:13:20Z.
 T0 = 1_700_000_000.0
 
+#: Work stream sequences of the examples' work items (a claim or a review slot names the
+#: item it holds: its ticket). T1, T2 and T3 are opened with items 41, 42 and 43; T2's
+#: first review round has items 51 and 52; its rework item is 61.
+ITEM_T1, ITEM_T2, ITEM_T3 = 41, 42, 43
+REVIEW_ITEM_1, REVIEW_ITEM_2 = 51, 52
+REWORK_ITEM = 61
 
 # --- schemas ----------------------------------------------------------------------------------
 
@@ -167,8 +183,8 @@ _PATTERNS: dict[tuple[str, str], re.Pattern[str]] = {
     ("TaskRecord", "requester"): _AGENT_ID_RE,
     ("ReviewPolicy", "capability"): _CAPABILITY_RE,
     ("ReviewPolicy", "escalate_to"): _CAPABILITY_RE,
-    ("Offer", "task"): _TASK_ID_RE,
-    ("Offer", "capability"): _CAPABILITY_RE,
+    ("WorkItem", "task"): _TASK_ID_RE,
+    ("WorkItem", "capability"): _CAPABILITY_RE,
     ("AgentCard", "id"): _AGENT_ID_RE,
     ("AgentCard", "serves"): _CAPABILITY_RE,
     ("AgentCard", "delegates"): _CAPABILITY_RE,
@@ -249,14 +265,20 @@ class _World:
 
     open: TaskRecord
     working: TaskRecord
+    #: claimed by a party that holds no work item (a person answering from an inbox)
+    held_without_item: TaskRecord
+    released: TaskRecord
     done: TaskRecord
     failed: TaskRecord
     cancelled: TaskRecord
+    rv_open: TaskRecord
     rv_working: TaskRecord
     review: TaskRecord
     review_one_vote: TaskRecord
     review_held: TaskRecord
     review_full: TaskRecord
+    reworked: TaskRecord
+    reclaimed: TaskRecord
     review_last_round: TaskRecord
     review_escalating: TaskRecord
     taken_over: TaskRecord
@@ -281,34 +303,41 @@ def _world() -> _World:
         deadline=T0 + 3600,
         budget=Budget(tokens=20_000, cost=2.0),
     )
-    working = apply(open_, Claim(actor="agent-a"), T0 + 1)
+    working = apply(open_, Claim(actor="agent-a", ticket=ITEM_T1), T0 + 1)
     policy = ReviewPolicy(quorum=2, capability="review.medical", max_reworks=1)
     rv_open = _replace(open_, id="T2", root="T2", review=policy)
-    rv_working = apply(rv_open, Claim(actor="agent-a"), T0 + 1)
+    rv_working = apply(rv_open, Claim(actor="agent-a", ticket=ITEM_T2), T0 + 1)
     review = apply(rv_working, Finish(actor="agent-a", epoch=1, result={"summary": "Draft one."}), T0 + 60)
     review_one_vote = apply(review, Approve(actor="critic-1", epoch=1), T0 + 70)
-    review_held = apply(review, Reviewing(actor="critic-1", epoch=1), T0 + 62)
-    review_full = apply(review_held, Reviewing(actor="critic-2", epoch=1), T0 + 63)
+    review_held = apply(review, Reviewing(actor="critic-1", epoch=1, ticket=REVIEW_ITEM_1), T0 + 62)
+    review_full = apply(review_held, Reviewing(actor="critic-2", epoch=1, ticket=REVIEW_ITEM_2), T0 + 63)
     reworked = apply(review_one_vote, Veto(actor="critic-2", epoch=1, reasons=("Misses the dose change.",)), T0 + 80)
-    reclaimed = apply(reworked, Claim(actor="agent-b"), T0 + 90)
+    reclaimed = apply(reworked, Claim(actor="agent-b", ticket=REWORK_ITEM), T0 + 90)
     review_last_round = apply(reclaimed, Finish(actor="agent-b", epoch=2, result={"summary": "Draft two."}), T0 + 150)
     esc_policy = ReviewPolicy(quorum=1, capability="review.medical", max_reworks=0, escalate_to="human.review")
-    esc_working = apply(_replace(open_, id="T3", root="T3", review=esc_policy), Claim(actor="agent-a"), T0 + 1)
+    esc_working = apply(
+        _replace(open_, id="T3", root="T3", review=esc_policy), Claim(actor="agent-a", ticket=ITEM_T3), T0 + 1
+    )
     review_escalating = apply(esc_working, Finish(actor="agent-a", epoch=1, result="Draft."), T0 + 60)
-    lapsed = apply(working, Reopen(actor="agent-b", epoch=1), T0 + 30)
-    taken_over = apply(lapsed, Claim(actor="agent-b"), T0 + 31)
-    twice = apply(apply(taken_over, Reopen(actor="agent-c", epoch=2), T0 + 60), Claim(actor="agent-c"), T0 + 61)
+    # agent-a's lease on item 41 lapses: the broker lends the item to agent-b, then to agent-c.
+    taken_over = apply(working, Claim(actor="agent-b", ticket=ITEM_T1), T0 + 31)
+    twice = apply(taken_over, Claim(actor="agent-c", ticket=ITEM_T1), T0 + 61)
     return _World(
         open=open_,
         working=working,
+        held_without_item=apply(open_, Claim(actor="alice"), T0 + 1),
+        released=apply(working, Release(actor="agent-a", epoch=1, note="draining"), T0 + 20),
         done=apply(working, Finish(actor="agent-a", epoch=1, result={"summary": "Done."}), T0 + 60),
         failed=apply(working, Fail(actor="agent-a", epoch=1, reason="error", message="model unavailable"), T0 + 60),
         cancelled=apply(open_, Cancel(actor="client-1", note="no longer needed"), T0 + 5),
+        rv_open=rv_open,
         rv_working=rv_working,
         review=review,
         review_one_vote=review_one_vote,
         review_held=review_held,
         review_full=review_full,
+        reworked=reworked,
+        reclaimed=reclaimed,
         review_last_round=review_last_round,
         review_escalating=review_escalating,
         taken_over=taken_over,
@@ -332,19 +361,18 @@ def _sample_event(kind: str, record: TaskRecord, *, actor: str | None = None) ->
     owner = actor or record.owner or "agent-a"
     epoch = record.epoch
     events: dict[str, Event] = {
-        "claim": Claim(actor=actor or "agent-b"),
+        "claim": Claim(actor=actor or "agent-b", ticket=ITEM_T1),
         "renew": Renew(actor=owner, epoch=epoch, progress="half way"),
         "add_child": AddChild(actor=owner, epoch=epoch, child="T1-c1"),
         "finish": Finish(actor=owner, epoch=epoch, result={"summary": "..."}),
         "fail": Fail(actor=owner, epoch=epoch, reason="error", message="tool crashed"),
         "release": Release(actor=owner, epoch=epoch, note="draining"),
-        "reopen": Reopen(actor=actor or "agent-b", epoch=epoch),
-        "reviewing": Reviewing(actor=actor or "critic-1", epoch=epoch),
+        "reviewing": Reviewing(actor=actor or "critic-1", epoch=epoch, ticket=REVIEW_ITEM_1),
         "approve": Approve(actor=actor or "critic-1", epoch=epoch),
         "veto": Veto(actor=actor or "critic-1", epoch=epoch, reasons=("Too vague.",)),
         "charge": Charge(actor=owner, epoch=epoch, usage=Usage(tokens=1200, cost=0.01)),
         "cancel": Cancel(actor=actor or "client-1", note="no longer needed"),
-        "expire": Expire(actor=actor or "agent-b", reason="no_agent"),
+        "expire": Expire(actor=actor or "client-1", reason="no_agent"),
     }
     return events[kind]
 
@@ -383,10 +411,40 @@ def transition_vectors() -> list[dict[str, Any]]:
         cases.append(_case(name, record, event, now))
 
     # Every row of TRANSITIONS, with each state it may lead to.
-    add("open/claim -> working", w.open, Claim(actor="agent-a"), T0 + 1)
+    add(
+        "open/claim -> working (under the work item the claimer holds)",
+        w.open,
+        Claim(actor="agent-a", ticket=ITEM_T1),
+        T0 + 1,
+    )
+    add("open/claim -> working (a party holding no work item)", w.open, Claim(actor="alice"), T0 + 1)
+    add(
+        "open/claim -> working (a released task, claimed again)",
+        w.released,
+        Claim(actor="agent-b", ticket=ITEM_T1),
+        T0 + 25,
+    )
+    add(
+        "working/claim -> working (takeover: the owner's work item was lent to the claimer)",
+        w.working,
+        Claim(actor="agent-b", ticket=ITEM_T1),
+        T0 + 31,
+    )
+    add(
+        "working/claim -> working (the owner's own item, delivered to it again after a restart)",
+        w.working,
+        Claim(actor="agent-a", ticket=ITEM_T1),
+        T0 + 31,
+    )
+    add(
+        "working/claim -> failed (error: the takeover reaches max_lapses)",
+        w.twice_lapsed,
+        Claim(actor="agent-a", ticket=ITEM_T1),
+        T0 + 91,
+    )
     add("open/cancel -> cancelled", w.open, Cancel(actor="client-1", note="no longer needed"), T0 + 5)
-    add("open/expire -> failed (no_agent)", w.open, Expire(actor="agent-b", reason="no_agent"), T0 + 11)
-    add("open/expire -> failed (deadline)", w.open, Expire(actor="agent-b", reason="deadline"), late)
+    add("open/expire -> failed (no_agent)", w.open, Expire(actor="client-1", reason="no_agent"), T0 + 11)
+    add("open/expire -> failed (deadline)", w.open, Expire(actor="client-1", reason="deadline"), late)
     add(
         "working/renew -> working",
         w.working,
@@ -394,6 +452,12 @@ def transition_vectors() -> list[dict[str, Any]]:
         T0 + 5,
     )
     add("working/renew keeps progress and checkpoint when omitted", w.working, Renew(actor="agent-a", epoch=1), T0 + 5)
+    add(
+        "working/renew by an owner holding no work item (its sign of life)",
+        w.held_without_item,
+        Renew(actor="alice", epoch=1),
+        T0 + 5,
+    )
     add("working/add_child -> working", w.working, AddChild(actor="agent-a", epoch=1, child="T1-c1"), T0 + 5)
     once = apply(w.working, AddChild(actor="agent-a", epoch=1, child="T1-c1"), T0 + 5)
     add(
@@ -439,17 +503,31 @@ def transition_vectors() -> list[dict[str, Any]]:
         T0 + 60,
     )
     add("working/release -> open", w.working, Release(actor="agent-a", epoch=1, note="draining"), T0 + 20)
-    add("working/reopen -> open (lease lapsed)", w.working, Reopen(actor="agent-b", epoch=1), T0 + 30)
-    add(
-        "working/reopen -> failed (error: max_lapses reached)",
-        w.twice_lapsed,
-        Reopen(actor="agent-a", epoch=3),
-        T0 + 90,
-    )
     add("working/cancel -> cancelled", w.working, Cancel(actor="client-1", note="no longer needed"), T0 + 20)
-    add("working/expire -> failed (deadline)", w.working, Expire(actor="agent-b", reason="deadline"), later)
+    add("working/expire -> failed (deadline)", w.working, Expire(actor="client-1", reason="deadline"), later)
     add(
-        "review/reviewing -> review (takes a free review slot)", w.review, Reviewing(actor="critic-1", epoch=1), T0 + 62
+        "working/expire -> failed (no_agent: an owner holding no work item stopped writing)",
+        w.held_without_item,
+        Expire(actor="client-1", reason="no_agent"),
+        T0 + 20,
+    )
+    add(
+        "review/reviewing -> review (takes a free review slot under its item)",
+        w.review,
+        Reviewing(actor="critic-1", epoch=1, ticket=REVIEW_ITEM_1),
+        T0 + 62,
+    )
+    add(
+        "review/reviewing -> review (takes the other free slot under another item)",
+        w.review_held,
+        Reviewing(actor="critic-2", epoch=1, ticket=REVIEW_ITEM_2),
+        T0 + 63,
+    )
+    add(
+        "review/reviewing -> review (takes over the slot held under its item: the holder's lease lapsed)",
+        w.review_full,
+        Reviewing(actor="critic-3", epoch=1, ticket=REVIEW_ITEM_1),
+        T0 + 90,
     )
     add(
         "review/reviewing -> review (the holder renews its slot)",
@@ -458,15 +536,15 @@ def transition_vectors() -> list[dict[str, Any]]:
         T0 + 65,
     )
     add(
-        "review/reviewing -> review (takes over a lapsed slot at the beat it saw)",
-        w.review_full,
-        Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0),
-        T0 + 90,
+        "review/reviewing -> review (the holder renews its slot under its own item)",
+        w.review_held,
+        Reviewing(actor="critic-1", epoch=1, ticket=REVIEW_ITEM_1),
+        T0 + 65,
     )
     add(
-        "review/reviewing -> review (a free slot is taken, the named holder keeps its own)",
-        w.review_held,
-        Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0),
+        "review/reviewing -> review (a holder names another holder's item: that holder's slot is dropped)",
+        w.review_full,
+        Reviewing(actor="critic-1", epoch=1, ticket=REVIEW_ITEM_2),
         T0 + 90,
     )
     add(
@@ -517,13 +595,18 @@ def transition_vectors() -> list[dict[str, Any]]:
     add(
         "review/expire -> failed (no_agent: no reviewer came)",
         w.review,
-        Expire(actor="agent-b", reason="no_agent"),
+        Expire(actor="client-1", reason="no_agent"),
         T0 + 600,
     )
-    add("review/expire -> failed (deadline)", w.review, Expire(actor="agent-b", reason="deadline"), late)
+    add("review/expire -> failed (deadline)", w.review, Expire(actor="client-1", reason="deadline"), late)
 
     # The deadline rule overrides the table: any event but cancel, by anyone, ends a late task.
-    add("deadline: open/claim at the deadline -> failed (deadline)", w.open, Claim(actor="agent-a"), late)
+    add(
+        "deadline: open/claim at the deadline -> failed (deadline)",
+        w.open,
+        Claim(actor="agent-a", ticket=ITEM_T1),
+        late,
+    )
     add(
         "deadline: working/finish after the deadline -> failed (deadline)",
         w.working,
@@ -534,6 +617,12 @@ def transition_vectors() -> list[dict[str, Any]]:
         "deadline: working/renew by a stranger after the deadline -> failed (deadline)",
         w.working,
         Renew(actor="stranger", epoch=0),
+        later,
+    )
+    add(
+        "deadline: working/claim under another item after the deadline -> failed (deadline)",
+        w.working,
+        Claim(actor="agent-b", ticket=99),
         later,
     )
     add(
@@ -566,7 +655,19 @@ def transition_vectors() -> list[dict[str, Any]]:
             msgspec.structs.replace(stale, actor="agent-a"),
             T0 + 40,
         )
-    add("fenced: reopen with a stale epoch", w.taken_over, Reopen(actor="agent-c", epoch=1), T0 + 40)
+    add(
+        "fenced: a claim of a held task under another work item",
+        w.working,
+        Claim(actor="agent-b", ticket=99),
+        T0 + 20,
+    )
+    add("fenced: a claim of a held task without a work item", w.working, Claim(actor="agent-b"), T0 + 20)
+    add(
+        "fenced: a claim of a task held without a work item",
+        w.held_without_item,
+        Claim(actor="agent-b", ticket=ITEM_T1),
+        T0 + 20,
+    )
     add("fenced: approve on another epoch", w.review, Approve(actor="critic-1", epoch=0), T0 + 70)
     add("fenced: veto on another epoch", w.review, Veto(actor="critic-1", epoch=2, reasons=("x",)), T0 + 70)
     add("refused: the author approves its own result", w.review, Approve(actor="agent-a", epoch=1), T0 + 70)
@@ -579,27 +680,35 @@ def transition_vectors() -> list[dict[str, Any]]:
         T0 + 75,
     )
     add("refused: a veto without reasons", w.review, Veto(actor="critic-1", epoch=1, reasons=()), T0 + 70)
-    add("refused: the author takes a review slot", w.review, Reviewing(actor="agent-a", epoch=1), T0 + 62)
+    add(
+        "refused: the author takes a review slot",
+        w.review,
+        Reviewing(actor="agent-a", epoch=1, ticket=REVIEW_ITEM_1),
+        T0 + 62,
+    )
     add(
         "refused: a reviewer that voted takes a slot again",
         w.review_one_vote,
-        Reviewing(actor="critic-1", epoch=1),
+        Reviewing(actor="critic-1", epoch=1, ticket=REVIEW_ITEM_2),
         T0 + 75,
     )
-    add("fenced: a slot taken on another epoch", w.review, Reviewing(actor="critic-1", epoch=0), T0 + 62)
-    add("fenced: a slot taken when every slot is taken", w.review_full, Reviewing(actor="critic-3", epoch=1), T0 + 70)
-    renewed = apply(w.review_full, Reviewing(actor="critic-1", epoch=1), T0 + 65)
     add(
-        "fenced: a takeover of a slot renewed since it was observed",
-        renewed,
-        Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0),
-        T0 + 90,
+        "fenced: a slot taken on another epoch",
+        w.review,
+        Reviewing(actor="critic-1", epoch=0, ticket=REVIEW_ITEM_1),
+        T0 + 62,
     )
     add(
-        "fenced: a takeover naming a reviewer without a slot",
+        "fenced: a slot taken under a new item when every slot is held under others",
         w.review_full,
-        Reviewing(actor="critic-3", epoch=1, takes="critic-9", beat=0),
-        T0 + 90,
+        Reviewing(actor="critic-3", epoch=1, ticket=99),
+        T0 + 70,
+    )
+    add(
+        "fenced: a slot taken without an item when every slot is held",
+        w.review_full,
+        Reviewing(actor="critic-3", epoch=1),
+        T0 + 70,
     )
     add(
         "fenced: a slot given back by a reviewer without one",
@@ -619,27 +728,38 @@ def transition_vectors() -> list[dict[str, Any]]:
         Veto(actor="critic-3", epoch=1, reasons=("x",)),
         T0 + 70,
     )
-    taken_over = apply(w.review_full, Reviewing(actor="critic-3", epoch=1, takes="critic-1", beat=0), T0 + 90)
+    taken_over = apply(w.review_full, Reviewing(actor="critic-3", epoch=1, ticket=REVIEW_ITEM_1), T0 + 90)
     add(
         "fenced: the vote of a holder whose slot was taken over",
         taken_over,
         Approve(actor="critic-1", epoch=1),
         T0 + 95,
     )
+    add(
+        "fenced: the renewal of a holder whose slot was taken over",
+        taken_over,
+        Reviewing(actor="critic-1", epoch=1),
+        T0 + 95,
+    )
     add("refused: a veto with a blank reason", w.review, Veto(actor="critic-1", epoch=1, reasons=("ok", "  ")), T0 + 70)
     add(
         "refused: expire(deadline) before the deadline",
         w.working,
-        Expire(actor="agent-b", reason="deadline"),
+        Expire(actor="client-1", reason="deadline"),
         late - 0.001,
     )
     add(
         "refused: expire(deadline) of a task without deadline",
         _replace(w.open, deadline=None),
-        Expire(actor="agent-b", reason="deadline"),
+        Expire(actor="client-1", reason="deadline"),
         later,
     )
-    add("refused: expire(no_agent) of a held task", w.working, Expire(actor="agent-b", reason="no_agent"), T0 + 20)
+    add(
+        "refused: expire(no_agent) of a task an agent holds under a work item",
+        w.working,
+        Expire(actor="client-1", reason="no_agent"),
+        T0 + 20,
+    )
     add("refused: cancel of a done task, even after the deadline", w.done, Cancel(actor="client-1"), later)
 
     _check_coverage(cases)
@@ -671,39 +791,203 @@ def _check_coverage(cases: list[dict[str, Any]]) -> None:
 # --- other vectors --------------------------------------------------------------------------
 
 
-def _rule_vectors() -> dict[str, Any]:
-    w = _world()
-    fit_inputs: list[dict[str, Any]] = [
-        {"served": ["summarize"], "capability": "summarize"},
-        {"served": ["summarize"], "capability": "summarize.medical"},
-        {"served": ["summarize"], "capability": "summarizex"},
-        {"served": ["summarize.medical"], "capability": "summarize"},
-        {"served": ["summarize", "summarize.medical"], "capability": "summarize.medical.cardiology"},
-        {"served": ["summarize.medical"], "capability": "summarize.medical", "load": 3, "capacity": 4},
-        {"served": ["summarize.medical"], "capability": "summarize.medical", "load": 4, "capacity": 4},
-        {
-            "served": ["summarize.medical"],
-            "capability": "summarize.medical",
-            "tags": ["cardiology", "renal"],
-            "expertise": ["cardiology"],
-        },
-        {"served": ["summarize.medical"], "capability": "summarize.medical", "completed": 9, "failed": 1},
-        {"served": ["a.b.c.d"], "capability": "a.b.c.d", "load": 9, "capacity": 10, "tags": ["x"], "failed": 50},
-        {"served": ["a.b.c"], "capability": "a.b.c.d", "tags": ["x"], "expertise": ["x"], "completed": 1000},
-    ]
-    fits = []
-    for args in fit_inputs:
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-        value = fit(**kwargs)
-        fits.append({"input": args, "fit": value, "delay": claim_delay(value) if value > 0 else None})
-    delays = [
-        {"fit": f, "window": window, "jitter": jitter, "delay": claim_delay(f, window=window, jitter=jitter)}
-        for f, window, jitter in ((1.0, 0.2, 0.0), (0.5, 0.2, 0.0), (0.5, 0.2, 0.5), (0.25, 1.0, 0.999))
-    ]
+def _decision(decision: Take | Drop | HandBack) -> dict[str, Any]:
+    match decision:
+        case Take(event=event):
+            return {"take": _builtins(event)}
+        case Drop(why=why):
+            return {"drop": why}
+        case HandBack(why=why):
+            return {"hand_back": why}
+    raise AssertionError(decision)  # pragma: no cover
+
+
+def _routing_vectors() -> dict[str, Any]:
     specificities = [
         {"served": s, "capability": c, "specificity": specificity(s, c)}
         for s, c in (("a", "a"), ("a", "a.b"), ("a.b", "a.b.c.d"), ("a", "ab"), ("a.b", "a"), ("a.c", "a.b.c"))
     ]
+    priorities = []
+    for served, capability in (
+        (["summarize"], "summarize"),
+        (["summarize"], "summarize.medical"),
+        (["summarize.medical"], "summarize.medical.cardiology"),
+        (["summarize"], "summarize.medical.cardiology"),
+        (["summarize", "summarize.medical"], "summarize.medical.cardiology"),
+        (["a"], "a.b.c.d.e.f.g.h"),
+        (["summarize"], "summarizex"),
+        (["summarize.medical"], "summarize"),
+        (["review", "translate"], "review.medical"),
+        ([], "summarize"),
+    ):
+        priorities.append(
+            {
+                "served": served,
+                "capability": capability,
+                "best_match": best_match(tuple(served), capability),
+                "priority": pull_priority(tuple(served), capability),
+            }
+        )
+    return {"specificity": specificities, "pull_priority": priorities}
+
+
+def _work_item_vectors(w: _World) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def case(name: str, old: TaskRecord | None, new: TaskRecord, revision: int) -> None:
+        items = work_items(old, new, revision)
+        out.append(
+            {
+                "name": name,
+                "old": None if old is None else _builtins(old),
+                "new": _builtins(new),
+                "revision": revision,
+                "items": [_builtins(i) for i in items],
+                "ids": [work_item_id(i) for i in items],
+            }
+        )
+
+    refused_child = delegate(
+        _replace(w.working, hops_left=0),
+        child_id="T1-c1",
+        capability="translate",
+        instruction="x",
+        actor="agent-a",
+        now=T0 + 10,
+    )
+    escalated = apply(w.review_escalating, Veto(actor="critic-1", epoch=1, reasons=("Unsure.",)), T0 + 70)
+    rejected = apply(w.review_last_round, Veto(actor="critic-1", epoch=2, reasons=("Still wrong.",)), T0 + 160)
+    case("created: one work item at revision 0 (the record is not in the bucket yet)", None, w.open, 0)
+    case("refused at birth (written to the bucket already failed): none", None, refused_child, 1)
+    case("claimed (the claim creates the key): none", w.open, w.working, 1)
+    case("renewed: none", w.working, apply(w.working, Renew(actor="agent-a", epoch=1), T0 + 5), 2)
+    case("released: none (the owner hands its own item back)", w.working, w.released, 2)
+    case("taken over: none (the lapsed owner's item was lent to the claimer)", w.working, w.taken_over, 2)
+    case("done: none", w.working, w.done, 2)
+    case("cancelled while open: none", w.open, w.cancelled, 1)
+    case("in review: one review item per slot of the quorum", w.rv_working, w.review, 2)
+    case("a review slot taken: none", w.review, w.review_held, 3)
+    case("one approval: none", w.review, w.review_one_vote, 3)
+    case("vetoed: one work item for the rework", w.review_one_vote, w.reworked, 4)
+    case("the rework in review: the review items of round 1", w.reclaimed, w.review_last_round, 6)
+    case("escalated past max_reworks: one work item on the escalation capability", w.review_escalating, escalated, 3)
+    case("rejected past max_reworks: none", w.review_last_round, rejected, 7)
+    question = ask(w.working, child_id="T1-q1", question="Which edition?", actor="agent-a", now=T0 + 12)
+    case("a clarification (capability agent.<id>): none, its requester finds it among the children", None, question, 0)
+    return out
+
+
+def _delivery_vectors(w: _World) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    (t1_item,) = work_items(None, w.open, 0)
+    (t2_item,) = work_items(None, w.rv_open, 0)
+    first, second = work_items(w.rv_working, w.review, 2)
+    one_vote_held = apply(w.review_one_vote, Reviewing(actor="critic-2", epoch=1, ticket=REVIEW_ITEM_2), T0 + 72)
+    approved = apply(w.review_one_vote, Approve(actor="critic-2", epoch=1), T0 + 80)
+
+    def case(name: str, item: WorkItem, record: TaskRecord, agent: str, ticket: int) -> None:
+        out.append(
+            {
+                "name": name,
+                "item": _builtins(item),
+                "record": _builtins(record),
+                "agent": agent,
+                "ticket": ticket,
+                "expect": _decision(on_delivery(item, record, agent=agent, ticket=ticket)),
+            }
+        )
+
+    case("work item, task open (not in the bucket yet): claim it under the item", t1_item, w.open, "agent-a", ITEM_T1)
+    case("work item, task open again after a hand-back: claim it", t1_item, w.released, "agent-b", ITEM_T1)
+    case("work item, task held under this very item: take it over", t1_item, w.working, "agent-b", ITEM_T1)
+    case("work item redelivered to its own owner (a restart): claim it again", t1_item, w.working, "agent-a", ITEM_T1)
+    case("work item, task held under another item: stale, drop it", t1_item, w.working, "agent-b", 99)
+    case("work item, task held by a party holding no item: drop it", t1_item, w.held_without_item, "agent-b", ITEM_T1)
+    case("work item, task in review: drop it", t2_item, w.review, "agent-b", ITEM_T2)
+    case("work item, task done: drop it", t1_item, w.done, "agent-b", ITEM_T1)
+    case("work item, task cancelled: drop it", t1_item, w.cancelled, "agent-b", ITEM_T1)
+    case("work item, task failed: drop it", t1_item, w.failed, "agent-b", ITEM_T1)
+    case("review item, a slot free: take a slot under the item", first, w.review, "critic-1", REVIEW_ITEM_1)
+    case(
+        "review item, its slot held by another reviewer: take it over", first, w.review_full, "critic-3", REVIEW_ITEM_1
+    )
+    case("review item redelivered to its holder: renew the slot", first, w.review_held, "critic-1", REVIEW_ITEM_1)
+    case(
+        "review item to a reviewer holding a slot under another item: hand it back",
+        second,
+        w.review_full,
+        "critic-1",
+        REVIEW_ITEM_2,
+    )
+    case("review item to the author: hand it back", first, w.review, "agent-a", REVIEW_ITEM_1)
+    case(
+        "review item to a reviewer that voted this round: hand it back",
+        second,
+        w.review_one_vote,
+        "critic-1",
+        REVIEW_ITEM_2,
+    )
+    case("review item, every slot taken under other items: drop it", first, one_vote_held, "critic-3", REVIEW_ITEM_1)
+    case("review item of an earlier round: drop it", first, w.review_last_round, "critic-3", REVIEW_ITEM_1)
+    case("review item, the result sent back for rework: drop it", first, w.reworked, "critic-3", REVIEW_ITEM_1)
+    case("review item, the review is over (done): drop it", first, approved, "critic-3", REVIEW_ITEM_1)
+    return out
+
+
+def _waiting_vectors(w: _World) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    timeout = w.open.claim_timeout_s
+
+    def case(name: str, record: TaskRecord, waited_s: float, queue_active: bool, now: float) -> None:
+        event = judge_waiting(record, actor="client-1", waited_s=waited_s, queue_active=queue_active, now=now)
+        out.append(
+            {
+                "name": name,
+                "record": _builtins(record),
+                "actor": "client-1",
+                "waited_s": waited_s,
+                "queue_active": queue_active,
+                "now": now,
+                "expect": None if event is None else _builtins(event),
+            }
+        )
+
+    case("open, unchanged for less than claim_timeout_s: wait", w.open, timeout - 0.1, False, T0 + 20)
+    case("open, nobody at its queue for claim_timeout_s: no_agent", w.open, timeout, False, T0 + 20)
+    case(
+        "open, agents at work on or waiting at its queue: wait (a queue, not a missing agent)",
+        w.open,
+        600.0,
+        True,
+        T0 + 700,
+    )
+    case("open, at the deadline: deadline, however short the wait", w.open, 0.0, True, w.deadline)
+    case("working under a work item: the broker's to watch, wait", w.working, 3000.0, False, T0 + 3000)
+    case("working under a work item, past the deadline: deadline", w.working, 0.0, True, w.deadline + 1)
+    case(
+        "working without a work item, unchanged for claim_timeout_s: no_agent",
+        w.held_without_item,
+        timeout,
+        True,
+        T0 + 20,
+    )
+    case("working without a work item, changed recently: wait", w.held_without_item, timeout / 2, False, T0 + 20)
+    case("review, no slot held, nobody at the reviewers' queue: no_agent", w.review, timeout, False, T0 + 80)
+    case(
+        "review, no slot held, agents at the reviewers' queue: no_agent all the same",
+        w.review,
+        timeout,
+        True,
+        T0 + 80,
+    )
+    case("review, no slot held, changed recently: wait", w.review_one_vote, timeout / 2, False, T0 + 80)
+    case("review, a slot held: the broker's to watch, wait", w.review_held, 600.0, False, T0 + 700)
+    case("review, a slot held, past the deadline: deadline", w.review_held, 0.0, True, w.deadline)
+    case("ended: nothing to judge", w.done, 10.0**6, False, w.deadline + 3600)
+    return out
+
+
+def _delegation_vectors(w: _World) -> dict[str, Any]:
     fingerprints = [
         {"capability": c, "instruction": i, "fingerprint": fingerprint(c, i)}
         for c, i in (
@@ -713,6 +997,24 @@ def _rule_vectors() -> dict[str, Any]:
             ("x", ""),
         )
     ]
+    budgets = []
+    for budget, used, share in (
+        (Budget(tokens=20_000, cost=2.0), Usage(), 0.5),
+        (Budget(tokens=20_000, cost=2.0), Usage(tokens=5_001, cost=0.5), 0.25),
+        (Budget(tokens=100), Usage(tokens=100), 0.5),
+        (Budget(tokens=100, cost=1.0), Usage(tokens=150, cost=1.5), 1.0),
+        (Budget(cost=1.0), Usage(tokens=7), 0.3),
+        (None, Usage(tokens=7), 0.5),
+    ):
+        got = split_budget(_replace(w.working, budget=budget, spent=used), share)
+        budgets.append(
+            {
+                "budget": None if budget is None else _builtins(budget),
+                "spent": _builtins(used),
+                "share": share,
+                "child_budget": None if got is None else _builtins(got),
+            }
+        )
     hop0 = _replace(w.working, hops_left=0)
     spent = _replace(w.working, spent=Usage(tokens=20_000, cost=1.0))
     delegations: list[dict[str, Any]] = []
@@ -748,6 +1050,14 @@ def _rule_vectors() -> dict[str, Any]:
     delegation(
         "handoff: a share of what is left", spent, capability="translate", instruction="x", budget_share=0.25, **base
     )
+    delegation(
+        "handoff: the child's trace shares the parent's trace id",
+        _replace(w.working, trace=traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")),
+        capability="translate",
+        instruction="x",
+        span_id="b7ad6b7169203331",
+        **base,
+    )
     delegation("refused: hop_limit at zero hops", hop0, capability="translate", instruction="x", **base)
     delegation(
         "refused: loop (same capability and instruction as an ancestor)",
@@ -775,49 +1085,75 @@ def _rule_vectors() -> dict[str, Any]:
     question = ask(
         w.working, child_id="T1-q1", question="Which language does the doctor read?", actor="agent-a", now=T0 + 10
     )
-    boards = []
-    for name, old, new, revision in (
-        ("created: offered under its capability", None, w.open, 1),
-        ("claimed: re-offered as working (observers watch the lease)", w.open, w.working, 2),
-        ("renewed: nothing to broadcast", w.working, apply(w.working, Renew(actor="agent-a", epoch=1), T0 + 5), 3),
-        ("in review: offered to the reviewers, withdrawn from the workers", w.rv_working, w.review, 4),
-        ("one vote, quorum not reached: nothing to broadcast", w.review, w.review_one_vote, 5),
-        ("a review slot taken, one still free: nothing to broadcast", w.review, w.review_held, 5),
-        ("the last review slot taken: offered as full (reviewers stop starting)", w.review_held, w.review_full, 6),
-        (
-            "a slot renewed: nothing to broadcast",
-            w.review_full,
-            apply(w.review_full, Reviewing(actor="critic-1", epoch=1), T0 + 65),
-            7,
-        ),
-        (
-            "a slot given back: on offer to reviewers again",
-            w.review_full,
-            apply(w.review_full, Reviewing(actor="critic-2", epoch=1, release=True), T0 + 70),
-            7,
-        ),
-        ("done: withdrawn", w.working, w.done, 6),
-    ):
-        change = board_change(old, new, revision)
-        boards.append(
-            {
-                "name": name,
-                "old": None if old is None else _builtins(old),
-                "new": _builtins(new),
-                "revision": revision,
-                "put": {k: _builtins(v) for k, v in change.put.items()},
-                "delete": list(change.delete),
-            }
-        )
     return {
-        "fit": fits,
-        "claim_delay": delays,
-        "specificity": specificities,
         "fingerprint": fingerprints,
+        "split_budget": budgets,
         "delegate": delegations,
         "ask": {"parent": _builtins(w.working), "child": _builtins(question)},
-        "board": boards,
     }
+
+
+def _trace_vectors() -> dict[str, Any]:
+    parent = traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    invalid = []
+    for value in (
+        "",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+    ):
+        try:
+            new_task(task_id="T", capability="x", instruction="", requester="c", now=T0, trace=value)
+        except LocalProtocolError:
+            invalid.append(value)
+    return {
+        "make": [
+            {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7", "traceparent": parent}
+        ],
+        "child": [
+            {"parent": parent, "span_id": "b7ad6b7169203331", "child": child_traceparent(parent, "b7ad6b7169203331")},
+            {"parent": None, "span_id": "b7ad6b7169203331", "child": None},
+        ],
+        "invalid": invalid,
+    }
+
+
+def _rule_vectors() -> dict[str, Any]:
+    w = _world()
+    return {
+        **_routing_vectors(),
+        "work_items": _work_item_vectors(w),
+        "on_delivery": _delivery_vectors(w),
+        "judge_waiting": _waiting_vectors(w),
+        **_delegation_vectors(w),
+        "traceparent": _trace_vectors(),
+    }
+
+
+#: A capability too long for a consumer name (over 200 characters): its queue's consumer
+#: name is shortened with a digest.
+_LONG_CAPABILITY = ".".join(f"{c}{'x' * 29}" for c in "abcdefgh")
+
+
+def _consumer_created_advisory(names: Names) -> str:
+    """JetStream's advisory subject announcing a new consumer (a new queue) on the
+    work stream."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{names.work_stream}.*"
+
+
+def _pull_subject(names: Names, capability: str) -> str:
+    """The JetStream API subject of a pull request on a capability's queue."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{names.work_stream}.{names.queue_consumer(capability)}"
+
+
+def _create_subject(names: Names, capability: str) -> str:
+    """The JetStream API subject that creates a capability's queue (a filtered consumer)."""
+    return (
+        f"$JS.API.CONSUMER.CREATE.{names.work_stream}.{names.queue_consumer(capability)}."
+        f"{names.work_subject(capability)}"
+    )
 
 
 def _name_vectors() -> dict[str, Any]:
@@ -829,21 +1165,21 @@ def _name_vectors() -> dict[str, Any]:
             "agents_bucket": n.agents_bucket,
             "events_stream": n.events_stream,
             "events_subjects": list(n.events_subjects),
+            "work_stream": n.work_stream,
+            "work_subjects": n.work_subjects,
+            "records_subjects": n.records_subjects,
             "service_name": n.service_name,
             "task_key": {"task": "T-1", "key": n.task_key("T-1")},
-            "offer_key": {
-                "capability": "summarize.medical",
-                "task": "T-1",
-                "key": n.offer_key("summarize.medical", "T-1"),
-            },
-            "offer_filter": {"capability": "summarize", "filter": n.offer_filter("summarize")},
+            "record_subject": {"task": "T-1", "subject": n.record_subject("T-1")},
             "agent_key": {"agent": "Agent_7", "key": n.agent_key("Agent_7")},
-            "watch_slot_key": {"capability": "summarize", "slot": 2, "key": n.watch_slot_key("summarize", 2)},
-            "beat_subject": {
-                "task": "T-1",
-                "capability": "summarize.medical",
-                "subject": n.beat_subject("T-1", "summarize.medical"),
-            },
+            "work_subject": {"capability": "summarize.medical", "subject": n.work_subject("summarize.medical")},
+            "queue_consumer": [
+                {"capability": c, "consumer": n.queue_consumer(c)}
+                for c in ("summarize", "summarize.medical", "agent.client-1", _LONG_CAPABILITY)
+            ],
+            "pull_subject": {"capability": "summarize.medical", "subject": _pull_subject(n, "summarize.medical")},
+            "create_subject": {"capability": "summarize.medical", "subject": _create_subject(n, "summarize.medical")},
+            "consumer_created_advisories": _consumer_created_advisory(n),
             "event_subject": {
                 "root": "R",
                 "task": "T-1",
@@ -851,6 +1187,10 @@ def _name_vectors() -> dict[str, Any]:
                 "subject": n.event_subject("R", "T-1", "add_child"),
             },
             "events_filter": {"root": "R", "filter": n.events_filter("R")},
+            "task_events_filter": [
+                {"task": "T-1", "root": "R", "filter": n.task_events_filter("T-1", "R")},
+                {"task": "T-1", "root": None, "filter": n.task_events_filter("T-1")},
+            ],
             "error_subject": {"agent": "Agent_7", "subject": n.error_subject("Agent_7")},
             "control_subject": {"agent": "Agent_7", "subject": n.control_subject("Agent_7")},
         }
@@ -868,6 +1208,8 @@ def _name_vectors() -> dict[str, Any]:
 
     return {
         "version_header": {"name": VERSION_HEADER, "value": str(PROTOCOL_VERSION)},
+        "priority_group": PRIORITY_GROUP,
+        "max_priority": MAX_PRIORITY,
         "meshes": [all_names("mesh"), all_names("acme-prod")],
         "patterns": {
             "capability": _CAPABILITY_RE.pattern,
@@ -888,6 +1230,7 @@ def _name_vectors() -> dict[str, Any]:
                 "a.",
                 "a.*",
                 "a.>",
+                "a~b",
                 "a b",
                 "a.b.c.d.e.f.g.h.i",
                 "-a",
@@ -907,21 +1250,37 @@ def _name_vectors() -> dict[str, Any]:
     }
 
 
+#: The decoders of the published message types, by schema stem.
+_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "task_record": decode_record,
+    "work_item": decode_work_item,
+    "agent_card": decode_card,
+    "task_event": decode_event,
+    "transition": decode_transition,
+    "control_request": decode_control,
+    "control_reply": decode_control_reply,
+    "error_report": decode_error,
+}
+
+
 def _decode_vectors() -> list[dict[str, Any]]:
     """Bytes an implementation must accept (A) or refuse (R) on each message type."""
     w = _world()
     record = _builtins(w.open)
-    decoders: dict[str, Callable[[bytes], Any]] = {
-        "task_record": decode_record,
-        "offer": decode_offer,
-        "agent_card": decode_card,
-        "task_event": decode_event,
-        "transition": decode_transition,
-        "control_request": decode_control,
-        "control_reply": decode_control_reply,
-        "error_report": decode_error,
-        "lease_beat": decode_beat,
-    }
+    item = _builtins(work_items(None, w.open, 0)[0])
+    review_item = _builtins(work_items(w.rv_working, w.review, 2)[0])
+    created = _builtins(
+        TaskEvent(
+            kind="created",
+            task="T1",
+            root="T1",
+            capability="summarize.medical",
+            actor="client-1",
+            state="open",
+            at=T0,
+            record=w.open,
+        )
+    )
     inputs: list[tuple[str, str, Any]] = [
         ("task_record", "a valid record", record),
         (
@@ -929,58 +1288,87 @@ def _decode_vectors() -> list[dict[str, Any]]:
             "unknown fields are ignored, at any depth",
             {**record, "priority": "high", "budget": {**record["budget"], "currency": "EUR"}},
         ),
-        ("task_record", "a newer minor version with extra fields", {**record, "v": 1, "sla": {"p99_s": 3}}),
+        ("task_record", "a newer minor version with extra fields", {**record, "sla": {"p99_s": 3}}),
         ("task_record", "a field of the wrong type", {**record, "epoch": "1"}),
         ("task_record", "a missing required field", {k: v for k, v in record.items() if k != "requester"}),
         ("task_record", "an unknown state", {**record, "state": "paused"}),
         ("task_record", "a reason outside the closed set", {**record, "state": "failed", "reason": "tired"}),
         ("task_record", "failed without a reason", {**record, "state": "failed"}),
         ("task_record", "working without an owner", {**record, "state": "working", "epoch": 1, "attempts": 1}),
+        ("task_record", "working at epoch 0", {**record, "state": "working", "owner": "agent-a"}),
         ("task_record", "in review without a review policy", {**record, "state": "review"}),
         ("task_record", "a capability that is not a name", {**record, "capability": "summarize.*"}),
         ("task_record", "a negative epoch", {**record, "epoch": -1}),
+        ("task_record", "a negative ticket", {**record, "ticket": -1}),
         ("task_record", "not an object", [record]),
-        ("offer", "a valid offer", {"task": "T1", "capability": "summarize.medical", "revision": 7}),
-        ("offer", "a task id that is not a name", {"task": "T.1", "capability": "summarize", "revision": 7}),
+        ("work_item", "a new task's work item (revision 0, the open record)", item),
+        ("work_item", "a review item", review_item),
+        (
+            "work_item",
+            "unknown fields are ignored, in the item and its record",
+            {**item, "priority": 3, "record": {**item["record"], "zz_new": 1}},
+        ),
+        ("work_item", "revision 0 with a claimed record", {**item, "record": _builtins(w.working)}),
+        (
+            "work_item",
+            "revision 0 with an open record past its first claim (a released task is in the bucket)",
+            {**item, "record": _builtins(w.released)},
+        ),
+        ("work_item", "a review item at revision 0", {**review_item, "revision": 0}),
+        ("work_item", "the record of another task", {**item, "task": "T9"}),
+        ("work_item", "a task id that is not a name", {**item, "task": "T.1"}),
+        ("work_item", "a queue capability that is not a name", {**item, "capability": "summarize.*"}),
+        ("work_item", "an unknown kind", {**item, "kind": "steal"}),
+        ("work_item", "a negative revision", {**item, "revision": -1}),
+        ("work_item", "no record", {k: v for k, v in item.items() if k != "record"}),
+        (
+            "work_item",
+            "a record that breaks an invariant (working without an owner)",
+            {**item, "revision": 5, "record": {**item["record"], "state": "working", "epoch": 1, "attempts": 1}},
+        ),
         ("agent_card", "a minimal card", {"id": "agent-a"}),
         ("agent_card", "a served capability that is not a name", {"id": "agent-a", "serves": ["Summarize"]}),
         ("agent_card", "capacity below one", {"id": "agent-a", "capacity": 0}),
-        ("transition", "a claim", {"kind": "claim", "actor": "agent-a"}),
+        ("task_event", "a created event carrying the record", created),
+        ("task_event", "an event carrying another task's record", {**created, "task": "T9"}),
+        (
+            "task_event",
+            "an event carrying a record that breaks an invariant",
+            {**created, "record": {**record, "state": "failed"}},
+        ),
+        ("transition", "a claim under a work item", {"kind": "claim", "actor": "agent-a", "ticket": 41}),
+        ("transition", "a claim holding no work item", {"kind": "claim", "actor": "alice"}),
+        ("transition", "a claim with a negative ticket", {"kind": "claim", "actor": "agent-a", "ticket": -1}),
         ("transition", "an unknown kind", {"kind": "steal", "actor": "agent-a"}),
+        ("transition", "a kind of version 1 (reopen)", {"kind": "reopen", "actor": "agent-a", "epoch": 1}),
         ("transition", "no kind", {"actor": "agent-a"}),
         ("transition", "an owner event without epoch", {"kind": "finish", "actor": "agent-a"}),
         ("transition", "negative usage", {"kind": "charge", "actor": "agent-a", "epoch": 1, "usage": {"tokens": -1}}),
-        ("lease_beat", "a beat", {"task": "T1", "revision": 42, "epoch": 2, "owner": "agent-a"}),
-        ("lease_beat", "an owner that is not a name", {"task": "T1", "revision": 42, "epoch": 2, "owner": "a b"}),
-        ("lease_beat", "revision zero", {"task": "T1", "revision": 0, "epoch": 2, "owner": "agent-a"}),
         ("control_request", "drain", {"action": "drain"}),
         ("control_request", "an unknown action", {"action": "reboot"}),
     ]
     out: list[dict[str, Any]] = []
     for message, name, doc in inputs:
         raw = json.dumps(doc, ensure_ascii=False)
-        try:
-            decoders[message](raw.encode())
-        except RemoteProtocolError:
-            verdict = "refuse"
-        else:
-            verdict = "accept"
-        out.append({"name": name, "message": message, "input": raw, "expect": verdict})
+        out.append({"name": name, "message": message, "input": raw, "expect": _verdict(message, raw)})
     raw_cases = [
         ("task_record", "not JSON", "{'id': 1}"),
         ("task_record", "truncated", json.dumps(record)[:-1]),
         ("task_record", "a number too large for a float", json.dumps(record)[:-1] + ', "deadline": 1e999}'),
+        ("work_item", "truncated", json.dumps(item)[:-1]),
         ("transition", "empty", ""),
     ]
     for message, name, raw in raw_cases:
-        try:
-            decoders[message](raw.encode())
-        except RemoteProtocolError:
-            verdict = "refuse"
-        else:
-            verdict = "accept"
-        out.append({"name": name, "message": message, "input": raw, "expect": verdict})
+        out.append({"name": name, "message": message, "input": raw, "expect": _verdict(message, raw)})
     return out
+
+
+def _verdict(message: str, raw: str) -> str:
+    try:
+        _DECODERS[message](raw.encode())
+    except RemoteProtocolError:
+        return "refuse"
+    return "accept"
 
 
 # --- docs -------------------------------------------------------------------------------------
@@ -1082,19 +1470,39 @@ def _json_block(obj: Any) -> str:
 def _messages() -> str:
     w = _world()
     names = Names()
-    record = apply(w.review_one_vote, Reviewing(actor="critic-2", epoch=1), T0 + 72)
-    offer = board_change(w.rv_working, w.review, 41).put["review.medical"]
+    record = apply(w.review_one_vote, Reviewing(actor="critic-2", epoch=1, ticket=REVIEW_ITEM_2), T0 + 72)
+    (item,) = work_items(None, w.open, 0)
+    review_items = work_items(w.rv_working, w.review, 2)
     out: list[str] = []
 
-    def section(title: str, where: str, obj: Any) -> None:
-        out.append(f"#### {title}\n\n{where}\n\n{_fields(type(obj))}\n\n{_json_block(obj)}\n")
+    def section(title: str, where: str, obj: Any, after: str = "") -> None:
+        out.append(
+            f"#### {title}\n\n{where}\n\n{_fields(type(obj))}\n\n{_json_block(obj)}\n"
+            + (f"\n{after}\n" if after else "")
+        )
 
     section(
         "Task record",
-        f"Value of `{names.task_key('T2')}` in `{names.tasks_bucket}` (a task in review: one approval, one reviewer at work in the other slot).",
+        f"Value of `{names.task_key('T2')}` in `{names.tasks_bucket}`, republished on "
+        f"`{names.record_subject('T2')}` (a task in review: one approval, one reviewer at work in "
+        "the other slot, under review item 52).",
         record,
     )
-    section("Offer", f"Value of `{names.offer_key('review.medical', 'T2')}` in `{names.tasks_bucket}`.", offer)
+    section(
+        "Work item",
+        f"Published on `{names.work_subject(item.capability)}` (stream `{names.work_stream}`, the queue of "
+        f"`{item.capability}`) with headers `Nats-Msg-Id: {work_item_id(item)}` and "
+        f"`{VERSION_HEADER}: {PROTOCOL_VERSION}`: task T1's work item as its requester makes it, carrying the "
+        "open record (revision 0: the record is not in the tasks bucket yet).",
+        item,
+        "A review item has the same shape, with `kind` `review`, the reviewer capability as `capability`, "
+        "the round and the slot: T2's first round has "
+        + " and ".join(
+            f"`{work_item_id(r)}` (round {r.round}, slot {r.slot}, on `{names.work_subject(r.capability)}`)"
+            for r in review_items
+        )
+        + ".",
+    )
     card = AgentCard(
         id="agent-a",
         role="medical summarizer",
@@ -1126,7 +1534,9 @@ def _messages() -> str:
     )
     section(
         "Task event",
-        f"Published on `{names.event_subject('T2', 'T2', 'approve')}` (stream `{names.events_stream}`), header `{VERSION_HEADER}: {PROTOCOL_VERSION}`.",
+        f"Published on `{names.event_subject('T2', 'T2', 'approve')}` (stream `{names.events_stream}`), headers "
+        f"`{VERSION_HEADER}: {PROTOCOL_VERSION}` and `Nats-Msg-Id: T2:5:approve` (task, record revision, kind). "
+        "`created` events and the events of transitions that end a task carry the record in `record`.",
         event,
     )
     out.append(
@@ -1134,25 +1544,19 @@ def _messages() -> str:
         "(logged, replayed from the vectors, or sent by an agent in any language).\n"
     )
     for kind in EVENT_KINDS:
-        record_for = w.review if kind in ("approve", "veto") else w.working
-        out.append(
-            f"`{kind}`: {_first_line(type(_sample_event(kind, record_for)))}\n\n{_json_block(_sample_event(kind, record_for))}\n"
-        )
+        record_for = w.review if kind in ("approve", "veto", "reviewing") else w.working
+        sample = _sample_event(kind, record_for)
+        out.append(f"`{kind}`: {_first_line(type(sample))}\n\n{_json_block(sample)}\n")
+    try:
+        decode_work_item(b'{"task":"T9","capability":"summarize","revision":"7"}')
+    except RemoteProtocolError as exc:
+        bad_item = str(exc)
     section(
         "Error report",
         f"Published on `{names.error_subject('agent-a')}`.",
         ErrorReport(
-            agent="agent-a",
-            subject="",
-            key=names.offer_key("summarize", "T9"),
-            error="offer: Expected `int`, got `str` - at `$.revision`",
-            at=T0,
+            agent="agent-a", subject=names.work_subject("summarize"), error=f"bad work item: {bad_item}", at=T0
         ),
-    )
-    section(
-        "Lease beat",
-        f"Published (core NATS, not stored) on `{names.beat_subject('T1', 'summarize')}` after each renewal.",
-        LeaseBeat(task="T1", revision=42, epoch=2, owner="agent-a"),
     )
     section(
         "Not understood",
@@ -1193,35 +1597,50 @@ def _names_table() -> str:
 
     rows: list[tuple[str, str, str]] = [
         ("Tasks bucket (JetStream KV)", pat.tasks_bucket, ex.tasks_bucket),
-        ("Directory bucket (JetStream KV)", pat.agents_bucket, ex.agents_bucket),
+        ("Task record key (tasks bucket)", pat.task_key("ZZTASK"), ex.task_key("T1")),
+        (
+            "Republished record writes (RePublish destination of the tasks bucket)",
+            pat.records_subjects,
+            ex.records_subjects,
+        ),
+        ("Republished writes of one task's record", pat.record_subject("ZZTASK"), ex.record_subject("T1")),
+        ("Work stream (JetStream, work-queue retention)", pat.work_stream, ex.work_stream),
+        ("Work stream subjects", pat.work_subjects, ex.work_subjects),
+        (
+            "Queue subject of a capability (its work items)",
+            pat.work_subject("zzcap"),
+            ex.work_subject("summarize.medical"),
+        ),
+        (
+            "Queue of a capability (durable pull consumer of the work stream)",
+            "<capability with each . as ~>",
+            ex.queue_consumer("summarize.medical"),
+        ),
+        ("Priority group of every queue", PRIORITY_GROUP, PRIORITY_GROUP),
+        (
+            "Pull request subject of a queue",
+            _pull_subject(pat, "zzcap").replace("zzcap", "<queue>"),
+            _pull_subject(ex, "summarize.medical"),
+        ),
+        (
+            "Queue creation subject",
+            _create_subject(pat, "zzcap").replace(".zzcap.", ".<queue>.", 1),
+            _create_subject(ex, "summarize.medical"),
+        ),
+        ("Advisories of new queues", _consumer_created_advisory(pat), _consumer_created_advisory(ex)),
         ("Events stream", pat.events_stream, ex.events_stream),
         ("Events stream subjects", ", ".join(pat.events_subjects), ", ".join(ex.events_subjects)),
-        ("Task record key (tasks bucket)", pat.task_key("ZZTASK"), ex.task_key("T1")),
-        ("Offer key (tasks bucket)", pat.offer_key("zzcap", "ZZTASK"), ex.offer_key("summarize.medical", "T1")),
-        ("Offer watch filter of a served capability", pat.offer_filter("zzcap"), ex.offer_filter("summarize")),
-        ("Agent card key (directory bucket)", pat.agent_key("ZZAGENT"), ex.agent_key("agent-a")),
-        (
-            "Board watch slot key (directory bucket)",
-            pat.watch_slot_key("zzcap", 0)[:-1] + f"<slot: 0..{BOARD_WATCH_SLOTS - 1}>",
-            ex.watch_slot_key("summarize", 0),
-        ),
         (
             "Transition event subject",
             pat.event_subject("ZZROOT", "ZZTASK", "zzkind"),
             ex.event_subject("T1", "T1-c1", "claim"),
         ),
         ("Events of one task tree", pat.events_filter("ZZROOT"), ex.events_filter("T1")),
+        ("Events of one task", pat.task_events_filter("ZZTASK", "ZZROOT"), ex.task_events_filter("T1-c1", "T1")),
+        ("Directory bucket (JetStream KV)", pat.agents_bucket, ex.agents_bucket),
+        ("Agent card key (directory bucket)", pat.agent_key("ZZAGENT"), ex.agent_key("agent-a")),
         ("Error reports of an agent", pat.error_subject("ZZAGENT"), ex.error_subject("agent-a")),
         ("Control endpoint of an agent", pat.control_subject("ZZAGENT"), ex.control_subject("agent-a")),
-        ("Work subject (nudges) of a capability", pat.work_subject("zzcap"), ex.work_subject("summarize.medical")),
-        ("Lease beat subject of a task", pat.beat_subject("ZZTASK", "zzcap"), ex.beat_subject("T1", "summarize")),
-        (
-            "Lease beats a served capability observes",
-            ", ".join(pat.beat_filters("zzcap")),
-            ", ".join(ex.beat_filters("summarize")),
-        ),
-        ("Lease beats of one task", pat.task_beats("ZZTASK"), ex.task_beats("T1")),
-        ("Nudge queue group of a served capability", pat.work_queue("zzcap"), ex.work_queue("summarize")),
         ("Services API name (`$SRV.*`)", pat.service_name, ex.service_name),
         (
             "Clarification capability of an agent",
@@ -1252,16 +1671,19 @@ def _constants() -> str:
         ("Protocol major version (`v` field, names, header)", PROTOCOL_VERSION),
         ("Largest message accepted, bytes", MAX_MESSAGE_BYTES),
         ("Default hop limit of a new task", DEFAULT_HOPS),
-        ("Default lease, seconds (`lease_s`)", DEFAULT_LEASE_S),
-        ("Default claim timeout, seconds (`claim_timeout_s`)", defaults.claim_timeout_s),
+        ("Default lease of a queue (its consumer's `ack_wait`), seconds", DEFAULT_LEASE_S),
+        ("Default claim timeout, seconds (`claim_timeout_s`)", DEFAULT_CLAIM_TIMEOUT_S),
         ("Default `max_lapses` (owners lost before the task fails)", defaults.max_lapses),
         (
             "Default review policy",
-            f"`quorum` {policy.quorum}, `capability` `{policy.capability}`, `max_reworks` {policy.max_reworks}",
+            f"`quorum` {policy.quorum}, `capability` `{policy.capability}`, `max_reworks` {policy.max_reworks}, "
+            f"`escalation_timeout_s` {policy.escalation_timeout_s}",
         ),
-        ("Default contention window, seconds", DEFAULT_CLAIM_WINDOW_S),
+        ("Priority group of every queue and pull", f"`{PRIORITY_GROUP}`"),
+        ("Pull priorities (0 is served first)", f"0 to {MAX_PRIORITY}"),
         ("Terminal reasons", ", ".join(f"`{r}`" for r in REASONS)),
     ]
+    assert defaults.claim_timeout_s == DEFAULT_CLAIM_TIMEOUT_S
     return "\n".join(["| Constant | Value |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)])
 
 
@@ -1340,7 +1762,10 @@ def artifacts() -> list[Artifact]:
                 }
             ),
         ),
-        Artifact(VECTOR_DIR / "rules.json", _json({"about": about, "protocol": MAJOR_VERSION, **_rule_vectors()})),
+        Artifact(
+            VECTOR_DIR / "rules.json",
+            _json({"about": about, "protocol": MAJOR_VERSION, "how": _RULES_HOW, **_rule_vectors()}),
+        ),
         Artifact(VECTOR_DIR / "names.json", _json({"about": about, "protocol": MAJOR_VERSION, **_name_vectors()})),
         Artifact(
             VECTOR_DIR / "decode.json",
@@ -1348,6 +1773,31 @@ def artifacts() -> list[Artifact]:
         ),
     ]
     return out
+
+
+#: How to replay each list in rules.json (docs/PROTOCOL.md section 6 has the rules).
+_RULES_HOW: dict[str, str] = {
+    "specificity": "Matched tokens of `served` over tokens of `capability` when `served` is a token prefix of it, "
+    "else 0.",
+    "pull_priority": "`best_match`: the longest served capability that is a token prefix of `capability` (null if "
+    "none); `priority`: tokens of `capability` it leaves unmatched, at most max_priority (null if none serves it).",
+    "work_items": "After `old` (null: a new task) became `new` at `revision`, publish exactly `items` (equal field for "
+    "field), each with the `Nats-Msg-Id` in `ids`.",
+    "on_delivery": "Work item `item`, delivered to `agent` as stream sequence `ticket`, with the task's current "
+    "`record`: `take` the transition shown (write it by compare-and-set), `drop` (acknowledge the item) or "
+    "`hand_back` (return it to the queue). The `why` texts are informative.",
+    "judge_waiting": "A party `actor` that saw `record` unchanged for `waited_s` seconds on its own clock, with "
+    "`queue_active` telling whether any agent works on or waits at the task's queue, at wall-clock `now`: apply "
+    "the `expect` transition, or (null) keep waiting.",
+    "fingerprint": "First 16 hex digits of SHA-256 over UTF-8 of capability + newline + the instruction with "
+    "whitespace runs collapsed to one space, trimmed, and Unicode case-folded.",
+    "split_budget": "A child's budget from its parent's `budget`, `spent` and the `share`.",
+    "delegate": "The child record `delegate(parent, **args)` makes (args by name; `now` is wall-clock time).",
+    "ask": "The clarification child of `parent` (its instruction is the question, its id `child.id`, made by the "
+    "parent's owner at `child.created`).",
+    "traceparent": "W3C trace context: `make` builds one from a trace id and a span id; `child` keeps the parent's "
+    "trace id with a new span id (null parent: null); `invalid` values are refused as a task's `trace`.",
+}
 
 
 def _stale(root: Path, fresh: Sequence[Artifact]) -> list[Path]:

@@ -23,12 +23,11 @@ __all__ = [
     "Budget",
     "Usage",
     "TaskRecord",
-    "Offer",
+    "WorkItem",
     "AgentCard",
     "TaskEvent",
     "NotUnderstood",
     "ErrorReport",
-    "LeaseBeat",
     "ControlRequest",
     "ControlReply",
     "A2ASkill",
@@ -36,7 +35,7 @@ __all__ = [
     "A2ACard",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 State = Literal["open", "working", "review", "done", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -92,18 +91,16 @@ class Vote(_Wire, frozen=True, kw_only=True):
 class ReviewSlot(_Wire, frozen=True, kw_only=True):
     """One of the ``quorum`` review slots of a round, held by a reviewer at work.
 
-    A reviewer takes a slot (a ``reviewing`` transition) before it reviews, and holds it
-    under a lease it renews with further ``reviewing`` heartbeats, each adding one to
-    ``beat``. An observer that sees the same slot (``reviewer``, ``since``, ``beat``)
-    unchanged for the review lease on its own monotonic clock may take it over, naming
-    the ``beat`` it saw: a holder that renewed in between keeps its slot."""
+    A reviewer takes a slot (a ``reviewing`` transition) under the review work item it
+    holds, whose sequence in the work stream is the slot's ``ticket``. The broker lends
+    the item to one reviewer at a time, under its queue's lease: if that reviewer stops
+    renewing, the broker delivers the same item to another reviewer, who takes the slot
+    over by naming the same ticket."""
 
     reviewer: str
-    #: renewals so far: a per-slot fencing token for takeovers
-    beat: NonNegInt = 0
-    #: wall-clock time the slot was taken; shown, and part of the slot's identity (a
-    #: reviewer that loses and retakes a slot never looks unchanged), never compared
-    #: with another clock
+    #: the review work item the holder holds (its stream sequence)
+    ticket: NonNegInt | None = None
+    #: wall-clock time the slot was taken; shown only
     since: float = 0.0
 
 
@@ -134,7 +131,7 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     data: Any = None
     #: what a reviewer checks the result against
     criteria: str = ""
-    #: expertise tags; agents declaring them fit better
+    #: expertise tags (shown with the task and in agents' cards; no allocation rule reads them)
     tags: tuple[str, ...] = ()
     requester: str
     state: State = "open"
@@ -143,8 +140,13 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     epoch: NonNegInt = 0
     #: number of claims so far
     attempts: NonNegInt = 0
-    #: times an owner was lost (lease expired); at ``max_lapses`` the task fails
-    #: with ``error`` instead of poisoning agent after agent
+    #: the work item the owner holds: its sequence in the work stream. The broker lends
+    #: an item to one agent at a time under its queue's lease; a delivery of the same
+    #: item to another agent means the owner stopped renewing, and that agent may take
+    #: the task over (:class:`protocol.events.Claim` with this ticket)
+    ticket: NonNegInt | None = None
+    #: times an owner was lost (its lease lapsed and another agent took the task over);
+    #: at ``max_lapses`` the task fails with ``error`` instead of poisoning agent after agent
     lapses: NonNegInt = 0
     max_lapses: Annotated[int, msgspec.Meta(ge=1)] = 3
     reworks: NonNegInt = 0
@@ -179,43 +181,40 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     author: str | None = None
     reason: Reason | None = None
     error: str = ""
-    #: owner's lease: observers re-open the task when its revision has not changed for
-    #: this long, measured on their own monotonic clock
-    lease_s: PosFloat = 10.0
-    #: how long an open, never-claimed task waits for an agent before ``no_agent``
+    #: how long a waiting party lets the task sit unchanged while nobody can act on it
+    #: before it ends ``no_agent`` (:func:`protocol.judge_waiting`): open with nobody at
+    #: its queue, in review with no reviewer started, or held without a work item by an
+    #: owner that stopped writing
     claim_timeout_s: PosFloat = 10.0
     created: float
     updated: float
 
 
-class Offer(_Wire, frozen=True, kw_only=True):
-    """Board entry ``offer.<capability>.<task id>``: the only thing broadcast to every
-    agent serving a capability. Written when a task opens (to be claimed) or enters
-    review (to be reviewed), deleted when nobody needs to act on it any more. It is a
-    hint: the record is the truth, and a claim is a CAS on ``revision``."""
+class WorkItem(_Wire, frozen=True, kw_only=True):
+    """A message in the work stream, on ``<prefix>.v2.work.<capability>``: someone
+    serving ``capability`` must act on task ``task``. Agents *pull* items from the
+    queue of each capability they serve only while they have free capacity; the broker
+    lends each item to one agent at a time, under the queue's lease.
+
+    ``kind`` says what to do: ``work``, claim the task and work on it; ``review``, take
+    a review slot of round ``round`` and vote. The item carries the record as it was at
+    ``revision``; a claim or a slot is a compare-and-set on that revision (or on a newer
+    one read from the bucket). Revision 0 means the record is not in the tasks bucket
+    yet: a new task exists only in its work item until someone claims, cancels or
+    expires it, which *creates* the key."""
 
     v: int = PROTOCOL_VERSION
     task: str
+    kind: Literal["work", "review"] = "work"
+    #: the queue: the task's capability for ``work``, its reviewer capability for ``review``
     capability: str
-    #: ``open``: claim it; ``working``: watch the owner's lease; ``review``: review it
-    #: (take a review slot), or, when ``full``, watch the slot holders' leases
-    state: Literal["open", "working", "review"] = "open"
-    #: revision of the task record the offer was made at
+    #: revision of the record when the item was made (0: not in the bucket yet)
     revision: NonNegInt
-    epoch: NonNegInt = 0
-    owner: str | None = None
-    tags: tuple[str, ...] = ()
-    author: str | None = None
-    #: the lease observers of this offer judge: the owner's (``TaskRecord.lease_s``) for
-    #: ``open`` and ``working``, a review slot's (:func:`protocol.review_lease_s`) for ``review``
-    lease_s: PosFloat = 10.0
-    deadline: float | None = None
-    #: a ``review`` offer whose review slots are all taken (held, or spent on approvals):
-    #: no open offer to reviewers any more, who watch the holders' slot leases instead
-    full: bool = False
-    #: the record at ``revision``, when small enough to broadcast: a claimer or reviewer
-    #: may then skip reading it (its compare-and-set on ``revision`` still decides)
-    record: TaskRecord | None = None
+    #: the review round (``TaskRecord.reworks``) a review item is for
+    round: NonNegInt = 0
+    #: which of the round's ``quorum`` review slots the item stands for (0 for work)
+    slot: NonNegInt = 0
+    record: TaskRecord
 
 
 class AgentCard(_Wire, frozen=True, kw_only=True):
@@ -240,13 +239,16 @@ class AgentCard(_Wire, frozen=True, kw_only=True):
     pid: int = 0
     started: float = 0.0
     heartbeat_s: PosFloat = 2.0
-    #: counters since start, for fit (track record) and `mesh top`
+    #: counters since start, for `mesh top`
     completed: NonNegInt = 0
     failed: NonNegInt = 0
 
 
 class TaskEvent(_Wire, frozen=True, kw_only=True):
-    """One event per transition, on ``<prefix>.v1.evt.<root>.<task>.<kind>``."""
+    """One event per record write, on ``<prefix>.v2.evt.<root>.<task>.<kind>``: the kind of
+    the write's last transition (``note`` names them all when it applied several), or
+    ``created`` for a new task, or ``ended`` for an end found on the record that its
+    writer did not announce."""
 
     v: int = PROTOCOL_VERSION
     kind: str
@@ -275,7 +277,7 @@ class NotUnderstood(_Wire, frozen=True, kw_only=True):
 
 
 class ErrorReport(_Wire, frozen=True, kw_only=True):
-    """Published on ``<prefix>.v1.err.<agent>`` when an agent meets bad input or fails."""
+    """Published on ``<prefix>.v2.err.<agent>`` when an agent meets bad input or fails."""
 
     v: int = PROTOCOL_VERSION
     agent: str
@@ -283,20 +285,6 @@ class ErrorReport(_Wire, frozen=True, kw_only=True):
     key: str = ""
     error: str
     at: float = 0.0
-
-
-class LeaseBeat(_Wire, frozen=True, kw_only=True):
-    """Published (core NATS, not stored) on ``<prefix>.v1.beat.<task>.<capability>`` by
-    an owner each time a lease renewal lands, so that observers see renewals when they
-    happen instead of when they next read the record. A hint: an observer still reads
-    the record before it re-opens a task."""
-
-    v: int = PROTOCOL_VERSION
-    task: str
-    #: the record's revision after the renewal
-    revision: int
-    epoch: int
-    owner: str
 
 
 class ControlRequest(_Wire, frozen=True, kw_only=True):

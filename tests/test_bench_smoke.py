@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = [
     "footprint",
     "latency",
+    "baseline",
     "throughput",
     "central",
     "autogen",
@@ -31,6 +32,8 @@ BENCHMARKS = [
     "chaos",
     "durability",
     "hotpath",
+    "soak",
+    "profile",
 ]
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,7 +73,9 @@ def test_report_is_rebuilt_from_the_results(results: Path, tmp_path: Path) -> No
     text = (tmp_path / "BENCHMARKS.md").read_text()
     for heading in (
         "## Targets",
+        "## Soak",
         "## Latency",
+        "## The raw baseline",
         "## Throughput",
         "## Central baseline",
         "## Scale",
@@ -78,6 +83,7 @@ def test_report_is_rebuilt_from_the_results(results: Path, tmp_path: Path) -> No
         "## Footprint",
         "## Organizational reliability",
         "## Where the time goes",
+        "## Where the CPU goes under LLM-shaped load",
         "## Suggestions",
     ):
         assert heading in text, heading

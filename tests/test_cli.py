@@ -36,7 +36,7 @@ def mesh(
 
 def test_help_lists_the_commands() -> None:
     out = mesh("--help").stdout
-    for command in ("demo", "broker", "agent", "up", "submit", "agents", "watch", "trace", "cancel", "brief"):
+    for command in ("demo", "broker", "setup", "agent", "up", "submit", "agents", "watch", "trace", "cancel", "brief"):
         assert command in out
 
 
@@ -144,6 +144,23 @@ async def test_submit_wait_json_agents_and_trace(agent_procs: AgentProcs, mesh_c
     assert status["agent"] == "echoer"
 
 
+async def test_setup_sets_the_retention_and_trace_says_when_a_task_is_beyond_it(broker: Broker) -> None:
+    out = mesh("setup", "--retention", "2d", "--retention-bytes", "1GiB", server=broker.url).stderr
+    assert "finished work stays readable for 2 days, at most 1073741824 bytes" in out
+    client = await Mesh.connect(broker.url, client_id="setup-check")
+    try:
+        events = (await client.bus.js.stream_info(client.names.events_stream)).config
+    finally:
+        await client.close()
+    assert events.max_age == 2 * 86400 and events.max_bytes == 1024**3
+    # Asked without new values, setup only says what is in force.
+    assert "2 days" in mesh("setup", server=broker.url).stderr
+    bad = mesh("setup", "--retention", "forever", server=broker.url, check=False)
+    assert bad.returncode == 2 and "invalid duration 'forever'" in bad.stderr
+    gone = mesh("trace", "long-gone", server=broker.url, check=False)
+    assert gone.returncode != 0 and "not in the events history" in gone.stderr and "Traceback" not in gone.stderr
+
+
 def test_submit_without_agent_fails_no_agent_with_exit_1(broker: Broker) -> None:
     proc = mesh("submit", "nobody", "x", "--wait", "--claim-timeout", "300ms", server=broker.url, check=False)
     assert proc.returncode == 1
@@ -195,6 +212,28 @@ def test_invalid_briefs_name_file_field_and_fix(tmp_path: Path, content: str, ex
     assert proc.returncode == 2
     assert str(path) in proc.stderr or "brief 'a'" in proc.stderr
     assert expected in proc.stderr, proc.stderr
+
+
+def test_bad_values_are_one_line_errors_without_tracebacks(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(bytes(range(256)))
+    wrong_option = tmp_path / "wrong.toml"
+    wrong_option.write_text('name = "w"\nserves = ["a"]\nkind = "sleep"\n[options]\nseconds = "abc"\n')
+    cases = [
+        (("brief", "check", str(binary)), "not valid TOML"),
+        (("brief", "check", str(wrong_option)), "cannot use its [options]"),
+        (("agent", "run", str(wrong_option), "--server", "nats://127.0.0.1:9"), "cannot use its [options]"),
+        (("submit", "x", "y", "--data", f"@{tmp_path / 'missing.json'}"), "cannot read the file"),
+        (("submit", "x", "y", "--review", "100"), "a review needs 1 to 16 approvals"),
+        (("submit", "x", "y", "--review", "-1"), "a review needs 1 to 16 approvals"),
+        (("submit", "x", "y", "--deadline", "nan"), "duration must be positive"),
+        (("submit", "x", "y", "--deadline", "inf"), "duration must be positive"),
+        (("setup", "--retention-bytes", "lots"), "invalid size 'lots'"),
+    ]
+    for args, expected in cases:
+        proc = mesh(*args, check=False)
+        assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
+        assert expected in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
 async def test_agent_drain_command_stops_an_agent(agent_procs: AgentProcs, mesh_client: Mesh, broker: Broker) -> None:

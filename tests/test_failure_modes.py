@@ -54,10 +54,10 @@ async def test_fm_1_3_step_repetition_is_refused_as_a_loop(agent_procs: AgentPro
 async def test_fm_1_5_a_task_that_never_finishes_ends_at_its_deadline(
     agent_procs: AgentProcs, mesh_client: Mesh
 ) -> None:
-    agent_procs.start("staller", ["forever"], kind="mesh.faults:Staller")
+    agent_procs.start("staller", ["forever"], kind="mesh.faults:Staller", lease_s=0.6)
     await agent_procs.ready(mesh_client)
     started = time.monotonic()
-    record = await mesh_client.run("forever", "never ends", deadline_s=2.0, lease_s=0.6)
+    record = await mesh_client.run("forever", "never ends", deadline_s=2.0)
     assert record.state == "failed" and record.reason == "deadline"
     assert time.monotonic() - started < 6
 
@@ -74,22 +74,23 @@ async def test_fm_1_5_hop_limit_ends_a_chain(agent_procs: AgentProcs, mesh_clien
 
 
 async def test_fm_2_1_a_stale_owner_cannot_commit_after_takeover(mesh_client: Mesh) -> None:
-    bus = mesh_client.bus
-    record = new_task(task_id="stale1", capability="x", instruction="i", requester="test-client", now=time.time())
-    revision = await bus.create(record)
-    held, held_rev = await bus.write(record, revision, Claim(actor="old"))
-    # "old" is partitioned; its lease lapses; "new" takes over with a higher epoch.
-    from protocol import Reopen
-
-    reopened, rev = await bus.write(held, held_rev, Reopen(actor="observer", epoch=1))
-    taken, rev = await bus.write(reopened, rev, Claim(actor="new"))
-    assert taken.epoch == 2
-    # The old owner comes back and tries to commit its result: refused by CAS and epoch.
     import pytest
 
     from mesh.bus import Conflict
     from protocol import Fenced
 
+    bus = mesh_client.bus
+    record = new_task(task_id="stale1", capability="x", instruction="i", requester="test-client", now=time.time())
+    # "old" claims holding work item 5 (a first claim creates the key).
+    held, held_rev = await bus.write(record, 0, Claim(actor="old", ticket=5))
+    # Nobody may take a held task over without its item...
+    with pytest.raises(Fenced):
+        await bus.write(held, held_rev, Claim(actor="thief", ticket=6))
+    # ... but "old" is partitioned, its lease on item 5 lapses, the broker lends item 5
+    # to "new", and "new" takes the task over with a higher epoch.
+    taken, rev = await bus.write(held, held_rev, Claim(actor="new", ticket=5))
+    assert taken.epoch == 2 and taken.lapses == 1 and taken.owner == "new"
+    # The old owner comes back and tries to commit its result: refused by CAS and epoch.
     with pytest.raises(Conflict):
         await bus.write(held, held_rev, Finish(actor="old", epoch=1, result="late"))
     with pytest.raises(Fenced):

@@ -1,6 +1,7 @@
 """The short paths of a task's life (mesh/client.py, follow.py, bus.py, work.py): a run
 that follows its task from before creating it, acks awaited after the work, waiting
-on an id. Real broker; the acks are delayed or lost by holding the client's replies."""
+on an id, a claim and a result in one write. Real broker; the acks are delayed or lost
+by holding the client's replies."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mesh.broker import Broker
 from mesh.bus import Unavailable
 from mesh.client import Mesh
 from mesh.work import TaskContext
-from protocol import Claim, Finish, TaskRecord, decode_event, decode_offer, new_task
+from protocol import Claim, Finish, TaskRecord, decode_event, new_task
 
 
 class Echo:
@@ -46,8 +47,8 @@ def echo_agent(broker: Broker, agent_id: str = "echo-1") -> Agent:
 
 
 class HeldReplies:
-    """Holds the acks a client's bus receives (JetStream's replies to its offers and
-    events) until released; ``drop`` loses the first ``drop`` of them instead."""
+    """Holds the acks a client's bus receives (JetStream's replies to its work items
+    and events) until released; ``drop`` loses the first ``drop`` of them instead."""
 
     def __init__(self, mesh: Mesh, *, drop: int = 0) -> None:
         replies = mesh.bus._replies
@@ -82,7 +83,7 @@ async def _on_end(url: str, task_id: str, then: Any) -> nats.aio.client.Client:
         if decode_event(msg.data).state in ("done", "failed", "cancelled"):
             await then()
 
-    await nc.subscribe(f"mesh.v1.evt.{task_id}.{task_id}.*", cb=seen)
+    await nc.subscribe(f"mesh.v2.evt.{task_id}.{task_id}.*", cb=seen)
     await nc.flush()
     return nc
 
@@ -103,8 +104,8 @@ async def test_run_returns_the_final_record_when_the_agent_finishes_before_the_c
     finally:
         await observer.close()
     assert record.state == "done" and record.result == "hello" and record.owner == "echo-1"
-    # The offer's and the "created" event's acks were held until the task had ended,
-    # and run() still returned only once they were in.
+    # The work item's and the "created" event's acks were held until the task had
+    # ended, and run() still returned only once they were in.
     assert released == [2]
     assert not mesh_client.bus._replies.waiting
     kinds = [e.kind for e in await mesh_client.history("early1")]
@@ -112,15 +113,15 @@ async def test_run_returns_the_final_record_when_the_agent_finishes_before_the_c
 
 
 async def test_lost_acks_are_resent_and_deduplicated(broker: Broker, mesh_client: Mesh) -> None:
-    """No agent: the client's offer and event acks are lost once; submit re-sends both
-    (same Nats-Msg-Id) and returns only when they are acknowledged."""
+    """No agent: the client's work item and event acks are lost once; submit re-sends
+    both (same Nats-Msg-Id) and returns only when they are acknowledged."""
     replies = HeldReplies(mesh_client, drop=2)
     await replies.release()
     record = await mesh_client.submit("nobody", "are you there?", task_id="lost1")
     assert replies.dropped == 2
-    entry = await mesh_client.bus.tasks.get(mesh_client.names.offer_key("nobody", "lost1"))
-    assert decode_offer(entry.value or b"").task == record.id
-    assert [e.kind for e in await mesh_client.history("lost1")] == ["created"]  # stored once
+    items = await mesh_client.bus.waiting_items("nobody")
+    assert [item.task for _, item in items] == [record.id]  # stored once
+    assert [e.kind for e in await mesh_client.history("lost1")] == ["created"]
 
 
 async def test_submit_returns_with_offer_and_event_stored(broker: Broker) -> None:
@@ -130,9 +131,11 @@ async def test_submit_returns_with_offer_and_event_stored(broker: Broker) -> Non
     await mesh.nc.close()  # no drain: only what submit awaited is guaranteed
     other = await Mesh.connect(broker.url, client_id="other")
     try:
-        entry = await other.bus.tasks.get(other.names.offer_key("nobody", "quick1"))
-        assert decode_offer(entry.value or b"").task == record.id
+        assert [item.task for _, item in await other.bus.waiting_items("nobody")] == [record.id]
         assert [e.kind for e in await other.history("quick1")] == ["created"]
+        # Never claimed, so not in the tasks bucket: its item and its "created" event
+        # carry it, and anyone can read it.
+        assert await other.get("quick1") == record
     finally:
         await other.close()
 
@@ -172,38 +175,47 @@ async def test_an_owner_whose_finish_ack_was_lost_still_announces_it(
     finish is announced once."""
     bus = mesh_client.bus
     record = new_task(task_id="unacked1", capability="x", instruction="i", requester="test-client", now=time.time())
-    held, revision = await bus.write(record, await bus.create(record), Claim(actor="w"))
+    held, revision = await bus.write(record, 0, Claim(actor="w"))  # a first claim creates the key
     ctx = TaskContext(bus, held, revision, agent="w", delegates=())
-    faults = _lose_one_ack_and_its_check(monkeypatch, mesh_client, "update")
+    faults = _lose_one_ack_and_its_check(monkeypatch, mesh_client)
     done = await ctx.write(Finish(actor="w", epoch=1, result="r"))
     assert done.state == "done" and done.result == "r" and faults == {"ack": 0, "check": 0}
-    assert [e.kind for e in await mesh_client.history("unacked1")] == ["created", "claim", "finish"]
+    assert [e.kind for e in await mesh_client.history("unacked1")] == ["claim", "finish"]
 
 
-async def test_a_create_whose_ack_and_check_were_lost_is_recognised(
+async def test_a_quick_task_is_claimed_and_finished_in_one_write(
     mesh_client: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """submit() through a broker that stores the record but loses the ack, then fails
-    the read that checks it: the retry finds its own record and announces it once."""
-    faults = _lose_one_ack_and_its_check(monkeypatch, mesh_client, "create")
-    record = await mesh_client.submit("nobody", "once", task_id="created1")
-    assert faults == {"ack": 0, "check": 0}
-    assert (await mesh_client.get("created1")) == record
-    assert [e.kind for e in await mesh_client.history("created1")] == ["created"]
+    """A worker that finishes before its claim is due writes both in one compare-and-set
+    (here creating the key, as a task never claimed has none); its ack and the check
+    are lost, and the retry still recognises the write as its own."""
+    bus = mesh_client.bus
+    record = new_task(task_id="quick2", capability="x", instruction="i", requester="test-client", now=time.time())
+    ctx = TaskContext(bus, record, 0, agent="w", delegates=(), claim=Claim(actor="w", ticket=7))
+    assert not ctx.claimed and ctx.epoch == 1
+    faults = _lose_one_ack_and_its_check(monkeypatch, mesh_client)
+    done = await ctx.end(Finish(actor="w", epoch=ctx.epoch, result="r"))
+    await ctx.settle()
+    assert done.state == "done" and done.owner == "w" and done.ticket == 7 and faults == {"ack": 0, "check": 0}
+    assert ctx.claimed
+    [event] = await mesh_client.history("quick2")  # one write, one event
+    assert event.kind == "finish" and event.note == "claim + finish in one write" and event.record == done
+    live, revision = await bus.read("quick2")
+    assert live == done and revision == ctx.revision
 
 
-def _lose_one_ack_and_its_check(monkeypatch: pytest.MonkeyPatch, mesh: Mesh, write: str) -> dict[str, int]:
-    """The next ``bus.tasks.<write>`` lands on the real broker but its ack is lost, and
-    the next record read (the writer's check) fails: counts of faults still to come."""
+def _lose_one_ack_and_its_check(monkeypatch: pytest.MonkeyPatch, mesh: Mesh) -> dict[str, int]:
+    """The next record write lands on the real broker but its ack is lost, and the next
+    record read (the writer's check) fails: counts of faults still to come."""
     bus = mesh.bus
-    real_write, real_read = getattr(bus.tasks, write), bus.read
+    real_write, real_read = bus._compare_and_set, bus.read
     faults = {"ack": 1, "check": 1}
 
     async def lossy_write(*args: Any, **kwargs: Any) -> int:
-        landed: int = await real_write(*args, **kwargs)
+        landed = await real_write(*args, **kwargs)
         if faults["ack"]:
             faults["ack"] -= 1
-            raise nats.errors.TimeoutError
+            raise Unavailable("injected: the ack was lost")
         return landed
 
     async def failing_read(task_id: str) -> tuple[TaskRecord, int]:
@@ -212,6 +224,6 @@ def _lose_one_ack_and_its_check(monkeypatch: pytest.MonkeyPatch, mesh: Mesh, wri
             raise Unavailable("injected: the broker is away")
         return await real_read(task_id)
 
-    monkeypatch.setattr(bus.tasks, write, lossy_write)
+    monkeypatch.setattr(bus, "_compare_and_set", lossy_write)
     monkeypatch.setattr(bus, "read", failing_read)
     return faults

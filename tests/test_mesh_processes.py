@@ -83,7 +83,7 @@ async def test_drain_under_load_loses_nothing(agent_procs: AgentProcs, mesh_clie
         "leaver", ["job"], kind="sleep", capacity=3, drain_timeout_s=0.5, options={"seconds": 20.0, "steps": 100}
     )
     await agent_procs.ready(mesh_client)
-    records = [await mesh_client.submit("job", f"job {i}", lease_s=5.0) for i in range(6)]
+    records = [await mesh_client.submit("job", f"job {i}") for i in range(6)]
 
     async def leaver_busy() -> bool:
         cards = {c.id: c for c in await mesh_client.agents()}
@@ -104,9 +104,11 @@ async def test_drain_under_load_loses_nothing(agent_procs: AgentProcs, mesh_clie
 
 
 async def test_owner_killed_its_task_moves_to_another_agent(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
-    agent_procs.start("doomed", ["slow"], kind="sleep", options={"seconds": 30, "steps": 30})
+    # The first agent of a capability makes its queue, with its brief's lease: the time
+    # the broker waits for a silent holder before it lends the work to someone else.
+    agent_procs.start("doomed", ["slow"], kind="sleep", lease_s=1.0, options={"seconds": 30, "steps": 30})
     await agent_procs.ready(mesh_client)
-    record = await mesh_client.submit("slow", "long job", lease_s=1.0, data={"seconds": 1.0})
+    record = await mesh_client.submit("slow", "long job", data={"seconds": 1.0})
 
     async def checkpointed() -> bool:
         r = await mesh_client.get(record.id)

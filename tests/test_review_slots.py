@@ -1,6 +1,7 @@
-"""Review slots with real agent processes on a real broker: a review is reserved before
-it is done, so a quorum of k costs k reviews however many reviewers are idle, and a
-reviewer killed mid-review loses its slot to another one, which finishes the review."""
+"""Review slots with real agent processes on a real broker: a round of quorum k puts k
+review items on the reviewers' queue, so it costs k reviews however many reviewers are
+idle; a reviewer killed mid-review loses its item (and so its slot) to another one
+when the broker's lease on it lapses; a draining reviewer gives its slot back."""
 
 from __future__ import annotations
 
@@ -44,23 +45,18 @@ async def test_a_killed_slot_holder_loses_its_slot_to_another_reviewer(
 ) -> None:
     agent_procs.start("author", ["write"], kind="echo")
     for name in REVIEWERS:
-        agent_procs.start(name, ["review"], kind="mesh.faults:SlowReviewer", options={"seconds": 3.0})
+        # The review queue's lease is 2 s (the first reviewer makes the queue): a dead
+        # holder's item goes to another reviewer after it, well before the requester's
+        # no_agent patience (20 s) runs out.
+        agent_procs.start(name, ["review"], kind="mesh.faults:SlowReviewer", lease_s=2.0, options={"seconds": 3.0})
     await agent_procs.ready(mesh_client)
-    # Slot lease min(lease_s, claim_timeout_s / 4) = 2 s: a dead holder is noticed within
-    # about two leases, well before the requester's no_agent patience (20 s) runs out.
-    task = await mesh_client.submit(
-        "write", "check me", review=ReviewPolicy(quorum=1), lease_s=2.0, claim_timeout_s=20.0
-    )
+    task = await mesh_client.submit("write", "check me", review=ReviewPolicy(quorum=1), claim_timeout_s=20.0)
 
-    async def renewed() -> str | None:
+    async def taken() -> str | None:
         record = await mesh_client.get(task.id)
-        if record.state == "review" and record.slots and record.slots[0].beat >= 1:
-            return record.slots[0].reviewer
-        return None
+        return record.slots[0].reviewer if record.state == "review" and record.slots else None
 
-    # Its holder has renewed the slot at least once: it is at work, and observers have
-    # seen its lease alive before they see it lapse.
-    doomed = await wait_for(renewed, what="a reviewer to take the review slot and renew it")
+    doomed = await wait_for(taken, what="a reviewer to take the review slot")
     agent_procs.procs[doomed].kill()  # SIGKILL mid-review: no vote, no slot given back
     final = await mesh_client.wait(task)
     assert final.state == "done", (final.state, final.reason, final.error)
@@ -79,10 +75,9 @@ async def test_a_draining_reviewer_gives_its_slot_back(agent_procs: AgentProcs, 
             name, ["review"], kind="mesh.faults:SlowReviewer", drain_timeout_s=0.5, options={"seconds": 2.0}
         )
     await agent_procs.ready(mesh_client)
-    # A 10 s slot lease: had the slot to lapse, the other reviewer could not start before it.
-    task = await mesh_client.submit(
-        "write", "check me", review=ReviewPolicy(quorum=1), lease_s=10.0, claim_timeout_s=60.0
-    )
+    # The review queue's lease is 10 s: had the item to come back by itself, the other
+    # reviewer could not start before it.
+    task = await mesh_client.submit("write", "check me", review=ReviewPolicy(quorum=1), claim_timeout_s=60.0)
 
     async def held() -> str | None:
         record = await mesh_client.get(task.id)

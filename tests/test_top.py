@@ -41,7 +41,7 @@ async def test_top_flags_stuck_looping_and_overloaded(
         "rephraser", ["spin"], kind="mesh.faults:Rephraser", delegates=["spin"], capacity=8, options={"delay": 0.3}
     )
     await agent_procs.ready(mesh_client)
-    stuck = await mesh_client.submit("stall", "hold on", lease_s=1.0)
+    stuck = await mesh_client.submit("stall", "hold on")
     waiting = await mesh_client.submit("stall", "queue behind it", claim_timeout_s=60)
     spin = await mesh_client.submit("spin", "go round")
 

@@ -13,21 +13,49 @@ SERVER_HELP = "NATS server URL (default: $MESH_SERVER or nats://127.0.0.1:4222)"
 
 
 def parse_duration(text: str) -> float:
-    """'30s', '2m', '500ms', '1h' or plain seconds."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    t = text.strip().lower()
-    for suffix in ("ms", "s", "m", "h"):
-        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(t[: -len(suffix)]) * units[suffix]
+    """'30s', '2m', '500ms', '1h', '7d' or plain seconds (an argparse type)."""
+    from ..defaults import parse_duration as parse
+
     try:
-        value = float(t)
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _quorum(text: str) -> int:
+    """A review quorum: 0 (no review) or 1 to 16 (an argparse type)."""
+    try:
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use e.g. 30s, 2m, 500ms or a number of seconds"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"invalid quorum {text!r}: a whole number of approvals, 1 to 16") from None
+    if not 0 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"invalid quorum {value}: a review needs 1 to 16 approvals")
     return value
+
+
+def _retention(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--retention",
+        type=parse_duration,
+        default=None,
+        help="how long finished work stays readable (`mesh trace`, the events stream), e.g. 7d (default 7d)",
+    )
+    p.add_argument(
+        "--retention-bytes",
+        type=parse_size,
+        default=None,
+        help="cap the events history at this size, oldest first, e.g. 10GiB (default 2GiB; 0 for no cap)",
+    )
+
+
+def parse_size(text: str) -> int:
+    """'10GiB', '500MB' or bytes (an argparse type)."""
+    from ..defaults import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _server(p: argparse.ArgumentParser) -> None:
@@ -57,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8222, help="monitoring port (default 8222)")
     p.add_argument("--store", default=None, help="JetStream store directory (default: ./mesh-data)")
     p.add_argument("--config", default=None, help="nats-server config file (see deploy/nats/)")
+    _retention(p)
+
+    p = sub.add_parser(
+        "setup",
+        help="create the mesh's streams and buckets on a running broker, or change how long history is kept",
+        description="Create the mesh's JetStream resources (tasks bucket, queues' work stream, events stream, "
+        "directory) if they are missing, and set the events history's retention. Agents and clients create "
+        "missing resources themselves; run this once where a deployment starts nats-server directly, to choose "
+        "replicas and retention up front.",
+    )
+    _retention(p)
+    p.add_argument("--replicas", type=int, default=None, help="replicas of new resources (default $MESH_REPLICAS or 1)")
+    _server(p)
 
     p = sub.add_parser("agent", help="run or control one agent")
     asub = p.add_subparsers(dest="agent_command", metavar="ACTION")
@@ -81,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="the instruction")
     p.add_argument("--data", default=None, help="JSON input for the task (or @FILE)")
     p.add_argument("--criteria", default="", help="acceptance criteria reviewers check against")
-    p.add_argument("--review", type=int, default=0, metavar="N", help="require N approvals from `review` agents")
+    p.add_argument(
+        "--review", type=_quorum, default=0, metavar="N", help="require N approvals from `review` agents (1 to 16)"
+    )
     p.add_argument("--reviewer", default="review", help="reviewer capability (default: review)")
     p.add_argument("--deadline", type=parse_duration, default=None, help="deadline, e.g. 30s or 5m")
     p.add_argument("--hops", type=int, default=8, help="hop limit for handoffs (default 8)")

@@ -61,9 +61,12 @@ def _user_message(exc: Exception) -> str | None:
         + classes("mesh.kinds", "KindError")
         + classes("mesh.broker", "BrokerNotFound", "BrokerFailed")
         + classes("mesh.bus", "Unreachable")
+        + classes("mesh.settings", "SettingsError")
         + classes("protocol", "InvalidName"),
     ):
         return str(exc)
+    if isinstance(exc, classes("protocol", "RemoteProtocolError")):
+        return f"the mesh holds something that is not valid protocol: {exc}"
     if isinstance(exc, classes("mesh.bus", "NotFound")):
         return f"no such task: {exc} (ids are printed by `mesh submit`; see `mesh watch`)"
     if isinstance(exc, classes("protocol", "LocalProtocolError") + classes("mesh.bus", "MeshError")):
@@ -75,6 +78,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     table: dict[str, Callable[[argparse.Namespace], int]] = {
         "demo": cmd_demo,
         "broker": cmd_broker,
+        "setup": cmd_setup,
         "agent": cmd_agent,
         "up": cmd_up,
         "submit": cmd_submit,
@@ -127,6 +131,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
     print(
         f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr
     )
+    try:
+        _run(_setup, broker.url, args)
+    except BaseException:
+        broker.stop()
+        raise
     print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}", file=sys.stderr)
     try:
         assert broker.process is not None
@@ -138,6 +147,47 @@ def cmd_broker(args: argparse.Namespace) -> int:
         return code or 1
     finally:
         broker.stop()
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from ..defaults import default_server
+
+    return _run(_setup, args.server or default_server(), args)
+
+
+async def _setup(server: str, args: argparse.Namespace) -> int:
+    """Create missing resources with the settings given (flags over the environment)
+    and apply the retention asked for to the events history, saying what it is."""
+    import dataclasses
+
+    from protocol import Names
+
+    from ..bus import Bus
+    from ..settings import Settings
+
+    settings = Settings.from_env()
+    changes: dict[str, Any] = {}
+    if args.retention is not None:
+        changes["retention_s"] = args.retention
+    if args.retention_bytes is not None:
+        changes["retention_bytes"] = args.retention_bytes
+    if getattr(args, "replicas", None) is not None:
+        changes["replicas"] = args.replicas
+    settings = dataclasses.replace(settings, **changes)
+    bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings)
+    try:
+        kept = await bus.apply_retention(
+            retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
+        )
+    finally:
+        await bus.nc.close()
+    cap = f", at most {kept.retention_bytes} bytes" if kept.retention_bytes else ""
+    print(
+        f"mesh {args.prefix!r} is set up on {server}: finished work stays readable for "
+        f"{kept.retention_s / 86400:g} days{cap}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -294,7 +344,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     data = None
     if args.data is not None:
-        raw = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
+        try:
+            raw = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UserError(
+                f"--data {args.data}: cannot read the file ({why}); pass a JSON value or @file.json"
+            ) from None
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -439,7 +495,8 @@ def cmd_brief(args: argparse.Namespace) -> int:
             path.write_text(BRIEF_TEMPLATE)
             print(f"wrote {path}; edit it, then: mesh brief check {path}", file=sys.stderr)
         return 0
-    text = Path(args.file).read_text() if Path(args.file).is_file() else ""
+    # An org file lists agents; anything else is read as a brief (which says what is wrong).
+    text = Path(args.file).read_bytes().decode(errors="replace") if Path(args.file).is_file() else ""
     if "[[agents]]" in text or "agents =" in text:
         org, briefs = load_org(args.file)
         for brief, _ in briefs:

@@ -71,6 +71,10 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
         for v in r.feedback:
             lines.append(f"{'  ' * depth}  veto by {v.reviewer}: {_short('; '.join(v.reasons), 90)}")
     if events:
+        # In the order the transitions were made (their writers' clocks), which the
+        # stream's order (the order their events were recorded) can differ from by
+        # a few milliseconds across agents.
+        events = sorted(events, key=lambda e: e.at)
         t0 = events[0].at
         lines.append("")
         lines.append("events:")

@@ -1,4 +1,5 @@
-"""Hypothesis strategies shared by the protocol tests (valid names, records, events).
+"""Hypothesis strategies shared by the protocol tests (valid names, records, work items,
+events).
 
 Named ``proto_strategies`` (not ``strategies``) because tests/protocol has no
 ``__init__.py``: pytest puts this directory on ``sys.path``, so the name must not
@@ -69,7 +70,8 @@ votes = st.builds(
     round=st.integers(0, 5),
     at=times,
 )
-review_slots = st.builds(p.ReviewSlot, reviewer=agent_ids, beat=st.integers(0, 2**31), since=times)
+tickets = st.none() | st.integers(min_value=1, max_value=2**53)
+review_slots = st.builds(p.ReviewSlot, reviewer=agent_ids, ticket=tickets, since=times)
 
 
 @st.composite
@@ -101,6 +103,7 @@ def records(draw: st.DrawFn) -> p.TaskRecord:
         owner=owner,
         epoch=epoch,
         attempts=epoch,
+        ticket=draw(tickets),
         lapses=draw(st.integers(0, 3)),
         max_lapses=draw(st.integers(1, 5)),
         reworks=draw(st.integers(0, 5)),
@@ -122,27 +125,34 @@ def records(draw: st.DrawFn) -> p.TaskRecord:
         author=draw(st.none() | agent_ids),
         reason=reason,  # type: ignore[arg-type]
         error=draw(st.text(max_size=20)),
-        lease_s=draw(positive),
         claim_timeout_s=draw(positive),
         created=created,
         updated=draw(times),
     )
 
 
-offers = st.builds(
-    p.Offer,
-    task=task_ids,
-    capability=capabilities,
-    state=st.sampled_from(["open", "working", "review"]),
-    revision=non_neg_int,
-    epoch=non_neg_int,
-    owner=st.none() | agent_ids,
-    tags=st.lists(tokens, max_size=3).map(tuple),
-    author=st.none() | agent_ids,
-    lease_s=positive,
-    deadline=st.none() | times,
-    full=st.booleans(),
-)
+@st.composite
+def work_items(draw: st.DrawFn) -> p.WorkItem:
+    """Any work item :func:`protocol.decode_work_item` accepts: its record is its task's,
+    and an item at revision 0 (a task not in the bucket yet) is a work item carrying an
+    open record that nobody has claimed."""
+    record = draw(records())
+    revision = draw(st.integers(0, 3) | non_neg_int)
+    kind = draw(st.sampled_from(["work", "review"]))
+    if revision == 0:
+        kind = "work"
+        record = msgspec.structs.replace(record, state="open", epoch=0, attempts=0, reason=None)
+    return p.WorkItem(
+        task=record.id,
+        kind=kind,  # type: ignore[arg-type]
+        capability=draw(capabilities),
+        revision=revision,
+        round=draw(st.integers(0, 5)),
+        slot=draw(st.integers(0, 15)),
+        record=record,
+    )
+
+
 cards = st.builds(
     p.AgentCard,
     id=agent_ids,
@@ -159,7 +169,7 @@ cards = st.builds(
     completed=non_neg_int,
     failed=non_neg_int,
 )
-task_events = st.builds(
+_bare_events = st.builds(
     p.TaskEvent,
     kind=kinds,
     task=task_ids,
@@ -173,9 +183,18 @@ task_events = st.builds(
     note=st.text(max_size=10),
     at=times,
 )
+#: task events, some carrying their task's record (``created`` and ending events do)
+task_events: st.SearchStrategy[p.TaskEvent] = st.one_of(
+    _bare_events,
+    st.builds(
+        lambda event, record: msgspec.structs.replace(event, task=record.id, root=record.root, record=record),
+        _bare_events,
+        records(),
+    ),
+)
 _epochs = st.integers(0, 100)
 transitions: st.SearchStrategy[p.Event] = st.one_of(
-    st.builds(p.Claim, actor=agent_ids),
+    st.builds(p.Claim, actor=agent_ids, ticket=tickets),
     st.builds(
         p.Renew, actor=agent_ids, epoch=_epochs, progress=st.none() | st.text(max_size=10), checkpoint=json_values
     ),
@@ -189,15 +208,7 @@ transitions: st.SearchStrategy[p.Event] = st.one_of(
         message=st.text(max_size=10),
     ),
     st.builds(p.Release, actor=agent_ids, epoch=_epochs, note=st.text(max_size=10)),
-    st.builds(p.Reopen, actor=agent_ids, epoch=_epochs),
-    st.builds(
-        p.Reviewing,
-        actor=agent_ids,
-        epoch=_epochs,
-        takes=st.none() | agent_ids,
-        beat=st.integers(0, 2**31),
-        release=st.booleans(),
-    ),
+    st.builds(p.Reviewing, actor=agent_ids, epoch=_epochs, ticket=tickets, release=st.booleans()),
     st.builds(p.Approve, actor=agent_ids, epoch=_epochs),
     st.builds(p.Veto, actor=agent_ids, epoch=_epochs, reasons=st.lists(st.text(max_size=10), max_size=3).map(tuple)),
     st.builds(p.Charge, actor=agent_ids, epoch=_epochs, usage=usages),
@@ -213,13 +224,6 @@ control_replies = st.builds(
     draining=st.booleans(),
     tasks=st.lists(task_ids, max_size=3).map(tuple),
     error=st.text(max_size=10),
-)
-lease_beats = st.builds(
-    p.LeaseBeat,
-    task=task_ids,
-    revision=st.integers(min_value=1, max_value=2**53),
-    epoch=st.integers(min_value=1, max_value=2**31),
-    owner=agent_ids,
 )
 error_reports = st.builds(
     p.ErrorReport,

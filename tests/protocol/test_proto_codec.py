@@ -17,37 +17,34 @@ from proto_strategies import (
     control_requests,
     error_reports,
     json_values,
-    lease_beats,
-    offers,
     records,
     task_events,
     to_builtins,
     transitions,
+    work_items,
 )
 
 import protocol as p
 
 DECODERS: dict[str, Callable[[bytes], Any]] = {
     "record": p.decode_record,
-    "offer": p.decode_offer,
+    "work_item": p.decode_work_item,
     "card": p.decode_card,
     "event": p.decode_event,
     "transition": p.decode_transition,
     "control": p.decode_control,
     "control_reply": p.decode_control_reply,
     "error": p.decode_error,
-    "beat": p.decode_beat,
 }
 VALID: dict[str, st.SearchStrategy[Any]] = {
     "record": records(),
-    "offer": offers,
+    "work_item": work_items(),
     "card": cards,
     "event": task_events,
     "transition": transitions,
     "control": control_requests,
     "control_reply": control_replies,
     "error": error_reports,
-    "beat": lease_beats,
 }
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -68,7 +65,13 @@ def decodes_or_refuses(decode: Callable[[bytes], Any], data: bytes) -> Any:
 @given(records())
 def test_records_survive_a_transition_round_trip(record: p.TaskRecord) -> None:
     """Whatever apply() makes of a valid record is itself valid on the wire."""
-    for event in (p.Cancel(actor="x"), p.Claim(actor="x"), p.Expire(actor="x", reason="no_agent")):
+    for event in (
+        p.Cancel(actor="x"),
+        p.Claim(actor="x", ticket=record.ticket),
+        p.Claim(actor="x", ticket=7),
+        p.Release(actor=record.owner or "x", epoch=record.epoch),
+        p.Expire(actor="x", reason="no_agent"),
+    ):
         try:
             new = p.apply(record, event, record.updated + 1)
         except p.TransitionError:
@@ -77,7 +80,13 @@ def test_records_survive_a_transition_round_trip(record: p.TaskRecord) -> None:
 
 
 def test_transitions_are_tagged_by_kind() -> None:
-    for event in (p.Claim(actor="a"), p.Renew(actor="a", epoch=1), p.Expire(actor="a", reason="deadline")):
+    for event in (
+        p.Claim(actor="a"),
+        p.Claim(actor="a", ticket=41),
+        p.Reviewing(actor="a", epoch=1, ticket=52),
+        p.Renew(actor="a", epoch=1),
+        p.Expire(actor="a", reason="deadline"),
+    ):
         doc = msgspec.json.decode(p.encode(event))
         assert doc["kind"] == p.event_kind(event)
         assert p.decode_transition(p.encode(event)) == event
@@ -96,19 +105,25 @@ def _add_unknown_fields(doc: Any, extra: dict[str, Any]) -> Any:
     return doc
 
 
-def _with_unknown_fields(name: str, value: msgspec.Struct, extra: dict[str, Any]) -> Any:
-    doc = to_builtins(value)
-    if name != "record":
-        return {**doc, **extra}
+def _record_with_unknown_fields(doc: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     # Inside every nested object of a record, but not inside its free JSON (data,
     # checkpoint, result): that is the user's, and kept as it is.
     free = {k: doc.pop(k) for k in ("data", "checkpoint", "result")}
     return {**_add_unknown_fields(doc, extra), **free}
 
 
+def _with_unknown_fields(name: str, value: msgspec.Struct, extra: dict[str, Any]) -> Any:
+    doc = to_builtins(value)
+    if name == "record":
+        return _record_with_unknown_fields(doc, extra)
+    if name == "work_item":
+        return {**doc, **extra, "record": _record_with_unknown_fields(doc["record"], extra)}
+    return {**doc, **extra}
+
+
 def test_a_newer_minor_version_decodes() -> None:
     record = p.new_task(task_id="T", capability="x", instruction="i", requester="c", now=1.0)
-    doc = to_builtins(record) | {"v": 1, "priority": "high", "sla": {"p99": 3}}
+    doc = to_builtins(record) | {"priority": "high", "sla": {"p99": 3}}
     assert p.decode_record(msgspec.json.encode(doc)) == record
 
 
@@ -123,6 +138,13 @@ def _record_doc(**changes: Any) -> bytes:
 
 
 _DROP = object()
+_OPEN = p.new_task(task_id="T", capability="x", instruction="i", requester="c", now=1.0)
+_ITEM = to_builtins(p.WorkItem(task="T", capability="x", revision=0, record=_OPEN))
+_CLAIMED = to_builtins(p.apply(_OPEN, p.Claim(actor="a", ticket=3), 2.0))
+_RELEASED = to_builtins(p.apply(p.apply(_OPEN, p.Claim(actor="a", ticket=3), 2.0), p.Release(actor="a", epoch=1), 3.0))
+_CREATED = to_builtins(
+    p.TaskEvent(kind="created", task="T", root="T", capability="x", actor="c", state="open", at=1.0, record=_OPEN)
+)
 
 
 @pytest.mark.parametrize(
@@ -137,13 +159,16 @@ _DROP = object()
         ({"review": {"capability": "a.>"}}, "invalid capability"),
         ({"review": {"capability": "check", "escalate_to": "Human"}}, "invalid capability"),
         ({"state": "working"}, "without an owner"),
+        ({"state": "working", "owner": "a"}, "working at epoch 0"),
         ({"state": "failed"}, "without a reason"),
         ({"state": "review"}, "without a review policy"),
         ({"attempts": 2, "epoch": 0}, "epoch"),
         ({"state": "paused"}, "state"),
         ({"reason": "tired"}, "reason"),
         ({"epoch": -1}, "epoch"),
-        ({"lease_s": 0}, "lease_s"),
+        ({"ticket": -1}, "ticket"),
+        ({"ticket": "41"}, "ticket"),
+        ({"claim_timeout_s": 0}, "claim_timeout_s"),
         ({"max_lapses": 0}, "max_lapses"),
         ({"review": {"quorum": 0}}, "quorum"),
         ({"review": {"quorum": 17}}, "quorum"),
@@ -160,10 +185,17 @@ def test_invalid_records_are_refused(changes: dict[str, Any], match: str) -> Non
 @pytest.mark.parametrize(
     ("decode", "doc", "match"),
     [
-        (p.decode_offer, {"task": "a.b", "capability": "x", "revision": 1}, "invalid task id"),
-        (p.decode_offer, {"task": "T", "capability": "x.*", "revision": 1}, "invalid capability"),
-        (p.decode_offer, {"task": "T", "capability": "x", "revision": -1}, "revision"),
-        (p.decode_offer, {"task": "T", "capability": "x", "revision": 1, "state": "done"}, "state"),
+        (p.decode_work_item, {**_ITEM, "task": "a.b"}, "invalid task id"),
+        (p.decode_work_item, {**_ITEM, "capability": "x.*"}, "invalid capability"),
+        (p.decode_work_item, {**_ITEM, "revision": -1}, "revision"),
+        (p.decode_work_item, {**_ITEM, "kind": "steal"}, "kind"),
+        (p.decode_work_item, {k: v for k, v in _ITEM.items() if k != "record"}, "record"),
+        (p.decode_work_item, {**_ITEM, "task": "T9"}, "carries the record of T"),
+        (p.decode_work_item, {**_ITEM, "record": {**_ITEM["record"], "capability": "X"}}, "invalid capability"),
+        (p.decode_work_item, {**_ITEM, "record": {**_ITEM["record"], "state": "failed"}}, "without a reason"),
+        (p.decode_work_item, {**_ITEM, "kind": "review"}, "revision 0"),
+        (p.decode_work_item, {**_ITEM, "record": _CLAIMED}, "revision 0"),
+        (p.decode_work_item, {**_ITEM, "record": _RELEASED}, "revision 0"),
         (p.decode_card, {"id": "a.b"}, "invalid agent id"),
         (p.decode_card, {"id": "a", "serves": ["ok", "Bad"]}, "invalid capability"),
         (p.decode_card, {"id": "a", "delegates": ["x.>"]}, "invalid capability"),
@@ -177,9 +209,11 @@ def test_invalid_records_are_refused(changes: dict[str, Any], match: str) -> Non
         (p.decode_control, {"action": "explode"}, "action"),
         (p.decode_error, {"agent": "a"}, "error"),
         (p.decode_event, {"kind": "claim"}, "task"),
-        (p.decode_beat, {"task": "T", "revision": 3, "epoch": 1, "owner": "a.b"}, "invalid agent id"),
-        (p.decode_beat, {"task": "T", "revision": 0, "epoch": 1, "owner": "a"}, "start at 1"),
-        (p.decode_beat, {"task": "T", "revision": 3, "owner": "a"}, "epoch"),
+        (p.decode_event, {**_CREATED, "task": "T9"}, "carries the record of T"),
+        (p.decode_event, {**_CREATED, "record": {**_CREATED["record"], "state": "review"}}, "review policy"),
+        (p.decode_transition, {"kind": "claim", "actor": "a", "ticket": -1}, "ticket"),
+        (p.decode_transition, {"kind": "reviewing", "actor": "a", "epoch": 1, "ticket": "x"}, "ticket"),
+        (p.decode_transition, {"kind": "reopen", "actor": "a", "epoch": 1}, "kind"),
     ],
 )
 def test_invalid_messages_are_refused(decode: Callable[[bytes], Any], doc: Any, match: str) -> None:
@@ -352,6 +386,8 @@ def test_messages(name: str, data: st.DataObject) -> None:
             # Anything that decodes is a record the rules can work on.
             assert p.check_record(decoded) is decoded
             p.encode(decoded)
+        if name == "work_item" and decoded is not None:
+            _assert_item_invariants(decoded)
         decodes_or_refuses(decode, data.draw(mutated_bytes(encoded)))
 
 
@@ -363,3 +399,63 @@ def test_cross_decoding(data: st.DataObject) -> None:
     encoded = p.encode(data.draw(VALID[source]))
     for decode in DECODERS.values():
         decodes_or_refuses(decode, encoded)
+
+
+def _assert_item_invariants(item: p.WorkItem) -> None:
+    """What every decoded work item promises the rules that act on it."""
+    assert p.check_record(item.record) is item.record
+    assert item.record.id == item.task
+    p.validate_task_id(item.task)
+    p.validate_capability(item.capability)
+    assert item.kind in ("work", "review") and item.revision >= 0
+    if item.revision == 0:
+        assert (item.kind, item.record.state, item.record.epoch) == ("work", "open", 0)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records(), revision=st.integers(0, 3), kind=st.sampled_from(["work", "review"]), data=st.data())
+def test_work_items_decode_exactly_when_their_invariants_hold(
+    record: p.TaskRecord, revision: int, kind: str, data: st.DataObject
+) -> None:
+    """A work item built from any valid record decodes if and only if its record is its
+    task's and, at revision 0, it is a work item for an open task nobody claimed; and
+    whatever decodes satisfies those invariants."""
+    task = data.draw(st.just(record.id) | st.sampled_from(["T", "other"]), label="task")
+    item = p.WorkItem(task=task, kind=kind, capability="x", revision=revision, record=record)  # type: ignore[arg-type]
+    valid = task == record.id and (revision > 0 or (kind, record.state, record.epoch) == ("work", "open", 0))
+    decoded = decodes_or_refuses(p.decode_work_item, p.encode(item))
+    assert (decoded is not None) == valid
+    if decoded is not None:
+        assert decoded == item
+        _assert_item_invariants(decoded)
+
+
+@pytest.mark.parametrize("name", ["work_item", "event"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_carried_record_is_checked_like_a_stored_one(name: str, data: st.DataObject) -> None:
+    """A record inside a work item or an event is refused by the same invariants as a
+    record read from the bucket: a message carrying one that ``decode_record`` refuses is
+    refused too."""
+    value = data.draw(VALID[name], label="message")
+    doc = to_builtins(value)
+    if doc.get("record") is None:
+        return
+    broken = data.draw(
+        st.sampled_from(
+            [
+                {"state": "working", "owner": None},
+                {"state": "failed", "reason": None},
+                {"state": "review", "review": None},
+                {"capability": "Bad"},
+                {"id": "a.b"},
+                {"epoch": 0, "attempts": 3},
+            ]
+        ),
+        label="broken",
+    )
+    record = {**doc["record"], **broken}
+    raw_record = msgspec.json.encode(record)
+    if decodes_or_refuses(p.decode_record, raw_record) is None:
+        with pytest.raises(p.RemoteProtocolError):
+            DECODERS[name](msgspec.json.encode({**doc, "record": record}))

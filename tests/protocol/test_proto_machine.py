@@ -1,5 +1,5 @@
-"""The task state machine, rule by rule: the table, fencing, leases, review, deadline,
-budget and expiry."""
+"""The task state machine, rule by rule: the table, fencing, takeovers by ticket, review,
+deadline, budget and expiry."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from protocol import (
     Finish,
     Release,
     Renew,
-    Reopen,
     Reviewing,
     ReviewPolicy,
     TaskRecord,
@@ -41,6 +40,8 @@ from protocol import (
 )
 
 T0 = 1_700_000_000.0
+#: the work item the first owner holds (its sequence in the work stream)
+TICKET = 41
 STATES = ("open", "working", "review", "done", "failed", "cancelled")
 
 
@@ -57,7 +58,7 @@ def opened(**kwargs: object) -> TaskRecord:
 
 
 def working(**kwargs: object) -> TaskRecord:
-    return apply(opened(**kwargs), Claim(actor="a"), T0 + 1)
+    return apply(opened(**kwargs), Claim(actor="a", ticket=TICKET), T0 + 1)
 
 
 def in_review(quorum: int = 2, max_reworks: int = 1, escalate_to: str | None = None, **kwargs: object) -> TaskRecord:
@@ -73,14 +74,13 @@ def sample(kind: str, record: TaskRecord, actor: str | None = None) -> Event:
     owner = actor or record.owner or "a"
     epoch = record.epoch
     events: dict[str, Event] = {
-        "claim": Claim(actor=actor or "b"),
+        "claim": Claim(actor=actor or "b", ticket=TICKET),
         "renew": Renew(actor=owner, epoch=epoch),
         "add_child": AddChild(actor=owner, epoch=epoch, child="C"),
         "finish": Finish(actor=owner, epoch=epoch, result="r"),
         "fail": Fail(actor=owner, epoch=epoch, reason="error", message="boom"),
         "release": Release(actor=owner, epoch=epoch),
-        "reopen": Reopen(actor=actor or "observer", epoch=epoch),
-        "reviewing": Reviewing(actor=actor or "r1", epoch=epoch),
+        "reviewing": Reviewing(actor=actor or "r1", epoch=epoch, ticket=51),
         "approve": Approve(actor=actor or "r1", epoch=epoch),
         "veto": Veto(actor=actor or "r1", epoch=epoch, reasons=("wrong",)),
         "charge": Charge(actor=owner, epoch=epoch, usage=Usage(tokens=1)),
@@ -149,20 +149,35 @@ def test_terminal_records_refuse_everything_even_past_the_deadline(state: str) -
 # --- claim, renew, release -------------------------------------------------------------------
 
 
-def test_claim_sets_owner_and_next_epoch() -> None:
+def test_claim_sets_owner_next_epoch_and_ticket() -> None:
     record = opened()
-    claimed = apply(record, Claim(actor="a"), T0 + 1)
-    assert (claimed.state, claimed.owner, claimed.epoch, claimed.attempts, claimed.updated) == (
+    claimed = apply(record, Claim(actor="a", ticket=TICKET), T0 + 1)
+    assert (claimed.state, claimed.owner, claimed.epoch, claimed.attempts, claimed.ticket, claimed.updated) == (
         "working",
         "a",
         1,
         1,
+        TICKET,
         T0 + 1,
     )
+    assert (claimed.progress, claimed.progress_at, claimed.lapses) == ("", T0 + 1, 0)
     released = apply(claimed, Release(actor="a", epoch=1, note="draining"), T0 + 2)
-    assert (released.state, released.owner, released.epoch, released.progress) == ("open", None, 1, "draining")
-    again = apply(released, Claim(actor="b"), T0 + 3)
-    assert (again.owner, again.epoch, again.attempts) == ("b", 2, 2)
+    assert (released.state, released.owner, released.epoch, released.ticket, released.progress) == (
+        "open",
+        None,
+        1,
+        None,
+        "draining",
+    )
+    # The released item goes back to the queue: the next agent claims under the same ticket.
+    again = apply(released, Claim(actor="b", ticket=TICKET), T0 + 3)
+    assert (again.owner, again.epoch, again.attempts, again.ticket, again.lapses) == ("b", 2, 2, TICKET, 0)
+
+
+def test_a_party_holding_no_item_claims_with_no_ticket() -> None:
+    held = apply(opened(), Claim(actor="alice"), T0 + 1)
+    assert (held.state, held.owner, held.ticket) == ("working", "alice", None)
+    assert apply(held, Finish(actor="alice", epoch=1, result="answer"), T0 + 2).state == "done"
 
 
 def test_renew_records_progress_and_checkpoint() -> None:
@@ -201,10 +216,9 @@ def test_owner_events_from_a_non_owner_are_fenced(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", OWNER_KINDS)
 def test_owner_events_with_a_stale_epoch_are_fenced(kind: str) -> None:
-    # a claimed, lost its lease, b claimed: a's writes carry epoch 1, the record is at 2.
-    record = working()
-    reopened = apply(record, Reopen(actor="b", epoch=1), T0 + 20)
-    taken = apply(reopened, Claim(actor="b"), T0 + 21)
+    # a claimed under item 41, its lease lapsed, the broker lent item 41 to b, b took the
+    # task over: a's writes carry epoch 1, the record is at 2.
+    taken = apply(working(), Claim(actor="b", ticket=TICKET), T0 + 21)
     stale = msgspec.structs.replace(sample(kind, taken, actor="b"), epoch=1)
     with pytest.raises(Fenced, match="stale epoch 1"):
         apply(taken, stale, T0 + 22)
@@ -217,30 +231,65 @@ def test_fenced_is_a_transition_error() -> None:
     assert issubclass(Fenced, TransitionError)
 
 
-def test_reopen_with_a_stale_epoch_is_fenced() -> None:
+# --- takeover by ticket ---------------------------------------------------------------------
+
+
+def test_a_takeover_needs_the_owners_work_item() -> None:
     record = working()
-    reopened = apply(record, Reopen(actor="obs", epoch=1), T0 + 20)
-    assert (reopened.state, reopened.owner, reopened.lapses, reopened.epoch) == ("open", None, 1, 1)
-    taken = apply(reopened, Claim(actor="b"), T0 + 21)
-    with pytest.raises(Fenced, match="stale"):
-        apply(taken, Reopen(actor="obs2", epoch=1), T0 + 22)
+    taken = apply(record, Claim(actor="b", ticket=TICKET), T0 + 20)
+    assert (taken.state, taken.owner, taken.epoch, taken.attempts, taken.ticket, taken.lapses) == (
+        "working",
+        "b",
+        2,
+        2,
+        TICKET,
+        1,
+    )
+    assert "taken over from a" in taken.progress
+    for ticket in (None, TICKET + 1, 0):
+        with pytest.raises(Fenced, match="under work item 41") as info:
+            apply(record, Claim(actor="b", ticket=ticket), T0 + 20)
+        assert (info.value.state, info.value.event, info.value.actor) == ("working", "claim", "b")
 
 
-def test_reopen_past_max_lapses_fails_with_error() -> None:
+def test_a_task_held_without_an_item_cannot_be_taken_over() -> None:
+    """A person's hold has no work item, so no delivery can prove it lapsed."""
+    held = apply(opened(), Claim(actor="alice"), T0 + 1)
+    for ticket in (None, TICKET):
+        with pytest.raises(Fenced):
+            apply(held, Claim(actor="b", ticket=ticket), T0 + 2)
+
+
+def test_the_owner_that_gets_its_own_item_back_takes_over_from_itself() -> None:
+    """A restarted agent (same id) receives its old item again: a new epoch, fencing the
+    writes of its previous life."""
+    again = apply(working(), Claim(actor="a", ticket=TICKET), T0 + 20)
+    assert (again.owner, again.epoch, again.lapses) == ("a", 2, 1)
+    with pytest.raises(Fenced, match="stale epoch"):
+        apply(again, Finish(actor="a", epoch=1), T0 + 21)
+
+
+def test_takeovers_past_max_lapses_fail_with_error() -> None:
     record = working()
     assert record.max_lapses == 3
     for i in range(2):
-        record = apply(record, Reopen(actor="obs", epoch=record.epoch), T0 + 10 * i + 5)
-        assert record.state == "open"
-        record = apply(record, Claim(actor=f"x{i}"), T0 + 10 * i + 6)
-    final = apply(record, Reopen(actor="obs", epoch=record.epoch), T0 + 50)
+        record = apply(record, Claim(actor=f"x{i}", ticket=TICKET), T0 + 10 * i + 5)
+        assert (record.state, record.lapses, record.epoch) == ("working", i + 1, i + 2)
+    final = apply(record, Claim(actor="x9", ticket=TICKET), T0 + 50)
     assert (final.state, final.reason, final.lapses) == ("failed", "error", 3)
+    assert (final.owner, final.epoch) == (record.owner, record.epoch)  # the lost owner stays on record
     assert "3 times" in final.error
 
 
-def test_max_lapses_one_fails_at_the_first_lapse() -> None:
+def test_max_lapses_one_fails_at_the_first_takeover() -> None:
     record = msgspec.structs.replace(working(), max_lapses=1)
-    assert apply(record, Reopen(actor="o", epoch=1), T0 + 5).reason == "error"
+    assert apply(record, Claim(actor="o", ticket=TICKET), T0 + 5).reason == "error"
+
+
+def test_a_released_task_is_claimed_afresh_not_taken_over() -> None:
+    released = apply(working(), Release(actor="a", epoch=1), T0 + 5)
+    claimed = apply(released, Claim(actor="b", ticket=TICKET), T0 + 6)
+    assert claimed.lapses == 0
 
 
 # --- finishing and failing ----------------------------------------------------------------
@@ -331,7 +380,8 @@ def test_veto_sends_back_for_rework_with_feedback() -> None:
     assert [(v.reviewer, v.reasons) for v in vetoed.feedback] == [("r2", ("cite sources",))]
     assert vetoed.result == "v1"  # kept for the reworking owner to improve
     # Round two: the old approval does not count.
-    reclaimed = apply(vetoed, Claim(actor="b"), T0 + 5)
+    assert vetoed.ticket is None  # the rework has a new item
+    reclaimed = apply(vetoed, Claim(actor="b", ticket=61), T0 + 5)
     resubmitted = apply(reclaimed, Finish(actor="b", epoch=2, result="v2"), T0 + 6)
     assert (resubmitted.state, resubmitted.author, approvals(resubmitted)) == ("review", "b", frozenset())
     # The first author may now review the second author's work.
@@ -349,12 +399,14 @@ def test_past_max_reworks_without_escalation_fails_rejected() -> None:
 def test_past_max_reworks_escalates() -> None:
     record = in_review(quorum=1, max_reworks=0, escalate_to="human.review")
     escalated = apply(record, Veto(actor="r1", epoch=1, reasons=("unsure",)), T0 + 3)
-    assert (escalated.state, escalated.capability, escalated.review, escalated.owner) == (
+    assert (escalated.state, escalated.capability, escalated.review, escalated.owner, escalated.ticket) == (
         "open",
         "human.review",
         None,
         None,
+        None,
     )
+    assert escalated.claim_timeout_s == ReviewPolicy().escalation_timeout_s
     assert escalated.reworks == 0
     assert "escalated" in escalated.progress
     # The escalation's answer is final: no review.
@@ -368,7 +420,7 @@ def test_rework_bound_counts_rounds() -> None:
     for round_ in range(2):
         record = apply(record, Veto(actor="r1", epoch=record.epoch, reasons=(f"round {round_}",)), T0 + 3)
         assert (record.state, record.reworks) == ("open", round_ + 1)
-        record = apply(record, Claim(actor="a"), T0 + 4)
+        record = apply(record, Claim(actor="a", ticket=60 + round_), T0 + 4)
         record = apply(record, Finish(actor="a", epoch=record.epoch), T0 + 5)
     final = apply(record, Veto(actor="r1", epoch=record.epoch, reasons=("still",)), T0 + 6)
     assert (final.state, final.reason) == ("failed", "rejected")
@@ -403,11 +455,19 @@ def test_expire_deadline_before_the_deadline_is_refused() -> None:
         apply(opened(), Expire(actor="obs", reason="deadline"), T0 + 10**6)  # no deadline at all
 
 
-def test_expire_no_agent_only_when_nobody_holds_the_task() -> None:
+def test_expire_no_agent_only_when_no_agent_holds_the_task() -> None:
     expired = apply(opened(), Expire(actor="obs", reason="no_agent"), T0 + 11)
     assert (expired.state, expired.reason) == ("failed", "no_agent")
-    with pytest.raises(TransitionError, match="nobody holds"):
+    # An agent's hold is the broker's to watch (the lease on its work item).
+    with pytest.raises(TransitionError, match="no agent holds") as info:
         apply(working(), Expire(actor="obs", reason="no_agent"), T0 + 11)
+    assert not isinstance(info.value, Fenced)
+    # A hold without an item (a person, a client answering a question) is judged by the
+    # task's parties: it ends no_agent once its holder stops writing.
+    held = apply(opened(), Claim(actor="alice"), T0 + 1)
+    lost = apply(held, Expire(actor="obs", reason="no_agent"), T0 + 20)
+    assert (lost.state, lost.reason) == ("failed", "no_agent")
+    assert "alice" in lost.error
     # A task waiting for reviewers that never come is not held by anyone either.
     assert apply(in_review(), Expire(actor="obs", reason="no_agent"), T0 + 11).reason == "no_agent"
 

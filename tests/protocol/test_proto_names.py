@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from proto_strategies import agent_ids, capabilities, kinds, prefixes, task_ids
 
 from protocol import (
-    BOARD_WATCH_SLOTS,
     MAJOR_VERSION,
+    MAX_PRIORITY,
+    PRIORITY_GROUP,
     VERSION_HEADER,
     InvalidName,
     LocalProtocolError,
@@ -31,30 +32,42 @@ IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 def test_default_names() -> None:
     n = Names()
     assert n.prefix == "mesh"
-    assert n.tasks_bucket == "mesh-v1-tasks"
-    assert n.agents_bucket == "mesh-v1-agents"
-    assert n.events_stream == "mesh-v1-events"
-    assert n.events_subjects == ("mesh.v1.evt.>", "mesh.v1.err.>")
+    assert n.tasks_bucket == "mesh-v2-tasks"
+    assert n.agents_bucket == "mesh-v2-agents"
+    assert n.events_stream == "mesh-v2-events"
+    assert n.events_subjects == ("mesh.v2.evt.>", "mesh.v2.err.>")
+    assert n.work_stream == "mesh-v2-work"
+    assert n.work_subjects == "mesh.v2.work.>"
+    assert n.records_subjects == "mesh.v2.rec.>"
     assert n.service_name == "mesh-agent"
     assert n.task_key("T1") == "task.T1"
-    assert n.offer_key("summarize.medical", "T1") == "offer.summarize.medical.T1"
-    assert n.offer_filter("summarize") == "offer.summarize.>"
+    assert n.record_subject("T1") == "mesh.v2.rec.task.T1"
+    assert n.work_subject("summarize.medical") == "mesh.v2.work.summarize.medical"
+    assert n.queue_consumer("summarize.medical") == "summarize~medical"
     assert n.agent_key("a-1") == "agent.a-1"
-    assert n.event_subject("R", "T1", "claim") == "mesh.v1.evt.R.T1.claim"
-    assert n.events_filter() == "mesh.v1.evt.>"
-    assert n.events_filter("R") == "mesh.v1.evt.R.>"
-    assert n.error_subject("a-1") == "mesh.v1.err.a-1"
-    assert n.control_subject("a-1") == "mesh.v1.ctl.a-1"
+    assert n.event_subject("R", "T1", "claim") == "mesh.v2.evt.R.T1.claim"
+    assert n.events_filter() == "mesh.v2.evt.>"
+    assert n.events_filter("R") == "mesh.v2.evt.R.>"
+    assert n.task_events_filter("T1", "R") == "mesh.v2.evt.R.T1.*"
+    assert n.task_events_filter("T1") == "mesh.v2.evt.*.T1.*"
+    assert n.error_subject("a-1") == "mesh.v2.err.a-1"
+    assert n.control_subject("a-1") == "mesh.v2.ctl.a-1"
     assert VERSION_HEADER == "Mesh-Version"
-    assert MAJOR_VERSION == 1
+    assert MAJOR_VERSION == 2
+    assert (PRIORITY_GROUP, MAX_PRIORITY) == ("mesh", 9)
 
 
 def test_prefix_changes_every_name() -> None:
     n = Names("acme")
-    assert n.tasks_bucket == "acme-v1-tasks"
-    assert n.events_subjects == ("acme.v1.evt.>", "acme.v1.err.>")
-    assert n.event_subject("R", "T", "done") == "acme.v1.evt.R.T.done"
-    assert n.control_subject("x") == "acme.v1.ctl.x"
+    assert n.tasks_bucket == "acme-v2-tasks"
+    assert n.events_subjects == ("acme.v2.evt.>", "acme.v2.err.>")
+    assert n.event_subject("R", "T", "done") == "acme.v2.evt.R.T.done"
+    assert n.control_subject("x") == "acme.v2.ctl.x"
+    assert n.work_stream == "acme-v2-work"
+    assert n.work_subject("x.y") == "acme.v2.work.x.y"
+    assert n.record_subject("T") == "acme.v2.rec.task.T"
+    # A queue's name is the same in every mesh: it lives in the mesh's own work stream.
+    assert n.queue_consumer("x.y") == Names().queue_consumer("x.y")
 
 
 @pytest.mark.parametrize("prefix", ["", "Mesh", "1mesh", "me.sh", "me sh", "m*", "m>", "a" * 33, "mesh\n", "-x"])
@@ -72,7 +85,7 @@ def test_prefix_of_wrong_type(prefix: object) -> None:
 @given(prefixes)
 def test_valid_prefixes_accepted(prefix: str) -> None:
     n = Names(prefix)
-    assert n.tasks_bucket.startswith(prefix + "-v1-")
+    assert n.tasks_bucket.startswith(prefix + "-v2-")
 
 
 # --- round trips ------------------------------------------------------------------------
@@ -84,15 +97,54 @@ def test_task_key_round_trip(prefix: str, task_id: str) -> None:
     assert n.parse_task_key(n.task_key(task_id)) == task_id
 
 
-@given(prefixes, capabilities, task_ids)
-def test_offer_key_round_trip(prefix: str, capability: str, task_id: str) -> None:
+@given(prefixes, capabilities)
+def test_work_subject_round_trip(prefix: str, capability: str) -> None:
     n = Names(prefix)
-    key = n.offer_key(capability, task_id)
-    assert n.parse_offer_key(key) == (capability, task_id)
-    # The key is inside the filter of the capability and of every shorter prefix of it.
-    tokens = capability.split(".")
-    for i in range(1, len(tokens) + 1):
-        assert key.startswith(n.offer_filter(".".join(tokens[:i]))[:-1])
+    subject = n.work_subject(capability)
+    assert n.parse_work_subject(subject) == capability
+    # Every queue's subject is in the work stream, and the record subjects are not.
+    assert subject.startswith(n.work_subjects[:-1])
+    assert not subject.startswith(n.records_subjects[:-1])
+
+
+@given(prefixes, task_ids)
+def test_record_subject_is_the_republished_task_key(prefix: str, task_id: str) -> None:
+    n = Names(prefix)
+    subject = n.record_subject(task_id)
+    # RePublish maps $KV.<bucket>.<key> to <records prefix>.<key>.
+    assert subject == n.records_subjects[:-1] + n.task_key(task_id)
+    assert n.parse_task_key(subject[len(n.records_subjects) - 1 :]) == task_id
+
+
+@given(capabilities, capabilities)
+def test_queue_names_are_valid_consumer_names_and_one_to_one(a: str, b: str) -> None:
+    """Consumer names may not contain dots, wildcards or spaces; a capability's queue
+    name maps back to it (or, for a long one, to nothing else)."""
+    for capability in (a, b):
+        name = Names().queue_consumer(capability)
+        assert not set(name) & set(".*> \t\r\n/\\")
+        assert 0 < len(name) <= 200
+        if len(capability) <= 200:
+            assert name.replace("~", ".") == capability
+    assert (Names().queue_consumer(a) == Names().queue_consumer(b)) == (a == b)
+
+
+def test_a_long_capabilitys_queue_name_is_shortened_with_a_digest() -> None:
+    long = ".".join(f"{c}{'x' * 29}" for c in "abcdefgh")
+    name = Names().queue_consumer(long)
+    assert len(long) > 200 and len(name) == 197
+    assert name[:180] == long.replace(".", "~")[:180] and name[180] == "~"
+    assert name != Names().queue_consumer(long[:-1] + "y")
+
+
+@given(prefixes, task_ids, task_ids)
+def test_task_events_filter_matches_the_tasks_event_subjects(prefix: str, root: str, task_id: str) -> None:
+    n = Names(prefix)
+    subject = n.event_subject(root, task_id, "created")
+    for pattern in (n.task_events_filter(task_id, root), n.task_events_filter(task_id)):
+        tokens, wanted = subject.split("."), pattern.split(".")
+        assert len(tokens) == len(wanted)
+        assert all(w in ("*", t) for w, t in zip(wanted, tokens, strict=True))
 
 
 @given(prefixes, agent_ids)
@@ -113,8 +165,8 @@ def test_event_subject_round_trip(prefix: str, root: str, task_id: str, kind: st
 @given(prefixes, agent_ids)
 def test_error_and_control_subjects(prefix: str, agent_id: str) -> None:
     n = Names(prefix)
-    assert n.error_subject(agent_id).split(".") == [prefix, "v1", "err", agent_id]
-    assert n.control_subject(agent_id).split(".") == [prefix, "v1", "ctl", agent_id]
+    assert n.error_subject(agent_id).split(".") == [prefix, "v2", "err", agent_id]
+    assert n.control_subject(agent_id).split(".") == [prefix, "v2", "ctl", agent_id]
 
 
 @given(capabilities)
@@ -211,27 +263,28 @@ def test_id_validation_matches_the_grammar(text: str) -> None:
 @pytest.mark.parametrize(
     ("method", "key"),
     [
-        ("parse_task_key", "offer.a.T"),
+        ("parse_task_key", "agent.T"),
         ("parse_task_key", "task"),
         ("parse_task_key", "task."),
         ("parse_task_key", "task.a.b"),
         ("parse_task_key", "tasks.a"),
-        ("parse_offer_key", "offer.T"),
-        ("parse_offer_key", "task.a.T"),
-        ("parse_offer_key", "offer..T"),
-        ("parse_offer_key", "offer.A.T"),
-        ("parse_offer_key", "offer.a.T*"),
         ("parse_agent_key", "task.a"),
         ("parse_agent_key", "agent.a.b"),
         ("parse_agent_key", "agent."),
-        ("parse_event_subject", "mesh.v1.evt.R.T"),
-        ("parse_event_subject", "mesh.v2.evt.R.T.claim"),
-        ("parse_event_subject", "other.v1.evt.R.T.claim"),
-        ("parse_event_subject", "mesh.v1.err.R.T.claim"),
-        ("parse_event_subject", "mesh.v1.evt.R.T.claim.x"),
-        ("parse_event_subject", "mesh.v1.evt.R.T.*"),
-        ("parse_event_subject", "mesh.v1.evt.R.T.Claim"),
-        ("parse_event_subject", "mesh.v1.evt.R..claim"),
+        ("parse_work_subject", "mesh.v2.work."),
+        ("parse_work_subject", "mesh.v2.work.A"),
+        ("parse_work_subject", "mesh.v2.work.a.>"),
+        ("parse_work_subject", "mesh.v1.work.a"),
+        ("parse_work_subject", "other.v2.work.a"),
+        ("parse_work_subject", "mesh.v2.rec.task.a"),
+        ("parse_event_subject", "mesh.v2.evt.R.T"),
+        ("parse_event_subject", "mesh.v1.evt.R.T.claim"),
+        ("parse_event_subject", "other.v2.evt.R.T.claim"),
+        ("parse_event_subject", "mesh.v2.err.R.T.claim"),
+        ("parse_event_subject", "mesh.v2.evt.R.T.claim.x"),
+        ("parse_event_subject", "mesh.v2.evt.R.T.*"),
+        ("parse_event_subject", "mesh.v2.evt.R.T.Claim"),
+        ("parse_event_subject", "mesh.v2.evt.R..claim"),
     ],
 )
 def test_parse_refuses_foreign_names(method: str, key: str) -> None:
@@ -250,9 +303,13 @@ def test_builders_validate_their_arguments() -> None:
     with pytest.raises(InvalidName):
         n.task_key("a.b")
     with pytest.raises(InvalidName):
-        n.offer_key("Bad", "T")
+        n.work_subject("Bad")
     with pytest.raises(InvalidName):
-        n.offer_filter("a.>")
+        n.queue_consumer("a.>")
+    with pytest.raises(InvalidName):
+        n.record_subject("a.b")
+    with pytest.raises(InvalidName):
+        n.task_events_filter("T", "a.b")
     with pytest.raises(InvalidName):
         n.agent_key("a.b")
     with pytest.raises(InvalidName):
@@ -266,20 +323,11 @@ def test_builders_validate_their_arguments() -> None:
 @given(prefixes, task_ids, capabilities)
 def test_names_never_contain_wildcards_or_spaces(prefix: str, task_id: str, capability: str) -> None:
     n = Names(prefix)
-    for name in (n.task_key(task_id), n.offer_key(capability, task_id), n.event_subject(task_id, task_id, "claim")):
+    for name in (
+        n.task_key(task_id),
+        n.record_subject(task_id),
+        n.work_subject(capability),
+        n.event_subject(task_id, task_id, "claim"),
+    ):
         assert not set(name) & set("*> \t\r\n")
         assert all(name.split("."))
-
-
-def test_watch_slot_keys_round_trip_and_stay_in_range() -> None:
-    n = Names()
-    for slot in range(BOARD_WATCH_SLOTS):
-        key = n.watch_slot_key("summarize.medical", slot)
-        assert key == f"watch.summarize.medical.{slot}"
-        assert n.parse_watch_slot_key(key) == ("summarize.medical", slot)
-    for bad_slot in (-1, BOARD_WATCH_SLOTS):
-        with pytest.raises(InvalidName):
-            n.watch_slot_key("summarize", bad_slot)
-    for bad_key in ("watch.summarize", "agent.a.0", f"watch.summarize.{BOARD_WATCH_SLOTS}", "watch.Sum.0", "watch.a.x"):
-        with pytest.raises(InvalidName):
-            n.parse_watch_slot_key(bad_key)

@@ -79,52 +79,118 @@ def test_coverage_check_catches_a_missing_row(monkeypatch: pytest.MonkeyPatch) -
         spec.transition_vectors()
 
 
+def record(doc: Any) -> p.TaskRecord:
+    return p.decode_record(json.dumps(doc).encode())
+
+
 def test_rule_vectors() -> None:
     rules = load("rules.json")
-    for case in rules["fit"]:
-        args: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in case["input"].items()}
-        assert p.fit(**args) == case["fit"]
-        if case["delay"] is not None:
-            assert p.claim_delay(case["fit"]) == case["delay"]
-    for case in rules["claim_delay"]:
-        assert p.claim_delay(case["fit"], window=case["window"], jitter=case["jitter"]) == case["delay"]
+    assert set(rules["how"]) <= set(rules)
     for case in rules["specificity"]:
         assert p.specificity(case["served"], case["capability"]) == case["specificity"]
+    for case in rules["pull_priority"]:
+        served = tuple(case["served"])
+        assert p.best_match(served, case["capability"]) == case["best_match"]
+        assert p.pull_priority(served, case["capability"]) == case["priority"]
+    for case in rules["work_items"]:
+        old = None if case["old"] is None else record(case["old"])
+        items = p.work_items(old, record(case["new"]), case["revision"])
+        assert [builtins(i) for i in items] == case["items"]
+        assert [p.work_item_id(i) for i in items] == case["ids"]
+    for case in rules["on_delivery"]:
+        item = p.decode_work_item(json.dumps(case["item"]).encode())
+        decision = p.on_delivery(item, record(case["record"]), agent=case["agent"], ticket=case["ticket"])
+        match decision:
+            case p.Take(event=event):
+                assert case["expect"] == {"take": builtins(event)}
+            case p.Drop(why=why):
+                assert case["expect"] == {"drop": why}
+            case p.HandBack(why=why):
+                assert case["expect"] == {"hand_back": why}
+    for case in rules["judge_waiting"]:
+        event = p.judge_waiting(
+            record(case["record"]),
+            actor=case["actor"],
+            waited_s=case["waited_s"],
+            queue_active=case["queue_active"],
+            now=case["now"],
+        )
+        assert (None if event is None else builtins(event)) == case["expect"]
     for case in rules["fingerprint"]:
         assert p.fingerprint(case["capability"], case["instruction"]) == case["fingerprint"]
+    for case in rules["split_budget"]:
+        budget = None if case["budget"] is None else p.Budget(**case["budget"])
+        parent = msgspec.structs.replace(record(rules["ask"]["parent"]), budget=budget, spent=p.Usage(**case["spent"]))
+        got = p.split_budget(parent, case["share"])
+        assert (None if got is None else builtins(got)) == case["child_budget"]
     for case in rules["delegate"]:
-        parent = p.decode_record(json.dumps(case["parent"]).encode())
-        assert builtins(p.delegate(parent, **case["args"])) == case["child"]
+        assert builtins(p.delegate(record(case["parent"]), **case["args"])) == case["child"]
     question = rules["ask"]
-    parent = p.decode_record(json.dumps(question["parent"]).encode())
+    parent = record(question["parent"])
     child = question["child"]
     got = p.ask(
         parent, child_id=child["id"], question=child["instruction"], actor=parent.owner or "", now=child["created"]
     )
     assert builtins(got) == child
-    for case in rules["board"]:
-        old = None if case["old"] is None else p.decode_record(json.dumps(case["old"]).encode())
-        new = p.decode_record(json.dumps(case["new"]).encode())
-        change = p.board_change(old, new, case["revision"])
-        assert {k: builtins(v) for k, v in change.put.items()} == case["put"]
-        assert list(change.delete) == case["delete"]
+    trace = rules["traceparent"]
+    for case in trace["make"]:
+        assert p.traceparent(case["trace_id"], case["span_id"]) == case["traceparent"]
+    for case in trace["child"]:
+        assert p.child_traceparent(case["parent"], case["span_id"]) == case["child"]
+    assert trace["invalid"]
+    for value in trace["invalid"]:
+        with pytest.raises(p.LocalProtocolError):
+            p.new_task(task_id="T", capability="x", instruction="", requester="c", now=0.0, trace=value)
+
+
+def test_rule_vectors_cover_every_decision() -> None:
+    rules = load("rules.json")
+    decisions = {next(iter(c["expect"])) for c in rules["on_delivery"]}
+    assert decisions == {"take", "drop", "hand_back"}
+    verdicts = {None if c["expect"] is None else c["expect"]["reason"] for c in rules["judge_waiting"]}
+    assert verdicts == {None, "deadline", "no_agent"}
+    counts = {len(c["items"]) for c in rules["work_items"]}
+    assert {0, 1, 2} <= counts
+    assert None in {c["priority"] for c in rules["pull_priority"]}
 
 
 def test_name_vectors() -> None:
     names = load("names.json")
-    assert names["version_header"] == {"name": p.VERSION_HEADER, "value": "1"}
+    assert names["version_header"] == {"name": p.VERSION_HEADER, "value": "2"}
+    assert (names["priority_group"], names["max_priority"]) == (p.PRIORITY_GROUP, p.MAX_PRIORITY)
     for mesh in names["meshes"]:
         n = p.Names(mesh["prefix"])
         assert n.tasks_bucket == mesh["tasks_bucket"]
         assert n.agents_bucket == mesh["agents_bucket"]
         assert n.events_stream == mesh["events_stream"]
         assert list(n.events_subjects) == mesh["events_subjects"]
+        assert n.work_stream == mesh["work_stream"]
+        assert n.work_subjects == mesh["work_subjects"]
+        assert n.records_subjects == mesh["records_subjects"]
+        assert n.service_name == mesh["service_name"]
         assert n.task_key(mesh["task_key"]["task"]) == mesh["task_key"]["key"]
-        offer = mesh["offer_key"]
-        assert n.offer_key(offer["capability"], offer["task"]) == offer["key"]
-        assert n.parse_offer_key(offer["key"]) == (offer["capability"], offer["task"])
+        assert n.record_subject(mesh["record_subject"]["task"]) == mesh["record_subject"]["subject"]
+        assert n.agent_key(mesh["agent_key"]["agent"]) == mesh["agent_key"]["key"]
+        work = mesh["work_subject"]
+        assert n.work_subject(work["capability"]) == work["subject"]
+        assert n.parse_work_subject(work["subject"]) == work["capability"]
+        for queue in mesh["queue_consumer"]:
+            assert n.queue_consumer(queue["capability"]) == queue["consumer"]
+        assert any(len(q["capability"]) > 200 for q in mesh["queue_consumer"])
+        pull = mesh["pull_subject"]
+        assert pull["subject"] == f"$JS.API.CONSUMER.MSG.NEXT.{n.work_stream}.{n.queue_consumer(pull['capability'])}"
+        create = mesh["create_subject"]
+        assert create["subject"] == (
+            f"$JS.API.CONSUMER.CREATE.{n.work_stream}.{n.queue_consumer(create['capability'])}."
+            f"{n.work_subject(create['capability'])}"
+        )
+        assert mesh["consumer_created_advisories"] == f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{n.work_stream}.*"
         subject = mesh["event_subject"]
         assert n.event_subject(subject["root"], subject["task"], subject["kind"]) == subject["subject"]
+        assert n.parse_event_subject(subject["subject"]) == (subject["root"], subject["task"], subject["kind"])
+        assert n.events_filter(mesh["events_filter"]["root"]) == mesh["events_filter"]["filter"]
+        for case in mesh["task_events_filter"]:
+            assert n.task_events_filter(case["task"], case["root"]) == case["filter"]
         assert n.control_subject(mesh["control_subject"]["agent"]) == mesh["control_subject"]["subject"]
         assert n.error_subject(mesh["error_subject"]["agent"]) == mesh["error_subject"]["subject"]
     for kind, validate in (
@@ -138,22 +204,24 @@ def test_name_vectors() -> None:
             with pytest.raises(p.InvalidName):
                 validate(invalid)
         assert names[kind]["valid"] and names[kind]["invalid"]
+    for case in names["clarification_capability"]:
+        assert p.clarification_capability(case["agent"]) == case["capability"]
 
 
 def test_decode_vectors() -> None:
     decoders = {
         "task_record": p.decode_record,
-        "offer": p.decode_offer,
+        "work_item": p.decode_work_item,
         "agent_card": p.decode_card,
         "task_event": p.decode_event,
         "transition": p.decode_transition,
         "control_request": p.decode_control,
         "control_reply": p.decode_control_reply,
         "error_report": p.decode_error,
-        "lease_beat": p.decode_beat,
     }
     cases = load("decode.json")["cases"]
     assert {c["expect"] for c in cases} == {"accept", "refuse"}
+    assert {c["message"] for c in cases} >= {"task_record", "work_item", "task_event", "transition"}
     for case in cases:
         decode = decoders[case["message"]]
         if case["expect"] == "accept":
@@ -257,20 +325,25 @@ def copy_of_repo(tmp_path: Path) -> Path:
 def test_check_reports_drift(copy_of_repo: Path) -> None:
     root = copy_of_repo
     assert spec.check(root) == []
-    (root / "protocol/schema/offer.json").write_text("{}\n", encoding="utf-8")
+    (root / "protocol/schema/work_item.json").write_text("{}\n", encoding="utf-8")
     (root / "protocol/vectors/transitions.json").unlink()
     (root / "protocol/vectors/old.json").write_text("[]\n", encoding="utf-8")
+    (root / "protocol/schema/lease_beat.json").write_text("{}\n", encoding="utf-8")  # a version 1 schema
     doc = root / "docs/PROTOCOL.md"
     doc.write_text(doc.read_text(encoding="utf-8").replace("stateDiagram-v2", "stateDiagram"), encoding="utf-8")
     problems = spec.check(root)
-    assert "protocol/schema/offer.json: differs from the code" in problems
+    assert "protocol/schema/work_item.json: differs from the code" in problems
     assert "protocol/vectors/transitions.json: missing" in problems
     assert "protocol/vectors/old.json: no longer generated" in problems
+    assert "protocol/schema/lease_beat.json: no longer generated" in problems
     assert "docs/PROTOCOL.md: generated section diagram differs from the code" in problems
     assert spec.main(["--check", "--root", str(root)]) == 1
-    # Writing repairs everything, and only the generated parts of the docs.
+    # Writing repairs everything, and only the generated parts of the docs; the generator
+    # owns the schema and vector directories: what it no longer makes is removed.
     spec.write(root)
     assert spec.check(root) == []
+    assert not (root / "protocol/schema/lease_beat.json").exists()
+    assert sorted(f.stem for f in (root / "protocol/schema").glob("*.json")) == sorted(spec.SCHEMAS)
     assert doc.read_text(encoding="utf-8") == (ROOT / "docs/PROTOCOL.md").read_text(encoding="utf-8")
 
 
@@ -302,3 +375,17 @@ def test_docs_diagram_is_generated_from_the_table() -> None:
         for target in targets:
             line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{state} --> {target}:"))
             assert kind in line
+
+
+def test_docs_name_every_rule_and_message() -> None:
+    """The prose is about what the code publishes: every list in rules.json and every
+    published message type is named in PROTOCOL.md, and the document is version 2."""
+    text = (ROOT / "docs/PROTOCOL.md").read_text(encoding="utf-8")
+    assert text.startswith(f"# The agent-mesh wire protocol, version {p.MAJOR_VERSION}\n")
+    for name in load("rules.json"):
+        if name not in ("about", "protocol", "how"):
+            assert f"`{name}`" in text, name
+    for stem in spec.SCHEMAS:
+        assert f"#### {stem.replace('_', ' ').capitalize()}" in text, stem
+    for gone in ("lease_s", "offer_key", "LeaseBeat", "takes"):
+        assert text.count(f"`{gone}`") <= 2, gone  # only in "Changes from version 1"

@@ -1,14 +1,18 @@
-"""A stateful property test of the task state machine.
+"""A stateful property test of the task state machine and the rules that drive it.
 
-Several actors (owners, stale owners, reviewers including the author, the requester,
-observers) throw random events at one task while a random clock runs forward. Each
-event goes through :func:`protocol.apply`; the record is kept only when the event is
-accepted, exactly as a compare-and-set would keep it. After every step the invariants
-the protocol promises are checked.
+Several actors (owners, stale owners, agents the broker lends a lapsed owner's item to,
+reviewers including the author, the requester, a person holding no item) throw random
+events at one task while a random clock runs forward. A small model of the broker gives
+each work item the write publishes (:func:`protocol.work_items`) a ticket, so that claims,
+takeovers and review slots name real items as well as wrong ones. Each event goes through
+:func:`protocol.apply`; the record is kept only when the event is accepted, exactly as a
+compare-and-set would keep it. After every step the invariants the protocol promises are
+checked.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import hypothesis
@@ -27,32 +31,37 @@ from protocol import (
     Cancel,
     Charge,
     Claim,
+    Drop,
     Event,
     Expire,
     Fail,
     Finish,
+    HandBack,
     Release,
     Renew,
-    Reopen,
     Reviewing,
     ReviewPolicy,
+    Take,
     TaskRecord,
     TransitionError,
     Usage,
     Veto,
+    WorkItem,
     apply,
     approvals,
-    board_change,
     check_record,
     decode_record,
+    decode_work_item,
     encode,
     event_kind,
     free_slots,
     is_terminal,
+    judge_waiting,
     new_task,
-    review_full,
+    on_delivery,
     slot_of,
-    take_slot,
+    work_item_id,
+    work_items,
 )
 
 T0 = 1_700_000_000.0
@@ -63,6 +72,9 @@ ACTORS = st.sampled_from(["$owner", "$owner", "$author", *AGENTS, *REVIEWERS, "c
 #: mostly the owner: an owner that does its job drives the task deep into its life
 OWNERS = st.sampled_from(["$owner"] * 6 + ["$author", *AGENTS, "r1", "observer"])
 EPOCH_SHIFT = st.sampled_from([0, 0, 0, -1, 1, -5])
+#: "$item" is the ticket of an item the broker really lent (the current work item, or a
+#: review item); "$held" the ticket the record shows; the rest are wrong or absent
+TICKETS = st.sampled_from(["$item", "$item", "$held", None, 999])
 
 
 class TaskLife(RuleBasedStateMachine):
@@ -102,12 +114,24 @@ class TaskLife(RuleBasedStateMachine):
         )
         self.policy = review
         self.owner_of_epoch: dict[int, str] = {}
-        self.revision = 1
+        self.revision = 0  # not in the bucket yet
         self.accepted: list[str] = []
+        #: the broker: work stream sequences, and the items of the task still in play
+        self.sequences = itertools.count(1)
+        self.items: dict[int, WorkItem] = {}
+        self.publish(None, self.record)
         #: reviewers whose slot was taken over in the current review
         self.taken_over: set[str] = set()
 
     # --- plumbing ------------------------------------------------------------------------
+
+    def publish(self, old: TaskRecord | None, new: TaskRecord) -> None:
+        items = work_items(old, new, self.revision)
+        ids = [work_item_id(i) for i in items]
+        assert len(set(ids)) == len(ids)
+        for item in items:
+            assert decode_work_item(encode(item)) == item
+            self.items[next(self.sequences)] = item
 
     def actor(self, who: str) -> str:
         if who == "$owner":
@@ -119,7 +143,16 @@ class TaskLife(RuleBasedStateMachine):
     def epoch(self, shift: int) -> int:
         return max(0, self.record.epoch + shift)
 
-    def feed(self, event: Event) -> None:
+    def ticket(self, which: str | int | None, data: st.DataObject) -> int | None:
+        if which == "$item":
+            return data.draw(st.sampled_from(sorted(self.items))) if self.items else None
+        if which == "$held":
+            held = [s.ticket for s in self.record.slots] + [self.record.ticket]
+            return data.draw(st.sampled_from(held)) if held else None
+        assert which is None or isinstance(which, int)
+        return which
+
+    def feed(self, event: Event) -> TaskRecord | None:
         old = self.record
         try:
             new = apply(old, event, self.now)
@@ -129,11 +162,13 @@ class TaskLife(RuleBasedStateMachine):
             assert exc.actor == event.actor
             # A refusal on a live task never comes from cancel: it always ends a task.
             assert is_terminal(old) or not isinstance(event, Cancel)
-            return
+            return None
         self.check_step(old, event, new)
         self.record = new
         self.revision += 1
         self.accepted.append(event_kind(event))
+        self.publish(old, new)
+        return new
 
     def check_step(self, old: TaskRecord, event: Event, new: TaskRecord) -> None:
         kind = event_kind(event)
@@ -145,9 +180,22 @@ class TaskLife(RuleBasedStateMachine):
         else:
             assert new.state in TRANSITIONS[(old.state, kind)]
         assert new.updated == self.now
-        # Epochs never decrease, and only a claim moves them (by one).
-        assert new.epoch == old.epoch + (1 if kind == "claim" and not late else 0)
+        # Epochs never decrease, and only a claim that leaves the task working moves them (by one).
+        claimed = kind == "claim" and new.state == "working"
+        assert new.epoch == old.epoch + (1 if claimed else 0)
         assert new.attempts == new.epoch
+        if claimed:
+            assert isinstance(event, Claim)
+            assert (new.owner, new.ticket) == (event.actor, event.ticket)
+        # A takeover names the owner's own item, and counts a lapse.
+        takeover = kind == "claim" and old.state == "working" and not late
+        if takeover:
+            assert isinstance(event, Claim)
+            assert old.ticket is not None and event.ticket == old.ticket
+            assert new.lapses == old.lapses + 1
+            hypothesis.event("takeover" if new.state == "working" else "takeover past max_lapses")
+        else:
+            assert new.lapses == old.lapses
         # At most one owner per epoch.
         if new.owner is not None:
             assert self.owner_of_epoch.setdefault(new.epoch, new.owner) == new.owner
@@ -156,9 +204,15 @@ class TaskLife(RuleBasedStateMachine):
             assert isinstance(event, Finish)
             assert old.state == "working"
             assert (event.actor, event.epoch) == (old.owner, old.epoch)
-        if new.state == "working" and old.state == "working":
+        if new.state == "working" and old.state == "working" and not takeover:
             assert isinstance(event, Renew | AddChild | Charge)
             assert (event.actor, event.epoch) == (old.owner, old.epoch)
+        # An agent's hold (under a work item) is never ended no_agent: the broker watches it.
+        if new.reason == "no_agent":
+            assert not (old.state == "working" and old.ticket is not None)
+        # A task back to open holds no item.
+        if new.state == "open" and old.state != "open":
+            assert new.owner is None and new.ticket is None
         # Closed set of reasons.
         if new.state == "failed":
             assert new.reason in REASONS
@@ -176,7 +230,6 @@ class TaskLife(RuleBasedStateMachine):
             assert len(reviewers) >= new.review.quorum
             assert approvals(new) == reviewers
         # Bounded retries and reworks; monotone counters.
-        assert new.lapses >= old.lapses
         assert new.lapses <= new.max_lapses
         assert new.reworks >= old.reworks
         if self.policy is not None:
@@ -188,23 +241,19 @@ class TaskLife(RuleBasedStateMachine):
         assert check_record(new) is new
         assert decode_record(encode(new)) == new
         self.check_slots(old, event, new)
-        # The board only hears about changes of who must act (a review filling up or
-        # freeing a slot is one: reviewers stop, or may start, taking slots).
-        change = board_change(old, new, self.revision + 1)
-        if (old.state, old.epoch, old.capability, review_full(old)) == (
-            new.state,
-            new.epoch,
-            new.capability,
-            review_full(new),
-        ):
-            assert change.put == {}
-            assert change.delete == ()
+        # Items are published only when someone new must act.
+        items = work_items(old, new, self.revision + 1)
+        if new.state == "open" and old.state == "review":
+            assert len(items) == 1 and items[0].kind == "work"
+        elif new.state == "review" and old.state != "review":
+            assert self.policy is not None and len(items) == self.policy.quorum
         else:
-            assert all(offer.full == review_full(new) for offer in change.put.values())
+            assert items == ()
 
     def check_slots(self, old: TaskRecord, event: Event, new: TaskRecord) -> None:
-        """Review slots: never more than the quorum, never the author or a voter, and a
-        vote only from a holder or into a free slot."""
+        """Review slots: never more than the quorum, never the author or a voter, one
+        slot per item, a vote only from a holder or into a free slot, and a slot changes
+        hands only with its item's ticket."""
         if new.state == "review":
             assert new.review is not None
             holders = [s.reviewer for s in new.slots]
@@ -212,6 +261,8 @@ class TaskLife(RuleBasedStateMachine):
             assert len(holders) + len(approvals(new)) <= new.review.quorum
             assert new.author not in holders
             assert not {v.reviewer for v in new.votes if v.round == new.reworks} & set(holders)
+            tickets = [s.ticket for s in new.slots if s.ticket is not None]
+            assert len(tickets) == len(set(tickets))
         if new.slots != old.slots:
             assert isinstance(event, Reviewing | Approve | Veto | Finish)
         if (new.state, old.state) == ("review", "review") and isinstance(event, Approve | Veto):
@@ -222,16 +273,21 @@ class TaskLife(RuleBasedStateMachine):
             mine = slot_of(old, event.actor)
             if event.release:
                 assert mine is not None and slot_of(new, event.actor) is None
-            elif mine is not None:
-                assert slot_of(new, event.actor) == msgspec.structs.replace(mine, beat=mine.beat + 1)
-            elif free_slots(old) == 0:
-                # A takeover: only of the named holder, at the beat the taker observed.
-                assert event.takes is not None
-                lapsed = slot_of(old, event.takes)
-                assert lapsed is not None and lapsed.beat == event.beat
-                assert slot_of(new, event.takes) is None
-                self.taken_over.add(event.takes)
-            assert slot_of(new, event.actor) is not None or event.release
+            elif mine is None and free_slots(old) == 0:
+                # A takeover: only of the slot held under the item the taker names.
+                assert event.ticket is not None
+                lapsed = next(s for s in old.slots if s.ticket == event.ticket)
+                assert slot_of(new, lapsed.reviewer) is None
+                self.taken_over.add(lapsed.reviewer)
+            if not event.release:
+                now_mine = slot_of(new, event.actor)
+                assert now_mine is not None
+                kept = None if mine is None else mine.ticket
+                assert now_mine.ticket == (kept if event.ticket is None else event.ticket)
+                self.taken_over.discard(event.actor)  # it holds a slot again
+            for slot in old.slots:
+                if slot.reviewer != event.actor and slot_of(new, slot.reviewer) is None:
+                    assert slot.ticket is not None and slot.ticket == event.ticket
         if isinstance(event, Approve | Veto) and event.actor in self.taken_over and new.state != "failed":
             hypothesis.event("a taken-over holder voted into a free slot")
             assert free_slots(old) > 0
@@ -250,21 +306,51 @@ class TaskLife(RuleBasedStateMachine):
     def tick(self, dt: float) -> None:
         self.now += dt
 
-    @rule(actor=st.sampled_from(AGENTS))
-    def claim(self, actor: str) -> None:
-        self.feed(Claim(actor=actor))
+    @rule(actor=st.sampled_from([*AGENTS, "alice"]), which=TICKETS, data=st.data())
+    def claim(self, actor: str, which: Any, data: st.DataObject) -> None:
+        self.feed(Claim(actor=actor, ticket=self.ticket(which, data)))
 
-    @rule(agent=st.sampled_from(AGENTS), reviewer=st.sampled_from(REVIEWERS), veto=st.booleans())
-    def do_the_job(self, agent: str, reviewer: str, veto: bool) -> None:
+    @rule(agent=st.sampled_from([*AGENTS, *REVIEWERS, "$author"]), data=st.data())
+    def deliver(self, agent: str, data: st.DataObject) -> None:
+        """The broker lends one of the task's items to an agent, which acts on it as
+        :func:`protocol.on_delivery` says. What it takes, the state machine accepts
+        (unless the deadline has passed, which ends the task instead)."""
+        if not self.items:
+            return
+        ticket = data.draw(st.sampled_from(sorted(self.items)))
+        item = self.items[ticket]
+        record, agent = self.record, self.actor(agent)
+        held = record.state == "working" and record.ticket == ticket
+        if held and data.draw(st.integers(0, 3)) != 0:
+            return  # the broker lends a held item again only when its holder went silent
+        decision = on_delivery(item, record, agent=agent, ticket=ticket)
+        match decision:
+            case Take(event=event):
+                assert not is_terminal(record)
+                new = self.feed(event)
+                assert new is not None, f"on_delivery took {event} but the machine refused it"
+                late = record.deadline is not None and self.now >= record.deadline
+                if not late and isinstance(event, Reviewing):
+                    mine = slot_of(new, agent)
+                    assert mine is not None and mine.ticket == ticket
+                hypothesis.event(f"delivery: take {event_kind(event)}")
+            case Drop():
+                # Nothing to do for anyone: the item leaves the queue.
+                del self.items[ticket]
+                hypothesis.event("delivery: drop")
+            case HandBack():
+                assert item.kind == "review"
+                hypothesis.event("delivery: hand back")
+
+    @rule(agent=st.sampled_from(AGENTS), reviewer=st.sampled_from(REVIEWERS), veto=st.booleans(), data=st.data())
+    def do_the_job(self, agent: str, reviewer: str, veto: bool, data: st.DataObject) -> None:
         """The well-behaved move for the current state, so that runs get deep."""
         record = self.record
         match record.state:
             case "open":
-                self.feed(Claim(actor=agent))
+                self.feed(Claim(actor=agent, ticket=self.ticket("$item", data)))
             case "working":
                 self.feed(Finish(actor=record.owner or agent, epoch=record.epoch, result=f"by {record.owner}"))
-            case "review" if slot_of(record, reviewer) is None and (take := take_slot(record, reviewer)) is not None:
-                self.feed(take)  # reserve before reviewing
             case "review" if veto:
                 self.feed(Veto(actor=reviewer, epoch=record.epoch, reasons=("not good enough",)))
             case "review":
@@ -298,10 +384,17 @@ class TaskLife(RuleBasedStateMachine):
         if dice == 0:  # ending events are rare, so that runs get deep
             self.feed(Fail(actor=self.actor(who), epoch=self.epoch(shift), reason=reason, message="gave up"))
 
-    @rule(who=ACTORS, shift=EPOCH_SHIFT, dice=st.integers(0, 2))
-    def reopen(self, who: str, shift: int, dice: int) -> None:
-        if dice == 0:
-            self.feed(Reopen(actor=self.actor(who), epoch=self.epoch(shift)))
+    @precondition(lambda self: self.record.state == "working")
+    @rule(actor=st.sampled_from(AGENTS), dice=st.integers(0, 2))
+    def lease_lapses(self, actor: str, dice: int) -> None:
+        """The owner went silent: the broker lends its item to another agent, which
+        takes the task over by naming the item (a person's hold has none to lend)."""
+        if dice == 0 and self.record.ticket is not None:
+            before = self.record
+            new = self.feed(Claim(actor=actor, ticket=before.ticket))
+            assert new is not None
+            if new.state == "working":
+                assert (new.owner, new.epoch, new.lapses) == (actor, before.epoch + 1, before.lapses + 1)
 
     @precondition(lambda self: self.record.state == "review" or is_terminal(self.record))
     @rule(
@@ -309,11 +402,15 @@ class TaskLife(RuleBasedStateMachine):
         shift=EPOCH_SHIFT,
         verdict=st.sampled_from(["approve", "approve", "veto", "reviewing"]),
         reasons=st.sampled_from([(), ("",), ("wrong",), ("wrong", "late")]),
+        which=TICKETS,
+        data=st.data(),
     )
-    def vote(self, who: str, shift: int, verdict: str, reasons: tuple[str, ...]) -> None:
+    def vote(
+        self, who: str, shift: int, verdict: str, reasons: tuple[str, ...], which: Any, data: st.DataObject
+    ) -> None:
         actor, epoch = self.actor(who), self.epoch(shift)
         if verdict == "reviewing":
-            self.feed(Reviewing(actor=actor, epoch=epoch))
+            self.feed(Reviewing(actor=actor, epoch=epoch, ticket=self.ticket(which, data)))
         else:
             self.feed(
                 Approve(actor=actor, epoch=epoch)
@@ -325,24 +422,35 @@ class TaskLife(RuleBasedStateMachine):
     @rule(
         who=st.sampled_from(["$author", *REVIEWERS, *REVIEWERS, "a"]),
         shift=EPOCH_SHIFT,
-        takes=st.sampled_from(["$holder", "$holder", "$author", *REVIEWERS]),
-        beat_shift=st.sampled_from([0, 0, 0, -1, 1]),
+        which=TICKETS,
         release=st.sampled_from([False, False, False, True]),
+        data=st.data(),
     )
-    def slot(self, who: str, shift: int, takes: str, beat_shift: int, release: bool) -> None:
-        """Take, take over (right or wrong beat, right or wrong holder), renew or give back
-        a review slot."""
-        record = self.record
-        holder = record.slots[0] if record.slots else None
-        named = holder.reviewer if takes == "$holder" and holder is not None else self.actor(takes)
-        held = slot_of(record, named)
-        beat = max(0, (held.beat if held else 0) + beat_shift)
-        self.feed(Reviewing(actor=self.actor(who), epoch=self.epoch(shift), takes=named, beat=beat, release=release))
+    def slot(self, who: str, shift: int, which: Any, release: bool, data: st.DataObject) -> None:
+        """Take, take over (under a held item, a lent one or a wrong one), renew or give
+        back a review slot."""
+        ticket = self.ticket(which, data)
+        self.feed(Reviewing(actor=self.actor(who), epoch=self.epoch(shift), ticket=ticket, release=release))
 
     @rule(who=ACTORS, reason=st.sampled_from(["deadline", "no_agent"]), dice=st.integers(0, 5))
     def expire(self, who: str, reason: Any, dice: int) -> None:
         if dice == 0:
             self.feed(Expire(actor=self.actor(who), reason=reason))
+
+    @rule(waited=st.floats(min_value=0, max_value=100), active=st.booleans(), dice=st.integers(0, 3))
+    def party_judges(self, waited: float, active: bool, dice: int) -> None:
+        """The requester judges its wait; whatever it decides, the machine accepts, and
+        it never ends a task an agent holds under a work item."""
+        record = self.record
+        if dice != 0:
+            waited = min(waited, record.claim_timeout_s / 2)  # mostly, it keeps waiting
+        event = judge_waiting(record, actor="client", waited_s=waited, queue_active=active, now=self.now)
+        if event is not None:
+            new = self.feed(event)
+            assert new is not None and new.state == "failed"
+            if event.reason == "no_agent":
+                assert not (record.state == "working" and record.ticket is not None)
+                assert not (record.state == "review" and record.slots)
 
     @rule(who=ACTORS, dice=st.integers(0, 7))
     def cancel(self, who: str, dice: int) -> None:
@@ -364,11 +472,11 @@ class TaskLife(RuleBasedStateMachine):
         record = self.record
         if is_terminal(record):
             for event in (
-                Claim(actor="a"),
+                Claim(actor="a", ticket=record.ticket),
                 Renew(actor=record.owner or "a", epoch=record.epoch),
                 Finish(actor=record.owner or "a", epoch=record.epoch),
-                Reopen(actor="observer", epoch=record.epoch),
                 Approve(actor="r1", epoch=record.epoch),
+                Reviewing(actor="r1", epoch=record.epoch, ticket=1),
                 Cancel(actor="client"),
                 Expire(actor="observer", reason="deadline"),
             ):
@@ -377,6 +485,9 @@ class TaskLife(RuleBasedStateMachine):
                 except TransitionError:
                     continue
                 raise AssertionError(f"{event_kind(event)} changed a {record.state} record")
+            # Whatever item of it is still lent out is dropped by whoever gets it.
+            for ticket, item in self.items.items():
+                assert isinstance(on_delivery(item, record, agent="r1", ticket=ticket), Drop)
         else:
             # Every task can still reach a terminal state: cancel is always accepted.
             ended = apply(record, Cancel(actor="client"), self.now)

@@ -45,7 +45,9 @@ async def test_losing_one_node_of_three_loses_nothing(cluster: Cluster, tmp_path
     procs = []
     try:
         for name in ("k1", "k2"):
-            brief = write_brief(tmp_path, name, ["job"], kind="sleep", capacity=8, options={"seconds": 0.4, "steps": 4})
+            brief = write_brief(
+                tmp_path, name, ["job"], kind="sleep", capacity=8, lease_s=2.0, options={"seconds": 0.4, "steps": 4}
+            )
             procs.append(
                 spawn_agent(
                     brief,
@@ -60,7 +62,7 @@ async def test_losing_one_node_of_three_loses_nothing(cluster: Cluster, tmp_path
             return {c.id for c in await mesh.agents()} == {"k1", "k2"}
 
         await wait_for(joined, timeout=30, what="agents to join through the cluster")
-        records = [await mesh.submit("job", f"job {i}", lease_s=2.0, claim_timeout_s=30) for i in range(40)]
+        records = [await mesh.submit("job", f"job {i}", claim_timeout_s=30) for i in range(40)]
 
         async def some_done() -> bool:
             return (await mesh.get(records[0].id)).state == "done"

@@ -12,7 +12,13 @@ from protocol import TaskRecord
 
 
 async def test_rolling_replacement_under_load_loses_nothing(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
-    brief = {"kind": "sleep", "capacity": 4, "drain_timeout_s": 5.0, "options": {"seconds": 0.3, "steps": 3}}
+    brief = {
+        "kind": "sleep",
+        "capacity": 4,
+        "drain_timeout_s": 5.0,
+        "lease_s": 2.0,
+        "options": {"seconds": 0.3, "steps": 3},
+    }
     generation = {name: f"{name}-v1" for name in ("r1", "r2", "r3")}
     for agent_id in generation.values():
         agent_procs.start(agent_id, ["job"], **brief)
@@ -23,7 +29,7 @@ async def test_rolling_replacement_under_load_loses_nothing(agent_procs: AgentPr
 
     async def load() -> None:
         async def one(i: int) -> None:
-            record = await mesh_client.submit("job", f"job {i}", lease_s=2.0, claim_timeout_s=30)
+            record = await mesh_client.submit("job", f"job {i}", claim_timeout_s=30)
             submitted.append(record.id)
             finals[record.id] = await mesh_client.wait(record)
 

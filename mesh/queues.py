@@ -1,0 +1,337 @@
+"""Pulling work: an agent's side of the queues.
+
+Each capability has a queue: a durable pull consumer on the work stream (see
+:meth:`Bus.ensure_queue`). An agent asks each queue it serves for at most as many items
+as it has free capacity, at the priority :func:`protocol.pull_priority` gives it, and
+the broker hands every item to one waiting pull, lowest priority number first. A free
+agent therefore never idles while its queue holds work, and a busy one is never sent
+any. The broker lends each item under the queue's lease (its AckWait): the holder
+renews it with in-progress acks, and an item whose holder went silent is lent to the
+next agent.
+
+An agent may wait on several queues at once (several served capabilities, and the
+queues of capabilities below one it serves), so more items can arrive than it has room
+for; those it hands straight back.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from protocol import PRIORITY_GROUP, RemoteProtocolError, WorkItem, decode_work_item, pull_priority
+
+from .bus import Bus, MeshError, NotFound
+
+__all__ = ["Delivery", "Pulls"]
+
+log = structlog.get_logger("mesh.queues")
+
+#: how long one pull request waits for items before the broker ends it (it is renewed)
+PULL_EXPIRES_S = 10.0
+#: pull requests an agent keeps waiting on one queue at most
+MAX_REQUESTS = 2
+
+
+class Delivery:
+    """One work item lent to this agent: the item, and the message to settle it with."""
+
+    __slots__ = ("capability", "deciding", "delivered", "item", "lease_s", "msg", "settled", "ticket")
+
+    def __init__(self, item: WorkItem, msg: Msg, *, capability: str, lease_s: float) -> None:
+        self.item = item
+        self.msg = msg
+        self.capability = capability
+        self.lease_s = lease_s
+        meta = msg.metadata
+        #: the item's sequence in the work stream: the ticket a claim or slot names
+        self.ticket: int = meta.sequence.stream
+        #: how many times the broker delivered it (more than once: a holder lapsed,
+        #: or an agent handed it back)
+        self.delivered: int = meta.num_delivered
+        self.settled = False
+        #: the agent is still deciding what to do with it (it holds capacity meanwhile)
+        self.deciding = True
+
+    async def ack(self) -> None:
+        """Done with it (worked, or nothing to do): the item leaves the queue."""
+        await self._settle(b"+ACK")
+
+    async def hand_back(self, delay_s: float = 0.0) -> None:
+        """Return it to the queue for another agent (after ``delay_s``)."""
+        body = b"-NAK" if delay_s <= 0 else b"-NAK " + msgspec.json.encode({"delay": int(delay_s * 1e9)})
+        await self._settle(body)
+
+    async def refuse(self) -> None:
+        """Never deliver it again (it does not decode: no agent could act on it)."""
+        await self._settle(b"+TERM")
+
+    async def renew(self) -> None:
+        """Renew the lease: the broker keeps the item ours for another AckWait."""
+        if not self.settled:
+            with contextlib.suppress(nats.errors.Error):
+                await self.msg._client.publish(self.msg.reply, b"+WPI")
+
+    async def _settle(self, body: bytes) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        # A lost settlement is harmless: an unacked item comes back after its lease,
+        # and whoever gets it finds the task's record moved on and drops it.
+        with contextlib.suppress(nats.errors.Error):
+            await self.msg._client.publish(self.msg.reply, body)
+
+
+@dataclass
+class _Queue:
+    capability: str
+    priority: int
+    lease_s: float
+    #: our subscription for this queue's deliveries and pull statuses
+    inbox: str = ""
+    sub: Subscription | None = None
+    #: open pull requests, oldest first: [expires at (monotonic), items still to come].
+    #: The broker fills them in order; deliveries and its "request ended" statuses
+    #: bring them down, and one whose end we never heard of is dropped once expired.
+    requests: collections.deque[list[float]] = dataclasses.field(default_factory=collections.deque)
+    #: a queue of review items: ask for one item at a time, so the next item of a round
+    #: goes to the next reviewer in line (the broker fills requests in order), not to
+    #: us again (who may not review the same result twice)
+    one_at_a_time: bool = False
+
+    @property
+    def asked(self) -> int:
+        self._expire()
+        return int(sum(r[1] for r in self.requests))
+
+    def ask(self, count: int) -> None:
+        self.requests.append([time.monotonic() + PULL_EXPIRES_S, float(count)])
+
+    def delivered(self) -> None:
+        self._expire()
+        for request in self.requests:
+            if request[1] > 0:
+                request[1] -= 1
+                break
+        while self.requests and self.requests[0][1] <= 0:
+            self.requests.popleft()
+
+    def ended(self) -> None:
+        """The broker ended our oldest request (expired, or refused)."""
+        if self.requests:
+            self.requests.popleft()
+
+    def _expire(self) -> None:
+        late = time.monotonic() - 1.0
+        while self.requests and self.requests[0][0] < late:
+            self.requests.popleft()
+
+
+class Pulls:
+    """The pull requests of one agent on every queue it serves.
+
+    ``free()`` says how many more items the agent can take now; :meth:`top_up` (called
+    whenever that may have grown) asks each queue for the difference. Deliveries go to
+    ``deliver``; anything beyond ``free()`` is handed back before it gets there.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        serves: tuple[str, ...],
+        *,
+        free: Callable[[], int],
+        deliver: Callable[[Delivery], None],
+    ) -> None:
+        self.bus = bus
+        self.serves = serves
+        self._free = free
+        self._deliver = deliver
+        self._queues: dict[str, _Queue] = {}
+        self._lock = anyio.Lock()
+        self._running = False
+        self.paused = False
+        #: items handed back because they arrived beyond capacity (for benchmarks)
+        self.overflow = 0
+
+    @property
+    def capabilities(self) -> list[str]:
+        return sorted(self._queues)
+
+    def lease_of(self, capability: str) -> float | None:
+        """The lease of a queue we pull from."""
+        queue = self._queues.get(capability)
+        return None if queue is None else queue.lease_s
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Pull until cancelled: set up the queues, keep up with new ones (generalists
+        also serve the queues of capabilities below theirs), start afresh after every
+        reconnection (pull requests do not survive a broker restart)."""
+        nc = self.bus.nc
+        advisories = await nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{self.bus.names.work_stream}.*", cb=self._on_created
+        )
+        self._running = True
+        try:
+            await self._discover()
+            task_status.started()
+            while True:
+                with anyio.move_on_after(PULL_EXPIRES_S):
+                    await self.bus.reconnects.wait()
+                    log.info("reconnected: pulling afresh", queues=self.capabilities)
+                    for queue in self._queues.values():
+                        queue.requests.clear()
+                    with contextlib.suppress(MeshError, nats.errors.Error):
+                        await self._discover()
+                await self.top_up()
+        finally:
+            self._running = False
+            with anyio.CancelScope(shield=True):
+                subs = [advisories, *(q.sub for q in self._queues.values() if q.sub is not None)]
+                for sub in subs:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+
+    async def _discover(self) -> None:
+        """Make sure our own queues exist, and find the queues below them."""
+        for served in self.serves:
+            await self.bus.ensure_queue(served)
+        for capability in await self.bus.queues():
+            await self._add(capability)
+        await self.top_up()
+
+    async def _add(self, capability: str) -> None:
+        priority = pull_priority(self.serves, capability)
+        if priority is None or capability in self._queues:
+            return
+        info = await self.bus.queue_info(capability)
+        if info is None or capability in self._queues:
+            return
+        queue = _Queue(capability=capability, priority=priority, lease_s=info.lease_s)
+        queue.inbox = self.bus.nc.new_inbox()
+        queue.sub = await self.bus.nc.subscribe(queue.inbox, cb=functools.partial(self._on_msg, queue))
+        self._queues[capability] = queue
+        log.debug("pulling from a queue", capability=capability, priority=priority, lease_s=info.lease_s)
+
+    async def _on_created(self, msg: Msg) -> None:
+        """A queue appeared (a requester's first task of a new capability): pull from
+        it too if it is below a capability we serve. The queue's filter subject, not
+        its name (which a long capability shortens), says which capability it is."""
+        consumer = msg.subject.rsplit(".", 1)[-1]
+        try:
+            capability = await self.bus.queue_capability(consumer)
+            if capability is None or pull_priority(self.serves, capability) is None:
+                return
+            await self._add(capability)
+            await self.top_up()
+        except (MeshError, nats.errors.Error, ValueError) as exc:
+            log.warning("could not follow a new queue", consumer=consumer, error=str(exc) or type(exc).__name__)
+
+    async def top_up(self) -> None:
+        """Ask each queue for as many items as we have room for, minus those asked for
+        already."""
+        if self.paused or not self._running:
+            return
+        async with self._lock:
+            free = self._free()
+            for queue in list(self._queues.values()):
+                asked = queue.asked
+                want = free - asked
+                if queue.one_at_a_time:
+                    want = min(want, 1 - asked)
+                # At most two requests waiting per queue: every waiting request costs
+                # the broker a look on each new item (many agents, many requests).
+                if want <= 0 or len(queue.requests) >= MAX_REQUESTS:
+                    continue
+                queue.ask(want)
+                body = {
+                    "batch": want,
+                    "expires": int(PULL_EXPIRES_S * 1e9),
+                    "group": PRIORITY_GROUP,
+                    "priority": queue.priority,
+                }
+                names = self.bus.names
+                subject = f"$JS.API.CONSUMER.MSG.NEXT.{names.work_stream}.{names.queue_consumer(queue.capability)}"
+                try:
+                    await self.bus.nc.publish(subject, msgspec.json.encode(body), reply=queue.inbox)
+                except nats.errors.Error as exc:
+                    queue.requests.pop()
+                    log.warning("could not pull", capability=queue.capability, error=str(exc) or type(exc).__name__)
+
+    async def _on_msg(self, queue: _Queue, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            await self._on_status(queue, status, headers)
+            return
+        queue.delivered()
+        if not msg.reply:
+            return
+        try:
+            item = decode_work_item(msg.data)
+        except RemoteProtocolError as exc:
+            await _refuse_garbage(self.bus, msg, str(exc))
+            await self.top_up()  # that took one of our requested items: ask again
+            return
+        try:
+            delivery = Delivery(item, msg, capability=queue.capability, lease_s=queue.lease_s)
+        except (ValueError, AttributeError, IndexError) as exc:  # not a JetStream delivery
+            await self.bus.report(f"not a work item delivery: {exc}", subject=msg.subject)
+            await self.top_up()
+            return
+        if item.kind == "review":
+            queue.one_at_a_time = True
+        if self.paused or self._free() <= 0:
+            # More arrived than we have room for (we wait on several queues): let the
+            # next free agent have it at once.
+            self.overflow += 1
+            await delivery.hand_back()
+            return
+        self._deliver(delivery)
+
+    async def _on_status(self, queue: _Queue, status: str, headers: dict[str, str]) -> None:
+        if status == "100":  # an idle heartbeat
+            return
+        if status in ("408", "409"):
+            queue.ended()
+            if "Consumer Deleted" in headers.get("Description", ""):
+                # The queue went idle and the broker removed it: ours come back at
+                # once, others when a requester makes them again.
+                self._queues.pop(queue.capability, None)
+                if queue.sub is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await queue.sub.unsubscribe()
+                if queue.capability in self.serves:
+                    self.bus.forget_queue(queue.capability)
+                    with contextlib.suppress(MeshError, nats.errors.Error, NotFound):
+                        await self.bus.ensure_queue(queue.capability)
+                        await self._add(queue.capability)
+            await self.top_up()
+            return
+        log.warning("pull refused", capability=queue.capability, status=status, headers=headers)
+
+
+async def _refuse_garbage(bus: Bus, msg: Msg, why: str) -> None:
+    """An item no agent could act on: never deliver it again, and say so."""
+    log.warning("bad work item refused", subject=msg.subject, error=why)
+    await bus.report(f"bad work item: {why}", subject=msg.subject)
+    with contextlib.suppress(nats.errors.Error):
+        await msg._client.publish(msg.reply, b"+TERM")
+
+
+def renew_every(lease_s: float) -> float:
+    """How often a holder renews an item's lease: three times per lease."""
+    return max(lease_s / 3, 0.05)
