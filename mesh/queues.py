@@ -42,8 +42,10 @@ log = structlog.get_logger("mesh.queues")
 
 #: how long one pull request waits for items before the broker ends it (it is renewed)
 PULL_EXPIRES_S = 10.0
-#: pull requests an agent keeps waiting on one queue at most
-MAX_REQUESTS = 2
+#: pull requests an agent keeps waiting on one queue at most (the broker looks at every
+#: waiting request of a queue when an item arrives: one per agent is plenty, since a
+#: request for n items absorbs up to n)
+MAX_REQUESTS = 1
 
 
 class Delivery:
@@ -252,8 +254,9 @@ class Pulls:
                 want = free - asked
                 if queue.one_at_a_time:
                     want = min(want, 1 - asked)
-                # At most two requests waiting per queue: every waiting request costs
-                # the broker a look on each new item (many agents, many requests).
+                # One request waiting per queue at most: the broker looks at every
+                # waiting request of a queue when an item arrives (many agents, many
+                # requests), and a request for n items takes up to n as they come.
                 if want <= 0 or len(queue.requests) >= MAX_REQUESTS:
                     continue
                 queue.ask(want)
@@ -301,6 +304,11 @@ class Pulls:
             await delivery.hand_back()
             return
         self._deliver(delivery)
+        if not queue.requests:
+            # That used up our request: ask again now for the room we still have,
+            # rather than when work ends (a requester's next task could reach the
+            # queue first and go to a lower-priority agent).
+            await self.top_up()
 
     async def _on_status(self, queue: _Queue, status: str, headers: dict[str, str]) -> None:
         if status == "100":  # an idle heartbeat
