@@ -1580,7 +1580,7 @@ def _soak(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> str
             f"{e:.1f} events ({b / 1024:.1f} KiB)" for e, b in zip(events_per_task, bytes_per_task, strict=True)
         )
         + " per task in the two phases (`created` and the terminal event carry the whole record), until its "
-        "retention (7 days, or `MESH_RETENTION_BYTES`) drops the oldest.\n"
+        "retention (7 days or 2 GiB by default: `MESH_RETENTION`, `MESH_RETENTION_BYTES`) drops the oldest.\n"
     )
     rss = [w.get("broker_rss_mib") for ph in res["phases"] for w in ph["windows"] if w.get("broker_rss_mib")]
     total_tasks = sum(ph["tasks"] for ph in res["phases"])
@@ -1603,7 +1603,7 @@ def _soak(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> str
                 if res.get("control")
                 else ""
             )
-            + ". The events stream's retention (7 days by default, or `MESH_RETENTION_BYTES`) is what bounds it.\n"
+            + ". The events stream's retention (7 days or 2 GiB by default, whichever comes first) is what bounds it.\n"
         )
     control = res.get("control")
     story = _broker_cpu_story(first, control)
@@ -1799,7 +1799,7 @@ def _profile(res: dict[str, Any] | None, status: str) -> str:
             )
             + " (Go's heap profile samples about one allocation per 512 KiB, so a few MiB are known to a MiB or so). "
             "Every event has a subject of its own (`<prefix>.v2.evt.<root>.<task>.<kind>`), so this index grows by "
-            "one entry per event until the retention drops the event (7 days by default). Largest live allocations "
+            "one entry per event until the retention drops the event (7 days or 2 GiB by default). Largest live allocations "
             "(`init.func9`/`func10` are nats-server's pools of message-block buffers, bounded):\n"
         )
         out.append(
@@ -1913,10 +1913,10 @@ def _suggestions(r: dict[str, dict[str, Any] | None]) -> str:
                 f"every distinct subject of a stream in memory, ~{per_subject:.0f} bytes each here (a coarse heap sample; the soak's "
                 "RSS grew faster still); events have a subject each "
                 f"(`<prefix>.v2.evt.<root>.<task>.<kind>`), so the broker holds ~{per_task:.0f} bytes per task for as long as the "
-                f"events stream keeps it (7 days by default): at 10 tasks/s, {per_task * 10 * 86400 * 7 / 2**30:.1f} GiB; at the "
-                f"soak's 300/s, {per_task * 300 * 86400 * 7 / 2**30:.0f} GiB. One subject per task (the kind in a header, or "
-                "in the body only: `mesh watch` filters by root and task) cuts it to a third; a default `max_bytes` on the "
-                "events stream, or a shorter default retention, bounds it.",
+                f"events stream keeps it: up to the default 2 GiB of events, about "
+                f"{per_task * (2 * 2**30) / max(ev.get('bytes_per_task', 2250), 1) / 2**20:.0f} MiB of index. One subject per "
+                "task (the kind in the body only: `mesh watch` filters by root and task) would halve it; a smaller "
+                "`--retention-bytes` bounds it lower.",
             )
         )
     if rel:
@@ -1948,16 +1948,14 @@ def _suggestions(r: dict[str, dict[str, Any] | None]) -> str:
             items.append(
                 (
                     cons / 100 * _med(hi["server_cpu_ms_per_task"]) * 0.8,
-                    f"**Fewer waiting pull requests per agent** ({where('mesh/queues.py', 'async def top_up')}; at {top_n} agents "
-                    f"nats-server spends {_med(hi['server_cpu_ms_per_task']):.2f} ms per task against "
+                    f"**Broker CPU per task grows with the agents pulling** ({where('mesh/queues.py', 'async def top_up')}; at "
+                    f"{top_n} agents nats-server spends {_med(hi['server_cpu_ms_per_task']):.2f} ms per task against "
                     f"{_med(lo['server_cpu_ms_per_task']):.2f} at 2, with the same messages per task; {cons:.0f}% of it in the "
-                    "queue's consumer scanning its waiting pull requests, each checked for a live subscriber). An agent adds "
-                    "a request for one item every time a slot comes free, and each lives until filled or expired (10 s): "
-                    f"{_waiting_text(hi)} requests wait (idle / after the runs) at {top_n} agents, {_waiting_text(lo)} at 2. Keep at "
-                    "most one or two outstanding requests per agent and queue (ask again for the whole free capacity when "
-                    "the last one is filled or ends, rather than one more request per freed slot), and top up only when a "
-                    "quarter of the capacity is free. Expected: the consumer's share back to the 2-agent level, most of the "
-                    "broker's extra CPU per task at 100 agents, and the tasks/s at 100 agents vs 2 (the scale target) up.",
+                    "queue's consumer, which looks at every waiting pull request, each checked for a live subscriber, when "
+                    f"an item arrives). Each agent keeps one request per queue ({_waiting_text(hi)} waiting, idle / after the "
+                    f"runs, at {top_n} agents, {_waiting_text(lo)} at 2), so what is left grows with the agents, not with "
+                    "their capacity. Fewer agents with more capacity each, or capabilities split into more queues, keep it "
+                    "down; the broker could too (an index of waiting requests by interest).",
                 )
             )
     if pr and client:

@@ -74,9 +74,10 @@ __all__ = ["AgentConfig", "Agent"]
 
 log = structlog.get_logger("mesh.agent")
 
-#: how long a review handed back (the author's own, or one we voted on) stays away
-#: from the queue, so that another reviewer gets it rather than us again
-REVIEW_HAND_BACK_S = 1.0
+#: how long a review item an agent may not review (the author's own result, one it
+#: voted on or is reviewing) stays away from the queue when handed back: long enough
+#: for another reviewer's pull to come first, short enough not to keep one waiting
+REVIEW_HAND_BACK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ class Agent:
                 await d.refuse()
                 return
             if item.kind == "review" and not isinstance(self.worker, Reviewer):
-                await d.hand_back(REVIEW_HAND_BACK_S)
+                await self._hand_back_review(d)
                 return
             held = self._holds.get(d.ticket)
             if held is not None:
@@ -370,6 +371,11 @@ class Agent:
                 self.log.info("renewed an item the broker lent back to us", task=item.task)
                 d.settled = True
                 await held.d.renew()
+                return
+            if item.kind == "review" and item.task in self._reviewing:
+                # Another slot of a result we are reviewing (a round puts one item per
+                # slot on the queue, and two can reach one reviewer): not ours to take.
+                await self._hand_back_review(d)
                 return
             record, revision = item.record, item.revision
             if d.delivered > 1:
@@ -389,7 +395,7 @@ class Agent:
                     await d.ack()
                 case HandBack(why=why):
                     self.log.debug("handed an item back", task=item.task, why=why)
-                    await d.hand_back(REVIEW_HAND_BACK_S if item.kind == "review" else 0.0)
+                    await self._hand_back_review(d)
                 case Take(event=Claim() as claim) if (wait := self._takeover_grace(record, d)) > 0:
                     # The broker lent us a held task's item, but we (re)connected less
                     # than a lease ago: an outage is not a lapse, and its owner may be
@@ -439,6 +445,10 @@ class Agent:
             d.deciding = False
             self._handling -= 1
         return hold
+
+    async def _hand_back_review(self, d: Delivery) -> None:
+        """Return a review item we may not review, for another reviewer to take."""
+        await d.hand_back(REVIEW_HAND_BACK_S)
 
     async def _record_end(self, record: TaskRecord, revision: int) -> None:
         """Its owner held the item of this ended task until it died: it may have died
@@ -745,13 +755,16 @@ class Agent:
             self._freed()
 
     async def _settle_review(self, d: Delivery, slot: _Slot) -> None:
-        """Our slot is gone: acknowledge the item only if its round is over (a reviewer
-        that took our slot over holds the same item)."""
+        """Our slot is gone: acknowledge the item if its round is over; leave it alone if
+        a reviewer that took our slot over holds it (the same item, lent again); else
+        return it for another reviewer."""
         if d.settled:
             return  # handed back already
         got = await self._read(slot.record.id, slot.record.root)
         if got is None or got[0].state != "review" or got[0].reworks != d.item.round:
             await d.ack()
+        elif not any(s.ticket == d.ticket for s in got[0].slots):
+            await self._hand_back_review(d)
 
 
 class _Hold:
@@ -835,7 +848,7 @@ class _Slot:
                 if self.pending is not None:
                     decision = on_delivery(d.item, self.record, agent=self.agent.config.id, ticket=d.ticket)
                     if isinstance(decision, HandBack):
-                        await d.hand_back(REVIEW_HAND_BACK_S)  # another reviewer's to take
+                        await self.agent._hand_back_review(d)  # another reviewer's to take
                         break
                     if not isinstance(decision, Take):
                         break
