@@ -610,27 +610,15 @@ class Bus:
         return await self.announce(None, record, 0, ())
 
     async def write(
-        self,
-        old: TaskRecord,
-        revision: int,
-        event: Event | Sequence[Event],
-        now: float | None = None,
-        *,
-        announce_in: anyio.abc.TaskGroup | None = None,
+        self, old: TaskRecord, revision: int, event: Event | Sequence[Event], now: float | None = None
     ) -> tuple[TaskRecord, int]:
         """Apply ``event`` (or several, in order) to ``old`` (read at ``revision``; 0 for
         a task not in the bucket yet) and compare-and-set the result. Raises the
         protocol's TransitionError if the rules refuse, or :class:`Conflict` if the
-        record changed since ``revision``.
-
-        The work items and events of the write are sent before this returns, and their
-        acks awaited. With ``announce_in`` the acks are awaited in that task group
-        instead, so the caller can go on meanwhile."""
+        record changed since ``revision``. Returns once the write's work items and event
+        are acknowledged too."""
         new, new_revision, announced = await self.write_and_announce(old, revision, event, now)
-        if announce_in is not None:
-            announce_in.start_soon(announced.wait)
-        else:
-            await announced.wait()
+        await announced.wait()
         return new, new_revision
 
     async def write_and_announce(
@@ -705,11 +693,8 @@ class Bus:
                 steps = " + ".join(event_kind(e) for e in told)
                 note = f"{steps} in one write" + (f"; {note}" if note else "")
             pending.append(await self._send_event(event_kind(last), new, revision, actor=last.actor, note=note))
-        # nats-py only queues what we publish; its flusher task writes it once we yield.
-        # Yield now, so the items and events are on the wire before the caller's next
-        # steps (logging, starting work) delay the parties who wait for them.
-        # Shielded: the write is committed, and its caller must get the announcement.
-        await anyio.lowlevel.cancel_shielded_checkpoint()
+        # nats-py's flusher writes these out the next time the loop turns: every caller
+        # awaits something soon (the acks, the task's end), so no turn is spent here.
         return Announcement(self._replies, pending)
 
     async def transition(
