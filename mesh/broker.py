@@ -6,6 +6,7 @@ there first, then ``$NATS_SERVER_BIN``, then ``PATH``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BrokerNotFound", "BrokerFailed", "find_nats_server", "free_port", "Broker"]
+__all__ = ["BrokerNotFound", "BrokerFailed", "find_nats_server", "free_port", "free_ports", "Broker"]
 
 
 class BrokerNotFound(RuntimeError):
@@ -49,10 +50,17 @@ def find_nats_server() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago (all bound at once, so the
+    operating system cannot hand out the same one twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 @dataclass
@@ -83,10 +91,10 @@ class Broker:
         return f"http://{self.host}:{self.http_port}"
 
     def command(self) -> list[str]:
-        if self.port == 0:
-            self.port = free_port(self.host)
-        if self.http_port == 0:
-            self.http_port = free_port(self.host)
+        if self.port == 0 or self.http_port == 0:
+            port, http_port = free_ports(2, self.host)
+            self.port = self.port or port
+            self.http_port = self.http_port or http_port
         if self.store is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mesh-js-")
             self.store = self._tmp.name
@@ -97,7 +105,18 @@ class Broker:
         return [*cmd, *self.extra_args]
 
     def start(self, *, timeout: float = 10.0, log: int | None = subprocess.DEVNULL) -> Broker:
-        return self.launch(log=log).wait_healthy(timeout=timeout)
+        """Start and wait until healthy. Ports we picked ourselves may be taken by
+        another process between picking and binding: then pick again (twice at most)."""
+        picked = (self.port == 0, self.http_port == 0)
+        for attempt in range(3):
+            try:
+                return self.launch(log=log).wait_healthy(timeout=timeout)
+            except BrokerFailed:
+                if not any(picked) or attempt == 2 or self.process is None or self.process.poll() is None:
+                    raise
+                self.port = 0 if picked[0] else self.port
+                self.http_port = 0 if picked[1] else self.http_port
+        raise AssertionError("unreachable")
 
     def launch(self, *, log: int | None = subprocess.DEVNULL) -> Broker:
         """Start the process without waiting (a cluster's nodes are healthy only together)."""

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from .broker import Broker, free_port
+from .broker import Broker, free_ports
 from .client import Mesh
 from .process import AgentProcess, spawn_agent
 
@@ -169,7 +169,7 @@ class Cluster:
     """A 3-node nats-server cluster with JetStream on loopback (free ports)."""
 
     def __init__(self, directory: Path, size: int = 3) -> None:
-        self.cluster_ports = [free_port() for _ in range(size)]
+        self.cluster_ports = free_ports(size)
         self.nodes: list[Broker] = []
         for i in range(size):
             store = directory / f"n{i + 1}"

@@ -3,8 +3,10 @@ running, records stay intact, and the bad input is reported as an error event.""
 
 from __future__ import annotations
 
+import sys
 import time
 
+import anyio
 import msgspec
 import nats
 
@@ -52,8 +54,13 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
 
     # The agent is alive and working: a real task completes.
     assert (await mesh_client.run("echo", "still here")).state == "done"
-    # The bad record is untouched, byte for byte.
+    # The bad record is untouched, byte for byte, and the CLI says what it is.
     assert (await kv.get("task.bad1")).value == bad_record
+    trace = await anyio.run_process(
+        [sys.executable, "-m", "mesh", "trace", "bad1", "--server", agent_procs.broker.url], check=False
+    )
+    stderr = trace.stderr.decode()
+    assert trace.returncode == 2 and "not valid protocol" in stderr and "Traceback" not in stderr
     # The forged hold ends: an owner without a work item must show life by writing,
     # and "mallory" never does, so the waiting party ends it no_agent.
     final = await mesh_client.wait(forged)
