@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import nats.errors
+import nats.js.errors
 import nats.micro
 import structlog
 from nats.micro.request import Request
@@ -45,6 +46,7 @@ from protocol import (
     Approve,
     Claim,
     ControlReply,
+    ControlRequest,
     Drop,
     Fail,
     Finish,
@@ -58,6 +60,7 @@ from protocol import (
     TaskRecord,
     TransitionError,
     Veto,
+    decode_card,
     decode_control,
     decode_record,
     encode,
@@ -66,11 +69,11 @@ from protocol import (
     serves,
 )
 
-from .bus import Bus, Conflict, MeshError, NotFound, Settings
+from .bus import Bus, Conflict, MeshError, NotFound, Settings, Unavailable, translate_errors
 from .queues import Delivery, Pulls, renew_every
 from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
 
-__all__ = ["AgentConfig", "Agent"]
+__all__ = ["AgentConfig", "Agent", "IdInUse"]
 
 log = structlog.get_logger("mesh.agent")
 
@@ -78,6 +81,10 @@ log = structlog.get_logger("mesh.agent")
 #: voted on or is reviewing) stays away from the queue when handed back: long enough
 #: for another reviewer's pull to come first, short enough not to keep one waiting
 REVIEW_HAND_BACK_S = 0.1
+
+
+class IdInUse(MeshError):
+    """Another live agent already runs under this agent id."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ class Agent:
             async with anyio.create_task_group() as tg:
                 async with anyio.create_task_group() as tasks_tg:
                     self._tasks_tg = tasks_tg
+                    await self._refuse_a_live_namesake()
                     await tg.start(self._service)
                     await tg.start(self.pulls.run)
                     tg.start_soon(self._keeper)
@@ -186,7 +194,7 @@ class Agent:
             with anyio.CancelScope(shield=True):
                 try:
                     with anyio.move_on_after(2):
-                        await self.bus.agents.purge(self.names.agent_key(self.config.id), msg_ttl=60.0)
+                        await self._remove_our_card()
                 except (nats.errors.Error, MeshError) as exc:
                     self.log.warning(
                         "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
@@ -197,6 +205,51 @@ class Agent:
                     self.log.warning("the broker connection did not close within 5 s; leaving anyway")
             self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
             self._stopped.set()
+
+    async def _refuse_a_live_namesake(self) -> None:
+        """One id, one live process: if an agent answers on our id's control endpoint,
+        this process must not join under the same id (it would take that agent's
+        control requests and overwrite its card). A card left by a dead process of
+        ours does not count: nobody answers for it."""
+        try:
+            with translate_errors("asking whether our agent id is in use"):
+                reply = await self.bus.nc.request(
+                    self.names.control_subject(self.config.id), encode(ControlRequest(action="status")), timeout=2.0
+                )
+        except Unavailable:
+            return  # no responders (the usual case), or nobody answered in time
+        where = ""
+        with contextlib.suppress(MeshError, nats.errors.Error, RemoteProtocolError):
+            with translate_errors("reading the directory"):
+                entry = await self.bus.agents.get(self.names.agent_key(self.config.id))
+            if entry.value:
+                card = decode_card(entry.value)
+                where = f" (on {card.host}, pid {card.pid})"
+        del reply
+        raise IdInUse(
+            f"agent id {self.config.id!r} is in use by a live agent{where}; run this one with another "
+            "--id, or stop that one first (`mesh agent drain ID`)"
+        )
+
+    async def _remove_our_card(self) -> None:
+        """Remove our card, and only ours: a process that leaves must not delete the card
+        of another process (which may have the same id by mistake)."""
+        key = self.names.agent_key(self.config.id)
+        with translate_errors(key):
+            try:
+                entry = await self.bus.agents.get(key)
+            except nats.js.errors.KeyDeletedError:
+                return
+        if not entry.value:
+            return
+        try:
+            card = decode_card(entry.value)
+        except RemoteProtocolError:
+            return
+        if (card.host, card.pid, card.started) != (socket.gethostname(), os.getpid(), self.started):
+            self.log.warning("the card under our id is another process's; leaving it", host=card.host, pid=card.pid)
+            return
+        await self.bus.agents.purge(key, msg_ttl=60.0)
 
     def _check_leases(self) -> None:
         """Say so when a queue we serve has another lease than we were given: the first

@@ -393,6 +393,7 @@ class Bus:
         self._replies = _Replies(nc)
         #: capabilities whose queue this process made sure exists
         self._queues: set[str] = set()
+        self._reports = _ReportBudget()
 
     @classmethod
     async def connect(cls, url: str, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
@@ -989,7 +990,14 @@ class Bus:
         )
 
     async def report(self, error: str, *, subject: str = "", key: str = "") -> None:
-        """Publish an :class:`ErrorReport` for bad input met by this process."""
+        """Publish an :class:`ErrorReport` for bad input met by this process. Reports are
+        rate-limited (:class:`_ReportBudget`): a flood of bad input must not become a
+        flood of reports; what is held back is counted, and said in the next report."""
+        if not self._reports.take():
+            return
+        if self._reports.held:
+            error = f"{error} ({self._reports.held} more reports held back since the last one)"
+            self._reports.held = 0
         report = ErrorReport(agent=self.agent, subject=subject, key=key, error=error, at=time.time())
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(
@@ -1009,6 +1017,29 @@ class Bus:
         finally:
             with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 await sub.unsubscribe()
+
+
+class _ReportBudget:
+    """A token bucket for error reports: ``rate`` a second, bursts of ``burst``."""
+
+    def __init__(self, rate: float = 10.0, burst: float = 20.0) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+        #: reports held back since the last one sent
+        self.held = 0
+        #: reports held back since the process started
+        self.held_total = 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.held += 1
+        self.held_total += 1
+        return False
 
 
 def _ns(seconds: float) -> int:

@@ -84,3 +84,63 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     # Refused items left the queue for good (terminated), not redelivered forever.
     info = await mesh_client.bus.queue_info("echo")
     assert info is not None and info.pending == 0 and info.held == 0
+
+
+async def test_a_second_live_agent_under_one_id_is_refused(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    agent_procs.start("twin", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    [card] = await mesh_client.agents()
+    second = agent_procs.start("twin-again", ["echo"], agent_id="twin-2", kind="echo")
+    second.process.kill()  # only its brief file is needed: run it again under the live id
+    proc = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "agent",
+            "run",
+            str(agent_procs.directory / "twin-again.toml"),
+            "--id",
+            "twin",
+            "--server",
+            agent_procs.broker.url,
+        ],
+        check=False,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2 and "agent id 'twin' is in use by a live agent" in stderr, stderr
+    assert "Traceback" not in stderr
+    # The first one is untouched: its card (the refused process must not remove it)
+    # and its work.
+    assert [c.pid for c in await mesh_client.agents()] == [card.pid]
+    assert (await mesh_client.run("echo", "still me")).owner == "twin"
+
+
+async def test_a_flood_of_bad_input_is_reported_at_a_bounded_rate(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    agent_procs.start("target", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    reports = []
+    sub = await mesh_client.nc.subscribe("mesh.v2.err.target", cb=None)
+    for i in range(500):
+        await mesh_client.nc.publish("mesh.v2.work.echo", b"\x00not json %d" % i)
+    await mesh_client.nc.flush()
+    # (Core publishes: the stream stores them, the agent refuses each one.) Wait until
+    # the queue is empty, then count what was reported.
+
+    async def all_refused() -> bool:
+        info = await mesh_client.bus.queue_info("echo")
+        return info is not None and info.pending == 0 and info.held == 0
+
+    await wait_for(all_refused, timeout=30, what="the agent to refuse every bad item")
+    assert (await mesh_client.run("echo", "fine")).state == "done"
+    # The budget refills with time (10 reports a second): the next bad item, a moment
+    # later, is reported, with how many were held back.
+    await anyio.sleep(0.3)
+    await mesh_client.nc.publish("mesh.v2.work.echo", b"\x00 one more")
+    while True:
+        try:
+            reports.append(decode_error((await sub.next_msg(timeout=1.0)).data))
+        except nats.errors.TimeoutError:
+            break
+    assert 20 <= len(reports) < 100, len(reports)  # a burst of 20, then 10 a second: not 501
+    assert "more reports held back since the last one" in reports[-1].error, reports[-1].error
