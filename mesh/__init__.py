@@ -22,6 +22,9 @@ _EXPORTS = {
     "BrokerNotFound": "broker",
     "find_nats_server": "broker",
     "Conflict": "bus",
+    "CorruptRecord": "bus",
+    "IdInUse": "agent",
+    "Unavailable": "bus",
     "MeshError": "bus",
     "NotFound": "bus",
     "Settings": "bus",
@@ -44,6 +47,8 @@ __all__ = [
     "Broker",
     "BrokerNotFound",
     "Conflict",
+    "CorruptRecord",
+    "IdInUse",
     "Lost",
     "Mesh",
     "MeshError",
@@ -54,6 +59,7 @@ __all__ = [
     "Settings",
     "TaskContext",
     "TaskFailed",
+    "Unavailable",
     "Unreachable",
     "Verdict",
     "Worker",
@@ -73,9 +79,9 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .agent import Agent, AgentConfig
+    from .agent import Agent, AgentConfig, IdInUse
     from .briefs import Brief, BriefError, Org, load_brief, load_org
     from .broker import Broker, BrokerNotFound, find_nats_server
-    from .bus import Conflict, MeshError, NotFound, Settings, Unreachable
+    from .bus import Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh
     from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker

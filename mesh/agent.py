@@ -69,7 +69,7 @@ from protocol import (
     serves,
 )
 
-from .bus import Bus, Conflict, MeshError, NotFound, Settings, Unavailable, translate_errors
+from .bus import Bus, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, translate_errors
 from .queues import Delivery, Pulls, renew_every
 from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
 
@@ -333,6 +333,7 @@ class Agent:
             heartbeat_s=self.config.heartbeat_s,
             completed=self.stats.completed,
             failed=self.stats.failed,
+            refused=self.bus.refused,
         )
 
     async def _publish_card(self) -> None:
@@ -434,7 +435,7 @@ class Agent:
             if d.delivered > 1:
                 # Delivered before: to a holder that went silent, or handed back. The
                 # record it carries is old news.
-                got = await self._read(item.task, item.record.root)
+                got = await self._read(item.task, item.record.root, copy=item.record)
                 if got is None:
                     await d.ack()
                     return
@@ -443,8 +444,8 @@ class Agent:
             match decision:
                 case Drop(why=why):
                     self.log.debug("dropped a stale item", task=item.task, why=why)
-                    if d.delivered > 1 and is_terminal(record):
-                        await self._record_end(record, revision)
+                    if d.delivered > 1:
+                        await self._fill_trail(record, revision)
                     await d.ack()
                 case HandBack(why=why):
                     self.log.debug("handed an item back", task=item.task, why=why)
@@ -456,6 +457,8 @@ class Agent:
                     self.log.info("not taking over yet: reconnected recently", task=item.task, owner=record.owner)
                     await d.hand_back(wait)
                 case Take(event=Claim() as claim):
+                    if record.state == "working":
+                        await self._fill_trail(record, revision)  # a takeover: its owner went silent
                     await self._work(d, record, revision, claim)
                 case Take(event=Reviewing() as take):
                     await self._review(d, record, revision, take)
@@ -503,16 +506,12 @@ class Agent:
         """Return a review item we may not review, for another reviewer to take."""
         await d.hand_back(REVIEW_HAND_BACK_S)
 
-    async def _record_end(self, record: TaskRecord, revision: int) -> None:
-        """Its owner held the item of this ended task until it died: it may have died
-        between writing the end and recording it. If the history has no end, record it
-        (the history is the archive once the record leaves the live bucket)."""
-        archived = await self.bus.archived(record.id, root=record.root)
-        if archived is None or not is_terminal(archived):
-            await self.bus.publish_event(
-                "ended", record, revision, actor=self.config.id, note="end found on the record"
-            )
-            self.log.info("recorded the end of a task whose owner died", task=record.id)
+    async def _fill_trail(self, record: TaskRecord, revision: int) -> None:
+        """The last holder of an item we received went silent: it may have died between
+        its write and that write's event and work items. Record what is missing (the
+        events stream is the trail, and the archive once the record leaves the bucket)."""
+        if await self.bus.fill_trail(record, revision, actor=self.config.id):
+            self.log.info("recorded a write its silent writer did not", task=record.id, state=record.state)
 
     def _takeover_grace(self, record: TaskRecord, d: Delivery) -> float:
         """Seconds to wait before taking ``record`` over from its owner: the rest of a
@@ -542,14 +541,23 @@ class Agent:
         decision = on_delivery(d.item, fresh, agent=self.config.id, ticket=d.ticket)
         return decision.event if isinstance(decision, Take) and isinstance(decision.event, Claim) else None
 
-    async def _read(self, task_id: str, root: str) -> tuple[TaskRecord, int] | None:
+    async def _read(self, task_id: str, root: str, *, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
+        """The task's record, or None if it is gone. An unreadable one is reported and
+        ended from ``copy`` (our own copy of the task, e.g. our work item's): the
+        record as it then is is returned."""
         try:
             return await self.bus.read_any(task_id, root=root)
         except NotFound:
             return None
-        except RemoteProtocolError as exc:
-            self.log.warning("unreadable task record", task=task_id, error=str(exc))
-            await self.bus.report(str(exc), key=self.names.task_key(task_id))
+        except CorruptRecord as exc:
+            return await self._end_unreadable(exc, copy)
+
+    async def _end_unreadable(self, exc: CorruptRecord, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
+        self.log.warning("unreadable task record: ending the task", task=exc.task_id, error=str(exc))
+        await self.bus.report(str(exc), key=self.names.task_key(exc.task_id))
+        try:
+            return await self.bus.end_unreadable(exc, copy, actor=self.config.id)
+        except (CorruptRecord, NotFound):
             return None
 
     # --- leases and lazy claims: one keeper for every held item --------------------------
@@ -690,7 +698,7 @@ class Agent:
             return
         if outcome == "abandoned":
             try:
-                got = await self._read(ctx.record.id, ctx.record.root)
+                got = await self._read(ctx.record.id, ctx.record.root, copy=ctx.record)
             except (MeshError, nats.errors.Error):
                 return  # unsure: leave it; whoever gets it next decides
             if got is None or is_terminal(got[0]) or got[0].state == "review":
@@ -706,7 +714,19 @@ class Agent:
                 write = await writes.next(timeout=max(lease_s, 1.0))
                 try:
                     fresh = decode_record(write[1]) if write is not None else (await self.bus.read(ctx.record.id))[0]
-                except (RemoteProtocolError, MeshError, nats.errors.Error):
+                except CorruptRecord as exc:
+                    await self._end_unreadable(exc, ctx.record)
+                    return False
+                except RemoteProtocolError:
+                    # A republished write we cannot decode: what the bucket holds decides.
+                    try:
+                        fresh = (await self.bus.read(ctx.record.id))[0]
+                    except CorruptRecord as exc:
+                        await self._end_unreadable(exc, ctx.record)
+                        return False
+                    except (MeshError, nats.errors.Error):
+                        continue
+                except (MeshError, nats.errors.Error):
                     continue
                 ended_by_others = fresh.state == "cancelled" or (fresh.state == "failed" and fresh.reason == "deadline")
                 if fresh.owner != me or fresh.epoch != ctx.epoch or ended_by_others:
@@ -813,7 +833,7 @@ class Agent:
         return it for another reviewer."""
         if d.settled:
             return  # handed back already
-        got = await self._read(slot.record.id, slot.record.root)
+        got = await self._read(slot.record.id, slot.record.root, copy=slot.record)
         if got is None or got[0].state != "review" or got[0].reworks != d.item.round:
             await d.ack()
         elif not any(s.ticket == d.ticket for s in got[0].slots):
@@ -894,7 +914,7 @@ class _Slot:
                 self.pending = None
                 return True
             except Conflict:
-                got = await self.agent._read(self.record.id, self.record.root)
+                got = await self.agent._read(self.record.id, self.record.root, copy=self.record)
                 if got is None:
                     break
                 self.record, self.revision = got

@@ -53,8 +53,10 @@ from protocol import (
     decode_record,
     decode_work_item,
     encode,
+    end_unreadable,
     event_kind,
     is_terminal,
+    trail_gap,
     work_item_id,
     work_items,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "NotFound",
     "Unreachable",
     "Unavailable",
+    "CorruptRecord",
     "Reconnects",
     "Settings",
     "Announcement",
@@ -101,6 +104,17 @@ class Unreachable(MeshError):
 
 class Unavailable(MeshError):
     """The broker did not answer in time (restarting, partitioned). Retry later."""
+
+
+class CorruptRecord(MeshError, RemoteProtocolError):
+    """A task's stored record does not decode (a buggy or hostile writer). The parties
+    of the task end it (:meth:`Bus.end_unreadable`); ``revision`` is the unreadable
+    one, which that write replaces."""
+
+    def __init__(self, message: str, *, task_id: str, revision: int) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.revision = revision
 
 
 class Reconnects:
@@ -394,6 +408,8 @@ class Bus:
         #: capabilities whose queue this process made sure exists
         self._queues: set[str] = set()
         self._reports = _ReportBudget()
+        #: bad input this process met and refused, reported or held back (an agent's card shows it)
+        self.refused = 0
 
     @classmethod
     async def connect(cls, url: str, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
@@ -510,14 +526,19 @@ class Bus:
     async def read(self, task_id: str) -> tuple[TaskRecord, int]:
         """The record in the live bucket and its revision; :class:`NotFound` if the task
         is not there (open and never claimed, finished long ago, or unknown). A record
-        that does not decode raises :class:`RemoteProtocolError` (reported by the
-        caller, never acted on)."""
+        that does not decode raises :class:`CorruptRecord` (the caller reports it, and a
+        party of the task ends it with :meth:`end_unreadable`)."""
         key = self.names.task_key(task_id)
         with translate_errors(f"task {task_id}"):
             entry = await self.tasks.get(key)
         if entry.value is None or entry.operation is not None:
             raise NotFound(f"task {task_id}")
-        return decode_record(entry.value), entry.revision or 0
+        try:
+            return decode_record(entry.value), entry.revision or 0
+        except RemoteProtocolError as exc:
+            raise CorruptRecord(
+                f"task {task_id}: unreadable record ({exc})", task_id=task_id, revision=entry.revision or 0
+            ) from None
 
     async def read_any(self, task_id: str, *, root: str | None = None) -> tuple[TaskRecord, int]:
         """The record wherever it is: in the live bucket (with its revision), else as
@@ -559,6 +580,61 @@ class Bus:
                 if event.record is not None and event.record.id == task_id:
                     return event.record
         return None
+
+    async def end_unreadable(
+        self, error: CorruptRecord, copy: TaskRecord | None, *, actor: str
+    ) -> tuple[TaskRecord, int]:
+        """End a task whose stored record does not decode (PROTOCOL 6.15): write ``copy``
+        (this party's own valid copy of the task; None: the one its ``created`` event
+        archived) ended ``failed``/``error`` over the unreadable revision, and record
+        it. Returns the task's record as it now is (another party may have ended or
+        repaired it first: then theirs). Raises ``error`` itself if no copy exists."""
+        task_id = error.task_id
+        if copy is None:
+            copy = await self.archived(task_id)
+            if copy is None or copy.id != task_id:
+                raise CorruptRecord(
+                    f"{error}; nothing says what the task was (no 'created' event in the history), so it "
+                    f"cannot be ended: delete the key {self.names.task_key(task_id)!r} from the tasks bucket",
+                    task_id=task_id,
+                    revision=error.revision,
+                )
+        ended = end_unreadable(copy, why=str(error), now=time.time())
+        key = self.names.task_key(task_id)
+        try:
+            revision = await self._compare_and_set(key, encode(ended), error.revision, finished=True)
+        except Conflict:
+            return await self.read(task_id)  # someone else wrote first: theirs stands
+        await self.publish_event(
+            "ended", ended, revision, actor=actor, note=f"replaced an unreadable record (revision {error.revision})"
+        )
+        return ended, revision
+
+    async def last_event(self, task_id: str, root: str) -> TaskEvent | None:
+        """The latest event the trail holds for a task, or None (none, or unreadable)."""
+        data = await self._last(self.names.events_stream, self.names.task_events_filter(task_id, root))
+        if data is None:
+            return None
+        try:
+            return decode_event(data)
+        except RemoteProtocolError:
+            return None
+
+    async def fill_trail(self, record: TaskRecord, revision: int, *, actor: str) -> bool:
+        """Record the latest write of ``record`` if its writer did not (it went silent
+        between its compare-and-set and its event: PROTOCOL 6.14), with the work items
+        that write owed. Returns whether anything was missing."""
+        gap = trail_gap(record, revision, await self.last_event(record.id, record.root))
+        if gap is None:
+            return False
+        pending = []
+        for item in gap.items:
+            await self.ensure_queue(item.capability)
+            pending.append(await self._send_item(item))
+        note = f"written by {gap.actor}, whose own event never reached the trail; recorded by {actor}"
+        pending.append(await self._send_event(gap.kind, record, revision, actor=gap.actor, note=note))
+        await Announcement(self._replies, pending).wait()
+        return True
 
     async def _last(self, stream: str, subject: str) -> bytes | None:
         """The last message of ``stream`` on ``subject`` (wildcards allowed), or None."""
@@ -993,6 +1069,7 @@ class Bus:
         """Publish an :class:`ErrorReport` for bad input met by this process. Reports are
         rate-limited (:class:`_ReportBudget`): a flood of bad input must not become a
         flood of reports; what is held back is counted, and said in the next report."""
+        self.refused += 1
         if not self._reports.take():
             return
         if self._reports.held:

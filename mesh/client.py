@@ -47,7 +47,7 @@ from protocol import (
     traceparent,
 )
 
-from .bus import Bus, MeshError, NotFound, Settings
+from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings
 from .defaults import DEFAULT_SERVER, default_server
 from .follow import create_and_wait, wait_terminal
 from .questions import Answerer, Questions
@@ -164,7 +164,16 @@ class Mesh:
         With ``on_question``, questions that agents working on the task ask this
         client (clarification tasks addressed to ``agent.<client id>``) are answered by
         calling it with the question's record."""
-        record = task if isinstance(task, TaskRecord) else (await self.get(task))
+        if isinstance(task, TaskRecord):
+            record = task
+        else:
+            try:
+                record = await self.get(task)
+            except CorruptRecord as exc:
+                # Unreadable: end it from the copy its "created" event archived (raises
+                # CorruptRecord if there is none: then nobody can say what the task was).
+                await self.bus.report(str(exc), key=self.bus.names.task_key(task))
+                record, _ = await self.bus.end_unreadable(exc, None, actor=self.id)
         if on_question is None:
             return await wait_terminal(self.bus, record, observer=self.id)
         final: list[TaskRecord] = []

@@ -20,7 +20,7 @@ import structlog
 
 from protocol import RemoteProtocolError, TaskRecord, TransitionError, decode_record, is_terminal, judge_waiting
 
-from .bus import Bus, Conflict, Follow, NotFound, Unavailable
+from .bus import Bus, Conflict, CorruptRecord, Follow, NotFound, Unavailable
 
 __all__ = ["wait_terminal", "create_and_wait", "OnRecord"]
 
@@ -40,7 +40,10 @@ async def wait_terminal(
     """Return ``record``'s terminal version. Never hangs: every task has a claim
     timeout and usually a deadline, and this function enforces both."""
     async with bus.follow(record.id) as writes:
-        current, revision = await bus.read_patiently(record.id, root=record.root)
+        try:
+            current, revision = await bus.read_patiently(record.id, root=record.root)
+        except CorruptRecord as exc:
+            current, revision = await _end_unreadable(bus, exc, record, observer)
         return await _follow(bus, writes, current, revision, observer=observer, poll_s=poll_s, on_record=on_record)
 
 
@@ -99,7 +102,7 @@ async def _follow(
                 read_at = 0.0
         now = time.monotonic()
         if fresh is None and now - read_at >= REREAD_S:
-            fresh = await _read(bus, current)
+            fresh = await _read(bus, current, observer)
             read_at = now
         if fresh is not None and fresh[1] > revision and fresh[0].id == task_id:
             current, revision = fresh
@@ -115,11 +118,21 @@ async def _follow(
     return current
 
 
-async def _read(bus: Bus, current: TaskRecord) -> tuple[TaskRecord, int] | None:
+async def _read(bus: Bus, current: TaskRecord, observer: str) -> tuple[TaskRecord, int] | None:
     try:
         return await bus.read_any(current.id, root=current.root)
+    except CorruptRecord as exc:
+        return await _end_unreadable(bus, exc, current, observer)
     except (Unavailable, NotFound, RemoteProtocolError):
         return None
+
+
+async def _end_unreadable(bus: Bus, exc: CorruptRecord, copy: TaskRecord, observer: str) -> tuple[TaskRecord, int]:
+    """The record we follow does not decode: as a party of the task, end it from our
+    own copy (PROTOCOL 6.15), so that neither we nor anyone else waits on it forever."""
+    log.warning("unreadable task record: ending the task", task=copy.id, error=str(exc))
+    await bus.report(str(exc), key=bus.names.task_key(copy.id))
+    return await bus.end_unreadable(exc, copy, actor=observer)
 
 
 async def _judge(
@@ -148,7 +161,7 @@ async def _judge(
         return new, new_revision, time.monotonic()
     except (Conflict, TransitionError, Unavailable):
         await anyio.lowlevel.checkpoint()
-        fresh = await _read(bus, record)
+        fresh = await _read(bus, record, observer)
         if fresh is None:
             return record, revision, time.monotonic()
         return fresh[0], fresh[1], time.monotonic()

@@ -53,6 +53,7 @@ class Snapshot:
                     "reworks": sum(t.reworks for t in held),
                     "completed": card.completed,
                     "failed": card.failed,
+                    "refused": card.refused,
                 }
             )
         tasks = [

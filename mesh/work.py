@@ -4,6 +4,7 @@ charge). Workers never touch NATS or the record directly."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from protocol import (
     fingerprint,
 )
 
-from .bus import Announcement, Bus, Conflict, NotFound, Unavailable
+from .bus import Announcement, Bus, Conflict, CorruptRecord, NotFound, Unavailable
 from .follow import OnRecord, create_and_wait, wait_terminal
 from .questions import Questions
 
@@ -210,11 +211,13 @@ class TaskContext:
             except Conflict:
                 try:
                     fresh, rev = await self.bus.read_any(self.record.id, root=self.record.root)
-                except RemoteProtocolError as exc:
-                    # Someone wrote a record no conforming agent would: it is not ours to
-                    # act on (and never to overwrite). Say so, and let it be.
+                except CorruptRecord as exc:
+                    # Someone wrote a record no conforming agent would: nothing in it can be
+                    # trusted, so the task ends (from our copy) and our work stops.
                     await self.bus.report(str(exc), key=self.bus.names.task_key(self.record.id))
-                    raise Lost(f"task {self.record.id}: unreadable record ({exc})") from None
+                    with contextlib.suppress(CorruptRecord, NotFound):
+                        await self.bus.end_unreadable(exc, self.record, actor=self.bus.agent)
+                    raise Lost(f"task {self.record.id}: unreadable record, task ended ({exc})") from None
                 except NotFound:
                     raise Lost(f"task {self.record.id} is gone") from None
                 if rev and fresh == _applied(self.record, batch, now):

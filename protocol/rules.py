@@ -23,7 +23,7 @@ from .names import (
     validate_capability,
     validate_task_id,
 )
-from .types import Budget, ReviewPolicy, TaskRecord, WorkItem
+from .types import Budget, ReviewPolicy, TaskEvent, TaskRecord, WorkItem
 
 __all__ = [
     "DEFAULT_HOPS",
@@ -42,6 +42,9 @@ __all__ = [
     "HandBack",
     "on_delivery",
     "judge_waiting",
+    "end_unreadable",
+    "TrailGap",
+    "trail_gap",
     "fingerprint",
     "delegate",
     "ask",
@@ -315,6 +318,71 @@ def judge_waiting(record: TaskRecord, *, actor: str, waited_s: float, queue_acti
     if (record.state == "open" and not queue_active) or (record.state == "review" and not record.slots):
         return Expire(actor=actor, reason="no_agent")
     return None
+
+
+#: how much of a decoder's complaint an ended record keeps in its ``error``
+_WHY_CHARS = 300
+
+
+def end_unreadable(copy: TaskRecord, *, why: str, now: float) -> TaskRecord:
+    """What a party of a task writes over the task's stored record when that record
+    does not decode (a buggy or hostile writer): its own valid ``copy`` of the task
+    (the work item's, the requester's, or the one the ``created`` event archived),
+    ended ``failed`` with reason ``error``, written by compare-and-set on the
+    unreadable revision.
+
+    Nothing of the unreadable record is trusted (owner, result, votes), and the task
+    is ended rather than re-opened: its work may have been done and accepted before
+    the record was overwritten, and whether to run it again is the requester's call.
+    Either way the task does not wedge, and every party waiting on it sees an end."""
+    if is_terminal(copy):
+        return copy
+    return msgspec.structs.replace(
+        copy,
+        state="failed",
+        reason="error",
+        error=f"the stored record was unreadable, so the task was ended: {why[:_WHY_CHARS]}",
+        slots=(),
+        updated=max(now, copy.updated),
+    )
+
+
+@dataclass(frozen=True)
+class TrailGap:
+    """The trail lacks the event of a record's latest write (its writer went silent
+    between its compare-and-set and its event). ``kind`` is the event to record in its
+    stead (``ended`` for an end, ``recovered`` otherwise), ``actor`` the party the
+    record names as the writer, and ``items`` the work items that write owed (sent
+    again: their message ids make a copy that did reach the queue count once)."""
+
+    kind: str
+    actor: str
+    items: tuple[WorkItem, ...]
+
+
+def trail_gap(record: TaskRecord, revision: int, last: TaskEvent | None) -> TrailGap | None:
+    """Whether the trail, whose latest event for the task is ``last``, lacks the event of
+    the write that made ``record`` (at ``revision``).
+
+    A write's event and work items go out together, items first, once the write is
+    committed: an event in the trail that shows the record's state at its epoch means
+    that write was announced. Checked by a party that receives a work item its last
+    holder never acknowledged (it went silent), before it takes the task over or
+    drops the item, so the check costs one read only when a party died. A write that
+    changes neither state nor epoch (a vote short of the quorum, progress) is not told
+    from the one before it, and is not refilled."""
+    if revision == 0:
+        return None  # not in the bucket: the "created" event was acknowledged before
+    if last is not None and last.state == record.state and last.epoch == record.epoch:
+        return None
+    if is_terminal(record):
+        if last is not None and last.state in ("done", "failed", "cancelled"):
+            return None
+        actor = record.owner or record.requester
+        return TrailGap(kind="ended", actor=actor, items=())
+    actor = record.owner or record.author or record.requester
+    old = None if record.state in ("open", "review") else record
+    return TrailGap(kind="recovered", actor=actor, items=work_items(old, record, revision))
 
 
 # --- delegation, loops, budgets -----------------------------------------------------------

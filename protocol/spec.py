@@ -95,6 +95,7 @@ from .rules import (
     best_match,
     child_traceparent,
     delegate,
+    end_unreadable,
     fingerprint,
     judge_waiting,
     new_task,
@@ -103,6 +104,7 @@ from .rules import (
     specificity,
     split_budget,
     traceparent,
+    trail_gap,
     work_item_id,
     work_items,
 )
@@ -987,6 +989,90 @@ def _waiting_vectors(w: _World) -> list[dict[str, Any]]:
     return out
 
 
+def _event_of(kind: str, record: TaskRecord, actor: str) -> TaskEvent:
+    """The event a writer publishes after writing ``record`` (6.17)."""
+    return TaskEvent(
+        kind=kind,
+        task=record.id,
+        root=record.root,
+        parent=record.parent,
+        capability=record.capability,
+        actor=actor,
+        epoch=record.epoch,
+        state=record.state,
+        reason=record.reason,
+        at=record.updated,
+        record=record if record.state in TERMINAL_STATES else None,
+    )
+
+
+def _trail_gap_vectors(w: _World) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def case(name: str, record: TaskRecord, revision: int, last: TaskEvent | None) -> None:
+        gap = trail_gap(record, revision, last)
+        expect = None
+        if gap is not None:
+            expect = {"kind": gap.kind, "actor": gap.actor, "items": [_builtins(i) for i in gap.items]}
+        out.append(
+            {
+                "name": name,
+                "record": _builtins(record),
+                "revision": revision,
+                "last_event": None if last is None else _builtins(last),
+                "expect": expect,
+            }
+        )
+
+    created = _event_of("created", w.open, "client-1")
+    claimed = _event_of("claim", w.working, "agent-a")
+    case("open, never written (revision 0): nothing to fill", w.open, 0, created)
+    case("working, the claim's event in the trail: nothing missing", w.working, 3, claimed)
+    case("working, the trail ends at created: the claim is missing", w.working, 3, created)
+    case("working, no event at all: the claim is missing", w.working, 3, None)
+    case("taken over, the trail shows the first claim only: missing", w.taken_over, 5, claimed)
+    case("done, the trail ends at the claim: the end is missing", w.done, 4, claimed)
+    case("done, its finish event in the trail: nothing missing", w.done, 4, _event_of("finish", w.done, "agent-a"))
+    case(
+        "done, an ended event already recorded: nothing missing",
+        w.done,
+        4,
+        _event_of("ended", w.done, "agent-b"),
+    )
+    case(
+        "review, the trail ends at the claim: the finish and its review items are missing",
+        w.review,
+        6,
+        _event_of("claim", w.rv_working, "agent-a"),
+    )
+    case(
+        "open again after a veto, the trail ends at the finish: the veto and its work item are missing",
+        w.reworked,
+        8,
+        _event_of("finish", w.review, "agent-a"),
+    )
+    return out
+
+
+def _end_unreadable_vectors(w: _World) -> list[dict[str, Any]]:
+    why = "task record: Expected `int` >= 0 - at `$.epoch`"
+    return [
+        {
+            "name": name,
+            "copy": _builtins(copy),
+            "why": why,
+            "now": now,
+            "expect": _builtins(end_unreadable(copy, why=why, now=now)),
+        }
+        for name, copy, now in (
+            ("the work item's copy (open): ended failed/error", w.open, T0 + 100),
+            ("the owner's copy (working): ended failed/error", w.working, T0 + 100),
+            ("a reviewer's copy (review, a slot held): ended failed/error, slots emptied", w.review_held, T0 + 100),
+            ("a copy that is already terminal: unchanged", w.done, T0 + 100),
+        )
+    ]
+
+
 def _delegation_vectors(w: _World) -> dict[str, Any]:
     fingerprints = [
         {"capability": c, "instruction": i, "fingerprint": fingerprint(c, i)}
@@ -1127,6 +1213,8 @@ def _rule_vectors() -> dict[str, Any]:
         "work_items": _work_item_vectors(w),
         "on_delivery": _delivery_vectors(w),
         "judge_waiting": _waiting_vectors(w),
+        "trail_gap": _trail_gap_vectors(w),
+        "end_unreadable": _end_unreadable_vectors(w),
         **_delegation_vectors(w),
         "traceparent": _trace_vectors(),
     }
@@ -1789,6 +1877,13 @@ _RULES_HOW: dict[str, str] = {
     "judge_waiting": "A party `actor` that saw `record` unchanged for `waited_s` seconds on its own clock, with "
     "`queue_active` telling whether any agent works on or waits at the task's queue, at wall-clock `now`: apply "
     "the `expect` transition, or (null) keep waiting.",
+    "trail_gap": "A party that received an item its last holder never acknowledged, with the task's `record` at "
+    "`revision` and the latest event the trail holds for it (`last_event`, null if none): null if the trail shows "
+    "that write; else publish the `items` (their usual message ids), then an event of `kind` in the name of `actor` "
+    "(carrying the record if it is terminal), with Nats-Msg-Id `<task>:<revision>:<kind>`.",
+    "end_unreadable": "The record a party writes, by compare-and-set on the unreadable revision, over a stored record "
+    "that does not decode: its own `copy` of the task ended at wall-clock `now`, `why` being the decoder's message "
+    "(the first 300 characters are kept).",
     "fingerprint": "First 16 hex digits of SHA-256 over UTF-8 of capability + newline + the instruction with "
     "whitespace runs collapsed to one space, trimmed, and Unicode case-folded.",
     "split_budget": "A child's budget from its parent's `budget`, `spent` and the `share`.",

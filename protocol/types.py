@@ -242,13 +242,17 @@ class AgentCard(_Wire, frozen=True, kw_only=True):
     #: counters since start, for `mesh top`
     completed: NonNegInt = 0
     failed: NonNegInt = 0
+    #: bad input this agent refused since start (messages or records that did not
+    #: decode, items outside its brief), reported on its error subject or held back
+    refused: NonNegInt = 0
 
 
 class TaskEvent(_Wire, frozen=True, kw_only=True):
     """One event per record write, on ``<prefix>.v2.evt.<root>.<task>.<kind>``: the kind of
     the write's last transition (``note`` names them all when it applied several), or
-    ``created`` for a new task, or ``ended`` for an end found on the record that its
-    writer did not announce."""
+    ``created`` for a new task; ``ended`` for an end found on the record that its writer
+    did not announce, or for an unreadable record a party ended; ``recovered`` for
+    another write its writer did not announce (it went silent right after writing)."""
 
     v: int = PROTOCOL_VERSION
     kind: str

@@ -3,16 +3,31 @@ running, records stay intact, and the bad input is reported as an error event.""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
 import anyio
 import msgspec
 import nats
+import pytest
 
+from mesh import CorruptRecord, Settings
 from mesh.client import Mesh
-from mesh.testing import AgentProcs, wait_for
-from protocol import WorkItem, decode_error, encode, new_task
+from mesh.process import spawn_agent
+from mesh.testing import AgentProcs, wait_for, write_brief
+from protocol import (
+    Claim,
+    Finish,
+    RemoteProtocolError,
+    TaskRecord,
+    WorkItem,
+    apply,
+    decode_error,
+    decode_work_item,
+    encode,
+    new_task,
+)
 
 
 async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
@@ -52,12 +67,28 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     reply = await mesh_client.nc.request("mesh.v2.ctl.worker", b"\x01garbage", timeout=5)
     assert b"not_understood" in reply.data
 
+    # 5. An unreadable record that no work item or party refers to.
+    await kv.put("task.bad2", bad_record)
+
     # The agent is alive and working: a real task completes.
     assert (await mesh_client.run("echo", "still here")).state == "done"
-    # The bad record is untouched, byte for byte, and the CLI says what it is.
-    assert (await kv.get("task.bad1")).value == bad_record
+
+    # The unreadable record with a work item was ended by the agent that held the item,
+    # from the item's own copy of the task: nothing of the bad record was trusted.
+    async def ended() -> TaskRecord | None:
+        with contextlib.suppress(RemoteProtocolError):
+            record = await mesh_client.get("bad1")
+            return record if record.state == "failed" else None
+        return None
+
+    repaired = await wait_for(ended, what="the unreadable record to be ended")
+    assert repaired.reason == "error" and "unreadable" in repaired.error and repaired.owner is None
+    # The other one is left as it is (no party, no copy), and the CLI says what it is.
+    assert (await kv.get("task.bad2")).value == bad_record
+    with pytest.raises(CorruptRecord, match="bad2"):
+        await mesh_client.wait("bad2")
     trace = await anyio.run_process(
-        [sys.executable, "-m", "mesh", "trace", "bad1", "--server", agent_procs.broker.url], check=False
+        [sys.executable, "-m", "mesh", "trace", "bad2", "--server", agent_procs.broker.url], check=False
     )
     stderr = trace.stderr.decode()
     assert trace.returncode == 2 and "not valid protocol" in stderr and "Traceback" not in stderr
@@ -74,10 +105,12 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
                 break
             reports.append(decode_error(msg.data))
         bad_items = [r for r in reports if r.subject == queue and "bad work item" in r.error]
-        return len(bad_items) >= 3 and "task.bad1" in {r.key for r in reports}
+        return len(bad_items) >= 3 and {"task.bad1", "task.bad2"} <= {r.key for r in reports}
 
     await wait_for(reported, what="error reports for every bad input")
-    assert all(r.agent == "worker" and r.error for r in reports)
+    # The agent reported what it met; this client reported the record it could not wait on.
+    assert all(r.agent in ("worker", "test-client") and r.error for r in reports)
+    assert {r.agent for r in reports if r.key == "task.bad2"} == {"test-client"}
     assert agent_procs.procs["worker"].process.poll() is None
     status = await mesh_client.control("worker", "status")
     assert status.agent == "worker" and not status.draining
@@ -116,6 +149,24 @@ async def test_a_second_live_agent_under_one_id_is_refused(agent_procs: AgentPro
     assert (await mesh_client.run("echo", "still me")).owner == "twin"
 
 
+async def test_one_brief_run_twice_by_hand_makes_two_agents(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    brief = write_brief(agent_procs.directory, "copier", ["echo"], kind="echo")
+    procs = [spawn_agent(brief, server=agent_procs.broker.url) for _ in range(2)]
+    try:
+
+        async def both() -> list[str]:
+            ids = sorted(c.id for c in await mesh_client.agents())
+            return ids if len(ids) == 2 else []
+
+        ids = await wait_for(both, what="two agents from one brief")
+        assert all(i.startswith("copier-") for i in ids) and ids[0] != ids[1]
+    finally:
+        for p in procs:
+            p.process.terminate()
+        for p in procs:
+            p.process.wait(timeout=15)
+
+
 async def test_a_flood_of_bad_input_is_reported_at_a_bounded_rate(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
     agent_procs.start("target", ["echo"], kind="echo")
     await agent_procs.ready(mesh_client)
@@ -144,3 +195,87 @@ async def test_a_flood_of_bad_input_is_reported_at_a_bounded_rate(agent_procs: A
             break
     assert 20 <= len(reports) < 100, len(reports)  # a burst of 20, then 10 a second: not 501
     assert "more reports held back since the last one" in reports[-1].error, reports[-1].error
+
+    # Every refusal is counted, reported or not: the agent's card shows them.
+    async def counted() -> bool:
+        return any(c.id == "target" and c.refused >= 501 for c in await mesh_client.agents())
+
+    await wait_for(counted, what="the card to count every refused item")
+
+
+async def test_a_record_corrupted_under_its_owner_ends_the_task_and_the_wait(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
+    agent_procs.start("slowpoke", ["slow"], kind="sleep", options={"seconds": 30, "steps": 30})
+    await agent_procs.ready(mesh_client)
+    record = await mesh_client.submit("slow", "take your time")
+
+    async def claimed() -> bool:
+        with contextlib.suppress(Exception):
+            return (await mesh_client.get(record.id)).state == "working"
+        return False
+
+    await wait_for(claimed, what="the task to be claimed")
+    await mesh_client.bus.tasks.put(f"task.{record.id}", b'{"v":2,"id":"x","epoch":-1}')
+    with anyio.fail_after(20):
+        final = await mesh_client.wait(record)
+    # Whoever met it first (the owner's next progress write, or this waiting party)
+    # ended it from its own copy; the waiting party sees an end, not a decoder error.
+    assert final.state == "failed" and final.reason == "error" and "unreadable" in final.error
+    assert agent_procs.procs["slowpoke"].process.poll() is None
+    trail = [e.kind for e in await mesh_client.history(record.id)]
+    assert trail[0] == "created" and trail[-1] == "ended", trail
+
+
+async def _take_an_item_and_go_silent(ghost: Mesh, capability: str, *, finish: bool) -> str:
+    """Play an agent that pulls a work item, writes its claim (and result) and dies
+    before its event goes out: returns the task's id."""
+    inbox = ghost.nc.new_inbox()
+    sub = await ghost.nc.subscribe(inbox)
+    request = {"batch": 1, "expires": 5_000_000_000, "group": "mesh", "priority": 0}
+    await ghost.nc.publish(
+        f"$JS.API.CONSUMER.MSG.NEXT.mesh-v2-work.{capability}", msgspec.json.encode(request), reply=inbox
+    )
+    msg = await sub.next_msg(timeout=10)
+    item = decode_work_item(msg.data)
+    events: list[Claim | Finish] = [Claim(actor="ghost", ticket=msg.metadata.sequence.stream)]
+    if finish:
+        events.append(Finish(actor="ghost", epoch=1, result="the ghost's result"))
+    record = item.record
+    for event in events:
+        record = apply(record, event, time.time())
+    await ghost.bus._compare_and_set(f"task.{item.task}", encode(record), 0, finished=finish)
+    await ghost.nc.close()  # no event, no acknowledgement: gone
+    return item.task
+
+
+@pytest.mark.parametrize("finish", [False, True], ids=["died-after-claim", "died-after-finish"])
+async def test_a_writer_that_dies_after_its_write_leaves_no_hole_in_the_trail(
+    agent_procs: AgentProcs, mesh_client: Mesh, finish: bool
+) -> None:
+    ghost = await Mesh.connect(agent_procs.broker.url, client_id="ghost", settings=Settings(lease_s=1.0))
+    await ghost.bus.ensure_queue("dying")  # the queue's lease: 1 s
+    submitted = await mesh_client.submit("dying", "work")
+    assert await _take_an_item_and_go_silent(ghost, "dying", finish=finish) == submitted.id
+    # A real agent gets the silent writer's item a lease later, and records the write
+    # the trail lacks before it takes the task over (or drops the item of an ended one).
+    agent_procs.start("heir", ["dying"], kind="echo")
+    with anyio.fail_after(30):
+        final = await mesh_client.wait(submitted)
+    assert final.state == "done"
+    kinds: list[str] = []
+
+    async def recorded() -> bool:
+        kinds[:] = [e.kind for e in await mesh_client.history(submitted.id)]
+        return len(kinds) >= 2 and kinds[-1] in ("finish", "ended")
+
+    await wait_for(recorded, what="the trail to show the end")
+    trail = await mesh_client.history(submitted.id)
+    if finish:
+        assert final.result == "the ghost's result"
+        assert kinds == ["created", "ended"], kinds
+        assert trail[-1].actor == "ghost" and trail[-1].record == final and "heir" in trail[-1].note
+    else:
+        assert final.author == "heir" and final.lapses == 1
+        assert kinds[:2] == ["created", "recovered"] and kinds[-1] == "finish", kinds
+        assert trail[1].actor == "ghost" and trail[1].state == "working" and trail[1].epoch == 1

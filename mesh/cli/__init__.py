@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="agent_command", metavar="ACTION")
     r = asub.add_parser("run", help="run one agent from a brief file until SIGTERM/SIGINT (then drain)")
     r.add_argument("brief", help="brief TOML file (or an org file with --agent NAME)")
-    r.add_argument("--id", default=None, help="agent id (default: the brief's name)")
+    r.add_argument(
+        "--id",
+        default=None,
+        help="agent id, unique in the mesh (default: the brief's name plus a random suffix, e.g. writer-3f2a; "
+        "a second live agent under an id in use is refused)",
+    )
     r.add_argument("--agent", default=None, help="with an org file: which agent of it to run")
     _server(r)
     d = asub.add_parser("drain", help="ask a running agent to drain: stop claiming, finish or hand back, leave")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import secrets
 import signal
 import sys
 import threading
@@ -201,7 +202,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from ..process import run_agent
 
         brief = _brief_or_org_member(args.brief, args.agent)
-        anyio.run(lambda: run_agent(brief, server=server, agent_id=args.id, prefix=args.prefix))
+        # One id, one process: the same brief run on two machines must not make two
+        # agents under one name (the second would be refused at start). `mesh up`
+        # gives its agents readable ids of its own.
+        agent_id = args.id or f"{brief.name[:59]}-{secrets.token_hex(2)}"  # ids are at most 64 characters
+        anyio.run(lambda: run_agent(brief, server=server, agent_id=agent_id, prefix=args.prefix))
         return 0
 
     import msgspec

@@ -30,7 +30,7 @@ def outcome(record: TaskRecord) -> str:
 def agents_table(cards: list[AgentCard], *, now: float) -> str:
     if not cards:
         return "no agents (start one with `mesh agent run BRIEF.toml`)"
-    rows = [("AGENT", "ROLE", "SERVES", "LOAD", "DONE", "FAILED", "STATE", "HOST", "UP")]
+    rows = [("AGENT", "ROLE", "SERVES", "LOAD", "DONE", "FAILED", "REFUSED", "STATE", "HOST", "UP")]
     for c in cards:
         rows.append(
             (
@@ -40,6 +40,7 @@ def agents_table(cards: list[AgentCard], *, now: float) -> str:
                 f"{c.load}/{c.capacity}",
                 str(c.completed),
                 str(c.failed),
+                str(c.refused),
                 "draining" if c.draining else "ready",
                 f"{c.host}:{c.pid}",
                 f"{int(now - c.started)}s",

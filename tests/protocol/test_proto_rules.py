@@ -40,9 +40,11 @@ from protocol import (
     ask,
     best_match,
     clarification_capability,
+    decode_record,
     decode_work_item,
     delegate,
     encode,
+    end_unreadable,
     fingerprint,
     is_terminal,
     judge_waiting,
@@ -52,9 +54,11 @@ from protocol import (
     serves,
     specificity,
     split_budget,
+    trail_gap,
     work_item_id,
     work_items,
 )
+from protocol.types import TaskEvent
 
 T0 = 1_700_000_000.0
 #: the work item the owner of ``working()`` holds
@@ -431,6 +435,60 @@ def test_judge_waiting(record: TaskRecord, waited_s: float, queue_active: bool, 
     if event is not None:
         ended = apply(record, event, now)
         assert (ended.state, ended.reason) == ("failed", event.reason)
+
+
+# --- unreadable records and holes in the trail -----------------------------------------------
+
+
+@given(records(), st.text(max_size=2000), st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_end_unreadable_always_ends_with_a_record_every_decoder_accepts(copy: TaskRecord, why: str, now: float) -> None:
+    """Whatever the copy, the written end is terminal, says why, holds no slot, and is
+    itself readable (a repair must never write another unreadable record)."""
+    ended = end_unreadable(copy, why=why, now=now)
+    assert is_terminal(ended)
+    assert decode_record(encode(ended)) == ended
+    if is_terminal(copy):
+        assert ended == copy
+    else:
+        assert (ended.state, ended.reason, ended.slots) == ("failed", "error", ())
+        assert ended.error.startswith("the stored record was unreadable") and len(ended.error) < 400
+        assert ended.updated >= copy.updated and ended.id == copy.id
+
+
+def _event_of(record: TaskRecord, kind: str = "x") -> TaskEvent:
+    return TaskEvent(
+        kind=kind,
+        task=record.id,
+        root=record.root,
+        capability=record.capability,
+        actor="someone",
+        epoch=record.epoch,
+        state=record.state,
+        reason=record.reason,
+        at=record.updated,
+    )
+
+
+@given(records(), records(), st.integers(min_value=1, max_value=10**6))
+def test_trail_gap_fills_exactly_what_the_last_event_does_not_show(
+    record: TaskRecord, earlier: TaskRecord, revision: int
+) -> None:
+    """An event showing the record's state at its epoch means nothing is missing; a
+    missing end is `ended` with no items; anything else missing is `recovered`, with
+    the items of an open or review record (never of a held one)."""
+    assert trail_gap(record, revision, _event_of(record)) is None
+    assert trail_gap(record, 0, None) is None  # not in the bucket: nothing was written
+    last = _event_of(msgspec.structs.replace(earlier, id=record.id, root=record.root))
+    gap = trail_gap(record, revision, last)
+    shows = last.state == record.state and last.epoch == record.epoch
+    ended_already = is_terminal(record) and last.state in TERMINAL_STATES
+    assert (gap is None) == (shows or ended_already)
+    if gap is not None:
+        assert gap.kind == ("ended" if is_terminal(record) else "recovered")
+        assert gap.actor in (record.owner, record.author, record.requester)
+        assert all(i.task == record.id and i.revision == revision for i in gap.items)
+        if record.state not in ("open", "review"):
+            assert gap.items == ()
 
 
 def test_judge_waiting_examples() -> None:

@@ -116,6 +116,14 @@ def test_rule_vectors() -> None:
             now=case["now"],
         )
         assert (None if event is None else builtins(event)) == case["expect"]
+    for case in rules["trail_gap"]:
+        last = None if case["last_event"] is None else p.decode_event(json.dumps(case["last_event"]).encode())
+        gap = p.trail_gap(record(case["record"]), case["revision"], last)
+        got = None if gap is None else {"kind": gap.kind, "actor": gap.actor, "items": [builtins(i) for i in gap.items]}
+        assert got == case["expect"], case["name"]
+    for case in rules["end_unreadable"]:
+        ended = p.end_unreadable(record(case["copy"]), why=case["why"], now=case["now"])
+        assert builtins(ended) == case["expect"], case["name"]
     for case in rules["fingerprint"]:
         assert p.fingerprint(case["capability"], case["instruction"]) == case["fingerprint"]
     for case in rules["split_budget"]:
