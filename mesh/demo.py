@@ -48,7 +48,13 @@ def run_demo(*, keep_logs: bool = False) -> int:
         try:
             for brief, _ in briefs:
                 procs.append(
-                    spawn_agent(DEMO_ORG, server=broker.url, agent_name=brief.name, log_path=logs / f"{brief.name}.log")
+                    spawn_agent(
+                        DEMO_ORG,
+                        server=broker.url,
+                        agent_id=brief.name,
+                        agent_name=brief.name,
+                        log_path=logs / f"{brief.name}.log",
+                    )
                 )
             say(
                 f"org {org.name!r} ({DEMO_ORG.name}): started {len(procs)} agent processes: "

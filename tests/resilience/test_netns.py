@@ -144,7 +144,7 @@ async def test_cut_link_moves_the_task_and_the_late_result_is_refused(hosts: Hos
                 procs.append(
                     hosts.popen(
                         name,
-                        [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--server", url],
+                        [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--id", name, "--server", url],
                         tmp_path / f"{name}.log",
                     )
                 )
