@@ -274,7 +274,7 @@ class Agent:
         self._notify()
         if self._held:
             self.log.info("draining", holding=sorted(self._held), grace_s=self.config.drain_timeout_s)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(MeshError, nats.errors.Error):  # the card says draining; it may wait
                 await self._publish_card()
             with anyio.move_on_after(self.config.drain_timeout_s):
                 while self._held:
@@ -366,7 +366,7 @@ class Agent:
         try:
             await anyio.sleep_forever()
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):  # leaving anyway
                 await service.stop()
 
     async def _control(self, request: Request) -> None:

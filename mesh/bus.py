@@ -942,10 +942,15 @@ class Bus:
         deleted keys left out. For listings people ask for (`mesh top`, `mesh agents`),
         never the hot path. (A pull consumer read to its end: nats-py's KV watch can
         report the end of the current values before it has delivered them all.)"""
+        return [value for _, value in await self.snapshot_keyed(pattern, bucket=bucket)]
+
+    async def snapshot_keyed(self, pattern: str, *, bucket: KeyValue | None = None) -> list[tuple[str, bytes]]:
+        """:meth:`snapshot`, with each value's key."""
         kv = bucket or self.tasks
         name = self.names.agents_bucket if kv is getattr(self, "agents", None) else self.names.tasks_bucket
-        values = await self.stored(f"KV_{name}", f"$KV.{name}.{pattern}", last_per_subject=True)
-        return [v for v in values if v]
+        prefix = f"$KV.{name}."
+        found = await self.stored_with_subjects(f"KV_{name}", f"{prefix}{pattern}", last_per_subject=True)
+        return [(subject.removeprefix(prefix), value) for subject, value in found if value]
 
     async def waiting_items(self, capability_filter: str = ">") -> list[tuple[int, WorkItem]]:
         """The work items waiting in the work stream under ``capability_filter`` (a
@@ -973,7 +978,16 @@ class Bus:
         self, stream: str, subject: str, *, last_per_subject: bool = False, patience_s: float = 15.0
     ) -> list[bytes]:
         """Every message ``stream`` holds on ``subject`` as of now, oldest first (or only
-        the last one of each subject).
+        the last one of each subject)."""
+        found = await self.stored_with_subjects(
+            stream, subject, last_per_subject=last_per_subject, patience_s=patience_s
+        )
+        return [data for _, data in found]
+
+    async def stored_with_subjects(
+        self, stream: str, subject: str, *, last_per_subject: bool = False, patience_s: float = 15.0
+    ) -> list[tuple[str, bytes]]:
+        """:meth:`stored`, with each message's subject.
 
         A pull consumer is read until a message says nothing is left after it: counting
         on a push consumer's totals undercounts while a cluster moves the stream's leader.
@@ -996,7 +1010,7 @@ class Bus:
                 if time.monotonic() > deadline:
                     raise
                 await anyio.sleep(0.25)
-        out: list[bytes] = []
+        out: list[tuple[str, bytes]] = []
         try:
             with translate_errors(f"reading {stream}"):
                 if not (await sub.consumer_info()).num_pending:
@@ -1008,7 +1022,7 @@ class Bus:
                     if time.monotonic() > deadline:
                         raise Unavailable(f"reading {stream}: stopped after {len(out)} messages") from None
                     continue
-                out.extend(msg.data for msg in batch)
+                out.extend((msg.subject, msg.data) for msg in batch)
                 if batch and batch[-1].metadata.num_pending == 0:
                     return out
         finally:

@@ -10,7 +10,6 @@ a person must notice early flagged (sensitivity to operations):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,9 @@ class Snapshot:
     stuck: list[str] = field(default_factory=list)
     looping: list[str] = field(default_factory=list)
     overloaded: list[str] = field(default_factory=list)
+    #: keys of task records that do not decode (shown, not silently dropped: the first
+    #: party of each task to read it ends it; see PROTOCOL 6.15)
+    unreadable: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         by_owner: dict[str, list[TaskRecord]] = {}
@@ -77,7 +79,12 @@ class Snapshot:
             "at": self.at,
             "agents": agents,
             "tasks": tasks,
-            "flags": {"stuck": self.stuck, "looping": self.looping, "overloaded": self.overloaded},
+            "flags": {
+                "stuck": self.stuck,
+                "looping": self.looping,
+                "overloaded": self.overloaded,
+                "unreadable": self.unreadable,
+            },
         }
 
 
@@ -87,15 +94,21 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
     person's attention."""
     agents = await mesh.agents()
     tasks: dict[str, TaskRecord] = {}
-    for value in await mesh.bus.snapshot("task.>"):
-        with contextlib.suppress(RemoteProtocolError, ValueError):
+    unreadable: list[str] = []
+    for key, value in await mesh.bus.snapshot_keyed("task.>"):
+        try:
             record = decode_record(value)
-            if not is_terminal(record):
-                tasks[record.id] = record
+        except RemoteProtocolError:
+            unreadable.append(key)
+            continue
+        if not is_terminal(record):
+            tasks[record.id] = record
     for _, item in await mesh.bus.waiting_items():
         if item.task not in tasks and item.revision == 0:
             tasks[item.task] = item.record
-    return analyse(time.time(), agents, list(tasks.values()), stuck_after=stuck_after, loop_after=loop_after)
+    snap = analyse(time.time(), agents, list(tasks.values()), stuck_after=stuck_after, loop_after=loop_after)
+    snap.unreadable = sorted(unreadable)
+    return snap
 
 
 def analyse(

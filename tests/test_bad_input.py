@@ -16,6 +16,7 @@ from mesh import CorruptRecord, Settings
 from mesh.client import Mesh
 from mesh.process import spawn_agent
 from mesh.testing import AgentProcs, wait_for, write_brief
+from mesh.top import take_snapshot
 from protocol import (
     Claim,
     Finish,
@@ -87,6 +88,7 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     assert (await kv.get("task.bad2")).value == bad_record
     with pytest.raises(CorruptRecord, match="bad2"):
         await mesh_client.wait("bad2")
+    assert (await take_snapshot(mesh_client)).unreadable == ["task.bad2"]  # shown, not dropped
     trace = await anyio.run_process(
         [sys.executable, "-m", "mesh", "trace", "bad2", "--server", agent_procs.broker.url], check=False
     )

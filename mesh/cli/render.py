@@ -155,6 +155,8 @@ def top_view(snap: Any) -> str:
         f"stuck: {len(flags['stuck'])}   looping: {len(flags['looping'])}   overloaded capabilities: "
         f"{', '.join(flags['overloaded']) or 'none'}"
     )
+    if flags.get("unreadable"):
+        summary += f"\nunreadable records (their parties end them): {', '.join(flags['unreadable'])}"
     return "\n\n".join(
         [
             _table(
