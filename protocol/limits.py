@@ -143,9 +143,12 @@ class Limit:
     field: str
     limit: float
     unit: str
-    #: how a reader enforces it: ``schema`` (the JSON Schema says it) or ``decoder``
+    #: how a reader enforces it: ``schema`` (the JSON Schema says it), ``decoder`` (a
+    #: check after decoding) or ``runtime`` (not on the wire)
     read: str
     why: str
+    #: who refuses to write it
+    write: str = "new_task, delegate, apply"
 
 
 #: Why each limit has its value, in a few words (the comments above the constants say more).
@@ -177,7 +180,7 @@ _WHY: dict[str, str] = {
 
 LIMITS: tuple[Limit, ...] = (
     Limit("task record (encoded)", MAX_RECORD_BYTES, "bytes", "decoder", _WHY["record"]),
-    Limit("agent card (encoded)", MAX_CARD_BYTES, "bytes", "decoder", _WHY["card"]),
+    Limit("agent card (encoded)", MAX_CARD_BYTES, "bytes", "decoder", _WHY["card"], write="-"),
     Limit("record.data (encoded)", MAX_DATA_BYTES, "bytes", "decoder", _WHY["data"]),
     Limit("record.result (encoded)", MAX_RESULT_BYTES, "bytes", "decoder", _WHY["result"]),
     Limit("record.checkpoint (encoded)", MAX_CHECKPOINT_BYTES, "bytes", "decoder", _WHY["checkpoint"]),
@@ -195,14 +198,20 @@ LIMITS: tuple[Limit, ...] = (
     Limit("record.feedback", MAX_FEEDBACK, "entries", "schema", _WHY["feedback"]),
     Limit("record.votes", MAX_VOTES, "entries", "schema", _WHY["votes"]),
     Limit("record.slots", MAX_QUORUM, "entries", "schema", _WHY["quorum"]),
-    Limit("vote.reasons", MAX_REASONS, "entries", "schema", _WHY["reasons"]),
-    Limit("vote.reasons[]", MAX_REASON_CHARS, "characters", "schema", _WHY["reasons"]),
+    Limit("record.votes[].reasons, record.feedback[].reasons", MAX_REASONS, "entries", "schema", _WHY["reasons"]),
+    Limit(
+        "record.votes[].reasons[], record.feedback[].reasons[]",
+        MAX_REASON_CHARS,
+        "characters",
+        "schema",
+        _WHY["reasons"],
+    ),
     Limit("record.max_lapses", MAX_LAPSES, "lapses", "schema", _WHY["max_lapses"]),
     Limit("record.claim_timeout_s", MAX_CLAIM_TIMEOUT_S, "seconds", "schema", _WHY["claim_timeout_s"]),
     Limit("record.review.escalation_timeout_s", MAX_ESCALATION_TIMEOUT_S, "seconds", "schema", _WHY["claim_timeout_s"]),
-    Limit("record.deadline - record.created", MAX_DEADLINE_S, "seconds", "decoder", _WHY["deadline"]),
-    Limit("lease of a queue (consumer ack_wait)", MAX_LEASE_S, "seconds", "runtime", _WHY["lease"]),
-    Limit("card.heartbeat_s", MAX_HEARTBEAT_S, "seconds", "schema", _WHY["heartbeat_s"]),
+    Limit("record.deadline", MAX_DEADLINE_S, "seconds after created", "decoder", _WHY["deadline"]),
+    Limit("lease of a queue (consumer ack_wait)", MAX_LEASE_S, "seconds", "runtime", _WHY["lease"], "MESH_LEASE_S"),
+    Limit("card.heartbeat_s", MAX_HEARTBEAT_S, "seconds", "schema", _WHY["heartbeat_s"], write="-"),
 )
 
 
@@ -282,7 +291,7 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
         _over("progress", len(record.progress), MAX_PROGRESS_CHARS, "characters"),
         _over("error", len(record.error), MAX_ERROR_CHARS, "characters"),
         _over("tags", len(record.tags), MAX_TAGS, "entries"),
-        _over("a tag", max(map(len, record.tags), default=0), MAX_TAG_CHARS, "characters"),
+        _over("tags[]", max(map(len, record.tags), default=0), MAX_TAG_CHARS, "characters"),
         _over("children", len(record.children), MAX_CHILDREN, "entries"),
         _over("hops_left", record.hops_left, MAX_HOPS, "hops"),
         _over("lineage", len(record.lineage), MAX_LINEAGE, "entries"),
@@ -292,11 +301,12 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
         _over("max_lapses", record.max_lapses, MAX_LAPSES, "lapses"),
         _over("claim_timeout_s", record.claim_timeout_s, MAX_CLAIM_TIMEOUT_S, "seconds"),
     ]
-    for vote in (*record.votes, *record.feedback):
-        checks += [
-            _over("a vote's reasons", len(vote.reasons), MAX_REASONS, "entries"),
-            _over("a vote's reason", max(map(len, vote.reasons), default=0), MAX_REASON_CHARS, "characters"),
-        ]
+    for name, votes in (("votes", record.votes), ("feedback", record.feedback)):
+        for vote in votes:
+            checks += [
+                _over(f"{name}[].reasons", len(vote.reasons), MAX_REASONS, "entries"),
+                _over(f"{name}[].reasons[]", max(map(len, vote.reasons), default=0), MAX_REASON_CHARS, "characters"),
+            ]
     if record.review is not None:
         checks += [
             _over("review.quorum", record.review.quorum, MAX_QUORUM, "approvals"),
@@ -306,7 +316,7 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
             ),
         ]
     if record.deadline is not None:
-        checks.append(_over("deadline (after created)", record.deadline - record.created, MAX_DEADLINE_S, "seconds"))
+        checks.append(_over("deadline", record.deadline - record.created, MAX_DEADLINE_S, "seconds after created"))
     return next((b for b in checks if b is not None), None)
 
 
