@@ -51,6 +51,7 @@ from protocol import (
     Fail,
     Finish,
     HandBack,
+    LimitExceeded,
     Names,
     NotUnderstood,
     Release,
@@ -744,7 +745,16 @@ class Agent:
     async def _finish(self, ctx: TaskContext, event: Finish | Fail, log: Any) -> str:
         try:
             with anyio.CancelScope(shield=True):  # the result must land whatever stops us now
-                record = await ctx.end(event)  # acks awaited by _work, once our slot is free
+                try:
+                    record = await ctx.end(event)  # acks awaited by _work, once our slot is free
+                except LimitExceeded as exc:
+                    # A result (or failure message) over a protocol limit: no party could
+                    # read that record, so it is never written; the task fails instead.
+                    log.warning("result refused: over a protocol limit", why=str(exc))
+                    what = "result too large" if isinstance(event, Finish) else "failure message too long"
+                    record = await ctx.end(
+                        Fail(actor=self.config.id, epoch=ctx.epoch, reason="error", message=f"{what}: {exc}")
+                    )
         except Lost as exc:
             log.warning("result refused: lost the task", why=str(exc))
             return "abandoned"
