@@ -262,10 +262,6 @@ def _finite(field: str, value: float | None) -> Breach | None:
     return None
 
 
-def _over(field: str, size: float, limit: float, unit: str) -> Breach | None:
-    return Breach(field, size, limit, unit) if size > limit else None
-
-
 def record_breach(record: Any, size: int | None = None) -> Breach | None:
     """The first limit ``record`` (a :class:`~protocol.types.TaskRecord`) breaks, or None.
 
@@ -278,46 +274,51 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
         if breach is not None:
             return breach
         size = json_size(record)
-    checks: list[Breach | None] = [_over("task record", size, MAX_RECORD_BYTES, "bytes")]
+    # (field, size, limit, unit), the most specific first: a 900 KB `data` is named as
+    # such, not as a record too large.
+    checks: list[tuple[str, float, float, str]] = []
     if size > MAX_CHECKPOINT_BYTES:
         checks += [
-            _over("data", json_size(record.data), MAX_DATA_BYTES, "bytes"),
-            _over("result", json_size(record.result), MAX_RESULT_BYTES, "bytes"),
-            _over("checkpoint", json_size(record.checkpoint), MAX_CHECKPOINT_BYTES, "bytes"),
+            ("data", json_size(record.data), MAX_DATA_BYTES, "bytes"),
+            ("result", json_size(record.result), MAX_RESULT_BYTES, "bytes"),
+            ("checkpoint", json_size(record.checkpoint), MAX_CHECKPOINT_BYTES, "bytes"),
         ]
     checks += [
-        _over("instruction", len(record.instruction), MAX_INSTRUCTION_CHARS, "characters"),
-        _over("criteria", len(record.criteria), MAX_CRITERIA_CHARS, "characters"),
-        _over("progress", len(record.progress), MAX_PROGRESS_CHARS, "characters"),
-        _over("error", len(record.error), MAX_ERROR_CHARS, "characters"),
-        _over("tags", len(record.tags), MAX_TAGS, "entries"),
-        _over("tags[]", max(map(len, record.tags), default=0), MAX_TAG_CHARS, "characters"),
-        _over("children", len(record.children), MAX_CHILDREN, "entries"),
-        _over("hops_left", record.hops_left, MAX_HOPS, "hops"),
-        _over("lineage", len(record.lineage), MAX_LINEAGE, "entries"),
-        _over("feedback", len(record.feedback), MAX_FEEDBACK, "entries"),
-        _over("votes", len(record.votes), MAX_VOTES, "entries"),
-        _over("slots", len(record.slots), MAX_QUORUM, "entries"),
-        _over("max_lapses", record.max_lapses, MAX_LAPSES, "lapses"),
-        _over("claim_timeout_s", record.claim_timeout_s, MAX_CLAIM_TIMEOUT_S, "seconds"),
+        ("task record", size, MAX_RECORD_BYTES, "bytes"),
+        ("instruction", len(record.instruction), MAX_INSTRUCTION_CHARS, "characters"),
+        ("criteria", len(record.criteria), MAX_CRITERIA_CHARS, "characters"),
+        ("progress", len(record.progress), MAX_PROGRESS_CHARS, "characters"),
+        ("error", len(record.error), MAX_ERROR_CHARS, "characters"),
+        ("tags", len(record.tags), MAX_TAGS, "entries"),
+        ("tags[]", max(map(len, record.tags), default=0), MAX_TAG_CHARS, "characters"),
+        ("children", len(record.children), MAX_CHILDREN, "entries"),
+        ("hops_left", record.hops_left, MAX_HOPS, "hops"),
+        ("lineage", len(record.lineage), MAX_LINEAGE, "entries"),
+        ("feedback", len(record.feedback), MAX_FEEDBACK, "entries"),
+        ("votes", len(record.votes), MAX_VOTES, "entries"),
+        ("slots", len(record.slots), MAX_QUORUM, "entries"),
+        ("max_lapses", record.max_lapses, MAX_LAPSES, "lapses"),
+        ("claim_timeout_s", record.claim_timeout_s, MAX_CLAIM_TIMEOUT_S, "seconds"),
     ]
     for name, votes in (("votes", record.votes), ("feedback", record.feedback)):
         for vote in votes:
             checks += [
-                _over(f"{name}[].reasons", len(vote.reasons), MAX_REASONS, "entries"),
-                _over(f"{name}[].reasons[]", max(map(len, vote.reasons), default=0), MAX_REASON_CHARS, "characters"),
+                (f"{name}[].reasons", len(vote.reasons), MAX_REASONS, "entries"),
+                (f"{name}[].reasons[]", max(map(len, vote.reasons), default=0), MAX_REASON_CHARS, "characters"),
             ]
-    if record.review is not None:
+    review = record.review
+    if review is not None:
         checks += [
-            _over("review.quorum", record.review.quorum, MAX_QUORUM, "approvals"),
-            _over("review.max_reworks", record.review.max_reworks, MAX_REWORKS, "rounds"),
-            _over(
-                "review.escalation_timeout_s", record.review.escalation_timeout_s, MAX_ESCALATION_TIMEOUT_S, "seconds"
-            ),
+            ("review.quorum", review.quorum, MAX_QUORUM, "approvals"),
+            ("review.max_reworks", review.max_reworks, MAX_REWORKS, "rounds"),
+            ("review.escalation_timeout_s", review.escalation_timeout_s, MAX_ESCALATION_TIMEOUT_S, "seconds"),
         ]
     if record.deadline is not None:
-        checks.append(_over("deadline", record.deadline - record.created, MAX_DEADLINE_S, "seconds after created"))
-    return next((b for b in checks if b is not None), None)
+        checks.append(("deadline", record.deadline - record.created, MAX_DEADLINE_S, "seconds after created"))
+    for field, value, limit, unit in checks:
+        if value > limit:
+            return Breach(field, value, limit, unit)
+    return None
 
 
 def _float_breach(record: Any) -> Breach | None:
