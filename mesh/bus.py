@@ -38,6 +38,8 @@ from nats.js.kv import KeyValue
 
 from protocol import (
     MAJOR_VERSION,
+    MAX_CARD_BYTES,
+    MAX_RECORD_BYTES,
     PRIORITY_GROUP,
     VERSION_HEADER,
     ErrorReport,
@@ -424,6 +426,9 @@ class Bus:
                 # events stream is the trace.
                 history=1,
                 direct=True,
+                # The protocol's limit (a party refuses to write more, and to read it):
+                # the broker refuses a larger value from a peer that does not.
+                max_value_size=MAX_RECORD_BYTES,
                 storage=storage,
                 replicas=settings.replicas,
                 # Parties follow a task on a plain subscription: the broker republishes
@@ -436,6 +441,7 @@ class Bus:
                 bucket=names.agents_bucket,
                 description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
                 history=1,
+                max_value_size=MAX_CARD_BYTES,
                 storage=storage,
                 replicas=settings.replicas,
                 limit_marker_ttl=60.0,

@@ -68,9 +68,10 @@ KIB = 1024
 #: well under 1 KiB; 768 KiB leaves a quarter of NATS' default 1 MiB ``max_payload``
 #: for envelopes and headers, so a record that may be written can always be delivered.
 MAX_RECORD_BYTES = 768 * KIB
-#: Encoded agent card: a directory entry (ids, capability lists, a description), rewritten
-#: on every heartbeat; 64 KiB is hundreds of capabilities.
-MAX_CARD_BYTES = 64 * KIB
+#: Encoded agent card: a directory entry (ids, capability lists, a description and the ids
+#: of the tasks the agent holds), rewritten on every heartbeat. 256 KiB holds hundreds of
+#: capabilities and the tasks of an agent with a capacity in the thousands.
+MAX_CARD_BYTES = 256 * KIB
 #: Task input. 256 KiB is about 64k tokens of text, more than most models take in one
 #: request; documents larger than that go to an object store, referenced from ``data``.
 MAX_DATA_BYTES = 256 * KIB
@@ -154,7 +155,7 @@ class Limit:
 #: Why each limit has its value, in a few words (the comments above the constants say more).
 _WHY: dict[str, str] = {
     "record": "a work item and a terminal event carry the record: it fits NATS' 1 MiB max_payload with room for them",
-    "card": "a directory entry rewritten on every heartbeat; 64 KiB is hundreds of capabilities",
+    "card": "a directory entry rewritten on every heartbeat: hundreds of capabilities, thousands of held tasks",
     "data": "about 64k tokens of text; bulk input goes to an object store, referenced from `data`",
     "result": "as `data`; both at their limits still fit in a record",
     "checkpoint": "a resume point copied into every later revision, not a copy of the work",

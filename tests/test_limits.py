@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 
 from mesh import OverLimit
@@ -60,6 +61,11 @@ async def test_records_and_items_over_a_limit_are_refused_reported_and_never_wor
         task = key.removeprefix("task.")
         fine = new_task(task_id=task, capability="echo", instruction="x", requester="test-client", now=time.time())
         await js.publish(queue, encode(WorkItem(task=task, capability="echo", revision=99, record=fine)))
+    # Larger than a record may be: the broker itself refuses it (new buckets carry the
+    # limit as their max_value_size), in the tasks bucket and the directory alike.
+    for bucket, key in ((kv, "task.huge"), (mesh_client.bus.agents, "agent.huge")):
+        with pytest.raises(nats.js.errors.APIError):
+            await bucket.put(key, b"x" * 900_000)
     # Items that carry such records themselves: refused at the queue.
     item = msgspec.json.decode(encode(WorkItem(task="v99b", capability="echo", revision=0, record=new_task(
         task_id="v99b", capability="echo", instruction="x", requester="test-client", now=time.time()))))  # fmt: skip
