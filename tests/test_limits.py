@@ -151,3 +151,18 @@ def test_cli_submit_over_a_limit_is_one_line_and_exit_2(broker: Broker, tmp_path
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "over the limit" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_briefs_and_settings_keep_the_duration_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh.briefs import BriefError, load_brief
+    from mesh.settings import Settings, SettingsError
+
+    for extra, field in (("lease_s = 1e308", "lease_s"), ("[review]\nquorum = 100", "review.quorum"),
+                         ("[review]\nescalation_timeout_s = 1e9", "review.escalation_timeout_s")):  # fmt: skip
+        path = tmp_path / "brief.toml"
+        path.write_text(f'name = "x"\nserves = ["echo"]\nkind = "echo"\n{extra}\n')
+        with pytest.raises(BriefError, match=f"field `{field}`"):
+            load_brief(path)
+    monkeypatch.setenv("MESH_LEASE_S", "2h")
+    with pytest.raises(SettingsError, match="MESH_LEASE_S: 7200 s is over the limit of 3600 s"):
+        Settings.from_env()
