@@ -42,6 +42,7 @@ import structlog
 from nats.micro.request import Request
 
 from protocol import (
+    MAX_ERROR_CHARS,
     AgentCard,
     Approve,
     Claim,
@@ -751,10 +752,12 @@ class Agent:
                     # A result (or failure message) over a protocol limit: no party could
                     # read that record, so it is never written; the task fails instead.
                     log.warning("result refused: over a protocol limit", why=str(exc))
-                    what = "result too large" if isinstance(event, Finish) else "failure message too long"
-                    record = await ctx.end(
-                        Fail(actor=self.config.id, epoch=ctx.epoch, reason="error", message=f"{what}: {exc}")
-                    )
+                    if isinstance(event, Finish):
+                        event = Fail(actor=self.config.id, epoch=ctx.epoch, message=f"result too large: {exc}")
+                    else:
+                        message = event.message[: MAX_ERROR_CHARS - 20] + " ... (truncated)"
+                        event = Fail(actor=event.actor, epoch=event.epoch, reason=event.reason, message=message)
+                    record = await ctx.end(event)
         except Lost as exc:
             log.warning("result refused: lost the task", why=str(exc))
             return "abandoned"

@@ -24,6 +24,7 @@ from mesh.client import Mesh
 from mesh.testing import AgentProcs, wait_for
 from protocol import (
     MAX_DATA_BYTES,
+    MAX_ERROR_CHARS,
     MAX_INSTRUCTION_CHARS,
     MAX_RESULT_BYTES,
     ErrorReport,
@@ -166,3 +167,12 @@ def test_briefs_and_settings_keep_the_duration_limits(tmp_path: Path, monkeypatc
     monkeypatch.setenv("MESH_LEASE_S", "2h")
     with pytest.raises(SettingsError, match="MESH_LEASE_S: 7200 s is over the limit of 3600 s"):
         Settings.from_env()
+
+
+async def test_a_failure_message_over_the_limit_is_cut_not_lost(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    agent_procs.start("failer", ["fail"], kind="fail", options={"message": "why " * MAX_ERROR_CHARS})
+    await agent_procs.ready(mesh_client)
+    final = await mesh_client.run("fail", "try")
+    assert final.state == "failed" and final.reason == "error"
+    assert final.error.startswith("why why") and final.error.endswith(" ... (truncated)")
+    assert len(final.error) <= MAX_ERROR_CHARS
