@@ -207,7 +207,9 @@ LIMITS: tuple[Limit, ...] = (
         "schema",
         _WHY["reasons"],
     ),
-    Limit("record.max_lapses", MAX_LAPSES, "lapses", "schema", _WHY["max_lapses"]),
+    Limit("record.max_lapses, record.lapses", MAX_LAPSES, "lapses", "schema", _WHY["max_lapses"]),
+    Limit("record.reworks, votes[].round, work item round", MAX_REWORKS, "rounds", "schema", _WHY["max_reworks"]),
+    Limit("work item slot", MAX_QUORUM - 1, "(index)", "schema", "one item per review slot of the quorum"),
     Limit("record.claim_timeout_s", MAX_CLAIM_TIMEOUT_S, "seconds", "schema", _WHY["claim_timeout_s"]),
     Limit("record.review.escalation_timeout_s", MAX_ESCALATION_TIMEOUT_S, "seconds", "schema", _WHY["claim_timeout_s"]),
     Limit("record.deadline", MAX_DEADLINE_S, "seconds after created", "decoder", _WHY["deadline"]),
@@ -299,6 +301,8 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
         ("votes", len(record.votes), MAX_VOTES, "entries"),
         ("slots", len(record.slots), MAX_QUORUM, "entries"),
         ("max_lapses", record.max_lapses, MAX_LAPSES, "lapses"),
+        ("lapses", record.lapses, MAX_LAPSES, "lapses"),
+        ("reworks", record.reworks, MAX_REWORKS, "rounds"),
         ("claim_timeout_s", record.claim_timeout_s, MAX_CLAIM_TIMEOUT_S, "seconds"),
     ]
     for name, votes in (("votes", record.votes), ("feedback", record.feedback)):

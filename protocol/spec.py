@@ -1527,6 +1527,8 @@ def _limit_decode_cases(w: _World) -> list[tuple[str, str, Any, list[dict[str, A
     numbers: list[tuple[str, list[Any], float, float, Any]] = [
         ("hops_left", ["hops_left"], MAX_HOPS, MAX_HOPS + 1, record),
         ("max_lapses", ["max_lapses"], MAX_LAPSES, MAX_LAPSES + 1, record),
+        ("lapses", ["lapses"], MAX_LAPSES, MAX_LAPSES + 1, record),
+        ("reworks", ["reworks"], MAX_REWORKS, MAX_REWORKS + 1, record),
         ("review quorum", ["review", "quorum"], MAX_QUORUM, MAX_QUORUM + 1, review),
         ("review max_reworks", ["review", "max_reworks"], MAX_REWORKS, MAX_REWORKS + 1, review),
         ("claim_timeout_s", ["claim_timeout_s"], MAX_CLAIM_TIMEOUT_S, MAX_CLAIM_TIMEOUT_S + 1, record),
@@ -1548,6 +1550,12 @@ def _limit_decode_cases(w: _World) -> list[tuple[str, str, Any, list[dict[str, A
         [{"path": ["heartbeat_s"], "value": MAX_HEARTBEAT_S}],
         [{"path": ["heartbeat_s"], "value": MAX_HEARTBEAT_S + 1}],
     )
+    review_item = _builtins(work_items(w.rv_working, w.review, 2)[0])
+    for name, path, at in (
+        ("a work item's slot", ["slot"], MAX_QUORUM - 1),
+        ("a work item's round", ["round"], MAX_REWORKS),
+    ):
+        both(name, "work_item", review_item, [{"path": path, "value": at}], [{"path": path, "value": at + 1}])
     veto_event = _builtins(Veto(actor="critic-1", epoch=1, reasons=("Too vague.",)))
     both(
         "a veto's reasons (transition)",

@@ -69,6 +69,8 @@ Version = Annotated[int, msgspec.Meta(ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)]
 Reworks = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_REWORKS)]
 Hops = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_HOPS)]
 Lapses = Annotated[int, msgspec.Meta(ge=1, le=L.MAX_LAPSES)]
+LapseCount = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_LAPSES)]
+SlotIndex = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_QUORUM - 1)]
 ClaimTimeout = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_CLAIM_TIMEOUT_S)]
 EscalationTimeout = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_ESCALATION_TIMEOUT_S)]
 Heartbeat = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_HEARTBEAT_S)]
@@ -104,7 +106,7 @@ class Vote(_Wire, frozen=True, kw_only=True):
     verdict: Verdict
     reasons: Reasons = ()
     #: the rework round the vote was cast in (``TaskRecord.reworks`` at the time)
-    round: NonNegInt = 0
+    round: Reworks = 0
     at: float = 0.0
 
 
@@ -167,9 +169,9 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     ticket: NonNegInt | None = None
     #: times an owner was lost (its lease lapsed and another agent took the task over);
     #: at ``max_lapses`` the task fails with ``error`` instead of poisoning agent after agent
-    lapses: NonNegInt = 0
+    lapses: LapseCount = 0
     max_lapses: Lapses = 3
-    reworks: NonNegInt = 0
+    reworks: Reworks = 0
     review: ReviewPolicy | None = None
     votes: Annotated[tuple[Vote, ...], msgspec.Meta(max_length=L.MAX_VOTES)] = ()
     #: review slots held in the current round: reviewers at work who have not voted yet.
@@ -231,9 +233,9 @@ class WorkItem(_Wire, frozen=True, kw_only=True):
     #: revision of the record when the item was made (0: not in the bucket yet)
     revision: NonNegInt
     #: the review round (``TaskRecord.reworks``) a review item is for
-    round: NonNegInt = 0
+    round: Reworks = 0
     #: which of the round's ``quorum`` review slots the item stands for (0 for work)
-    slot: NonNegInt = 0
+    slot: SlotIndex = 0
     record: TaskRecord
 
 
