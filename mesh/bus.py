@@ -85,6 +85,10 @@ WRONG_LAST_SEQUENCE = (10071, 10164)
 CONSUMER_EXISTS = 10148
 
 
+#: Bytes of headers a bucket's size limit leaves room for beyond the protocol's value limit
+_HEADER_ROOM = 4096
+
+
 class MeshError(Exception):
     """Base of the runtime's errors."""
 
@@ -427,8 +431,9 @@ class Bus:
                 history=1,
                 direct=True,
                 # The protocol's limit (a party refuses to write more, and to read it):
-                # the broker refuses a larger value from a peer that does not.
-                max_value_size=MAX_RECORD_BYTES,
+                # the broker refuses a larger value from a peer that does not. It counts
+                # a write's headers too (compare-and-set, TTL): room for them.
+                max_value_size=MAX_RECORD_BYTES + _HEADER_ROOM,
                 storage=storage,
                 replicas=settings.replicas,
                 # Parties follow a task on a plain subscription: the broker republishes
@@ -441,7 +446,7 @@ class Bus:
                 bucket=names.agents_bucket,
                 description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
                 history=1,
-                max_value_size=MAX_CARD_BYTES,
+                max_value_size=MAX_CARD_BYTES + _HEADER_ROOM,
                 storage=storage,
                 replicas=settings.replicas,
                 limit_marker_ttl=60.0,

@@ -23,9 +23,11 @@ from mesh.bus import NotFound
 from mesh.client import Mesh
 from mesh.testing import AgentProcs, wait_for
 from protocol import (
+    MAX_CARD_BYTES,
     MAX_DATA_BYTES,
     MAX_ERROR_CHARS,
     MAX_INSTRUCTION_CHARS,
+    MAX_RECORD_BYTES,
     MAX_RESULT_BYTES,
     ErrorReport,
     WorkItem,
@@ -62,6 +64,11 @@ async def test_records_and_items_over_a_limit_are_refused_reported_and_never_wor
         task = key.removeprefix("task.")
         fine = new_task(task_id=task, capability="echo", instruction="x", requester="test-client", now=time.time())
         await js.publish(queue, encode(WorkItem(task=task, capability="echo", revision=99, record=fine)))
+    # A record at the limit is stored, with the headers of a compare-and-set and a TTL.
+    at_limit = b"x" * MAX_RECORD_BYTES
+    headers = {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-TTL": "600s"}
+    await js.publish(f"$KV.{mesh_client.bus.names.tasks_bucket}.task.atlimit", at_limit, headers=headers)
+    await mesh_client.bus.agents.put("agent.atlimit", b"x" * MAX_CARD_BYTES)
     # Larger than a record may be: the broker itself refuses it (new buckets carry the
     # limit as their max_value_size), in the tasks bucket and the directory alike.
     for bucket, key in ((kv, "task.huge"), (mesh_client.bus.agents, "agent.huge")):
