@@ -1847,13 +1847,16 @@ def _type_of(prop: dict[str, Any]) -> str:
     if kind is None:
         return "any JSON"
     if kind == "array":
-        return f"array of {_type_of(prop['items'])}"
+        most = f", at most {prop['maxItems']}" if "maxItems" in prop else ""
+        return f"array of {_type_of(prop['items'])}{most}"
     text = str(kind)
     bounds = [
         f"{op} {prop[key]}"
         for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="))
         if key in prop
     ]
+    if "maxLength" in prop:
+        bounds.append(f"at most {prop['maxLength']} characters")
     if bounds:
         text += f" ({', '.join(bounds)})"
     if "pattern" in prop:
