@@ -245,6 +245,9 @@ def json_size(value: Any) -> int:
 
 @dataclass(frozen=True)
 class Breach:
+    """A limit a record breaks: the write side raises it as :class:`LimitExceeded`, the
+    read side as a :class:`~protocol.errors.RemoteProtocolError`."""
+
     field: str
     size: float
     limit: float
