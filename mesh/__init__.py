@@ -30,6 +30,7 @@ _EXPORTS = {
     "Settings": "bus",
     "Unreachable": "bus",
     "Mesh": "client",
+    "OverLimit": "client",
     "Lost": "work",
     "Reviewer": "work",
     "RoleViolation": "work",
@@ -54,6 +55,7 @@ __all__ = [
     "MeshError",
     "NotFound",
     "Org",
+    "OverLimit",
     "Reviewer",
     "RoleViolation",
     "Settings",
@@ -83,5 +85,5 @@ if TYPE_CHECKING:
     from .briefs import Brief, BriefError, Org, load_brief, load_org
     from .broker import Broker, BrokerNotFound, find_nats_server
     from .bus import Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
-    from .client import Mesh
+    from .client import Mesh, OverLimit
     from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker

@@ -42,6 +42,7 @@ import structlog
 from nats.micro.request import Request
 
 from protocol import (
+    MAX_ERROR_CHARS,
     AgentCard,
     Approve,
     Claim,
@@ -51,6 +52,7 @@ from protocol import (
     Fail,
     Finish,
     HandBack,
+    LimitExceeded,
     Names,
     NotUnderstood,
     Release,
@@ -764,7 +766,18 @@ class Agent:
     async def _finish(self, ctx: TaskContext, event: Finish | Fail, log: Any) -> str:
         try:
             with anyio.CancelScope(shield=True):  # the result must land whatever stops us now
-                record = await ctx.end(event)  # acks awaited by _work, once our slot is free
+                try:
+                    record = await ctx.end(event)  # acks awaited by _work, once our slot is free
+                except LimitExceeded as exc:
+                    # A result (or failure message) over a protocol limit: no party could
+                    # read that record, so it is never written; the task fails instead.
+                    log.warning("result refused: over a protocol limit", why=str(exc))
+                    if isinstance(event, Finish):
+                        event = Fail(actor=self.config.id, epoch=ctx.epoch, message=f"result too large: {exc}")
+                    else:
+                        message = event.message[: MAX_ERROR_CHARS - 20] + " ... (truncated)"
+                        event = Fail(actor=event.actor, epoch=event.epoch, reason=event.reason, message=message)
+                    record = await ctx.end(event)
         except Lost as exc:
             log.warning("result refused: lost the task", why=str(exc))
             return "abandoned"

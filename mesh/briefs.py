@@ -17,7 +17,15 @@ from typing import Any
 
 import msgspec
 
-from protocol import Budget, InvalidName, ReviewPolicy, best_match, validate_agent_id, validate_capability
+from protocol import (
+    MAX_LEASE_S,
+    Budget,
+    InvalidName,
+    ReviewPolicy,
+    best_match,
+    validate_agent_id,
+    validate_capability,
+)
 
 __all__ = ["BriefError", "Brief", "Org", "load_brief", "load_org", "BRIEF_TEMPLATE"]
 
@@ -124,8 +132,8 @@ def _check(brief: Brief, where: str) -> Brief:
                 raise BriefError(f"{where}: field `{field}`: {exc}") from None
     if brief.capacity < 1:
         raise BriefError(f"{where}: field `capacity`: must be at least 1, got {brief.capacity}")
-    if brief.lease_s is not None and brief.lease_s <= 0:
-        raise BriefError(f"{where}: field `lease_s`: must be positive")
+    if brief.lease_s is not None and not 0 < brief.lease_s <= MAX_LEASE_S:  # also NaN
+        raise BriefError(f"{where}: field `lease_s`: must be positive and at most {MAX_LEASE_S:g} (a protocol limit)")
     if brief.drain_timeout_s < 0:
         raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 or more")
     _check_reviews(brief, where)

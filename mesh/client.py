@@ -31,6 +31,7 @@ from protocol import (
     ControlReply,
     ControlRequest,
     Finish,
+    LimitExceeded,
     Names,
     RemoteProtocolError,
     ReviewPolicy,
@@ -53,7 +54,17 @@ from .follow import create_and_wait, wait_terminal
 from .questions import Answerer, Questions
 from .work import new_id
 
-__all__ = ["DEFAULT_SERVER", "default_server", "Answerer", "Mesh"]
+__all__ = ["DEFAULT_SERVER", "default_server", "Answerer", "Mesh", "OverLimit"]
+
+
+class OverLimit(MeshError, ValueError):
+    """The task is over a protocol limit (docs/PROTOCOL.md 6.18: too much data, too long
+    an instruction, too distant a deadline...); nothing was written. ``field``, ``size``
+    and ``limit`` say which and by how much."""
+
+    def __init__(self, exc: LimitExceeded) -> None:
+        self.field, self.size, self.limit = exc.field, exc.size, exc.limit
+        super().__init__(f"task refused: {exc}")
 
 
 class Mesh:
@@ -141,22 +152,25 @@ class Mesh:
         if isinstance(review, int):
             review = ReviewPolicy(quorum=review)
         now = time.time()
-        return new_task(
-            task_id=task_id or new_id(),
-            capability=capability,
-            instruction=instruction,
-            requester=self.id,
-            now=now,
-            data=data,
-            criteria=criteria,
-            tags=tags,
-            review=review,
-            hops=hops,
-            deadline=None if deadline_s is None else now + deadline_s,
-            budget=budget,
-            claim_timeout_s=claim_timeout_s,
-            trace=traceparent(secrets.token_hex(16), secrets.token_hex(8)),
-        )
+        try:
+            return new_task(
+                task_id=task_id or new_id(),
+                capability=capability,
+                instruction=instruction,
+                requester=self.id,
+                now=now,
+                data=data,
+                criteria=criteria,
+                tags=tags,
+                review=review,
+                hops=hops,
+                deadline=None if deadline_s is None else now + deadline_s,
+                budget=budget,
+                claim_timeout_s=claim_timeout_s,
+                trace=traceparent(secrets.token_hex(16), secrets.token_hex(8)),
+            )
+        except LimitExceeded as exc:
+            raise OverLimit(exc) from None
 
     async def wait(self, task: TaskRecord | str, *, on_question: Answerer | None = None) -> TaskRecord:
         """Wait for the task to end; also judges no_agent and the deadline.

@@ -64,7 +64,11 @@ class Echo:
 
 class Sleep:
     """Works for ``seconds`` (option, or a number in the task data), reporting progress
-    and checkpointing how far it got, so a successor resumes where it stopped."""
+    and checkpointing how far it got, so a successor resumes where it stopped. More
+    than :attr:`MAX_SECONDS` (or not a number of seconds) fails the task: a sleep of
+    1e308 s would hold a slot for ever."""
+
+    MAX_SECONDS = 24 * 3600.0
 
     def __init__(self, brief: Brief) -> None:
         self.seconds = float(brief.options.get("seconds", 1.0))
@@ -72,6 +76,8 @@ class Sleep:
 
     async def work(self, task: TaskContext) -> Any:
         seconds = float(task.data.get("seconds", self.seconds)) if isinstance(task.data, dict) else self.seconds
+        if not 0 <= seconds <= self.MAX_SECONDS:  # also NaN
+            raise TaskFailed(f"seconds must be 0 to {self.MAX_SECONDS:g}, got {seconds!r}")
         start = int(task.record.checkpoint or 0) if isinstance(task.record.checkpoint, int) else 0
         for step in range(start, self.steps):
             await anyio.sleep(seconds / self.steps)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from protocol import DEFAULT_LEASE_S
+from protocol import DEFAULT_LEASE_S, MAX_LEASE_S
 
 from .defaults import parse_bytes, parse_duration
 
@@ -60,10 +60,13 @@ class Settings:
             raise SettingsError(f"MESH_REPLICAS={replicas!r}: expected 1 to 5 (3 on a 3-node cluster)")
         if storage not in ("file", "memory"):
             raise SettingsError(f"MESH_STORAGE={storage!r}: expected file or memory")
+        lease_s = _parsed(env, "MESH_LEASE_S", parse_duration, DEFAULT_LEASE_S)
+        if lease_s > MAX_LEASE_S:  # a protocol limit: a longer lease only slows failover
+            raise SettingsError(f"MESH_LEASE_S: {lease_s:g} s is over the limit of {MAX_LEASE_S:g} s")
         return cls(
             replicas=int(replicas),
             storage=storage,
-            lease_s=_parsed(env, "MESH_LEASE_S", parse_duration, DEFAULT_LEASE_S),
+            lease_s=lease_s,
             finished_ttl_s=_parsed(env, "MESH_FINISHED_TTL", parse_duration, cls.finished_ttl_s),
             retention_s=_parsed(env, "MESH_RETENTION", parse_duration, cls.retention_s),
             retention_bytes=_parsed(env, "MESH_RETENTION_BYTES", parse_bytes, cls.retention_bytes),

@@ -9,6 +9,7 @@ import msgspec
 
 from .errors import InvalidName, RemoteProtocolError
 from .events import Event
+from .limits import MAX_CARD_BYTES, MAX_RECORD_BYTES, record_breach
 from .names import validate_agent_id, validate_capability, validate_task_id
 from .types import (
     AgentCard,
@@ -78,8 +79,14 @@ def _decode(data: bytes, tp: type[T] | Any, what: str) -> Any:
         raise RemoteProtocolError(f"{what}: {exc}") from None
 
 
-def check_record(record: TaskRecord) -> TaskRecord:
-    """Invariants a decoded record must satisfy beyond its schema."""
+def check_record(record: TaskRecord, size: int | None = None) -> TaskRecord:
+    """Invariants a decoded record must satisfy beyond its schema, and the limits the
+    schema cannot state (encoded sizes, the deadline's distance). ``size`` is the length
+    of the record's encoding if known: an upper bound above ``MAX_RECORD_BYTES`` is no
+    use, the record is then measured."""
+    breach = record_breach(record, size if size is not None and size <= MAX_RECORD_BYTES else None)
+    if breach is not None:
+        raise RemoteProtocolError(f"task record {record.id}: {breach}")
     try:
         validate_task_id(record.id)
         validate_task_id(record.root)
@@ -110,8 +117,10 @@ def check_record(record: TaskRecord) -> TaskRecord:
 
 
 def decode_record(data: bytes) -> TaskRecord:
+    if isinstance(data, (bytes, bytearray, memoryview)) and len(data) > MAX_RECORD_BYTES:
+        raise RemoteProtocolError(f"task record: {len(data)} bytes is over the limit of {MAX_RECORD_BYTES} bytes")
     record: TaskRecord = _decode(data, TaskRecord, "task record")
-    return check_record(record)
+    return check_record(record, len(data))
 
 
 def decode_work_item(data: bytes) -> WorkItem:
@@ -121,7 +130,7 @@ def decode_work_item(data: bytes) -> WorkItem:
         validate_capability(item.capability)
     except InvalidName as exc:
         raise RemoteProtocolError(f"work item: {exc}") from None
-    check_record(item.record)
+    check_record(item.record, len(data))
     if item.record.id != item.task:
         raise RemoteProtocolError(f"work item for {item.task} carries the record of {item.record.id}")
     if item.revision == 0 and (item.kind != "work" or item.record.state != "open" or item.record.epoch != 0):
@@ -132,6 +141,8 @@ def decode_work_item(data: bytes) -> WorkItem:
 
 
 def decode_card(data: bytes) -> AgentCard:
+    if isinstance(data, (bytes, bytearray, memoryview)) and len(data) > MAX_CARD_BYTES:
+        raise RemoteProtocolError(f"agent card: {len(data)} bytes is over the limit of {MAX_CARD_BYTES} bytes")
     card: AgentCard = _decode(data, AgentCard, "agent card")
     try:
         validate_agent_id(card.id)
@@ -145,7 +156,7 @@ def decode_card(data: bytes) -> AgentCard:
 def decode_event(data: bytes) -> TaskEvent:
     event: TaskEvent = _decode(data, TaskEvent, "task event")
     if event.record is not None:
-        check_record(event.record)
+        check_record(event.record, len(data))
         if event.record.id != event.task:
             raise RemoteProtocolError(f"event of {event.task} carries the record of {event.record.id}")
     return event

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .types import NonNegInt, Usage
+from .types import ErrorText, NonNegInt, Progress, Reasons, Usage
 
 __all__ = [
     "Claim",
@@ -60,7 +60,7 @@ class Renew(_OwnerEvent, frozen=True, kw_only=True, tag="renew"):
     hold this way, since only its writes show that it is alive; an agent renews the
     lease on its work item with the broker instead (in-progress acknowledgements)."""
 
-    progress: str | None = None
+    progress: Progress | None = None
     checkpoint: Any = None
 
 
@@ -80,13 +80,14 @@ class Fail(_OwnerEvent, frozen=True, kw_only=True, tag="fail"):
     """Give up the task for good with a reason from the closed set."""
 
     reason: Literal["error", "rejected", "budget", "hop_limit", "loop", "deadline"] = "error"
-    message: str = ""
+    message: ErrorText = ""
 
 
 class Release(_OwnerEvent, frozen=True, kw_only=True, tag="release"):
     """Hand the task back (drain): it is open again for any eligible agent."""
 
-    note: str = ""
+    #: becomes the record's ``progress``
+    note: Progress = ""
 
 
 class Reviewing(_Event, frozen=True, kw_only=True, tag="reviewing"):
@@ -115,7 +116,7 @@ class Veto(_Event, frozen=True, kw_only=True, tag="veto"):
     """A reviewer sends the result back; reasons are required."""
 
     epoch: NonNegInt
-    reasons: tuple[str, ...]
+    reasons: Reasons
 
 
 class Charge(_OwnerEvent, frozen=True, kw_only=True, tag="charge"):
@@ -128,7 +129,8 @@ class Cancel(_Event, frozen=True, kw_only=True, tag="cancel"):
     """End the task as ``cancelled`` in any live state, even past its deadline; the
     canceller then cancels the task's children."""
 
-    note: str = ""
+    #: becomes the record's ``error``
+    note: ErrorText = ""
 
 
 class Expire(_Event, frozen=True, kw_only=True, tag="expire"):

@@ -31,6 +31,7 @@ from .events import (
     Reviewing,
     Veto,
 )
+from .limits import check_record_limits
 from .types import TERMINAL_STATES, ReviewSlot, TaskRecord, Usage, Vote
 
 __all__ = ["TRANSITIONS", "apply", "is_terminal", "approvals", "event_kind", "slot_of", "free_slots", "review_full"]
@@ -97,7 +98,11 @@ def review_full(record: TaskRecord) -> bool:
 
 
 def apply(record: TaskRecord, event: Event, now: float) -> TaskRecord:
-    """Apply one event at wall-clock time ``now``; return the new record."""
+    """Apply one event at wall-clock time ``now``; return the new record.
+
+    An event that would make a record over a limit of :mod:`protocol.limits` (a result
+    too large, a child too many) is refused with :class:`~protocol.limits.LimitExceeded`:
+    no party could read that record."""
     kind = event_kind(event)
     if (record.state, kind) not in TRANSITIONS:
         why = "the task is terminal" if is_terminal(record) else "not a legal transition"
@@ -107,6 +112,7 @@ def apply(record: TaskRecord, event: Event, now: float) -> TaskRecord:
         return _end(record, now, "failed", reason="deadline", error="deadline passed")
     new = _HANDLERS[type(event)](record, event, now)
     assert new.state in TRANSITIONS[(record.state, kind)], (record.state, kind, new.state)
+    check_record_limits(new)
     return new
 
 

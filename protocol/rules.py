@@ -14,6 +14,7 @@ import msgspec
 
 from .errors import LocalProtocolError
 from .events import Claim, Expire, Reviewing
+from .limits import MAX_QUORUM, check_record_limits
 from .machine import free_slots, is_terminal, slot_of
 from .names import (
     MAX_PRIORITY,
@@ -77,7 +78,10 @@ def new_task(
     trace: str | None = None,
 ) -> TaskRecord:
     """A new root task, open for claiming. ``trace`` is a W3C traceparent (see
-    :func:`traceparent`); ids and randomness come from the caller."""
+    :func:`traceparent`); ids and randomness come from the caller.
+
+    A task over a limit of :mod:`protocol.limits` (too much data, a deadline that is
+    not a finite time...) is refused with :class:`~protocol.limits.LimitExceeded`."""
     validate_task_id(task_id)
     validate_capability(capability)
     validate_agent_id(requester)
@@ -86,7 +90,7 @@ def new_task(
         raise LocalProtocolError(f"hops must be >= 0, got {hops}")
     if deadline is not None and deadline <= now:
         raise LocalProtocolError("the deadline is already past")
-    return TaskRecord(
+    record = TaskRecord(
         id=task_id,
         capability=capability,
         instruction=instruction,
@@ -104,6 +108,8 @@ def new_task(
         created=now,
         updated=now,
     )
+    check_record_limits(record)
+    return record
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -142,8 +148,8 @@ def _validate_review(review: ReviewPolicy | None) -> None:
         validate_capability(review.capability)
         if review.escalate_to is not None:
             validate_capability(review.escalate_to)
-        if not 1 <= review.quorum <= 16:
-            raise LocalProtocolError(f"review quorum must be 1 to 16, got {review.quorum}")
+        if not 1 <= review.quorum <= MAX_QUORUM:
+            raise LocalProtocolError(f"review quorum must be 1 to {MAX_QUORUM}, got {review.quorum}")
         if review.max_reworks < 0 or not review.escalation_timeout_s > 0:
             raise LocalProtocolError("review max_reworks must be >= 0 and escalation_timeout_s > 0")
 
@@ -468,6 +474,8 @@ def delegate(
         refusal = ("budget", f"{parent.id} has no budget left to share")
     elif deadline is not None and deadline <= now:
         refusal = ("deadline", f"the deadline of {child_id} has already passed")
+    # Limits first: an over-limit child cannot be written even as a refusal.
+    check_record_limits(child)
     if refusal is not None:
         return msgspec.structs.replace(child, state="failed", reason=refusal[0], error=refusal[1])
     return child

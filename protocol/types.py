@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from . import limits as L
+
 __all__ = [
     "PROTOCOL_VERSION",
     "State",
@@ -58,7 +60,27 @@ Verdict = Literal["approve", "veto"]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
-Quorum = Annotated[int, msgspec.Meta(ge=1, le=16)]
+Quorum = Annotated[int, msgspec.Meta(ge=1, le=L.MAX_QUORUM)]
+#: The ``v`` field of every message: the protocol's major version, nothing else (a record
+#: of another major version follows other rules; working it would break them).
+Version = Annotated[int, msgspec.Meta(ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)]
+# Limits (protocol/limits.py says why each has its value); the decoders enforce these,
+# the JSON Schemas publish them, and the write side checks them in protocol.limits.
+Reworks = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_REWORKS)]
+Hops = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_HOPS)]
+Lapses = Annotated[int, msgspec.Meta(ge=1, le=L.MAX_LAPSES)]
+LapseCount = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_LAPSES)]
+SlotIndex = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_QUORUM - 1)]
+ClaimTimeout = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_CLAIM_TIMEOUT_S)]
+EscalationTimeout = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_ESCALATION_TIMEOUT_S)]
+Heartbeat = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_HEARTBEAT_S)]
+Instruction = Annotated[str, msgspec.Meta(max_length=L.MAX_INSTRUCTION_CHARS)]
+Criteria = Annotated[str, msgspec.Meta(max_length=L.MAX_CRITERIA_CHARS)]
+Progress = Annotated[str, msgspec.Meta(max_length=L.MAX_PROGRESS_CHARS)]
+ErrorText = Annotated[str, msgspec.Meta(max_length=L.MAX_ERROR_CHARS)]
+Tag = Annotated[str, msgspec.Meta(max_length=L.MAX_TAG_CHARS)]
+ReasonText = Annotated[str, msgspec.Meta(max_length=L.MAX_REASON_CHARS)]
+Reasons = Annotated[tuple[ReasonText, ...], msgspec.Meta(max_length=L.MAX_REASONS)]
 
 
 class _Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
@@ -70,21 +92,21 @@ class ReviewPolicy(_Wire, frozen=True, kw_only=True):
 
     quorum: Quorum = 1
     capability: str = "review"
-    max_reworks: NonNegInt = 2
+    max_reworks: Reworks = 2
     #: capability to hand the task to past ``max_reworks`` (e.g. ``human.review``);
     #: without one the task fails with reason ``rejected``.
     escalate_to: str | None = None
     #: how long an escalated task waits to be taken (people are slower than agents):
     #: it becomes the escalated task's ``claim_timeout_s``
-    escalation_timeout_s: PosFloat = 3600.0
+    escalation_timeout_s: EscalationTimeout = 3600.0
 
 
 class Vote(_Wire, frozen=True, kw_only=True):
     reviewer: str
     verdict: Verdict
-    reasons: tuple[str, ...] = ()
+    reasons: Reasons = ()
     #: the rework round the vote was cast in (``TaskRecord.reworks`` at the time)
-    round: NonNegInt = 0
+    round: Reworks = 0
     at: float = 0.0
 
 
@@ -123,16 +145,16 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     event to the record with :func:`protocol.machine.apply`.
     """
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     id: str
     capability: str
-    instruction: str
+    instruction: Instruction
     #: free JSON input for the task (documents, parameters)
     data: Any = None
     #: what a reviewer checks the result against
-    criteria: str = ""
+    criteria: Criteria = ""
     #: expertise tags (shown with the task and in agents' cards; no allocation rule reads them)
-    tags: tuple[str, ...] = ()
+    tags: Annotated[tuple[Tag, ...], msgspec.Meta(max_length=L.MAX_TAGS)] = ()
     requester: str
     state: State = "open"
     owner: str | None = None
@@ -147,17 +169,17 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     ticket: NonNegInt | None = None
     #: times an owner was lost (its lease lapsed and another agent took the task over);
     #: at ``max_lapses`` the task fails with ``error`` instead of poisoning agent after agent
-    lapses: NonNegInt = 0
-    max_lapses: Annotated[int, msgspec.Meta(ge=1)] = 3
-    reworks: NonNegInt = 0
+    lapses: LapseCount = 0
+    max_lapses: Lapses = 3
+    reworks: Reworks = 0
     review: ReviewPolicy | None = None
-    votes: tuple[Vote, ...] = ()
+    votes: Annotated[tuple[Vote, ...], msgspec.Meta(max_length=L.MAX_VOTES)] = ()
     #: review slots held in the current round: reviewers at work who have not voted yet.
     #: With this round's approvals they never number more than ``review.quorum``
-    slots: tuple[ReviewSlot, ...] = ()
+    slots: Annotated[tuple[ReviewSlot, ...], msgspec.Meta(max_length=L.MAX_QUORUM)] = ()
     #: vetoes of earlier rounds, kept so the reworking owner sees every reason
-    feedback: tuple[Vote, ...] = ()
-    hops_left: NonNegInt = 8
+    feedback: Annotated[tuple[Vote, ...], msgspec.Meta(max_length=L.MAX_FEEDBACK)] = ()
+    hops_left: Hops = 8
     #: wall-clock seconds (Unix time); the one clock the protocol compares across
     #: machines, because a deadline is a promise to a person
     deadline: float | None = None
@@ -166,10 +188,10 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     parent: str | None = None
     root: str
     #: fingerprints of (capability, instruction) of every ancestor: loop refusal
-    lineage: tuple[str, ...] = ()
-    children: tuple[str, ...] = ()
+    lineage: Annotated[tuple[str, ...], msgspec.Meta(max_length=L.MAX_LINEAGE)] = ()
+    children: Annotated[tuple[str, ...], msgspec.Meta(max_length=L.MAX_CHILDREN)] = ()
     checkpoint: Any = None
-    progress: str = ""
+    progress: Progress = ""
     #: when the owner last reported progress (or claimed); a lease renewed with no
     #: progress for long marks the task as stuck in `mesh top`
     progress_at: float | None = None
@@ -180,12 +202,12 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     #: who produced ``result`` (excluded from reviewing it)
     author: str | None = None
     reason: Reason | None = None
-    error: str = ""
+    error: ErrorText = ""
     #: how long a waiting party lets the task sit unchanged while nobody can act on it
     #: before it ends ``no_agent`` (:func:`protocol.judge_waiting`): open with nobody at
     #: its queue, in review with no reviewer started, or held without a work item by an
     #: owner that stopped writing
-    claim_timeout_s: PosFloat = 10.0
+    claim_timeout_s: ClaimTimeout = 10.0
     created: float
     updated: float
 
@@ -203,7 +225,7 @@ class WorkItem(_Wire, frozen=True, kw_only=True):
     yet: a new task exists only in its work item until someone claims, cancels or
     expires it, which *creates* the key."""
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     task: str
     kind: Literal["work", "review"] = "work"
     #: the queue: the task's capability for ``work``, its reviewer capability for ``review``
@@ -211,9 +233,9 @@ class WorkItem(_Wire, frozen=True, kw_only=True):
     #: revision of the record when the item was made (0: not in the bucket yet)
     revision: NonNegInt
     #: the review round (``TaskRecord.reworks``) a review item is for
-    round: NonNegInt = 0
+    round: Reworks = 0
     #: which of the round's ``quorum`` review slots the item stands for (0 for work)
-    slot: NonNegInt = 0
+    slot: SlotIndex = 0
     record: TaskRecord
 
 
@@ -221,7 +243,7 @@ class AgentCard(_Wire, frozen=True, kw_only=True):
     """Directory entry ``agent.<id>``, rewritten on every heartbeat with a message TTL,
     so it disappears by itself when the agent stops heartbeating."""
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     id: str
     role: str = ""
     description: str = ""
@@ -238,7 +260,7 @@ class AgentCard(_Wire, frozen=True, kw_only=True):
     host: str = ""
     pid: int = 0
     started: float = 0.0
-    heartbeat_s: PosFloat = 2.0
+    heartbeat_s: Heartbeat = 2.0
     #: counters since start, for `mesh top`
     completed: NonNegInt = 0
     failed: NonNegInt = 0
@@ -254,7 +276,7 @@ class TaskEvent(_Wire, frozen=True, kw_only=True):
     did not announce, or for an unreadable record a party ended; ``recovered`` for
     another write its writer did not announce (it went silent right after writing)."""
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     kind: str
     task: str
     root: str
@@ -273,7 +295,7 @@ class TaskEvent(_Wire, frozen=True, kw_only=True):
 class NotUnderstood(_Wire, frozen=True, kw_only=True):
     """Answer to a message an agent cannot decode or does not know."""
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     kind: Literal["not_understood"] = "not_understood"
     subject: str = ""
     error: str
@@ -283,7 +305,7 @@ class NotUnderstood(_Wire, frozen=True, kw_only=True):
 class ErrorReport(_Wire, frozen=True, kw_only=True):
     """Published on ``<prefix>.v2.err.<agent>`` when an agent meets bad input or fails."""
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     agent: str
     subject: str = ""
     key: str = ""
@@ -294,12 +316,12 @@ class ErrorReport(_Wire, frozen=True, kw_only=True):
 class ControlRequest(_Wire, frozen=True, kw_only=True):
     """Request on an agent's control endpoint."""
 
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     action: Literal["status", "drain"]
 
 
 class ControlReply(_Wire, frozen=True, kw_only=True):
-    v: int = PROTOCOL_VERSION
+    v: Version = PROTOCOL_VERSION
     agent: str
     action: str
     ok: bool = True

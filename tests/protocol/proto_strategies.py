@@ -42,6 +42,11 @@ kinds = st.one_of(st.sampled_from([*p.EVENT_KINDS, "created"]), _word(LOWER, LOW
 finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
 times = st.floats(min_value=0.0, max_value=4e9, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
+#: durations the limits allow
+claim_timeouts = st.floats(min_value=1e-3, max_value=p.MAX_CLAIM_TIMEOUT_S, allow_nan=False, allow_infinity=False)
+heartbeats = st.floats(min_value=1e-3, max_value=p.MAX_HEARTBEAT_S, allow_nan=False, allow_infinity=False)
+#: a deadline's distance from ``created`` (negative: set before it was created)
+deadline_offsets = st.floats(min_value=-1e6, max_value=p.MAX_DEADLINE_S - 1, allow_nan=False, allow_infinity=False)
 non_neg_int = st.integers(min_value=0, max_value=2**53)
 non_neg_float = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 
@@ -112,7 +117,7 @@ def records(draw: st.DrawFn) -> p.TaskRecord:
         slots=tuple(draw(st.lists(review_slots, max_size=3))),
         feedback=tuple(draw(st.lists(votes, max_size=2))),
         hops_left=draw(st.integers(0, 16)),
-        deadline=draw(st.none() | times),
+        deadline=draw(st.none() | deadline_offsets.map(lambda d: created + d)),
         budget=draw(st.none() | budgets),
         spent=draw(usages),
         parent=draw(st.none() | task_ids),
@@ -125,7 +130,7 @@ def records(draw: st.DrawFn) -> p.TaskRecord:
         author=draw(st.none() | agent_ids),
         reason=reason,  # type: ignore[arg-type]
         error=draw(st.text(max_size=20)),
-        claim_timeout_s=draw(positive),
+        claim_timeout_s=draw(claim_timeouts),
         created=created,
         updated=draw(times),
     )
@@ -165,7 +170,7 @@ cards = st.builds(
     tasks=st.lists(task_ids, max_size=3).map(tuple),
     draining=st.booleans(),
     started=times,
-    heartbeat_s=positive,
+    heartbeat_s=heartbeats,
     completed=non_neg_int,
     failed=non_neg_int,
 )
