@@ -86,9 +86,12 @@ def _claims(event: Any) -> bool:
     return event.kind == "claim" or "claim" in _steps(event.note)
 
 
-def failovers(events: Sequence[Any], kills: dict[str, list[float]], lease: float) -> dict[str, Any]:
+def failovers(
+    events: Sequence[Any], kills: dict[str, list[float]], lease: float, graced: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Kill -> takeover for every takeover in ``events`` (a task's stored events, in
-    order); ``kills``: agent id -> wall-clock times it was killed."""
+    order); ``kills``: agent id -> wall-clock times it was killed; ``graced``: tasks
+    whose item an agent handed back under the takeover grace (from the agents' logs)."""
     claim_at: dict[tuple[str, int], tuple[str, float]] = {}
     takeovers = []
     for e in events:
@@ -103,7 +106,14 @@ def failovers(events: Sequence[Any], kills: dict[str, list[float]], lease: float
             continue
         owner = taken.group(1)
         prev = claim_at.get((e.task, prev_epoch))
-        row: dict[str, Any] = {"task": e.task, "owner": owner, "taker": e.actor, "epoch": e.epoch, "at": e.at}
+        row: dict[str, Any] = {
+            "task": e.task,
+            "owner": owner,
+            "taker": e.actor,
+            "epoch": e.epoch,
+            "at": e.at,
+            "graced": e.task in graced,
+        }
         if e.state != "failed":
             claim_at[(e.task, e.epoch)] = (e.actor, e.at)
         if prev is None or prev[0] != owner:
@@ -120,6 +130,8 @@ def failovers(events: Sequence[Any], kills: dict[str, list[float]], lease: float
     measured = [r["kill_to_takeover_s"] for r in takeovers if "kill_to_takeover_s" in r]
     bound = lease + margin_s(lease)
     over = sorted((r for r in takeovers if r.get("kill_to_takeover_s", 0.0) > bound), key=lambda r: r["at"])
+    with_grace = [r["kill_to_takeover_s"] for r in takeovers if "kill_to_takeover_s" in r and r["graced"]]
+    without = [r["kill_to_takeover_s"] for r in takeovers if "kill_to_takeover_s" in r and not r["graced"]]
     return {
         "lease_s": lease,
         "margin_s": margin_s(lease),
@@ -127,10 +139,14 @@ def failovers(events: Sequence[Any], kills: dict[str, list[float]], lease: float
         "count": len(measured),
         "takeovers": len(takeovers),
         "unattributed": dict(Counter(r["why"] for r in takeovers if "why" in r)),
+        "unattributed_examples": [r for r in takeovers if "why" in r][:8],
         "live_owner_claim_to_takeover_s": [r["claim_to_takeover_s"] for r in takeovers if "claim_to_takeover_s" in r],
         "s": _dist(measured),
         "leases": _dist([m / lease for m in measured]),
+        "graced_s": _dist(with_grace),
+        "not_graced_s": _dist(without),
         "over_bound": len(over),
+        "over_bound_graced": sum(1 for r in over if r["graced"]),
         "over_1_5_leases": sum(1 for m in measured if m > 1.5 * lease),
         "over_examples": over[:8],
         "samples_ms": samples(measured),
@@ -179,10 +195,15 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
             elif n < 0:
                 extra[what] += -n
         if any(n > 0 for n in task_holes.values()) and len(examples) < 8:
-            examples.append({"task": task, **{k: v for k, v in task_holes.items() if v}, "kinds": [e.kind for e in evs]})
+            examples.append(
+                {"task": task, **{k: v for k, v in task_holes.items() if v}, "kinds": [e.kind for e in evs]}
+            )
         if len(terminal) > 1:
             multi_terminal.append(
-                {"task": task, "events": [f"{e.kind}->{e.state}" + (f" ({e.reason})" if e.reason else "") for e in terminal]}
+                {
+                    "task": task,
+                    "events": [f"{e.kind}->{e.state}" + (f" ({e.reason})" if e.reason else "") for e in terminal],
+                }
             )
     return {
         "tasks": len(finals),
@@ -198,17 +219,29 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _count_in_logs(paths: Sequence[Path], needle: str) -> int:
-    total = 0
+#: what an agent logs when it hands an item back under the takeover grace
+GRACE_LINE = "not taking over yet"
+
+
+def graced_tasks(paths: Sequence[Path]) -> tuple[int, frozenset[str]]:
+    """Hand-backs under the takeover grace in the agents' logs, and the tasks they held back."""
+    count, tasks = 0, set()
     for path in paths:
         try:
-            total += path.read_text(errors="replace").count(needle)
+            text = path.read_text(errors="replace")
         except OSError:
             continue
-    return total
+        for line in text.splitlines():
+            if GRACE_LINE in line:
+                count += 1
+                if found := re.search(r"task=(\S+)", line):
+                    tasks.add(found.group(1))
+    return count, frozenset(tasks)
 
 
-async def _run(url: str, runs: dict[str, AgentRun], tasks: int, lease: float, rng: random.Random) -> dict[str, Any]:
+async def _run(
+    url: str, runs: dict[str, AgentRun], tasks: int, lease: float, rng: random.Random
+) -> tuple[dict[str, Any], list[Any], dict[str, list[float]]]:
     from mesh.client import Mesh
 
     mesh = await Mesh.connect(url, client_id="chaos-client", settings=mesh_settings(lease_s=lease))
@@ -271,7 +304,6 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, lease: float, rn
     recorded_late = sum(1 for e in events if e.kind == "ended")
     states = Counter(r.state for r in finals.values())
     reasons = Counter(r.reason for r in finals.values() if r.reason)
-    fo = failovers(events, kills, lease)
     result = {
         "tasks": tasks,
         "agents": len(runs),
@@ -289,7 +321,6 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, lease: float, rn
         "attempts_per_task": sum(r.attempts for r in finals.values()) / max(len(finals), 1),
         "elapsed_s": elapsed,
         "tasks_per_s": tasks / elapsed if elapsed else 0.0,
-        "failover": fo,
         "trail": trail(events, finals),
         "setup": SETUP.format(
             agents=len(runs),
@@ -303,16 +334,7 @@ async def _run(url: str, runs: dict[str, AgentRun], tasks: int, lease: float, rn
             restart=RESTART_AFTER_S,
         ),
     }
-    s = fo["s"]
-    progress(
-        NAME,
-        f"{n_kills} SIGKILLs; lost {result['lost']}, completed twice {result['completed_twice']}, "
-        f"states {result['states']}, failed over {result['failed_over']}; kill->takeover n={s['n']} "
-        f"p50 {s['p50']:.2f} s p95 {s['p95']:.2f} s max {s['max']:.2f} s (lease {lease:g} s), "
-        f"{fo['over_bound']} over {fo['bound_s']:g} s; trail holes {result['trail']['holes']}, "
-        f"multi-terminal {result['trail']['multi_terminal']}",
-    )
-    return result
+    return result, events, kills
 
 
 def main(*, quick: bool = False) -> dict[str, Any]:
@@ -337,7 +359,7 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         for r in runs.values():
             r.wait_ready(30)
         try:
-            result = anyio.run(_run, b.url, runs, tasks, lease, rng)
+            result, events, kills = anyio.run(_run, b.url, runs, tasks, lease, rng)
         finally:
             for r in runs.values():
                 r.stop()
@@ -345,5 +367,15 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         result["log_problems"] = log_problems(logs)
         # The takeover grace (mesh/agent.py `_takeover_grace`): an agent that (re)connected
         # less than a lease ago hands a dead owner's item back for the rest of that lease.
-        result["grace_hand_backs"] = _count_in_logs(logs, "not taking over yet")
+        result["grace_hand_backs"], graced = graced_tasks(logs)
+        fo = result["failover"] = failovers(events, kills, lease, graced)
+        s = fo["s"]
+        progress(
+            NAME,
+            f"{result['kills']} SIGKILLs; lost {result['lost']}, completed twice {result['completed_twice']}, "
+            f"states {result['states']}, failed over {result['failed_over']}; kill->takeover n={s['n']} "
+            f"p50 {s['p50']:.2f} s p95 {s['p95']:.2f} s max {s['max']:.2f} s (lease {lease:g} s), "
+            f"{fo['over_bound']} over {fo['bound_s']:g} s ({fo['over_bound_graced']} after a grace hand-back); "
+            f"trail holes {result['trail']['holes']}, multi-terminal {result['trail']['multi_terminal']}",
+        )
         return result
