@@ -87,11 +87,22 @@ def _claims(event: Any) -> bool:
 
 
 def failovers(
-    events: Sequence[Any], kills: dict[str, list[float]], lease: float, graced: frozenset[str] = frozenset()
+    events: Sequence[Any],
+    kills: dict[str, list[float]],
+    lease: float,
+    graced: frozenset[str] = frozenset(),
+    starts: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Kill -> takeover for every takeover in ``events`` (a task's stored events, in
-    order); ``kills``: agent id -> wall-clock times it was killed; ``graced``: tasks
-    whose item an agent handed back under the takeover grace (from the agents' logs)."""
+    order); ``kills`` and ``starts``: agent id -> wall-clock times it was killed and
+    restarted; ``graced``: tasks whose item an agent handed back under the takeover
+    grace (from the agents' logs)."""
+    starts = starts or {}
+
+    def alive(agent: str, at: float) -> bool:
+        killed = max((t for t in kills.get(agent, []) if t <= at), default=-math.inf)
+        return max((t for t in starts.get(agent, []) if t <= at), default=-math.inf) >= killed
+
     claim_at: dict[tuple[str, int], tuple[str, float]] = {}
     takeovers = []
     for e in events:
@@ -123,6 +134,18 @@ def failovers(
             killed = [t for t in kills.get(owner, []) if prev[1] < t < e.at]
             if killed:
                 row["kill_to_takeover_s"] = e.at - killed[0]
+                # The item's first taker may die too, before its claim is written: then the
+                # broker lends the item out again a lease later, and the trail shows one
+                # takeover two leases after the owner's death. Another agent killed when it
+                # could have held the item (from 0.6 lease after the owner's death to 0.6
+                # lease before the takeover) makes that likely.
+                row["second_death"] = any(
+                    killed[0] + 0.6 * lease < t < e.at - 0.6 * lease for ts in kills.values() for t in ts
+                )
+                # Processes running (started, maybe not yet connected) when the lease ran out.
+                row["processes_at_lease_end"] = sum(
+                    1 for a in set(kills) | set(starts) if a != owner and alive(a, killed[0] + lease)
+                )
             else:
                 row["why"] = "owner not killed"  # a live owner lost its task
                 row["claim_to_takeover_s"] = e.at - prev[1]
@@ -147,6 +170,7 @@ def failovers(
         "not_graced_s": _dist(without),
         "over_bound": len(over),
         "over_bound_graced": sum(1 for r in over if r["graced"]),
+        "over_bound_second_death": sum(1 for r in over if r.get("second_death") and not r["graced"]),
         "over_1_5_leases": sum(1 for m in measured if m > 1.5 * lease),
         "over_examples": over[:8],
         "samples_ms": samples(measured),
@@ -241,7 +265,7 @@ def graced_tasks(paths: Sequence[Path]) -> tuple[int, frozenset[str]]:
 
 async def _run(
     url: str, runs: dict[str, AgentRun], tasks: int, lease: float, rng: random.Random
-) -> tuple[dict[str, Any], list[Any], dict[str, list[float]]]:
+) -> tuple[dict[str, Any], list[Any], dict[str, list[float]], dict[str, list[float]]]:
     from mesh.client import Mesh
 
     mesh = await Mesh.connect(url, client_id="chaos-client", settings=mesh_settings(lease_s=lease))
@@ -334,7 +358,7 @@ async def _run(
             restart=RESTART_AFTER_S,
         ),
     }
-    return result, events, kills
+    return result, events, kills, starts
 
 
 def main(*, quick: bool = False) -> dict[str, Any]:
@@ -359,7 +383,7 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         for r in runs.values():
             r.wait_ready(30)
         try:
-            result, events, kills = anyio.run(_run, b.url, runs, tasks, lease, rng)
+            result, events, kills, starts = anyio.run(_run, b.url, runs, tasks, lease, rng)
         finally:
             for r in runs.values():
                 r.stop()
@@ -368,7 +392,10 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         # The takeover grace (mesh/agent.py `_takeover_grace`): an agent that (re)connected
         # less than a lease ago hands a dead owner's item back for the rest of that lease.
         result["grace_hand_backs"], graced = graced_tasks(logs)
-        fo = result["failover"] = failovers(events, kills, lease, graced)
+        fo = result["failover"] = failovers(events, kills, lease, graced, starts)
+        first = min(min(v) for v in [*kills.values(), *starts.values()] if v) if kills else 0.0
+        result["kill_log"] = {a: [round(t - first, 3) for t in ts] for a, ts in sorted(kills.items())}
+        result["start_log"] = {a: [round(t - first, 3) for t in ts] for a, ts in sorted(starts.items())}
         s = fo["s"]
         progress(
             NAME,

@@ -286,7 +286,9 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
 def generate(results: Path, docs: Path) -> Path:
     machine, runs = _load(results)
     plots = _plots(runs, docs / "bench")
-    doc = _document(machine, runs, plots)
+    # Runs kept for comparison with an earlier state of the code (not part of this run).
+    _, before = _load(results / BEFORE_GRACE_FIX)
+    doc = _document(machine, runs, plots, before)
     notes = results / "notes.md"
     if notes.exists():
         # Free-form notes on this particular run (e.g. a regression found in a later commit).
@@ -352,7 +354,16 @@ def _verdict(value: float, target: float, higher_is_better: bool) -> str:
     return f"**missed** (x{factor:.2f} off)" if factor < 2 else f"**missed** (x{factor:.1f} off)"
 
 
-def _document(machine: dict[str, Any], runs: dict[str, dict[str, Any]], plots: dict[str, str]) -> str:
+#: chaos runs made before the takeover grace stopped counting a first connection
+BEFORE_GRACE_FIX = "before-grace-fix"
+
+
+def _document(
+    machine: dict[str, Any],
+    runs: dict[str, dict[str, Any]],
+    plots: dict[str, str],
+    before: dict[str, dict[str, Any]] | None = None,
+) -> str:
     r: dict[str, dict[str, Any] | None] = {}
     status: dict[str, str] = {}
     for name in (
@@ -435,7 +446,7 @@ def _document(machine: dict[str, Any], runs: dict[str, dict[str, Any]], plots: d
     add(_reliability(r["reliability"], status["reliability"], plots))
     # Chaos runs with another lease (`--chaos-lease S`) keep their own results files.
     churn = [(n, *_section_status(runs, n)) for n in sorted(runs, key=_lease_order) if n.startswith("chaos-lease")]
-    add(_chaos(r["chaos"], status["chaos"], churn))
+    add(_chaos(r["chaos"], status["chaos"], churn, before or {}))
     add(_durability(r["durability"], status["durability"]))
     add(_hotpath(r["hotpath"], status["hotpath"], plots))
     add(_profile(r["profile"], status["profile"]))
@@ -1188,10 +1199,15 @@ def _lease_order(name: str) -> float:
         return math.inf
 
 
-def _chaos(res: dict[str, Any] | None, status: str, churn: list[tuple[str, dict[str, Any] | None, str]]) -> str:
+def _chaos(
+    res: dict[str, Any] | None,
+    status: str,
+    churn: list[tuple[str, dict[str, Any] | None, str]],
+    before: dict[str, dict[str, Any]],
+) -> str:
     out = ["## Chaos: agents killed at random under load\n", status]
     if res is None:
-        return "\n".join(out) + _churn(res, churn)
+        return "\n".join(out) + _churn(res, churn, before)
     out.append(
         _table(
             [
@@ -1241,10 +1257,14 @@ def _chaos(res: dict[str, Any] | None, status: str, churn: list[tuple[str, dict[
             + "; ".join(f"`{m}` x{n}" for m, n in problems["top"][:4])
             + ".\n"
         )
-    return "\n".join(out) + _churn(res, churn)
+    return "\n".join(out) + _churn(res, churn, before)
 
 
-def _churn(res: dict[str, Any] | None, churn: list[tuple[str, dict[str, Any] | None, str]]) -> str:
+def _churn(
+    res: dict[str, Any] | None,
+    churn: list[tuple[str, dict[str, Any] | None, str]],
+    before: dict[str, dict[str, Any]],
+) -> str:
     """Failover under churn and the trail's completeness, for every lease measured."""
     runs = ([("chaos", res)] if res and "failover" in res else []) + [(n, r) for n, r, _ in churn if r]
     out = ["\n### Failover under churn\n"]
@@ -1268,7 +1288,12 @@ def _churn(res: dict[str, Any] | None, churn: list[tuple[str, dict[str, Any] | N
                 f"{s['max']:.2f} s ({le['max']:.2f})",
                 f"{fo['bound_s']:g} s",
                 (f"{fo['over_bound']} ({fo['over_bound'] / s['n']:.0%})" if s["n"] else "0")
-                + (f"; {fo['over_bound_graced']} held back by the grace" if "over_bound_graced" in fo else ""),
+                + (f"; {fo['over_bound_graced']} held back by the grace" if "over_bound_graced" in fo else "")
+                + (
+                    f"; {fo['over_bound_second_death']} after a second death"
+                    if fo.get("over_bound_second_death")
+                    else ""
+                ),
                 r.get("grace_hand_backs", "n/a"),
                 ", ".join(f"{k} {v}" for k, v in fo["unattributed"].items()) or "0",
             ]
@@ -1301,7 +1326,11 @@ def _churn(res: dict[str, Any] | None, churn: list[tuple[str, dict[str, Any] | N
         "receives the item and the taker's read and claim. The margin we allow beyond one lease is max(0.5 s, lease/10): "
         "those steps take milliseconds on an idle machine, the rest absorbs a loaded 2-core machine. *Grace hand-backs*: "
         f"items a freshly (re)connected agent handed back for the rest of a lease ({where('mesh/agent.py', 'def _takeover_grace')}); "
-        "*not measured*: takeovers whose owner's claim has no event (a hole), or whose owner was not killed (a live owner "
+        "*After a second death*: another agent was killed while it could have held the item (from 0.6 lease after the "
+        "owner's death to 0.6 lease before the takeover); the broker lent the item to it, it died before writing its "
+        "claim, and the item came back a lease later, so the trail shows one takeover about two leases after the owner's "
+        "death (churn, not a slow failover: each holder's item came back one lease after its last renewal). "
+        "*Not measured*: takeovers whose owner's claim has no event (a hole), or whose owner was not killed (a live owner "
         "that lost its task).\n"
     )
     split = [
@@ -1313,6 +1342,52 @@ def _churn(res: dict[str, Any] | None, churn: list[tuple[str, dict[str, Any] | N
     ]
     if split:
         out.append("With and without a grace hand-back on the way: " + "; ".join(split) + ".\n")
+    old = [
+        (run["result"], run.get("started", "?"))
+        for _, run in sorted(before.items(), key=lambda kv: _lease_order(kv[0].replace("chaos", "chaos-lease1", 1)))
+        if "result" in run and "failover" in run["result"]
+    ]
+    if old:
+        rows = []
+        for r, started in old:
+            fo = r["failover"]
+            s, g, n = fo["s"], fo["graced_s"], fo["not_graced_s"]
+            rows.append(
+                [
+                    f"{fo['lease_s']:g} s",
+                    started,
+                    s["n"],
+                    f"{s['p50']:.2f} s / {s['p95']:.2f} s / {s['max']:.2f} s",
+                    f"{fo['over_bound']}, {fo['over_bound_graced']} of them held back",
+                    f"{g['n']}: {g['p50']:.2f} s / {g['p95']:.2f} s / {g['max']:.2f} s",
+                    f"{n['n']}: {n['p50']:.2f} s / {n['p95']:.2f} s / {n['max']:.2f} s",
+                ]
+            )
+        out.append(
+            "**Before the fix: two leases, from the takeover grace.** The same benchmark on the earlier code "
+            f"(`bench/results/{BEFORE_GRACE_FIX}/`). An agent hands a held task's item back for the rest of a lease "
+            "after its own (re)connection (an outage is not a lapse: the owner may be renewing right now), and it "
+            "counted its *first* connection as one: every agent that had started less than a lease ago held a dead "
+            "owner's item back, and the broker lent it out again after that delay, maybe to another fresh agent. Under "
+            "churn most agents are fresh. The takeovers it held back make the tail; the others are one lease after "
+            "the kill at p95. Fixed in `mesh/bus.py` (`Reconnects.at` starts at minus infinity: a first connection "
+            "is not a return from an outage), tested by `tests/resilience/test_fresh_agent_failover.py`.\n"
+        )
+        out.append(
+            _table(
+                [
+                    "queue lease",
+                    "run",
+                    "takeovers",
+                    "kill -> takeover p50 / p95 / max",
+                    "over the bound",
+                    "held back by the grace: n, p50 / p95 / max",
+                    "not held back",
+                ],
+                rows,
+            )
+            + "\n"
+        )
     over = [(r["failover"]["lease_s"], ex) for _, r in runs for ex in r["failover"].get("over_examples", [])[:3]]
     if over:
         out.append(
@@ -1321,6 +1396,7 @@ def _churn(res: dict[str, Any] | None, churn: list[tuple[str, dict[str, Any] | N
                 f"lease {lease:g} s: {ex['owner']} -> {ex['taker']} at epoch {ex['epoch']}, "
                 f"{ex['kill_to_takeover_s']:.2f} s after the kill"
                 + (" (held back by the grace)" if ex.get("graced") else "")
+                + (" (another agent died in between)" if ex.get("second_death") and not ex.get("graced") else "")
                 for lease, ex in over
             )
             + ".\n"
