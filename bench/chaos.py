@@ -86,6 +86,14 @@ def _claims(event: Any) -> bool:
     return event.kind == "claim" or "claim" in _steps(event.note)
 
 
+def _takes_over(event: Any) -> bool:
+    """Whether ``event`` records a takeover: a claim of a task held by another owner
+    (its note says so), or one that failed the task at ``max_lapses``."""
+    if event.kind == "claim" and event.state == "failed":
+        return True
+    return _claims(event) and TAKEN_OVER.search(event.note) is not None
+
+
 def failovers(
     events: Sequence[Any],
     kills: dict[str, list[float]],
@@ -103,20 +111,18 @@ def failovers(
         killed = max((t for t in kills.get(agent, []) if t <= at), default=-math.inf)
         return max((t for t in starts.get(agent, []) if t <= at), default=-math.inf) >= killed
 
-    claim_at: dict[tuple[str, int], tuple[str, float]] = {}
+    # Two passes: a slow writer's claim event may be stored after the takeover's.
+    claim_at = {(e.task, e.epoch): (e.actor, e.at) for e in events if _claims(e) and e.state != "failed"}
     takeovers = []
     for e in events:
-        if not _claims(e):
+        if not _takes_over(e):
             continue
+        # A takeover that reaches max_lapses fails the task at the owner's epoch (and its
+        # note is whatever progress the record had); any other names the owner and
+        # writes the next epoch.
+        prev = claim_at.get((e.task, e.epoch if e.state == "failed" else e.epoch - 1))
         taken = TAKEN_OVER.search(e.note)
-        # A takeover that reaches max_lapses fails the task at the owner's epoch; any
-        # other claim writes the next epoch.
-        prev_epoch = e.epoch if e.state == "failed" else e.epoch - 1
-        if taken is None:
-            claim_at[(e.task, e.epoch)] = (e.actor, e.at)
-            continue
-        owner = taken.group(1)
-        prev = claim_at.get((e.task, prev_epoch))
+        owner = prev[0] if e.state == "failed" and prev else taken.group(1) if taken else "?"
         row: dict[str, Any] = {
             "task": e.task,
             "owner": owner,
@@ -125,8 +131,6 @@ def failovers(
             "at": e.at,
             "graced": e.task in graced,
         }
-        if e.state != "failed":
-            claim_at[(e.task, e.epoch)] = (e.actor, e.at)
         if prev is None or prev[0] != owner:
             row["why"] = "no claim event of the owner"  # a hole in the trail
         else:
@@ -202,7 +206,7 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
         evs = by_task.get(task, [])
         # A takeover that fails the task (max_lapses) counts a lapse but no attempt.
         n_claims = sum(1 for e in evs if _claims(e) and not (e.kind == "claim" and e.state == "failed"))
-        n_takeovers = sum(1 for e in evs if _claims(e) and TAKEN_OVER.search(e.note))
+        n_takeovers = sum(1 for e in evs if _takes_over(e))
         terminal = [e for e in evs if e.state in TERMINAL]
         claims += record.attempts
         takeovers += record.lapses
