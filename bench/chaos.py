@@ -23,6 +23,8 @@ not a queue of work waiting for a slot.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
 import os
 import random
@@ -100,16 +102,22 @@ def failovers(
     lease: float,
     graced: frozenset[str] = frozenset(),
     starts: dict[str, list[float]] | None = None,
+    ready: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Kill -> takeover for every takeover in ``events`` (a task's stored events, in
     order); ``kills`` and ``starts``: agent id -> wall-clock times it was killed and
     restarted; ``graced``: tasks whose item an agent handed back under the takeover
-    grace (from the agents' logs)."""
+    grace (from the agents' logs); ``ready``: agent id -> times it logged ``agent ready``
+    (its pulls are up)."""
     starts = starts or {}
+    serving = ready or starts  # without the logs' ready times, a start will do
 
-    def alive(agent: str, at: float) -> bool:
+    def up(agent: str, at: float, since: dict[str, list[float]]) -> bool:
+        """Whether ``agent`` was started (or ready) at ``at`` and not killed since."""
         killed = max((t for t in kills.get(agent, []) if t <= at), default=-math.inf)
-        return max((t for t in starts.get(agent, []) if t <= at), default=-math.inf) >= killed
+        return max((t for t in since.get(agent, []) if t <= at), default=-math.inf) > killed
+
+    agents = set(kills) | set(starts) | set(serving)
 
     # Two passes: a slow writer's claim event may be stored after the takeover's.
     claim_at = {(e.task, e.epoch): (e.actor, e.at) for e in events if _claims(e) and e.state != "failed"}
@@ -143,13 +151,17 @@ def failovers(
                 # takeover two leases after the owner's death. Another agent killed when it
                 # could have held the item (from 0.6 lease after the owner's death to 0.6
                 # lease before the takeover) makes that likely.
+                lease_end = killed[0] + lease
                 row["second_death"] = any(
-                    killed[0] + 0.6 * lease < t < e.at - 0.6 * lease for ts in kills.values() for t in ts
+                    lease_end - 0.4 * lease < t < e.at - 0.6 * lease and up(agent, t - 0.001, serving)
+                    for agent, ts in kills.items()
+                    for t in ts
                 )
-                # Processes running (started, maybe not yet connected) when the lease ran out.
-                row["processes_at_lease_end"] = sum(
-                    1 for a in set(kills) | set(starts) if a != owner and alive(a, killed[0] + lease)
-                )
+                # Agents serving (ready, not killed since) when the owner's lease ran out:
+                # none, and the item waits for the next agent to come up.
+                row["ready_at_lease_end"] = sum(1 for a in agents if up(a, lease_end, serving))
+                # How long the taker had been serving: briefly, and the item waited for it.
+                row["taker_up_s"] = e.at - max((t for t in serving.get(e.actor, []) if t <= e.at), default=-math.inf)
             else:
                 row["why"] = "owner not killed"  # a live owner lost its task
                 row["claim_to_takeover_s"] = e.at - prev[1]
@@ -174,7 +186,10 @@ def failovers(
         "not_graced_s": _dist(without),
         "over_bound": len(over),
         "over_bound_graced": sum(1 for r in over if r["graced"]),
-        "over_bound_second_death": sum(1 for r in over if r.get("second_death") and not r["graced"]),
+        "over_bound_no_agent_ready": sum(1 for r in over if not r["graced"] and r.get("ready_at_lease_end") == 0),
+        "over_bound_second_death": sum(
+            1 for r in over if not r["graced"] and r.get("ready_at_lease_end") != 0 and r.get("second_death")
+        ),
         "over_1_5_leases": sum(1 for m in measured if m > 1.5 * lease),
         "over_examples": over[:8],
         "samples_ms": samples(measured),
@@ -249,6 +264,22 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
 
 #: what an agent logs when it hands an item back under the takeover grace
 GRACE_LINE = "not taking over yet"
+
+
+def ready_times(paths: Sequence[Path]) -> dict[str, list[float]]:
+    """Agent id (the log file's name) -> wall-clock times it logged ``agent ready``."""
+    out: dict[str, list[float]] = {}
+    for path in paths:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if "agent ready" in line:
+                with contextlib.suppress(ValueError, IndexError):
+                    stamp = datetime.datetime.fromisoformat(line.split(" ", 1)[0])
+                    out.setdefault(path.stem, []).append(stamp.timestamp())
+    return out
 
 
 def graced_tasks(paths: Sequence[Path]) -> tuple[int, frozenset[str]]:
@@ -396,7 +427,7 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         # The takeover grace (mesh/agent.py `_takeover_grace`): an agent that (re)connected
         # less than a lease ago hands a dead owner's item back for the rest of that lease.
         result["grace_hand_backs"], graced = graced_tasks(logs)
-        fo = result["failover"] = failovers(events, kills, lease, graced, starts)
+        fo = result["failover"] = failovers(events, kills, lease, graced, starts, ready_times(logs))
         first = min(min(v) for v in [*kills.values(), *starts.values()] if v) if kills else 0.0
         result["kill_log"] = {a: [round(t - first, 3) for t in ts] for a, ts in sorted(kills.items())}
         result["start_log"] = {a: [round(t - first, 3) for t in ts] for a, ts in sorted(starts.items())}

@@ -1290,6 +1290,11 @@ def _churn(
                 (f"{fo['over_bound']} ({fo['over_bound'] / s['n']:.0%})" if s["n"] else "0")
                 + (f"; {fo['over_bound_graced']} held back by the grace" if "over_bound_graced" in fo else "")
                 + (
+                    f"; {fo['over_bound_no_agent_ready']} with no agent up"
+                    if fo.get("over_bound_no_agent_ready")
+                    else ""
+                )
+                + (
                     f"; {fo['over_bound_second_death']} after a second death"
                     if fo.get("over_bound_second_death")
                     else ""
@@ -1326,7 +1331,9 @@ def _churn(
         "receives the item and the taker's read and claim. The margin we allow beyond one lease is max(0.5 s, lease/10): "
         "those steps take milliseconds on an idle machine, the rest absorbs a loaded 2-core machine. *Grace hand-backs*: "
         f"items a freshly (re)connected agent handed back for the rest of a lease ({where('mesh/agent.py', 'def _takeover_grace')}); "
-        "*After a second death*: another agent was killed while it could have held the item (from 0.6 lease after the "
+        "*With no agent up*: when the owner's lease ran out, no other agent was serving (all killed or still starting: "
+        "a restarted agent is up once it logs `agent ready`), so the item waited for the first to come up. "
+        "*After a second death*: another agent, serving, was killed while it could have held the item (from 0.6 lease after the "
         "owner's death to 0.6 lease before the takeover); the broker lent the item to it, it died before writing its "
         "claim, and the item came back a lease later, so the trail shows one takeover about two leases after the owner's "
         "death (churn, not a slow failover: each holder's item came back one lease after its last renewal). "
@@ -1396,7 +1403,12 @@ def _churn(
                 f"lease {lease:g} s: {ex['owner']} -> {ex['taker']} at epoch {ex['epoch']}, "
                 f"{ex['kill_to_takeover_s']:.2f} s after the kill"
                 + (" (held back by the grace)" if ex.get("graced") else "")
-                + (" (another agent died in between)" if ex.get("second_death") and not ex.get("graced") else "")
+                + (" (no agent up)" if ex.get("ready_at_lease_end") == 0 and not ex.get("graced") else "")
+                + (
+                    " (another agent died in between)"
+                    if ex.get("second_death") and not ex.get("graced") and ex.get("ready_at_lease_end") != 0
+                    else ""
+                )
                 for lease, ex in over
             )
             + ".\n"

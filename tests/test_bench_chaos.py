@@ -44,9 +44,11 @@ def test_a_takeover_over_the_bound_and_a_live_owner() -> None:
         ev("t2", "claim", "c", 1, 1.0),
         ev("t2", "claim", "b", 2, 3.0, note="taken over from c (lease lapsed)"),
     ]
-    fo = failovers(events, {"a": [1.5], "d": [2.7]}, LEASE, graced=frozenset({"t1"}))
+    ready = {"a": [0.0], "b": [0.0], "d": [0.0]}
+    fo = failovers(events, {"a": [1.5], "d": [2.7]}, LEASE, graced=frozenset({"t1"}), ready=ready)
     assert fo["count"] == 1 and fo["over_bound"] == 1 and fo["over_bound_graced"] == 1
     assert fo["over_examples"][0]["second_death"]  # d died while it could have held the item
+    assert fo["over_examples"][0]["ready_at_lease_end"] == 2  # b and d (killed at 2.7, after the lease ran out)
     assert fo["unattributed"] == {"owner not killed": 1}
     assert fo["live_owner_claim_to_takeover_s"] == [2.0]
 
@@ -78,3 +80,12 @@ def test_holes_and_several_terminal_events() -> None:
     assert t["holes"] == {"claim": 1, "takeover": 1}
     assert t["multi_terminal"] == 1
     assert failovers(events, {"b": [2.5]}, LEASE)["unattributed"] == {"no claim event of the owner": 1}
+
+
+def test_a_takeover_late_because_no_agent_was_up() -> None:
+    events = [ev("t1", "claim", "a", 1, 1.0), ev("t1", "claim", "b", 2, 4.0, note="taken over from a (lease lapsed)")]
+    # b was killed at 1.2 and came back (ready) at 3.9: nobody could take the item before.
+    fo = failovers(events, {"a": [1.5], "b": [1.2]}, LEASE, ready={"a": [0.0], "b": [0.0, 3.9]})
+    row = fo["over_examples"][0]
+    assert row["ready_at_lease_end"] == 0 and abs(row["taker_up_s"] - 0.1) < 1e-9
+    assert fo["over_bound_no_agent_ready"] == 1 and fo["over_bound_second_death"] == 0
