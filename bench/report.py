@@ -1427,6 +1427,8 @@ def _churn(
                 ", ".join(f"{k} {v}" for k, v in sorted(holes.items())) or "0",
                 ", ".join(f"{k} {v}" for k, v in sorted(t["events_without_write"].items())) or "0",
                 t["multi_terminal"],
+                ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
+                + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items())) + ")" if r["reasons"] else ""),
             ]
         )
     out.append(
@@ -1439,6 +1441,7 @@ def _churn(
                 "holes (committed, no event)",
                 "events with no committed write",
                 "tasks with more than one terminal event",
+                "end states (reasons)",
             ],
             trows,
         )
@@ -1446,7 +1449,8 @@ def _churn(
     out.append(
         "\nCommitted claims and takeovers are the final records' `attempts` and `lapses`; the events are those stored in "
         "the events stream for each task (a claim written together with the result counts once, from the event's note; a "
-        "takeover that fails the task at `max_lapses` counts a lapse, not an attempt). A hole is a write whose writer was "
+        "takeover that fails the task at `max_lapses` counts a lapse, not an attempt; such a task ends `failed` with "
+        "reason `error`: under this churn a few tasks lose three owners). A hole is a write whose writer was "
         "killed between its compare-and-set and its event ([PROTOCOL 6.17](PROTOCOL.md#617-events-following-and-reading-a-task)).\n"
     )
     examples = [(r["failover"]["lease_s"], ex) for _, r in runs for ex in r["trail"]["multi_terminal_examples"][:3]]
