@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -129,8 +130,11 @@ class Reconnects:
 
     def __init__(self) -> None:
         self.count = 0
-        #: monotonic time of the last reconnection (or of the first connection)
-        self.at = time.monotonic()
+        #: monotonic time of the last reconnection; minus infinity until one happens. A
+        #: first connection is not a return from an outage: counting it made every
+        #: freshly started agent hold a dead owner's item back for a lease (the
+        #: takeover grace), so failover under churn took up to two leases.
+        self.at = -math.inf
         self._event = anyio.Event()
 
     def happened(self) -> None:
