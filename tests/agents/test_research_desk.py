@@ -28,7 +28,12 @@ def desk(shared_procs: AgentProcs, shared_start: Callable[..., AgentProcess]) ->
     for brief, _ in briefs:
         log = shared_procs.directory / f"{brief.name}.log"
         shared_procs.procs[brief.name] = spawn_agent(
-            DEMO_ORG, server=shared_procs.broker.url, agent_name=brief.name, log_path=log, env=OFFLINE_ENV
+            DEMO_ORG,
+            server=shared_procs.broker.url,
+            agent_id=brief.name,
+            agent_name=brief.name,
+            log_path=log,
+            env=OFFLINE_ENV,
         )
     return shared_procs
 
