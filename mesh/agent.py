@@ -43,46 +43,53 @@ from nats.micro.request import Request
 
 from protocol import (
     MAX_ERROR_CHARS,
+    REVIEW_HAND_BACK_S,
+    Ack,
     AgentCard,
+    AgentCore,
     Approve,
     Claim,
     ControlReply,
     ControlRequest,
-    Drop,
+    DropItem,
     Fail,
     Finish,
+    GiveBack,
     HandBack,
     LimitExceeded,
     Names,
     NotUnderstood,
+    ReadRecord,
+    Received,
+    Refuse,
     Release,
     RemoteProtocolError,
+    RenewLease,
+    RenewOwn,
+    Review,
     Reviewing,
     Take,
     TaskRecord,
     TransitionError,
     Veto,
+    Work,
+    WriteClaim,
     decode_card,
     decode_control,
     decode_record,
     encode,
-    is_terminal,
     on_delivery,
-    serves,
+    settle_review,
+    settle_work,
 )
 
 from .bus import Bus, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, translate_errors
-from .queues import Delivery, Pulls, renew_every
+from .queues import Delivery, Pulls
 from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
 
 __all__ = ["AgentConfig", "Agent", "IdInUse"]
 
 log = structlog.get_logger("mesh.agent")
-
-#: how long a review item an agent may not review (the author's own result, one it
-#: voted on or is reviewing) stays away from the queue when handed back: long enough
-#: for another reviewer's pull to come first, short enough not to keep one waiting
-REVIEW_HAND_BACK_S = 0.1
 
 
 class IdInUse(MeshError):
@@ -146,9 +153,15 @@ class Agent:
         self._changed = anyio.Event()
         self._held: dict[str, anyio.CancelScope] = {}
         self._reviewing: dict[str, anyio.CancelScope] = {}
-        #: deliveries being decided on (they hold capacity until they are)
-        self._handling = 0
-        #: held items by ticket, for the keeper (lease renewals, lazy claims)
+        #: the agent's decisions (capacity, leases, lazy claims), without I/O
+        self.core = AgentCore(
+            agent=config.id,
+            serves=config.serves,
+            capacity=config.capacity,
+            reviews=isinstance(worker, Reviewer),
+            claim_after_s=config.claim_after_s,
+        )
+        #: held items by ticket: their deliveries and work, for the keeper to act on
         self._holds: dict[int, _Hold] = {}
         self._keeper_wake = _Flag()
         self._keeper_due = math.inf
@@ -168,6 +181,7 @@ class Agent:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join the mesh and work until drained (or cancelled, which drains too)."""
         self.bus = await Bus.connect(self.server, self.names, agent=self.config.id, settings=self.settings)
+        self.core.on_reconnect(self.bus.reconnects.at)  # a first connection counts too: see AgentCore.decide
         nc = self.bus.nc
         self.pulls = Pulls(self.bus, self.config.serves, free=self._free, deliver=self._deliver)
         try:
@@ -271,7 +285,7 @@ class Agent:
     async def _drain_held(self) -> None:
         """Stop pulling; give held tasks the grace period to finish, then hand the rest
         back (each hold releases its task when its scope is cancelled)."""
-        self.draining = True
+        self.draining = self.core.draining = True
         self.pulls.paused = True
         self._notify()
         if self._held:
@@ -296,9 +310,7 @@ class Agent:
         await self._changed.wait()
 
     def _free(self) -> int:
-        if self.draining:
-            return 0
-        return self.config.capacity - len(self._held) - len(self._reviewing) - self._handling
+        return self.core.free()
 
     def _freed(self) -> None:
         """Capacity came free (or may have): ask the queues for more."""
@@ -400,70 +412,32 @@ class Agent:
     def _deliver(self, delivery: Delivery) -> None:
         """A work item arrived (within our free capacity): decide on it, and work on it,
         in a task of its own, holding one unit of capacity meanwhile."""
-        self._handling += 1
+        self.core.arrived()
         self._tasks_tg.start_soon(self._handle, delivery)
 
     async def _handle(self, d: Delivery) -> None:
         item = d.item
         try:
-            if item.kind == "work" and not serves(self.config.serves, item.record.capability):
-                # Only a forged item gets here: our queues hold our capabilities' work.
-                why = (
-                    f"role: {self.config.id} serves {list(self.config.serves)}, not "
-                    f"{item.record.capability!r}; refusing work item for {item.task}"
-                )
-                self.log.warning("refused an item outside the brief", task=item.task, capability=item.record.capability)
-                await self.bus.report(why, subject=self.names.work_subject(d.capability))
-                await d.refuse()
-                return
-            if item.kind == "review" and not isinstance(self.worker, Reviewer):
-                await self._hand_back_review(d)
-                return
-            held = self._holds.get(d.ticket)
-            if held is not None:
-                # Our own item again: its lease ran out at the broker while we could not
-                # renew (the broker was away). We still hold it and work on it: renew,
-                # and let this delivery be (acks and renewals go by stream sequence).
-                self.log.info("renewed an item the broker lent back to us", task=item.task)
-                d.settled = True
-                await held.d.renew()
-                return
-            if item.kind == "review" and item.task in self._reviewing:
-                # Another slot of a result we are reviewing (a round puts one item per
-                # slot on the queue, and two can reach one reviewer): not ours to take.
-                await self._hand_back_review(d)
-                return
+            action = self.core.receive(
+                item, ticket=d.ticket, delivered=d.delivered, lease_s=d.lease_s, now=time.monotonic()
+            )
             record, revision = item.record, item.revision
-            if d.delivered > 1:
-                # Delivered before: to a holder that went silent, or handed back. The
-                # record it carries is old news.
+            if isinstance(action, ReadRecord):
                 got = await self._read(item.task, item.record.root, copy=item.record)
                 if got is None:
                     await d.ack()
                     return
                 record, revision = got
-            decision = on_delivery(item, record, agent=self.config.id, ticket=d.ticket)
-            match decision:
-                case Drop(why=why):
-                    self.log.debug("dropped a stale item", task=item.task, why=why)
-                    if d.delivered > 1:
-                        await self._fill_trail(record, revision)
-                    await d.ack()
-                case HandBack(why=why):
-                    self.log.debug("handed an item back", task=item.task, why=why)
-                    await self._hand_back_review(d)
-                case Take(event=Claim() as claim) if (wait := self._takeover_grace(record, d)) > 0:
-                    # The broker lent us a held task's item, but we (re)connected less
-                    # than a lease ago: an outage is not a lapse, and its owner may be
-                    # renewing right now. Give it a full lease to do so.
-                    self.log.info("not taking over yet: reconnected recently", task=item.task, owner=record.owner)
-                    await d.hand_back(wait)
-                case Take(event=Claim() as claim):
-                    if record.state == "working":
-                        await self._fill_trail(record, revision)  # a takeover: its owner went silent
-                    await self._work(d, record, revision, claim)
-                case Take(event=Reviewing() as take):
-                    await self._review(d, record, revision, take)
+                action = self.core.decide(
+                    item,
+                    record,
+                    revision,
+                    ticket=d.ticket,
+                    delivered=d.delivered,
+                    lease_s=d.lease_s,
+                    now=time.monotonic(),
+                )
+            await self._act(d, action, record, revision)
         except (nats.errors.Error, MeshError) as exc:
             # Broker away: let the item come back to someone (maybe us) soon.
             self.log.warning("could not act on a work item", task=item.task, error=str(exc) or type(exc).__name__)
@@ -475,8 +449,40 @@ class Agent:
         finally:
             if d.deciding:
                 d.deciding = False
-                self._handling -= 1
+                self.core.settled()
                 self._freed()
+
+    async def _act(self, d: Delivery, action: Received, record: TaskRecord, revision: int) -> None:
+        """Perform what the core decided on a delivery."""
+        item = d.item
+        match action:
+            case Refuse(why=why):
+                self.log.warning("refused an item outside the brief", task=item.task, capability=item.record.capability)
+                await self.bus.report(
+                    f"role: {why}; refusing work item for {item.task}", subject=self.names.work_subject(d.capability)
+                )
+                await d.refuse()
+            case GiveBack(why=why, wait_s=wait_s):
+                self.log.debug("handed an item back", task=item.task, why=why)
+                await d.hand_back(wait_s)
+            case RenewOwn(ticket=ticket):
+                # Our own item again: its lease ran out at the broker while we could not
+                # renew (the broker was away). We still hold it: renew, and let this
+                # delivery be (acks and renewals go by stream sequence).
+                self.log.info("renewed an item the broker lent back to us", task=item.task)
+                d.settled = True
+                await self._holds[ticket].d.renew()
+            case DropItem(why=why, fill_trail=fill):
+                self.log.debug("dropped a stale item", task=item.task, why=why)
+                if fill:
+                    await self._fill_trail(record, revision)
+                await d.ack()
+            case Work(claim=claim, claim_first=first, fill_trail=fill):
+                if fill:
+                    await self._fill_trail(record, revision)  # a takeover: its owner went silent
+                await self._work(d, record, revision, claim, claim_first=first)
+            case Review(take=take):
+                await self._review(d, record, revision, take)
 
     def _hold(
         self,
@@ -489,19 +495,23 @@ class Agent:
         follow: Callable[[], Awaitable[bool]] | None = None,
     ) -> _Hold:
         """The delivery becomes a held task (or review) in ``where``: its capacity moves
-        there from the deliveries being decided on, and its work gets a scope to stop it."""
-        hold = _Hold(
-            d,
-            work=anyio.CancelScope(),
-            log=log,
-            claim_after=min(self.config.claim_after_s, record.claim_timeout_s / 4),
-            claim=claim,
-            follow=follow,
-        )
+        there from the deliveries being decided on, the keeper renews its lease (and
+        writes its pending claim if the work takes a while, then follows its record),
+        and its work gets a scope to stop it."""
+        hold = _Hold(d, work=anyio.CancelScope(), log=log, claim=claim, follow=follow)
         where[record.id] = hold.work
-        if d.deciding:
-            d.deciding = False
-            self._handling -= 1
+        d.deciding = False
+        kept = self.core.hold(
+            d.ticket,
+            task=record.id,
+            kind=d.item.kind,
+            lease_s=d.lease_s,
+            claim_timeout_s=record.claim_timeout_s,
+            now=time.monotonic(),
+        )
+        self._holds[d.ticket] = hold
+        if min(kept.renew_at, kept.claim_at) < self._keeper_due:
+            self._keeper_wake.set()
         return hold
 
     async def _hand_back_review(self, d: Delivery) -> None:
@@ -515,22 +525,12 @@ class Agent:
         if await self.bus.fill_trail(record, revision, actor=self.config.id):
             self.log.info("recorded a write its silent writer did not", task=record.id, state=record.state)
 
-    def _takeover_grace(self, record: TaskRecord, d: Delivery) -> float:
-        """Seconds to wait before taking ``record`` over from its owner: the rest of a
-        lease after our last (re)connection to the broker. Time without a broker does
-        not count against an owner: nobody could renew then, and the broker may lend
-        out items whose lease ran out while it was down."""
-        if record.state != "working" or record.owner == self.config.id:
-            return 0.0
-        return max(0.0, self.bus.reconnects.at + d.lease_s - time.monotonic())
-
     async def _renew_after_reconnecting(self) -> None:
         """Renew every held item at once after a reconnection, before the broker lends
         out those whose lease ran out while we were away."""
         while True:
             await self.bus.reconnects.wait()
-            for hold in self._holds.values():
-                hold.renew_at = 0.0
+            self.core.on_reconnect(self.bus.reconnects.at)
             self._keeper_wake.set()
 
     def _retake(self, d: Delivery, fresh: TaskRecord) -> Claim | None:
@@ -564,35 +564,27 @@ class Agent:
 
     # --- leases and lazy claims: one keeper for every held item --------------------------
 
-    def _keep(self, hold: _Hold) -> None:
-        """Start keeping ``hold``'s item: renew its lease, and write its pending claim
-        (or review slot) if the work is not done by then."""
-        self._holds[hold.d.ticket] = hold
-        if min(hold.renew_at, hold.claim_at) < self._keeper_due:
-            self._keeper_wake.set()
-
     def _unkeep(self, hold: _Hold) -> None:
+        self.core.release(hold.d.ticket)
         self._holds.pop(hold.d.ticket, None)
         if hold.follower is not None:
             hold.follower.cancel()
 
     async def _keeper(self) -> None:
-        """Renew every held item's lease three times per lease, and claim in the record
-        the work that takes longer than ``claim_after`` (so its parties see it held). One
-        task for all holds: a quick task costs no timer of its own."""
+        """Perform the renewals and pending claims the core says are due, and sleep
+        until the next one. One task for all holds: a quick task costs no timer."""
         while True:
-            now = time.monotonic()
-            due = math.inf
-            for hold in list(self._holds.values()):
-                if now >= hold.renew_at:
-                    await hold.d.renew()
-                    hold.renew_at = now + renew_every(hold.d.lease_s)
-                if hold.claim_at <= now:
-                    hold.claim_at = math.inf
-                    self._tasks_tg.start_soon(self._claim_now, hold)
-                due = min(due, hold.renew_at, hold.claim_at)
-            self._keeper_due = due
-            with anyio.move_on_after(max(due - time.monotonic(), 0.0)):
+            for due in self.core.on_tick(time.monotonic()):
+                hold = self._holds.get(due.ticket)
+                if hold is None:
+                    continue
+                match due:
+                    case RenewLease():
+                        await hold.d.renew()
+                    case WriteClaim():
+                        self._tasks_tg.start_soon(self._claim_now, hold)
+            self._keeper_due = self.core.next_wakeup()
+            with anyio.move_on_after(max(self._keeper_due - time.monotonic(), 0.0)):
                 await self._keeper_wake.wait()
 
     async def _claim_now(self, hold: _Hold) -> None:
@@ -601,7 +593,7 @@ class Agent:
             ok = await hold.claim()
         except (nats.errors.Error, MeshError) as exc:
             hold.log.warning("claim failed, will retry", error=str(exc) or type(exc).__name__)
-            hold.claim_at = time.monotonic() + renew_every(hold.d.lease_s)
+            self.core.claim_failed(hold.d.ticket, time.monotonic())
             self._keeper_wake.set()
             return
         if not ok:
@@ -621,7 +613,7 @@ class Agent:
 
     # --- working a task ------------------------------------------------------------------
 
-    async def _work(self, d: Delivery, record: TaskRecord, revision: int, claim: Claim) -> None:
+    async def _work(self, d: Delivery, record: TaskRecord, revision: int, claim: Claim, *, claim_first: bool) -> None:
         ctx = TaskContext(
             self.bus,
             record,
@@ -646,11 +638,10 @@ class Agent:
         outcome = "lost"
         try:
             with scope:
-                if d.delivered > 1 or record.state == "working":
+                if claim_first:
                     # Someone held this item before us: claim before working, so a
                     # task that keeps killing its holders is counted (max_lapses).
-                    await ctx.claim()
-                self._keep(hold)
+                    await ctx.claim()  # (the keeper's scheduled claim then only starts following)
                 outcome = await self._run_worker(ctx, log)
             if scope.cancelled_caught and outcome == "lost" and not hold.lost:
                 with anyio.CancelScope(shield=True):
@@ -695,16 +686,15 @@ class Agent:
     async def _settle(self, d: Delivery, ctx: TaskContext, outcome: str) -> None:
         """Acknowledge the item if the task needs it no more; leave it alone if it may
         be someone else's (a takeover lends them the same item)."""
-        if outcome in ("done", "failed"):
-            await d.ack()
-            return
+        record: TaskRecord | None = ctx.record
         if outcome == "abandoned":
             try:
                 got = await self._read(ctx.record.id, ctx.record.root, copy=ctx.record)
             except (MeshError, nats.errors.Error):
                 return  # unsure: leave it; whoever gets it next decides
-            if got is None or is_terminal(got[0]) or got[0].state == "review":
-                await d.ack()
+            record = None if got is None else got[0]
+        if isinstance(settle_work(outcome, record), Ack):
+            await d.ack()
 
     async def _watch_record(self, ctx: TaskContext, lease_s: float, log: Any) -> bool:
         """Follow our task's record once claimed: False when someone else moved it on
@@ -812,7 +802,6 @@ class Agent:
         verdict: Verdict | None = None
         try:
             with scope:
-                self._keep(hold)
                 ctx = TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates)
                 try:
                     verdict = await self.worker.review(ctx)
@@ -847,17 +836,18 @@ class Agent:
         if d.settled:
             return  # handed back already
         got = await self._read(slot.record.id, slot.record.root, copy=slot.record)
-        if got is None or got[0].state != "review" or got[0].reworks != d.item.round:
-            await d.ack()
-        elif not any(s.ticket == d.ticket for s in got[0].slots):
-            await self._hand_back_review(d)
+        match settle_review(None if got is None else got[0], round=d.item.round, ticket=d.ticket):
+            case Ack():
+                await d.ack()
+            case GiveBack(wait_s=wait_s):
+                await d.hand_back(wait_s)
 
 
 class _Hold:
-    """One held item, as the keeper sees it: when to renew its lease, and the claim
-    (or review slot) still to write if the work takes longer than ``claim_after``."""
+    """One held item, as the pump sees it: its delivery, the scope of its work, and
+    how to write its pending claim and follow its record (its timing is the core's)."""
 
-    __slots__ = ("claim", "claim_at", "d", "follow", "follower", "log", "lost", "renew_at", "work")
+    __slots__ = ("claim", "d", "follow", "follower", "log", "lost", "work")
 
     def __init__(
         self,
@@ -865,15 +855,11 @@ class _Hold:
         *,
         work: anyio.CancelScope,
         log: Any,
-        claim_after: float,
         claim: Callable[[], Awaitable[bool]],
         follow: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
-        now = time.monotonic()
         self.d, self.work, self.log = d, work, log
         self.claim, self.follow = claim, follow
-        self.claim_at = now + claim_after
-        self.renew_at = now + renew_every(d.lease_s)
         self.follower: anyio.CancelScope | None = None
         #: someone else moved the task on: the work was stopped for that, not a drain
         self.lost = False

@@ -338,8 +338,3 @@ async def _refuse_garbage(bus: Bus, msg: Msg, why: str) -> None:
     await bus.report(f"bad work item: {why}", subject=msg.subject)
     with contextlib.suppress(nats.errors.Error):
         await msg._client.publish(msg.reply, b"+TERM")
-
-
-def renew_every(lease_s: float) -> float:
-    """How often a holder renews an item's lease: three times per lease."""
-    return max(lease_s / 3, 0.05)

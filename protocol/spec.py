@@ -50,6 +50,7 @@ from .codec import (
     decode_work_item,
     encode,
 )
+from .core import AgentCore
 from .errors import Fenced, LocalProtocolError, RemoteProtocolError, TransitionError
 from .events import (
     EVENT_KINDS,
@@ -1103,6 +1104,138 @@ def _end_unreadable_vectors(w: _World) -> list[dict[str, Any]]:
     ]
 
 
+def _action(action: Any) -> dict[str, Any]:
+    """An :class:`AgentCore` action as JSON: its class name, snake-cased, and fields."""
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(action).__name__).lower()
+    return {"action": name, **msgspec.json.decode(msgspec.json.encode(action))}
+
+
+def _core_vectors(w: _World) -> list[dict[str, Any]]:
+    """What an agent does with a delivered work item (protocol/core.py): first on the
+    item alone (``receive``), then, when the item was delivered before, on the record
+    read afresh (``decide``)."""
+    out: list[dict[str, Any]] = []
+    agent = {"agent": "agent-b", "serves": ["summarize", "review"], "capacity": 4, "reviews": True}
+
+    def case(
+        name: str,
+        step: str,
+        item: WorkItem,
+        *,
+        ticket: int,
+        delivered: int,
+        now: float = 500.0,
+        connected_at: float = 0.0,
+        holding: tuple[tuple[int, str, str], ...] = (),
+        record: TaskRecord | None = None,
+        revision: int = 0,
+    ) -> None:
+        core = AgentCore(
+            agent="agent-b", serves=("summarize", "review"), capacity=4, reviews=True, connected_at=connected_at
+        )
+        for held_ticket, task, kind in holding:
+            core.arrived()
+            core.hold(held_ticket, task=task, kind=kind, lease_s=30.0, claim_timeout_s=10.0, now=connected_at)
+        args: dict[str, Any] = {"ticket": ticket, "delivered": delivered, "lease_s": 30.0, "now": now}
+        got: Any
+        if step == "receive":
+            got = core.receive(item, ticket=ticket, delivered=delivered, lease_s=30.0, now=now)
+        else:
+            assert record is not None
+            got = core.decide(item, record, revision, ticket=ticket, delivered=delivered, lease_s=30.0, now=now)
+        out.append(
+            {
+                "name": name,
+                "step": step,
+                "agent": agent,
+                "connected_at": connected_at,
+                "holding": [{"ticket": t, "task": task, "kind": k} for t, task, k in holding],
+                "item": _builtins(item),
+                **({"record": _builtins(record), "revision": revision} if step == "decide" else {}),
+                **args,
+                "expect": _action(got),
+            }
+        )
+
+    [work] = work_items(None, w.open, 0)
+    [rework] = work_items(w.review_one_vote, w.reworked, 9)
+    review = work_items(w.rv_working, w.review, 6)
+    forged = WorkItem(
+        task="T9",
+        capability="translate",
+        revision=0,
+        record=_replace(w.open, id="T9", root="T9", capability="translate"),
+    )
+    case("a first delivery of an open task: work it, claim lazily", "receive", work, ticket=ITEM_T1, delivered=1)
+    case("a work item of a capability the agent does not serve: refuse", "receive", forged, ticket=70, delivered=1)
+    case("delivered before: read the record, then decide", "receive", work, ticket=ITEM_T1, delivered=2)
+    case(
+        "our own held item lent back to us (the broker was away): renew it",
+        "receive",
+        work,
+        ticket=ITEM_T1,
+        delivered=2,
+        holding=((ITEM_T1, "T1", "work"),),
+    )
+    case("a review item of a result: take a slot, lazily", "receive", review[0], ticket=REVIEW_ITEM_1, delivered=1)
+    case(
+        "a second slot of a result we are reviewing: give it back",
+        "receive",
+        review[1],
+        ticket=REVIEW_ITEM_2,
+        delivered=1,
+        holding=((REVIEW_ITEM_1, "T2", "review"),),
+    )
+    case(
+        "a held task's item, its owner silent for a lease: take over, claim first, fill the trail",
+        "decide",
+        work,
+        ticket=ITEM_T1,
+        delivered=2,
+        record=w.working,
+        revision=3,
+    )
+    case(
+        "the same, less than a lease after our (re)connection: give it back until then",
+        "decide",
+        work,
+        ticket=ITEM_T1,
+        delivered=2,
+        now=500.0,
+        connected_at=480.0,
+        record=w.working,
+        revision=3,
+    )
+    case(
+        "an item of a task another item holds: drop it, checking the trail",
+        "decide",
+        work,
+        ticket=99,
+        delivered=2,
+        record=w.working,
+        revision=3,
+    )
+    case(
+        "an item of an ended task: drop it, checking the trail",
+        "decide",
+        work,
+        ticket=ITEM_T1,
+        delivered=2,
+        record=w.done,
+        revision=4,
+    )
+    case(
+        "a rework's item: claim first (it was held before)",
+        "decide",
+        rework,
+        ticket=REWORK_ITEM,
+        delivered=2,
+        record=w.reworked,
+        revision=9,
+    )
+    return out
+
+
 def _delegation_vectors(w: _World) -> dict[str, Any]:
     fingerprints = [
         {"capability": c, "instruction": i, "fingerprint": fingerprint(c, i)}
@@ -1245,6 +1378,7 @@ def _rule_vectors() -> dict[str, Any]:
         "judge_waiting": _waiting_vectors(w),
         "trail_gap": _trail_gap_vectors(w),
         "end_unreadable": _end_unreadable_vectors(w),
+        "agent_core": _core_vectors(w),
         **_delegation_vectors(w),
         "traceparent": _trace_vectors(),
     }
@@ -2322,6 +2456,12 @@ _RULES_HOW: dict[str, str] = {
     "end_unreadable": "The record a party writes, by compare-and-set on the unreadable revision, over a stored record "
     "that does not decode: its own `copy` of the task ended at wall-clock `now`, `why` being the decoder's message "
     "(the first 300 characters are kept).",
+    "agent_core": "An agent (`agent`: its id, what it serves, its capacity, whether it reviews), connected to the "
+    "broker at monotonic time `connected_at` and holding the items in `holding`, receives `item` as stream "
+    "sequence `ticket`, delivered for the `delivered`-th time from a queue whose lease is `lease_s`, at monotonic "
+    "time `now`. `receive`: what it does on the item alone; `decide`: what it does given the task's `record` at "
+    "`revision`, read afresh. `expect.action` names the action (refuse, give_back, renew_own, read_record, "
+    "drop_item, work, review); its other fields are the action's. `why` texts are informative.",
     "fingerprint": "First 16 hex digits of SHA-256 over UTF-8 of capability + newline + the instruction with "
     "whitespace runs collapsed to one space, trimmed, and Unicode case-folded.",
     "split_budget": "A child's budget from its parent's `budget`, `spent` and the `share`.",

@@ -56,14 +56,26 @@ def test_all_is_complete_and_resolvable() -> None:
     for name in protocol.__all__:
         assert hasattr(protocol, name), name
     public = {n for n in vars(protocol) if not n.startswith("_")}
-    modules = {"cards", "codec", "errors", "events", "limits", "machine", "names", "rules", "types", "spec"}
+    modules = {"cards", "codec", "core", "errors", "events", "limits", "machine", "names", "rules", "types", "spec"}
     assert public - modules - set(protocol.__all__) == set()
 
 
 def test_module_all_lists_are_resolvable() -> None:
     import importlib
 
-    for module in ("cards", "codec", "errors", "events", "limits", "machine", "names", "rules", "types", "spec"):
+    for module in (
+        "cards",
+        "codec",
+        "core",
+        "errors",
+        "events",
+        "limits",
+        "machine",
+        "names",
+        "rules",
+        "types",
+        "spec",
+    ):
         mod = importlib.import_module(f"protocol.{module}")
         for name in mod.__all__:
             assert hasattr(mod, name), f"protocol.{module}.{name}"

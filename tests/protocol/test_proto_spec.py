@@ -124,6 +124,25 @@ def test_rule_vectors() -> None:
     for case in rules["end_unreadable"]:
         ended = p.end_unreadable(record(case["copy"]), why=case["why"], now=case["now"])
         assert builtins(ended) == case["expect"], case["name"]
+    for case in rules["agent_core"]:
+        a = case["agent"]
+        core = p.AgentCore(
+            agent=a["agent"],
+            serves=tuple(a["serves"]),
+            capacity=a["capacity"],
+            reviews=a["reviews"],
+            connected_at=case["connected_at"],
+        )
+        for held in case["holding"]:
+            core.arrived()
+            core.hold(held["ticket"], task=held["task"], kind=held["kind"], lease_s=30.0, claim_timeout_s=10.0, now=0.0)
+        item = p.decode_work_item(json.dumps(case["item"]).encode())
+        args = {k: case[k] for k in ("ticket", "delivered", "lease_s", "now")}
+        if case["step"] == "receive":
+            got = core.receive(item, **args)
+        else:
+            got = core.decide(item, record(case["record"]), case["revision"], **args)
+        assert spec._action(got) == case["expect"], case["name"]
     for case in rules["fingerprint"]:
         assert p.fingerprint(case["capability"], case["instruction"]) == case["fingerprint"]
     for case in rules["split_budget"]:
