@@ -181,7 +181,6 @@ class Agent:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join the mesh and work until drained (or cancelled, which drains too)."""
         self.bus = await Bus.connect(self.server, self.names, agent=self.config.id, settings=self.settings)
-        self.core.on_reconnect(self.bus.reconnects.at)  # a first connection counts too: see AgentCore.decide
         nc = self.bus.nc
         self.pulls = Pulls(self.bus, self.config.serves, free=self._free, deliver=self._deliver)
         try:

@@ -166,7 +166,8 @@ class AgentCore:
     capacity: int
     reviews: bool = False
     claim_after_s: float = 0.25
-    #: when the agent last (re)connected to the broker
+    #: when the agent last reconnected to the broker (-inf: never; a first connection
+    #: is not a return from an outage)
     connected_at: float = -math.inf
     draining: bool = False
     holds: dict[int, Hold] = field(default_factory=dict)
