@@ -84,8 +84,16 @@ def _steps(note: str) -> list[str]:
 
 
 def _claims(event: Any) -> bool:
-    """Whether ``event`` records a committed claim (alone or with others in one write)."""
+    """Whether ``event`` records a committed claim (alone or with others in one write),
+    or stands for one: a ``recovered`` event of a working record records a claim whose
+    writer died before its own event (PROTOCOL 6.17)."""
+    if event.kind == "recovered":
+        return bool(event.state == "working")
     return event.kind == "claim" or "claim" in _steps(event.note)
+
+
+#: events a later holder records for a write whose writer died before its own event
+FILLED = ("recovered", "ended")
 
 
 def _takes_over(event: Any) -> bool:
@@ -212,7 +220,7 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
     by_task: dict[str, list[Any]] = defaultdict(list)
     for e in events:
         by_task[e.task].append(e)
-    claims = takeovers = claim_events = takeover_events = 0
+    claims = takeovers = claim_events = takeover_events = filled = 0
     holes: Counter[str] = Counter()
     extra: Counter[str] = Counter()
     multi_terminal: list[dict[str, Any]] = []
@@ -222,6 +230,8 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
         # A takeover that fails the task (max_lapses) counts a lapse but no attempt.
         n_claims = sum(1 for e in evs if _claims(e) and not (e.kind == "claim" and e.state == "failed"))
         n_takeovers = sum(1 for e in evs if _takes_over(e))
+        # Writes whose writer died before its event, recorded by the item's next holder.
+        filled += sum(1 for e in evs if e.kind in FILLED)
         terminal = [e for e in evs if e.state in TERMINAL]
         claims += record.attempts
         takeovers += record.lapses
@@ -255,6 +265,7 @@ def trail(events: Sequence[Any], finals: dict[str, Any]) -> dict[str, Any]:
         "takeovers_committed": takeovers,
         "takeover_events": takeover_events,
         "holes": dict(holes),
+        "filled": filled,
         "hole_tasks": examples,
         "events_without_write": dict(extra),
         "multi_terminal": len(multi_terminal),

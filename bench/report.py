@@ -1425,6 +1425,7 @@ def _churn(
                 f"{t['claims_committed']} / {t['claim_events']}",
                 f"{t['takeovers_committed']} / {t['takeover_events']}",
                 ", ".join(f"{k} {v}" for k, v in sorted(holes.items())) or "0",
+                t.get("filled", "-"),
                 ", ".join(f"{k} {v}" for k, v in sorted(t["events_without_write"].items())) or "0",
                 t["multi_terminal"],
                 ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
@@ -1439,6 +1440,7 @@ def _churn(
                 "claims committed / claim events",
                 "takeovers committed / takeover events",
                 "holes (committed, no event)",
+                "filled by the next holder (`recovered`, `ended`)",
                 "events with no committed write",
                 "tasks with more than one terminal event",
                 "end states (reasons)",
