@@ -93,6 +93,8 @@ def _decode(path: Path, tp: type[Any]) -> Any:
         raise BriefError(f"{path}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise BriefError(f"{path}: not valid TOML ({exc}); see `mesh brief new` for a template") from None
+    except RecursionError:
+        raise BriefError(f"{path}: nested too deeply to read; a brief is a flat list of fields") from None
 
 
 def _explain(message: str) -> str:

@@ -198,8 +198,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         _import_nats_without_websockets(server)
         import anyio
 
+        from protocol import validate_agent_id
+
         from ..process import run_agent
 
+        if args.id is not None:
+            validate_agent_id(args.id)  # said before the brief is read or the broker dialled
         brief = _brief_or_org_member(args.brief, args.agent)
         anyio.run(lambda: run_agent(brief, server=server, agent_id=args.id, prefix=args.prefix))
         return 0
@@ -255,6 +259,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ..process import spawn_agent
 
     org, briefs = load_org(args.org)
+    for brief, _ in briefs:
+        _check_kind(brief)  # as `mesh brief check` does: refused here, not by each process
     broker = None
     server = args.server
     if server is None:
@@ -355,6 +361,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise UserError(f"--data is not valid JSON ({exc}); pass a JSON value or @file.json") from None
+        except RecursionError:
+            raise UserError("--data is nested too deeply to read; pass a flatter JSON value") from None
+        except ValueError as exc:  # an integer of more digits than Python converts (4300)
+            raise UserError(f"--data: {exc}") from None
     review = ReviewPolicy(quorum=args.review, capability=args.reviewer) if args.review else None
 
     async def submit() -> int:
@@ -418,7 +428,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from protocol import validate_task_id
+
     from . import render
+
+    if args.root is not None:
+        validate_task_id(args.root)  # before "watching ...": nothing is watched
 
     async def watch() -> int:
         mesh = await _mesh(args)
@@ -490,9 +505,13 @@ def cmd_brief(args: argparse.Namespace) -> int:
             sys.stdout.write(BRIEF_TEMPLATE)
         else:
             path = Path(args.file)
-            if path.exists():
-                raise UserError(f"{path} exists; choose another name or remove it first")
-            path.write_text(BRIEF_TEMPLATE)
+            try:
+                with path.open("x") as out:  # never over an existing file
+                    out.write(BRIEF_TEMPLATE)
+            except FileExistsError:
+                raise UserError(f"{path} exists; choose another name or remove it first") from None
+            except OSError as exc:
+                raise UserError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
             print(f"wrote {path}; edit it, then: mesh brief check {path}", file=sys.stderr)
         return 0
     # An org file lists agents; anything else is read as a brief (which says what is wrong).
