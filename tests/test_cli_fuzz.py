@@ -667,6 +667,9 @@ def _run_until_stopped(argv: list[str], *, ready: str, timeout: float = 20.0) ->
             proc.wait()
     for reader in readers:
         reader.join(10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
     # Stopped by us: Ctrl-C is not an error (0 for the broker, 130 for a watcher).
     code = 0 if proc.returncode in (130, -signal.SIGINT) else proc.returncode
     return Outcome(argv, code, "".join(captured["out"]), "".join(captured["err"]))
