@@ -84,13 +84,15 @@ def _retention(p: argparse.ArgumentParser) -> None:
         "--retention",
         type=parse_duration,
         default=None,
-        help="how long finished work stays readable (`mesh trace`, the events stream), e.g. 7d (default 7d)",
+        help="how long finished work stays readable (`mesh trace`, the events stream), 2m to 36500d, e.g. 7d "
+        "(default 7d)",
     )
     p.add_argument(
         "--retention-bytes",
         type=parse_size,
         default=None,
-        help="cap the events history at this size, oldest first, e.g. 10GiB (default 2GiB; 0 for no cap)",
+        help="cap the events history at this size, oldest first, e.g. 10GiB, at most 8 EiB (default 2GiB; 0 for "
+        "no cap)",
     )
 
 

@@ -149,6 +149,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+RETENTION_MIN_S = 120.0
+RETENTION_MAX_S = 36500 * 86400.0
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     from ..defaults import default_server
 
@@ -165,22 +169,31 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
     from ..bus import Bus
     from ..settings import Settings
 
+    import nats.js.errors
+
     settings = Settings.from_env()
     changes: dict[str, Any] = {}
     if args.retention is not None:
+        # JetStream refuses a history shorter than its duplicates window (2 minutes), and
+        # keeps ages in 64-bit nanoseconds (292 years).
+        if not RETENTION_MIN_S <= args.retention <= RETENTION_MAX_S:
+            raise UserError(f"--retention {args.retention:g}s: must be from 2 minutes to 100 years (2m to 36500d)")
         changes["retention_s"] = args.retention
     if args.retention_bytes is not None:
         changes["retention_bytes"] = args.retention_bytes
     if getattr(args, "replicas", None) is not None:
         changes["replicas"] = args.replicas
     settings = dataclasses.replace(settings, **changes)
-    bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings)
     try:
-        kept = await bus.apply_retention(
-            retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
-        )
-    finally:
-        await bus.nc.close()
+        bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings)
+        try:
+            kept = await bus.apply_retention(
+                retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
+            )
+        finally:
+            await bus.nc.close()
+    except nats.js.errors.APIError as exc:  # e.g. more replicas than the cluster has nodes
+        raise UserError(f"the broker refused the mesh's streams and buckets: {exc.description}") from None
     cap = f", at most {kept.retention_bytes} bytes" if kept.retention_bytes else ""
     print(
         f"mesh {args.prefix!r} is set up on {server}: finished work stays readable for "
