@@ -164,12 +164,12 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
     and apply the retention asked for to the events history, saying what it is."""
     import dataclasses
 
+    import nats.js.errors
+
     from protocol import Names
 
     from ..bus import Bus
     from ..settings import Settings
-
-    import nats.js.errors
 
     settings = Settings.from_env()
     changes: dict[str, Any] = {}
