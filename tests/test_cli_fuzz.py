@@ -429,10 +429,9 @@ _toml_scalars = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["", " ", "x" * 100_000, "a.*", "echo", "Bad Cap"]),
 )
-toml_values = st.recursive(
-    _toml_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=6,
+_toml_lists = st.lists(_toml_scalars, max_size=3)
+toml_values = st.one_of(
+    _toml_scalars, _toml_lists, st.dictionaries(st.text(max_size=8), _toml_scalars | _toml_lists, max_size=3)
 )
 _KINDS = ["echo", "sleep", "fail", "relay", "pipeline", "extract", "check", "llm", "critic", "nope"]
 _CUSTOM_KINDS = ["mesh.kinds:Echo", "mesh.kinds:Nope", "nonexistent_fz.module:X", "os:getcwd", "json:loads", ":", "a:"]

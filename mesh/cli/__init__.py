@@ -258,12 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: arguments that name files: any bytes the file system takes are fine there
+_PATHS = frozenset({"brief", "org", "file", "store", "config"})
+
+
+def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse text that is not UTF-8 (Python keeps undecodable bytes of the command line
+    as lone surrogates): it could never be written to the broker, and would fail there
+    with an encoding error instead of saying which argument it was."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, str) or name in _PATHS or (name == "data" and v.startswith("@")):
+                continue
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                flag = f"--{name.rstrip('_').replace('_', '-')}"
+                parser.error(f"argument {flag}: {one_line(v)!r} is not UTF-8 text")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    _refuse_undecodable(parser, args)
     from ..logs import configure_logging
     from . import commands  # light: each command imports what it needs
 

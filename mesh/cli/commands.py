@@ -512,6 +512,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_brief(args: argparse.Namespace) -> int:
     from ..briefs import BRIEF_TEMPLATE, load_brief, load_org
+    from . import one_line
 
     if args.brief_command == "new":
         if args.file == "-":
@@ -534,11 +535,11 @@ def cmd_brief(args: argparse.Namespace) -> int:
         for brief, _ in briefs:
             _check_kind(brief)
         total = sum(n for _, n in briefs)
-        print(f"{args.file}: ok (org {org.name!r}: {len(briefs)} agents, {total} processes)")
+        print(f"{one_line(args.file)}: ok (org {org.name!r}: {len(briefs)} agents, {total} processes)")
     else:
         brief = load_brief(args.file)
         _check_kind(brief)
-        print(f"{args.file}: ok (agent {brief.name!r} serves {', '.join(brief.serves)}; kind {brief.kind})")
+        print(f"{one_line(args.file)}: ok (agent {brief.name!r} serves {', '.join(brief.serves)}; kind {brief.kind})")
     return 0
 
 
