@@ -397,6 +397,28 @@ def test_setup(world: World, argv: list[str], server: str | None) -> None:
     fuzz([*argv, "--server", server if server is not None else world.url])
 
 
+_ENV = ["MESH_LEASE_S", "MESH_FINISHED_TTL", "MESH_RETENTION", "MESH_RETENTION_BYTES", "MESH_REPLICAS", "MESH_STORAGE"]
+_fresh_prefixes = iter(range(10**6))
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 40))
+@given(env=st.dictionaries(st.sampled_from(_ENV), st.one_of(durations, sizes, st.sampled_from(["file", "memory"]))))
+def test_settings_from_the_environment(world: World, env: dict[str, str]) -> None:
+    """The settings a process reads from its environment, on a mesh it creates (a
+    fresh prefix: the streams and buckets are made with them)."""
+    env = {k: v for k, v in env.items() if "\x00" not in v and v.encode(errors="ignore").decode() == v}
+    saved = {k: os.environ.get(k) for k in _ENV}
+    os.environ.update(env)
+    try:
+        fuzz(["--prefix", f"fzenv{next(_fresh_prefixes)}", "submit", "fz.nobody", "x", "--server", world.url])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 # --- brief and org files ----------------------------------------------------------------------
 
 

@@ -150,7 +150,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 RETENTION_MIN_S = 120.0
-RETENTION_MAX_S = 36500 * 86400.0
+RETENTION_MAX_S = 36500 * 86400.0  # (settings.MAX_DURATION_S: JetStream's 64-bit nanoseconds)
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
