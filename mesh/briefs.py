@@ -101,6 +101,8 @@ def _decode(path: Path, tp: type[Any]) -> Any:
         raise BriefError(f"{path}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise BriefError(f"{path}: not valid TOML ({exc}); see `mesh brief new` for a template") from None
+    except RecursionError:
+        raise BriefError(f"{path}: nested too deeply to read; a brief is a flat list of fields") from None
 
 
 def _explain(message: str) -> str:
@@ -130,12 +132,15 @@ def _check(brief: Brief, where: str) -> Brief:
                 validate_capability(cap)
             except InvalidName as exc:
                 raise BriefError(f"{where}: field `{field}`: {exc}") from None
-    if brief.capacity < 1:
-        raise BriefError(f"{where}: field `capacity`: must be at least 1, got {brief.capacity}")
-    if brief.lease_s is not None and not 0 < brief.lease_s <= MAX_LEASE_S:  # also NaN
-        raise BriefError(f"{where}: field `lease_s`: must be positive and at most {MAX_LEASE_S:g} (a protocol limit)")
-    if brief.drain_timeout_s < 0:
-        raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 or more")
+    if not 1 <= brief.capacity <= MAX_CAPACITY:
+        raise BriefError(f"{where}: field `capacity`: must be 1 to {MAX_CAPACITY}, got {brief.capacity}")
+    # (written so that nan fails too; an endless lease would never fail over)
+    if brief.lease_s is not None and not MIN_LEASE_S <= brief.lease_s <= MAX_LEASE_S:
+        raise BriefError(
+            f"{where}: field `lease_s`: must be {MIN_LEASE_S:g} to {MAX_LEASE_S:g} seconds (a protocol limit)"
+        )
+    if not 0 <= brief.drain_timeout_s <= MAX_SECONDS:
+        raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 to {MAX_SECONDS:g} seconds (a day)")
     _check_reviews(brief, where)
     _check_model(brief, where)
     for field in ("may", "must_not"):
@@ -189,6 +194,11 @@ def _check_model(brief: Brief, where: str) -> None:
     if len(set(brief.tools)) != len(brief.tools):
         raise BriefError(f"{where}: field `tools`: a tool is listed twice")
 
+
+#: what one agent process works on at once (each slot is a pull request on its queues)
+MAX_CAPACITY = 10_000
+MIN_LEASE_S = 0.1
+MAX_SECONDS = 86_400.0
 
 _TOOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -261,12 +271,12 @@ serves = ["summarize"]
 delegates = []
 expertise = []
 
-# How many tasks it works on at once.
+# How many tasks it works on at once (1 to 10000).
 capacity = 2
 
 # How long it may go silent before the broker gives its work to another agent (the
 # lease of the queues it is the first to create; $MESH_LEASE_S, else 10 s). A busy
-# agent renews on its own; this is the failover time when it dies.
+# agent renews on its own; this is the failover time when it dies. 0.1 to 3600 s.
 # lease_s = 10.0
 
 # Implementation: `llm` (a model-driven agent; see `mesh kinds` for the others) or
@@ -278,7 +288,7 @@ kind = "llm"
 # The model, through litellm: one name, or a list (the first is used, the others
 # are fallbacks when a provider fails). $MESH_MODEL is the default.
 # model = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022"]
-temperature = 0.2
+temperature = 0.2  # 0 to 2
 
 # The most one task may cost this agent; the task's own budget applies as well.
 # budget = { tokens = 20000, cost = 0.05 }

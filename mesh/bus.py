@@ -186,7 +186,9 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
     log = structlog.get_logger("mesh.nats").bind(connection=name)
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats connection error", error=str(exc) or type(exc).__name__)
+        # Before the first connection, a failed attempt is part of the Unreachable
+        # error raised below, which says it in one line: only a debugging note here.
+        (log.warning if clients else log.debug)("nats connection error", error=str(exc) or type(exc).__name__)
 
     clients: list[Client] = []
 
@@ -217,6 +219,8 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
             f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
             "`mesh broker`, or point --server / MESH_SERVER at a running one."
         ) from None
+    except nats.errors.Error as exc:  # nats-py refuses the URL itself before connecting
+        raise Unreachable(f"not a NATS server URL: {url!r} ({exc}); e.g. nats://127.0.0.1:4222") from None
     clients.append(nc)
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_SERVER", "default_server", "parse_duration", "parse_bytes"]
+__all__ = ["DEFAULT_SERVER", "default_server", "parse_duration", "parse_bytes", "MAX_BYTES"]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
@@ -16,6 +16,8 @@ def default_server() -> str:
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: the largest size a JetStream limit holds (a signed 64-bit count of bytes)
+MAX_BYTES = 2**63 - 1
 _BYTE_UNITS = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 
 
@@ -37,11 +39,18 @@ def parse_duration(text: str) -> float:
 
 
 def parse_bytes(text: str) -> int:
-    """'10GiB', '500MB', '0' or a plain number of bytes; ValueError says what is wrong."""
+    """'10GiB', '500MB', '0' or a plain number of bytes, up to :data:`MAX_BYTES`;
+    ValueError says what is wrong."""
     t = text.strip().lower().replace(" ", "")
-    for suffix, factor in sorted(_BYTE_UNITS.items(), key=lambda kv: -len(kv[0])):
-        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
-            return int(float(t[: -len(suffix)]) * factor)
-    if t.isdigit():
-        return int(t)
-    raise ValueError(f"invalid size {text!r}: use e.g. 10GiB, 500MB or a number of bytes (0 for no limit)")
+    number, factor = t, 1
+    for suffix, unit in sorted(_BYTE_UNITS.items(), key=lambda kv: -len(kv[0])):
+        if t.endswith(suffix):
+            number, factor = t[: -len(suffix)], unit
+            break
+    if not (number.isdigit() or (factor > 1 and number.replace(".", "", 1).isdigit())):
+        raise ValueError(f"invalid size {text!r}: use e.g. 10GiB, 500MB or a number of bytes (0 for no limit)")
+    # (a float of hundreds of digits is inf; an int of thousands is refused by int())
+    value: float = (int(number) if factor == 1 else float(number) * factor) if len(number) <= 30 else float("inf")
+    if value > MAX_BYTES:
+        raise ValueError(f"size {text!r} is too large: at most {MAX_BYTES} bytes (8 EiB)")
+    return int(value)

@@ -73,6 +73,8 @@ class Sleep:
     def __init__(self, brief: Brief) -> None:
         self.seconds = float(brief.options.get("seconds", 1.0))
         self.steps = int(brief.options.get("steps", 10))
+        if not 0 <= self.seconds < math.inf or not 1 <= self.steps <= 10_000:
+            raise ValueError("seconds must be 0 or more and finite, steps 1 to 10000")
 
     async def work(self, task: TaskContext) -> Any:
         seconds = float(task.data.get("seconds", self.seconds)) if isinstance(task.data, dict) else self.seconds
@@ -401,7 +403,7 @@ def make_worker(brief: Brief) -> Worker:
 def _construct(brief: Brief) -> Worker:
     try:
         return _construct_kind(brief)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
         # A kind reads its settings from `options`: a wrong type there is the brief's fault.
         raise KindError(
             f"brief {brief.name!r}: kind {brief.kind!r} cannot use its [options] ({type(exc).__name__}: {exc}); "

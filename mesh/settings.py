@@ -60,17 +60,28 @@ class Settings:
             raise SettingsError(f"MESH_REPLICAS={replicas!r}: expected 1 to 5 (3 on a 3-node cluster)")
         if storage not in ("file", "memory"):
             raise SettingsError(f"MESH_STORAGE={storage!r}: expected file or memory")
-        lease_s = _parsed(env, "MESH_LEASE_S", parse_duration, DEFAULT_LEASE_S)
+        lease_s = _parsed(env, "MESH_LEASE_S", _duration, DEFAULT_LEASE_S)
         if lease_s > MAX_LEASE_S:  # a protocol limit: a longer lease only slows failover
             raise SettingsError(f"MESH_LEASE_S: {lease_s:g} s is over the limit of {MAX_LEASE_S:g} s")
         return cls(
             replicas=int(replicas),
             storage=storage,
             lease_s=lease_s,
-            finished_ttl_s=_parsed(env, "MESH_FINISHED_TTL", parse_duration, cls.finished_ttl_s),
-            retention_s=_parsed(env, "MESH_RETENTION", parse_duration, cls.retention_s),
+            finished_ttl_s=_parsed(env, "MESH_FINISHED_TTL", _duration, cls.finished_ttl_s),
+            retention_s=_parsed(env, "MESH_RETENTION", _duration, cls.retention_s),
             retention_bytes=_parsed(env, "MESH_RETENTION_BYTES", parse_bytes, cls.retention_bytes),
         )
+
+
+#: JetStream keeps durations in 64-bit nanoseconds (292 years); longer ones overflow
+MAX_DURATION_S = 36500 * 86400.0
+
+
+def _duration(text: str) -> float:
+    value = parse_duration(text)
+    if value > MAX_DURATION_S:
+        raise ValueError(f"duration {text!r} is too long: at most 36500d (100 years)")
+    return value
 
 
 def _parsed(env: os._Environ[str], name: str, parse: Callable[[str], T], default: T) -> T:

@@ -6,10 +6,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, NoReturn
 
-__all__ = ["main", "build_parser", "parse_duration"]
+__all__ = ["main", "build_parser", "parse_duration", "one_line"]
 
 SERVER_HELP = "NATS server URL (default: $MESH_SERVER or nats://127.0.0.1:4222)"
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters (newlines, escape sequences,
+    bidi overrides) and undecodable bytes from the command line are shown escaped, so
+    an error quoting a user's value stays one line and cannot redraw the terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage first,
+    several lines for most commands): what was wrong, and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def parse_duration(text: str) -> float:
@@ -33,18 +49,50 @@ def _quorum(text: str) -> int:
     return value
 
 
+def _whole(name: str, low: int, high: int, what: str = "") -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip()) if len(text) <= 30 else None
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}: a whole number from {low} to {high}{what}")
+        return value
+
+    parse.__name__ = name  # (argparse names the type in some messages)
+    return parse
+
+
+def _host(text: str) -> str:
+    """An address to listen on: IPv4, or a host name (an argparse type)."""
+    import ipaddress
+    import re
+
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        pass
+    if re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*", text):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid host {text!r}: an IPv4 address (0.0.0.0 for all) or a host name")
+
+
 def _retention(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retention",
         type=parse_duration,
         default=None,
-        help="how long finished work stays readable (`mesh trace`, the events stream), e.g. 7d (default 7d)",
+        help="how long finished work stays readable (`mesh trace`, the events stream), 2m to 36500d, e.g. 7d "
+        "(default 7d)",
     )
     p.add_argument(
         "--retention-bytes",
         type=parse_size,
         default=None,
-        help="cap the events history at this size, oldest first, e.g. 10GiB (default 2GiB; 0 for no cap)",
+        help="cap the events history at this size, oldest first, e.g. 10GiB, at most 8 EiB (default 2GiB; 0 for "
+        "no cap)",
     )
 
 
@@ -63,7 +111,7 @@ def _server(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mesh",
         description="agent-mesh: a decentralized mesh of AI agents over NATS. No orchestrator: "
         "agents claim, hand off, review and retry work by the rules of one wire protocol.",
@@ -79,10 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("broker", help="run the embedded nats-server with JetStream")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)"
+        "--host",
+        type=_host,
+        default="127.0.0.1",
+        help="IPv4 address or host name to listen on (default 127.0.0.1; 0.0.0.0 for other machines)",
     )
-    p.add_argument("--port", type=int, default=4222, help="client port (default 4222)")
-    p.add_argument("--http-port", type=int, default=8222, help="monitoring port (default 8222)")
+    port = _whole("port", 0, 65535)
+    p.add_argument("--port", type=port, default=4222, help="client port, 1 to 65535, 0 for any free one (default 4222)")
+    p.add_argument(
+        "--http-port", type=port, default=8222, help="monitoring port, 1 to 65535, 0 for any free one (default 8222)"
+    )
     p.add_argument("--store", default=None, help="JetStream store directory (default: ./mesh-data)")
     p.add_argument("--config", default=None, help="nats-server config file (see deploy/nats/)")
     _retention(p)
@@ -96,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replicas and retention up front.",
     )
     _retention(p)
-    p.add_argument("--replicas", type=int, default=None, help="replicas of new resources (default $MESH_REPLICAS or 1)")
+    p.add_argument(
+        "--replicas",
+        type=_whole("replicas", 1, 5, " (JetStream keeps at most 5)"),
+        default=None,
+        help="replicas of new resources, 1 to 5 (default $MESH_REPLICAS or 1)",
+    )
     _server(p)
 
     p = sub.add_parser("agent", help="run or control one agent")
@@ -132,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reviewer", default="review", help="reviewer capability (default: review)")
     p.add_argument("--deadline", type=parse_duration, default=None, help="deadline, e.g. 30s or 5m")
-    p.add_argument("--hops", type=int, default=8, help="hop limit for handoffs (default 8)")
+    p.add_argument(
+        "--hops", type=_whole("hops", 0, 100), default=8, help="hop limit for handoffs, 0 to 100 (default 8)"
+    )
     p.add_argument(
         "--claim-timeout", type=parse_duration, default=10.0, help="fail no_agent if unclaimed this long (default 10s)"
     )
@@ -191,12 +252,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)"
     )
     p.add_argument(
-        "--loop-after", type=int, default=3, help="a capability recurring this often in a chain = looping (default 3)"
+        "--loop-after",
+        type=_whole("count", 2, 1000),
+        default=3,
+        help="a capability recurring this often in a chain = looping, 2 to 1000 (default 3)",
     )
     _server(p)
 
     sub.add_parser("kinds", help="list the built-in agent kinds")
     return parser
+
+
+#: arguments that name files: any bytes the file system takes are fine there
+_PATHS = frozenset({"brief", "org", "file", "store", "config"})
+
+
+def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse text that is not UTF-8 (Python keeps undecodable bytes of the command line
+    as lone surrogates): it could never be written to the broker, and would fail there
+    with an encoding error instead of saying which argument it was."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, str) or name in _PATHS or (name == "data" and v.startswith("@")):
+                continue
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                flag = f"--{name.rstrip('_').replace('_', '-')}"
+                parser.error(f"argument {flag}: {one_line(v)!r} is not UTF-8 text")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _refuse_undecodable(parser, args)
     from ..logs import configure_logging
     from . import commands  # light: each command imports what it needs
 
@@ -224,5 +309,5 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except commands.UserError as exc:
-        print(f"mesh {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mesh {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

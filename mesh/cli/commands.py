@@ -150,6 +150,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+RETENTION_MIN_S = 120.0
+RETENTION_MAX_S = 36500 * 86400.0  # (settings.MAX_DURATION_S: JetStream's 64-bit nanoseconds)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     from ..defaults import default_server
 
@@ -161,6 +165,8 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
     and apply the retention asked for to the events history, saying what it is."""
     import dataclasses
 
+    import nats.js.errors
+
     from protocol import Names
 
     from ..bus import Bus
@@ -169,19 +175,26 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     changes: dict[str, Any] = {}
     if args.retention is not None:
+        # JetStream refuses a history shorter than its duplicates window (2 minutes), and
+        # keeps ages in 64-bit nanoseconds (292 years).
+        if not RETENTION_MIN_S <= args.retention <= RETENTION_MAX_S:
+            raise UserError(f"--retention {args.retention:g}s: must be from 2 minutes to 100 years (2m to 36500d)")
         changes["retention_s"] = args.retention
     if args.retention_bytes is not None:
         changes["retention_bytes"] = args.retention_bytes
     if getattr(args, "replicas", None) is not None:
         changes["replicas"] = args.replicas
     settings = dataclasses.replace(settings, **changes)
-    bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings)
     try:
-        kept = await bus.apply_retention(
-            retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
-        )
-    finally:
-        await bus.nc.close()
+        bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings)
+        try:
+            kept = await bus.apply_retention(
+                retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
+            )
+        finally:
+            await bus.nc.close()
+    except nats.js.errors.APIError as exc:  # e.g. more replicas than the cluster has nodes
+        raise UserError(f"the broker refused the mesh's streams and buckets: {exc.description}") from None
     cap = f", at most {kept.retention_bytes} bytes" if kept.retention_bytes else ""
     print(
         f"mesh {args.prefix!r} is set up on {server}: finished work stays readable for "
@@ -199,8 +212,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         _import_nats_without_websockets(server)
         import anyio
 
+        from protocol import validate_agent_id
+
         from ..process import run_agent
 
+        if args.id is not None:
+            validate_agent_id(args.id)  # said before the brief is read or the broker dialled
         brief = _brief_or_org_member(args.brief, args.agent)
         # One id, one process: the same brief run on two machines must not make two
         # agents under one name (the second would be refused at start). `mesh up`
@@ -260,6 +277,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ..process import spawn_agent
 
     org, briefs = load_org(args.org)
+    for brief, _ in briefs:
+        _check_kind(brief)  # as `mesh brief check` does: refused here, not by each process
     broker = None
     server = args.server
     if server is None:
@@ -360,6 +379,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise UserError(f"--data is not valid JSON ({exc}); pass a JSON value or @file.json") from None
+        except RecursionError:
+            raise UserError("--data is nested too deeply to read; pass a flatter JSON value") from None
+        except ValueError as exc:  # an integer of more digits than Python converts (4300)
+            raise UserError(f"--data: {exc}") from None
     review = ReviewPolicy(quorum=args.review, capability=args.reviewer) if args.review else None
 
     async def submit() -> int:
@@ -423,7 +446,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from protocol import validate_task_id
+
     from . import render
+
+    if args.root is not None:
+        validate_task_id(args.root)  # before "watching ...": nothing is watched
 
     async def watch() -> int:
         mesh = await _mesh(args)
@@ -489,15 +517,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_brief(args: argparse.Namespace) -> int:
     from ..briefs import BRIEF_TEMPLATE, load_brief, load_org
+    from . import one_line
 
     if args.brief_command == "new":
         if args.file == "-":
             sys.stdout.write(BRIEF_TEMPLATE)
         else:
             path = Path(args.file)
-            if path.exists():
-                raise UserError(f"{path} exists; choose another name or remove it first")
-            path.write_text(BRIEF_TEMPLATE)
+            try:
+                with path.open("x") as out:  # never over an existing file
+                    out.write(BRIEF_TEMPLATE)
+            except FileExistsError:
+                raise UserError(f"{path} exists; choose another name or remove it first") from None
+            except OSError as exc:
+                raise UserError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
             print(f"wrote {path}; edit it, then: mesh brief check {path}", file=sys.stderr)
         return 0
     # An org file lists agents; anything else is read as a brief (which says what is wrong).
@@ -507,11 +540,11 @@ def cmd_brief(args: argparse.Namespace) -> int:
         for brief, _ in briefs:
             _check_kind(brief)
         total = sum(n for _, n in briefs)
-        print(f"{args.file}: ok (org {org.name!r}: {len(briefs)} agents, {total} processes)")
+        print(f"{one_line(args.file)}: ok (org {org.name!r}: {len(briefs)} agents, {total} processes)")
     else:
         brief = load_brief(args.file)
         _check_kind(brief)
-        print(f"{args.file}: ok (agent {brief.name!r} serves {', '.join(brief.serves)}; kind {brief.kind})")
+        print(f"{one_line(args.file)}: ok (agent {brief.name!r} serves {', '.join(brief.serves)}; kind {brief.kind})")
     return 0
 
 
