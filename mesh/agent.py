@@ -36,10 +36,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import nats.errors
-import nats.js.errors
-import nats.micro
 import structlog
-from nats.micro.request import Request
 
 from protocol import (
     MAX_ERROR_CHARS,
@@ -74,7 +71,6 @@ from protocol import (
     Veto,
     Work,
     WriteClaim,
-    decode_card,
     decode_control,
     decode_record,
     encode,
@@ -83,7 +79,7 @@ from protocol import (
     settle_work,
 )
 
-from .bus import Bus, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, translate_errors
+from .bus import Bus, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .queues import Delivery, Pulls
 from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
 
@@ -181,7 +177,6 @@ class Agent:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join the mesh and work until drained (or cancelled, which drains too)."""
         self.bus = await Bus.connect(self.server, self.names, agent=self.config.id, settings=self.settings)
-        nc = self.bus.nc
         self.pulls = Pulls(self.bus, self.config.serves, free=self._free, deliver=self._deliver)
         try:
             async with anyio.create_task_group() as tg:
@@ -215,7 +210,7 @@ class Agent:
                         "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
                     )
                 with anyio.move_on_after(5) as closing:
-                    await nc.close()
+                    await self.bus.close()
                 if closing.cancelled_caught:
                     self.log.warning("the broker connection did not close within 5 s; leaving anyway")
             self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
@@ -227,20 +222,16 @@ class Agent:
         control requests and overwrite its card). A card left by a dead process of
         ours does not count: nobody answers for it."""
         try:
-            with translate_errors("asking whether our agent id is in use"):
-                reply = await self.bus.nc.request(
-                    self.names.control_subject(self.config.id), encode(ControlRequest(action="status")), timeout=2.0
-                )
+            await self.bus.request(
+                self.names.control_subject(self.config.id), encode(ControlRequest(action="status")), timeout=2.0
+            )
         except Unavailable:
             return  # no responders (the usual case), or nobody answered in time
         where = ""
-        with contextlib.suppress(MeshError, nats.errors.Error, RemoteProtocolError):
-            with translate_errors("reading the directory"):
-                entry = await self.bus.agents.get(self.names.agent_key(self.config.id))
-            if entry.value:
-                card = decode_card(entry.value)
+        with contextlib.suppress(MeshError):
+            card = await self.bus.card(self.config.id)
+            if card is not None:
                 where = f" (on {card.host}, pid {card.pid})"
-        del reply
         raise IdInUse(
             f"agent id {self.config.id!r} is in use by a live agent{where}; run this one with another "
             "--id, or stop that one first (`mesh agent drain ID`)"
@@ -249,22 +240,13 @@ class Agent:
     async def _remove_our_card(self) -> None:
         """Remove our card, and only ours: a process that leaves must not delete the card
         of another process (which may have the same id by mistake)."""
-        key = self.names.agent_key(self.config.id)
-        with translate_errors(key):
-            try:
-                entry = await self.bus.agents.get(key)
-            except nats.js.errors.KeyDeletedError:
-                return
-        if not entry.value:
-            return
-        try:
-            card = decode_card(entry.value)
-        except RemoteProtocolError:
+        card = await self.bus.card(self.config.id)
+        if card is None:
             return
         if (card.host, card.pid, card.started) != (socket.gethostname(), os.getpid(), self.started):
             self.log.warning("the card under our id is another process's; leaving it", host=card.host, pid=card.pid)
             return
-        await self.bus.agents.purge(key, msg_ttl=60.0)
+        await self.bus.remove_card(self.config.id)
 
     def _check_leases(self) -> None:
         """Say so when a queue we serve has another lease than we were given: the first
@@ -350,8 +332,7 @@ class Agent:
         )
 
     async def _publish_card(self) -> None:
-        subject = f"$KV.{self.names.agents_bucket}.{self.names.agent_key(self.config.id)}"
-        await self.bus.js.publish(subject, encode(self.card()), msg_ttl=max(3 * self.config.heartbeat_s, 1.0))
+        await self.bus.publish_card(self.card(), ttl_s=max(3 * self.config.heartbeat_s, 1.0))
 
     async def _heartbeat(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         await self._publish_card()
@@ -365,46 +346,32 @@ class Agent:
                 self.log.warning("heartbeat failed", error=str(exc) or type(exc).__name__)
 
     async def _service(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        service = await nats.micro.add_service(
-            self.bus.nc,
-            name=self.names.service_name,
+        async with self.bus.service(
             version=self.config.version if _semver(self.config.version) else "0.1.0",
             description=f"agent-mesh agent {self.config.id}: {self.config.role or self.config.kind}",
             metadata={"agent": self.config.id, "serves": ",".join(self.config.serves), "role": self.config.role},
-        )
-        await service.add_endpoint(
-            name="control", subject=self.names.control_subject(self.config.id), handler=self._control
-        )
-        task_status.started()
-        try:
+            subject=self.names.control_subject(self.config.id),
+            handle=self._control,
+        ):
+            task_status.started()
             await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):  # leaving anyway
-                await service.stop()
 
-    async def _control(self, request: Request) -> None:
+    async def _control(self, data: bytes) -> bytes:
+        """Answer a control request (``status``, ``drain``); garbage gets NotUnderstood."""
         try:
-            control = decode_control(request.data)
+            control = decode_control(data)
         except RemoteProtocolError as exc:
-            await request.respond(
-                encode(
-                    NotUnderstood(subject=self.names.control_subject(self.config.id), error=str(exc), at=time.time())
-                )
+            await self.bus.report(f"control request: {exc}", subject=self.names.control_subject(self.config.id))
+            return encode(
+                NotUnderstood(subject=self.names.control_subject(self.config.id), error=str(exc), at=time.time())
             )
-            return
         if control.action == "drain":
             self.log.info("drain requested over the control endpoint")
             self.drain()
-        await request.respond(
-            encode(
-                ControlReply(
-                    agent=self.config.id,
-                    action=control.action,
-                    draining=self._drain.is_set(),
-                    tasks=tuple(sorted(self._held)),
-                )
-            )
+        reply = ControlReply(
+            agent=self.config.id, action=control.action, draining=self._drain.is_set(), tasks=tuple(sorted(self._held))
         )
+        return encode(reply)
 
     # --- deliveries --------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import msgspec
 import nats
 import nats.errors
 import nats.js.errors
+import nats.micro
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,6 +37,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.micro.request import Request
 
 from protocol import (
     MAJOR_VERSION,
@@ -43,6 +45,7 @@ from protocol import (
     MAX_RECORD_BYTES,
     PRIORITY_GROUP,
     VERSION_HEADER,
+    AgentCard,
     ErrorReport,
     Event,
     Names,
@@ -52,6 +55,7 @@ from protocol import (
     TaskRecord,
     WorkItem,
     apply,
+    decode_card,
     decode_event,
     decode_record,
     decode_work_item,
@@ -1052,6 +1056,71 @@ class Bus:
                 await sub.unsubscribe()
                 if name:
                     await self.js.delete_consumer(stream, name)
+
+    # --- the directory, control requests and services -----------------------------------
+
+    async def publish_card(self, card: AgentCard, *, ttl_s: float) -> None:
+        """Put an agent's card in the directory, expiring ``ttl_s`` after its last put."""
+        with translate_errors(f"publishing the card of {card.id}"):
+            await self.js.publish(
+                f"$KV.{self.names.agents_bucket}.{self.names.agent_key(card.id)}", encode(card), msg_ttl=ttl_s
+            )
+
+    async def card(self, agent_id: str) -> AgentCard | None:
+        """The directory's card for ``agent_id``: None if there is none, or it does not
+        decode (the directory is informative; nobody acts on a card)."""
+        with translate_errors("reading the directory"):
+            try:
+                entry = await self.agents.get(self.names.agent_key(agent_id))
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
+        if not entry.value:
+            return None
+        try:
+            return decode_card(entry.value)
+        except RemoteProtocolError:
+            return None
+
+    async def remove_card(self, agent_id: str) -> None:
+        """Remove an agent's card now (a purge whose marker expires in a minute)."""
+        with translate_errors(f"removing the card of {agent_id}"):
+            await self.agents.purge(self.names.agent_key(agent_id), msg_ttl=60.0)
+
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
+        """A core request/reply; :class:`Unavailable` if nobody answers in ``timeout``."""
+        with translate_errors(f"request on {subject}"):
+            reply = await self.nc.request(subject, data, timeout=timeout)
+        return reply.data
+
+    @contextlib.asynccontextmanager
+    async def service(
+        self,
+        *,
+        version: str,
+        description: str,
+        metadata: dict[str, str],
+        subject: str,
+        handle: Callable[[bytes], Awaitable[bytes]],
+    ) -> AsyncIterator[None]:
+        """Serve one endpoint under the mesh's services API name (``$SRV.PING`` and the
+        like find it): ``handle`` gets each request's body and returns the reply's."""
+        service = await nats.micro.add_service(
+            self.nc, name=self.names.service_name, version=version, description=description, metadata=metadata
+        )
+
+        async def respond(request: Request) -> None:
+            await request.respond(await handle(request.data))
+
+        await service.add_endpoint(name="control", subject=subject, handler=respond)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):  # leaving anyway
+                await service.stop()
+
+    async def close(self) -> None:
+        """Close the connection (what was published is flushed first)."""
+        await self.nc.close()
 
     # --- events -------------------------------------------------------------------------
 
