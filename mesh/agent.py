@@ -225,8 +225,8 @@ class Agent:
             await self.bus.request(
                 self.names.control_subject(self.config.id), encode(ControlRequest(action="status")), timeout=2.0
             )
-        except Unavailable:
-            return  # no responders (the usual case), or nobody answered in time
+        except (NotFound, Unavailable):
+            return  # nobody listens (the usual case), or nobody answered in time
         where = ""
         with contextlib.suppress(MeshError):
             card = await self.bus.card(self.config.id)

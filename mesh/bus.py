@@ -77,6 +77,7 @@ __all__ = [
     "Unreachable",
     "Unavailable",
     "CorruptRecord",
+    "Refused",
     "Reconnects",
     "Settings",
     "Announcement",
@@ -115,6 +116,16 @@ class Unreachable(MeshError):
 
 class Unavailable(MeshError):
     """The broker did not answer in time (restarting, partitioned). Retry later."""
+
+
+class Refused(MeshError):
+    """The broker refused a request (a JetStream API error other than a lost
+    compare-and-set): e.g. more replicas than the cluster has nodes, a value over the
+    bucket's size limit. ``code`` is JetStream's error code."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class CorruptRecord(MeshError, RemoteProtocolError):
@@ -178,7 +189,7 @@ def translate_errors(what: str) -> Iterator[None]:
     except nats.js.errors.APIError as exc:
         if exc.err_code in WRONG_LAST_SEQUENCE:
             raise Conflict(f"{what}: {exc.description}") from None
-        raise
+        raise Refused(f"{what}: the broker refused: {exc.description}", code=exc.err_code) from None
 
 
 async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None) -> Client:
@@ -1086,11 +1097,37 @@ class Bus:
         with translate_errors(f"removing the card of {agent_id}"):
             await self.agents.purge(self.names.agent_key(agent_id), msg_ttl=60.0)
 
+    async def cards(self) -> list[AgentCard]:
+        """Every card in the directory that decodes, by agent id (expired ones are gone)."""
+        cards = []
+        for value in await self.snapshot("agent.>", bucket=self.agents):
+            with contextlib.suppress(RemoteProtocolError):  # the directory is informative
+                cards.append(decode_card(value))
+        return sorted(cards, key=lambda c: c.id)
+
     async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
-        """A core request/reply; :class:`Unavailable` if nobody answers in ``timeout``."""
+        """A core request/reply: :class:`NotFound` if nobody listens on ``subject``,
+        :class:`Unavailable` if nobody answers within ``timeout``."""
         with translate_errors(f"request on {subject}"):
-            reply = await self.nc.request(subject, data, timeout=timeout)
+            try:
+                reply = await self.nc.request(subject, data, timeout=timeout)
+            except nats.errors.NoRespondersError:
+                raise NotFound(f"nobody listens on {subject}") from None
         return reply.data
+
+    async def events(self, subject: str, *, history: bool) -> AsyncIterator[bytes]:
+        """The events stream's messages on ``subject``: new ones, or (``history``) every
+        stored one first. An ordered consumer, removed when the iteration ends."""
+        with translate_errors("following the events"):
+            sub = await self.js.subscribe(
+                subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL if history else DeliverPolicy.NEW
+            )
+        try:
+            async for msg in sub.messages:
+                yield msg.data
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     @contextlib.asynccontextmanager
     async def service(
@@ -1121,6 +1158,11 @@ class Bus:
     async def close(self) -> None:
         """Close the connection (what was published is flushed first)."""
         await self.nc.close()
+
+    async def drain(self) -> None:
+        """Let subscriptions finish what they received, flush, and close."""
+        with contextlib.suppress(nats.errors.Error):  # closing anyway
+            await self.nc.drain()
 
     # --- events -------------------------------------------------------------------------
 

@@ -17,10 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import DeliverPolicy
 
 from protocol import (
     AgentCard,
@@ -39,7 +36,6 @@ from protocol import (
     TaskRecord,
     TransitionError,
     Veto,
-    decode_card,
     decode_control_reply,
     decode_event,
     encode,
@@ -48,7 +44,7 @@ from protocol import (
     traceparent,
 )
 
-from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings
+from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .defaults import DEFAULT_SERVER, default_server
 from .follow import create_and_wait, wait_terminal
 from .questions import Answerer, Questions
@@ -68,8 +64,10 @@ class OverLimit(MeshError, ValueError):
 
 
 class Mesh:
-    def __init__(self, nc: Client, bus: Bus, client_id: str) -> None:
-        self.nc = nc
+    def __init__(self, bus: Bus, client_id: str) -> None:
+        #: the raw NATS connection: an escape hatch for watching traffic or sending
+        #: messages of your own (the client itself goes through ``bus`` only)
+        self.nc: Client = bus.nc
         self.bus = bus
         self.id = client_id
         self.names = bus.names
@@ -85,11 +83,10 @@ class Mesh:
     ) -> Mesh:
         client_id = client_id or f"client-{new_id()[:8]}"
         bus = await Bus.connect(url or default_server(), names or Names(), agent=client_id, settings=settings)
-        return cls(bus.nc, bus, client_id)
+        return cls(bus, client_id)
 
     async def close(self) -> None:
-        with contextlib.suppress(nats.errors.Error):
-            await self.nc.drain()
+        await self.bus.drain()
 
     async def __aenter__(self) -> Mesh:
         return self
@@ -298,46 +295,31 @@ class Mesh:
 
     async def agents(self) -> list[AgentCard]:
         """Live agents' cards (cards of agents that stopped heartbeating have expired)."""
-        cards = []
-        for value in await self.bus.snapshot("agent.>", bucket=self.bus.agents):
-            try:
-                cards.append(decode_card(value))
-            except RemoteProtocolError:
-                continue
-        return sorted(cards, key=lambda c: c.id)
+        return await self.bus.cards()
 
     async def control(self, agent_id: str, action: str, timeout: float = 5.0) -> ControlReply:
         """Send a control request (``status``, ``drain``) to one agent."""
         try:
-            msg = await self.nc.request(
+            reply = await self.bus.request(
                 self.names.control_subject(agent_id),
                 encode(ControlRequest(action=action)),  # type: ignore[arg-type]  # decoded and checked by the agent
                 timeout=timeout,
             )
-        except nats.errors.NoRespondersError:
+        except NotFound:
             raise MeshError(f"no agent {agent_id!r} is listening (see `mesh agents`)") from None
-        except nats.errors.TimeoutError:
+        except Unavailable:
             raise MeshError(f"agent {agent_id!r} did not answer within {timeout}s") from None
-        return decode_control_reply(msg.data)
+        return decode_control_reply(reply)
 
     # --- events ------------------------------------------------------------------------------
 
     async def events(self, *, root: str | None = None, history: bool = False) -> AsyncIterator[TaskEvent]:
         """Events from the stream: live ones, or (``history``) all stored ones first."""
-        sub = await self.bus.js.subscribe(
-            self.names.events_filter(root),
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL if history else DeliverPolicy.NEW,
-        )
-        try:
-            async for msg in sub.messages:
-                try:
-                    yield decode_event(msg.data)
-                except RemoteProtocolError:
-                    continue
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        async for data in self.bus.events(self.names.events_filter(root), history=history):
+            try:
+                yield decode_event(data)
+            except RemoteProtocolError:
+                continue
 
     async def history(self, root: str | None) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""

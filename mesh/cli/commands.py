@@ -165,11 +165,9 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
     and apply the retention asked for to the events history, saying what it is."""
     import dataclasses
 
-    import nats.js.errors
-
     from protocol import Names
 
-    from ..bus import Bus
+    from ..bus import Bus, Refused
     from ..settings import Settings
 
     settings = Settings.from_env()
@@ -192,9 +190,9 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
                 retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
             )
         finally:
-            await bus.nc.close()
-    except nats.js.errors.APIError as exc:  # e.g. more replicas than the cluster has nodes
-        raise UserError(f"the broker refused the mesh's streams and buckets: {exc.description}") from None
+            await bus.close()
+    except Refused as exc:  # e.g. more replicas than the cluster has nodes
+        raise UserError(f"the broker refused the mesh's streams and buckets: {exc}") from None
     cap = f", at most {kept.retention_bytes} bytes" if kept.retention_bytes else ""
     print(
         f"mesh {args.prefix!r} is set up on {server}: finished work stays readable for "
