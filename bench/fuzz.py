@@ -91,6 +91,8 @@ CONTROL_S_QUICK = 6.0
 SEED = 20261201
 #: marks the fuzzer's own messages on the error subjects, so they are not counted as reports
 FUZZ_HEADER = "Bench-Fuzz"
+#: the author the fuzzer's forged terminal records name
+FORGER = "mallory"
 AGENTS: list[dict[str, Any]] = [
     {"id": "fz-nap-0", "serves": ["nap"], "kind": "sleep", "options": {"seconds": 0.1, "steps": 2}},
     {"id": "fz-nap-1", "serves": ["nap"], "kind": "sleep", "options": {"seconds": 0.1, "steps": 2}},
@@ -139,7 +141,10 @@ class _Agents:
 
 
 class _Task:
-    __slots__ = ("id", "phase", "population", "capability", "submitted", "latency", "state", "reason", "error")
+    __slots__ = (
+        "id", "phase", "population", "capability", "submitted", "latency", "state", "reason", "error", "forged",
+        "stored",
+    )  # fmt: skip
 
     def __init__(self, task_id: str, phase: str, population: str, capability: str) -> None:
         self.id = task_id
@@ -151,6 +156,21 @@ class _Task:
         self.state: str | None = None
         self.reason: str | None = None
         self.error: str | None = None
+        #: it ended with a result the fuzzer wrote (a forged terminal record)
+        self.forged = False
+        #: a stranded task's stored record at the end
+        self.stored = ""
+
+
+async def _stored_raw(mesh: Any, task_id: str) -> str:
+    """The stored record of a stranded task, as text (it may not decode)."""
+    import nats.js.errors
+
+    try:
+        entry = await mesh.bus.tasks.get(f"task.{task_id}")
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return "<no record>"
+    return f"revision {entry.revision}: " + (entry.value or b"").decode(errors="replace")[:600]
 
 
 async def _stored_state(mesh: Any, task_id: str) -> str | None:
@@ -187,6 +207,7 @@ async def _follow_task(mesh: Any, task: _Task, record: Any | None, kwargs: dict[
                 await anyio.sleep(1.0)
         task.state = final.state
         task.reason = final.reason
+        task.forged = final.author == FORGER
         task.latency = time.monotonic() - task.submitted
         if final.state not in TERMINAL_STATES:
             task.error = f"wait returned a {final.state} record"
@@ -380,6 +401,9 @@ async def _run(b: Any, agents: _Agents, fuzzer: _Fuzzer, control_s: float) -> di
                 await anyio.sleep(0.5)
             await anyio.sleep(1.0)  # the last error reports
             points["end"] = _broker_point(bpid)
+            for task in tasks:
+                if task.state is None:
+                    task.stored = await _stored_raw(mesh, task.id)
             await anyio.to_thread.run_sync(agents.check)
             tg.cancel_scope.cancel()
     finally:
@@ -398,6 +422,8 @@ def _summarize(
 ) -> dict[str, Any]:
     from protocol import TERMINAL_STATES
 
+    stolen = set(fuzz.get("pull_items_taken_tasks", []))
+
     def group(phase: str, population: str) -> dict[str, Any]:
         ts = [t for t in tasks if t.phase == phase and t.population == population]
         ended = [t for t in ts if t.state in TERMINAL_STATES]
@@ -407,8 +433,11 @@ def _summarize(
             "states": dict(collections.Counter(t.state or "not ended" for t in ts)),
             "reasons": dict(collections.Counter(t.reason for t in ended if t.reason)),
             "not_done": sum(1 for t in ts if t.state != "done"),
+            "forged_end": sum(1 for t in ts if t.forged),
             "stranded": len(stranded),
             "stranded_ids": [t.id for t in stranded][:20],
+            "stranded_records": {t.id: t.stored for t in stranded[:10]},
+            "stolen_items": sum(1 for t in ts if t.id in stolen),
             "wait_errors": dict(collections.Counter((t.error or "").split(":")[0] for t in ts if t.error)),
             "wait_error_samples": sorted({t.error for t in ts if t.error})[:6],
             "latency_ms": dist_ms([t.latency for t in ended if not math.isnan(t.latency)]),
@@ -486,7 +515,7 @@ def main(*, quick: bool = False) -> dict[str, Any]:
                 r.stop()
         result["fuzzer_log_tail"] = (d / "fuzzer.log").read_text(errors="replace").splitlines()[-10:]
         result["log_problems"] = log_problems([r.log for r in runs])
-        result["tracebacks_in_logs"] = sum(r.log.read_text(errors="replace").count("Traceback") for r in runs)
+        result["tracebacks_in_logs"] = _tracebacks([r.log for r in runs])
     result["setup"] = SETUP.format(
         lease=LEASE_S, rate=RATE_TASKS, control=control_s, messages=messages, fuzz_rate=RATE_FUZZ, seed=SEED
     )
@@ -501,6 +530,27 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         f"error reports {result['reports']['total']} (rate limit held: {result['reports']['rate_limit_held']})",
     )
     return result
+
+
+def _tracebacks(paths: list[Path], limit: int = 6) -> dict[str, Any]:
+    """Tracebacks in the agents' logs: how many, and the distinct ones (their last lines
+    and the log lines just before them, which say what the agent was doing)."""
+    seen: dict[str, list[str]] = {}
+    count = 0
+    for path in paths:
+        lines = path.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if not line.startswith("Traceback"):
+                continue
+            count += 1
+            j = i + 1
+            while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j].strip()):
+                j += 1
+            block = lines[max(i - 3, 0) : min(j + 1, len(lines))]
+            key = lines[j] if j < len(lines) else block[-1]
+            if key not in seen and len(seen) < limit:
+                seen[key] = [path.name, *block[-60:]]
+    return {"count": count, "distinct": list(seen.values())}
 
 
 # --- the fuzzer -------------------------------------------------------------------------------
@@ -551,7 +601,7 @@ class Fuzz:
         if r < 0.6:
             return "fz" + "".join(self.rng.choice("0123456789abcdef") for _ in range(10))
         return self.rng.choice(
-            ["UPPER", "-lead", "_x", "a" * 100, "x~y", "a_b-c", "0", "Z" * 64, "q" * 65, "$x", "tab\tx", "%41"]
+            ["UPPER", "-lead", "_x", "a" * 100, "x~y", "a_b-c", "0", "Z" * 64, "q" * 65, "$x", "%41", "a\u00e9"]
         )
 
     def task_id(self) -> tuple[str, bool]:
@@ -682,7 +732,7 @@ class Fuzz:
             target = top["record"] if isinstance(top.get("record"), dict) else top
             target["state"] = rng.choice(["done", "failed", "cancelled"])
             target["result"] = {"forged": True}
-            target["author"] = "mallory"
+            target["author"] = FORGER
             target["reason"] = rng.choice([None, "error", "no_agent", "made-up"])
             return obj
         if op == "list":
@@ -810,7 +860,11 @@ class Fuzz:
 
 
 def _not_a_valid_pull(body: bytes) -> bytes:
-    """A pull of the priority group would take real items for a lease: never send one."""
+    """A pull of the priority group would take real items for a lease: never send one.
+    The broker reads a body that is not a JSON object (empty, a number, garbage) as a
+    plain pull of one item, priority group or not: such bodies get a ``{`` in front."""
+    if not body.lstrip().startswith(b"{"):
+        return b"{" + body
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):  # deep nesting: not a pull either
@@ -845,6 +899,9 @@ async def _fuzzer_main(args: argparse.Namespace) -> None:
     replies: collections.Counter[str] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
     stolen = [0]
+    stolen_tasks: list[str] = []
+    stolen_pulls: list[dict[str, Any]] = []
+    recent_pulls: collections.deque[bytes] = collections.deque(maxlen=8)
     go = asyncio.Event()
     quit_ = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -893,6 +950,10 @@ async def _fuzzer_main(args: argparse.Namespace) -> None:
         if msg.reply and msg.reply.startswith("$JS.ACK."):
             stolen[0] += 1  # never expected: hand it back at once
             await nc.publish(msg.reply, b"-NAK")
+            with contextlib.suppress(Exception):
+                stolen_tasks.append(json.loads(msg.data).get("task"))
+            if len(stolen_pulls) < 5:
+                stolen_pulls.append({"delivery": msg.reply, "recent_pulls": [repr(b)[:200] for b in recent_pulls]})
             return
         status = (msg.headers or {}).get("Status")
         if status:
@@ -915,6 +976,8 @@ async def _fuzzer_main(args: argparse.Namespace) -> None:
     while sent < args.messages and not quit_.is_set():
         for _ in range(min(batch, args.messages - sent)):
             family, subject, kind, body, touched = fuzz.message()
+            if family == "pull":
+                recent_pulls.append(subject.encode() + b" " + body)
             headers = {FUZZ_HEADER: "1"} if family == "err" else None
             reply = (
                 ack_inbox if family in stored_families else reply_inbox if family in ("ctl", "srv", "pull") else ""
@@ -949,6 +1012,8 @@ async def _fuzzer_main(args: argparse.Namespace) -> None:
         "replies": dict(replies),
         "publish_errors": dict(errors),
         "pull_items_taken": stolen[0],
+        "pull_items_taken_tasks": stolen_tasks,
+        "pull_items_taken_by": stolen_pulls,
         "templates": {f: len(q) for f, q in fuzz.templates.items()},
         "cpu_s": time.process_time() - cpu0,
     }
