@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from bench.common import (
     AgentRun,
@@ -133,17 +134,15 @@ class _Agents:
             if code is None:
                 continue
             tail = r.log.read_text(errors="replace").splitlines()[-30:]
-            self.exits.append(
-                {"agent": r.agent_id, "code": code, "at_s": time.monotonic() - self.t0, "log_tail": tail}
-            )
+            self.exits.append({"agent": r.agent_id, "code": code, "at_s": time.monotonic() - self.t0, "log_tail": tail})
             progress(NAME, f"agent {r.agent_id} EXITED with {code}; restarting it")
             r.start()
 
 
 class _Task:
     __slots__ = (
-        "id", "phase", "population", "capability", "submitted", "latency", "state", "reason", "error", "forged",
-        "stored",
+        "capability", "error", "forged", "id", "latency", "phase", "population", "reason", "state", "stored",
+        "submitted",
     )  # fmt: skip
 
     def __init__(self, task_id: str, phase: str, population: str, capability: str) -> None:
@@ -252,9 +251,7 @@ class _Reports:
             }
         out["total"] = sum(a["reports"] for a in out["per_agent"].values())
         # the rule: a burst of 20, then 10 a second: at most 20 + 10 * T in any T seconds
-        out["rate_limit_held"] = all(
-            a["max_in_1s"] <= 30 and a["max_in_10s"] <= 120 for a in out["per_agent"].values()
-        )
+        out["rate_limit_held"] = all(a["max_in_1s"] <= 30 and a["max_in_10s"] <= 120 for a in out["per_agent"].values())
         out["held_back_mentioned"] = self.held_back_said
         out["sample"] = self.sample
         return out
@@ -350,7 +347,8 @@ async def _run(b: Any, agents: _Agents, fuzzer: _Fuzzer, control_s: float) -> di
                 kwargs = {"instruction": f"{phase} {n}", "task_id": task.id}
                 if population == "touched":
                     try:
-                        record = await mesh.submit(capability, kwargs["instruction"], task_id=task.id)
+                        with anyio.fail_after(STRAND_S):
+                            record = await mesh.submit(capability, kwargs["instruction"], task_id=task.id)
                     except Exception as exc:
                         task.error = f"submit: {type(exc).__name__}: {exc}"[:300]
                         return
@@ -359,8 +357,9 @@ async def _run(b: Any, agents: _Agents, fuzzer: _Fuzzer, control_s: float) -> di
                 else:
                     await _follow_task(mesh, task, None, kwargs)
 
-            async def stream(phase: str, until: Any) -> None:
-                """Submit at RATE_TASKS a second until ``until()`` says stop."""
+            async def stream(phase: str, until: Any, tg: anyio.abc.TaskGroup) -> None:
+                """Submit at RATE_TASKS a second until ``until()`` says stop; each task
+                is followed in ``tg`` (for STRAND_S at most)."""
                 n = 0
                 t_next = time.monotonic()
                 while not until():
@@ -377,28 +376,25 @@ async def _run(b: Any, agents: _Agents, fuzzer: _Fuzzer, control_s: float) -> di
             points["start"] = _broker_point(bpid)
             progress(NAME, f"control phase: {control_s:.0f} s of real tasks without fuzzing")
             t_control = time.monotonic()
-            await stream("control", lambda: time.monotonic() - t_control >= control_s)
-            points["fuzz_start"] = _broker_point(bpid)
-            progress(NAME, "fuzz phase: go")
-            fuzzer.send("GO")
-            done = anyio.Event()
+            async with anyio.create_task_group() as followed:
+                await stream("control", lambda: time.monotonic() - t_control >= control_s, followed)
+                points["fuzz_start"] = _broker_point(bpid)
+                progress(NAME, "fuzz phase: go")
+                fuzzer.send("GO")
+                done = anyio.Event()
 
-            async def fuzz_done() -> None:
-                fuzz_result.update(await anyio.to_thread.run_sync(fuzzer.result))
-                done.set()
+                async def fuzz_done() -> None:
+                    fuzz_result.update(await anyio.to_thread.run_sync(fuzzer.result))
+                    done.set()
 
-            tg.start_soon(fuzz_done)
-            await stream("fuzz", done.is_set)
-            points["fuzz_end"] = _broker_point(bpid)
-            progress(
-                NAME,
-                f"fuzzer done: {fuzz_result.get('sent', 0):,} messages in {fuzz_result.get('elapsed_s', 0):.1f} s; "
-                f"waiting for the last tasks (at most {STRAND_S:.0f} s each)",
-            )
-            while any(t.state is None and t.error is None for t in tasks) and any(
-                time.monotonic() - t.submitted < STRAND_S + 5 for t in tasks if t.state is None
-            ):
-                await anyio.sleep(0.5)
+                tg.start_soon(fuzz_done)
+                await stream("fuzz", done.is_set, followed)
+                points["fuzz_end"] = _broker_point(bpid)
+                progress(
+                    NAME,
+                    f"fuzzer done: {fuzz_result.get('sent', 0):,} messages in {fuzz_result.get('elapsed_s', 0):.1f} s; "
+                    f"waiting for the last tasks (at most {STRAND_S:.0f} s each)",
+                )
             await anyio.sleep(1.0)  # the last error reports
             points["end"] = _broker_point(bpid)
             for task in tasks:
@@ -520,6 +516,7 @@ def main(*, quick: bool = False) -> dict[str, Any]:
         lease=LEASE_S, rate=RATE_TASKS, control=control_s, messages=messages, fuzz_rate=RATE_FUZZ, seed=SEED
     )
     result["messages"] = messages
+    result["strand_s"] = STRAND_S
     pops = result["populations"]
     progress(
         NAME,
@@ -569,6 +566,8 @@ FAMILIES: dict[str, float] = {
     "adv": 4,  # advisories of new queues
     "pull": 4,  # pull request subjects (never a valid pull of the group)
 }
+#: captured messages larger than this are not kept as templates
+TEMPLATE_MAX_BYTES = 16_384
 BODIES = (("random bytes", 0.2), ("random json", 0.2), ("mutation", 0.6))
 
 #: strings that break names: wildcards, separators, control characters, lengths
@@ -586,7 +585,9 @@ class Fuzz:
         self.rng = rng
         self.agents = agents
         self.p = prefix
-        self.templates: dict[str, collections.deque[Any]] = collections.defaultdict(lambda: collections.deque(maxlen=200))
+        self.templates: dict[str, collections.deque[Any]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=200)
+        )
         self.latest: dict[str, Any] = {}  # touched task id -> its latest valid record (as JSON)
         self.touched: collections.deque[str] = collections.deque(maxlen=6)
         self.touched_all = 0
@@ -699,7 +700,9 @@ class Fuzz:
             return obj
         if op == "forge" and top is not None:
             target = top["record"] if isinstance(top.get("record"), dict) and rng.random() < 0.5 else top
-            epoch = target.get("epoch") if isinstance(target.get("epoch"), int) else 0
+            epoch = target.get("epoch")
+            if not isinstance(epoch, int):
+                epoch = 0
             target["owner"] = rng.choice(["mallory", *self.agents, "", "a.*", None])
             target["epoch"] = rng.choice([epoch + 1, epoch - 1, 0, 10**9, -1, epoch])
             if rng.random() < 0.5:
@@ -809,9 +812,7 @@ class Fuzz:
             subject = f"{p}.v2.ctl.{rng.choice([*self.agents, *self.agents, self.token()])}"
             template = {"v": 2, "action": "status"}
         elif family == "srv":
-            subject = rng.choice(
-                ["$SRV.PING", f"$SRV.INFO.{p}-agent", f"$SRV.STATS.{p}-agent", f"$SRV.PING.{p}-agent"]
-            )
+            subject = rng.choice(["$SRV.PING", f"$SRV.INFO.{p}-agent", f"$SRV.STATS.{p}-agent", f"$SRV.PING.{p}-agent"])
             template = {"type": "io.nats.micro.v1.ping_response"}
         elif family == "adv":
             consumer = rng.choice(["nap", "echo", "other", "nap~deep", self.token(), "x" * 200])
@@ -838,7 +839,14 @@ class Fuzz:
 
     def capture(self, family: str, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
         """Keep valid real messages as templates (and each touched task's latest record)."""
-        from protocol import RemoteProtocolError, decode_card, decode_error, decode_event, decode_record, decode_work_item
+        from protocol import (
+            RemoteProtocolError,
+            decode_card,
+            decode_error,
+            decode_event,
+            decode_record,
+            decode_work_item,
+        )
 
         decoders = {
             "record": decode_record,
@@ -849,14 +857,18 @@ class Fuzz:
         }
         if family == "error" and (headers or {}).get(FUZZ_HEADER):
             return
+        if len(data) > TEMPLATE_MAX_BYTES:
+            # a valid forgery with an oversized value, captured back: as a template it
+            # would make every later mutation of it oversized too
+            return
         try:
-            decoded = decoders[family](data)
+            decoders[family](data)
             value = json.loads(data)
         except (RemoteProtocolError, ValueError):
             return
         self.templates[family].append(value)
-        if family == "record" and decoded.id in self.touched:
-            self.latest[decoded.id] = value
+        if family == "record" and value["id"] in self.touched:
+            self.latest[value["id"]] = value
 
 
 def _not_a_valid_pull(body: bytes) -> bytes:
@@ -979,9 +991,10 @@ async def _fuzzer_main(args: argparse.Namespace) -> None:
             if family == "pull":
                 recent_pulls.append(subject.encode() + b" " + body)
             headers = {FUZZ_HEADER: "1"} if family == "err" else None
-            reply = (
-                ack_inbox if family in stored_families else reply_inbox if family in ("ctl", "srv", "pull") else ""
-            )
+            if family == "rec" and rng.random() < 0.8:
+                # what the bucket puts on a republished write: followers skip a write without it
+                headers = {"Nats-Sequence": str(rng.choice([1, 2, 50, 10**6, 10**12, 0, -1])), "Nats-Subject": subject}
+            reply = ack_inbox if family in stored_families else reply_inbox if family in ("ctl", "srv", "pull") else ""
             try:
                 await nc.publish(subject, body, reply=reply, headers=headers)
             except Exception as exc:  # e.g. over the broker's max payload
