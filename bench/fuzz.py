@@ -874,17 +874,11 @@ class Fuzz:
 def _not_a_valid_pull(body: bytes) -> bytes:
     """A pull of the priority group would take real items for a lease: never send one.
     The broker reads a body that is not a JSON object (empty, a number, garbage) as a
-    plain pull of one item, priority group or not: such bodies get a ``{`` in front."""
+    plain pull of one item, priority group or not: such bodies get a ``{`` in front. And
+    no body names the group: the broker parses nesting deeper than Python's json does."""
     if not body.lstrip().startswith(b"{"):
-        return b"{" + body
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):  # deep nesting: not a pull either
-        return body
-    if isinstance(value, dict) and "group" in value:
-        value.pop("group")
-        return json.dumps(value, allow_nan=True).encode()
-    return body
+        body = b"{" + body
+    return body.replace(b'"group"', b'"gruop"')
 
 
 def _not_a_drain(body: bytes) -> bytes:
