@@ -530,24 +530,35 @@ def main(*, quick: bool = False) -> dict[str, Any]:
 
 
 def _tracebacks(paths: list[Path], limit: int = 6) -> dict[str, Any]:
-    """Tracebacks in the agents' logs: how many, and the distinct ones (their last lines
-    and the log lines just before them, which say what the agent was doing)."""
-    seen: dict[str, list[str]] = {}
-    count = 0
+    """Tracebacks in the agents' logs: how many of each exception type (and the log line
+    before each, which says what the agent was doing), and one full example per type."""
+    kinds: collections.Counter[str] = collections.Counter()
+    examples: dict[str, list[str]] = {}
     for path in paths:
         lines = path.read_text(errors="replace").splitlines()
+        what = ""  # the log line before a traceback (kept across the parts of a chained one)
         for i, line in enumerate(lines):
             if not line.startswith("Traceback"):
                 continue
-            count += 1
             j = i + 1
             while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j].strip()):
                 j += 1
-            block = lines[max(i - 3, 0) : min(j + 1, len(lines))]
-            key = lines[j] if j < len(lines) else block[-1]
-            if key not in seen and len(seen) < limit:
-                seen[key] = [path.name, *block[-60:]]
-    return {"count": count, "distinct": list(seen.values())}
+            last = lines[j] if j < len(lines) else ""
+            before = lines[i - 1] if i else ""
+            chained = "During handling" in " ".join(lines[max(i - 2, 0) : i]) or "direct cause" in " ".join(
+                lines[max(i - 2, 0) : i]
+            )
+            if not chained:
+                what = before.split("]", 1)[1].split("  ")[0].strip() if "]" in before else ""
+            follows = " ".join(lines[j + 1 : j + 3])
+            if "During handling" in follows or "direct cause" in follows:
+                continue  # a chained traceback: counted once, by its last part
+
+            kind = f"{last.split(':', 1)[0]} ({what})" if what else last.split(":", 1)[0]
+            kinds[kind] += 1
+            if kind not in examples and len(examples) < limit:
+                examples[kind] = [path.name, *lines[max(i - 1, 0) : j + 1][-40:]]
+    return {"count": sum(kinds.values()), "kinds": dict(kinds), "examples": list(examples.values())}
 
 
 # --- the fuzzer -------------------------------------------------------------------------------

@@ -1584,7 +1584,9 @@ def _fuzz(res: dict[str, Any] | None, status: str) -> str:
             + ", ".join(f"{k} {v:,}" for k, v in problems["counts"].items())
             + "; most frequent: "
             + "; ".join(f"`{m[:100]}` x{n:,}" for m, n in problems["top"][:4])
-            + f". Tracebacks logged (caught, the agent went on): {tb.get('count', 0)}.\n"
+            + f". Tracebacks logged (caught, the agent went on): {tb.get('count', 0)}"
+            + (" (" + ", ".join(f"{k} x{n}" for k, n in sorted(tb["kinds"].items())) + ")" if tb.get("kinds") else "")
+            + ".\n"
         )
     if res.get("exits"):
         out.append(
