@@ -1531,7 +1531,14 @@ def _fuzz(res: dict[str, Any] | None, status: str) -> str:
         "ending `failed` or `cancelled` is legitimate for them, ending with a result the fuzzer wrote is what a forged "
         f"but valid record in the bucket does ({t.get('forged_end', 0)} such); end reasons: "
         + (", ".join(f"{k} {v}" for k, v in sorted(t["reasons"].items())) or "none")
-        + ".\n"
+        + "."
+        + (
+            f" `Mesh.wait` raised instead of returning for {sum(t['wait_errors'].values())} touched task(s) (each then "
+            "ended, read from the bucket): " + "; ".join(f"`{e[:200]}`" for e in t["wait_error_samples"][:3]) + "."
+            if t.get("wait_errors")
+            else " `Mesh.wait` returned for every one of them."
+        )
+        + "\n"
     )
     fam = fz["families"]
     out.append(
@@ -1569,7 +1576,10 @@ def _fuzz(res: dict[str, Any] | None, status: str) -> str:
         )
         + f"); the rate limit (a burst of 20, then 10 a second) {'held' if rep['rate_limit_held'] else '**did not hold**'}; "
         f"{rep['held_back_mentioned']:,} reports said how many were held back. Replies to control, services and pull "
-        "requests: " + ", ".join(f"{k} {v:,}" for k, v in sorted(fz["replies"].items())) + ".\n"
+        "requests: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(fz["replies"].items()))
+        + " (503: nobody answers, e.g. a fake agent id; 400: the broker refused a pull); items taken by the fuzzer's "
+        f"pull requests: {fz.get('pull_items_taken', 0)}.\n"
     )
     out.append(
         f"nats-server: CPU {br['control'].get('cpu_pct', math.nan):.0f}% of a core in the control phase, "
