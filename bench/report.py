@@ -381,6 +381,7 @@ def _document(
         "soak",
         "profile",
         "baseline",
+        "fuzz",
     ):
         r[name], status[name] = _section_status(runs, name)
     parts: list[str] = []
@@ -447,6 +448,7 @@ def _document(
     # Chaos runs with another lease (`--chaos-lease S`) keep their own results files.
     churn = [(n, *_section_status(runs, n)) for n in sorted(runs, key=_lease_order) if n.startswith("chaos-lease")]
     add(_chaos(r["chaos"], status["chaos"], churn, before or {}))
+    add(_fuzz(r["fuzz"], status["fuzz"]))
     add(_durability(r["durability"], status["durability"]))
     add(_hotpath(r["hotpath"], status["hotpath"], plots))
     add(_profile(r["profile"], status["profile"]))
@@ -635,6 +637,22 @@ def _targets(r: dict[str, dict[str, Any] | None], hp: dict[str, Any] | None) -> 
             False,
             f"bare `python -c pass`: {_sp(fp['python_bare_ms'], ' ms', 0)}",
         )
+    fz = r.get("fuzz")
+    if fz:
+        for what, value, why in (
+            (
+                f"agent processes that exited under {fz['fuzzer'].get('sent', 0):,} fuzz messages",
+                fz["crashes"],
+                "every message from the network is decoded at the edge and refused if bad (PROTOCOL 6.15)",
+            ),
+            (
+                "real tasks not ended (stranded) under the fuzz",
+                fz["stranded"] + fz["untouched_not_done"],
+                f"untouched tasks must end done ({fz['untouched_not_done']} did not), touched ones must end "
+                f"({fz['stranded']} did not within {fz.get('strand_s', 90):.0f} s)",
+            ),
+        ):
+            rows.append([what, str(value), "0", "**met**" if value == 0 else "**missed**", why])
     text = (
         "## Targets\n\nFrom the benchmark issues; reported, not asserted in tests. Ratios are taken within one run "
         "(and, for latency, within interleaved blocks of 50 tasks), medians over repeats with their min-max.\n\n"
@@ -1463,6 +1481,133 @@ def _churn(
             + ".\n"
         )
     return "\n".join(out) + "\n"
+
+
+def _fuzz(res: dict[str, Any] | None, status: str) -> str:
+    out = ["## Soak fuzz: hostile input while real tasks run\n", status]
+    if res is None:
+        return "\n".join(out)
+    fz = res["fuzzer"]
+    pops = res["populations"]
+    rep = res["reports"]
+    br = res["broker"]
+    out.append(
+        f"{fz['sent']:,} messages ({fz['bytes'] / 2**20:.0f} MiB) in {fz['elapsed_s']:.0f} s: {fz['rate']:.0f} "
+        f"messages/s against a pace of {fz['target_rate']:.0f}/s, seed {fz['seed']}; the fuzzer used "
+        f"{fz['cpu_s']:.0f} s of CPU ({100 * fz['cpu_s'] / max(fz['elapsed_s'], 1e-9):.0f}% of a core). "
+        f"The broker stored {fz['broker_acks'].get('stored', 0):,} of them (KV puts, work items, events, reports) "
+        f"and refused {fz['broker_acks'].get('refused', 0):,}.\n"
+    )
+    out.append(
+        _table(
+            ["", "crashes (agent exits)", "tasks", "end states", "not done", "stranded", "p50", "p95"],
+            [
+                [
+                    label,
+                    res["crashes"] if key == "fuzz_untouched" else "",
+                    p["tasks"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(p["states"].items())),
+                    p["not_done"],
+                    p["stranded"],
+                    f"{p['latency_ms']['p50']:.0f} ms",
+                    f"{p['latency_ms']['p95']:.0f} ms",
+                ]
+                for key, label in (
+                    ("control", "control phase (no fuzz)"),
+                    ("fuzz_untouched", "fuzz phase, untouched tasks"),
+                    ("fuzz_touched", "fuzz phase, touched tasks"),
+                )
+                for p in [pops[key]]
+            ],
+        )
+    )
+    lr = res["latency_ratio"]
+    t = pops["fuzz_touched"]
+    out.append(
+        f"\nUntouched tasks under the fuzz against the control phase: p50 x{lr['p50']:.2f}, p95 x{lr['p95']:.2f} "
+        "(the extra latency of real work while the agents refuse a flood of bad input; the fuzzer's own CPU shares the "
+        f"2 cores). Touched tasks: the fuzzer aimed {fz.get('touched_messages', 0):,} messages at {fz.get('touched_tasks', 0)} "
+        "of them (forged and corrupt records in the bucket and on their record subject, forged events and work items); "
+        "ending `failed` or `cancelled` is legitimate for them, ending with a result the fuzzer wrote is what a forged "
+        f"but valid record in the bucket does ({t.get('forged_end', 0)} such); end reasons: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(t["reasons"].items())) or "none")
+        + "."
+        + (
+            f" `Mesh.wait` raised instead of returning for {sum(t['wait_errors'].values())} touched task(s) (each then "
+            "ended, read from the bucket): " + "; ".join(f"`{e[:200]}`" for e in t["wait_error_samples"][:3]) + "."
+            if t.get("wait_errors")
+            else " `Mesh.wait` returned for every one of them."
+        )
+        + "\n"
+    )
+    fam = fz["families"]
+    out.append(
+        _table(
+            ["family", "messages", "random bytes", "random JSON", "mutated real messages"],
+            [
+                [
+                    name,
+                    f"{sum(fam[name].values()):,}",
+                    f"{fam[name].get('random bytes', 0):,}",
+                    f"{fam[name].get('random json', 0):,}",
+                    f"{fam[name].get('mutation', 0):,}",
+                ]
+                for name in sorted(fam)
+            ],
+        )
+    )
+    out.append(
+        "\nFamilies: `kv.task` task records (`task.<id>`) of touched and unknown tasks, `kv.other` keys of no family "
+        "in the tasks bucket, `kv.agent` cards (`agent.<id>`, real and fake ids) and other keys in the directory, "
+        "`work` work items on the queues, `evt` transition events, `err` error reports, `ctl` control requests to the "
+        "agents, `srv` the services API, `rec` republished record writes, `adv` advisories of new queues, `pull` pull "
+        "requests that are not a valid pull of the priority group (a valid pull takes real items: a thief, not bad "
+        "input). Mutations flip a field's type, put negative, huge, NaN or infinite numbers, unknown states, a wrong "
+        "`v`, names with wildcards or newlines, deep nesting, oversized values, forged owners and epochs, or forged "
+        "terminal records, and truncate some.\n"
+    )
+    per = rep["per_agent"]
+    out.append(
+        f"Error reports on `mesh.v2.err.>` during the fuzz phase: {rep['total']:,} "
+        + "("
+        + ", ".join(
+            f"{a}: {v['reports']:,}, {v['per_s']:.1f}/s, at most {v['max_in_1s']} in 1 s and {v['max_in_10s']} in 10 s"
+            for a, v in per.items()
+        )
+        + f"); the rate limit (a burst of 20, then 10 a second) {'held' if rep['rate_limit_held'] else '**did not hold**'}; "
+        f"{rep['held_back_mentioned']:,} reports said how many were held back. Replies to control, services and pull "
+        "requests: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(fz["replies"].items()))
+        + " (503: nobody answers, e.g. a fake agent id; 400: the broker refused a pull); items taken by the fuzzer's "
+        f"pull requests: {fz.get('pull_items_taken', 0)}.\n"
+    )
+    out.append(
+        f"nats-server: CPU {br['control'].get('cpu_pct', math.nan):.0f}% of a core in the control phase, "
+        f"{br['fuzz'].get('cpu_pct', math.nan):.0f}% under the fuzz; RSS {br['rss_mib_start']:.0f} MiB at the start, "
+        f"{br['fuzz'].get('rss_mib_start', math.nan):.0f} MiB when the fuzz began, {br['rss_mib_end']:.0f} MiB at the end.\n"
+    )
+    tb = res.get("tracebacks_in_logs") or {}
+    problems = res.get("log_problems") or {}
+    if problems.get("counts"):
+        out.append(
+            "Warnings and errors in the agents' logs: "
+            + ", ".join(f"{k} {v:,}" for k, v in problems["counts"].items())
+            + "; most frequent: "
+            + "; ".join(f"`{m[:100]}` x{n:,}" for m, n in problems["top"][:4])
+            + f". Tracebacks logged (caught, the agent went on): {tb.get('count', 0)}"
+            + (" (" + ", ".join(f"{k} x{n}" for k, n in sorted(tb["kinds"].items())) + ")" if tb.get("kinds") else "")
+            + ".\n"
+        )
+    if res.get("exits"):
+        out.append(
+            "Exits: "
+            + "; ".join(
+                f"{e['agent']} exit {e['code']} at {e['at_s']:.0f} s: `{(e['log_tail'] or [''])[-1][:160]}`"
+                for e in res["exits"]
+            )
+            + "\n"
+        )
+    return "\n".join(out)
 
 
 def _durability(res: dict[str, Any] | None, status: str) -> str:

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run                 # everything (~15 minutes on 2 cores)
     .venv/bin/python -m bench.run --only soak --soak-tasks 5000   # a shorter soak
+    .venv/bin/python -m bench.run --only fuzz --fuzz-messages 20000   # a shorter soak fuzz
     .venv/bin/python -m bench.run --quick         # tiny sizes: a smoke run (~1 minute)
     .venv/bin/python -m bench.run --only latency,failover
     .venv/bin/python -m bench.run --only chaos --chaos-lease 10 --chaos-tasks 300   # failover with the default lease
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, str] = {
     "hotpath": "bench.hotpath",
     "soak": "bench.soak",
     "profile": "bench.load_profile",
+    "fuzz": "bench.fuzz",
 }
 
 
@@ -141,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="tasks of the chaos benchmark (default 1,000; 60 with --quick)",
     )
+    p.add_argument(
+        "--fuzz-messages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="messages the fuzz benchmark sends (default 100,000; 1,500 with --quick)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -149,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.soak_tasks is not None:
         os.environ["BENCH_SOAK_TASKS"] = str(args.soak_tasks)  # the children inherit it
+    if args.fuzz_messages is not None:
+        os.environ["BENCH_FUZZ_MESSAGES"] = str(args.fuzz_messages)
     if args.soak_ttl is not None:
         os.environ["BENCH_SOAK_TTL"] = args.soak_ttl
     if args.chaos_lease is not None:

@@ -100,11 +100,25 @@ async def _follow(
             except RemoteProtocolError:
                 fresh = None  # not a record we can use: read the bucket instead
                 read_at = 0.0
+            if fresh is not None and (is_terminal(fresh[0]) or fresh[1] <= revision):
+                # Anyone may publish on the record subject, headers and all: a write is
+                # a hint. An end (what our caller acts on) is taken from the bucket, and
+                # so is a write that does not follow ours (a duplicate, or the real
+                # writes after a forged one that claimed a later revision).
+                fresh = None
+                read_at = 0.0
         now = time.monotonic()
+        from_bucket = False
         if fresh is None and now - read_at >= REREAD_S:
             fresh = await _read(bus, current, observer)
             read_at = now
-        if fresh is not None and fresh[1] > revision and fresh[0].id == task_id:
+            from_bucket = True
+        # What the bucket holds wins even at a lower revision than ours: ours may be forged.
+        if (
+            fresh is not None
+            and fresh[0].id == task_id
+            and (fresh[1] > revision or (from_bucket and fresh[1] != revision))
+        ):
             current, revision = fresh
             seen_at = now
             if on_record is not None:

@@ -34,6 +34,7 @@ BENCHMARKS = [
     "hotpath",
     "soak",
     "profile",
+    "fuzz",
 ]
 
 pytestmark = pytest.mark.timeout(180)
@@ -84,6 +85,7 @@ def test_report_is_rebuilt_from_the_results(results: Path, tmp_path: Path) -> No
         "## Organizational reliability",
         "## Where the time goes",
         "## Where the CPU goes under LLM-shaped load",
+        "## Soak fuzz",
         "## Suggestions",
     ):
         assert heading in text, heading
