@@ -77,6 +77,7 @@ from protocol import (
     on_delivery,
     settle_review,
     settle_work,
+    trace_id,
 )
 
 from .bus import Bus, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable
@@ -590,8 +591,7 @@ class Agent:
             retake=lambda fresh: self._retake(d, fresh),
             patience_s=max(d.lease_s, 5.0),
         )
-        trace_id = record.trace.split("-")[1] if record.trace else None
-        log = self.log.bind(task=record.id, root=record.root, epoch=ctx.epoch, trace_id=trace_id)
+        log = self.log.bind(task=record.id, root=record.root, epoch=ctx.epoch, trace_id=trace_id(record.trace))
         hold = self._hold(
             d,
             record,
@@ -665,31 +665,34 @@ class Agent:
     async def _watch_record(self, ctx: TaskContext, lease_s: float, log: Any) -> bool:
         """Follow our task's record once claimed: False when someone else moved it on
         (the requester cancelled it or ended it at its deadline, another agent took it
-        over because our lease lapsed), so the work stops."""
-        me = self.config.id
+        over because our lease lapsed), so the work stops. A republished write only
+        wakes us (anyone may publish on that subject): the bucket decides."""
         async with self.bus.follow(ctx.record.id) as writes:
             while True:
                 write = await writes.next(timeout=max(lease_s, 1.0))
+                if write is not None and not self._moved_on(write[1], ctx):
+                    continue  # our own write, or a hint that says nothing changed for us
                 try:
-                    fresh = decode_record(write[1]) if write is not None else (await self.bus.read(ctx.record.id))[0]
+                    fresh, _ = await self.bus.read(ctx.record.id)
                 except CorruptRecord as exc:
                     await self._end_unreadable(exc, ctx.record)
                     return False
-                except RemoteProtocolError:
-                    # A republished write we cannot decode: what the bucket holds decides.
-                    try:
-                        fresh = (await self.bus.read(ctx.record.id))[0]
-                    except CorruptRecord as exc:
-                        await self._end_unreadable(exc, ctx.record)
-                        return False
-                    except (MeshError, nats.errors.Error):
-                        continue
                 except (MeshError, nats.errors.Error):
                     continue
-                ended_by_others = fresh.state == "cancelled" or (fresh.state == "failed" and fresh.reason == "deadline")
-                if fresh.owner != me or fresh.epoch != ctx.epoch or ended_by_others:
+                if self._moved_on_record(fresh, ctx):
                     log.info("the task moved on, stopping work", state=fresh.state, owner=fresh.owner)
                     return False
+
+    def _moved_on(self, data: bytes, ctx: TaskContext) -> bool:
+        """Whether a republished write says the task moved on (or cannot be read)."""
+        try:
+            return self._moved_on_record(decode_record(data), ctx)
+        except RemoteProtocolError:
+            return True  # the bucket will say what it holds
+
+    def _moved_on_record(self, record: TaskRecord, ctx: TaskContext) -> bool:
+        ended_by_others = record.state == "cancelled" or (record.state == "failed" and record.reason == "deadline")
+        return record.owner != self.config.id or record.epoch != ctx.epoch or ended_by_others
 
     async def _run_worker(self, ctx: TaskContext, log: Any) -> str:
         try:

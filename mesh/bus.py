@@ -63,6 +63,7 @@ from protocol import (
     end_unreadable,
     event_kind,
     is_terminal,
+    trace_id,
     trail_gap,
     work_item_id,
     work_items,
@@ -961,7 +962,7 @@ class Bus:
         """Send to a stream now; the ack is awaited by :meth:`Announcement.wait`, which
         also re-sends if this send found the broker away."""
         headers = {VERSION_HEADER: PROTOCOL_MAJOR, "Nats-Msg-Id": msg_id}
-        if trace is not None:
+        if trace is not None and trace_id(trace) is not None:  # a peer's record may carry any string
             headers["traceparent"] = trace
         pending = _Pending(subject, data, headers)
         # Broker away: not lost, only not sent yet; Announcement.wait sends it again and

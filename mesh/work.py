@@ -60,6 +60,10 @@ def _applied(record: TaskRecord, events: tuple[Any, ...], now: float) -> TaskRec
     return record
 
 
+#: a write that meets this many other parties' writes in a row gives the task up
+CONFLICT_RETRIES = 10
+
+
 class TaskFailed(Exception):
     """Raised by a worker to end its task ``failed`` with a reason from the closed set."""
 
@@ -205,33 +209,7 @@ class TaskContext:
             if not batch:
                 return self.record, Announcement.done()
             try:
-                self.record, self.revision, announced = await self.bus.write_and_announce(
-                    self.record, self.revision, batch, now
-                )
-            except Conflict:
-                try:
-                    fresh, rev = await self.bus.read_any(self.record.id, root=self.record.root)
-                except CorruptRecord as exc:
-                    # Someone wrote a record no conforming agent would: nothing in it can be
-                    # trusted, so the task ends (from our copy) and our work stops.
-                    await self.bus.report(str(exc), key=self.bus.names.task_key(self.record.id))
-                    with contextlib.suppress(CorruptRecord, NotFound):
-                        await self.bus.end_unreadable(exc, self.record, actor=self.bus.agent)
-                    raise Lost(f"task {self.record.id}: unreadable record, task ended ({exc})") from None
-                except NotFound:
-                    raise Lost(f"task {self.record.id} is gone") from None
-                if rev and fresh == _applied(self.record, batch, now):
-                    # Our own write, from an attempt whose ack was lost and whose check
-                    # found the broker away too: it landed; announce it now.
-                    old, self.record, self.revision = self.record, fresh, rev
-                    announced = await self.bus.announce(old, fresh, rev, batch)
-                else:
-                    self._still_ours(fresh)
-                    self.record, self.revision = fresh, rev
-                    batch = events if self._claim is None else (self._claim, *events)
-                    self.record, self.revision, announced = await self.bus.write_and_announce(
-                        self.record, self.revision, batch, now
-                    )
+                announced = await self._compare_and_set(events, now)
             except Fenced as exc:
                 raise Lost(str(exc)) from None
             except TransitionError as exc:
@@ -242,6 +220,41 @@ class TaskContext:
                 await announced.wait()  # e.g. over budget: this write ended the task
                 raise Lost(f"task {self.record.id} ended: {self.record.state} ({self.record.reason})")
             return self.record, announced
+
+    async def _compare_and_set(self, events: tuple[Any, ...], now: float) -> Announcement:
+        """Write our pending claim (if any) and ``events`` on the record, re-reading after
+        each conflict (votes, a cancel, a parent's write may come between) while the
+        task is still ours; :class:`Lost` once it is not, or after many conflicts."""
+        for _ in range(CONFLICT_RETRIES):
+            batch = events if self._claim is None else (self._claim, *events)
+            try:
+                self.record, self.revision, announced = await self.bus.write_and_announce(
+                    self.record, self.revision, batch, now
+                )
+                return announced
+            except Conflict:
+                fresh, rev = await self._read_after_conflict()
+            if rev and fresh == _applied(self.record, batch, now):
+                # Our own write, from an attempt whose ack was lost and whose check
+                # found the broker away too: it landed; announce it now.
+                old, self.record, self.revision = self.record, fresh, rev
+                return await self.bus.announce(old, fresh, rev, batch)
+            self._still_ours(fresh)
+            self.record, self.revision = fresh, rev
+        raise Lost(f"task {self.record.id}: {CONFLICT_RETRIES} writes in a row met another party's write")
+
+    async def _read_after_conflict(self) -> tuple[TaskRecord, int]:
+        try:
+            return await self.bus.read_any(self.record.id, root=self.record.root)
+        except CorruptRecord as exc:
+            # Someone wrote a record no conforming agent would: nothing in it can be
+            # trusted, so the task ends (from our copy) and our work stops.
+            await self.bus.report(str(exc), key=self.bus.names.task_key(self.record.id))
+            with contextlib.suppress(CorruptRecord, NotFound):
+                await self.bus.end_unreadable(exc, self.record, actor=self.bus.agent)
+            raise Lost(f"task {self.record.id}: unreadable record, task ended ({exc})") from None
+        except NotFound:
+            raise Lost(f"task {self.record.id} is gone") from None
 
     def _still_ours(self, fresh: TaskRecord) -> None:
         """After a conflict: may we write to ``fresh``? Raise :class:`Lost` if not."""

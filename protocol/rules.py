@@ -51,6 +51,7 @@ __all__ = [
     "ask",
     "split_budget",
     "traceparent",
+    "trace_id",
     "child_traceparent",
 ]
 
@@ -126,6 +127,15 @@ def child_traceparent(parent: str | None, span_id: str) -> str | None:
     if parent is None:
         return None
     return traceparent(_check_traceparent(parent).split("-")[1], span_id)
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (for logs and headers), or None if the value
+    is not one: a peer's record may carry any string there."""
+    try:
+        return _check_traceparent(traceparent).split("-")[1] if traceparent else None
+    except LocalProtocolError:
+        return None
 
 
 def _check_traceparent(value: str) -> str:

@@ -7,18 +7,12 @@ import time
 
 import anyio
 import msgspec
-import pytest
 
 from mesh.client import Mesh
 from mesh.testing import AgentProcs, wait_for
 from protocol import TaskRecord, decode_record, encode, new_task
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh/agent.py _work: record.trace.split('-')[1] raises IndexError on a trace that decodes "
-    "(any string) but has no '-'; the item is handed back and fails again on every delivery",
-)
 async def test_a_task_whose_trace_is_not_a_traceparent_still_ends(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
     agent_procs.start("worker", ["echo"], kind="echo")
     await agent_procs.ready(mesh_client)
@@ -32,11 +26,6 @@ async def test_a_task_whose_trace_is_not_a_traceparent_still_ends(agent_procs: A
     assert final.state in ("done", "failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh/agent.py _watch_record stops the owner's work on a decodable write published on the task's "
-    "record subject (a core message anyone can send, never stored) without reading the bucket (issue 12, item 2)",
-)
 async def test_a_forged_write_on_the_record_subject_does_not_stop_the_owner(
     agent_procs: AgentProcs, mesh_client: Mesh
 ) -> None:
