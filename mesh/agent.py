@@ -7,12 +7,15 @@ One :class:`Agent` is one member of the mesh. It
 - pulls work items from the queues of the capabilities it serves (and of those below
   them), only while it has free capacity (:mod:`mesh.queues`): the broker hands each
   item to one free agent, specialists first;
-- decides what to do with each item by :func:`protocol.on_delivery`: claim the task,
-  take a review slot, drop a stale item, or hand it back;
-- works a task under the broker's lease on its item, which it renews with in-progress
-  acks; claims it in the record lazily (a quick task is claimed and finished in one
-  compare-and-set), and acknowledges the item once the result is written;
-- reviews results offered to a reviewer capability it serves, in a review slot;
+- decides what to do with each item by :class:`protocol.AgentCore` (the agent's
+  decisions without I/O): claim the task, take a review slot, drop a stale item, or
+  hand it back; the core also says when each held item's lease is to be renewed and
+  its lazy claim written, which one keeper task performs;
+- works a task under the broker's lease on its item (:mod:`mesh.working`): claims it in
+  the record lazily (a quick task is claimed and finished in one compare-and-set), and
+  acknowledges the item once the result is written;
+- reviews results offered to a reviewer capability it serves, in a review slot
+  (:mod:`mesh.reviewing`);
 - drains on request: stops pulling, lets held tasks finish within a grace period,
   hands back the rest, leaves the directory.
 
@@ -39,50 +42,36 @@ import nats.errors
 import structlog
 
 from protocol import (
-    MAX_ERROR_CHARS,
-    REVIEW_HAND_BACK_S,
-    Ack,
     AgentCard,
     AgentCore,
-    Approve,
     Claim,
     ControlReply,
     ControlRequest,
     DropItem,
-    Fail,
-    Finish,
     GiveBack,
-    HandBack,
-    LimitExceeded,
     Names,
     NotUnderstood,
     ReadRecord,
     Received,
     Refuse,
-    Release,
     RemoteProtocolError,
     RenewLease,
     RenewOwn,
     Review,
-    Reviewing,
     Take,
     TaskRecord,
-    TransitionError,
-    Veto,
     Work,
     WriteClaim,
     decode_control,
-    decode_record,
     encode,
     on_delivery,
-    settle_review,
-    settle_work,
-    trace_id,
 )
 
-from .bus import Bus, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable
+from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .queues import Delivery, Pulls
-from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
+from .reviewing import ReviewRun
+from .work import Reviewer, Worker
+from .working import TaskRun
 
 __all__ = ["AgentConfig", "Agent", "IdInUse"]
 
@@ -159,7 +148,7 @@ class Agent:
             claim_after_s=config.claim_after_s,
         )
         #: held items by ticket: their deliveries and work, for the keeper to act on
-        self._holds: dict[int, _Hold] = {}
+        self._holds: dict[int, Hold] = {}
         self._keeper_wake = _Flag()
         self._keeper_due = math.inf
         self._pull_wanted = _Flag()
@@ -390,7 +379,7 @@ class Agent:
             )
             record, revision = item.record, item.revision
             if isinstance(action, ReadRecord):
-                got = await self._read(item.task, item.record.root, copy=item.record)
+                got = await self.read(item.task, item.record.root, copy=item.record)
                 if got is None:
                     await d.ack()
                     return
@@ -447,26 +436,28 @@ class Agent:
             case Work(claim=claim, claim_first=first, fill_trail=fill):
                 if fill:
                     await self._fill_trail(record, revision)  # a takeover: its owner went silent
-                await self._work(d, record, revision, claim, claim_first=first)
+                await TaskRun(self, d, record, revision, claim, claim_first=first).run()
             case Review(take=take):
-                await self._review(d, record, revision, take)
+                await ReviewRun(self, d, record, revision, take).run()
 
-    def _hold(
+    # --- what task and review runs ask of the agent (mesh.working, mesh.reviewing) -------
+
+    def hold(
         self,
         d: Delivery,
         record: TaskRecord,
-        where: dict[str, anyio.CancelScope],
         log: Any,
         *,
+        review: bool,
         claim: Callable[[], Awaitable[bool]],
         follow: Callable[[], Awaitable[bool]] | None = None,
-    ) -> _Hold:
-        """The delivery becomes a held task (or review) in ``where``: its capacity moves
-        there from the deliveries being decided on, the keeper renews its lease (and
-        writes its pending claim if the work takes a while, then follows its record),
-        and its work gets a scope to stop it."""
-        hold = _Hold(d, work=anyio.CancelScope(), log=log, claim=claim, follow=follow)
-        where[record.id] = hold.work
+    ) -> Hold:
+        """The delivery becomes a held task (or review): its capacity moves there from
+        the deliveries being decided on, the keeper renews its lease (and writes its
+        pending claim if the work takes a while, then follows its record), and its
+        work gets a scope to stop it (a drain cancels it)."""
+        hold = Hold(d, work=anyio.CancelScope(), log=log, claim=claim, follow=follow)
+        (self._reviewing if review else self._held)[record.id] = hold.work
         d.deciding = False
         kept = self.core.hold(
             d.ticket,
@@ -481,9 +472,12 @@ class Agent:
             self._keeper_wake.set()
         return hold
 
-    async def _hand_back_review(self, d: Delivery) -> None:
-        """Return a review item we may not review, for another reviewer to take."""
-        await d.hand_back(REVIEW_HAND_BACK_S)
+    def release(self, hold: Hold, task_id: str) -> None:
+        """The held task's (or review's) work is over: stop keeping its item, free its
+        capacity, and ask the queues for more."""
+        self._unkeep(hold)
+        (self._reviewing if hold.d.item.kind == "review" else self._held).pop(task_id, None)
+        self._freed()
 
     async def _fill_trail(self, record: TaskRecord, revision: int) -> None:
         """The last holder of an item we received went silent: it may have died between
@@ -500,7 +494,7 @@ class Agent:
             self.core.on_reconnect(self.bus.reconnects.at)
             self._keeper_wake.set()
 
-    def _retake(self, d: Delivery, fresh: TaskRecord) -> Claim | None:
+    def retake(self, d: Delivery, fresh: TaskRecord) -> Claim | None:
         """The claim to try on ``fresh`` after our pending one met a changed record.
         Only an open task is still ours to claim: if another agent holds it, even
         under our own ticket, the broker lent our item to it (our lease lapsed while we
@@ -510,7 +504,7 @@ class Agent:
         decision = on_delivery(d.item, fresh, agent=self.config.id, ticket=d.ticket)
         return decision.event if isinstance(decision, Take) and isinstance(decision.event, Claim) else None
 
-    async def _read(self, task_id: str, root: str, *, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
+    async def read(self, task_id: str, root: str, *, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
         """The task's record, or None if it is gone. An unreadable one is reported and
         ended from ``copy`` (our own copy of the task, e.g. our work item's): the
         record as it then is is returned."""
@@ -519,9 +513,10 @@ class Agent:
         except NotFound:
             return None
         except CorruptRecord as exc:
-            return await self._end_unreadable(exc, copy)
+            return await self.end_unreadable(exc, copy)
 
-    async def _end_unreadable(self, exc: CorruptRecord, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
+    async def end_unreadable(self, exc: CorruptRecord, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
+        """Report an unreadable record and end its task from ``copy`` (PROTOCOL 6.15)."""
         self.log.warning("unreadable task record: ending the task", task=exc.task_id, error=str(exc))
         await self.bus.report(str(exc), key=self.names.task_key(exc.task_id))
         try:
@@ -531,7 +526,7 @@ class Agent:
 
     # --- leases and lazy claims: one keeper for every held item --------------------------
 
-    def _unkeep(self, hold: _Hold) -> None:
+    def _unkeep(self, hold: Hold) -> None:
         self.core.release(hold.d.ticket)
         self._holds.pop(hold.d.ticket, None)
         if hold.follower is not None:
@@ -554,7 +549,7 @@ class Agent:
             with anyio.move_on_after(max(self._keeper_due - time.monotonic(), 0.0)):
                 await self._keeper_wake.wait()
 
-    async def _claim_now(self, hold: _Hold) -> None:
+    async def _claim_now(self, hold: Hold) -> None:
         """Write a hold's pending claim; on success, follow its record from then on."""
         try:
             ok = await hold.claim()
@@ -571,248 +566,15 @@ class Agent:
             hold.follower = scope
             self._tasks_tg.start_soon(self._follow_hold, hold, scope)
 
-    async def _follow_hold(self, hold: _Hold, scope: anyio.CancelScope) -> None:
+    async def _follow_hold(self, hold: Hold, scope: anyio.CancelScope) -> None:
         with scope:
             assert hold.follow is not None
             if not await hold.follow():
                 hold.lost = True
                 hold.work.cancel()
 
-    # --- working a task ------------------------------------------------------------------
 
-    async def _work(self, d: Delivery, record: TaskRecord, revision: int, claim: Claim, *, claim_first: bool) -> None:
-        ctx = TaskContext(
-            self.bus,
-            record,
-            revision,
-            agent=self.config.id,
-            delegates=self.config.delegates,
-            claim=claim,
-            retake=lambda fresh: self._retake(d, fresh),
-            patience_s=max(d.lease_s, 5.0),
-        )
-        log = self.log.bind(task=record.id, root=record.root, epoch=ctx.epoch, trace_id=trace_id(record.trace))
-        hold = self._hold(
-            d,
-            record,
-            self._held,
-            log,
-            claim=lambda: self._write_claim(ctx, log),
-            follow=lambda: self._watch_record(ctx, d.lease_s, log),
-        )
-        scope = hold.work
-        outcome = "lost"
-        try:
-            with scope:
-                if claim_first:
-                    # Someone held this item before us: claim before working, so a
-                    # task that keeps killing its holders is counted (max_lapses).
-                    await ctx.claim()  # (the keeper's scheduled claim then only starts following)
-                outcome = await self._run_worker(ctx, log)
-            if scope.cancelled_caught and outcome == "lost" and not hold.lost:
-                with anyio.CancelScope(shield=True):
-                    await self._hand_back(d, ctx, log)
-                    outcome = "handed back"
-        except Lost as exc:
-            log.info("the task is not ours", why=str(exc))
-            outcome = "abandoned"
-        except Exception as exc:  # a bug or input we did not foresee: never the agent's end
-            log.exception("failed holding a task")
-            await self.bus.report(f"failed holding task {record.id}: {exc!r}", key=self.names.task_key(record.id))
-            outcome = "abandoned"
-        finally:
-            self._unkeep(hold)
-            self._held.pop(record.id, None)
-            if outcome == "done":
-                self.stats.completed += 1
-            elif outcome == "failed":
-                self.stats.failed += 1
-            elif hold.lost:
-                outcome = "abandoned"
-            self._freed()
-            # Only now, with the slot free, settle the item and await the acks of the
-            # result's events: the requester may see the end and submit its next task
-            # at once, and that task's pull must find us with room. Shielded: the
-            # result is committed and its events must be recorded, even while a drain
-            # cancels us (bounded by the publish patience). The result's events first,
-            # the item last: an acknowledged item means the end is on record (else
-            # whoever gets the item next records it).
-            with anyio.CancelScope(shield=True):
-                await ctx.settle()
-                await self._settle(d, ctx, outcome)
-
-    async def _write_claim(self, ctx: TaskContext, log: Any) -> bool:
-        try:
-            await ctx.claim()
-        except Lost as exc:
-            log.info("the task is not ours, stopping work", why=str(exc))
-            return False
-        return True
-
-    async def _settle(self, d: Delivery, ctx: TaskContext, outcome: str) -> None:
-        """Acknowledge the item if the task needs it no more; leave it alone if it may
-        be someone else's (a takeover lends them the same item)."""
-        record: TaskRecord | None = ctx.record
-        if outcome == "abandoned":
-            try:
-                got = await self._read(ctx.record.id, ctx.record.root, copy=ctx.record)
-            except (MeshError, nats.errors.Error):
-                return  # unsure: leave it; whoever gets it next decides
-            record = None if got is None else got[0]
-        if isinstance(settle_work(outcome, record), Ack):
-            await d.ack()
-
-    async def _watch_record(self, ctx: TaskContext, lease_s: float, log: Any) -> bool:
-        """Follow our task's record once claimed: False when someone else moved it on
-        (the requester cancelled it or ended it at its deadline, another agent took it
-        over because our lease lapsed), so the work stops. A republished write only
-        wakes us (anyone may publish on that subject): the bucket decides."""
-        async with self.bus.follow(ctx.record.id) as writes:
-            while True:
-                write = await writes.next(timeout=max(lease_s, 1.0))
-                if write is not None and not self._moved_on(write[1], ctx):
-                    continue  # our own write, or a hint that says nothing changed for us
-                try:
-                    fresh, _ = await self.bus.read(ctx.record.id)
-                except CorruptRecord as exc:
-                    await self._end_unreadable(exc, ctx.record)
-                    return False
-                except (MeshError, nats.errors.Error):
-                    continue
-                if self._moved_on_record(fresh, ctx):
-                    log.info("the task moved on, stopping work", state=fresh.state, owner=fresh.owner)
-                    return False
-
-    def _moved_on(self, data: bytes, ctx: TaskContext) -> bool:
-        """Whether a republished write says the task moved on (or cannot be read)."""
-        try:
-            return self._moved_on_record(decode_record(data), ctx)
-        except RemoteProtocolError:
-            return True  # the bucket will say what it holds
-
-    def _moved_on_record(self, record: TaskRecord, ctx: TaskContext) -> bool:
-        ended_by_others = record.state == "cancelled" or (record.state == "failed" and record.reason == "deadline")
-        return record.owner != self.config.id or record.epoch != ctx.epoch or ended_by_others
-
-    async def _run_worker(self, ctx: TaskContext, log: Any) -> str:
-        try:
-            result = await self.worker.work(ctx)
-        except Lost as exc:
-            log.warning("lost the task, abandoning it", why=str(exc))
-            return "abandoned"
-        except TaskFailed as exc:
-            return await self._finish(
-                ctx, Fail(actor=self.config.id, epoch=ctx.epoch, reason=exc.reason, message=str(exc)), log
-            )
-        except RoleViolation as exc:
-            log.warning("role violation", why=str(exc))
-            await self.bus.report(
-                f"role violation on task {ctx.record.id}: {exc}", key=self.names.task_key(ctx.record.id)
-            )
-            return await self._finish(
-                ctx, Fail(actor=self.config.id, epoch=ctx.epoch, reason="error", message=f"role violation: {exc}"), log
-            )
-        except Exception as exc:  # a worker bug fails its task, loudly; it never kills the agent
-            log.exception("worker raised")
-            await self.bus.report(f"worker raised on task {ctx.record.id}: {exc!r}")
-            return await self._finish(
-                ctx,
-                Fail(actor=self.config.id, epoch=ctx.epoch, reason="error", message=f"{type(exc).__name__}: {exc}"),
-                log,
-            )
-        return await self._finish(ctx, Finish(actor=self.config.id, epoch=ctx.epoch, result=result), log)
-
-    async def _finish(self, ctx: TaskContext, event: Finish | Fail, log: Any) -> str:
-        try:
-            with anyio.CancelScope(shield=True):  # the result must land whatever stops us now
-                try:
-                    record = await ctx.end(event)  # acks awaited by _work, once our slot is free
-                except LimitExceeded as exc:
-                    # A result (or failure message) over a protocol limit: no party could
-                    # read that record, so it is never written; the task fails instead.
-                    log.warning("result refused: over a protocol limit", why=str(exc))
-                    if isinstance(event, Finish):
-                        event = Fail(actor=self.config.id, epoch=ctx.epoch, message=f"result too large: {exc}")
-                    else:
-                        message = event.message[: MAX_ERROR_CHARS - 20] + " ... (truncated)"
-                        event = Fail(actor=event.actor, epoch=event.epoch, reason=event.reason, message=message)
-                    record = await ctx.end(event)
-        except Lost as exc:
-            log.warning("result refused: lost the task", why=str(exc))
-            return "abandoned"
-        log.debug("finished", state=record.state, reason=record.reason)
-        return "failed" if record.state == "failed" else "done"
-
-    async def _hand_back(self, d: Delivery, ctx: TaskContext, log: Any) -> None:
-        """Return the task (draining): release it in the record if we claimed it, then
-        return its item to the queue for the next agent."""
-        if ctx.claimed:
-            try:
-                await ctx.write(
-                    Release(actor=self.config.id, epoch=ctx.epoch, note=f"handed back by {self.config.id} (draining)")
-                )
-            except (Lost, MeshError, nats.errors.Error) as exc:
-                log.warning("could not hand back; its lease will lapse", why=str(exc))
-                return
-        await d.hand_back()
-        log.info("handed back")
-
-    # --- reviewing -------------------------------------------------------------------------
-
-    async def _review(self, d: Delivery, record: TaskRecord, revision: int, take: Reviewing) -> None:
-        """Review a result in one of its review slots. The slot is taken lazily, like a
-        claim: with the vote in one write when the review is quick, else on its own
-        after a moment (so the task's parties see a reviewer at work)."""
-        assert isinstance(self.worker, Reviewer)
-        log = self.log.bind(task=record.id, epoch=record.epoch)
-        slot = _Slot(self, d, record, revision, take)
-        hold = self._hold(d, record, self._reviewing, log, claim=lambda: slot.write(()))
-        scope = hold.work
-        verdict: Verdict | None = None
-        try:
-            with scope:
-                ctx = TaskContext(self.bus, record, revision, agent=self.config.id, delegates=self.config.delegates)
-                try:
-                    verdict = await self.worker.review(ctx)
-                except Exception as exc:  # a reviewer bug casts no vote; it never kills the agent
-                    log.exception("reviewer raised")
-                    await self.bus.report(
-                        f"reviewer raised on task {record.id}: {exc!r}", key=self.names.task_key(record.id)
-                    )
-            with anyio.CancelScope(shield=True):
-                if slot.lost or hold.lost:
-                    log.info("the review moved on without us")
-                    await self._settle_review(d, slot)
-                    return
-                if verdict is None:
-                    await slot.give_back(log)  # drain, or a reviewer error: let another reviewer have it
-                    return
-                if await slot.vote(verdict, log):
-                    self.stats.reviews += 1
-                await d.ack()
-        except Exception as exc:  # a bug or input we did not foresee: never the agent's end
-            log.exception("failed reviewing a task")
-            await self.bus.report(f"failed reviewing task {record.id}: {exc!r}", key=self.names.task_key(record.id))
-        finally:
-            self._unkeep(hold)
-            self._reviewing.pop(record.id, None)
-            self._freed()
-
-    async def _settle_review(self, d: Delivery, slot: _Slot) -> None:
-        """Our slot is gone: acknowledge the item if its round is over; leave it alone if
-        a reviewer that took our slot over holds it (the same item, lent again); else
-        return it for another reviewer."""
-        if d.settled:
-            return  # handed back already
-        got = await self._read(slot.record.id, slot.record.root, copy=slot.record)
-        match settle_review(None if got is None else got[0], round=d.item.round, ticket=d.ticket):
-            case Ack():
-                await d.ack()
-            case GiveBack(wait_s=wait_s):
-                await d.hand_back(wait_s)
-
-
-class _Hold:
+class Hold:
     """One held item, as the pump sees it: its delivery, the scope of its work, and
     how to write its pending claim and follow its record (its timing is the core's)."""
 
@@ -832,75 +594,6 @@ class _Hold:
         self.follower: anyio.CancelScope | None = None
         #: someone else moved the task on: the work was stopped for that, not a drain
         self.lost = False
-
-
-class _Slot:
-    """Our review slot of one task: pending until written (with the vote, or alone
-    when the review takes a while); its item's lease is renewed by the keeper."""
-
-    def __init__(self, agent: Agent, d: Delivery, record: TaskRecord, revision: int, take: Reviewing) -> None:
-        self.agent, self.d = agent, d
-        self.record, self.revision = record, revision
-        self.pending: Reviewing | None = take
-        self.lost = False
-
-    async def vote(self, verdict: Verdict, log: Any) -> bool:
-        me, epoch = self.agent.config.id, self.record.epoch
-        reasons = verdict.reasons or ("rejected without reason",)
-        vote: Approve | Veto = (
-            Approve(actor=me, epoch=epoch) if verdict.approve else Veto(actor=me, epoch=epoch, reasons=reasons)
-        )
-        if await self.write((vote,)):
-            log.info("voted", approve=verdict.approve, state=self.record.state)
-            return True
-        log.info("vote not needed any more")
-        return False
-
-    async def give_back(self, log: Any) -> None:
-        """Drain or error: free our slot (if it was written) and return the item."""
-        if self.pending is None:
-            release = Reviewing(actor=self.agent.config.id, epoch=self.record.epoch, release=True)
-            if not await self.write((release,)):
-                return
-        await self.d.hand_back()
-        log.info("gave our review slot back")
-
-    async def write(self, events: tuple[Any, ...]) -> bool:
-        """Write ``events`` after our pending slot (if any) by CAS; on a conflict, decide
-        again on the fresh record. False when the review is not ours to act on."""
-        bus, d = self.agent.bus, self.d
-        for _ in range(20):
-            if not events and self.pending is None:
-                return True  # the slot is written already
-            batch = events if self.pending is None else (self.pending, *events)
-            try:
-                before = self.record
-                self.record, self.revision = await bus.write(self.record, self.revision, batch)
-                if self.pending is not None:
-                    lapsed = next((s.reviewer for s in before.slots if s.ticket == d.ticket), None)
-                    self.agent.log.info("took a review slot", task=before.id, ticket=d.ticket, took_over=lapsed)
-                self.pending = None
-                return True
-            except Conflict:
-                got = await self.agent._read(self.record.id, self.record.root, copy=self.record)
-                if got is None:
-                    break
-                self.record, self.revision = got
-                if self.pending is not None:
-                    decision = on_delivery(d.item, self.record, agent=self.agent.config.id, ticket=d.ticket)
-                    if isinstance(decision, HandBack):
-                        await self.agent._hand_back_review(d)  # another reviewer's to take
-                        break
-                    if not isinstance(decision, Take):
-                        break
-                    assert isinstance(decision.event, Reviewing)
-                    self.pending = decision.event
-            except TransitionError:
-                break
-            except (nats.errors.Error, MeshError):
-                await anyio.sleep(0.2)
-        self.lost = True
-        return False
 
 
 class _Flag:
