@@ -311,7 +311,7 @@ _PY_ACTIVITIES: list[tuple[str, tuple[str, ...]]] = [
         "holding a task: context, task group, result",
         ("Agent._hold", "Agent._run_worker", "Agent._finish", "TaskContext.", "apply"),
     ),
-    ("heartbeat (directory card)", ("Agent._heartbeat", "Agent._publish_card")),
+    ("heartbeat (directory card)", ("Presence.heartbeat", "Presence.publish_card")),
     ("following the task (subscription per task, record writes)", ("Bus.follow", "Follow.", "_follow", "_judge")),
     ("creating the task (record, checks, ids)", ("Mesh._new_task", "new_task", "new_id", "create_and_announce")),
     ("the benchmark's client loop", ("_load.<locals>.worker", "Mesh.run", "create_and_wait")),

@@ -23,7 +23,7 @@ _EXPORTS = {
     "find_nats_server": "broker",
     "Conflict": "bus",
     "CorruptRecord": "bus",
-    "IdInUse": "agent",
+    "IdInUse": "presence",
     "Unavailable": "bus",
     "MeshError": "bus",
     "NotFound": "bus",
@@ -81,9 +81,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .agent import Agent, AgentConfig, IdInUse
+    from .agent import Agent, AgentConfig
     from .briefs import Brief, BriefError, Org, load_brief, load_org
     from .broker import Broker, BrokerNotFound, find_nats_server
     from .bus import Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
+    from .presence import IdInUse
     from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker

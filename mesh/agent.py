@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,19 +40,14 @@ import nats.errors
 import structlog
 
 from protocol import (
-    AgentCard,
     AgentCore,
     Claim,
-    ControlReply,
-    ControlRequest,
     DropItem,
     GiveBack,
     Names,
-    NotUnderstood,
     ReadRecord,
     Received,
     Refuse,
-    RemoteProtocolError,
     RenewLease,
     RenewOwn,
     Review,
@@ -62,24 +55,19 @@ from protocol import (
     TaskRecord,
     Work,
     WriteClaim,
-    decode_control,
-    encode,
     on_delivery,
 )
 
-from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
+from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings
+from .presence import Presence
 from .queues import Delivery, Pulls
 from .reviewing import ReviewRun
 from .work import Reviewer, Worker
 from .working import TaskRun
 
-__all__ = ["AgentConfig", "Agent", "IdInUse"]
+__all__ = ["AgentConfig", "Agent"]
 
 log = structlog.get_logger("mesh.agent")
-
-
-class IdInUse(MeshError):
-    """Another live agent already runs under this agent id."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +121,7 @@ class Agent:
         self.pulls: Pulls
         self.started = time.time()
         self.stats = _Stats()
+        self.presence = Presence(self)
         self.draining = False
         self._drain = anyio.Event()
         self._stopped = anyio.Event()
@@ -154,6 +143,18 @@ class Agent:
         self._pull_wanted = _Flag()
         self._tasks_tg: anyio.abc.TaskGroup
 
+    # --- what the agent's presence, task and review runs read -----------------------
+
+    def load(self) -> int:
+        """Tasks and reviews held."""
+        return len(self._held) + len(self._reviewing)
+
+    def held_tasks(self) -> tuple[str, ...]:
+        return tuple(sorted(self._held))
+
+    def drain_requested(self) -> bool:
+        return self._drain.is_set()
+
     # --- life cycle -----------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -172,15 +173,15 @@ class Agent:
             async with anyio.create_task_group() as tg:
                 async with anyio.create_task_group() as tasks_tg:
                     self._tasks_tg = tasks_tg
-                    await self._refuse_a_live_namesake()
-                    await tg.start(self._service)
+                    await self.presence.refuse_a_live_namesake()
+                    await tg.start(self.presence.serve)
                     await tg.start(self.pulls.run)
                     tg.start_soon(self._keeper)
                     tg.start_soon(self._renew_after_reconnecting)
                     tg.start_soon(self._top_up)
                     self._check_leases()
                     # The card goes up last: in the directory means ready to work.
-                    await tg.start(self._heartbeat)
+                    await tg.start(self.presence.heartbeat)
                     self.log.info("agent ready", serves=self.config.serves, capacity=self.config.capacity)
                     task_status.started()
                     try:
@@ -194,7 +195,7 @@ class Agent:
             with anyio.CancelScope(shield=True):
                 try:
                     with anyio.move_on_after(2):
-                        await self._remove_our_card()
+                        await self.presence.remove_our_card()
                 except (nats.errors.Error, MeshError) as exc:
                     self.log.warning(
                         "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
@@ -205,38 +206,6 @@ class Agent:
                     self.log.warning("the broker connection did not close within 5 s; leaving anyway")
             self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
             self._stopped.set()
-
-    async def _refuse_a_live_namesake(self) -> None:
-        """One id, one live process: if an agent answers on our id's control endpoint,
-        this process must not join under the same id (it would take that agent's
-        control requests and overwrite its card). A card left by a dead process of
-        ours does not count: nobody answers for it."""
-        try:
-            await self.bus.request(
-                self.names.control_subject(self.config.id), encode(ControlRequest(action="status")), timeout=2.0
-            )
-        except (NotFound, Unavailable):
-            return  # nobody listens (the usual case), or nobody answered in time
-        where = ""
-        with contextlib.suppress(MeshError):
-            card = await self.bus.card(self.config.id)
-            if card is not None:
-                where = f" (on {card.host}, pid {card.pid})"
-        raise IdInUse(
-            f"agent id {self.config.id!r} is in use by a live agent{where}; run this one with another "
-            "--id, or stop that one first (`mesh agent drain ID`)"
-        )
-
-    async def _remove_our_card(self) -> None:
-        """Remove our card, and only ours: a process that leaves must not delete the card
-        of another process (which may have the same id by mistake)."""
-        card = await self.bus.card(self.config.id)
-        if card is None:
-            return
-        if (card.host, card.pid, card.started) != (socket.gethostname(), os.getpid(), self.started):
-            self.log.warning("the card under our id is another process's; leaving it", host=card.host, pid=card.pid)
-            return
-        await self.bus.remove_card(self.config.id)
 
     def _check_leases(self) -> None:
         """Say so when a queue we serve has another lease than we were given: the first
@@ -262,7 +231,7 @@ class Agent:
         if self._held:
             self.log.info("draining", holding=sorted(self._held), grace_s=self.config.drain_timeout_s)
             with contextlib.suppress(MeshError, nats.errors.Error):  # the card says draining; it may wait
-                await self._publish_card()
+                await self.presence.publish_card()
             with anyio.move_on_after(self.config.drain_timeout_s):
                 while self._held:
                     await self._wait_change()
@@ -295,73 +264,6 @@ class Agent:
         while True:
             await self._pull_wanted.wait()
             await self.pulls.top_up()
-
-    # --- directory and services -------------------------------------------------------
-
-    def card(self) -> AgentCard:
-        return AgentCard(
-            id=self.config.id,
-            role=self.config.role,
-            description=self.config.description,
-            kind=self.config.kind,
-            serves=self.config.serves,
-            delegates=self.config.delegates,
-            expertise=self.config.expertise,
-            capacity=self.config.capacity,
-            load=len(self._held) + len(self._reviewing),
-            tasks=tuple(sorted(self._held)),
-            draining=self.draining,
-            version=self.config.version,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            started=self.started,
-            heartbeat_s=self.config.heartbeat_s,
-            completed=self.stats.completed,
-            failed=self.stats.failed,
-            refused=self.bus.refused,
-        )
-
-    async def _publish_card(self) -> None:
-        await self.bus.publish_card(self.card(), ttl_s=max(3 * self.config.heartbeat_s, 1.0))
-
-    async def _heartbeat(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        await self._publish_card()
-        task_status.started()
-        while True:
-            await anyio.sleep(self.config.heartbeat_s)
-            try:
-                await self._publish_card()
-            except (nats.errors.Error, MeshError) as exc:
-                # Broker away: the card expires and reappears when we reconnect.
-                self.log.warning("heartbeat failed", error=str(exc) or type(exc).__name__)
-
-    async def _service(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with self.bus.service(
-            version=self.config.version if _semver(self.config.version) else "0.1.0",
-            description=f"agent-mesh agent {self.config.id}: {self.config.role or self.config.kind}",
-            metadata={"agent": self.config.id, "serves": ",".join(self.config.serves), "role": self.config.role},
-            subject=self.names.control_subject(self.config.id),
-            handle=self._control,
-        ):
-            task_status.started()
-            await anyio.sleep_forever()
-
-    async def _control(self, data: bytes) -> bytes:
-        """Answer a control request (``status``, ``drain``); garbage gets NotUnderstood."""
-        try:
-            control = decode_control(data)
-        except RemoteProtocolError as exc:
-            await self.bus.report(f"control request: {exc}", subject=self.names.control_subject(self.config.id))
-            return encode(
-                NotUnderstood(subject=self.names.control_subject(self.config.id), error=str(exc), at=time.time())
-            )
-        if control.action == "drain":
-            self.log.info("drain requested over the control endpoint")
-            self.drain()
-        reply = ControlReply(
-            agent=self.config.id, action=control.action, draining=self._drain.is_set(), tasks=tuple(sorted(self._held))
-        )
-        return encode(reply)
 
     # --- deliveries --------------------------------------------------------------------
 
@@ -608,8 +510,3 @@ class _Flag:
     async def wait(self) -> None:
         await self._event.wait()
         self._event = anyio.Event()
-
-
-def _semver(version: str) -> bool:
-    parts = version.split(".")
-    return len(parts) == 3 and all(p.isdigit() for p in parts)
