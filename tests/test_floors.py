@@ -11,11 +11,18 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
+from mesh.agent import Agent, AgentConfig
 from mesh.briefs import Brief
+from mesh.broker import Broker
+from mesh.client import Mesh
 from mesh.kinds import KindError, kind_conflicts, kinds, make_worker
+from mesh.work import TaskContext
+from protocol import AddChild
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,3 +175,35 @@ def test_an_unknown_demo_is_one_line() -> None:
     proc = subprocess.run([sys.executable, "-m", "mesh", "demo", "nope"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == "mesh demo: error: no demo 'nope' in the entry-point group agent_mesh.demo (research-desk)\n"
+
+
+# --- what agents/ needs from TaskContext -----------------------------------------------------
+
+
+async def test_a_worker_reads_its_children_through_the_task_context(broker: Broker, mesh_client: Mesh) -> None:
+    """``TaskContext.children()`` (what the LLM agent shows its model after a failover):
+    the records of the work delegated so far; a child that cannot be read is left out."""
+
+    class Echo:
+        async def work(self, task: TaskContext) -> Any:
+            return task.instruction
+
+    class Delegator:
+        async def work(self, task: TaskContext) -> Any:
+            first = await task.delegate("echo", "one")
+            await task.write(AddChild(actor=task.agent, epoch=task.epoch, child="never-created"))
+            second = await task.delegate("echo", "two")
+            return [(c.id == first.id or c.id == second.id, c.state, c.result) for c in await task.children()]
+
+    boss = Agent(AgentConfig(id="boss", serves=("boss",), delegates=("echo",)), Delegator(), server=broker.url)
+    echo = Agent(AgentConfig(id="echo-1", serves=("echo",)), Echo(), server=broker.url)
+    async with anyio.create_task_group() as tg:
+        for agent in (boss, echo):
+            await tg.start(agent.run)
+        record = await mesh_client.run("boss", "x")
+        for agent in (boss, echo):
+            agent.drain()
+            await agent.stopped()
+    assert record.state == "done", record.error
+    assert record.result == [[True, "done", "one"], [True, "done", "two"]]
+    assert len(record.children) == 3
