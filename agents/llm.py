@@ -381,7 +381,7 @@ class LLMAgent:
     # --- the model loop ---------------------------------------------------------------
 
     async def _work(self, task: TaskContext) -> Any:
-        children = await _children(task)
+        children = await task.children()
         can_delegate = task.record.hops_left > 0
         tools = protocol_tools(mode="work", delegates=self.brief.delegates, can_delegate=can_delegate)
         tools += [t.schema for t in self.extra.values()]
@@ -623,16 +623,3 @@ class LLMAgent:
             + "\n".join(f"- {r}" for r in verdict.reasons)
             + ("\nRevise it to address every point, then call finish again.")
         )
-
-
-async def _children(task: TaskContext) -> list[TaskRecord]:
-    """Records of the work this task already delegated (after a failover, or from an
-    earlier round): part of its context."""
-    out = []
-    for child_id in task.record.children:
-        try:
-            child, _ = await task.bus.read(child_id)
-        except Exception:  # a child that cannot be read is just not shown
-            continue
-        out.append(child)
-    return out

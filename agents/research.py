@@ -14,8 +14,6 @@ An answer is ``{"answer": text with [n] markers, "citations": [{"n", "id", "sour
 
 from __future__ import annotations
 
-import functools
-import re
 import textwrap
 from typing import Any
 
@@ -25,7 +23,8 @@ from mesh.briefs import Brief
 from mesh.kinds import KindError
 from mesh.work import TaskContext
 
-from .text import BM25, markers, sentences, strip_markers, support, terms
+from .corpus import Index, Passage, pydoc_index, pydoc_passages
+from .text import markers, sentences, strip_markers, support, terms
 
 __all__ = [
     "Passage",
@@ -41,74 +40,6 @@ __all__ = [
 
 #: what the extractive writer says when its passages do not answer the question
 NO_ANSWER = "The passages I was given do not answer this question."
-
-
-class Passage(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    title: str
-    source: str
-    text: str
-    score: float = 0.0
-
-
-def _is_prose(block: str) -> bool:
-    text = " ".join(block.split())
-    words = text.split()
-    if len(words) < 8 or "::=" in text or ">>>" in text or set(text) <= set("*=-~ "):
-        return False
-    if not (text.endswith(".") or ". " in text):
-        return False
-    plain = sum(
-        1 for w in words if re.fullmatch(r"[\"'\u201c\u2018(]*[A-Za-z][a-z\u2019'-]*[.,;:)\"'\u201d\u2019]*", w)
-    )
-    return plain / len(words) >= 0.6
-
-
-@functools.cache
-def pydoc_passages() -> tuple[Passage, ...]:
-    """Prose paragraphs of every topic in ``pydoc_data.topics`` (code and grammar left
-    out), each with a stable id ``topic#n`` and a human-readable source."""
-    from pydoc_data.topics import topics
-
-    out, seen = [], set()
-    for topic, doc in sorted(topics.items()):
-        lines = doc.strip().splitlines()
-        title = lines[0].strip() if lines else topic
-        n = 0
-        for block in re.split(r"\n\s*\n", doc):
-            text = " ".join(block.split())
-            if not _is_prose(textwrap.dedent(block)) or text in seen:
-                continue  # code, grammar, or a paragraph another topic has too
-            seen.add(text)
-            n += 1
-            out.append(
-                Passage(
-                    id=f"{topic}#{n}",
-                    title=title,
-                    source=f"pydoc_data.topics[{topic!r}], paragraph {n} ({title})",
-                    text=text,
-                )
-            )
-    return tuple(out)
-
-
-class Index:
-    """BM25 over passages; the title counts as part of each passage."""
-
-    def __init__(self, passages: tuple[Passage, ...]) -> None:
-        self.passages = passages
-        self.bm25 = BM25([f"{p.title} {p.text}" for p in passages])
-
-    def search(self, query: str, k: int = 4, *, min_score: float = 0.0) -> list[Passage]:
-        return [
-            msgspec.structs.replace(self.passages[i], score=round(score, 3))
-            for i, score in self.bm25.top(query, k, min_score=min_score)
-        ]
-
-
-@functools.cache
-def pydoc_index() -> Index:
-    return Index(pydoc_passages())
 
 
 class Researcher:

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .corpus import pydoc_index
+
 __all__ = ["Tool", "EXTRA_TOOLS", "protocol_tools", "tool_schema"]
 
 Mode = Literal["work", "review"]
@@ -104,8 +106,6 @@ class Tool:
 
 
 async def _search_docs(args: dict[str, Any]) -> str:
-    from .research import pydoc_index
-
     query = str(args.get("query", ""))
     k = max(1, min(int(args.get("k", 3)), 8))
     found = pydoc_index().search(query, k, min_score=1.0)

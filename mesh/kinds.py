@@ -1,9 +1,11 @@
-"""Built-in agent kinds: deterministic workers for tests, benchmarks and the demo,
-and (imported only when a brief asks for them) the model-driven roles of ``agents/``.
+"""Agent kinds: the runtime's deterministic workers (for tests, benchmarks and the
+demo), and the registry that finds the kinds installed distributions publish.
 
-A kind turns a brief into a :class:`~mesh.work.Worker`. Built-ins are listed in
-:data:`KINDS`, an explicit registry; user code is named ``package.module:Class`` and
-constructed as ``Class(brief)``.
+A kind turns a brief into a :class:`~mesh.work.Worker`. The runtime's own kinds are
+listed in :data:`KINDS`, an explicit registry. Other kinds are published by installed
+distributions under the entry-point group ``agent_mesh.kinds`` (see :func:`kinds`;
+the roles of ``agents/`` come that way, so the runtime never names them); a brief may
+also name any class as ``package.module:Class``. Each is constructed as ``Class(brief)``.
 
 Review of an agent's own results (a brief's ``review_results``) is a handoff: the
 result goes to reviewers as a task whose data is ``{"review": {instruction, criteria,
@@ -19,6 +21,8 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import anyio
@@ -31,6 +35,10 @@ from .work import Reviewer, TaskContext, TaskFailed, Verdict, Worker
 
 __all__ = [
     "KINDS",
+    "ENTRY_POINT_GROUP",
+    "Kind",
+    "kinds",
+    "kind_conflicts",
     "KindError",
     "make_worker",
     "Echo",
@@ -350,20 +358,6 @@ class ReviewedResults:
         return await settle_rejected(task, result, verdict.reasons, self.policy)
 
 
-def _lazy(target: str, doc: str) -> Callable[[Brief], Worker]:
-    """A kind implemented in ``agents/``, imported only when a brief asks for it: the
-    runtime never imports agents/ (or litellm) for briefs that do not use them."""
-
-    def make(brief: Brief) -> Worker:
-        module_name, _, class_name = target.partition(":")
-        worker: Worker = getattr(importlib.import_module(module_name), class_name)(brief)
-        return worker
-
-    make.__doc__ = doc
-    make.__qualname__ = make.__name__ = target
-    return make
-
-
 KINDS: dict[str, Callable[[Brief], Worker]] = {
     "echo": Echo,
     "sleep": Sleep,
@@ -372,23 +366,89 @@ KINDS: dict[str, Callable[[Brief], Worker]] = {
     "pipeline": Pipeline,
     "extract": Extract,
     "check": Check,
-    "llm": _lazy(
-        "agents.llm:LLMAgent",
-        "A model (litellm) acting through delegate, ask, finish; reviews with approve/veto. Offline without a model.",
-    ),
-    "critic": _lazy(
-        "agents.critic:Critic",
-        "A red-team reviewer: looks for flaws against the acceptance criteria, vetoes with reasons (model or rules).",
-    ),
-    "retrieve": _lazy(
-        "agents.research:Researcher",
-        "Retrieves passages of Python's documentation (pydoc_data.topics) ranked by BM25.",
-    ),
-    "writer": _lazy(
-        "agents.research:Writer",
-        "Writes an answer citing its passages: with a model if configured, else extractively (and says so).",
-    ),
 }
+"""The kinds the runtime itself implements. Every other named kind is published by an
+installed distribution under the entry-point group :data:`ENTRY_POINT_GROUP` (the
+roles in ``agents/`` are published that way by this project's own pyproject.toml)."""
+
+#: the entry-point group a distribution declares its worker kinds in:
+#: ``[project.entry-points."agent_mesh.kinds"] name = "package.module:Class"``
+ENTRY_POINT_GROUP = "agent_mesh.kinds"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind by name: where it comes from, and how to get its constructor (loading a
+    published kind imports its module, so this happens only when a brief uses it or
+    ``mesh kinds`` describes it)."""
+
+    name: str
+    #: ``mesh`` for a built-in; else the distribution, its version and the entry point's value
+    origin: str
+    make: Callable[[Brief], Worker] | None = None
+    entry_point: EntryPoint | None = None
+
+    def load(self) -> Callable[[Brief], Worker]:
+        """The constructor; :class:`KindError` (one line, naming the entry point) if a
+        published kind cannot be imported."""
+        if self.make is not None:
+            return self.make
+        assert self.entry_point is not None
+        try:
+            loaded: Callable[[Brief], Worker] = self.entry_point.load()
+        except Exception as exc:  # any error of third-party import code: name the entry point, not a traceback
+            raise KindError(
+                f"kind {self.name!r} ({self.origin}) cannot be loaded: {type(exc).__name__}: {_one_line(exc)}"
+            ) from None
+        if not callable(loaded):
+            raise KindError(f"kind {self.name!r} ({self.origin}) is not a class or function of a brief")
+        return loaded
+
+    def summary(self) -> str:
+        """The first sentence of the constructor's docstring."""
+        paragraph = " ".join(((self.load().__doc__ or "").strip().split("\n\n") or [""])[0].split())
+        return _SENTENCE.split(paragraph, maxsplit=1)[0]
+
+
+def kinds() -> dict[str, Kind]:
+    """Every kind by name: the built-ins, then the ones installed distributions publish
+    (read afresh on each call: it is called once per agent). A published kind cannot
+    replace a built-in, and two distributions publishing one name make it unusable
+    until one is removed; both are reported by :func:`kind_conflicts`."""
+    out = {name: Kind(name, "mesh", make=make) for name, make in KINDS.items()}
+    for name, eps in _published().items():
+        if name not in out and len(eps) == 1:
+            out[name] = Kind(name, _origin(eps[0]), entry_point=eps[0])
+    return out
+
+
+def kind_conflicts() -> list[str]:
+    """One line for each published kind that :func:`kinds` leaves out, and why."""
+    out = []
+    for name, eps in sorted(_published().items()):
+        if name in KINDS:
+            out += [f"kind {name!r} ({_origin(ep)}) is ignored: {name!r} is a built-in kind" for ep in eps]
+        elif len(eps) > 1:
+            out.append(f"kind {name!r} is published twice: {'; '.join(_origin(ep) for ep in eps)}")
+    return out
+
+
+def _published() -> dict[str, list[EntryPoint]]:
+    out: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        # An editable install and a regular one of the same distribution list one entry twice.
+        if all(ep.value != seen.value for seen in out.get(ep.name, [])):
+            out.setdefault(ep.name, []).append(ep)
+    return out
+
+
+def _origin(ep: EntryPoint) -> str:
+    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "an unknown distribution"
+    return f"{dist}: {ep.group} {ep.name} = {ep.value}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def make_worker(brief: Brief) -> Worker:
@@ -415,10 +475,17 @@ def _construct_kind(brief: Brief) -> Worker:
     if brief.kind in KINDS:
         return KINDS[brief.kind](brief)
     if ":" not in brief.kind:
-        raise KindError(
-            f"brief {brief.name!r}: unknown kind {brief.kind!r}; use one of {', '.join(sorted(KINDS))} "
-            "or `package.module:Class`"
-        )
+        known = kinds()
+        if brief.kind not in known:
+            raise KindError(
+                f"brief {brief.name!r}: unknown kind {brief.kind!r}; use one of {', '.join(sorted(known))} "
+                "or `package.module:Class` (`mesh kinds` lists them)"
+            )
+        try:
+            make = known[brief.kind].load()
+        except KindError as exc:
+            raise KindError(f"brief {brief.name!r}: {exc}") from None
+        return make(brief)
     module_name, _, class_name = brief.kind.partition(":")
     try:
         module = importlib.import_module(module_name)

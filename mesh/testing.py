@@ -1,51 +1,24 @@
 """Test helpers shipped with the package (as structlog ships ``structlog.testing``):
-a real nats-server per test on free loopback ports, and real agent processes.
-
-Use in a conftest.py::
-
-    from mesh.testing import broker, mesh_client, agent_procs  # noqa: F401
+real agent processes, a 3-node cluster, briefs, polling. They import no test
+framework; the pytest fixtures built on them (a real nats-server per test on free
+loopback ports, a client, agent processes) are the plugin :mod:`mesh.pytest_plugin`.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from .broker import Broker, free_ports
 from .client import Mesh
 from .process import AgentProcess, spawn_agent
 
-__all__ = ["broker", "mesh_client", "agent_procs", "AgentProcs", "Cluster", "write_brief", "wait_for"]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh nats-server with JetStream (store under the test's tmp dir)."""
-    store = tmp_path / "js"
-    store.mkdir()
-    b = Broker(store=str(store))
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
-async def mesh_client(broker: Broker) -> AsyncIterator[Mesh]:
-    mesh = await Mesh.connect(broker.url, client_id="test-client")
-    try:
-        yield mesh
-    finally:
-        await mesh.close()
+__all__ = ["AgentProcs", "Cluster", "write_brief", "wait_for"]
 
 
 def write_brief(directory: Path, name: str, serves: list[str], **fields: Any) -> Path:
@@ -151,18 +124,6 @@ class AgentProcs:
             except Exception:
                 p.process.kill()
                 p.process.wait()
-
-
-@pytest.fixture
-def agent_procs(broker: Broker, tmp_path: Path) -> Iterator[AgentProcs]:
-    procs = AgentProcs(broker, tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
-        if os.environ.get("MESH_TEST_SHOW_LOGS"):
-            for agent_id in procs.procs:
-                sys.stderr.write(f"--- {agent_id} ---\n{procs.log(agent_id)}\n")
 
 
 class Cluster:

@@ -327,6 +327,19 @@ class TaskContext:
             raise TaskFailed(f"clarification {child.id} ended {child.state}: {child.error}")
         return str(child.result)
 
+    async def children(self) -> list[TaskRecord]:
+        """Records of the work this task delegated so far (its checkpointed
+        ``children``, after a failover or an earlier round), wherever they are: live,
+        or finished and archived. A child that cannot be found or read is left out."""
+        out = []
+        for child_id in self.record.children:
+            try:
+                child, _ = await self.bus.read_any(child_id, root=self.record.root)
+            except (NotFound, RemoteProtocolError):
+                continue
+            out.append(child)
+        return out
+
     async def _hand_off(self, build: Any) -> TaskRecord:
         await self.claim()  # a task that hands work off takes a while: show it held
         child: TaskRecord = build(new_id())

@@ -1,1 +1,2 @@
-from mesh.testing import agent_procs, broker, mesh_client  # noqa: F401  (fixtures)
+# The fixtures (broker, mesh_client, agent_procs) the package ships for its users too.
+pytest_plugins = ["mesh.pytest_plugin"]

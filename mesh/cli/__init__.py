@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run a small organization on an embedded broker (no setup, no API key)")
     p.add_argument("--keep-logs", action="store_true", help="print where the agents' logs are and keep them")
+    p.add_argument("name", nargs="?", default="research-desk", help="which installed demo (default: research-desk)")
 
     p = sub.add_parser("broker", help="run the embedded nats-server with JetStream")
     p.add_argument(
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server(p)
 
-    sub.add_parser("kinds", help="list the built-in agent kinds")
+    sub.add_parser("kinds", help="list the agent kinds: built-in and published by installed packages")
     return parser
 
 

@@ -118,8 +118,16 @@ async def _mesh(args: argparse.Namespace) -> Mesh:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from importlib.metadata import entry_points
 
+    # The demo lives with the agents it runs (agents/demo.py), published under this
+    # group so that the runtime never imports agents/ by name.
+    group = "agent_mesh.demo"
+    found = {ep.name: ep for ep in entry_points(group=group)}
+    if args.name not in found:
+        have = ", ".join(sorted(found)) or "none is installed"
+        raise UserError(f"no demo {args.name!r} in the entry-point group {group} ({have})")
+    run_demo: Callable[..., int] = found[args.name].load()
     return run_demo(keep_logs=args.keep_logs)
 
 
@@ -553,13 +561,21 @@ def _check_kind(brief: Any) -> None:
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
-    from ..kinds import KINDS
+    from ..kinds import KindError, kind_conflicts, kinds
 
-    for name, cls in sorted(KINDS.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:8} {doc}")
+    errors = kind_conflicts()
+    for name, kind in sorted(kinds().items()):
+        try:
+            summary = kind.summary()
+        except KindError as exc:  # a broken published kind: say which, list the rest
+            errors.append(str(exc))
+            continue
+        print(f"{name:8} {summary}")
+        print(f"{'':8}   from {kind.origin}")
     print("package.module:Class   your own worker, constructed as Class(brief)")
-    return 0
+    for line in errors:
+        print(f"mesh kinds: error: {line}", file=sys.stderr)
+    return 2 if errors else 0
 
 
 # --- the human inbox ---------------------------------------------------------------------------

@@ -9,11 +9,11 @@ from pydoc_data.topics import topics
 import msgspec
 import pytest
 
+from agents.demo import DEMO_ORG, OUT_OF_SCOPE, QUESTION
 from agents.text import markers, sentences, strip_markers
 from mesh.briefs import load_org
 from mesh.broker import Broker
 from mesh.client import Mesh
-from mesh.demo import DEMO_ORG, OUT_OF_SCOPE, QUESTION
 from mesh.process import AgentProcess, spawn_agent
 from mesh.testing import AgentProcs, wait_for
 from protocol import TaskRecord

@@ -1,4 +1,5 @@
-"""``mesh demo``: an embedded broker and the research desk (agents/orgs/
+"""``mesh demo`` (published as the demo ``research-desk`` in the entry-point group
+``agent_mesh.demo``): an embedded broker and the research desk (agents/orgs/
 research-desk.toml), each agent its own process, doing real work offline on the
 documentation that ships with Python: a question answered with citations and
 fact-checked, a question the documentation cannot answer (vetoed, reworked, then
@@ -19,13 +20,14 @@ from typing import Any
 
 import anyio
 
+from mesh.briefs import load_org
+from mesh.broker import Broker
+from mesh.cli import render
+from mesh.client import Mesh
+from mesh.process import AgentProcess, spawn_agent
 from protocol import TaskRecord
 
-from .briefs import load_org
-from .broker import Broker
-from .cli import render
-from .client import Mesh
-from .process import AgentProcess, spawn_agent
+from .research import render_answer
 
 __all__ = ["run_demo", "DEMO_ORG", "QUESTION", "OUT_OF_SCOPE"]
 
@@ -96,8 +98,6 @@ async def _joined(mesh: Mesh, names: list[str], procs: list[AgentProcess]) -> bo
 
 
 async def _tasks(server: str, names: list[str], procs: list[AgentProcess]) -> int:
-    from agents.research import render_answer
-
     async with await Mesh.connect(server, client_id="demo") as mesh:
         if not await _joined(mesh, names, procs):
             return 1
