@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 import protocol as p
-from protocol import spec
+from tools import spec
 
 ROOT = Path(p.__file__).resolve().parent.parent
 VECTORS = ROOT / "protocol" / "vectors"
@@ -338,7 +338,7 @@ def test_published_descriptions_are_our_docstrings_cleaned() -> None:
 
 def test_artifacts_match_the_code() -> None:
     problems = spec.check(ROOT)
-    assert not problems, "run `python -m protocol.spec` and review the diff:\n" + "\n".join(problems)
+    assert not problems, "run `python -m tools.spec` and review the diff:\n" + "\n".join(problems)
 
 
 @pytest.fixture
@@ -390,7 +390,7 @@ def test_hand_written_prose_is_left_alone(copy_of_repo: Path) -> None:
 
 def test_check_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "protocol.spec", "--check"], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "tools.spec", "--check"], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout
