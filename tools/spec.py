@@ -71,6 +71,7 @@ from protocol.events import (
     Veto,
 )
 from protocol.limits import (
+    HEADER_ROOM_BYTES,
     LIMITS,
     MAX_CARD_BYTES,
     MAX_CHECKPOINT_BYTES,
@@ -1442,10 +1443,6 @@ def _trace_vectors() -> dict[str, Any]:
     }
 
 
-#: Bytes a bucket's value-size limit leaves for a write's headers (compare-and-set, TTL)
-#: beyond the protocol's value limit; mesh/bus.py uses the same room, and
-#: tests/test_resources.py checks the broker's configuration against these vectors.
-HEADER_ROOM = 4096
 _NS = 1_000_000_000
 
 
@@ -1473,7 +1470,7 @@ def _resource_vectors() -> dict[str, Any]:
                 "allow_rollup_hdrs": True,
                 "deny_delete": True,
                 "allow_msg_ttl": True,
-                "max_msg_size": MAX_RECORD_BYTES + HEADER_ROOM,
+                "max_msg_size": MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
                 "republish": {"src": f"$KV.{names.tasks_bucket}.>", "dest": names.records_subjects},
             },
             "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
@@ -1490,7 +1487,7 @@ def _resource_vectors() -> dict[str, Any]:
                 "deny_delete": True,
                 "allow_msg_ttl": True,
                 "subject_delete_marker_ttl": _ns(60),
-                "max_msg_size": MAX_CARD_BYTES + HEADER_ROOM,
+                "max_msg_size": MAX_CARD_BYTES + HEADER_ROOM_BYTES,
             },
             "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
         },
