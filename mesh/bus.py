@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 from nats.micro.request import Request
 
 from protocol import (
+    HEADER_ROOM_BYTES,
     MAJOR_VERSION,
     MAX_CARD_BYTES,
     MAX_RECORD_BYTES,
@@ -93,10 +94,6 @@ PROTOCOL_MAJOR = str(MAJOR_VERSION)
 WRONG_LAST_SEQUENCE = (10071, 10164)
 #: "consumer already exists" (with other settings): use it as it is
 CONSUMER_EXISTS = 10148
-
-
-#: Bytes of headers a bucket's size limit leaves room for beyond the protocol's value limit
-_HEADER_ROOM = 4096
 
 
 class MeshError(Exception):
@@ -473,7 +470,7 @@ class Bus:
                 # The protocol's limit (a party refuses to write more, and to read it):
                 # the broker refuses a larger value from a peer that does not. It counts
                 # a write's headers too (compare-and-set, TTL): room for them.
-                max_value_size=MAX_RECORD_BYTES + _HEADER_ROOM,
+                max_value_size=MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
                 storage=storage,
                 replicas=settings.replicas,
                 # Parties follow a task on a plain subscription: the broker republishes
@@ -486,7 +483,7 @@ class Bus:
                 bucket=names.agents_bucket,
                 description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
                 history=1,
-                max_value_size=MAX_CARD_BYTES + _HEADER_ROOM,
+                max_value_size=MAX_CARD_BYTES + HEADER_ROOM_BYTES,
                 storage=storage,
                 replicas=settings.replicas,
                 limit_marker_ttl=60.0,

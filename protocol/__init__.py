@@ -57,6 +57,7 @@ from .events import (
     Veto,
 )
 from .limits import (
+    HEADER_ROOM_BYTES,
     LIMITS,
     MAX_CARD_BYTES,
     MAX_CHECKPOINT_BYTES,
@@ -191,6 +192,7 @@ __all__ = [
     "Veto",
     "MAX_RECORD_BYTES",
     "MAX_CARD_BYTES",
+    "HEADER_ROOM_BYTES",
     "MAX_DATA_BYTES",
     "MAX_RESULT_BYTES",
     "MAX_CHECKPOINT_BYTES",

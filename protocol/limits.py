@@ -29,6 +29,7 @@ from .errors import LocalProtocolError
 __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_CARD_BYTES",
+    "HEADER_ROOM_BYTES",
     "MAX_DATA_BYTES",
     "MAX_RESULT_BYTES",
     "MAX_CHECKPOINT_BYTES",
@@ -72,6 +73,10 @@ MAX_RECORD_BYTES = 768 * KIB
 #: of the tasks the agent holds), rewritten on every heartbeat. 256 KiB holds hundreds of
 #: capabilities and the tasks of an agent with a capacity in the thousands.
 MAX_CARD_BYTES = 256 * KIB
+#: What a bucket's value-size limit (its stream's ``max_msg_size``) leaves beyond
+#: ``MAX_RECORD_BYTES`` or ``MAX_CARD_BYTES`` for a write's headers (compare-and-set,
+#: TTL): the broker counts them, and refuses a larger value from a peer that does not.
+HEADER_ROOM_BYTES = 4 * KIB
 #: Task input. 256 KiB is about 64k tokens of text, more than most models take in one
 #: request; documents larger than that go to an object store, referenced from ``data``.
 MAX_DATA_BYTES = 256 * KIB

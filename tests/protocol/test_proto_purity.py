@@ -12,7 +12,9 @@ from pathlib import Path
 import protocol
 
 PACKAGE = Path(protocol.__file__).parent
-FORBIDDEN = ("nats", "anyio", "litellm", "structlog", "asyncio", "socket", "mesh", "agents")
+FORBIDDEN = ("nats", "anyio", "litellm", "structlog", "asyncio", "socket", "mesh", "agents", "tools")
+#: File and console I/O: the spec generator that needs them lives in tools/, outside the package.
+NO_FILE_IO = ("argparse", "pathlib", "io", "os", "shutil", "tempfile", "glob", "subprocess")
 ALLOWED_THIRD_PARTY = {"msgspec"}
 
 
@@ -38,15 +40,25 @@ def test_package_imports_only_stdlib_and_msgspec() -> None:
         assert not foreign, f"{path.relative_to(PACKAGE.parent)} imports {sorted(foreign)}"
         io = imported & set(FORBIDDEN)
         assert not io, f"{path.relative_to(PACKAGE.parent)} imports {sorted(io)}: protocol/ does no I/O"
+        files = imported & set(NO_FILE_IO)
+        assert not files, f"{path.relative_to(PACKAGE.parent)} imports {sorted(files)}: protocol/ does no file I/O"
+
+
+def test_package_opens_and_prints_nothing() -> None:
+    """No call of the builtins that read files or write to the console."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in {"open", "print", "input"}, f"{path.name}:{node.lineno} calls {node.func.id}"
 
 
 def test_importing_protocol_loads_no_runtime_library() -> None:
-    """What a fresh interpreter has loaded after ``import protocol`` (and the spec
-    generator, which is part of the package)."""
-    code = "import json, sys; import protocol, protocol.spec; print(json.dumps(sorted(sys.modules)))"
+    """What a fresh interpreter has loaded after ``import protocol``."""
+    code = "import json, sys; import protocol; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
-    for name in ("nats", "anyio", "litellm", "structlog"):
+    for name in ("nats", "anyio", "litellm", "structlog", "argparse", "tools"):
         assert name not in loaded, f"import protocol loaded {name}"
 
 
@@ -56,7 +68,7 @@ def test_all_is_complete_and_resolvable() -> None:
     for name in protocol.__all__:
         assert hasattr(protocol, name), name
     public = {n for n in vars(protocol) if not n.startswith("_")}
-    modules = {"cards", "codec", "core", "errors", "events", "limits", "machine", "names", "rules", "types", "spec"}
+    modules = {"cards", "codec", "core", "errors", "events", "limits", "machine", "names", "rules", "types"}
     assert public - modules - set(protocol.__all__) == set()
 
 
@@ -74,7 +86,6 @@ def test_module_all_lists_are_resolvable() -> None:
         "names",
         "rules",
         "types",
-        "spec",
     ):
         mod = importlib.import_module(f"protocol.{module}")
         for name in mod.__all__:

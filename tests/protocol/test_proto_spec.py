@@ -3,6 +3,7 @@ implementation, and schemas, vectors and docs have not drifted from the code."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import shutil
@@ -15,7 +16,7 @@ import msgspec
 import pytest
 
 import protocol as p
-from protocol import spec
+from tools import spec
 
 ROOT = Path(p.__file__).resolve().parent.parent
 VECTORS = ROOT / "protocol" / "vectors"
@@ -143,8 +144,14 @@ def test_rule_vectors() -> None:
         else:
             got = core.decide(item, record(case["record"]), case["revision"], **args)
         assert spec._action(got) == case["expect"], case["name"]
+    whitespace = {chr(int(c[2:], 16)) for c in rules["fingerprint_whitespace"]}
     for case in rules["fingerprint"]:
         assert p.fingerprint(case["capability"], case["instruction"]) == case["fingerprint"]
+        # The spelled-out rule: split at the listed code points, join with one space, fold.
+        words = "".join(" " if ch in whitespace else ch for ch in case["instruction"]).split(" ")
+        assert " ".join(w for w in words if w).casefold() == case["normalized"], case["why"]
+        digest = hashlib.sha256(f"{case['capability']}\n{case['normalized']}".encode()).hexdigest()
+        assert digest[:16] == case["fingerprint"]
     for case in rules["split_budget"]:
         budget = None if case["budget"] is None else p.Budget(**case["budget"])
         parent = msgspec.structs.replace(record(rules["ask"]["parent"]), budget=budget, spent=p.Usage(**case["spent"]))
@@ -165,6 +172,8 @@ def test_rule_vectors() -> None:
     for case in trace["child"]:
         assert p.child_traceparent(case["parent"], case["span_id"]) == case["child"]
     assert trace["invalid"]
+    for case in trace["header"]:
+        assert (case["trace"] if p.trace_id(case["trace"]) else None) == case["header"]
     for value in trace["invalid"]:
         with pytest.raises(p.LocalProtocolError):
             p.new_task(task_id="T", capability="x", instruction="", requester="c", now=0.0, trace=value)
@@ -235,6 +244,23 @@ def test_name_vectors() -> None:
         assert p.clarification_capability(case["agent"]) == case["capability"]
 
 
+def test_resource_vectors_name_the_mesh_resources() -> None:
+    """resources.json names every stream and bucket of the default mesh (its values are
+    checked against a real broker in tests/test_resources.py)."""
+    resources = load("resources.json")
+    names = p.Names()
+    assert {s["name"] for s in resources["streams"]} == {
+        f"KV_{names.tasks_bucket}",
+        f"KV_{names.agents_bucket}",
+        names.events_stream,
+        names.work_stream,
+    }
+    assert set(resources["how"]) <= set(resources)
+    for case in resources["headers"]:
+        kv = case["subject"].startswith("$KV.")
+        assert ("Mesh-Version" in case["headers"]) is not kv, case["what"]
+
+
 def test_decode_vectors() -> None:
     decoders = {
         "task_record": p.decode_record,
@@ -252,7 +278,10 @@ def test_decode_vectors() -> None:
     for case in cases:
         decode = decoders[case["message"]]
         if case["expect"] == "accept":
-            decode(case["input"].encode())
+            decoded = decode(case["input"].encode())
+            for field, value in case.get("decoded", {}).items():
+                got = getattr(decoded, field)
+                assert got == value and type(got) is type(value), case["name"]
         else:
             with pytest.raises(p.RemoteProtocolError):
                 decode(case["input"].encode())
@@ -338,7 +367,7 @@ def test_published_descriptions_are_our_docstrings_cleaned() -> None:
 
 def test_artifacts_match_the_code() -> None:
     problems = spec.check(ROOT)
-    assert not problems, "run `python -m protocol.spec` and review the diff:\n" + "\n".join(problems)
+    assert not problems, "run `python -m tools.spec` and review the diff:\n" + "\n".join(problems)
 
 
 @pytest.fixture
@@ -390,7 +419,7 @@ def test_hand_written_prose_is_left_alone(copy_of_repo: Path) -> None:
 
 def test_check_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "protocol.spec", "--check"], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "tools.spec", "--check"], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout

@@ -1,7 +1,7 @@
 """Generate the protocol's published artifacts from the code, and check them for drift.
 
-    python -m protocol.spec            # (re)write every artifact
-    python -m protocol.spec --check    # exit 1, listing every artifact that drifted
+    python -m tools.spec            # (re)write every artifact
+    python -m tools.spec --check    # exit 1, listing every artifact that drifted
 
 The artifacts are what an implementer in another language works from:
 
@@ -18,8 +18,9 @@ The artifacts are what an implementer in another language works from:
 The generator owns ``protocol/schema/`` and ``protocol/vectors/``: a JSON file there that
 it no longer makes is reported by ``--check`` and removed by a write.
 
-Like the rest of the package this imports only the standard library and msgspec; unlike
-the rest it reads and writes files (it is a build tool, not part of any agent).
+It lives outside ``protocol/`` because it reads and writes files, parses arguments and
+prints, and ``protocol/`` promises no I/O; it is a build tool of the repository, not part
+of any agent, and imports only the standard library, msgspec and ``protocol``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any
 
 import msgspec
 
-from .codec import (
+from mesh.settings import Settings
+from protocol.codec import (
     MAX_MESSAGE_BYTES,
     decode_card,
     decode_control,
@@ -50,9 +52,9 @@ from .codec import (
     decode_work_item,
     encode,
 )
-from .core import AgentCore
-from .errors import Fenced, LocalProtocolError, RemoteProtocolError, TransitionError
-from .events import (
+from protocol.core import AgentCore
+from protocol.errors import Fenced, LocalProtocolError, RemoteProtocolError, TransitionError
+from protocol.events import (
     EVENT_KINDS,
     AddChild,
     Approve,
@@ -68,7 +70,8 @@ from .events import (
     Reviewing,
     Veto,
 )
-from .limits import (
+from protocol.limits import (
+    HEADER_ROOM_BYTES,
     LIMITS,
     MAX_CARD_BYTES,
     MAX_CHECKPOINT_BYTES,
@@ -97,8 +100,8 @@ from .limits import (
     MAX_VOTES,
     LimitExceeded,
 )
-from .machine import TRANSITIONS, apply
-from .names import (
+from protocol.machine import TRANSITIONS, apply
+from protocol.names import (
     _AGENT_ID_RE,
     _CAPABILITY_RE,
     _KIND_RE,
@@ -114,7 +117,7 @@ from .names import (
     validate_capability,
     validate_task_id,
 )
-from .rules import (
+from protocol.rules import (
     DEFAULT_CLAIM_TIMEOUT_S,
     DEFAULT_HOPS,
     DEFAULT_LEASE_S,
@@ -133,12 +136,13 @@ from .rules import (
     pull_priority,
     specificity,
     split_budget,
+    trace_id,
     traceparent,
     trail_gap,
     work_item_id,
     work_items,
 )
-from .types import (
+from protocol.types import (
     PROTOCOL_VERSION,
     REASONS,
     TERMINAL_STATES,
@@ -1017,6 +1021,16 @@ def _waiting_vectors(w: _World) -> list[dict[str, Any]]:
     case("review, a slot held: the broker's to watch, wait", w.review_held, 600.0, False, T0 + 700)
     case("review, a slot held, past the deadline: deadline", w.review_held, 0.0, True, w.deadline)
     case("ended: nothing to judge", w.done, 10.0**6, False, w.deadline + 3600)
+    # An escalated task waits for a person: its claim_timeout_s is the review policy's
+    # escalation_timeout_s (3600 s here), not the 10 s it had.
+    escalated = apply(
+        _replace(w.review_escalating, deadline=None), Veto(actor="critic-1", epoch=1, reasons=("Unsure.",)), T0 + 70
+    )
+    long = escalated.claim_timeout_s
+    case("escalated, nobody at the person's queue for 600 s: wait", escalated, 600.0, False, T0 + 670)
+    case(
+        "escalated, nobody at the person's queue for escalation_timeout_s: no_agent", escalated, long, False, T0 + 3670
+    )
     return out
 
 
@@ -1236,15 +1250,56 @@ def _core_vectors(w: _World) -> list[dict[str, Any]]:
     return out
 
 
+#: Instructions whose normalization a naive port gets wrong (JavaScript's ``\\s`` and
+#: ``toLowerCase``, ASCII-only folding, Unicode normalization): each with why.
+_FINGERPRINT_CASES: tuple[tuple[str, str, str], ...] = (
+    ("summarize.medical", "Summarize the letter.", "ASCII"),
+    ("summarize.medical", "  summarize   THE letter. ", "runs collapsed, ends trimmed, case folded"),
+    ("translate", "Summarize the letter.", "the capability is part of the identity"),
+    ("x", "", "empty"),
+    ("x", "\tA\n\r\x0b\x0cB ", "ASCII whitespace: tab, newline, return, vertical tab, form feed"),
+    ("x", "A\u00a0B\u2028C\u2029D\u3000E\u1680F\u202fG", "NBSP, line and paragraph separators, ideographic space"),
+    ("x", "A\x1cB\x1dC\x1eD\x1fE\x85F", "U+001C..U+001F and NEL are whitespace (not in JavaScript's \\s)"),
+    (
+        "x",
+        "A\ufeffB\u200bC\u180eD",
+        "BOM, zero width space and U+180E are NOT whitespace (JavaScript's \\s has U+FEFF)",
+    ),
+    ("x", "Stra\u00dfe STRASSE \u1e9e", "full folding: sharp s (U+00DF, U+1E9E) folds to ss; toLowerCase keeps it"),
+    ("x", "\u0130stanbul ISTANBUL \u0131", "U+0130 folds to i + U+0307, dotless U+0131 stays: no Turkish rule"),
+    (
+        "x",
+        "\u039f\u0394\u039f\u03a3 \u03bf\u03b4\u03bf\u03c2",
+        "sigma: U+03A3, U+03C2 fold to U+03C3 (toLowerCase makes a final U+03C2)",
+    ),
+    ("x", "\ufb01le \u017f \u212a \u212b", "ligature fi, long s, Kelvin and Angstrom signs fold to fi, s, k, U+00E5"),
+    ("x", "\uab70\uabbf \u13a0", "Cherokee small letters fold to the capitals (the one script that folds up)"),
+    ("x", "Caf\u00e9 Cafe\u0301", "no Unicode normalization: precomposed é and e + U+0301 stay different"),
+    ("x", "\U0001f600 \U00010400\U00010428", "astral: an emoji kept, Deseret U+10400 folds to U+10428"),
+)
+
+
+def _normalized(instruction: str) -> str:
+    """The fingerprint's normalization, spelled out for the vectors (``fingerprint`` in
+    protocol.rules is the rule; the tests check that the two agree)."""
+    return " ".join(instruction.split()).casefold()
+
+
+def _fingerprint_whitespace() -> list[str]:
+    """Every code point that ``str.split()`` treats as whitespace, as ``U+XXXX``."""
+    return [f"U+{c:04X}" for c in range(0x110000) if chr(c).isspace()]
+
+
 def _delegation_vectors(w: _World) -> dict[str, Any]:
     fingerprints = [
-        {"capability": c, "instruction": i, "fingerprint": fingerprint(c, i)}
-        for c, i in (
-            ("summarize.medical", "Summarize the letter."),
-            ("summarize.medical", "  summarize   THE letter. "),
-            ("translate", "Summarize the letter."),
-            ("x", ""),
-        )
+        {
+            "capability": c,
+            "instruction": i,
+            "normalized": _normalized(i),
+            "fingerprint": fingerprint(c, i),
+            "why": why,
+        }
+        for c, i, why in _FINGERPRINT_CASES
     ]
     budgets = []
     for budget, used, share in (
@@ -1307,7 +1362,20 @@ def _delegation_vectors(w: _World) -> dict[str, Any]:
         span_id="b7ad6b7169203331",
         **base,
     )
-    delegation("refused: hop_limit at zero hops", hop0, capability="translate", instruction="x", **base)
+    delegation(
+        "refused: hop_limit at zero hops (the child's hops_left stays 0: it is clamped, never negative)",
+        hop0,
+        capability="translate",
+        instruction="x",
+        **base,
+    )
+    delegation(
+        "handoff at one hop left: the child has 0 and may not delegate again",
+        _replace(w.working, hops_left=1),
+        capability="translate",
+        instruction="x",
+        **base,
+    )
     delegation(
         "refused: loop (same capability and instruction as an ancestor)",
         w.working,
@@ -1336,6 +1404,7 @@ def _delegation_vectors(w: _World) -> dict[str, Any]:
     )
     return {
         "fingerprint": fingerprints,
+        "fingerprint_whitespace": _fingerprint_whitespace(),
         "split_budget": budgets,
         "delegate": delegations,
         "ask": {"parent": _builtins(w.working), "child": _builtins(question)},
@@ -1357,16 +1426,180 @@ def _trace_vectors() -> dict[str, Any]:
             new_task(task_id="T", capability="x", instruction="", requester="c", now=T0, trace=value)
         except LocalProtocolError:
             invalid.append(value)
+    # A record may carry any string as its trace (a peer wrote it); only a valid
+    # traceparent is copied into a message's `traceparent` header.
+    carried = [parent, child_traceparent(parent, "b7ad6b7169203331"), None, *invalid, "not a trace", "00-" + "f" * 52]
+    headers = [{"trace": value, "header": value if trace_id(value) is not None else None} for value in carried]
     return {
         "make": [
             {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7", "traceparent": parent}
         ],
+        "header": headers,
         "child": [
             {"parent": parent, "span_id": "b7ad6b7169203331", "child": child_traceparent(parent, "b7ad6b7169203331")},
             {"parent": None, "span_id": "b7ad6b7169203331", "child": None},
         ],
         "invalid": invalid,
     }
+
+
+_NS = 1_000_000_000
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * _NS)
+
+
+def _resource_vectors() -> dict[str, Any]:
+    """The JetStream resources of a mesh with the default prefix and the reference
+    runtime's default settings, as the JetStream API reports them (``$JS.API.STREAM.INFO``
+    and ``$JS.API.CONSUMER.INFO`` ``config``; durations in nanoseconds)."""
+    names = Names()
+    settings = Settings()
+    capability = "summarize.medical"
+    streams = [
+        {
+            "name": f"KV_{names.tasks_bucket}",
+            "what": "the tasks bucket",
+            "must": {
+                "subjects": [f"$KV.{names.tasks_bucket}.>"],
+                "retention": "limits",
+                "max_msgs_per_subject": 1,
+                "discard": "new",
+                "allow_direct": True,
+                "allow_rollup_hdrs": True,
+                "deny_delete": True,
+                "allow_msg_ttl": True,
+                "max_msg_size": MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
+                "republish": {"src": f"$KV.{names.tasks_bucket}.>", "dest": names.records_subjects},
+            },
+            "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
+        },
+        {
+            "name": f"KV_{names.agents_bucket}",
+            "what": "the directory bucket",
+            "must": {
+                "subjects": [f"$KV.{names.agents_bucket}.>"],
+                "retention": "limits",
+                "max_msgs_per_subject": 1,
+                "discard": "new",
+                "allow_rollup_hdrs": True,
+                "deny_delete": True,
+                "allow_msg_ttl": True,
+                "subject_delete_marker_ttl": _ns(60),
+                "max_msg_size": MAX_CARD_BYTES + HEADER_ROOM_BYTES,
+            },
+            "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
+        },
+        {
+            "name": names.events_stream,
+            "what": "the events stream (trace and archive)",
+            "must": {
+                "subjects": list(names.events_subjects),
+                "retention": "limits",
+                "allow_direct": True,
+                "duplicate_window": _ns(120),
+            },
+            "default": {
+                "storage": settings.storage,
+                "num_replicas": settings.replicas,
+                "max_age": _ns(settings.retention_s),
+                "max_bytes": settings.retention_bytes,
+            },
+        },
+        {
+            "name": names.work_stream,
+            "what": "the work stream (every queue's items)",
+            "must": {
+                "subjects": [names.work_subjects],
+                "retention": "workqueue",
+                "allow_direct": True,
+                "duplicate_window": _ns(120),
+            },
+            "default": {
+                "storage": settings.storage,
+                "num_replicas": settings.replicas,
+                "max_age": _ns(settings.retention_s),
+            },
+        },
+    ]
+    queue = {
+        "stream": names.work_stream,
+        "capability": capability,
+        "must": {
+            "durable_name": names.queue_consumer(capability),
+            "filter_subject": names.work_subject(capability),
+            "ack_policy": "explicit",
+            "max_deliver": -1,
+            "priority_groups": [PRIORITY_GROUP],
+            "priority_policy": "prioritized",
+        },
+        "default": {
+            "ack_wait": _ns(settings.lease_s),
+            "max_waiting": 4096,
+            "inactive_threshold": _ns(settings.queue_idle_s),
+        },
+    }
+    ttl = str(int(settings.finished_ttl_s))
+    task = f"$KV.{names.tasks_bucket}.{names.task_key('T1')}"
+    headers = [
+        {
+            "what": "a record write that leaves the task live (compare-and-set on revision 4)",
+            "subject": task,
+            "headers": {"Nats-Expected-Last-Subject-Sequence": "4"},
+        },
+        {
+            "what": "a record write that ends the task: it carries the finished-record TTL (whole seconds)",
+            "subject": task,
+            "headers": {"Nats-Expected-Last-Subject-Sequence": "4", "Nats-TTL": ttl},
+            "default": {"Nats-TTL": ttl},
+        },
+        {
+            "what": "a card put: its TTL is a few heartbeats (three of 2 s here)",
+            "subject": f"$KV.{names.agents_bucket}.{names.agent_key('agent-a')}",
+            "headers": {"Nats-TTL": "6"},
+            "default": {"Nats-TTL": "6"},
+        },
+        {
+            "what": "a work item (with the task's trace, when it is a valid traceparent)",
+            "subject": names.work_subject(capability),
+            "headers": {
+                VERSION_HEADER: str(MAJOR_VERSION),
+                "Nats-Msg-Id": "T1:0:work:0",
+                "traceparent": traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+            },
+        },
+        {
+            "what": "a task event (with the task's trace, when it is a valid traceparent)",
+            "subject": names.event_subject("T1", "T1", "claim"),
+            "headers": {
+                VERSION_HEADER: str(MAJOR_VERSION),
+                "Nats-Msg-Id": "T1:1:claim",
+                "traceparent": traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+            },
+        },
+        {
+            "what": "an error report",
+            "subject": names.error_subject("agent-a"),
+            "headers": {VERSION_HEADER: str(MAJOR_VERSION)},
+        },
+    ]
+    return {"streams": streams, "queue": queue, "headers": headers}
+
+
+#: How to read resources.json (docs/PROTOCOL.md section 6.20 has the rules).
+_RESOURCES_HOW: dict[str, str] = {
+    "streams": "Each JetStream stream a mesh (prefix `mesh`) uses, by `name`: a party that creates it MUST give it "
+    "every setting in `must`, and the values in `default` unless its operator chose others; a party that finds it "
+    "MAY compare the `config` of `$JS.API.STREAM.INFO.<name>` with `must`. Durations are nanoseconds, sizes bytes; "
+    "a bucket is the stream `KV_<bucket>`.",
+    "queue": "The durable pull consumer that is a capability's queue, as `$JS.API.CONSUMER.INFO` reports its "
+    "`config`: `must` for every queue (its names derived from the capability as in names.json), `default` the "
+    "reference runtime's choice (`ack_wait` is the lease).",
+    "headers": "The headers each kind of write carries, exactly: KV writes carry no `Mesh-Version` (their value's "
+    "`v` says the version); stream publishes and error reports do. Values under `default` are the reference "
+    "runtime's settings, not rules.",
+}
 
 
 def _rule_vectors() -> dict[str, Any]:
@@ -1612,6 +1845,45 @@ def _decode_vectors() -> list[dict[str, Any]]:
     ]
     for message, name, raw in raw_cases:
         out.append({"name": name, "message": message, "input": raw, "expect": _verdict(message, raw)})
+    out += _number_vectors(w)
+    return out
+
+
+#: Integers versus floats on the wire, as JSON number tokens put into a record: an integer
+#: field takes only a token without fraction or exponent; a float field takes any number.
+_NUMBER_CASES: tuple[tuple[str, str, str], ...] = (
+    ("epoch", "1", "an integer field: an integer token"),
+    ("epoch", "1.0", "an integer field: a fraction, even .0, is a float"),
+    ("epoch", "1e0", "an integer field: an exponent makes a float"),
+    ("epoch", "1E+0", "an integer field: an exponent makes a float (upper case)"),
+    ("hops_left", "-0", "an integer field: -0 is the integer 0"),
+    ("epoch", "true", "an integer field: a boolean is not a number"),
+    ("epoch", '"1"', "an integer field: a string is not a number"),
+    ("hops_left", "32", "an integer field at its bound"),
+    ("hops_left", "33", "an integer field over its bound"),
+    ("ticket", "9007199254740993", "a stream sequence above 2^53: kept exactly (JavaScript's JSON.parse would not)"),
+    ("claim_timeout_s", "10", "a float field: an integer token is a float"),
+    ("claim_timeout_s", "1E+1", "a float field: an exponent"),
+    ("claim_timeout_s", "0.5", "a float field: a fraction"),
+    ("claim_timeout_s", "-0", "a float field: -0 is 0.0, not above its bound of 0"),
+    ("claim_timeout_s", "1e999", "a float field: out of a double's range"),
+    ("claim_timeout_s", "false", "a float field: a boolean is not a number"),
+    ("created", "1700000000", "a timestamp as an integer token"),
+)
+
+
+def _number_vectors(w: _World) -> list[dict[str, Any]]:
+    """Decode vectors on how numbers are judged: each puts one raw token into a record."""
+    base = json.dumps(_builtins(_replace(w.working, ticket=41)))
+    out: list[dict[str, Any]] = []
+    for field, token, why in _NUMBER_CASES:
+        raw, count = re.subn(rf'("{field}": )[^,}}]*', rf"\g<1>{token}", base, count=1)
+        assert count == 1, field
+        case: dict[str, Any] = {"name": f"{field} = {token}: {why}", "message": "task_record", "input": raw}
+        case["expect"] = _verdict("task_record", raw)
+        if case["expect"] == "accept":
+            case["decoded"] = {field: msgspec.to_builtins(getattr(decode_record(raw.encode()), field))}
+        out.append(case)
     return out
 
 
@@ -2330,6 +2602,34 @@ def _limits_table() -> str:
     return "\n".join(lines)
 
 
+def _setting(key: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and key in _DURATIONS and value % _NS == 0:
+        return f"`{key}` {value // _NS} s"
+    return f"`{key}` `{json.dumps(value)}`"
+
+
+#: Settings that the JetStream API gives in nanoseconds (shown in seconds in the docs).
+_DURATIONS = frozenset({"max_age", "duplicate_window", "subject_delete_marker_ttl", "ack_wait", "inactive_threshold"})
+
+
+def _resources_table() -> str:
+    vectors = _resource_vectors()
+    lines = ["| Resource | MUST have | Reference default (an operator's choice) |", "|---|---|---|"]
+    for stream in vectors["streams"]:
+        must = "<br>".join(_setting(k, v) for k, v in stream["must"].items())
+        default = "<br>".join(_setting(k, v) for k, v in stream["default"].items())
+        lines.append(f"| stream `{stream['name']}`: {stream['what']} | {must} | {default} |")
+    queue = vectors["queue"]
+    must = "<br>".join(_setting(k, v) for k, v in queue["must"].items())
+    default = "<br>".join(_setting(k, v) for k, v in queue["default"].items())
+    lines.append(f"| consumer of `{queue['stream']}`: the queue of `{queue['capability']}` | {must} | {default} |")
+    lines += ["", "| Write | Subject | Headers (exactly) |", "|---|---|---|"]
+    for case in vectors["headers"]:
+        headers = "<br>".join(f"`{k}: {v}`" for k, v in case["headers"].items())
+        lines.append(f"| {case['what']} | `{case['subject']}` | {headers} |")
+    return "\n".join(lines)
+
+
 def doc_sections() -> dict[str, str]:
     """Generated section name -> its Markdown body."""
     return {
@@ -2340,13 +2640,14 @@ def doc_sections() -> dict[str, str]:
         "names": _names_table(),
         "constants": _constants(),
         "limits": _limits_table(),
+        "resources": _resources_table(),
     }
 
 
 _SECTION_RE = re.compile(
     r"(<!-- BEGIN GENERATED: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)", re.DOTALL
 )
-_NOTICE = "<!-- generated by `python -m protocol.spec` from the code; do not edit by hand -->\n"
+_NOTICE = "<!-- generated by `python -m tools.spec` from the code; do not edit by hand -->\n"
 
 
 def render_doc(text: str) -> tuple[str, list[str]]:
@@ -2388,7 +2689,7 @@ def artifacts() -> list[Artifact]:
     only parts of them are generated)."""
     out = [Artifact(SCHEMA_DIR / f"{stem}.json", _json(schema(stem))) for stem in SCHEMAS]
     about = (
-        f"Conformance vectors of agent-mesh protocol v{MAJOR_VERSION}, generated by `python -m protocol.spec` from the "
+        f"Conformance vectors of agent-mesh protocol v{MAJOR_VERSION}, generated by `python -m tools.spec` from the "
         "reference implementation. See docs/PROTOCOL.md, section Conformance."
     )
     out += [
@@ -2414,6 +2715,10 @@ def artifacts() -> list[Artifact]:
         Artifact(
             VECTOR_DIR / "decode.json",
             _json({"about": about, "protocol": MAJOR_VERSION, "cases": _decode_vectors()}),
+        ),
+        Artifact(
+            VECTOR_DIR / "resources.json",
+            _json({"about": about, "protocol": MAJOR_VERSION, "how": _RESOURCES_HOW, **_resource_vectors()}),
         ),
         Artifact(
             VECTOR_DIR / "limits.json",
@@ -2462,14 +2767,21 @@ _RULES_HOW: dict[str, str] = {
     "time `now`. `receive`: what it does on the item alone; `decide`: what it does given the task's `record` at "
     "`revision`, read afresh. `expect.action` names the action (refuse, give_back, renew_own, read_record, "
     "drop_item, work, review); its other fields are the action's. `why` texts are informative.",
-    "fingerprint": "First 16 hex digits of SHA-256 over UTF-8 of capability + newline + the instruction with "
-    "whitespace runs collapsed to one space, trimmed, and Unicode case-folded.",
+    "fingerprint": "First 16 hex digits of SHA-256 over UTF-8 of capability + newline + `normalized`: the "
+    "instruction split at runs of the code points in `fingerprint_whitespace`, the non-empty pieces joined with one "
+    "space, then Unicode full case folding (CaseFolding.txt statuses C and F; no Turkic T, no normalization). `why` "
+    "says what a case catches.",
+    "fingerprint_whitespace": "Every code point the fingerprint treats as whitespace: Unicode's White_Space "
+    "property plus U+001C..U+001F (Python's `str.split()`). JavaScript's `\\s` differs: it has U+FEFF and lacks "
+    "U+001C..U+001F and U+0085.",
     "split_budget": "A child's budget from its parent's `budget`, `spent` and the `share`.",
     "delegate": "The child record `delegate(parent, **args)` makes (args by name; `now` is wall-clock time).",
     "ask": "The clarification child of `parent` (its instruction is the question, its id `child.id`, made by the "
     "parent's owner at `child.created`).",
     "traceparent": "W3C trace context: `make` builds one from a trace id and a span id; `child` keeps the parent's "
-    "trace id with a new span id (null parent: null); `invalid` values are refused as a task's `trace`.",
+    "trace id with a new span id (null parent: null); `invalid` values are refused as a task's `trace` when a "
+    "party makes a task; `header`: the `traceparent` header a message about a task with `trace` carries (null: "
+    "none), since a record read from a peer may carry any string there.",
 }
 
 
@@ -2538,7 +2850,7 @@ def write(root: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m protocol.spec", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="python -m tools.spec", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if an artifact drifted from the code"
@@ -2550,7 +2862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems:
             print(f"drift: {problem}", file=sys.stderr)
         if problems:
-            print("run `python -m protocol.spec` and review the diff", file=sys.stderr)
+            print("run `python -m tools.spec` and review the diff", file=sys.stderr)
             return 1
         print("protocol artifacts are up to date")
         return 0
