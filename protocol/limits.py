@@ -285,6 +285,8 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
         if breach is not None:
             return breach
         size = json_size(record)
+    if size <= MAX_CHECKPOINT_BYTES and _plainly_within(record):
+        return None  # the common case, every write and read: no list of checks built
     # (field, size, limit, unit), the most specific first: a 900 KB `data` is named as
     # such, not as a record too large.
     checks: list[tuple[str, float, float, str]] = []
@@ -334,7 +336,46 @@ def record_breach(record: Any, size: int | None = None) -> Breach | None:
     return None
 
 
+def _plainly_within(record: Any) -> bool:
+    """The checks of :func:`record_breach` for a record too small for its free JSON
+    fields to matter, as plain comparisons (True: no limit broken)."""
+    review = record.review
+    return (
+        len(record.instruction) <= MAX_INSTRUCTION_CHARS
+        and len(record.criteria) <= MAX_CRITERIA_CHARS
+        and len(record.progress) <= MAX_PROGRESS_CHARS
+        and len(record.error) <= MAX_ERROR_CHARS
+        and len(record.tags) <= MAX_TAGS
+        and all(len(tag) <= MAX_TAG_CHARS for tag in record.tags)
+        and len(record.children) <= MAX_CHILDREN
+        and record.hops_left <= MAX_HOPS
+        and len(record.lineage) <= MAX_LINEAGE
+        and len(record.feedback) <= MAX_FEEDBACK
+        and len(record.votes) <= MAX_VOTES
+        and len(record.slots) <= MAX_QUORUM
+        and record.max_lapses <= MAX_LAPSES
+        and record.lapses <= MAX_LAPSES
+        and record.reworks <= MAX_REWORKS
+        and record.claim_timeout_s <= MAX_CLAIM_TIMEOUT_S
+        and all(
+            len(vote.reasons) <= MAX_REASONS and all(len(r) <= MAX_REASON_CHARS for r in vote.reasons)
+            for vote in (*record.votes, *record.feedback)
+        )
+        and (
+            review is None
+            or (
+                review.quorum <= MAX_QUORUM
+                and review.max_reworks <= MAX_REWORKS
+                and review.escalation_timeout_s <= MAX_ESCALATION_TIMEOUT_S
+            )
+        )
+        and (record.deadline is None or record.deadline - record.created <= MAX_DEADLINE_S)
+    )
+
+
 def _float_breach(record: Any) -> Breach | None:
+    if _finite_floats(record):
+        return None
     floats: list[tuple[str, float | None]] = [
         ("created", record.created),
         ("updated", record.updated),
@@ -348,6 +389,20 @@ def _float_breach(record: Any) -> Breach | None:
     if record.review is not None:
         floats.append(("review.escalation_timeout_s", record.review.escalation_timeout_s))
     return next((b for name, value in floats if (b := _finite(name, value)) is not None), None)
+
+
+def _finite_floats(record: Any) -> bool:
+    isfinite = math.isfinite
+    return (
+        isfinite(record.created)
+        and isfinite(record.updated)
+        and (record.deadline is None or isfinite(record.deadline))
+        and isfinite(record.claim_timeout_s)
+        and (record.progress_at is None or isfinite(record.progress_at))
+        and isfinite(record.spent.cost)
+        and (record.budget is None or record.budget.cost is None or isfinite(record.budget.cost))
+        and (record.review is None or isfinite(record.review.escalation_timeout_s))
+    )
 
 
 def check_record_limits(record: Any) -> None:

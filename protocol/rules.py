@@ -129,6 +129,7 @@ def child_traceparent(parent: str | None, span_id: str) -> str | None:
     return traceparent(_check_traceparent(parent).split("-")[1], span_id)
 
 
+@functools.lru_cache(maxsize=4096)  # a task's trace is read on each of its writes
 def trace_id(traceparent: str | None) -> str | None:
     """The trace id of a W3C ``traceparent`` (for logs and headers), or None if the value
     is not one: a peer's record may carry any string there."""
