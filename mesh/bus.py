@@ -64,6 +64,7 @@ from protocol import (
     end_unreadable,
     event_kind,
     is_terminal,
+    task_event,
     trace_id,
     trail_gap,
     work_item_id,
@@ -1182,24 +1183,7 @@ class Bus:
         note: str = "",
         with_record: bool = False,
     ) -> _Pending:
-        event = TaskEvent(
-            # Terminal and "created" events carry the record: the events stream is also
-            # the archive of tasks that are not (or no longer) in the live bucket.
-            record=record if with_record or is_terminal(record) else None,
-            kind=kind,
-            task=record.id,
-            root=record.root,
-            parent=record.parent,
-            capability=record.capability,
-            actor=actor,
-            epoch=record.epoch,
-            state=record.state,
-            reason=record.reason,
-            note=note,
-            # When the transition happened (the time it wrote into the record), not
-            # when its event went out: a trace orders writes as they were made.
-            at=record.updated,
-        )
+        event = task_event(kind, record, actor=actor, note=note, with_record=with_record)
         return await self._send_acked(
             self.names.event_subject(record.root, record.id, kind),
             encode(event),

@@ -44,6 +44,7 @@ __all__ = [
     "on_delivery",
     "judge_waiting",
     "end_unreadable",
+    "task_event",
     "TrailGap",
     "trail_gap",
     "fingerprint",
@@ -335,6 +336,28 @@ def judge_waiting(record: TaskRecord, *, actor: str, waited_s: float, queue_acti
     if (record.state == "open" and not queue_active) or (record.state == "review" and not record.slots):
         return Expire(actor=actor, reason="no_agent")
     return None
+
+
+def task_event(kind: str, record: TaskRecord, *, actor: str, note: str = "", with_record: bool = False) -> TaskEvent:
+    """The event published after a write that made ``record`` (PROTOCOL 6.17): its state,
+    reason and epoch, ``at`` the time the write was made (a trace orders writes as they
+    were made, not as their events went out). Terminal and ``created`` events
+    (``with_record``) carry the record: the events stream is also the archive of tasks
+    that are not, or no longer, in the live bucket."""
+    return TaskEvent(
+        record=record if with_record or is_terminal(record) else None,
+        kind=kind,
+        task=record.id,
+        root=record.root,
+        parent=record.parent,
+        capability=record.capability,
+        actor=actor,
+        epoch=record.epoch,
+        state=record.state,
+        reason=record.reason,
+        note=note,
+        at=record.updated,
+    )
 
 
 #: how much of a decoder's complaint an ended record keeps in its ``error``

@@ -136,6 +136,7 @@ from protocol.rules import (
     pull_priority,
     specificity,
     split_budget,
+    task_event,
     trace_id,
     traceparent,
     trail_gap,
@@ -1034,23 +1035,6 @@ def _waiting_vectors(w: _World) -> list[dict[str, Any]]:
     return out
 
 
-def _event_of(kind: str, record: TaskRecord, actor: str) -> TaskEvent:
-    """The event a writer publishes after writing ``record`` (6.17)."""
-    return TaskEvent(
-        kind=kind,
-        task=record.id,
-        root=record.root,
-        parent=record.parent,
-        capability=record.capability,
-        actor=actor,
-        epoch=record.epoch,
-        state=record.state,
-        reason=record.reason,
-        at=record.updated,
-        record=record if record.state in TERMINAL_STATES else None,
-    )
-
-
 def _trail_gap_vectors(w: _World) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
@@ -1069,32 +1053,34 @@ def _trail_gap_vectors(w: _World) -> list[dict[str, Any]]:
             }
         )
 
-    created = _event_of("created", w.open, "client-1")
-    claimed = _event_of("claim", w.working, "agent-a")
+    created = task_event("created", w.open, actor="client-1")
+    claimed = task_event("claim", w.working, actor="agent-a")
     case("open, never written (revision 0): nothing to fill", w.open, 0, created)
     case("working, the claim's event in the trail: nothing missing", w.working, 3, claimed)
     case("working, the trail ends at created: the claim is missing", w.working, 3, created)
     case("working, no event at all: the claim is missing", w.working, 3, None)
     case("taken over, the trail shows the first claim only: missing", w.taken_over, 5, claimed)
     case("done, the trail ends at the claim: the end is missing", w.done, 4, claimed)
-    case("done, its finish event in the trail: nothing missing", w.done, 4, _event_of("finish", w.done, "agent-a"))
+    case(
+        "done, its finish event in the trail: nothing missing", w.done, 4, task_event("finish", w.done, actor="agent-a")
+    )
     case(
         "done, an ended event already recorded: nothing missing",
         w.done,
         4,
-        _event_of("ended", w.done, "agent-b"),
+        task_event("ended", w.done, actor="agent-b"),
     )
     case(
         "review, the trail ends at the claim: the finish and its review items are missing",
         w.review,
         6,
-        _event_of("claim", w.rv_working, "agent-a"),
+        task_event("claim", w.rv_working, actor="agent-a"),
     )
     case(
         "open again after a veto, the trail ends at the finish: the veto and its work item are missing",
         w.reworked,
         8,
-        _event_of("finish", w.review, "agent-a"),
+        task_event("finish", w.review, actor="agent-a"),
     )
     return out
 
