@@ -160,8 +160,10 @@ def _claim(record: TaskRecord, event: Claim, now: float) -> TaskRecord:
         lapses += 1
         progress = f"taken over from {record.owner} (lease lapsed)"
         if lapses >= record.max_lapses:
+            # The progress says what this write was (its event's note), not what the
+            # lost owner last reported.
             return _end(
-                msgspec.structs.replace(record, lapses=lapses),
+                msgspec.structs.replace(record, lapses=lapses, progress=progress, progress_at=now),
                 now,
                 "failed",
                 reason="error",
