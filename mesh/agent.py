@@ -137,7 +137,7 @@ class Agent:
             claim_after_s=config.claim_after_s,
         )
         #: held items by ticket: their deliveries and work, for the keeper to act on
-        self._holds: dict[int, Hold] = {}
+        self._holds: dict[int, HeldItem] = {}
         self._keeper_wake = _Flag()
         self._keeper_due = math.inf
         self._pull_wanted = _Flag()
@@ -353,12 +353,12 @@ class Agent:
         review: bool,
         claim: Callable[[], Awaitable[bool]],
         follow: Callable[[], Awaitable[bool]] | None = None,
-    ) -> Hold:
+    ) -> HeldItem:
         """The delivery becomes a held task (or review): its capacity moves there from
         the deliveries being decided on, the keeper renews its lease (and writes its
         pending claim if the work takes a while, then follows its record), and its
         work gets a scope to stop it (a drain cancels it)."""
-        hold = Hold(d, work=anyio.CancelScope(), log=log, claim=claim, follow=follow)
+        hold = HeldItem(d, work=anyio.CancelScope(), log=log, claim=claim, follow=follow)
         (self._reviewing if review else self._held)[record.id] = hold.work
         d.deciding = False
         kept = self.core.hold(
@@ -374,7 +374,7 @@ class Agent:
             self._keeper_wake.set()
         return hold
 
-    def release(self, hold: Hold, task_id: str) -> None:
+    def release(self, hold: HeldItem, task_id: str) -> None:
         """The held task's (or review's) work is over: stop keeping its item, free its
         capacity, and ask the queues for more."""
         self._unkeep(hold)
@@ -420,7 +420,6 @@ class Agent:
     async def end_unreadable(self, exc: CorruptRecord, copy: TaskRecord | None) -> tuple[TaskRecord, int] | None:
         """Report an unreadable record and end its task from ``copy`` (PROTOCOL 6.15)."""
         self.log.warning("unreadable task record: ending the task", task=exc.task_id, error=str(exc))
-        await self.bus.report(str(exc), key=self.names.task_key(exc.task_id))
         try:
             return await self.bus.end_unreadable(exc, copy, actor=self.config.id)
         except (CorruptRecord, NotFound):
@@ -428,7 +427,7 @@ class Agent:
 
     # --- leases and lazy claims: one keeper for every held item --------------------------
 
-    def _unkeep(self, hold: Hold) -> None:
+    def _unkeep(self, hold: HeldItem) -> None:
         self.core.release(hold.d.ticket)
         self._holds.pop(hold.d.ticket, None)
         if hold.follower is not None:
@@ -451,7 +450,7 @@ class Agent:
             with anyio.move_on_after(max(self._keeper_due - time.monotonic(), 0.0)):
                 await self._keeper_wake.wait()
 
-    async def _claim_now(self, hold: Hold) -> None:
+    async def _claim_now(self, hold: HeldItem) -> None:
         """Write a hold's pending claim; on success, follow its record from then on."""
         try:
             ok = await hold.claim()
@@ -468,7 +467,7 @@ class Agent:
             hold.follower = scope
             self._tasks_tg.start_soon(self._follow_hold, hold, scope)
 
-    async def _follow_hold(self, hold: Hold, scope: anyio.CancelScope) -> None:
+    async def _follow_hold(self, hold: HeldItem, scope: anyio.CancelScope) -> None:
         with scope:
             assert hold.follow is not None
             if not await hold.follow():
@@ -476,7 +475,7 @@ class Agent:
                 hold.work.cancel()
 
 
-class Hold:
+class HeldItem:
     """One held item, as the pump sees it: its delivery, the scope of its work, and
     how to write its pending claim and follow its record (its timing is the core's)."""
 

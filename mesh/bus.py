@@ -621,8 +621,10 @@ class Bus:
         (this party's own valid copy of the task; None: the one its ``created`` event
         archived) ended ``failed``/``error`` over the unreadable revision, and record
         it. Returns the task's record as it now is (another party may have ended or
-        repaired it first: then theirs). Raises ``error`` itself if no copy exists."""
+        repaired it first: then theirs). The unreadable record is reported first (a
+        :class:`CorruptRecord` is raised if no copy exists)."""
         task_id = error.task_id
+        await self.report(str(error), key=self.names.task_key(task_id))
         if copy is None:
             copy = await self.archived(task_id)
             if copy is None or copy.id != task_id:

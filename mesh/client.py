@@ -183,7 +183,6 @@ class Mesh:
             except CorruptRecord as exc:
                 # Unreadable: end it from the copy its "created" event archived (raises
                 # CorruptRecord if there is none: then nobody can say what the task was).
-                await self.bus.report(str(exc), key=self.bus.names.task_key(task))
                 record, _ = await self.bus.end_unreadable(exc, None, actor=self.id)
         if on_question is None:
             return await wait_terminal(self.bus, record, observer=self.id)

@@ -148,7 +148,6 @@ async def _end_unreadable(bus: Bus, exc: CorruptRecord, copy: TaskRecord, observ
     """The record we follow does not decode: as a party of the task, end it from our
     own copy (PROTOCOL 6.15), so that neither we nor anyone else waits on it forever."""
     log.warning("unreadable task record: ending the task", task=copy.id, error=str(exc))
-    await bus.report(str(exc), key=bus.names.task_key(copy.id))
     return await bus.end_unreadable(exc, copy, actor=observer)
 
 

@@ -249,7 +249,6 @@ class TaskContext:
         except CorruptRecord as exc:
             # Someone wrote a record no conforming agent would: nothing in it can be
             # trusted, so the task ends (from our copy) and our work stops.
-            await self.bus.report(str(exc), key=self.bus.names.task_key(self.record.id))
             with contextlib.suppress(CorruptRecord, NotFound):
                 await self.bus.end_unreadable(exc, self.record, actor=self.bus.agent)
             raise Lost(f"task {self.record.id}: unreadable record, task ended ({exc})") from None
@@ -365,14 +364,15 @@ class TaskContext:
                     await announced.wait()
 
     async def _existing_child(self, print_: str) -> TaskRecord | None:
-        for child_id in self.record.children:
-            try:
-                child, _ = await self.bus.read_any(child_id, root=self.record.root)
-            except (NotFound, RemoteProtocolError):
-                continue
-            if fingerprint(child.capability, child.instruction) == print_ and child.state != "cancelled":
-                return child
-        return None
+        """The child already made for this work (same fingerprint), unless cancelled."""
+        return next(
+            (
+                child
+                for child in await self.children()
+                if fingerprint(child.capability, child.instruction) == print_ and child.state != "cancelled"
+            ),
+            None,
+        )
 
 
 async def _answering(task: TaskContext, wait: Callable[[OnRecord], Awaitable[TaskRecord]]) -> TaskRecord:
