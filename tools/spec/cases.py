@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 import msgspec
 
 from protocol.codec import encode
-from protocol.errors import LocalProtocolError
+from protocol.errors import ProtocolError
 from protocol.events import Event
 from protocol.machine import apply
 from protocol.rules import ask, delegate, new_task, work_items
 from protocol.types import TaskRecord, WorkItem
 
-__all__ = ["CASES_DIR", "T0", "TIMES", "CaseError", "CaseFile", "Cases", "World", "wire"]
+__all__ = ["CASES_DIR", "T0", "TIMES", "BadCase", "CaseError", "CaseFile", "Cases", "World", "wire"]
 
 #: Where the case files live (they belong to the generator, not to the tree it writes).
 CASES_DIR = Path(__file__).resolve().parent.parent / "cases"
@@ -71,14 +71,15 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-class _Bad(ValueError):
-    """A value in a case that does not make sense (the message says why)."""
+class BadCase(ValueError):
+    """A value in a case that does not make sense (the message says why); raised while
+    a case is built, it becomes a :class:`CaseError` naming the file and the case."""
 
 
 def _why(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"no {exc.args[0]!r} (missing, or not a name this file knows)"
-    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Bad) else str(exc)
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, BadCase) else str(exc)
 
 
 class CaseFile:
@@ -118,13 +119,16 @@ class CaseFile:
         return value
 
     def each(self, key: str, build: Callable[[dict[str, Any]], _T]) -> list[_T]:
-        """``build`` of each table of the array ``key``, any error naming the case."""
+        """``build`` of each table of the array ``key``, any error naming the case (by its
+        ``name``, else by its place: ``[[key]] #1`` is the first)."""
         out = []
         for index, table in enumerate(self.array(key)):
-            label = table.get("name") if isinstance(table, dict) else None
-            with self.case(str(label) if label is not None else f"{key}[{index}]"):
+            name = table.get("name") if isinstance(table, dict) else None
+            with self.case(str(name) if name is not None else f"[[{key}]] #{index + 1}"):
                 if not isinstance(table, dict):
-                    raise _Bad(f"a case is a table, not {type(table).__name__}")
+                    raise BadCase(f"a case is a table, not {table!r}")
+                if name is not None and not isinstance(name, str):
+                    raise BadCase(f"a case's name is a string, not {name!r}")
                 out.append(build(table))
         return out
 
@@ -135,7 +139,15 @@ class CaseFile:
             yield
         except CaseError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, msgspec.ValidationError, LocalProtocolError) as exc:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            IndexError,
+            AttributeError,
+            msgspec.ValidationError,
+            ProtocolError,
+        ) as exc:
             raise CaseError(self.path, label, _why(exc)) from None
 
 
@@ -144,13 +156,13 @@ class Cases:
 
     def __init__(self, directory: Path = CASES_DIR) -> None:
         self.directory = directory
-        self._files: dict[str, CaseFile] = {}
+        self.files: dict[str, CaseFile] = {}
         self._world: World | None = None
 
     def file(self, family: str) -> CaseFile:
-        if family not in self._files:
-            self._files[family] = CaseFile(self.directory / f"{family}.toml")
-        return self._files[family]
+        if family not in self.files:
+            self.files[family] = CaseFile(self.directory / f"{family}.toml")
+        return self.files[family]
 
     @property
     def world(self) -> World:
@@ -179,7 +191,7 @@ class Cases:
 def time(value: Any) -> float:
     """A time of a case file (seconds after T0) as wall-clock time."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Bad(f"a time is a number of seconds after T0, not {value!r}")
+        raise BadCase(f"a time is a number of seconds after T0, not {value!r}")
     return T0 + value
 
 
@@ -188,7 +200,7 @@ def keys(table: dict[str, Any], required: tuple[str, ...], optional: tuple[str, 
     missing = [k for k in required if k not in table]
     unknown = [k for k in table if k not in required and k not in optional]
     if missing or unknown:
-        raise _Bad(
+        raise BadCase(
             "; ".join(
                 ([f"missing {', '.join(missing)}"] if missing else [])
                 + ([f"unknown {', '.join(unknown)} (known: {', '.join(required + optional)})"] if unknown else [])
@@ -203,7 +215,7 @@ def arguments(function: Callable[..., Any], args: dict[str, Any]) -> dict[str, A
     out: dict[str, Any] = {}
     for key, value in args.items():
         if key not in hints or key == "return":
-            raise _Bad(f"{function.__name__} takes no argument {key!r}")
+            raise BadCase(f"{function.__name__} takes no argument {key!r}")
         out[key] = msgspec.convert(time(value) if key in TIMES else value, hints[key])
     return out
 
@@ -211,7 +223,7 @@ def arguments(function: Callable[..., Any], args: dict[str, Any]) -> dict[str, A
 def event(spec: Any) -> Event:
     """A transition from its wire form (``{kind = "claim", actor = ..., ...}``)."""
     if not isinstance(spec, dict):
-        raise _Bad(f"an event is a table with a kind, not {spec!r}")
+        raise BadCase(f"an event is a table with a kind, not {spec!r}")
     made: Event = msgspec.convert(spec, Event)
     return made
 
@@ -221,10 +233,10 @@ def record(world: World, spec: Any) -> TaskRecord:
     if isinstance(spec, str):
         found = world.get(spec)
         if not isinstance(found, TaskRecord):
-            raise _Bad(f"no record {spec!r} in world.toml")
+            raise BadCase(f"no record {spec!r} in world.toml")
         return found
     if not isinstance(spec, dict):
-        raise _Bad(f"a record is a name or a table, not {spec!r}")
+        raise BadCase(f"a record is a name or a table, not {spec!r}")
     if "new_task" in spec:
         keys(spec, ("new_task",))
         return new_task(**arguments(new_task, spec["new_task"]))
@@ -238,14 +250,14 @@ def record(world: World, spec: Any) -> TaskRecord:
     out = record(world, spec["of"])
     changes = {**spec.get("set", {}), **{k: None for k in spec.get("unset", ())}}
     if unknown := [k for k in changes if k not in _RECORD_FIELDS]:
-        raise _Bad(f"a task record has no field {', '.join(unknown)}")
+        raise BadCase(f"a task record has no field {', '.join(unknown)}")
     for k, v in changes.items():
         changes[k] = msgspec.convert(time(v) if k in TIMES and v is not None else v, _RECORD_FIELDS[k])
     out = msgspec.structs.replace(out, **changes)
     if "event" in spec:
         out = apply(out, event(spec["event"]), time(spec["at"]))
     elif "at" in spec:
-        raise _Bad("`at` without an `event`")
+        raise BadCase("`at` without an `event`")
     return out
 
 
@@ -256,10 +268,10 @@ def item(world: World, spec: Any) -> WorkItem:
     if isinstance(spec, str):
         found = world.get(spec)
         if not isinstance(found, WorkItem):
-            raise _Bad(f"no work item {spec!r} in world.toml")
+            raise BadCase(f"no work item {spec!r} in world.toml")
         return found
     if not isinstance(spec, dict):
-        raise _Bad(f"a work item is a name or a table, not {spec!r}")
+        raise BadCase(f"a work item is a name or a table, not {spec!r}")
     if "task" in spec:
         return msgspec.convert({**spec, "record": msgspec.to_builtins(record(world, spec["record"]))}, WorkItem)
     keys(spec, ("new", "revision"), ("old", "index"))
@@ -267,7 +279,7 @@ def item(world: World, spec: Any) -> WorkItem:
     published = work_items(old, record(world, spec["new"]), spec["revision"])
     index = spec.get("index", 0)
     if not 0 <= index < len(published):
-        raise _Bad(f"that write publishes {len(published)} work items, there is no item {index}")
+        raise BadCase(f"that write publishes {len(published)} work items, there is no item {index}")
     return published[index]
 
 

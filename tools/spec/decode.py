@@ -23,7 +23,7 @@ from protocol.codec import (
 from protocol.errors import RemoteProtocolError
 from protocol.types import TaskEvent
 
-from .cases import T0, Cases, World, keys, wire
+from .cases import T0, BadCase, Cases, World, keys, wire
 
 __all__ = ["bases", "decode_vectors", "verdict"]
 
@@ -79,7 +79,7 @@ def _document(spec: Any, cases: Cases, base: dict[str, Any]) -> Any:
     if isinstance(spec, str):
         return base[spec]
     if not isinstance(spec, dict):
-        raise ValueError(f"`doc` is a base's name or a table, not {spec!r}")
+        raise BadCase(f"`doc` is a base's name or a table, not {spec!r}")
     if "json" in spec:
         keys(spec, ("json",))
         return spec["json"]
@@ -95,7 +95,7 @@ def _raw(spec: Any, base: dict[str, Any]) -> str:
     if isinstance(spec, str):
         return spec
     if not isinstance(spec, dict):
-        raise ValueError(f"`raw` is a string or a table, not {spec!r}")
+        raise BadCase(f"`raw` is a string or a table, not {spec!r}")
     keys(spec, ("of", "cut"), ("append",))
     text = json.dumps(base[spec["of"]], ensure_ascii=False)
     return text[: len(text) - int(spec["cut"])] + str(spec.get("append", ""))
@@ -109,10 +109,10 @@ def decode_vectors(cases: Cases) -> list[dict[str, Any]]:
     def one(case: dict[str, Any]) -> dict[str, Any]:
         keys(case, ("message", "name"), ("doc", "raw"))
         if ("doc" in case) == ("raw" in case):
-            raise ValueError("a case has a `doc` or a `raw` input, one of the two")
+            raise BadCase("a case has a `doc` or a `raw` input, one of the two")
         message = case["message"]
         if message not in DECODERS:
-            raise ValueError(f"no message {message!r} (one of {', '.join(DECODERS)})")
+            raise BadCase(f"no message {message!r} (one of {', '.join(DECODERS)})")
         if "doc" in case:
             raw = json.dumps(_document(case["doc"], cases, base), ensure_ascii=False)
         else:
@@ -126,9 +126,11 @@ def decode_vectors(cases: Cases) -> list[dict[str, Any]]:
     def number(case: dict[str, Any]) -> dict[str, Any]:
         keys(case, ("field", "token", "why"))
         field, token = case["field"], case["token"]
+        if not isinstance(field, str) or not isinstance(token, str):
+            raise BadCase("`field` and `token` are strings (a token as JSON spells it)")
         raw, count = re.subn(rf'("{re.escape(field)}": )[^,}}]*', lambda m: m.group(1) + token, record, count=1)
         if count != 1:
-            raise ValueError(f"the record has no field {field!r}")
+            raise BadCase(f"the record has no field {field!r}")
         out: dict[str, Any] = {"name": f"{field} = {token}: {case['why']}", "message": "task_record", "input": raw}
         out["expect"] = verdict("task_record", raw)
         if out["expect"] == "accept":

@@ -23,7 +23,7 @@ from protocol.names import (
 )
 from protocol.types import PROTOCOL_VERSION
 
-from .cases import Cases
+from .cases import BadCase, Cases
 
 __all__ = ["consumer_created_advisory", "create_subject", "name_vectors", "pull_subject"]
 
@@ -94,7 +94,7 @@ def name_vectors(cases: Cases) -> dict[str, Any]:
         with source.case(key):
             for value in source.array(key):
                 if not isinstance(value, str):
-                    raise ValueError(f"{key} lists strings, not {value!r}")
+                    raise BadCase(f"{key} lists strings, not {value!r}")
                 try:
                     validate(value)
                 except LocalProtocolError:

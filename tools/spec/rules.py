@@ -38,7 +38,7 @@ from protocol.rules import (
 )
 from protocol.types import Budget, TaskEvent, Usage
 
-from .cases import T0, Cases, arguments, keys, time, wire
+from .cases import T0, BadCase, Cases, arguments, keys, time, wire
 
 __all__ = ["RULES_HOW", "action", "rule_vectors"]
 
@@ -237,7 +237,7 @@ def _core(cases: Cases) -> list[dict[str, Any]]:
             got = core.decide(item, record, case["revision"], **args)
             decided = {"record": wire(record), "revision": case["revision"]}
         else:
-            raise ValueError(f"step is receive or decide, not {case['step']!r}")
+            raise BadCase(f"step is receive or decide, not {case['step']!r}")
         return {
             "name": case["name"],
             "step": case["step"],
@@ -335,7 +335,7 @@ def _trace(cases: Cases) -> dict[str, Any]:
     with source.case("invalid"):
         invalid = source.array("invalid")
         if taken := [value for value in invalid if not refused(value)]:
-            raise ValueError(f"new_task takes {taken[0]!r} as a trace: it is not invalid")
+            raise BadCase(f"new_task takes {taken[0]!r} as a trace: it is not invalid")
     with source.case("make"):
         parent = make[0]["traceparent"]
     carried = [parent, child_traceparent(parent, span), None, *invalid, *source.array("other_traces")]
