@@ -86,7 +86,7 @@ def test_every_case_file_is_read() -> None:
             "delegation.toml",
             'args = { capability = "translate", instruction = "Translate to French." }',
             'args = "translate"',
-            "\"handoff: one hop fewer, half the budget, the parent's deadline\"",
+            '"handoff: one hop fewer, half the budget, the parent\'s deadline"',
             "AttributeError",
         ),
     ],
