@@ -228,15 +228,24 @@ def event(spec: Any) -> Event:
     return made
 
 
-def record(world: World, spec: Any) -> TaskRecord:
-    """A record: a world name, or a table (``world.toml`` lists the forms)."""
+def _named(world: World, spec: Any, kind: type[_V]) -> _V | dict[str, Any]:
+    """The world's ``kind`` named ``spec``, or ``spec`` itself when it is a table."""
+    what = "a record" if kind is TaskRecord else "a work item"
     if isinstance(spec, str):
         found = world.get(spec)
-        if not isinstance(found, TaskRecord):
-            raise BadCase(f"no record {spec!r} in world.toml")
+        if not isinstance(found, kind):
+            raise BadCase(f"no {what[2:]} {spec!r} in world.toml")
         return found
     if not isinstance(spec, dict):
-        raise BadCase(f"a record is a name or a table, not {spec!r}")
+        raise BadCase(f"{what} is a name or a table, not {spec!r}")
+    return spec
+
+
+def record(world: World, spec: Any) -> TaskRecord:
+    """A record: a world name, or a table (``world.toml`` lists the forms)."""
+    spec = _named(world, spec, TaskRecord)
+    if isinstance(spec, TaskRecord):
+        return spec
     if "new_task" in spec:
         keys(spec, ("new_task",))
         return new_task(**arguments(new_task, spec["new_task"]))
@@ -265,19 +274,15 @@ def item(world: World, spec: Any) -> WorkItem:
     """A work item: a world name; the ``index``-th item a write publishes (``old``, absent
     for a new task, became ``new`` at ``revision``); or one spelled out (``task``, ...,
     ``record``)."""
-    if isinstance(spec, str):
-        found = world.get(spec)
-        if not isinstance(found, WorkItem):
-            raise BadCase(f"no work item {spec!r} in world.toml")
-        return found
-    if not isinstance(spec, dict):
-        raise BadCase(f"a work item is a name or a table, not {spec!r}")
+    spec = _named(world, spec, WorkItem)
+    if isinstance(spec, WorkItem):
+        return spec
     if "task" in spec:
         return msgspec.convert({**spec, "record": msgspec.to_builtins(record(world, spec["record"]))}, WorkItem)
     keys(spec, ("new", "revision"), ("old", "index"))
     old = record(world, spec["old"]) if "old" in spec else None
     published = work_items(old, record(world, spec["new"]), spec["revision"])
-    index = spec.get("index", 0)
+    index = int(spec.get("index", 0))
     if not 0 <= index < len(published):
         raise BadCase(f"that write publishes {len(published)} work items, there is no item {index}")
     return published[index]
