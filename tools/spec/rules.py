@@ -187,6 +187,30 @@ def action(got: Any) -> dict[str, Any]:
     return {"action": name, **msgspec.json.decode(msgspec.json.encode(got))}
 
 
+def _agent(agent: dict[str, Any], connected_at: float, holding: list[Any], lease_s: float) -> AgentCore:
+    """The core of ``agent``, connected at ``connected_at``, holding each item of ``holding``
+    since then, under a lease of ``lease_s`` and T1's claim timeout of 10 s."""
+    core = AgentCore(
+        agent=agent["agent"],
+        serves=tuple(agent["serves"]),
+        capacity=agent["capacity"],
+        reviews=agent["reviews"],
+        connected_at=connected_at,
+    )
+    for held in holding:
+        keys(held, ("ticket", "task", "kind"))
+        core.arrived()
+        core.hold(
+            held["ticket"],
+            task=held["task"],
+            kind=held["kind"],
+            lease_s=lease_s,
+            claim_timeout_s=10.0,
+            now=connected_at,
+        )
+    return core
+
+
 def _core(cases: Cases) -> list[dict[str, Any]]:
     """agent_core.toml: first on the item alone (``receive``), then, when the item was
     delivered before, on the record read afresh (``decide``)."""
@@ -199,36 +223,11 @@ def _core(cases: Cases) -> list[dict[str, Any]]:
             ("name", "step", "item", "ticket", "delivered"),
             ("now", "connected_at", "holding", "record", "revision"),
         )
-        now, connected_at = (
-            float(case.get("now", defaults["now"])),
-            float(case.get("connected_at", defaults["connected_at"])),
-        )
+        connected_at = float(case.get("connected_at", defaults["connected_at"]))
         holding = case.get("holding", [])
-        core = AgentCore(
-            agent=agent["agent"],
-            serves=tuple(agent["serves"]),
-            capacity=agent["capacity"],
-            reviews=agent["reviews"],
-            connected_at=connected_at,
-        )
-        for held in holding:
-            keys(held, ("ticket", "task", "kind"))
-            core.arrived()
-            core.hold(
-                held["ticket"],
-                task=held["task"],
-                kind=held["kind"],
-                lease_s=lease_s,
-                claim_timeout_s=10.0,
-                now=connected_at,
-            )
-        item = cases.item(case["item"])
-        args: dict[str, Any] = {
-            "ticket": case["ticket"],
-            "delivered": case["delivered"],
-            "lease_s": lease_s,
-            "now": now,
-        }
+        core, item = _agent(agent, connected_at, holding, lease_s), cases.item(case["item"])
+        args = {"ticket": case["ticket"], "delivered": case["delivered"], "lease_s": lease_s}
+        args["now"] = float(case.get("now", defaults["now"]))
         decided: dict[str, Any] = {}
         if case["step"] == "receive":
             got = core.receive(item, **args)
