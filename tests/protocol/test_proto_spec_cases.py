@@ -149,3 +149,15 @@ def test_help_says_what_it_writes() -> None:
     assert result.returncode == 0
     for written in ("protocol/schema/*.json", "protocol/vectors/*.json", "docs/PROTOCOL.md", "tools/cases/*.toml"):
         assert written in result.stdout, written
+
+
+def test_docs_without_markers_are_one_line_on_write(tmp_path: Path) -> None:
+    for folder in ("protocol/schema", "protocol/vectors", "docs"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    edit(tmp_path / "docs/PROTOCOL.md", "<!-- END GENERATED: names -->", "")
+    result = run("--root", str(tmp_path))
+    assert (result.returncode, result.stderr) == (
+        2,
+        "python -m tools.spec: error: docs/PROTOCOL.md: no markers for generated sections names "
+        "(nothing written to it)\n",
+    )

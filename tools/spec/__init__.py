@@ -33,7 +33,7 @@ runtime's default settings (``mesh/settings.py``, for the resource vectors).
 from .cases import CASES_DIR, CaseError, Cases
 from .cli import main
 from .docs import doc_sections, render_doc
-from .files import Artifact, MarkersMissing, artifacts, check, write
+from .files import Artifact, WriteError, artifacts, check, write
 from .limits import limit_vectors
 from .schemas import SCHEMAS, json_schema, schema
 from .transitions import STATES, transition_vectors
@@ -45,7 +45,7 @@ __all__ = [
     "Artifact",
     "CaseError",
     "Cases",
-    "MarkersMissing",
+    "WriteError",
     "artifacts",
     "check",
     "doc_sections",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .cases import CASES_DIR, CaseError, Cases
-from .files import MarkersMissing, check, write
+from .files import WriteError, check, write
 
 __all__ = ["main"]
 
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             return _report(check(args.root, cases))
         changed = write(args.root, cases)
-    except (CaseError, MarkersMissing) as exc:
+    except (CaseError, WriteError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"{exc.filename or ''}: {exc.strerror or exc}")

@@ -20,15 +20,15 @@ from .rules import RULES_HOW, rule_vectors
 from .schemas import SCHEMAS, schema
 from .transitions import transition_vectors
 
-__all__ = ["DOC", "SCHEMA_DIR", "VECTOR_DIR", "Artifact", "MarkersMissing", "artifacts", "check", "write"]
+__all__ = ["DOC", "SCHEMA_DIR", "VECTOR_DIR", "Artifact", "WriteError", "artifacts", "check", "write"]
 
 DOC = Path("docs") / "PROTOCOL.md"
 SCHEMA_DIR = Path("protocol") / "schema"
 VECTOR_DIR = Path("protocol") / "vectors"
 
 
-class MarkersMissing(Exception):
-    """The docs lack the markers of a generated section, so it cannot be written."""
+class WriteError(Exception):
+    """A generated file that cannot be written (e.g. the docs lack a section's markers)."""
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,14 @@ def check(root: Path, cases: Cases | None = None) -> list[str]:
         target = root / artifact.path
         if not target.exists():
             problems.append(f"{artifact.path}: missing")
-        elif target.read_text(encoding="utf-8") != artifact.text:
+        elif target.read_text(encoding="utf-8", errors="replace") != artifact.text:
             problems.append(f"{artifact.path}: differs from the code")
     problems += [f"{path}: no longer generated" for path in _stale(root, fresh)]
     doc = root / DOC
     if not doc.exists():
         problems.append(f"{DOC}: missing")
     else:
-        text = doc.read_text(encoding="utf-8")
+        text = doc.read_text(encoding="utf-8", errors="replace")
         rendered, missing = render_doc(text, cases)
         problems += [f"{DOC}: generated section {name} has no markers" for name in missing]
         fresh_sections = {m.group("name"): m.group(0) for m in SECTION_RE.finditer(rendered)}
@@ -115,7 +115,7 @@ def write(root: Path, cases: Cases | None = None) -> list[str]:
     fresh = artifacts(cases)
     for artifact in fresh:
         target = root / artifact.path
-        if not target.exists() or target.read_text(encoding="utf-8") != artifact.text:
+        if not target.exists() or target.read_text(encoding="utf-8", errors="replace") != artifact.text:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(artifact.text, encoding="utf-8")
             changed.append(f"wrote {artifact.path}")
@@ -124,12 +124,13 @@ def write(root: Path, cases: Cases | None = None) -> list[str]:
         changed.append(f"removed {path}")
     doc = root / DOC
     if doc.exists():
-        text = doc.read_text(encoding="utf-8")
+        try:
+            text = doc.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise WriteError(f"{DOC}: not UTF-8 (nothing written to it)") from None
         rendered, missing = render_doc(text, cases)
         if missing:
-            raise MarkersMissing(
-                f"{DOC}: no markers for generated sections {', '.join(missing)} (nothing written to it)"
-            )
+            raise WriteError(f"{DOC}: no markers for generated sections {', '.join(missing)} (nothing written to it)")
         if rendered != text:
             doc.write_text(rendered, encoding="utf-8")
             changed.append(f"wrote {DOC}")
