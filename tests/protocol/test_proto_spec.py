@@ -17,6 +17,8 @@ import pytest
 
 import protocol as p
 from tools import spec
+from tools.spec import docs as spec_docs
+from tools.spec import rules as spec_rules
 
 ROOT = Path(p.__file__).resolve().parent.parent
 VECTORS = ROOT / "protocol" / "vectors"
@@ -143,7 +145,7 @@ def test_rule_vectors() -> None:
             got = core.receive(item, **args)
         else:
             got = core.decide(item, record(case["record"]), case["revision"], **args)
-        assert spec._action(got) == case["expect"], case["name"]
+        assert spec_rules.action(got) == case["expect"], case["name"]
     whitespace = {chr(int(c[2:], 16)) for c in rules["fingerprint_whitespace"]}
     for case in rules["fingerprint"]:
         assert p.fingerprint(case["capability"], case["instruction"]) == case["fingerprint"]
@@ -344,8 +346,8 @@ def test_schemas_do_not_depend_on_docstring_indentation() -> None:
         props = got["$defs"]["Sample"]["properties"]
         assert props["description"]["default"] == "a field named description"
         assert props["meta"]["examples"] == [{"description": "  kept  as  is"}]
-    assert {spec._first_line(_sample_struct(doc)) for doc in docs} == {"First line of the summary."}
-    assert len({spec._fields(_sample_struct(doc)) for doc in docs}) == 1
+    assert {spec_docs.first_line(_sample_struct(doc)) for doc in docs} == {"First line of the summary."}
+    assert len({spec_docs.fields(_sample_struct(doc)) for doc in docs}) == 1
 
 
 def test_published_descriptions_are_our_docstrings_cleaned() -> None:
