@@ -36,7 +36,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import nats.errors
 import structlog
 
 from protocol import (
@@ -196,7 +195,7 @@ class Agent:
                 try:
                     with anyio.move_on_after(2):
                         await self.presence.remove_our_card()
-                except (nats.errors.Error, MeshError) as exc:
+                except MeshError as exc:
                     self.log.warning(
                         "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
                     )
@@ -230,7 +229,7 @@ class Agent:
         self._notify()
         if self._held:
             self.log.info("draining", holding=sorted(self._held), grace_s=self.config.drain_timeout_s)
-            with contextlib.suppress(MeshError, nats.errors.Error):  # the card says draining; it may wait
+            with contextlib.suppress(MeshError):  # the card says draining; it may wait
                 await self.presence.publish_card()
             with anyio.move_on_after(self.config.drain_timeout_s):
                 while self._held:
@@ -296,13 +295,13 @@ class Agent:
                     now=time.monotonic(),
                 )
             await self._act(d, action, record, revision)
-        except (nats.errors.Error, MeshError) as exc:
+        except MeshError as exc:
             # Broker away: let the item come back to someone (maybe us) soon.
             self.log.warning("could not act on a work item", task=item.task, error=str(exc) or type(exc).__name__)
             await d.hand_back(1.0)
         except Exception as exc:  # a bug or input we did not foresee: never the agent's end
             self.log.exception("failed on a work item", task=item.task)
-            await self.bus.report(f"failed on work item for {item.task}: {exc!r}", subject=d.msg.subject)
+            await self.bus.report(f"failed on work item for {item.task}: {exc!r}", subject=d.subject)
             await d.hand_back(1.0)
         finally:
             if d.deciding:
@@ -454,7 +453,7 @@ class Agent:
         """Write a hold's pending claim; on success, follow its record from then on."""
         try:
             ok = await hold.claim()
-        except (nats.errors.Error, MeshError) as exc:
+        except MeshError as exc:
             hold.log.warning("claim failed, will retry", error=str(exc) or type(exc).__name__)
             self.core.claim_failed(hold.d.ticket, time.monotonic())
             self._keeper_wake.set()

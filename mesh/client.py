@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from nats.aio.client import Client
 
 from protocol import (
     AgentCard,
@@ -65,9 +64,6 @@ class OverLimit(MeshError, ValueError):
 
 class Mesh:
     def __init__(self, bus: Bus, client_id: str) -> None:
-        #: the raw NATS connection: an escape hatch for watching traffic or sending
-        #: messages of your own (the client itself goes through ``bus`` only)
-        self.nc: Client = bus.nc
         self.bus = bus
         self.id = client_id
         self.names = bus.names

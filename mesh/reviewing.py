@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nats.errors
 
 from protocol import (
     REVIEW_HAND_BACK_S,
@@ -144,7 +143,7 @@ class ReviewRun:
                     break
             except TransitionError:
                 break
-            except (nats.errors.Error, MeshError):
+            except MeshError:
                 await anyio.sleep(0.2)
         self.lost = True
         return False
