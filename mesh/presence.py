@@ -98,6 +98,16 @@ class Presence:
             "--id, or stop that one first (`mesh agent drain ID`)"
         )
 
+    async def leave(self) -> None:
+        """Leave the directory: remove our card (it expires by itself if that fails)."""
+        try:
+            with anyio.move_on_after(2):
+                await self.remove_our_card()
+        except MeshError as exc:
+            self.agent.log.warning(
+                "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
+            )
+
     async def remove_our_card(self) -> None:
         """Remove our card, and only ours: a process that leaves must not delete the card
         of another process (which may have the same id by mistake)."""

@@ -22,6 +22,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -179,6 +180,22 @@ class Pulls:
         """The lease of a queue we pull from."""
         queue = self._queues.get(capability)
         return None if queue is None else queue.lease_s
+
+    def check_leases(self, lease_s: float | None, log: Any) -> None:
+        """Say so when a queue we serve has another lease than ``lease_s`` (the brief's):
+        the first party to need a queue sets its lease, and a running queue is never
+        changed."""
+        if lease_s is None:
+            return
+        for capability in self.serves:
+            queue_lease_s = self.lease_of(capability)
+            if queue_lease_s is not None and abs(queue_lease_s - lease_s) > 1e-3:
+                log.warning(
+                    "the queue's lease differs from the brief's; using the queue's",
+                    capability=capability,
+                    queue_lease_s=queue_lease_s,
+                    brief_lease_s=lease_s,
+                )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pull until cancelled: set up the queues, keep up with new ones (generalists
