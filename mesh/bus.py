@@ -1,7 +1,9 @@
-"""The one place nats-py is spoken for the mesh's shared state: connection, JetStream
-resources, the task records' reads and compare-and-set writes, the queues' items and
-the events, with nats-py's exceptions translated into ours (the way httpcore maps its
-transport's errors). The pull side of the queues is :mod:`mesh.queues`."""
+"""The one place nats-py is spoken: connection, JetStream resources, the task records'
+reads and compare-and-set writes, the queues' items and the events, the directory and
+the services endpoint, and the primitives an agent pulls work with (a pull inbox, the
+items it lends, the advisory of a new queue; the pulling itself is :mod:`mesh.queues`).
+Every nats-py exception is translated into ours here (the way httpcore maps its
+transport's errors): no other module of the runtime imports nats-py."""
 
 from __future__ import annotations
 
