@@ -41,8 +41,8 @@ async def _trial(mesh: Any, runs: dict[str, AgentRun], lease_s: float, rng: rand
 
     task_id = new_id()  # a root task: its root is itself
     # Subscribe before submitting, or a fast claim's event is missed.
-    sub = await mesh.nc.subscribe(mesh.names.event_subject(task_id, task_id, "claim").rsplit(".", 1)[0] + ".*")
-    await mesh.nc.flush()
+    sub = await mesh.bus.nc.subscribe(mesh.names.event_subject(task_id, task_id, "claim").rsplit(".", 1)[0] + ".*")
+    await mesh.bus.nc.flush()
     record = await mesh.submit("slow", "a long task", data={"seconds": NAP_S}, task_id=task_id, claim_timeout_s=30.0)
     final: list[Any] = []
     try:

@@ -324,7 +324,7 @@ async def _run(b: Any, agents: _Agents, fuzzer: _Fuzzer, control_s: float) -> di
 
     mesh = await Mesh.connect(b.url, client_id="fuzz-client", settings=mesh_settings(lease_s=LEASE_S))
     reports = _Reports()
-    err_sub = await mesh.nc.subscribe(f"{mesh.names.prefix}.v2.err.>", cb=reports.on_msg)
+    err_sub = await mesh.bus.nc.subscribe(f"{mesh.names.prefix}.v2.err.>", cb=reports.on_msg)
     tasks: list[_Task] = []
     fuzz_result: dict[str, Any] = {}
     points: dict[str, dict[str, float]] = {}

@@ -424,7 +424,7 @@ async def _load(url: str, seconds: float, warmup_s: float, marks: dict[str, Any]
             await anyio.sleep(seconds)
             marks["end"] = (time.monotonic(), done[0], time.process_time())
             stop_at[0] = 0
-            msg = await mesh.nc.request(f"$JS.API.STREAM.INFO.{mesh.names.events_stream}", b"", timeout=5)
+            msg = await mesh.bus.nc.request(f"$JS.API.STREAM.INFO.{mesh.names.events_stream}", b"", timeout=5)
             state = json.loads(msg.data).get("state", {})
             marks["events"] = {
                 "messages": int(state.get("messages", 0)),

@@ -45,7 +45,7 @@ INFLIGHT = 64
 async def _waiting(mesh: Any) -> int:
     """Pull requests waiting on the queue of ``echo`` (the consumer scans them)."""
     names = mesh.names
-    msg = await mesh.nc.request(
+    msg = await mesh.bus.nc.request(
         f"$JS.API.CONSUMER.INFO.{names.work_stream}.{names.queue_consumer('echo')}", b"", timeout=5
     )
     return int(json.loads(msg.data).get("num_waiting", 0))
@@ -164,7 +164,7 @@ async def _directory(b: Any, hosts: list[Child], agents: int, window_s: float, l
                 len(msg.data) + len(msg.subject) + sum(len(k) + len(v) for k, v in (msg.headers or {}).items())
             )
 
-        sub = await mesh.nc.subscribe(f"$KV.{names.agents_bucket}.>", cb=count)
+        sub = await mesh.bus.nc.subscribe(f"$KV.{names.agents_bucket}.>", cb=count)
         before = server_counters(b)
         host_cpu0 = sum(cpu_seconds(h.pid) for h in hosts)
         t = time.monotonic()

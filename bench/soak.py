@@ -99,7 +99,7 @@ async def _streams(mesh: Any) -> dict[str, dict[str, Any]]:
         ("work", names.work_stream),
         ("events", names.events_stream),
     ):
-        msg = await mesh.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)
+        msg = await mesh.bus.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)
         state = json.loads(msg.data).get("state", {})
         out[label] = {
             "stream": stream,
@@ -113,7 +113,7 @@ async def _streams(mesh: Any) -> dict[str, dict[str, Any]]:
             "last_seq": int(state.get("last_seq", 0)),
         }
     # The queue: deliveries (a hand-back or a lapsed lease delivers an item again)
-    msg = await mesh.nc.request(
+    msg = await mesh.bus.nc.request(
         f"$JS.API.CONSUMER.INFO.{names.work_stream}.{names.queue_consumer('nap')}", b"", timeout=5
     )
     info = json.loads(msg.data)

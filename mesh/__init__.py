@@ -21,6 +21,7 @@ _EXPORTS = {
     "Broker": "broker",
     "BrokerNotFound": "broker",
     "find_nats_server": "broker",
+    "BrokerError": "bus",
     "Conflict": "bus",
     "CorruptRecord": "bus",
     "IdInUse": "presence",
@@ -46,6 +47,7 @@ __all__ = [
     "Brief",
     "BriefError",
     "Broker",
+    "BrokerError",
     "BrokerNotFound",
     "Conflict",
     "CorruptRecord",
@@ -84,7 +86,7 @@ if TYPE_CHECKING:
     from .agent import Agent, AgentConfig
     from .briefs import Brief, BriefError, Org, load_brief, load_org
     from .broker import Broker, BrokerNotFound, find_nats_server
-    from .bus import Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
+    from .bus import BrokerError, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
     from .presence import IdInUse
     from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker

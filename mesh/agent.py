@@ -10,7 +10,7 @@ One :class:`Agent` is one member of the mesh. It
 - decides what to do with each item by :class:`protocol.AgentCore` (the agent's
   decisions without I/O): claim the task, take a review slot, drop a stale item, or
   hand it back; the core also says when each held item's lease is to be renewed and
-  its lazy claim written, which one keeper task performs;
+  its lazy claim written, which one keeper task performs (:mod:`mesh.keeper`);
 - works a task under the broker's lease on its item (:mod:`mesh.working`): claims it in
   the record lazily (a quick task is claimed and finished in one compare-and-set), and
   acknowledges the item once the result is written;
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import nats.errors
 import structlog
 
 from protocol import (
@@ -48,17 +46,16 @@ from protocol import (
     ReadRecord,
     Received,
     Refuse,
-    RenewLease,
     RenewOwn,
     Review,
     Take,
     TaskRecord,
     Work,
-    WriteClaim,
     on_delivery,
 )
 
 from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings
+from .keeper import Flag, HeldItem, Keeper
 from .presence import Presence
 from .queues import Delivery, Pulls
 from .reviewing import ReviewRun
@@ -136,11 +133,9 @@ class Agent:
             reviews=isinstance(worker, Reviewer),
             claim_after_s=config.claim_after_s,
         )
-        #: held items by ticket: their deliveries and work, for the keeper to act on
-        self._holds: dict[int, HeldItem] = {}
-        self._keeper_wake = _Flag()
-        self._keeper_due = math.inf
-        self._pull_wanted = _Flag()
+        #: renews held items' leases and writes their pending claims
+        self.keeper = Keeper(self.core)
+        self._pull_wanted = Flag()
         self._tasks_tg: anyio.abc.TaskGroup
 
     # --- what the agent's presence, task and review runs read -----------------------
@@ -176,10 +171,10 @@ class Agent:
                     await self.presence.refuse_a_live_namesake()
                     await tg.start(self.presence.serve)
                     await tg.start(self.pulls.run)
-                    tg.start_soon(self._keeper)
-                    tg.start_soon(self._renew_after_reconnecting)
+                    tg.start_soon(self.keeper.run, tasks_tg)
+                    tg.start_soon(self.keeper.renew_after_reconnecting, self.bus.reconnects)
                     tg.start_soon(self._top_up)
-                    self._check_leases()
+                    self.pulls.check_leases(self.config.lease_s, self.log)
                     # The card goes up last: in the directory means ready to work.
                     await tg.start(self.presence.heartbeat)
                     self.log.info("agent ready", serves=self.config.serves, capacity=self.config.capacity)
@@ -193,34 +188,13 @@ class Agent:
         finally:
             # Leave the directory however we got here (drained, cancelled, crashed).
             with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.move_on_after(2):
-                        await self.presence.remove_our_card()
-                except (nats.errors.Error, MeshError) as exc:
-                    self.log.warning(
-                        "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
-                    )
+                await self.presence.leave()
                 with anyio.move_on_after(5) as closing:
                     await self.bus.close()
                 if closing.cancelled_caught:
                     self.log.warning("the broker connection did not close within 5 s; leaving anyway")
             self.log.info("agent left the mesh", completed=self.stats.completed, failed=self.stats.failed)
             self._stopped.set()
-
-    def _check_leases(self) -> None:
-        """Say so when a queue we serve has another lease than we were given: the first
-        party to need a queue sets its lease, and a running queue is never changed."""
-        if self.config.lease_s is None:
-            return
-        for capability in self.config.serves:
-            info = self.pulls.lease_of(capability)
-            if info is not None and abs(info - self.config.lease_s) > 1e-3:
-                self.log.warning(
-                    "the queue's lease differs from the brief's; using the queue's",
-                    capability=capability,
-                    queue_lease_s=info,
-                    brief_lease_s=self.config.lease_s,
-                )
 
     async def _drain_held(self) -> None:
         """Stop pulling; give held tasks the grace period to finish, then hand the rest
@@ -230,7 +204,7 @@ class Agent:
         self._notify()
         if self._held:
             self.log.info("draining", holding=sorted(self._held), grace_s=self.config.drain_timeout_s)
-            with contextlib.suppress(MeshError, nats.errors.Error):  # the card says draining; it may wait
+            with contextlib.suppress(MeshError):  # the card says draining; it may wait
                 await self.presence.publish_card()
             with anyio.move_on_after(self.config.drain_timeout_s):
                 while self._held:
@@ -296,13 +270,13 @@ class Agent:
                     now=time.monotonic(),
                 )
             await self._act(d, action, record, revision)
-        except (nats.errors.Error, MeshError) as exc:
+        except MeshError as exc:
             # Broker away: let the item come back to someone (maybe us) soon.
             self.log.warning("could not act on a work item", task=item.task, error=str(exc) or type(exc).__name__)
             await d.hand_back(1.0)
         except Exception as exc:  # a bug or input we did not foresee: never the agent's end
             self.log.exception("failed on a work item", task=item.task)
-            await self.bus.report(f"failed on work item for {item.task}: {exc!r}", subject=d.msg.subject)
+            await self.bus.report(f"failed on work item for {item.task}: {exc!r}", subject=d.subject)
             await d.hand_back(1.0)
         finally:
             if d.deciding:
@@ -329,7 +303,7 @@ class Agent:
                 # delivery be (acks and renewals go by stream sequence).
                 self.log.info("renewed an item the broker lent back to us", task=item.task)
                 d.settled = True
-                await self._holds[ticket].d.renew()
+                await self.keeper.held(ticket).d.renew()
             case DropItem(why=why, fill_trail=fill):
                 self.log.debug("dropped a stale item", task=item.task, why=why)
                 if fill:
@@ -361,23 +335,13 @@ class Agent:
         hold = HeldItem(d, work=anyio.CancelScope(), log=log, claim=claim, follow=follow)
         (self._reviewing if review else self._held)[record.id] = hold.work
         d.deciding = False
-        kept = self.core.hold(
-            d.ticket,
-            task=record.id,
-            kind=d.item.kind,
-            lease_s=d.lease_s,
-            claim_timeout_s=record.claim_timeout_s,
-            now=time.monotonic(),
-        )
-        self._holds[d.ticket] = hold
-        if min(kept.renew_at, kept.claim_at) < self._keeper_due:
-            self._keeper_wake.set()
+        self.keeper.keep(hold, task=record.id, claim_timeout_s=record.claim_timeout_s)
         return hold
 
     def release(self, hold: HeldItem, task_id: str) -> None:
         """The held task's (or review's) work is over: stop keeping its item, free its
         capacity, and ask the queues for more."""
-        self._unkeep(hold)
+        self.keeper.unkeep(hold)
         (self._reviewing if hold.d.item.kind == "review" else self._held).pop(task_id, None)
         self._freed()
 
@@ -387,14 +351,6 @@ class Agent:
         events stream is the trail, and the archive once the record leaves the bucket)."""
         if await self.bus.fill_trail(record, revision, actor=self.config.id):
             self.log.info("recorded a write its silent writer did not", task=record.id, state=record.state)
-
-    async def _renew_after_reconnecting(self) -> None:
-        """Renew every held item at once after a reconnection, before the broker lends
-        out those whose lease ran out while we were away."""
-        while True:
-            await self.bus.reconnects.wait()
-            self.core.on_reconnect(self.bus.reconnects.at)
-            self._keeper_wake.set()
 
     def retake(self, d: Delivery, fresh: TaskRecord) -> Claim | None:
         """The claim to try on ``fresh`` after our pending one met a changed record.
@@ -424,88 +380,3 @@ class Agent:
             return await self.bus.end_unreadable(exc, copy, actor=self.config.id)
         except (CorruptRecord, NotFound):
             return None
-
-    # --- leases and lazy claims: one keeper for every held item --------------------------
-
-    def _unkeep(self, hold: HeldItem) -> None:
-        self.core.release(hold.d.ticket)
-        self._holds.pop(hold.d.ticket, None)
-        if hold.follower is not None:
-            hold.follower.cancel()
-
-    async def _keeper(self) -> None:
-        """Perform the renewals and pending claims the core says are due, and sleep
-        until the next one. One task for all holds: a quick task costs no timer."""
-        while True:
-            for due in self.core.on_tick(time.monotonic()):
-                hold = self._holds.get(due.ticket)
-                if hold is None:
-                    continue
-                match due:
-                    case RenewLease():
-                        await hold.d.renew()
-                    case WriteClaim():
-                        self._tasks_tg.start_soon(self._claim_now, hold)
-            self._keeper_due = self.core.next_wakeup()
-            with anyio.move_on_after(max(self._keeper_due - time.monotonic(), 0.0)):
-                await self._keeper_wake.wait()
-
-    async def _claim_now(self, hold: HeldItem) -> None:
-        """Write a hold's pending claim; on success, follow its record from then on."""
-        try:
-            ok = await hold.claim()
-        except (nats.errors.Error, MeshError) as exc:
-            hold.log.warning("claim failed, will retry", error=str(exc) or type(exc).__name__)
-            self.core.claim_failed(hold.d.ticket, time.monotonic())
-            self._keeper_wake.set()
-            return
-        if not ok:
-            hold.lost = True
-            hold.work.cancel()
-        elif hold.follow is not None and hold.d.ticket in self._holds:
-            scope = anyio.CancelScope()
-            hold.follower = scope
-            self._tasks_tg.start_soon(self._follow_hold, hold, scope)
-
-    async def _follow_hold(self, hold: HeldItem, scope: anyio.CancelScope) -> None:
-        with scope:
-            assert hold.follow is not None
-            if not await hold.follow():
-                hold.lost = True
-                hold.work.cancel()
-
-
-class HeldItem:
-    """One held item, as the pump sees it: its delivery, the scope of its work, and
-    how to write its pending claim and follow its record (its timing is the core's)."""
-
-    __slots__ = ("claim", "d", "follow", "follower", "log", "lost", "work")
-
-    def __init__(
-        self,
-        d: Delivery,
-        *,
-        work: anyio.CancelScope,
-        log: Any,
-        claim: Callable[[], Awaitable[bool]],
-        follow: Callable[[], Awaitable[bool]] | None = None,
-    ) -> None:
-        self.d, self.work, self.log = d, work, log
-        self.claim, self.follow = claim, follow
-        self.follower: anyio.CancelScope | None = None
-        #: someone else moved the task on: the work was stopped for that, not a drain
-        self.lost = False
-
-
-class _Flag:
-    """A re-armable wake-up for one waiting loop."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = anyio.Event()

@@ -1,7 +1,9 @@
-"""The one place nats-py is spoken for the mesh's shared state: connection, JetStream
-resources, the task records' reads and compare-and-set writes, the queues' items and
-the events, with nats-py's exceptions translated into ours (the way httpcore maps its
-transport's errors). The pull side of the queues is :mod:`mesh.queues`."""
+"""The one place nats-py is spoken: connection, JetStream resources, the task records'
+reads and compare-and-set writes, the queues' items and the events, the directory and
+the services endpoint, and the primitives an agent pulls work with (a pull inbox, the
+items it lends, the advisory of a new queue; the pulling itself is :mod:`mesh.queues`).
+Every nats-py exception is translated into ours here (the way httpcore maps its
+transport's errors): no other module of the runtime imports nats-py."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import nats.micro
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -71,6 +74,7 @@ from protocol import (
     work_items,
 )
 
+from .retry import Backoff, retry
 from .settings import Settings
 
 __all__ = [
@@ -81,14 +85,22 @@ __all__ = [
     "Unavailable",
     "CorruptRecord",
     "Refused",
+    "BrokerError",
+    "NotADelivery",
     "Reconnects",
     "Settings",
     "Announcement",
     "Follow",
     "QueueInfo",
+    "Lent",
+    "PullStatus",
+    "PullInbox",
+    "Listening",
     "Bus",
     "connect",
 ]
+
+log = structlog.get_logger("mesh.bus")
 
 PROTOCOL_MAJOR = str(MAJOR_VERSION)
 #: JetStream's "wrong last sequence" API error codes: a compare-and-set lost
@@ -125,6 +137,17 @@ class Refused(MeshError):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BrokerError(MeshError):
+    """nats-py reported an error that none of the others names (a subject it refuses,
+    a full outgoing buffer, a broken subscription...): the runtime's name for it, so
+    that no module but this one need know nats-py's errors."""
+
+
+class NotADelivery(MeshError, RemoteProtocolError):
+    """A message on a pull inbox that the broker did not lend (someone else published
+    on it): there is nothing to settle."""
 
 
 class CorruptRecord(MeshError, RemoteProtocolError):
@@ -189,6 +212,8 @@ def translate_errors(what: str) -> Iterator[None]:
         if exc.err_code in WRONG_LAST_SEQUENCE:
             raise Conflict(f"{what}: {exc.description}") from None
         raise Refused(f"{what}: the broker refused: {exc.description}", code=exc.err_code) from None
+    except nats.errors.Error as exc:
+        raise BrokerError(f"{what}: {exc or type(exc).__name__}") from None
 
 
 async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None) -> Client:
@@ -325,26 +350,30 @@ class Announcement:
         return ok
 
     async def _acked(self, pending: _Pending, deadline: float) -> bool:
-        delay = 0.05
-        while True:
+        async def send_and_ack() -> None:
             try:
                 with translate_errors(f"publishing {pending.subject}"):
                     if not pending.sent:
                         await self._replies.send(pending)
                         pending.sent = True
                     await self._ack(pending)
-                return True
-            except Unavailable as exc:
-                pending.sent = False
-                # A closed connection never comes back: retrying would only hold up the
-                # caller (who may be shielded from cancellation while it waits).
-                if self._replies.nc.is_closed or time.monotonic() + delay > deadline:
-                    structlog.get_logger("mesh.bus").error(
-                        "not recorded by the broker", subject=pending.subject, error=str(exc)
-                    )
-                    return False
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            except Unavailable:
+                pending.sent = False  # send again: the broker may never have had it
+                raise
+
+        try:
+            # A closed connection never comes back: retrying would only hold up the
+            # caller (who may be shielded from cancellation while it waits).
+            await retry(
+                send_and_ack,
+                retry_on=Unavailable,
+                patience_s=deadline - time.monotonic(),
+                stop=lambda: self._replies.nc.is_closed,
+            )
+        except Unavailable as exc:
+            log.error("not recorded by the broker", subject=pending.subject, error=str(exc))
+            return False
+        return True
 
     async def _ack(self, pending: _Pending, timeout: float = 2.0) -> None:
         """Await one reply and raise what nats-py's ``js.publish`` would for it."""
@@ -400,6 +429,126 @@ class Follow:
         return write
 
 
+class Listening:
+    """A subscription of this connection, as the rest of the runtime holds it: only a
+    way to stop listening."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def close(self) -> None:
+        """Stop listening. Best effort: the subscription of a connection that closed
+        or dropped is gone with it, so a failure here is only logged."""
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.Error as exc:
+            log.debug("unsubscribing failed; the subscription goes with its connection", error=repr(exc))
+
+
+@dataclass(frozen=True)
+class PullStatus:
+    """The broker's word on a pull request, instead of an item: ``code`` "100" (an idle
+    heartbeat), "408" (the request expired), "409" (it ended otherwise;
+    ``description`` says why, e.g. "Consumer Deleted"), or another refusal."""
+
+    code: str
+    description: str
+
+
+class Lent:
+    """One message a pull request brought: a work item the broker lends us until we
+    settle it (JetStream's acknowledgements, on the message's reply subject)."""
+
+    __slots__ = ("_msg", "data", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.data: bytes = msg.data
+        self.subject: str = msg.subject
+
+    @property
+    def settleable(self) -> bool:
+        """Whether there is anywhere to send a settlement to."""
+        return bool(self._msg.reply)
+
+    def position(self) -> tuple[int, int]:
+        """The item's sequence in its stream (the ticket a claim or slot names) and how
+        many times the broker delivered it; :class:`NotADelivery` if it is not a
+        message the broker lent."""
+        try:
+            meta = self._msg.metadata
+            return meta.sequence.stream, meta.num_delivered
+        except (nats.errors.Error, ValueError, IndexError, AttributeError) as exc:
+            raise NotADelivery(f"not a work item delivery ({exc or type(exc).__name__})") from None
+
+    async def ack(self) -> None:
+        """Done with it: the item leaves the work-queue stream."""
+        await self._settle(b"+ACK")
+
+    async def nak(self, delay_s: float = 0.0) -> None:
+        """Lend it to the next puller (after ``delay_s``); it counts as a delivery."""
+        body = b"-NAK" if delay_s <= 0 else b"-NAK " + msgspec.json.encode({"delay": _ns(delay_s)})
+        await self._settle(body)
+
+    async def term(self) -> None:
+        """Never deliver it again."""
+        await self._settle(b"+TERM")
+
+    async def in_progress(self) -> None:
+        """Renew its lease: the broker keeps it ours for another AckWait."""
+        await self._settle(b"+WPI")
+
+    async def _settle(self, body: bytes) -> None:
+        with translate_errors(f"settling {self.subject}"):
+            await self._msg._client.publish(self._msg.reply, body)
+
+
+class PullInbox:
+    """Our inbox for one queue's pull requests: what the broker sends back to it goes
+    to ``on_item`` (a :class:`Lent` message) or ``on_status`` (a :class:`PullStatus`).
+
+    Raw requests on the consumer's ``MSG.NEXT`` API, because nats-py has no pulls with
+    a priority group; callbacks rather than an iterator, because this is the hot path
+    (an iterator costs a task switch per item)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        on_item: Callable[[Lent], Awaitable[None]],
+        on_status: Callable[[PullStatus], Awaitable[None]],
+    ) -> None:
+        self._bus, self._on_item, self._on_status = bus, on_item, on_status
+        self.subject = bus.nc.new_inbox()
+        self._listening: Listening | None = None
+
+    async def _open(self) -> PullInbox:
+        with translate_errors("subscribing to a pull inbox"):
+            self._listening = Listening(await self._bus.nc.subscribe(self.subject, cb=self._on_msg))
+        return self
+
+    async def close(self) -> None:
+        if self._listening is not None:
+            await self._listening.close()
+
+    async def pull(self, capability: str, *, batch: int, priority: int, expires_s: float) -> None:
+        """Ask ``capability``'s queue for up to ``batch`` items, at ``priority`` in the
+        mesh's priority group; the request ends after ``expires_s``."""
+        names = self._bus.names
+        body = {"batch": batch, "expires": _ns(expires_s), "group": PRIORITY_GROUP, "priority": priority}
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{names.work_stream}.{names.queue_consumer(capability)}"
+        with translate_errors(f"pulling from the queue of {capability}"):
+            await self._bus.nc.publish(subject, msgspec.json.encode(body), reply=self.subject)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        if status is None:
+            await self._on_item(Lent(msg))
+        else:
+            assert headers is not None
+            await self._on_status(PullStatus(status, headers.get("Description", "")))
+
+
 @dataclass(frozen=True)
 class QueueInfo:
     """What the broker says about one capability's queue."""
@@ -424,6 +573,8 @@ class Bus:
     """A connection plus the mesh's buckets, streams and queues."""
 
     def __init__(self, nc: Client, names: Names, *, agent: str, reconnects: Reconnects | None = None) -> None:
+        #: the raw connection: no module of the runtime but this one uses it (tests and
+        #: benchmarks that speak NATS themselves, e.g. to send bad input, do)
         self.nc = nc
         self.names = names
         self.reconnects = reconnects or Reconnects()
@@ -689,16 +840,7 @@ class Bus:
     ) -> tuple[TaskRecord, int]:
         """:meth:`read_any`, retried while the broker is briefly unavailable (a restart,
         a cluster node failing over)."""
-        deadline = time.monotonic() + patience_s
-        delay = 0.05
-        while True:
-            try:
-                return await self.read_any(task_id, root=root)
-            except Unavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        return await retry(lambda: self.read_any(task_id, root=root), retry_on=Unavailable, patience_s=patience_s)
 
     async def create(self, record: TaskRecord) -> None:
         """Put a new task on its queue; return once its work item and "created" event
@@ -824,6 +966,24 @@ class Bus:
 
     # --- queues ----------------------------------------------------------------------
 
+    async def pull_inbox(
+        self, on_item: Callable[[Lent], Awaitable[None]], on_status: Callable[[PullStatus], Awaitable[None]]
+    ) -> PullInbox:
+        """A new inbox for pull requests on a queue (see :class:`PullInbox`)."""
+        return await PullInbox(self, on_item, on_status)._open()
+
+    async def on_new_queue(self, handle: Callable[[str], Awaitable[None]]) -> Listening:
+        """Call ``handle`` with the consumer name of every queue created from now on
+        (the broker's own advisory: a requester's first task of a new capability makes
+        its queue)."""
+
+        async def on_msg(msg: Msg) -> None:
+            await handle(msg.subject.rsplit(".", 1)[-1])
+
+        with translate_errors("following the creation of queues"):
+            sub = await self.nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{self.names.work_stream}.*", cb=on_msg)
+        return Listening(sub)
+
     async def ensure_queue(self, capability: str) -> None:
         """Make sure ``capability``'s queue (a durable pull consumer on the work stream
         that only its items reach) exists. Whoever comes first creates it with its
@@ -904,7 +1064,7 @@ class Bus:
             consumers = page.get("consumers") or []
             for consumer in consumers:
                 subject = (consumer.get("config") or {}).get("filter_subject") or ""
-                with contextlib.suppress(ProtocolError):
+                with contextlib.suppress(ProtocolError):  # a consumer on the stream that is not a queue
                     out.append(self.names.parse_work_subject(subject))
             offset += len(consumers)
             if not consumers or offset >= int(page.get("total", 0)):
@@ -913,12 +1073,14 @@ class Bus:
     async def delete_item(self, sequence: int) -> None:
         """Remove one work item from the work stream (a task that ended while its item
         waited in a queue); best effort: the next delivery would drop it anyway."""
-        with contextlib.suppress(MeshError, nats.errors.Error):
+        try:
             await self._api(
                 f"$JS.API.STREAM.MSG.DELETE.{self.names.work_stream}",
                 {"seq": sequence, "no_erase": True},
                 what=f"deleting work item {sequence}",
             )
+        except MeshError as exc:
+            log.info("a finished task's work item stays until delivered", sequence=sequence, error=str(exc))
 
     async def _api(
         self, subject: str, body: dict[str, Any] | None, *, what: str, ok_codes: tuple[int, ...] = ()
@@ -987,10 +1149,14 @@ class Bus:
         found = await self.stored_with_subjects(f"KV_{name}", f"{prefix}{pattern}", last_per_subject=True)
         return [(subject.removeprefix(prefix), value) for subject, value in found if value]
 
-    async def waiting_items(self, capability_filter: str = ">") -> list[tuple[int, WorkItem]]:
+    async def waiting_items(
+        self, capability_filter: str = ">", *, unreadable: list[int] | None = None
+    ) -> list[tuple[int, WorkItem]]:
         """The work items waiting in the work stream under ``capability_filter`` (a
         subject tail: ``>`` for all, ``human.>``), with their sequences, read without
-        taking them (direct gets: a work-queue stream admits no second consumer)."""
+        taking them (direct gets: a work-queue stream admits no second consumer). The
+        sequences of items that do not decode go to ``unreadable`` if given (no agent
+        can act on them: the first to pull one refuses and reports it)."""
         subject = f"{self.names.work_subjects[:-1]}{capability_filter}"
         out: list[tuple[int, WorkItem]] = []
         seq = 1
@@ -1005,8 +1171,11 @@ class Bus:
             if headers.get("Status"):
                 return out
             seq = int(headers.get("Nats-Sequence", "0"))
-            with contextlib.suppress(RemoteProtocolError):
+            try:
                 out.append((seq, decode_work_item(msg.data)))
+            except RemoteProtocolError:
+                if unreadable is not None:
+                    unreadable.append(seq)
             seq += 1
 
     async def stored(
@@ -1036,38 +1205,44 @@ class Bus:
             num_replicas=1,
         )
         deadline = time.monotonic() + patience_s
-        sub = None
-        while sub is None:
-            try:
-                with translate_errors(f"reading {stream}"):
-                    sub = await self.js.pull_subscribe(subject, stream=stream, config=config)
-            except Unavailable:  # the stream may be electing a leader
-                if time.monotonic() > deadline:
-                    raise
-                await anyio.sleep(0.25)
+
+        async def reader() -> Any:
+            with translate_errors(f"reading {stream}"):
+                return await self.js.pull_subscribe(subject, stream=stream, config=config)
+
+        # The stream may be electing a leader: ask again a few times a second.
+        sub = await retry(reader, retry_on=Unavailable, patience_s=patience_s, backoff=Backoff(0.25, 0.25))
         out: list[tuple[str, bytes]] = []
         try:
             with translate_errors(f"reading {stream}"):
                 if not (await sub.consumer_info()).num_pending:
                     return out
-            while True:
-                try:
-                    batch = await sub.fetch(batch=512, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    if time.monotonic() > deadline:
-                        raise Unavailable(f"reading {stream}: stopped after {len(out)} messages") from None
-                    continue
-                out.extend((msg.subject, msg.data) for msg in batch)
-                if batch and batch[-1].metadata.num_pending == 0:
-                    return out
+                while True:
+                    try:
+                        batch = await sub.fetch(batch=512, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        if time.monotonic() > deadline:
+                            raise Unavailable(f"reading {stream}: stopped after {len(out)} messages") from None
+                        continue
+                    out.extend((msg.subject, msg.data) for msg in batch)
+                    if batch and batch[-1].metadata.num_pending == 0:
+                        return out
         finally:
             # Delete the reader's consumer now rather than leave it to its inactivity
             # threshold: every `mesh trace` would otherwise leave one behind for a while.
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                name = sub._consumer
-                await sub.unsubscribe()
-                if name:
-                    await self.js.delete_consumer(stream, name)
+            with anyio.CancelScope(shield=True):
+                await self._remove_reader(stream, sub)
+
+    async def _remove_reader(self, stream: str, sub: Any) -> None:
+        """Delete a reader's consumer (best effort: a consumer left behind goes by its
+        inactivity threshold, so a failure is only logged)."""
+        try:
+            name = sub._consumer
+            await sub.unsubscribe()
+            if name:
+                await self.js.delete_consumer(stream, name)
+        except nats.errors.Error as exc:
+            log.debug("a reader's consumer stays until its inactivity threshold", stream=stream, error=repr(exc))
 
     # --- the directory, control requests and services -----------------------------------
 
@@ -1124,11 +1299,12 @@ class Bus:
                 subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL if history else DeliverPolicy.NEW
             )
         try:
-            async for msg in sub.messages:
-                yield msg.data
+            with translate_errors("following the events"):
+                async for msg in sub.messages:
+                    yield msg.data
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            with anyio.CancelScope(shield=True):
+                await Listening(sub).close()
 
     @contextlib.asynccontextmanager
     async def service(
@@ -1142,28 +1318,35 @@ class Bus:
     ) -> AsyncIterator[None]:
         """Serve one endpoint under the mesh's services API name (``$SRV.PING`` and the
         like find it): ``handle`` gets each request's body and returns the reply's."""
-        service = await nats.micro.add_service(
-            self.nc, name=self.names.service_name, version=version, description=description, metadata=metadata
-        )
 
         async def respond(request: Request) -> None:
             await request.respond(await handle(request.data))
 
-        await service.add_endpoint(name="control", subject=subject, handler=respond)
+        with translate_errors(f"serving {subject}"):
+            service = await nats.micro.add_service(
+                self.nc, name=self.names.service_name, version=version, description=description, metadata=metadata
+            )
+            await service.add_endpoint(name="control", subject=subject, handler=respond)
         try:
             yield
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):  # leaving anyway
-                await service.stop()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await service.stop()
+                except nats.errors.Error as exc:  # leaving anyway: the endpoint goes with the connection
+                    log.debug("stopping the service endpoint failed", error=repr(exc))
 
     async def close(self) -> None:
         """Close the connection (what was published is flushed first)."""
-        await self.nc.close()
+        with translate_errors("closing the connection"):
+            await self.nc.close()
 
     async def drain(self) -> None:
         """Let subscriptions finish what they received, flush, and close."""
-        with contextlib.suppress(nats.errors.Error):  # closing anyway
+        try:
             await self.nc.drain()
+        except nats.errors.Error as exc:  # closed anyway: nothing is left to drain into
+            log.debug("draining the connection failed", error=repr(exc))
 
     # --- events -------------------------------------------------------------------------
 
@@ -1204,10 +1387,12 @@ class Bus:
             error = f"{error} ({self._reports.held} more reports held back since the last one)"
             self._reports.held = 0
         report = ErrorReport(agent=self.agent, subject=subject, key=key, error=error, at=time.time())
-        with contextlib.suppress(nats.errors.Error):
+        try:
             await self.nc.publish(
                 self.names.error_subject(self.agent), encode(report), headers={VERSION_HEADER: PROTOCOL_MAJOR}
             )
+        except nats.errors.Error as exc:  # a report must never fail what reported it: the log keeps it
+            log.warning("could not publish an error report", report=error, error=repr(exc))
 
     @contextlib.asynccontextmanager
     async def follow(self, task_id: str) -> AsyncIterator[Follow]:
@@ -1220,8 +1405,7 @@ class Bus:
         try:
             yield follow
         finally:
-            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-                await sub.unsubscribe()
+            await Listening(sub).close()
 
 
 class _ReportBudget:

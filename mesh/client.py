@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from nats.aio.client import Client
 
 from protocol import (
     AgentCard,
@@ -65,9 +64,6 @@ class OverLimit(MeshError, ValueError):
 
 class Mesh:
     def __init__(self, bus: Bus, client_id: str) -> None:
-        #: the raw NATS connection: an escape hatch for watching traffic or sending
-        #: messages of your own (the client itself goes through ``bus`` only)
-        self.nc: Client = bus.nc
         self.bus = bus
         self.id = client_id
         self.names = bus.names
@@ -218,12 +214,12 @@ class Mesh:
         """Cancel a task and, depth first, every descendant still running."""
         record = await self.get(task_id, root=root)
         if not is_terminal(record):
-            with contextlib.suppress(TransitionError):
+            with contextlib.suppress(TransitionError):  # it ended meanwhile: nothing to cancel
                 record, _ = await self.bus.transition(
                     task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}"), root=record.root
                 )
         for child in record.children:
-            with contextlib.suppress(NotFound, RemoteProtocolError):
+            with contextlib.suppress(NotFound, RemoteProtocolError):  # never created, or its parties end it
                 await self.cancel(child, note=f"parent {task_id} cancelled", root=record.root)
         return await self.get(task_id, root=record.root)
 
@@ -252,7 +248,7 @@ class Mesh:
         for _, item in await self.bus.waiting_items(f"{capability}.>") + await self.bus.waiting_items(capability):
             if item.task in records:
                 continue
-            with contextlib.suppress(NotFound, RemoteProtocolError):
+            with contextlib.suppress(NotFound, RemoteProtocolError):  # gone, or its parties end it: not offered
                 record = await self.get(item.task, root=item.record.root)
                 if record.state in ("open", "review"):
                     records[item.task] = record

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import nats.errors
 
 from protocol import AgentCard, ControlReply, ControlRequest, NotUnderstood, RemoteProtocolError, decode_control, encode
 
@@ -75,7 +74,7 @@ class Presence:
             await anyio.sleep(self.agent.config.heartbeat_s)
             try:
                 await self.publish_card()
-            except (nats.errors.Error, MeshError) as exc:
+            except MeshError as exc:
                 # Broker away: the card expires and reappears when we reconnect.
                 self.agent.log.warning("heartbeat failed", error=str(exc) or type(exc).__name__)
 
@@ -90,7 +89,7 @@ class Presence:
         except (NotFound, Unavailable):
             return  # nobody listens (the usual case), or nobody answered in time
         where = ""
-        with contextlib.suppress(MeshError):
+        with contextlib.suppress(MeshError):  # only to say where that agent runs: the refusal stands
             card = await bus.card(agent_id)
             if card is not None:
                 where = f" (on {card.host}, pid {card.pid})"
@@ -98,6 +97,16 @@ class Presence:
             f"agent id {agent_id!r} is in use by a live agent{where}; run this one with another "
             "--id, or stop that one first (`mesh agent drain ID`)"
         )
+
+    async def leave(self) -> None:
+        """Leave the directory: remove our card (it expires by itself if that fails)."""
+        try:
+            with anyio.move_on_after(2):
+                await self.remove_our_card()
+        except MeshError as exc:
+            self.agent.log.warning(
+                "could not remove our card; it expires by itself", error=str(exc) or type(exc).__name__
+            )
 
     async def remove_our_card(self) -> None:
         """Remove our card, and only ours: a process that leaves must not delete the card

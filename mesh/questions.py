@@ -16,13 +16,11 @@ watches it: it renews its claim by writing, and the asker ends the question
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import nats.errors
 import structlog
 
 from protocol import (
@@ -36,7 +34,8 @@ from protocol import (
     clarification_capability,
 )
 
-from .bus import Conflict, MeshError, NotFound
+from .bus import MeshError, NotFound
+from .retry import Backoff, retry
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -47,6 +46,9 @@ __all__ = ["Answerer", "Questions"]
 Answerer = Callable[[TaskRecord], Awaitable[Any]]
 
 log = structlog.get_logger("mesh.questions")
+
+#: how a party looks again for a child its asker recorded but may not have created yet
+NEW_CHILD = Backoff(first_s=0.01, max_s=1.0)
 
 
 class Questions:
@@ -68,17 +70,13 @@ class Questions:
     async def _consider(self, child_id: str, root: str) -> None:
         # The asker records a child before it creates it (so a successor knows of it):
         # a child we cannot find yet may be a moment from existing.
-        delay = 0.01
-        for _ in range(12):
-            try:
-                question, revision = await self.bus.read_any(child_id, root=root)
-                break
-            except NotFound:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except (MeshError, RemoteProtocolError, nats.errors.Error):
-                return
-        else:
+        try:
+            question, revision = await retry(
+                lambda: self.bus.read_any(child_id, root=root), retry_on=NotFound, attempts=12, backoff=NEW_CHILD
+            )
+        except (MeshError, RemoteProtocolError) as exc:
+            # Not ours to answer then (never created, or unreadable: its parties end it).
+            log.debug("not considered as a question", task=child_id, error=str(exc) or type(exc).__name__)
             return
         if question.capability == self.capability and question.state == "open":
             await answer_question(self.bus, self.me, question, revision, self.answer)
@@ -96,17 +94,22 @@ async def answer_question(bus: Bus, me: str, question: TaskRecord, revision: int
     ``answer`` runs, then finish it with the answer (or fail it, if there is none)."""
     try:
         question, revision = await bus.write(question, revision, Claim(actor=me))
-    except (Conflict, TransitionError, MeshError, nats.errors.Error):
+    except (TransitionError, MeshError) as exc:
+        log.debug("not answering a question", question=question.id, why=str(exc))
         return  # someone else answered, or it ended
     held = _Held(question, revision)
 
     async def keep() -> None:
         while True:
             await anyio.sleep(question.claim_timeout_s / 3)
-            with contextlib.suppress(Conflict, TransitionError, MeshError, nats.errors.Error):
+            try:
                 held.record, held.revision = await bus.write(
                     held.record, held.revision, Renew(actor=me, epoch=question.epoch)
                 )
+            except (TransitionError, MeshError) as exc:
+                # The answer's write will say whether the question is still ours; until
+                # then, keep renewing (the broker may be back by the next one).
+                log.info("could not renew our claim on a question", question=question.id, error=str(exc))
 
     end: Finish | Fail
     async with anyio.create_task_group() as tg:
@@ -114,10 +117,11 @@ async def answer_question(bus: Bus, me: str, question: TaskRecord, revision: int
         try:
             end = Finish(actor=me, epoch=question.epoch, result=await answer(question))
         except Exception as exc:  # no answer (TaskFailed, Lost...): the asker must hear
+            log.warning("no answer to a question", question=question.id, error=repr(exc))
             end = Fail(actor=me, epoch=question.epoch, reason="error", message=f"{me} got no answer: {exc}")
         tg.cancel_scope.cancel()
     try:
         await bus.write(held.record, held.revision, end)
         log.info("answered a question", question=question.id, agent=me)
-    except (Conflict, TransitionError, MeshError, nats.errors.Error) as exc:
+    except (TransitionError, MeshError) as exc:
         log.warning("could not answer a question", question=question.id, error=str(exc))

@@ -17,24 +17,20 @@ for; those it hands straight back.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.abc
-import msgspec
-import nats.errors
 import structlog
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from protocol import PRIORITY_GROUP, RemoteProtocolError, WorkItem, decode_work_item, pull_priority
+from protocol import RemoteProtocolError, WorkItem, decode_work_item, pull_priority
 
-from .bus import Bus, MeshError, NotFound
+from .bus import Bus, Lent, Listening, MeshError, NotADelivery, PullInbox, PullStatus
 
 __all__ = ["Delivery", "Pulls"]
 
@@ -51,50 +47,58 @@ MAX_REQUESTS = 1
 class Delivery:
     """One work item lent to this agent: the item, and the message to settle it with."""
 
-    __slots__ = ("capability", "deciding", "delivered", "item", "lease_s", "msg", "settled", "ticket")
+    __slots__ = ("capability", "deciding", "delivered", "item", "lease_s", "lent", "settled", "ticket")
 
-    def __init__(self, item: WorkItem, msg: Msg, *, capability: str, lease_s: float) -> None:
+    def __init__(self, item: WorkItem, lent: Lent, *, capability: str, lease_s: float) -> None:
         self.item = item
-        self.msg = msg
+        self.lent = lent
         self.capability = capability
         self.lease_s = lease_s
-        meta = msg.metadata
-        #: the item's sequence in the work stream: the ticket a claim or slot names
-        self.ticket: int = meta.sequence.stream
-        #: how many times the broker delivered it (more than once: a holder lapsed,
-        #: or an agent handed it back)
-        self.delivered: int = meta.num_delivered
+        #: the item's sequence in the work stream: the ticket a claim or slot names;
+        #: and how many times the broker delivered it (more than once: a holder
+        #: lapsed, or an agent handed it back)
+        self.ticket, self.delivered = lent.position()
         self.settled = False
         #: the agent is still deciding what to do with it (it holds capacity meanwhile)
         self.deciding = True
 
+    @property
+    def subject(self) -> str:
+        return self.lent.subject
+
     async def ack(self) -> None:
         """Done with it (worked, or nothing to do): the item leaves the queue."""
-        await self._settle(b"+ACK")
+        await self._settle(self.lent.ack)
 
     async def hand_back(self, delay_s: float = 0.0) -> None:
         """Return it to the queue for another agent (after ``delay_s``)."""
-        body = b"-NAK" if delay_s <= 0 else b"-NAK " + msgspec.json.encode({"delay": int(delay_s * 1e9)})
-        await self._settle(body)
+        await self._settle(functools.partial(self.lent.nak, delay_s))
 
     async def refuse(self) -> None:
         """Never deliver it again (it does not decode: no agent could act on it)."""
-        await self._settle(b"+TERM")
+        await self._settle(self.lent.term)
 
     async def renew(self) -> None:
         """Renew the lease: the broker keeps the item ours for another AckWait."""
-        if not self.settled:
-            with contextlib.suppress(nats.errors.Error):
-                await self.msg._client.publish(self.msg.reply, b"+WPI")
+        if self.settled:
+            return
+        try:
+            await self.lent.in_progress()
+        except MeshError as exc:
+            # The next renewal is due within a third of the lease, and all are renewed
+            # at once after a reconnection: one lost renewal costs nothing.
+            log.debug("a lease renewal was lost", ticket=self.ticket, error=str(exc))
 
-    async def _settle(self, body: bytes) -> None:
+    async def _settle(self, settle: Callable[[], Awaitable[None]]) -> None:
         if self.settled:
             return
         self.settled = True
-        # A lost settlement is harmless: an unacked item comes back after its lease,
-        # and whoever gets it finds the task's record moved on and drops it.
-        with contextlib.suppress(nats.errors.Error):
-            await self.msg._client.publish(self.msg.reply, body)
+        try:
+            await settle()
+        except MeshError as exc:
+            # A lost settlement is harmless: an unacked item comes back after its lease,
+            # and whoever gets it finds the task's record moved on and drops it.
+            log.info("a settlement was lost; the item comes back after its lease", ticket=self.ticket, error=str(exc))
 
 
 @dataclass
@@ -102,9 +106,8 @@ class _Queue:
     capability: str
     priority: int
     lease_s: float
-    #: our subscription for this queue's deliveries and pull statuses
-    inbox: str = ""
-    sub: Subscription | None = None
+    #: our inbox for this queue's deliveries and pull statuses
+    inbox: PullInbox | None = None
     #: open pull requests, oldest first: [expires at (monotonic), items still to come].
     #: The broker fills them in order; deliveries and its "request ended" statuses
     #: bring them down, and one whose end we never heard of is dropped once expired.
@@ -178,14 +181,27 @@ class Pulls:
         queue = self._queues.get(capability)
         return None if queue is None else queue.lease_s
 
+    def check_leases(self, lease_s: float | None, log: Any) -> None:
+        """Say so when a queue we serve has another lease than ``lease_s`` (the brief's):
+        the first party to need a queue sets its lease, and a running queue is never
+        changed."""
+        if lease_s is None:
+            return
+        for capability in self.serves:
+            queue_lease_s = self.lease_of(capability)
+            if queue_lease_s is not None and abs(queue_lease_s - lease_s) > 1e-3:
+                log.warning(
+                    "the queue's lease differs from the brief's; using the queue's",
+                    capability=capability,
+                    queue_lease_s=queue_lease_s,
+                    brief_lease_s=lease_s,
+                )
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pull until cancelled: set up the queues, keep up with new ones (generalists
         also serve the queues of capabilities below theirs), start afresh after every
         reconnection (pull requests do not survive a broker restart)."""
-        nc = self.bus.nc
-        advisories = await nc.subscribe(
-            f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{self.bus.names.work_stream}.*", cb=self._on_created
-        )
+        advisories = await self.bus.on_new_queue(self._on_created)
         self._running = True
         try:
             await self._discover()
@@ -196,16 +212,23 @@ class Pulls:
                     log.info("reconnected: pulling afresh", queues=self.capabilities)
                     for queue in self._queues.values():
                         queue.requests.clear()
-                    with contextlib.suppress(MeshError, nats.errors.Error):
-                        await self._discover()
+                    await self._rediscover()
                 await self.top_up()
         finally:
             self._running = False
             with anyio.CancelScope(shield=True):
-                subs = [advisories, *(q.sub for q in self._queues.values() if q.sub is not None)]
-                for sub in subs:
-                    with contextlib.suppress(nats.errors.Error):
-                        await sub.unsubscribe()
+                inboxes: list[Listening | PullInbox] = [advisories]
+                inboxes += [q.inbox for q in self._queues.values() if q.inbox is not None]
+                for inbox in inboxes:
+                    await inbox.close()
+
+    async def _rediscover(self) -> None:
+        try:
+            await self._discover()
+        except MeshError as exc:
+            # The queues we knew are still pulled from; new ones are found by their
+            # advisory, or after the next reconnection.
+            log.warning("could not look for queues after reconnecting", error=str(exc) or type(exc).__name__)
 
     async def _discover(self) -> None:
         """Make sure our own queues exist, and find the queues below them."""
@@ -223,23 +246,23 @@ class Pulls:
         if info is None or capability in self._queues:
             return
         queue = _Queue(capability=capability, priority=priority, lease_s=info.lease_s)
-        queue.inbox = self.bus.nc.new_inbox()
-        queue.sub = await self.bus.nc.subscribe(queue.inbox, cb=functools.partial(self._on_msg, queue))
+        queue.inbox = await self.bus.pull_inbox(
+            functools.partial(self._on_item, queue), functools.partial(self._on_status, queue)
+        )
         self._queues[capability] = queue
         log.debug("pulling from a queue", capability=capability, priority=priority, lease_s=info.lease_s)
 
-    async def _on_created(self, msg: Msg) -> None:
+    async def _on_created(self, consumer: str) -> None:
         """A queue appeared (a requester's first task of a new capability): pull from
         it too if it is below a capability we serve. The queue's filter subject, not
         its name (which a long capability shortens), says which capability it is."""
-        consumer = msg.subject.rsplit(".", 1)[-1]
         try:
             capability = await self.bus.queue_capability(consumer)
             if capability is None or pull_priority(self.serves, capability) is None:
                 return
             await self._add(capability)
             await self.top_up()
-        except (MeshError, nats.errors.Error, ValueError) as exc:
+        except (MeshError, ValueError) as exc:
             log.warning("could not follow a new queue", consumer=consumer, error=str(exc) or type(exc).__name__)
 
     async def top_up(self) -> None:
@@ -260,39 +283,29 @@ class Pulls:
                 if want <= 0 or len(queue.requests) >= MAX_REQUESTS:
                     continue
                 queue.ask(want)
-                body = {
-                    "batch": want,
-                    "expires": int(PULL_EXPIRES_S * 1e9),
-                    "group": PRIORITY_GROUP,
-                    "priority": queue.priority,
-                }
-                names = self.bus.names
-                subject = f"$JS.API.CONSUMER.MSG.NEXT.{names.work_stream}.{names.queue_consumer(queue.capability)}"
+                assert queue.inbox is not None
                 try:
-                    await self.bus.nc.publish(subject, msgspec.json.encode(body), reply=queue.inbox)
-                except nats.errors.Error as exc:
+                    await queue.inbox.pull(
+                        queue.capability, batch=want, priority=queue.priority, expires_s=PULL_EXPIRES_S
+                    )
+                except MeshError as exc:
                     queue.requests.pop()
                     log.warning("could not pull", capability=queue.capability, error=str(exc) or type(exc).__name__)
 
-    async def _on_msg(self, queue: _Queue, msg: Msg) -> None:
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status is not None:
-            await self._on_status(queue, status, headers)
-            return
+    async def _on_item(self, queue: _Queue, lent: Lent) -> None:
         queue.delivered()
-        if not msg.reply:
+        if not lent.settleable:
             return
         try:
-            item = decode_work_item(msg.data)
+            item = decode_work_item(lent.data)
         except RemoteProtocolError as exc:
-            await _refuse_garbage(self.bus, msg, str(exc))
+            await _refuse_garbage(self.bus, lent, str(exc))
             await self.top_up()  # that took one of our requested items: ask again
             return
         try:
-            delivery = Delivery(item, msg, capability=queue.capability, lease_s=queue.lease_s)
-        except (ValueError, AttributeError, IndexError) as exc:  # not a JetStream delivery
-            await self.bus.report(f"not a work item delivery: {exc}", subject=msg.subject)
+            delivery = Delivery(item, lent, capability=queue.capability, lease_s=queue.lease_s)
+        except NotADelivery as exc:  # someone else published on our inbox
+            await self.bus.report(str(exc), subject=lent.subject)
             await self.top_up()
             return
         if item.kind == "review":
@@ -310,31 +323,40 @@ class Pulls:
             # queue first and go to a lower-priority agent).
             await self.top_up()
 
-    async def _on_status(self, queue: _Queue, status: str, headers: dict[str, str]) -> None:
-        if status == "100":  # an idle heartbeat
+    async def _on_status(self, queue: _Queue, status: PullStatus) -> None:
+        if status.code == "100":  # an idle heartbeat
             return
-        if status in ("408", "409"):
+        if status.code in ("408", "409"):
             queue.ended()
-            if "Consumer Deleted" in headers.get("Description", ""):
-                # The queue went idle and the broker removed it: ours come back at
-                # once, others when a requester makes them again.
-                self._queues.pop(queue.capability, None)
-                if queue.sub is not None:
-                    with contextlib.suppress(nats.errors.Error):
-                        await queue.sub.unsubscribe()
-                if queue.capability in self.serves:
-                    self.bus.forget_queue(queue.capability)
-                    with contextlib.suppress(MeshError, nats.errors.Error, NotFound):
-                        await self.bus.ensure_queue(queue.capability)
-                        await self._add(queue.capability)
+            if "Consumer Deleted" in status.description:
+                await self._queue_deleted(queue)
             await self.top_up()
             return
-        log.warning("pull refused", capability=queue.capability, status=status, headers=headers)
+        log.warning("pull refused", capability=queue.capability, status=status.code, description=status.description)
+
+    async def _queue_deleted(self, queue: _Queue) -> None:
+        """The queue went idle and the broker removed it: ours come back at once,
+        others when a requester makes them again."""
+        self._queues.pop(queue.capability, None)
+        if queue.inbox is not None:
+            await queue.inbox.close()
+        if queue.capability not in self.serves:
+            return
+        self.bus.forget_queue(queue.capability)
+        try:
+            await self.bus.ensure_queue(queue.capability)
+            await self._add(queue.capability)
+        except MeshError as exc:
+            # Pulled from again after the next reconnection (or when a requester makes it).
+            log.warning("could not make our queue again", capability=queue.capability, error=str(exc))
 
 
-async def _refuse_garbage(bus: Bus, msg: Msg, why: str) -> None:
+async def _refuse_garbage(bus: Bus, lent: Lent, why: str) -> None:
     """An item no agent could act on: never deliver it again, and say so."""
-    log.warning("bad work item refused", subject=msg.subject, error=why)
-    await bus.report(f"bad work item: {why}", subject=msg.subject)
-    with contextlib.suppress(nats.errors.Error):
-        await msg._client.publish(msg.reply, b"+TERM")
+    log.warning("bad work item refused", subject=lent.subject, error=why)
+    await bus.report(f"bad work item: {why}", subject=lent.subject)
+    try:
+        await lent.term()
+    except MeshError as exc:
+        # Not refused, then: it comes back after its lease, and is refused again.
+        log.info("could not refuse a bad work item", subject=lent.subject, error=str(exc))

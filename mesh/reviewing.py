@@ -10,10 +10,10 @@ back; one whose slot went to another reviewer settles its item by the protocol's
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nats.errors
 
 from protocol import (
     REVIEW_HAND_BACK_S,
@@ -30,8 +30,9 @@ from protocol import (
     settle_review,
 )
 
-from .bus import Conflict, MeshError
+from .bus import BrokerError, Conflict, MeshError, Unavailable
 from .queues import Delivery
+from .retry import retry
 from .work import Reviewer, TaskContext, Verdict
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ __all__ = ["ReviewRun"]
 
 #: a slot write that meets this many other writes in a row gives the review up
 SLOT_WRITE_ATTEMPTS = 20
+#: how long a slot write waits for a broker that is away (its item's lease is renewed
+#: meanwhile; past this the review is given up, and its item comes back to someone)
+SLOT_WRITE_PATIENCE_S = 4.0
 
 
 class ReviewRun:
@@ -133,7 +137,11 @@ class ReviewRun:
             batch = events if self.pending is None else (self.pending, *events)
             try:
                 before = self.record
-                self.record, self.revision = await bus.write(self.record, self.revision, batch)
+                self.record, self.revision = await retry(
+                    functools.partial(bus.write, before, self.revision, batch),
+                    retry_on=(Unavailable, BrokerError),
+                    patience_s=SLOT_WRITE_PATIENCE_S,
+                )
                 if self.pending is not None:
                     lapsed = next((s.reviewer for s in before.slots if s.ticket == d.ticket), None)
                     self.log.info("took a review slot", ticket=d.ticket, took_over=lapsed)
@@ -142,10 +150,9 @@ class ReviewRun:
             except Conflict:
                 if not await self._decide_again():
                     break
-            except TransitionError:
+            except (TransitionError, MeshError) as exc:
+                self.log.info("could not write our review", error=str(exc) or type(exc).__name__)
                 break
-            except (nats.errors.Error, MeshError):
-                await anyio.sleep(0.2)
         self.lost = True
         return False
 

@@ -7,6 +7,7 @@ loopback ports, a client, agent processes) are the plugin :mod:`mesh.pytest_plug
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -121,7 +122,7 @@ class AgentProcs:
         for p in self.procs.values():
             try:
                 p.process.wait(20)
-            except Exception:
+            except subprocess.TimeoutExpired:  # not drained in time: the test's end must not wait longer
                 p.process.kill()
                 p.process.wait()
 

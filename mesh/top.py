@@ -6,17 +6,26 @@ a person must notice early flagged (sensitivity to operations):
 - **looping**: a chain of handoffs in which one capability recurs ``loop_after``
   times (exact repeats are refused by the protocol; near-repeats are flagged here);
 - **overloaded**: a capability with open tasks and no agent with free capacity.
+
+Nothing read is left out silently: records and work items that do not decode are
+listed as unreadable, and a part of the broker that could not be read (the directory,
+the live tasks, the queues' waiting items) is named in ``not_read``: the view is then
+partial, and says so.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol import AgentCard, RemoteProtocolError, TaskRecord, decode_record, is_terminal, serves
 
+from .bus import MeshError
 from .client import Mesh
+
+T = TypeVar("T")
 
 __all__ = ["Snapshot", "take_snapshot", "analyse"]
 
@@ -32,6 +41,8 @@ class Snapshot:
     #: keys of task records that do not decode (shown, not silently dropped: the first
     #: party of each task to read it ends it; see PROTOCOL 6.15)
     unreadable: list[str] = field(default_factory=list)
+    #: what could not be read from the broker, and why: the snapshot lacks it
+    not_read: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         by_owner: dict[str, list[TaskRecord]] = {}
@@ -84,6 +95,7 @@ class Snapshot:
                 "looping": self.looping,
                 "overloaded": self.overloaded,
                 "unreadable": self.unreadable,
+                "not_read": self.not_read,
             },
         }
 
@@ -91,11 +103,12 @@ class Snapshot:
 async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: int = 3) -> Snapshot:
     """Read the directory, the live tasks bucket and the work items waiting in the
     queues (open tasks never claimed exist only there), then flag what needs a
-    person's attention."""
-    agents = await mesh.agents()
+    person's attention. A source the broker does not give is named in ``not_read``."""
+    not_read: list[str] = []
+    agents = await _read("the directory of agents", mesh.agents(), not_read) or []
     tasks: dict[str, TaskRecord] = {}
     unreadable: list[str] = []
-    for key, value in await mesh.bus.snapshot_keyed("task.>"):
+    for key, value in await _read("the live tasks", mesh.bus.snapshot_keyed("task.>"), not_read) or []:
         try:
             record = decode_record(value)
         except RemoteProtocolError:
@@ -103,12 +116,25 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
             continue
         if not is_terminal(record):
             tasks[record.id] = record
-    for _, item in await mesh.bus.waiting_items():
+    bad_items: list[int] = []
+    waiting = await _read("the queues' waiting items", mesh.bus.waiting_items(unreadable=bad_items), not_read)
+    for _, item in waiting or []:
         if item.task not in tasks and item.revision == 0:
             tasks[item.task] = item.record
     snap = analyse(time.time(), agents, list(tasks.values()), stuck_after=stuck_after, loop_after=loop_after)
-    snap.unreadable = sorted(unreadable)
+    snap.unreadable = sorted(unreadable) + [f"work item {seq}" for seq in bad_items]
+    snap.not_read = not_read
     return snap
+
+
+async def _read(what: str, reading: Awaitable[T], not_read: list[str]) -> T | None:
+    """What ``reading`` returns; None (and ``what`` noted in ``not_read``) if the
+    broker did not give it."""
+    try:
+        return await reading
+    except MeshError as exc:
+        not_read.append(f"{what}: {exc}")
+        return None
 
 
 def analyse(

@@ -33,6 +33,7 @@ from protocol import (
 from .bus import Announcement, Bus, Conflict, CorruptRecord, NotFound, Unavailable
 from .follow import OnRecord, create_and_wait, wait_terminal
 from .questions import Questions
+from .retry import BROKER_BACKOFF, retry
 
 __all__ = [
     "Worker",
@@ -191,17 +192,14 @@ class TaskContext:
         # One clock reading for every attempt: applying the events to the same record
         # then gives the same result, so a retry can recognise its own earlier write.
         now = time.time()
-        delay, waited = 0.05, 0.0
         events = tuple(event) if isinstance(event, (tuple, list)) else (event,)
-        while True:
-            try:
-                return await self._write_once(events, now)
-            except Unavailable as exc:
-                if waited >= self._patience_s:
-                    raise Lost(f"broker unavailable for {waited:.1f}s: {exc}") from None
-                await anyio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 1.0)
+        # The pauses between attempts, not the attempts (each may wait out the
+        # broker's timeout), count against our patience.
+        attempts = BROKER_BACKOFF.attempts_within(self._patience_s)
+        try:
+            return await retry(lambda: self._write_once(events, now), retry_on=Unavailable, attempts=attempts)
+        except Unavailable as exc:
+            raise Lost(f"broker unavailable for {self._patience_s:.1f}s of retries: {exc}") from None
 
     async def _write_once(self, events: tuple[Any, ...], now: float) -> tuple[TaskRecord, Announcement]:
         async with self._lock:
@@ -249,6 +247,8 @@ class TaskContext:
         except CorruptRecord as exc:
             # Someone wrote a record no conforming agent would: nothing in it can be
             # trusted, so the task ends (from our copy) and our work stops.
+            # (It already reported the record; gone, or unreadable again as someone else
+            # wrote: our work stops either way.)
             with contextlib.suppress(CorruptRecord, NotFound):
                 await self.bus.end_unreadable(exc, self.record, actor=self.bus.agent)
             raise Lost(f"task {self.record.id}: unreadable record, task ended ({exc})") from None

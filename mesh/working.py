@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
-import nats.errors
 
 from protocol import (
     MAX_ERROR_CHARS,
@@ -119,7 +118,7 @@ class TaskRun:
         if outcome == "abandoned":
             try:
                 got = await self.agent.read(ctx.record.id, ctx.record.root, copy=ctx.record)
-            except (MeshError, nats.errors.Error):
+            except MeshError:
                 return  # unsure: leave it; whoever gets it next decides
             record = None if got is None else got[0]
         if isinstance(settle_work(outcome, record), Ack):
@@ -141,7 +140,7 @@ class TaskRun:
                 except CorruptRecord as exc:
                     await self.agent.end_unreadable(exc, ctx.record)
                     return False
-                except (MeshError, nats.errors.Error):
+                except MeshError:
                     continue
                 if self._moved_on(fresh):
                     self.log.info("the task moved on, stopping work", state=fresh.state, owner=fresh.owner)
@@ -204,7 +203,7 @@ class TaskRun:
         if ctx.claimed:
             try:
                 await ctx.write(Release(actor=me, epoch=ctx.epoch, note=f"handed back by {me} (draining)"))
-            except (Lost, MeshError, nats.errors.Error) as exc:
+            except (Lost, MeshError) as exc:
                 self.log.warning("could not hand back; its lease will lapse", why=str(exc))
                 return
         await self.d.hand_back()

@@ -37,7 +37,7 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     agent_procs.start("worker", ["echo"], kind="echo")
     await agent_procs.ready(mesh_client)
     reports = []
-    sub = await mesh_client.nc.subscribe("mesh.v2.err.>", cb=None)
+    sub = await mesh_client.bus.nc.subscribe("mesh.v2.err.>", cb=None)
     js = mesh_client.bus.js
     queue = "mesh.v2.work.echo"
 
@@ -65,7 +65,7 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     forged = msgspec.structs.replace(forged, state="working", owner="mallory", epoch=1, attempts=1)
     await kv.create("task.forged1", encode(forged))
     # 4. Garbage on the agent's control endpoint gets a not_understood answer.
-    reply = await mesh_client.nc.request("mesh.v2.ctl.worker", b"\x01garbage", timeout=5)
+    reply = await mesh_client.bus.nc.request("mesh.v2.ctl.worker", b"\x01garbage", timeout=5)
     assert b"not_understood" in reply.data
 
     # 5. An unreadable record that no work item or party refers to.
@@ -173,10 +173,10 @@ async def test_a_flood_of_bad_input_is_reported_at_a_bounded_rate(agent_procs: A
     agent_procs.start("target", ["echo"], kind="echo")
     await agent_procs.ready(mesh_client)
     reports = []
-    sub = await mesh_client.nc.subscribe("mesh.v2.err.target", cb=None)
+    sub = await mesh_client.bus.nc.subscribe("mesh.v2.err.target", cb=None)
     for i in range(500):
-        await mesh_client.nc.publish("mesh.v2.work.echo", b"\x00not json %d" % i)
-    await mesh_client.nc.flush()
+        await mesh_client.bus.nc.publish("mesh.v2.work.echo", b"\x00not json %d" % i)
+    await mesh_client.bus.nc.flush()
     # (Core publishes: the stream stores them, the agent refuses each one.) Wait until
     # the queue is empty, then count what was reported.
 
@@ -189,7 +189,7 @@ async def test_a_flood_of_bad_input_is_reported_at_a_bounded_rate(agent_procs: A
     # The budget refills with time (10 reports a second): the next bad item, a moment
     # later, is reported, with how many were held back.
     await anyio.sleep(0.3)
-    await mesh_client.nc.publish("mesh.v2.work.echo", b"\x00 one more")
+    await mesh_client.bus.nc.publish("mesh.v2.work.echo", b"\x00 one more")
     while True:
         try:
             reports.append(decode_error((await sub.next_msg(timeout=1.0)).data))
@@ -232,10 +232,10 @@ async def test_a_record_corrupted_under_its_owner_ends_the_task_and_the_wait(
 async def _take_an_item_and_go_silent(ghost: Mesh, capability: str, *, finish: bool) -> str:
     """Play an agent that pulls a work item, writes its claim (and result) and dies
     before its event goes out: returns the task's id."""
-    inbox = ghost.nc.new_inbox()
-    sub = await ghost.nc.subscribe(inbox)
+    inbox = ghost.bus.nc.new_inbox()
+    sub = await ghost.bus.nc.subscribe(inbox)
     request = {"batch": 1, "expires": 5_000_000_000, "group": "mesh", "priority": 0}
-    await ghost.nc.publish(
+    await ghost.bus.nc.publish(
         f"$JS.API.CONSUMER.MSG.NEXT.mesh-v2-work.{capability}", msgspec.json.encode(request), reply=inbox
     )
     msg = await sub.next_msg(timeout=10)
@@ -247,7 +247,7 @@ async def _take_an_item_and_go_silent(ghost: Mesh, capability: str, *, finish: b
     for event in events:
         record = apply(record, event, time.time())
     await ghost.bus._compare_and_set(f"task.{item.task}", encode(record), 0, finished=finish)
-    await ghost.nc.close()  # no event, no acknowledgement: gone
+    await ghost.bus.nc.close()  # no event, no acknowledgement: gone
     return item.task
 
 

@@ -140,7 +140,7 @@ async def test_fm_2_5_feedback_ignored_escalates_to_a_person(agent_procs: AgentP
 
 
 def _url(mesh: Mesh) -> str:
-    url = mesh.nc.connected_url
+    url = mesh.bus.nc.connected_url
     assert url is not None
     return f"nats://{url.hostname}:{url.port}"
 

@@ -207,3 +207,22 @@ async def test_a_worker_reads_its_children_through_the_task_context(broker: Brok
     assert record.state == "done", record.error
     assert record.result == [[True, "done", "one"], [True, "done", "two"]]
     assert len(record.children) == 3
+
+
+def test_only_the_bus_speaks_nats_py() -> None:
+    """mesh/bus.py is the one edge to nats-py (docs/ARCHITECTURE.md): no other module of
+    the runtime or the roles imports it, builds a JetStream or KV subject, or reaches
+    through a bus to its connection. The CLI's one exception imports nats-py early,
+    without its websocket transport, and speaks nothing."""
+    exempt = {"mesh.bus": "everything", "mesh.cli.commands": {"nats.aio.client"}}
+    found = []
+    for name, path in {**_modules("mesh"), **_modules("agents")}.items():
+        allowed = exempt.get(name, set())
+        if allowed == "everything":
+            continue
+        nats = {m for m in _imports(path) if m.split(".")[0] == "nats"} - set(allowed)
+        if nats:
+            found.append(f"{name} imports {sorted(nats)}")
+        text = path.read_text()
+        found += [f"{name} has {needle!r}" for needle in ("$JS.", "$KV.", ".nc.", ".js.") if needle in text]
+    assert not found

@@ -42,7 +42,7 @@ async def test_a_forged_write_on_the_record_subject_does_not_stop_the_owner(
     # What the bucket would republish if someone took the task over (with the headers
     # of a republished write); the bucket never had it.
     forged = msgspec.structs.replace(held, owner="mallory", epoch=held.epoch + 1, attempts=held.attempts + 1)
-    await mesh_client.nc.publish(
+    await mesh_client.bus.nc.publish(
         mesh_client.names.record_subject(record.id), encode(forged), headers={"Nats-Sequence": "1000000"}
     )
     with anyio.fail_after(30):
@@ -68,7 +68,7 @@ async def _held_task(agent_procs: AgentProcs, mesh_client: Mesh) -> TaskRecord:
 async def _forge_write(mesh_client: Mesh, record: TaskRecord, revision: int) -> None:
     """Publish ``record`` on its record subject as the bucket republishes a write (a core
     message: anyone with publish rights can send one; the bucket never stores it)."""
-    await mesh_client.nc.publish(
+    await mesh_client.bus.nc.publish(
         mesh_client.names.record_subject(record.id), encode(record), headers={"Nats-Sequence": str(revision)}
     )
 

@@ -128,7 +128,7 @@ async def test_submit_returns_with_offer_and_event_stored(broker: Broker) -> Non
     """A client that exits right after submit leaves an announced task."""
     mesh = await Mesh.connect(broker.url, client_id="quick")
     record = await mesh.submit("nobody", "still there after I leave", task_id="quick1")
-    await mesh.nc.close()  # no drain: only what submit awaited is guaranteed
+    await mesh.bus.nc.close()  # no drain: only what submit awaited is guaranteed
     other = await Mesh.connect(broker.url, client_id="other")
     try:
         assert [item.task for _, item in await other.bus.waiting_items("nobody")] == [record.id]

@@ -50,7 +50,7 @@ async def test_records_and_items_over_a_limit_are_refused_reported_and_never_wor
 ) -> None:
     proc = agent_procs.start("worker", ["echo"], kind="echo")
     await agent_procs.ready(mesh_client)
-    sub = await mesh_client.nc.subscribe("mesh.v2.err.>")
+    sub = await mesh_client.bus.nc.subscribe("mesh.v2.err.>")
     js, kv = mesh_client.bus.js, mesh_client.bus.tasks
     queue = "mesh.v2.work.echo"
 

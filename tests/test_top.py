@@ -8,8 +8,10 @@ import sys
 from typing import Any
 
 from mesh.broker import Broker
+from mesh.cli import render
 from mesh.client import Mesh
 from mesh.testing import AgentProcs, wait_for
+from mesh.top import take_snapshot
 
 
 def top(server: str, *extra: str) -> dict[str, Any]:
@@ -64,3 +66,21 @@ async def test_top_flags_stuck_looping_and_overloaded(
     await mesh_client.cancel(stuck.id)
     await mesh_client.cancel(waiting.id)
     await mesh_client.cancel(spin.id)
+
+
+async def test_top_says_what_it_could_not_read_and_drops_nothing_silently(mesh_client: Mesh) -> None:
+    waiting = await mesh_client.submit("nobody.serves.this", "wait in the queue", claim_timeout_s=60)
+    # Garbage on the queue, acknowledged by the stream (so stored) before we look.
+    await mesh_client.bus.js.publish("mesh.v2.work.nobody.serves.this", b"\x00 not a work item")
+    snap = await take_snapshot(mesh_client)
+    assert [t.id for t in snap.tasks] == [waiting.id] and snap.not_read == []
+    assert len(snap.unreadable) == 1 and snap.unreadable[0].startswith("work item ")
+
+    # The queues' stream goes away: their tasks cannot be read, and the view says so
+    # rather than showing a mesh with nothing waiting.
+    await mesh_client.bus.js.delete_stream(mesh_client.names.work_stream)
+    snap = await take_snapshot(mesh_client)
+    assert snap.tasks == [] and len(snap.not_read) == 1
+    assert snap.not_read[0].startswith("the queues' waiting items: ")
+    assert snap.to_json()["flags"]["not_read"] == snap.not_read
+    assert "NOT READ (this view lacks it): the queues' waiting items" in render.top_view(snap)

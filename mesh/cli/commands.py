@@ -278,6 +278,8 @@ def _brief_or_org_member(path: str, name: str | None) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import subprocess
+
     from ..briefs import load_org
     from ..broker import Broker
     from ..process import spawn_agent
@@ -321,7 +323,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             for p in procs:
                 try:
                     p.wait(60)
-                except Exception:
+                except subprocess.TimeoutExpired:  # not drained within a minute: stop it now
+                    print(f"agent {p.agent_id} did not drain within 60 s; killed", file=sys.stderr)
                     p.kill()
             if broker is not None:
                 broker.stop()

@@ -156,7 +156,10 @@ def top_view(snap: Any) -> str:
         f"{', '.join(flags['overloaded']) or 'none'}"
     )
     if flags.get("unreadable"):
-        summary += f"\nunreadable records (their parties end them): {', '.join(flags['unreadable'])}"
+        unreadable = ", ".join(flags["unreadable"])
+        summary += f"\nunreadable (records: their parties end them; items: agents refuse them): {unreadable}"
+    for missing in flags.get("not_read", ()):
+        summary += f"\nNOT READ (this view lacks it): {missing}"
     return "\n\n".join(
         [
             _table(
