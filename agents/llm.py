@@ -385,25 +385,14 @@ class LLMAgent:
         can_delegate = task.record.hops_left > 0
         tools = protocol_tools(mode="work", delegates=self.brief.delegates, can_delegate=can_delegate)
         tools += [t.schema for t in self.extra.values()]
-        session = _Session(task=task, mode="work", charge=True)
-        session.messages = [
-            {
-                "role": "system",
-                "content": system_prompt(
-                    self.brief,
-                    mode="work",
-                    tools=[t["function"]["name"] for t in tools],
-                    can_delegate=can_delegate,
-                    preface=self.system,
-                ),
-            },
-            {
-                "role": "user",
-                "content": task_prompt(
-                    task.record, children=children, now=time.time(), data_chars=self.options.data_chars
-                ),
-            },
-        ]
+        session = self._session(
+            task,
+            "work",
+            tools,
+            can_delegate=can_delegate,
+            charge=True,
+            prompt=task_prompt(task.record, children=children, now=time.time(), data_chars=self.options.data_chars),
+        )
         for turn in range(1, self.options.max_turns + 1):
             reply = await self._call(session, tools)
             session.messages.append(reply.message())
@@ -428,27 +417,39 @@ class LLMAgent:
             f"no result after {self.options.max_turns} model turns (the brief's options.max_turns)", reason="budget"
         )
 
+    def _session(
+        self,
+        task: TaskContext,
+        mode: Mode,
+        tools: list[dict[str, Any]],
+        *,
+        can_delegate: bool,
+        charge: bool,
+        prompt: str,
+    ) -> _Session:
+        """A conversation that opens with the brief's system prompt and the task (or review) prompt."""
+        system = system_prompt(
+            self.brief,
+            mode=mode,
+            tools=[t["function"]["name"] for t in tools],
+            can_delegate=can_delegate,
+            preface=self.system,
+        )
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        return _Session(task=task, mode=mode, charge=charge, messages=messages)
+
     async def _judge(self, record: TaskRecord, task: TaskContext, *, charge: bool) -> Verdict:
         tools = protocol_tools(mode="review", delegates=(), can_delegate=False) + [
             t.schema for t in self.extra.values()
         ]
-        session = _Session(task=task, mode="review", charge=charge)
-        session.messages = [
-            {
-                "role": "system",
-                "content": system_prompt(
-                    self.brief,
-                    mode="review",
-                    tools=[t["function"]["name"] for t in tools],
-                    can_delegate=False,
-                    preface=self.system,
-                ),
-            },
-            {
-                "role": "user",
-                "content": review_prompt(record, data_chars=self.options.data_chars, findings=self.findings(record)),
-            },
-        ]
+        session = self._session(
+            task,
+            "review",
+            tools,
+            can_delegate=False,
+            charge=charge,
+            prompt=review_prompt(record, data_chars=self.options.data_chars, findings=self.findings(record)),
+        )
         for _ in range(self.options.max_turns):
             reply = await self._call(session, tools)
             session.messages.append(reply.message())

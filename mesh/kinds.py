@@ -291,13 +291,7 @@ async def request_review(task: TaskContext, result: Any, policy: ReviewPolicy, *
     every one must approve. (Distinct reviewers are likely, not guaranteed: for a
     guaranteed quorum of distinct reviewers, the requester sets the task's review.)"""
     digest = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    request = {
-        "instruction": task.instruction,
-        "criteria": task.record.criteria,
-        "data": task.data,
-        "result": result,
-        "author": task.agent,
-    }
+    request = _review_request(task, result)
     reasons: list[str] = []
     for i in range(policy.quorum):
         child = await task.delegate(
@@ -312,17 +306,24 @@ async def request_review(task: TaskContext, result: Any, policy: ReviewPolicy, *
     return Verdict(approve=not reasons, reasons=tuple(reasons))
 
 
+def _review_request(task: TaskContext, result: Any) -> dict[str, Any]:
+    """What a reviewer (or the escalation) is shown of a result: the work asked and who did it."""
+    return {
+        "instruction": task.instruction,
+        "criteria": task.record.criteria,
+        "data": task.data,
+        "result": result,
+        "author": task.agent,
+    }
+
+
 async def settle_rejected(task: TaskContext, result: Any, reasons: tuple[str, ...], policy: ReviewPolicy) -> Any:
     """A result its reviewers kept vetoing: hand the decision to ``policy.escalate_to``
     (whose answer is final), or fail the task ``rejected``."""
     if policy.escalate_to is None:
         raise TaskFailed("reviewers rejected the result: " + "; ".join(reasons), reason="rejected")
     request = {
-        "instruction": task.instruction,
-        "criteria": task.record.criteria,
-        "data": task.data,
-        "result": result,
-        "author": task.agent,
+        **_review_request(task, result),
         "vetoes": list(reasons),
     }
     child = await task.delegate(
