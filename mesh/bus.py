@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import math
 import ssl
 import time
@@ -229,6 +230,7 @@ async def connect(
         if reconnects is not None:
             reconnects.happened()
 
+    logging.getLogger("asyncio").addFilter(_quiet_tls_eof)  # (once: filters are a set)
     try:
         nc = await nats.connect(
             # A comma-separated list names several servers of one cluster.
@@ -264,6 +266,18 @@ async def connect(
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+class _QuietTlsEof(logging.Filter):
+    """asyncio logs "returning true from eof_received() has no effect when using ssl"
+    each time a TLS connection to the broker closes (nats-py's stream protocol asks to
+    keep half-open sockets, which TLS cannot): noise on every command's exit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+_quiet_tls_eof = _QuietTlsEof()
 
 
 def _on_tls(nc: Client) -> bool:
