@@ -19,7 +19,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BrokerNotFound", "BrokerFailed", "find_nats_server", "free_port", "free_ports", "Broker"]
+__all__ = [
+    "BrokerNotFound",
+    "BrokerFailed",
+    "find_nats_server",
+    "free_port",
+    "free_ports",
+    "Broker",
+    "check_tls_files",
+]
 
 
 class BrokerNotFound(RuntimeError):
@@ -63,6 +71,31 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return [int(s.getsockname()[1]) for s in sockets]
 
 
+def check_tls_files(cert: str, key: str) -> None:
+    """Refuse a certificate and key nats-server could not use, before starting it (it
+    would exit with a message in its own log): missing, unreadable, not PEM, or not
+    a pair."""
+    import ssl
+
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise BrokerFailed(f"TLS {what} file {path}: no such file") from None
+        except OSError as exc:
+            raise BrokerFailed(
+                f"TLS {what} file {path}: cannot read it ({exc.strerror}); check its permissions"
+            ) from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise BrokerFailed(
+            f"TLS certificate {cert} and key {key} cannot be used together ({exc.reason or exc}): give the PEM "
+            "certificate (chain) and the PEM private key it was issued for"
+        ) from None
+
+
 @dataclass
 class Broker:
     """A nats-server child process with JetStream.
@@ -70,6 +103,7 @@ class Broker:
     ``start()`` returns once ``/healthz`` answers ok; ``stop()`` terminates it and waits.
     Ports default to free loopback ports and the store to a temporary directory, so a
     broker can be started anywhere without configuration (tests, ``mesh demo``).
+    With ``tls_cert`` and ``tls_key`` it accepts TLS clients only.
     """
 
     host: str = "127.0.0.1"
@@ -78,13 +112,16 @@ class Broker:
     store: str | None = None
     config: str | None = None
     extra_args: tuple[str, ...] = ()
+    #: PEM files of the server's certificate (chain) and private key
+    tls_cert: str | None = None
+    tls_key: str | None = None
     binary: str = field(default_factory=find_nats_server)
     process: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls_cert else 'nats'}://{self.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -102,6 +139,12 @@ class Broker:
         if self.config:
             cmd += ["-c", self.config]
         cmd += ["-a", self.host, "-p", str(self.port), "-m", str(self.http_port), "-js", "-sd", self.store]
+        if self.tls_cert or self.tls_key:
+            if not (self.tls_cert and self.tls_key):
+                raise BrokerFailed("TLS needs both a certificate and its key (--tls-cert FILE --tls-key FILE)")
+            # --tls: every client must do TLS (no plaintext fallback); clients are not
+            # asked for certificates of their own (they authenticate with keys)
+            cmd += ["--tls", "--tlscert", self.tls_cert, "--tlskey", self.tls_key]
         return [*cmd, *self.extra_args]
 
     def start(self, *, timeout: float = 10.0, log: int | None = subprocess.DEVNULL) -> Broker:
@@ -120,6 +163,8 @@ class Broker:
 
     def launch(self, *, log: int | None = subprocess.DEVNULL) -> Broker:
         """Start the process without waiting (a cluster's nodes are healthy only together)."""
+        if self.tls_cert and self.tls_key:
+            check_tls_files(self.tls_cert, self.tls_key)
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
         return self
 

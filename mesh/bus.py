@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -75,7 +77,7 @@ from protocol import (
 )
 
 from .retry import Backoff, retry
-from .settings import Settings
+from .settings import Settings, client_tls
 
 __all__ = [
     "MeshError",
@@ -216,18 +218,31 @@ def translate_errors(what: str) -> Iterator[None]:
         raise BrokerError(f"{what}: {exc or type(exc).__name__}") from None
 
 
-async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None) -> Client:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    reconnect: bool = True,
+    reconnects: Reconnects | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Client:
     """Connect to the broker; a missing broker is a clear :class:`Unreachable`.
 
     The first connection gets a few attempts (nats-py would otherwise retry a wrong
     URL forever); once connected, the client reconnects forever, so agents ride out
-    broker restarts."""
+    broker restarts. ``tls`` verifies the broker (settings.client_tls); given it, or a
+    ``tls://`` URL, a broker that does not speak TLS is refused."""
     log = structlog.get_logger("mesh.nats").bind(connection=name)
 
     async def on_error(exc: Exception) -> None:
         # Before the first connection, a failed attempt is part of the Unreachable
         # error raised below, which says it in one line: only a debugging note here.
         (log.warning if clients else log.debug)("nats connection error", error=str(exc) or type(exc).__name__)
+        if not clients and isinstance(exc, ssl.SSLError):
+            # A certificate that fails will fail again; and nats-py 2.16 hangs closing
+            # the socket of a failed TLS handshake before it retries. Raised here, the
+            # error leaves its connect() at once.
+            raise exc
 
     clients: list[Client] = []
 
@@ -240,6 +255,7 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
         if reconnects is not None:
             reconnects.happened()
 
+    logging.getLogger("asyncio").addFilter(_quiet_tls_eof)  # (once: filters are a set)
     try:
         nc = await nats.connect(
             # A comma-separated list names several servers of one cluster.
@@ -252,7 +268,10 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            tls=tls,
         )
+    except ssl.SSLError as exc:
+        raise Unreachable(_tls_failure(url, exc, tls)) from None
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
         raise Unreachable(
             f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
@@ -261,9 +280,53 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
     except nats.errors.Error as exc:  # nats-py refuses the URL itself before connecting
         raise Unreachable(f"not a NATS server URL: {url!r} ({exc}); e.g. nats://127.0.0.1:4222") from None
     clients.append(nc)
+    if (tls is not None or "tls://" in url.lower()) and not _on_tls(nc):
+        # nats-py upgrades only when the server's first (plaintext) message asks for
+        # TLS; a broker, or someone in the way, that does not ask would get plaintext.
+        await nc.close()
+        raise Unreachable(
+            f"the broker at {url} does not use TLS, but TLS was asked for (--tls-ca / MESH_TLS_CA or a tls:// "
+            "URL): start it with TLS (`mesh broker --tls-cert FILE --tls-key FILE`, or a `tls` block in its config)"
+        )
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+class _QuietTlsEof(logging.Filter):
+    """asyncio logs "returning true from eof_received() has no effect when using ssl"
+    each time a TLS connection to the broker closes (nats-py's stream protocol asks to
+    keep half-open sockets, which TLS cannot): noise on every command's exit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+_quiet_tls_eof = _QuietTlsEof()
+
+
+def _on_tls(nc: Client) -> bool:
+    """Whether the connection runs over TLS. nats-py 2.16 has no public way to ask: the
+    transport's stream writer knows (``ssl_object`` is None on plain TCP)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
+
+
+def _tls_failure(url: str, exc: ssl.SSLError, tls: ssl.SSLContext | None) -> str:
+    """One line on a failed TLS handshake: what is wrong, and what to do."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or str(exc)
+        if tls is None:
+            return (
+                f"the broker at {url} requires TLS and its certificate is not trusted by this machine ({why}): "
+                "pass --tls-ca FILE or set MESH_TLS_CA to the CA that signed it"
+            )
+        return (
+            f"the broker at {url} is not trusted: its certificate fails against --tls-ca / MESH_TLS_CA ({why}); "
+            "check that the CA file is the one that signed the broker's certificate, and that the URL's host "
+            "is a name in that certificate"
+        )
+    return f"TLS with the broker at {url} failed ({exc.reason or exc}); is it a TLS port of a NATS server?"
 
 
 class _Replies:
@@ -591,11 +654,15 @@ class Bus:
         self.refused = 0
 
     @classmethod
-    async def connect(cls, url: str, names: Names, *, agent: str, settings: Settings | None = None) -> Bus:
-        """Connect (with reconnection tracking) and ensure the mesh's resources."""
+    async def connect(
+        cls, url: str, names: Names, *, agent: str, settings: Settings | None = None, tls: ssl.SSLContext | None = None
+    ) -> Bus:
+        """Connect (with reconnection tracking) and ensure the mesh's resources. ``tls``
+        verifies the broker (default: ``settings.tls_ca``'s CAs, if set)."""
         settings = settings or Settings.from_env()  # a bad setting is said before connecting
+        tls = tls or client_tls(settings.tls_ca)
         reconnects = Reconnects()
-        nc = await connect(url, name=agent, reconnects=reconnects)
+        nc = await connect(url, name=agent, reconnects=reconnects, tls=tls)
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
             with translate_errors("setting up the mesh's buckets and streams"):

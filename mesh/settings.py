@@ -1,25 +1,33 @@
 """How a process creates the mesh's JetStream resources, when it is the first to need
 them: replicas, storage, the lease of the queues it creates, and how long finished
-work stays readable. Existing resources are always used as they are."""
+work stays readable. Existing resources are always used as they are. And how it
+reaches the broker: the CA that must have signed the broker's TLS certificate."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from protocol import DEFAULT_LEASE_S, MAX_LEASE_S
 
 from .defaults import parse_bytes, parse_duration
 
-__all__ = ["Settings", "SettingsError"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["Settings", "SettingsError", "TlsError", "client_tls"]
 
 T = TypeVar("T")
 
 
 class SettingsError(ValueError):
     """An environment variable or flag holds a value the mesh cannot use."""
+
+
+class TlsError(SettingsError):
+    """A certificate or key file that cannot be used: missing, unreadable or not PEM."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,8 @@ class Settings:
     ``MESH_LEASE_S`` (the lease of queues this process creates), ``MESH_FINISHED_TTL``
     (how long a finished record stays in the live bucket, e.g. ``10m``), ``MESH_RETENTION``
     (how long finished work stays readable, e.g. ``7d``) and ``MESH_RETENTION_BYTES``
-    (a size cap on that history, e.g. ``10GiB``, 2 GiB by default; 0 means none)."""
+    (a size cap on that history, e.g. ``10GiB``, 2 GiB by default; 0 means none).
+    ``MESH_TLS_CA`` (or ``--tls-ca``) names the CA file that verifies the broker."""
 
     replicas: int = 1
     #: file storage survives broker restarts; memory is for benchmarks only
@@ -50,6 +59,10 @@ class Settings:
     #: a queue nobody pulled from or published to for this long is removed by the
     #: broker (its items stay in the stream for the next queue of that capability)
     queue_idle_s: float = 3600.0
+    #: PEM file of the CA(s) that signed the broker's certificate. Set, the connection
+    #: must be TLS and the broker must prove its name with a certificate from them;
+    #: unset, a broker that asks for TLS is checked against the system's CAs
+    tls_ca: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,7 +83,36 @@ class Settings:
             finished_ttl_s=_parsed(env, "MESH_FINISHED_TTL", _duration, cls.finished_ttl_s),
             retention_s=_parsed(env, "MESH_RETENTION", _duration, cls.retention_s),
             retention_bytes=_parsed(env, "MESH_RETENTION_BYTES", parse_bytes, cls.retention_bytes),
+            tls_ca=env.get("MESH_TLS_CA") or None,
         )
+
+
+def client_tls(ca: str | None, *, pinned: bool = False) -> ssl.SSLContext | None:
+    """The TLS context a client verifies the broker with: ``ca``'s certificates only
+    (None without ``ca``: nats-py then uses the system's CAs if the broker asks for TLS).
+
+    ``pinned``: ``ca`` is the broker's own certificate, not its CA (``mesh broker``
+    checking the child it started): trusted as it is, whatever name it carries."""
+    if ca is None:
+        return None
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except FileNotFoundError:
+        raise TlsError(f"TLS CA file {ca}: no such file; point --tls-ca / MESH_TLS_CA at the CA's PEM file") from None
+    except OSError as exc:
+        raise TlsError(f"TLS CA file {ca}: cannot read it ({exc.strerror}); check its path and permissions") from None
+    except ssl.SSLError:
+        raise TlsError(
+            f"TLS CA file {ca}: no PEM certificate in it; give the CA certificate (-----BEGIN CERTIFICATE-----)"
+        ) from None
+    if pinned:
+        # A leaf certificate is not a CA: without partial chains OpenSSL would look for
+        # its issuer. The pin is the exact certificate, so the name adds nothing.
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+    return context
 
 
 #: JetStream keeps durations in 64-bit nanoseconds (292 years); longer ones overflow

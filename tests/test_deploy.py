@@ -16,6 +16,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +89,72 @@ def conf_value(text: str, key: str) -> str:
     return found[0].strip('"')
 
 
-def localize(text: str, ports: dict[int, int], store: Path) -> str:
+#: where the shipped configs expect the certificates (docs/DEPLOY.md, "Secure setup")
+TLS_DIR_IN_DEPLOYMENTS = "/etc/agent-mesh/tls"
+#: the password user the tests' auth.conf adds for `mesh` commands and nats-py clients
+TEST_USER, TEST_PASSWORD = "deploy-test", "deploy-test-password"
+
+
+@dataclass
+class Pki:
+    """What a secure deployment puts beside its configs, made for the tests: a CA, one
+    certificate for 127.0.0.1 (every node on loopback shares it), and auth.conf."""
+
+    dir: Path
+    ca: Path
+    auth: Path
+    leaf_seed: Path
+    leaf_user: str
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    trustme = pytest.importorskip("trustme")
+    nkeys = pytest.importorskip("nkeys")
+    tmp = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    # trustme's certificates allow both server and client use, as routes need
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    issued.private_key_pem.write_to_path(str(tmp / "server-key.pem"))
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(tmp / "server.pem"), append=True)
+    # The auth fragment `mesh auth config` writes has this shape: one nkey user per key.
+    # Here the leaf site's key, plus a password user for the test's own clients.
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    leaf_user = nkeys.from_seed(seed).public_key.decode()
+    auth = tmp / "auth.conf"
+    auth.write_text(
+        "authorization {\n  users = [\n"
+        f'    {{ nkey: "{leaf_user}", permissions: {{ publish: ">", subscribe: ">" }} }}\n'
+        f'    {{ user: "{TEST_USER}", password: "{TEST_PASSWORD}" }}\n'
+        "  ]\n}\n"
+    )
+    (tmp / "leaf-seed.conf").write_text(f'LEAF_SEED: "{seed.decode()}"\n')
+    return Pki(dir=tmp, ca=tmp / "ca.pem", auth=auth, leaf_seed=tmp / "leaf-seed.conf", leaf_user=leaf_user)
+
+
+def localize(text: str, ports: dict[int, int], store: Path, pki: Pki | None = None) -> str:
     """A copy of a shipped config that runs on loopback: ports swapped for free ones,
-    store_dir moved under ``store`` (keeping its last component), hosts -> 127.0.0.1."""
-    pattern = "|".join(str(p) for p in sorted(ports, reverse=True))
+    store_dir moved under ``store`` (keeping its last component), hosts -> 127.0.0.1,
+    certificates taken from ``pki``."""
+    pattern = "|".join(str(p) for p in sorted(ports, reverse=True)) or "(?!)"
     text = re.sub(rf"(?<![\d.])({pattern})(?!\d)", lambda m: str(ports[int(m.group(1))]), text)
     text = re.sub(r'(?m)^(\s*store_dir:\s*)"([^"]+)"', lambda m: f'{m.group(1)}"{store / Path(m.group(2)).name}"', text)
+    if pki is not None:
+        text = text.replace(f'"{TLS_DIR_IN_DEPLOYMENTS}/', f'"{pki.dir}/')
     return text.replace('"0.0.0.0"', '"127.0.0.1"')
+
+
+def write_conf(path: Path, text: str, pki: Pki) -> Path:
+    """The config at ``path``, with what it includes beside it (as deployments have it)."""
+    path.write_text(text)
+    shutil.copy(pki.auth, path.parent / "auth.conf")
+    shutil.copy(pki.leaf_seed, path.parent / "leaf-seed.conf")
+    return path
 
 
 def get_json(url: str) -> Any:
@@ -130,12 +191,13 @@ def wait_for(
 
 
 class Server:
-    """One nats-server process from a config file; stopped (terminate, wait) by stop()."""
+    """One nats-server process from a config file; stopped (terminate, wait) by stop().
+    Its ``url`` carries the test user's password (the shipped configs require a user)."""
 
     def __init__(self, binary: str, conf: Path, http_port: int, client_port: int, leaf_port: int = 0) -> None:
         self.conf, self.log, self.leaf_port = conf, conf.with_suffix(".log"), leaf_port
         self.monitor = f"http://127.0.0.1:{http_port}"
-        self.url = f"nats://127.0.0.1:{client_port}"
+        self.url = f"tls://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:{client_port}"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
 
@@ -184,10 +246,22 @@ def check_agent_command(argv: list[str]) -> dict[str, Any]:
 
 
 def check_server_url(url: str, hosts: set[str], port: int) -> None:
-    m = re.fullmatch(r"nats://([\w.-]+):(\d+)", url)
-    assert m, f"bad server URL {url!r}"
+    m = re.fullmatch(r"tls://([\w.-]+):(\d+)", url)
+    assert m, f"bad server URL {url!r}: the shipped brokers take TLS only (tls://HOST:PORT)"
     assert m.group(1) in hosts, f"{url}: host {m.group(1)!r} is none of {sorted(hosts)}"
     assert int(m.group(2)) == port, f"{url}: port {m.group(2)} but the broker listens on {port}"
+
+
+def operator_made(path: str) -> bool:
+    """A file the secure setup makes per deployment (docs/DEPLOY.md): users, certificates
+    and keys. Never shipped, so absent here; git must ignore it."""
+    return bool(re.fullmatch(r"(\./)?(auth\.conf|tls/(ca|server|server-key)\.pem|keys/[\w-]+\.nk)", path))
+
+
+def check_ignored(directory: Path, path: str) -> None:
+    ignored = (directory / ".gitignore").read_text().split()
+    top = path.removeprefix("./").split("/")[0]
+    assert path.removeprefix("./") in ignored or f"{top}/" in ignored, f"{directory}/.gitignore must list {path}"
 
 
 def yaml_module() -> Any:
@@ -198,10 +272,36 @@ def yaml_module() -> Any:
 
 
 @pytest.mark.parametrize("name", CONFS)
-def test_nats_config_is_valid(nats_server: str, name: str) -> None:
-    out = subprocess.run([nats_server, "-t", "-c", str(NATS / name)], capture_output=True, text=True, timeout=10)
+def test_nats_config_is_valid(nats_server: str, name: str, pki: Pki, tmp_path: Path) -> None:
+    """`nats-server -t` on the shipped file as it is, with only the certificates'
+    directory moved to the test's own (nats-server loads them to check the file) and
+    the includes (auth.conf, leaf-seed.conf) beside it."""
+    conf = write_conf(tmp_path / name, localize(conf_text(name), {}, tmp_path, pki), pki)
+    out = subprocess.run([nats_server, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "is valid" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", CONFS)
+def test_nats_config_is_secure(name: str) -> None:
+    """TLS for clients, the users of auth.conf, TLS with certificates checked both ways
+    on routes and leaf links; single.conf listens on loopback unless told otherwise."""
+    code = conf_code(conf_text(name))
+    assert re.search(r'(?m)^include "auth\.conf"$', code), f'{name}: no `include "auth.conf"`'
+    blocks = re.findall(r"(?ms)^( *)tls \{(.*?)^\1\}", code)
+    assert blocks, f"{name}: no tls block"
+    client_tls = next(body for indent, body in blocks if indent == "")
+    assert f'cert_file: "{TLS_DIR_IN_DEPLOYMENTS}/server.pem"' in client_tls
+    assert f'key_file: "{TLS_DIR_IN_DEPLOYMENTS}/server-key.pem"' in client_tls
+    nested = [body for indent, body in blocks if indent]
+    for body in nested:  # routes, leaf listeners and leaf remotes check the other side
+        assert f'ca_file: "{TLS_DIR_IN_DEPLOYMENTS}/ca.pem"' in body, f"{name}: a nested tls block has no CA"
+    if name.startswith("cluster-node"):
+        assert len(nested) == 2 and all("verify: true" in b for b in nested), f"{name}: routes and leafs need mTLS"
+    if name == "single.conf":
+        assert conf_value(conf_text(name), "host") == "127.0.0.1", "single.conf must not listen on all interfaces"
+    if name == "leaf.conf":
+        assert "nkey: $LEAF_SEED" in code and 'include "leaf-seed.conf"' in code
 
 
 def test_nats_configs_are_consistent() -> None:
@@ -229,10 +329,12 @@ def test_nats_configs_are_consistent() -> None:
     assert re.findall(r'"nats-leaf://[^"]+:7422"', conf_code(leaf)), "leaf remotes should dial the hub's port 7422"
 
 
-def test_single_broker_runs_with_fsync_always(nats_server: str, tmp_path: Path) -> None:
+async def test_single_broker_runs_with_fsync_always_tls_and_users(nats_server: str, tmp_path: Path, pki: Pki) -> None:
+    nats = pytest.importorskip("nats")
     client, http = free_port(), free_port()
-    conf = tmp_path / "single.conf"
-    conf.write_text(localize(conf_text("single.conf"), {4222: client, 8222: http}, tmp_path))
+    conf = write_conf(
+        tmp_path / "single.conf", localize(conf_text("single.conf"), {4222: client, 8222: http}, tmp_path, pki), pki
+    )
     server = Server(nats_server, conf, http, client)
     try:
         wait_for("/healthz", lambda: healthy(server.monitor), [server.proc], [server.log])
@@ -240,21 +342,29 @@ def test_single_broker_runs_with_fsync_always(nats_server: str, tmp_path: Path) 
         assert js["config"]["sync_always"] is True
         assert js["config"]["store_dir"].startswith(str(tmp_path))
         varz = get_json(f"{server.monitor}/varz")
-        assert (varz["server_name"], varz["port"]) == ("mesh-broker-1", client)
+        assert (varz["server_name"], varz["port"], varz["host"]) == ("mesh-broker-1", client, "127.0.0.1")
+        assert varz["tls_required"] is True and varz["auth_required"] is True
+        # A client with the CA but no user is refused; with a user of auth.conf it gets in.
+        anonymous = server.url.replace(f"{TEST_USER}:{TEST_PASSWORD}@", "")
+        with pytest.raises(nats.errors.Error, match="Authorization"):
+            await nats.connect(anonymous, tls=pki.context(), allow_reconnect=False, connect_timeout=2)
+        nc = await nats.connect(server.url, tls=pki.context(), allow_reconnect=False)
+        await nc.close()
     finally:
         server.stop()
 
 
-def test_example_briefs_work_on_the_single_broker(nats_server: str, tmp_path: Path) -> None:
+def test_example_briefs_work_on_the_single_broker(nats_server: str, tmp_path: Path, pki: Pki) -> None:
     """The shipped broker config and briefs, run the way the deployments run them:
     `mesh agent run BRIEF --server URL --id ID`, a reviewed task end to end, then
     SIGTERM -> drain -> exit 0 (what systemd, compose and k8s rely on to stop agents)."""
     pytest.importorskip("mesh.cli", reason="the mesh runtime is not importable")
     client, http = free_port(), free_port()
-    conf = tmp_path / "single.conf"
-    conf.write_text(localize(conf_text("single.conf"), {4222: client, 8222: http}, tmp_path))
+    conf = write_conf(
+        tmp_path / "single.conf", localize(conf_text("single.conf"), {4222: client, 8222: http}, tmp_path, pki), pki
+    )
     server = Server(nats_server, conf, http, client)
-    env = {**os.environ, "MESH_SERVER": server.url}
+    env = {**os.environ, "MESH_SERVER": server.url, "MESH_TLS_CA": str(pki.ca)}
     mesh = [sys.executable, "-m", "mesh"]
     agents: list[subprocess.Popen[bytes]] = []
     try:
@@ -290,15 +400,18 @@ def test_example_briefs_work_on_the_single_broker(nats_server: str, tmp_path: Pa
 
 
 @pytest.fixture(scope="module")
-def cluster(nats_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Server]]:
-    """The three cluster-node configs, on free loopback ports, running together."""
+def cluster(nats_server: str, tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[dict[int, Server]]:
+    """The three cluster-node configs, on free loopback ports, running together: routes
+    and leaf links over mutual TLS, clients over TLS with the users of auth.conf."""
     tmp = tmp_path_factory.mktemp("cluster")
     ports = {old: free_port() for node in NODE_PORTS.values() for old in node.values()}
     servers: dict[int, Server] = {}
     try:
         for n in (1, 2, 3):
-            conf = tmp / f"node-{n}.conf"
-            conf.write_text(localize(conf_text(f"cluster-node-{n}.conf"), ports, tmp))
+            (tmp / f"node-{n}").mkdir()
+            conf = write_conf(
+                tmp / f"node-{n}" / "node.conf", localize(conf_text(f"cluster-node-{n}.conf"), ports, tmp, pki), pki
+            )
             node = NODE_PORTS[n]
             servers[n] = Server(nats_server, conf, ports[node["http"]], ports[node["client"]], ports[node["leaf"]])
         procs, logs = [s.proc for s in servers.values()], [s.log for s in servers.values()]
@@ -325,12 +438,63 @@ def test_cluster_forms_with_two_routes_per_node(cluster: dict[int, Server]) -> N
         meta = get_json(f"{server.monitor}/jsz")["meta_cluster"]
         assert meta["name"] == "agent-mesh"
         assert meta["cluster_size"] == 3
+        varz = get_json(f"{server.monitor}/varz")
+        assert varz["tls_required"] is True and varz["auth_required"] is True
+        assert (varz["cluster"]["tls_required"], varz["cluster"]["tls_verify"]) == (True, True), "routes over mTLS"
+        assert (varz["leaf"]["tls_required"], varz["leaf"]["tls_verify"]) == (True, True), "leaf links over mTLS"
 
 
-async def test_client_given_one_node_learns_the_others(cluster: dict[int, Server]) -> None:
+def test_a_task_crosses_the_tls_cluster(cluster: dict[int, Server], pki: Pki, tmp_path: Path) -> None:
+    """The three-machine setup of docs/DEPLOY.md on loopback: an agent on node 1 and a
+    submit on node 2, both over TLS with the CA, replicas 3; the task completes."""
+    pytest.importorskip("mesh.cli", reason="the mesh runtime is not importable")
+    env = {**os.environ, "MESH_TLS_CA": str(pki.ca), "MESH_REPLICAS": "3"}
+    env.pop("MESH_SERVER", None)
+    mesh = [sys.executable, "-m", "mesh"]
+    # As docs/DEPLOY.md says for a cluster: the streams and buckets first, with 3 replicas
+    # (processes racing to create them on a fresh cluster can see one half-made).
+    setup = subprocess.run(
+        [*mesh, "setup", "--server", cluster[3].url], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert setup.returncode == 0, setup.stderr
+    log = tmp_path / "summarizer.log"
+    argv = ["agent", "run", str(BRIEFS / "summarizer.toml"), "--server", cluster[1].url, "--id", "summarizer-tls"]
+    with log.open("wb") as out:
+        agent = subprocess.Popen([*mesh, *argv], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        wait_for(
+            "the agent's TLS connection",
+            lambda: "summarizer-tls" in json.dumps(get_json(f"{cluster[1].monitor}/connz")),
+            [],
+            [],
+        )
+        text = "Cats sleep most of the day. Dogs bark at night. Fish swim."
+        done = subprocess.run(
+            [*mesh, "submit", "summarize", text, "--wait", "--claim-timeout", "30s", "--server", cluster[2].url],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{log.read_text()[-2000:]}"
+        assert "Cats" in done.stdout
+        # both ends really were on TLS: the nodes list their clients' TLS versions
+        clients = [c for s in cluster.values() for c in get_json(f"{s.monitor}/connz")["connections"]]
+        mesh_clients = [c for c in clients if c.get("name", "").startswith("summarizer-tls")]
+        assert mesh_clients and all(c.get("tls_version") for c in mesh_clients), mesh_clients
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(45) == 0, log.read_text()[-2000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+async def test_client_given_one_node_learns_the_others(cluster: dict[int, Server], pki: Pki) -> None:
     """docs/DEPLOY.md tells agents to name one node: the client must learn the rest."""
     nats = pytest.importorskip("nats")
-    nc = await nats.connect(cluster[1].url, name="deploy-test-discovery")
+    nc = await nats.connect(cluster[1].url, name="deploy-test-discovery", tls=pki.context())
     try:
         for _ in range(100):
             if len(nc.discovered_servers) >= 2:
@@ -342,13 +506,13 @@ async def test_client_given_one_node_learns_the_others(cluster: dict[int, Server
         await nc.close()
 
 
-async def test_bucket_replicas_can_be_raised_to_three(cluster: dict[int, Server]) -> None:
+async def test_bucket_replicas_can_be_raised_to_three(cluster: dict[int, Server], pki: Pki) -> None:
     """The procedure docs/DEPLOY.md gives for the mesh's buckets: created with one
     replica, then edited to three (what `nats stream edit --replicas 3` does)."""
     nats = pytest.importorskip("nats")
     from nats.js.api import KeyValueConfig
 
-    nc = await nats.connect(cluster[1].url, name="deploy-test-replicas")
+    nc = await nats.connect(cluster[1].url, name="deploy-test-replicas", tls=pki.context())
     try:
         js = nc.jetstream()
         kv = await js.create_key_value(KeyValueConfig(bucket="deploy-replicas-probe", history=5, replicas=1))
@@ -382,7 +546,7 @@ async def test_bucket_replicas_can_be_raised_to_three(cluster: dict[int, Server]
 
 
 async def test_leaf_node_joins_hub_with_its_own_jetstream(
-    nats_server: str, cluster: dict[int, Server], tmp_path: Path
+    nats_server: str, cluster: dict[int, Server], tmp_path: Path, pki: Pki
 ) -> None:
     """What leaf.conf promises: the link comes up, plain subjects cross it, and the
     site's JetStream is a separate board (the mesh's KV traffic does not cross)."""
@@ -394,8 +558,7 @@ async def test_leaf_node_joins_hub_with_its_own_jetstream(
     text = conf_text("leaf.conf")
     hub = r"nats-leaf://hub-(\d)\.example\.com:7422"
     text = re.sub(hub, lambda m: f"nats-leaf://127.0.0.1:{cluster[int(m.group(1))].leaf_port}", text)
-    conf = tmp_path / "leaf.conf"
-    conf.write_text(localize(text, {4222: client, 8222: http}, tmp_path))
+    conf = write_conf(tmp_path / "leaf.conf", localize(text, {4222: client, 8222: http}, tmp_path, pki), pki)
     leaf = Server(nats_server, conf, http, client)
     try:
         wait_for("leaf /healthz", lambda: healthy(leaf.monitor), [leaf.proc], [leaf.log])
@@ -404,8 +567,8 @@ async def test_leaf_node_joins_hub_with_its_own_jetstream(
         )
         assert get_json(f"{leaf.monitor}/leafz")["leafs"][0]["name"].startswith("mesh-node-")
 
-        hub_nc = await nats.connect(cluster[2].url, name="deploy-test-hub")
-        site_nc = await nats.connect(leaf.url, name="deploy-test-site")
+        hub_nc = await nats.connect(cluster[2].url, name="deploy-test-hub", tls=pki.context())
+        site_nc = await nats.connect(leaf.url, name="deploy-test-site", tls=pki.context())
         try:
 
             async def answer(msg: Any) -> None:
@@ -557,16 +720,29 @@ def test_compose_file_is_consistent() -> None:
     single = conf_text("single.conf")
     client_port, http_port = int(conf_value(single, "port")), conf_value(single, "http_port")
 
-    for name, cfg in configs.items():
-        assert (compose_dir / cfg["file"]).is_file(), f"config {name}: {cfg['file']} does not exist"
+    secrets = doc["secrets"]
+    for name, cfg in {**configs, **secrets}.items():
+        if operator_made(cfg["file"]):
+            check_ignored(compose_dir, cfg["file"])
+        else:
+            assert (compose_dir / cfg["file"]).is_file(), f"config {name}: {cfg['file']} does not exist"
+    for name, cfg in secrets.items():
+        assert operator_made(cfg["file"]) and not cfg["file"].endswith(("ca.pem", "server.pem")), f"{name}: not secret"
     for name, svc in services.items():
         for ref in svc.get("configs", []):
             assert ref["source"] in configs, f"service {name} uses undefined config {ref['source']}"
+        for ref in svc.get("secrets", []):
+            assert (ref["source"] if isinstance(ref, dict) else ref) in secrets, f"service {name}: undefined secret"
 
     broker = services["broker"]
     broker_configs = {ref["target"]: configs[ref["source"]]["file"] for ref in broker["configs"]}
     conf_target = broker["command"][broker["command"].index("--config") + 1]
     assert (compose_dir / broker_configs[conf_target]).resolve() == NATS / "single.conf"
+    # what single.conf reads, where it reads it: auth.conf beside it, the TLS files
+    assert broker_configs[str(Path(conf_target).parent / "auth.conf")] == "./auth.conf"
+    assert broker_configs[f"{TLS_DIR_IN_DEPLOYMENTS}/server.pem"] == "./tls/server.pem"
+    broker_secrets = {ref["target"]: secrets[ref["source"]]["file"] for ref in broker["secrets"]}
+    assert broker_secrets[f"{TLS_DIR_IN_DEPLOYMENTS}/server-key.pem"] == "./tls/server-key.pem"
     assert f"http://127.0.0.1:{http_port}/healthz" in broker["healthcheck"]["test"]
     assert any(v.split(":")[1] == conf_value(single, "store_dir") for v in broker["volumes"]), "store on a volume"
     assert any(str(p).endswith(f"{client_port}:{client_port}") for p in broker["ports"])
@@ -578,6 +754,9 @@ def test_compose_file_is_consistent() -> None:
         cmd = check_agent_command(svc["command"])
         check_server_url(cmd["server"], set(services), client_port)
         mounted = {ref["target"]: configs[ref["source"]]["file"] for ref in svc["configs"]}
+        assert mounted[svc["environment"]["MESH_TLS_CA"]] == "./tls/ca.pem", f"{name}: no CA to check the broker"
+        key = svc["environment"]["MESH_NKEY"]
+        assert key.startswith("/run/secrets/") and Path(key).name in svc["secrets"], f"{name}: its key is not mounted"
         assert cmd["brief"] in mounted, f"{name}: {cmd['brief']} is not mounted into the container"
         brief_file = (compose_dir / mounted[cmd["brief"]]).resolve()
         assert brief_file.parent == BRIEFS and brief_file.is_file()
@@ -608,10 +787,20 @@ def test_k8s_copies_match_their_sources() -> None:
     yaml = yaml_module()
     k8s = DEPLOY / "k8s"
     kustomization, _ = k8s_objects(yaml)
-    generated = {g["name"]: g["files"] for g in kustomization["configMapGenerator"]}
+    generators = kustomization["configMapGenerator"] + kustomization["secretGenerator"]
+    generated = {g["name"]: g["files"] for g in generators}
     for files in generated.values():
         for f in files:
-            assert (k8s / f).is_file(), f"configMapGenerator file {f} is missing"
+            if operator_made(f):
+                check_ignored(k8s, f)
+            else:
+                assert (k8s / f).is_file(), f"generator file {f} is missing"
+    for g in kustomization["secretGenerator"]:
+        assert any(f.endswith(("-key.pem", ".nk")) for f in g["files"]), f"{g['name']}: holds no private key"
+    for g in kustomization["configMapGenerator"]:
+        assert not any(f.endswith(("-key.pem", ".nk")) for f in g["files"]), (
+            f"{g['name']}: a private key in a ConfigMap"
+        )
     assert (k8s / generated["nats-config"][0]).read_text() == conf_text("single.conf"), (
         "deploy/k8s/nats.conf must be a copy of deploy/nats/single.conf: cp deploy/nats/single.conf deploy/k8s/nats.conf"
     )
@@ -688,24 +877,39 @@ def test_k8s_manifests_are_consistent() -> None:
         assert brief_path.stem == name and brief_path.name in {p.name for p in BRIEFS.glob("*.toml")}
         assert pod["terminationGracePeriodSeconds"] > drain_budget(all_briefs[name])
         assert a["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "replace one pod at a time"
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        for var, source in (("MESH_TLS_CA", "configMap"), ("MESH_NKEY", "secret")):
+            mount = next(m for m in c["volumeMounts"] if m["mountPath"] == str(Path(env[var]).parent))
+            vol = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            assert source in vol, f"{name}: {var} should come from a {source}"
         if cmd.get("id") == "$(POD_NAME)":
             env = {e["name"]: e for e in c["env"]}
             assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
-def test_k8s_kustomize_builds() -> None:
+def test_k8s_kustomize_builds(pki: Pki, tmp_path: Path) -> None:
+    """Built as an operator builds it: with the users, certificates and keys made first."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: `kubectl kustomize` not run (the structural k8s tests still ran)")
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=60)
+    k8s = shutil.copytree(DEPLOY / "k8s", tmp_path / "k8s")
+    shutil.copy(pki.auth, k8s / "auth.conf")
+    shutil.copytree(pki.dir, k8s / "tls", ignore=shutil.ignore_patterns("*.conf"))
+    (k8s / "keys").mkdir()
+    for name in briefs():
+        (k8s / "keys" / f"{name}.nk").write_text("SUAEXAMPLEONLY\n")
+    out = subprocess.run([kubectl, "kustomize", str(k8s)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     yaml = yaml_module()  # the build itself passed; reading its output needs PyYAML
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     built = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
     for d in docs:
         assert d["kind"] == "Namespace" or d["metadata"].get("namespace") == "agent-mesh"
         if d["kind"] in ("Deployment", "StatefulSet"):
             for vol in d["spec"]["template"]["spec"].get("volumes", []):
+                # kustomize renamed the reference to the generated, hash-suffixed object
                 if "configMap" in vol:
-                    # kustomize renamed the reference to the generated, hash-suffixed ConfigMap
                     assert vol["configMap"]["name"] in built
+                if "secret" in vol:
+                    assert vol["secret"]["secretName"] in secrets

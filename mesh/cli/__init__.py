@@ -106,8 +106,16 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+TLS_CA_HELP = (
+    "PEM file of the CA that signed the broker's TLS certificate: the connection must then be TLS and the "
+    "broker's certificate must name the URL's host (default: $MESH_TLS_CA; unset, a TLS broker is checked "
+    "against the system's CAs)"
+)
+
+
 def _server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
+    p.add_argument("--tls-ca", default=None, metavar="FILE", help=TLS_CA_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--store", default=None, help="JetStream store directory (default: ./mesh-data)")
     p.add_argument("--config", default=None, help="nats-server config file (see deploy/nats/)")
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate (chain) of this broker: clients must then connect with TLS (tls://HOST:PORT, "
+        "--tls-ca or $MESH_TLS_CA naming the CA that signed it). Needs --tls-key; see docs/DEPLOY.md",
+    )
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
     _retention(p)
 
     p = sub.add_parser(
@@ -265,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: arguments that name files: any bytes the file system takes are fine there
-_PATHS = frozenset({"brief", "org", "file", "store", "config"})
+_PATHS = frozenset({"brief", "org", "file", "store", "config", "tls_ca", "tls_cert", "tls_key"})
 
 
 def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -291,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _refuse_undecodable(parser, args)
+    if getattr(args, "tls_ca", None):
+        # Through the environment, as MESH_TLS_CA: every connection this command makes
+        # reads it from there (Settings.from_env), and so do the agents `mesh up` starts.
+        os.environ["MESH_TLS_CA"] = args.tls_ca
     from ..logs import configure_logging
     from . import commands  # light: each command imports what it needs
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..client import Mesh
 
 __all__ = ["UserError", "dispatch"]
@@ -133,19 +135,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from ..broker import Broker
+    from ..settings import client_tls
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UserError("TLS needs both --tls-cert FILE and --tls-key FILE")
     store = args.store or str(Path("mesh-data").absolute())
-    broker = Broker(host=args.host, port=args.port, http_port=args.http_port, store=store, config=args.config)
+    broker = Broker(
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        store=store,
+        config=args.config,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
     broker.start(log=None)
     print(
         f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr
     )
     try:
-        _run(_setup, broker.url, args)
+        # Our own child, checked against its own certificate: the CA may be elsewhere,
+        # and the certificate may name the machine rather than the address we dial.
+        _run(_setup, broker.url, args, client_tls(args.tls_cert, pinned=True))
     except BaseException:
         broker.stop()
         raise
-    print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}", file=sys.stderr)
+    tls = " --tls-ca CA.pem" if args.tls_cert else ""
+    print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}{tls}", file=sys.stderr)
     try:
         assert broker.process is not None
         with _stop_signals() as stop:
@@ -168,9 +184,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return _run(_setup, args.server or default_server(), args)
 
 
-async def _setup(server: str, args: argparse.Namespace) -> int:
+async def _setup(server: str, args: argparse.Namespace, tls: ssl.SSLContext | None = None) -> int:
     """Create missing resources with the settings given (flags over the environment)
-    and apply the retention asked for to the events history, saying what it is."""
+    and apply the retention asked for to the events history, saying what it is.
+    ``tls``: how to verify the broker, if not as the settings say."""
     import dataclasses
 
     from protocol import Names
@@ -192,7 +209,7 @@ async def _setup(server: str, args: argparse.Namespace) -> int:
         changes["replicas"] = args.replicas
     settings = dataclasses.replace(settings, **changes)
     try:
-        bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings)
+        bus = await Bus.connect(server, Names(args.prefix), agent="mesh-setup", settings=settings, tls=tls)
         try:
             kept = await bus.apply_retention(
                 retention_s=changes.get("retention_s"), retention_bytes=changes.get("retention_bytes")
