@@ -665,8 +665,11 @@ class Bus:
         nc = await connect(url, name=agent, reconnects=reconnects, tls=tls)
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
-            with translate_errors("setting up the mesh's buckets and streams"):
-                await bus.ensure(settings)
+            try:
+                with translate_errors("setting up the mesh's buckets and streams"):
+                    await bus.ensure(settings)
+            except NotFound as exc:  # not a task's absence: the broker has not placed them yet
+                raise Unavailable(f"{exc}: the broker (cluster) has not placed them yet; try again") from None
         except BaseException:
             await nc.close()
             raise
@@ -761,16 +764,23 @@ class Bus:
             try:
                 return await self.js.create_key_value(config)
             except nats.js.errors.BadRequestError:
-                # Lost a creation race with another agent: use theirs.
-                return await self.js.key_value(config.bucket)
+                # Lost a creation race with another agent: use theirs, which a cluster
+                # may not show for a moment yet (its members are still placing it).
+                bucket = config.bucket
+                return await retry(
+                    lambda: self.js.key_value(bucket), retry_on=nats.js.errors.BucketNotFoundError, patience_s=10.0
+                )
 
     async def _stream(self, config: StreamConfig) -> None:
         assert config.name is not None
         try:
             await self.js.stream_info(config.name)
         except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # lost a creation race
+            try:
                 await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:  # lost a creation race: wait until theirs shows
+                name = config.name
+                await retry(lambda: self.js.stream_info(name), retry_on=nats.js.errors.NotFoundError, patience_s=10.0)
 
     # --- task records -----------------------------------------------------------------
 
