@@ -93,9 +93,12 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "kinds": cmd_kinds,
         "inbox": cmd_inbox,
         "top": cmd_top,
+        "a2a": cmd_a2a,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
+    if args.command == "a2a" and args.a2a_command is None:
+        parser.parse_args(["a2a", "--help"])
     if args.command == "brief" and args.brief_command is None:
         parser.parse_args(["brief", "--help"])
     with user_errors():
@@ -672,3 +675,34 @@ def cmd_top(args: argparse.Namespace) -> int:
             await mesh.close()
 
     return _run(top)
+
+
+# --- the ecosystem's protocols (docs/INTEROP.md) ----------------------------------------------
+
+
+def cmd_a2a(args: argparse.Namespace) -> int:
+    try:
+        import a2a.server  # noqa: F401  (an extra: say how to get it, not a traceback)
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("A2A needs the SDK: pip install 'agent-mesh[a2a]'") from None
+    from protocol import validate_agent_id, validate_capability
+
+    validate_agent_id(args.id)  # (an InvalidName is one line, like every bad name)
+    for capability in args.capability:
+        validate_capability(capability)
+    return _run(_a2a_serve, args)
+
+
+async def _a2a_serve(args: argparse.Namespace) -> int:
+    from protocol import Names
+
+    from ..a2a_gateway import serve
+    from ..client import Mesh, default_server
+
+    def announce(url: str) -> None:
+        print(f"A2A gateway at {url} (agent card: {url}.well-known/agent-card.json)", flush=True)
+
+    async with await Mesh.connect(args.server or default_server(), client_id=args.id, names=Names(args.prefix)) as mesh:
+        await serve(mesh, host=args.host, port=args.port, capabilities=tuple(args.capability), announce=announce)
+    return 0

@@ -1,0 +1,539 @@
+"""``mesh a2a serve``: the mesh behind an A2A endpoint (docs/INTEROP.md).
+
+An A2A client sees one agent whose skills are the capabilities the mesh serves. The
+gateway is a mesh client like the CLI: an A2A task is a mesh task it submits, an A2A
+status is read off the task's record and events, an answer to ``input-required`` is
+the answer to the clarification the task's owner asked its requester. It keeps no
+state of its own (the record is the truth): every gateway connects under one mesh
+identity (``--id``, default ``a2a-gateway``), so the tasks and questions one gateway
+created, any other can report, answer and cancel; a client whose gateway died
+resubscribes to another.
+
+The SDK serves the wire (JSON-RPC dispatch, A2A 1.0 method names and the 0.3 ones,
+the agent card route, SSE); this module is the SDK's ``RequestHandler`` over
+:class:`mesh.Mesh`. The SDK is an extra: it is imported only here and only by
+``mesh a2a serve`` (the module is named apart from the SDK's package ``a2a``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+from a2a.helpers import get_data_parts, new_data_part, new_text_part
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers.request_handler import RequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.types import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentSkill,
+    Artifact,
+    CancelTaskRequest,
+    ContentTypeNotSupportedError,
+    GetTaskRequest,
+    InvalidParamsError,
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    SubscribeToTaskRequest,
+    Task,
+    TaskArtifactUpdateEvent,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+    UnsupportedOperationError,
+)
+from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, TransportProtocol
+from google.protobuf.json_format import MessageToDict
+
+from protocol import (
+    Claim,
+    InvalidName,
+    Finish,
+    RemoteProtocolError,
+    Renew,
+    TaskEvent,
+    TaskRecord,
+    TransitionError,
+    best_match,
+    clarification_capability,
+    is_terminal,
+)
+
+from .bus import Conflict, MeshError, NotFound
+from .client import Mesh, OverLimit
+
+__all__ = ["DEFAULT_ID", "Gateway", "a2a_status", "record_to_task", "build_app"]
+
+log = structlog.get_logger("mesh.a2a")
+
+#: the mesh identity gateways share, so any of them can speak for the tasks of another
+DEFAULT_ID = "a2a-gateway"
+
+#: metadata keys a message (or its request) may set
+SKILL_KEYS = ("skill", "capability")
+
+#: A2A error code of a message part the gateway cannot take (a file)
+_FILE_PARTS = ("raw", "url")
+
+
+def a2a_status(record: TaskRecord, question: TaskRecord | None = None) -> TaskStatus:
+    """The A2A status of a mesh task: open -> submitted; working or review -> working
+    (``input-required`` while a question to the requester is pending); done ->
+    completed; failed -> failed with the reason; cancelled -> canceled."""
+    if record.state == "open":
+        return TaskStatus(state=TaskState.TASK_STATE_SUBMITTED)
+    if record.state in ("working", "review"):
+        if question is not None:
+            return TaskStatus(
+                state=TaskState.TASK_STATE_INPUT_REQUIRED, message=_agent_message(record, question.instruction)
+            )
+        return TaskStatus(
+            state=TaskState.TASK_STATE_WORKING,
+            message=_agent_message(record, record.progress) if record.progress else None,
+        )
+    if record.state == "done":
+        return TaskStatus(state=TaskState.TASK_STATE_COMPLETED)
+    note = f"{record.reason}: {record.error}".strip(": ") if record.error else str(record.reason or record.state)
+    if record.state == "cancelled":
+        return TaskStatus(state=TaskState.TASK_STATE_CANCELED, message=_agent_message(record, note))
+    return TaskStatus(state=TaskState.TASK_STATE_FAILED, message=_agent_message(record, note))
+
+
+def _agent_message(record: TaskRecord, text: str) -> Message:
+    return Message(
+        message_id=f"{record.id}-{record.epoch}-{abs(hash(text)) % 10**8}",
+        task_id=record.id,
+        context_id=record.root,
+        role=Role.ROLE_AGENT,
+        parts=[new_text_part(text)],
+    )
+
+
+def result_parts(result: Any) -> list[Part]:
+    """A result as parts: text as a text part, anything else as a data part."""
+    if isinstance(result, str):
+        return [new_text_part(result)]
+    if result is None:
+        return []
+    return [new_data_part(json.loads(json.dumps(result, default=str)))]
+
+
+def _artifact(record: TaskRecord) -> Artifact:
+    return Artifact(artifact_id=f"{record.id}-result", name="result", parts=result_parts(record.result))
+
+
+def record_to_task(record: TaskRecord, question: TaskRecord | None = None) -> Task:
+    """The A2A task of a mesh task (id and context id: the mesh task's id and root)."""
+    task = Task(id=record.id, context_id=record.root, status=a2a_status(record, question))
+    if record.state == "done":
+        task.artifacts.append(_artifact(record))
+    task.metadata.update({"capability": record.capability})
+    return task
+
+
+def _is_question(record: TaskRecord, me: str) -> bool:
+    return record.capability == clarification_capability(me) and not is_terminal(record)
+
+
+@dataclass
+class _Following:
+    """What a follower of one task has seen: its last record and pending questions."""
+
+    record: TaskRecord
+    questions: dict[str, str] = field(default_factory=dict)  # id -> question text
+
+    def status_key(self) -> tuple[str, str]:
+        question = next(iter(self.questions.values()), "")
+        return (self.record.state, question)
+
+
+class Gateway(RequestHandler):
+    """The SDK's request handler over the mesh: see the module docstring."""
+
+    def __init__(
+        self, mesh: Mesh, *, capabilities: tuple[str, ...] = (), url: str = "", max_text: int = 64 * 1024
+    ) -> None:
+        self.mesh = mesh
+        self.me = mesh.id
+        self.capabilities = capabilities
+        self.url = url
+        self.max_text = max_text
+        self._holding: set[str] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # --- the card, live from the directory ---------------------------------------------------
+
+    async def served(self) -> dict[str, str]:
+        """Capability -> description, of live agents, filtered by ``--capability``
+        (a filter covers its sub-capabilities, as ``summarize`` covers ``summarize.x``)."""
+        out: dict[str, str] = {}
+        for card in sorted(await self.mesh.agents(), key=lambda c: c.id):
+            for cap in card.serves:
+                if self.capabilities and best_match(self.capabilities, cap) is None:
+                    continue
+                if cap.startswith("agent.") or cap in out and out[cap]:
+                    continue
+                out[cap] = card.description or card.role or ""
+        return out
+
+    async def card(self, base: AgentCard | None = None) -> AgentCard:
+        skills = [
+            AgentSkill(id=cap, name=cap, description=desc or f"serves {cap}", tags=[cap.split(".")[0]])
+            for cap, desc in sorted((await self.served()).items())
+        ]
+        return AgentCard(
+            name="agent-mesh",
+            description="An organization of agents on agent-mesh; each skill is a capability its agents serve. "
+            "Name the skill in the message's metadata ('skill'); without one the first skill is asked.",
+            version="1.0",
+            supported_interfaces=[
+                AgentInterface(
+                    url=self.url, protocol_binding=TransportProtocol.JSONRPC, protocol_version=PROTOCOL_VERSION_1_0
+                ),
+                AgentInterface(
+                    url=self.url, protocol_binding=TransportProtocol.JSONRPC, protocol_version=PROTOCOL_VERSION_0_3
+                ),
+            ],
+            capabilities=AgentCapabilities(streaming=True, push_notifications=False),
+            default_input_modes=["text/plain", "application/json"],
+            default_output_modes=["text/plain", "application/json"],
+            skills=skills,
+        )
+
+    # --- messages ----------------------------------------------------------------------------
+
+    async def _capability(self, params: SendMessageRequest) -> str:
+        wanted = ""
+        for meta in (params.message.metadata, params.metadata):
+            for key in SKILL_KEYS:
+                if key in meta and isinstance(meta[key], str):
+                    wanted = wanted or meta[key]
+        served = sorted(await self.served())
+        if self.capabilities:
+            served = sorted({*served, *self.capabilities}) if not served else served
+        if not wanted:
+            if not served:
+                raise InvalidParamsError(message="no skill is served now: no agent of the mesh is live")
+            return (list(self.capabilities) or served)[0]
+        if wanted not in served and not (self.capabilities and best_match(self.capabilities, wanted)):
+            raise InvalidParamsError(message=f"unknown skill {wanted!r}; skills served: {', '.join(served) or 'none'}")
+        return wanted
+
+    def _instruction(self, message: Message) -> tuple[str, Any]:
+        texts: list[str] = []
+        for part in message.parts:
+            kind = part.WhichOneof("content")
+            if kind in _FILE_PARTS:
+                raise ContentTypeNotSupportedError(
+                    message=f"a {kind} part ({part.media_type or 'file'}) cannot be taken: send text or data parts"
+                )
+            if kind == "text":
+                texts.append(part.text)
+        text = "\n".join(texts)
+        if len(text.encode()) > self.max_text:
+            raise InvalidParamsError(
+                message=f"text parts of {len(text.encode())} bytes, over the gateway's limit of {self.max_text}"
+            )
+        data = get_data_parts(list(message.parts))
+        return text, (None if not data else data[0] if len(data) == 1 else data)
+
+    async def _submit(self, params: SendMessageRequest) -> TaskRecord:
+        if params.message.task_id:
+            return await self._answer(params.message)
+        capability = await self._capability(params)
+        text, data = self._instruction(params.message)
+        if not text.strip() and data is None:
+            raise InvalidParamsError(message="the message has no text or data part: nothing to do")
+        deadline = params.metadata["deadline_s"] if "deadline_s" in params.metadata else None
+        if deadline is not None and (not isinstance(deadline, float | int) or not 0 < deadline < math.inf):
+            raise InvalidParamsError(message=f"metadata deadline_s must be a positive number of seconds, got {deadline!r}")
+        try:
+            return await self.mesh.submit(
+                capability, text or "(see data)", data=data, deadline_s=None if deadline is None else float(deadline)
+            )
+        except OverLimit as exc:
+            raise InvalidParamsError(message=str(exc), data={"field": exc.field, "size": exc.size, "limit": exc.limit}) from None
+
+    async def _read(self, task_id: str) -> TaskRecord:
+        try:
+            record = await self.mesh.get(task_id)
+        except (NotFound, RemoteProtocolError, InvalidName):
+            raise TaskNotFoundError(message=f"no task {task_id!r}") from None
+        if record.requester != self.me:  # only tasks A2A clients gave the mesh are A2A tasks
+            raise TaskNotFoundError(message=f"no task {task_id!r}")
+        return record
+
+    async def _question(self, record: TaskRecord) -> TaskRecord | None:
+        """The question to the requester the task's owner waits for, if any."""
+        if record.state not in ("working", "review"):
+            return None
+        for child_id in reversed(record.children):
+            with contextlib.suppress(NotFound, RemoteProtocolError):
+                child = await self.mesh.get(child_id, root=record.root)
+                if _is_question(child, self.me):
+                    return child
+        return None
+
+    async def _answer(self, message: Message) -> TaskRecord:
+        """The client's next message on a task in ``input-required``: the answer."""
+        record = await self._read(message.task_id)
+        question = await self._question(record)
+        if question is None:
+            raise InvalidParamsError(
+                message=f"task {record.id} is {a2a_state_name(record)}, not waiting for input; send a new message "
+                "without taskId for new work"
+            )
+        text, data = self._instruction(message)
+        answer: Any = text if data is None else {"text": text, "data": data} if text else data
+        for _ in range(20):  # a gateway renewing the question meanwhile is a conflict, not a refusal
+            try:
+                question, revision = await self.mesh.bus.read_any(question.id, root=question.root)
+                if question.state == "open":
+                    events: Any = (Claim(actor=self.me), Finish(actor=self.me, epoch=question.epoch + 1, result=answer))
+                else:
+                    events = Finish(actor=self.me, epoch=question.epoch, result=answer)
+                await self.mesh.bus.write(question, revision, events)
+                break
+            except Conflict:
+                continue
+            except TransitionError:
+                raise InvalidParamsError(message=f"the question {question.id} was answered or ended already") from None
+        return await self._read(record.id)
+
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task:
+        record = await self._submit(params)
+        if params.configuration.return_immediately:
+            return record_to_task(record)
+        last = Task()
+        async for item in self._follow(record):
+            if isinstance(item, Task):
+                last = item
+            elif isinstance(item, TaskStatusUpdateEvent):
+                last.status.CopyFrom(item.status)
+                if item.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
+                    break
+            elif isinstance(item, TaskArtifactUpdateEvent):
+                last.artifacts.append(item.artifact)
+        return last
+
+    async def on_message_send_stream(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent]:
+        record = await self._submit(params)
+        async for item in self._follow(record):
+            yield item
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent]:
+        record = await self._read(params.id)
+        async for item in self._follow(record):
+            yield item
+
+    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
+        record = await self._read(params.id)
+        return record_to_task(record, await self._question(record))
+
+    async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
+        record = await self._read(params.id)
+        if is_terminal(record):
+            raise TaskNotCancelableError(message=f"task {record.id} has ended ({a2a_state_name(record)})")
+        return record_to_task(await self.mesh.cancel(record.id, "cancelled by its A2A client"))
+
+    async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        raise UnsupportedOperationError(message="listing tasks is not served: the mesh has no per-client index")
+
+    async def on_create_task_push_notification_config(self, params: Any, context: ServerCallContext) -> Any:
+        raise UnsupportedOperationError(message="push notifications are not served; stream or poll")
+
+    async def on_get_task_push_notification_config(self, params: Any, context: ServerCallContext) -> Any:
+        raise UnsupportedOperationError(message="push notifications are not served; stream or poll")
+
+    async def on_list_task_push_notification_configs(self, params: Any, context: ServerCallContext) -> Any:
+        raise UnsupportedOperationError(message="push notifications are not served; stream or poll")
+
+    async def on_delete_task_push_notification_config(self, params: Any, context: ServerCallContext) -> None:
+        raise UnsupportedOperationError(message="push notifications are not served; stream or poll")
+
+    async def on_get_extended_agent_card(self, params: Any, context: ServerCallContext) -> AgentCard:
+        return await self.card()
+
+    # --- following a task --------------------------------------------------------------------
+
+    async def _follow(self, record: TaskRecord) -> AsyncIterator[Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent]:
+        """The task now, then a status update per change, ending with its final status
+        (and its result as an artifact first). Read from the task tree's stored and live
+        events; a party waiting on it (``Mesh.wait``) judges its deadline and absence
+        of agents meanwhile, as any requester does."""
+        seen = _Following(record)
+        question = await self._question(record)
+        if question is not None:
+            seen.questions[question.id] = question.instruction
+            self.hold(question.id, record.root)
+        yield record_to_task(record, question)
+        if is_terminal(record):
+            return
+        send, receive = anyio.create_memory_object_stream[TaskEvent | TaskRecord](64)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._events, record, send.clone())
+            tg.start_soon(self._wait, record, send)
+            async with receive:
+                async for item in receive:
+                    before = seen.status_key()
+                    final = self._update(seen, item)
+                    if final is not None:
+                        tg.cancel_scope.cancel()
+                        if final.state == "done":
+                            yield TaskArtifactUpdateEvent(
+                                task_id=final.id, context_id=final.root, artifact=_artifact(final), last_chunk=True
+                            )
+                        yield self._status_event(final, None)
+                        return
+                    if seen.status_key() != before:
+                        pending = next(iter(seen.questions.values()), None)
+                        yield self._status_event(seen.record, pending)
+
+    def _update(self, seen: _Following, item: TaskEvent | TaskRecord) -> TaskRecord | None:
+        """Fold one event (or the waiter's final record) in; the final record once ended."""
+        if isinstance(item, TaskRecord):
+            return item if is_terminal(item) else None
+        if item.task == seen.record.id:
+            if item.record is not None and is_terminal(item.record):
+                return item.record
+            if item.epoch >= seen.record.epoch:  # (a replayed older write must not turn the status back)
+                seen.record = _with_state(seen.record, item.state, item.epoch)
+        elif item.parent == seen.record.id and item.capability == clarification_capability(self.me):
+            if item.kind == "created" and item.record is not None and item.state == "open":
+                seen.questions[item.task] = item.record.instruction
+                self.hold(item.task, item.root)
+            elif item.state in ("done", "failed", "cancelled"):
+                seen.questions.pop(item.task, None)
+        return None
+
+    def _status_event(self, record: TaskRecord, question: str | None) -> TaskStatusUpdateEvent:
+        status = a2a_status(record)
+        if question is not None and record.state in ("working", "review"):
+            status = TaskStatus(state=TaskState.TASK_STATE_INPUT_REQUIRED, message=_agent_message(record, question))
+        return TaskStatusUpdateEvent(task_id=record.id, context_id=record.root, status=status)
+
+    async def _events(self, record: TaskRecord, send: anyio.abc.ObjectSendStream[TaskEvent | TaskRecord]) -> None:
+        async with send:
+            async for event in self.mesh.events(root=record.root, history=True):
+                await send.send(event)
+
+    async def _wait(self, record: TaskRecord, send: anyio.abc.ObjectSendStream[TaskEvent | TaskRecord]) -> None:
+        async with send:
+            with contextlib.suppress(MeshError):  # the events report the end too
+                await send.send(await self.mesh.wait(record))
+
+    # --- holding questions for the A2A client ----------------------------------------------
+
+    def hold(self, question_id: str, root: str) -> None:
+        """Keep a question to the A2A client claimed (and renewed) until someone answers
+        it: no broker lease watches a question, the asker ends one nobody holds. Every
+        gateway that sees it holds it (they share one identity, and their writes are
+        compare-and-set), so a gateway that dies leaves it held by the others."""
+        if self._tg is None or question_id in self._holding:
+            return
+        self._holding.add(question_id)
+        self._tg.start_soon(self._hold, question_id, root)
+
+    async def _hold(self, question_id: str, root: str) -> None:
+        try:
+            while True:
+                try:
+                    question, revision = await self.mesh.bus.read_any(question_id, root=root)
+                    if is_terminal(question):
+                        return
+                    if question.state == "open":
+                        await self.mesh.bus.write(question, revision, Claim(actor=self.me))
+                    elif question.owner == self.me and time.time() - (question.progress_at or 0) > question.claim_timeout_s / 3:
+                        await self.mesh.bus.write(question, revision, Renew(actor=self.me, epoch=question.epoch))
+                    wait = question.claim_timeout_s / 6
+                except (Conflict, TransitionError):
+                    wait = 0.05  # another gateway wrote: look again
+                except (MeshError, RemoteProtocolError) as exc:
+                    log.info("could not hold a question", question=question_id, error=str(exc))
+                    wait = 1.0
+                await anyio.sleep(wait)
+        finally:
+            self._holding.discard(question_id)
+
+    async def keep_questions(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold every question to this gateway's identity that appears while it runs."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            capability = clarification_capability(self.me)
+            events = self.mesh.events()
+            task_status.started()
+            async for event in events:
+                if event.kind == "created" and event.capability == capability and event.state == "open":
+                    self.hold(event.task, event.root)
+
+
+def _with_state(record: TaskRecord, state: str, epoch: int) -> TaskRecord:
+    return msgspec.structs.replace(record, state=state, epoch=epoch)  # type: ignore[arg-type]
+
+
+def a2a_state_name(record: TaskRecord) -> str:
+    return TaskState.Name(a2a_status(record).state).removeprefix("TASK_STATE_").lower().replace("_", "-")
+
+
+def build_app(gateway: Gateway) -> Any:
+    """The Starlette app: the agent card at the well-known path (built per request from
+    the directory) and one JSON-RPC endpoint at ``/`` serving A2A 1.0 and 0.3 names."""
+    from starlette.applications import Starlette
+
+    async def live_card(_: AgentCard) -> AgentCard:
+        return await gateway.card()
+
+    routes = create_agent_card_routes(AgentCard(name="agent-mesh", version="1.0"), card_modifier=live_card)
+    routes += create_jsonrpc_routes(gateway, "/", enable_v0_3_compat=True)
+    return Starlette(routes=routes)
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    """A task as JSON (for logs and tests)."""
+    return MessageToDict(task)
+
+
+async def serve(mesh: Mesh, *, host: str, port: int, capabilities: tuple[str, ...], announce: Any = None) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then stop the streams."""
+    import uvicorn
+
+    gateway = Gateway(mesh, capabilities=capabilities, url=f"http://{host}:{port}/")
+    config = uvicorn.Config(
+        build_app(gateway), host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(gateway.keep_questions)
+
+        async def announce_when_up() -> None:
+            while not server.started:  # uvicorn offers no event for it
+                await anyio.sleep(0.01)
+            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            gateway.url = f"http://{host}:{bound}/"
+            if announce is not None:
+                announce(gateway.url)
+
+        tg.start_soon(announce_when_up)
+        await server.serve()
+        tg.cancel_scope.cancel()
