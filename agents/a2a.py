@@ -20,12 +20,15 @@ import uuid
 from typing import Any
 
 import anyio
+import structlog
 
 from mesh.briefs import Brief
 from mesh.kinds import KindError
 from mesh.work import TaskContext, TaskFailed
 
 __all__ = ["A2AAgent"]
+
+log = structlog.get_logger("agents.a2a")
 
 #: how long a cancel of the remote task may take once ours is stopped
 CANCEL_PATIENCE_S = 5.0
@@ -59,12 +62,14 @@ class A2AAgent:
 
     async def _converse(self, client: Any, task: TaskContext) -> Any:
         message = self._message(task, text=task.instruction, data=task.data)
-        remote_id = ""
+        remote = _Remote()
+        ended = False  # the remote task ended (or asked): nothing to cancel there
         try:
             while True:
-                state, status_text, artifacts, remote_id = await self._send(
-                    client, message, remote_id, task.record.deadline
-                )
+                ended = False
+                state, status_text, artifacts = await self._send(client, message, remote, task.record.deadline)
+                remote_id = remote.id
+                ended = state in _STOPS
                 if state == "input-required":
                     answer = await task.ask(status_text or "the remote agent needs more input")
                     message = self._message(task, text=answer, task_id=remote_id)
@@ -72,13 +77,16 @@ class A2AAgent:
                 if state == "completed":
                     return _result(artifacts)
                 reason = "rejected" if state in ("rejected", "auth-required") else "error"
-                raise TaskFailed(f"remote A2A agent {self.url}: task {remote_id} {state}: {status_text}".strip(": "), reason=reason)
-        except anyio.get_cancelled_exc_class():
-            # Our task was cancelled or hit its deadline: the remote one must stop too.
-            if remote_id:
+                raise TaskFailed(
+                    f"remote A2A agent {self.url}: task {remote_id} {state}: {status_text}".strip(": "), reason=reason
+                )
+        finally:
+            # Stopped another way (our task was cancelled or hit its deadline, which the
+            # runtime delivers as a cancellation, or the stream broke): stop the remote
+            # task too. (The SDK's stream may turn the cancellation into its own error.)
+            if remote.id and not ended:
                 with anyio.move_on_after(CANCEL_PATIENCE_S, shield=True):
-                    await _cancel(client, remote_id)
-            raise
+                    await _cancel(client, remote.id)
 
     def _message(self, task: TaskContext, *, text: str, data: Any = None, task_id: str = "") -> Any:
         from a2a.helpers import new_data_part, new_text_part
@@ -93,8 +101,8 @@ class A2AAgent:
         return message
 
     async def _send(
-        self, client: Any, message: Any, remote_id: str, deadline: float | None
-    ) -> tuple[str, str, list[Any], str]:
+        self, client: Any, message: Any, remote: _Remote, deadline: float | None
+    ) -> tuple[str, str, list[Any]]:
         """Send one message and follow the remote task to an end or a question."""
         from a2a.types import SendMessageRequest
 
@@ -105,19 +113,25 @@ class A2AAgent:
         async for response in client.send_message(request):
             kind = response.WhichOneof("payload")
             if kind == "message":  # a direct reply, no task: the answer itself
-                return "completed", "", [response.message], remote_id
+                return "completed", "", [response.message]
             if kind == "task":
-                remote_id = response.task.id
+                remote.id = response.task.id
                 artifacts = list(response.task.artifacts)
                 state, text = _state(response.task.status)
             elif kind == "status_update":
-                remote_id = response.status_update.task_id or remote_id
+                remote.id = response.status_update.task_id or remote.id
                 state, text = _state(response.status_update.status)
             elif kind == "artifact_update":
                 artifacts.append(response.artifact_update.artifact)
             if state in _STOPS:
-                return state, text, artifacts, remote_id
-        return state, text, artifacts, remote_id
+                return state, text, artifacts
+        return state, text, artifacts
+
+
+class _Remote:
+    """The remote task of one of ours, as far as we know it (its id arrives mid-stream)."""
+
+    id: str = ""
 
 
 _STOPS = frozenset({"completed", "failed", "canceled", "rejected", "input-required", "auth-required"})
@@ -152,5 +166,5 @@ async def _cancel(client: Any, remote_id: str) -> None:
 
     try:
         await client.cancel_task(CancelTaskRequest(id=remote_id))
-    except Exception:  # best effort: it may have ended meanwhile
-        return
+    except Exception as exc:  # best effort: it may have ended meanwhile
+        log.info("could not cancel the remote task", task=remote_id, error=repr(exc))

@@ -168,9 +168,16 @@ class Gateway(RequestHandler):
     """The SDK's request handler over the mesh: see the module docstring."""
 
     def __init__(
-        self, mesh: Mesh, *, capabilities: tuple[str, ...] = (), url: str = "", max_text: int = 64 * 1024
+        self,
+        mesh: Mesh,
+        *,
+        capabilities: tuple[str, ...] = (),
+        url: str = "",
+        max_text: int = 64 * 1024,
+        claim_timeout_s: float = 10.0,
     ) -> None:
         self.mesh = mesh
+        self.claim_timeout_s = claim_timeout_s
         self.me = mesh.id
         self.capabilities = capabilities
         self.url = url
@@ -266,7 +273,11 @@ class Gateway(RequestHandler):
             raise InvalidParamsError(message=f"metadata deadline_s must be a positive number of seconds, got {deadline!r}")
         try:
             return await self.mesh.submit(
-                capability, text or "(see data)", data=data, deadline_s=None if deadline is None else float(deadline)
+                capability,
+                text or "(see data)",
+                data=data,
+                deadline_s=None if deadline is None else float(deadline),
+                claim_timeout_s=self.claim_timeout_s,
             )
         except OverLimit as exc:
             raise InvalidParamsError(message=str(exc), data={"field": exc.field, "size": exc.size, "limit": exc.limit}) from None
@@ -388,7 +399,7 @@ class Gateway(RequestHandler):
             seen.questions[question.id] = question.instruction
             self.hold(question.id, record.root)
         yield record_to_task(record, question)
-        if is_terminal(record):
+        if is_terminal(record) or question is not None:
             return
         send, receive = anyio.create_memory_object_stream[TaskEvent | TaskRecord](64)
         async with anyio.create_task_group() as tg:
@@ -409,6 +420,9 @@ class Gateway(RequestHandler):
                     if seen.status_key() != before:
                         pending = next(iter(seen.questions.values()), None)
                         yield self._status_event(seen.record, pending)
+                        if pending is not None:  # an interrupted state ends the stream (A2A); the answer resumes
+                            tg.cancel_scope.cancel()
+                            return
 
     def _update(self, seen: _Following, item: TaskEvent | TaskRecord) -> TaskRecord | None:
         """Fold one event (or the waiter's final record) in; the final record once ended."""
@@ -514,11 +528,19 @@ def task_dict(task: Task) -> dict[str, Any]:
     return MessageToDict(task)
 
 
-async def serve(mesh: Mesh, *, host: str, port: int, capabilities: tuple[str, ...], announce: Any = None) -> None:
+async def serve(
+    mesh: Mesh,
+    *,
+    host: str,
+    port: int,
+    capabilities: tuple[str, ...] = (),
+    claim_timeout_s: float = 10.0,
+    announce: Any = None,
+) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then stop the streams."""
     import uvicorn
 
-    gateway = Gateway(mesh, capabilities=capabilities, url=f"http://{host}:{port}/")
+    gateway = Gateway(mesh, capabilities=capabilities, url=f"http://{host}:{port}/", claim_timeout_s=claim_timeout_s)
     config = uvicorn.Config(
         build_app(gateway), host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
     )

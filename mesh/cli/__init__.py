@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve only this capability (and those under it) as a skill; repeatable (default: all served)",
     )
     x.add_argument(
+        "--claim-timeout",
+        type=parse_duration,
+        default=10.0,
+        help="a task no agent takes this long fails (A2A: failed, no_agent) (default 10s)",
+    )
+    x.add_argument(
         "--id",
         default="a2a-gateway",
         help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default "

@@ -704,5 +704,12 @@ async def _a2a_serve(args: argparse.Namespace) -> int:
         print(f"A2A gateway at {url} (agent card: {url}.well-known/agent-card.json)", flush=True)
 
     async with await Mesh.connect(args.server or default_server(), client_id=args.id, names=Names(args.prefix)) as mesh:
-        await serve(mesh, host=args.host, port=args.port, capabilities=tuple(args.capability), announce=announce)
+        await serve(
+            mesh,
+            host=args.host,
+            port=args.port,
+            capabilities=tuple(args.capability),
+            claim_timeout_s=args.claim_timeout,
+            announce=announce,
+        )
     return 0
