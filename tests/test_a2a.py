@@ -239,3 +239,32 @@ async def test_missing_extra_is_one_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "mesh a2a: error: A2A needs the SDK: pip install 'agent-mesh[a2a]'"
+
+
+async def test_a_gateway_is_a_remote_member_of_another_mesh(
+    echo_org: AgentProcs, gateways: Gateways, tmp_path: Path
+) -> None:
+    """Mesh B's agent `far` (kind a2a) forwards to mesh A's gateway: a question asked in
+    mesh A reaches the requester in mesh B and its answer comes back."""
+    gw = gateways.start()
+    store = tmp_path / "b"
+    store.mkdir()
+    other = Broker(store=str(store))
+    other.start()
+    try:
+        procs = AgentProcs(other, tmp_path / "b")
+        try:
+            procs.start("far", ["far"], kind="a2a", options={"url": gw.url, "skill": "ambiguous"})
+            async with await Mesh.connect(other.url, client_id="b-client") as b:
+                await procs.ready(b)
+
+                async def answer(question: Any) -> str:
+                    assert question.instruction == "Which file?"
+                    return "a.txt"
+
+                final = await b.wait(await b.submit("far", "open"), on_question=answer)
+                assert (final.state, final.result) == ("done", "open -> using your answer: a.txt")
+        finally:
+            procs.stop_all()
+    finally:
+        other.stop()
