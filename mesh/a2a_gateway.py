@@ -200,11 +200,8 @@ class Gateway(RequestHandler):
                 out[cap] = card.description or card.role or ""
         return out
 
-    async def card(self, base: AgentCard | None = None) -> AgentCard:
-        skills = [
-            AgentSkill(id=cap, name=cap, description=desc or f"serves {cap}", tags=[cap.split(".")[0]])
-            for cap, desc in sorted((await self.served()).items())
-        ]
+    def base_card(self) -> AgentCard:
+        """The card without its skills (those are read from the directory per request)."""
         return AgentCard(
             name="agent-mesh",
             description="An organization of agents on agent-mesh; each skill is a capability its agents serve. "
@@ -221,8 +218,17 @@ class Gateway(RequestHandler):
             capabilities=AgentCapabilities(streaming=True, push_notifications=False),
             default_input_modes=["text/plain", "application/json"],
             default_output_modes=["text/plain", "application/json"],
-            skills=skills,
+            skills=[AgentSkill(id="any", name="any", description="(read from the directory)", tags=["mesh"])],
         )
+
+    async def card(self) -> AgentCard:
+        card = self.base_card()
+        del card.skills[:]
+        card.skills.extend(
+            AgentSkill(id=cap, name=cap, description=desc or f"serves {cap}", tags=[cap.split(".")[0]])
+            for cap, desc in sorted((await self.served()).items())
+        )
+        return card
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -518,7 +524,7 @@ def build_app(gateway: Gateway) -> Any:
     async def live_card(_: AgentCard) -> AgentCard:
         return await gateway.card()
 
-    routes = create_agent_card_routes(AgentCard(name="agent-mesh", version="1.0"), card_modifier=live_card)
+    routes = create_agent_card_routes(gateway.base_card(), card_modifier=live_card)
     routes += create_jsonrpc_routes(gateway, "/", enable_v0_3_compat=True)
     return Starlette(routes=routes)
 
