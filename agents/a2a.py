@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import structlog
@@ -76,7 +76,7 @@ class A2AAgent:
                     continue
                 if state == "completed":
                     return _result(artifacts)
-                reason = "rejected" if state in ("rejected", "auth-required") else "error"
+                reason: Literal["rejected", "error"] = "rejected" if state in ("rejected", "auth-required") else "error"
                 raise TaskFailed(
                     f"remote A2A agent {self.url}: task {remote_id} {state}: {status_text}".strip(": "), reason=reason
                 )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +59,11 @@ from a2a.types import (
     UnsupportedOperationError,
 )
 from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, TransportProtocol
-from google.protobuf.json_format import MessageToDict
 
 from protocol import (
     Claim,
-    InvalidName,
     Finish,
+    InvalidName,
     RemoteProtocolError,
     Renew,
     TaskEvent,
@@ -195,7 +193,7 @@ class Gateway(RequestHandler):
             for cap in card.serves:
                 if self.capabilities and best_match(self.capabilities, cap) is None:
                     continue
-                if cap.startswith("agent.") or cap in out and out[cap]:
+                if cap.startswith("agent.") or out.get(cap):
                     continue
                 out[cap] = card.description or card.role or ""
         return out
@@ -276,7 +274,9 @@ class Gateway(RequestHandler):
             raise InvalidParamsError(message="the message has no text or data part: nothing to do")
         deadline = params.metadata["deadline_s"] if "deadline_s" in params.metadata else None
         if deadline is not None and (not isinstance(deadline, float | int) or not 0 < deadline < math.inf):
-            raise InvalidParamsError(message=f"metadata deadline_s must be a positive number of seconds, got {deadline!r}")
+            raise InvalidParamsError(
+                message=f"metadata deadline_s must be a positive number of seconds, got {deadline!r}"
+            )
         try:
             return await self.mesh.submit(
                 capability,
@@ -286,7 +286,9 @@ class Gateway(RequestHandler):
                 claim_timeout_s=self.claim_timeout_s,
             )
         except OverLimit as exc:
-            raise InvalidParamsError(message=str(exc), data={"field": exc.field, "size": exc.size, "limit": exc.limit}) from None
+            raise InvalidParamsError(
+                message=str(exc), data={"field": exc.field, "size": exc.size, "limit": exc.limit}
+            ) from None
 
     async def _read(self, task_id: str) -> TaskRecord:
         try:
@@ -394,7 +396,9 @@ class Gateway(RequestHandler):
 
     # --- following a task --------------------------------------------------------------------
 
-    async def _follow(self, record: TaskRecord) -> AsyncIterator[Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent]:
+    async def _follow(
+        self, record: TaskRecord
+    ) -> AsyncIterator[Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent]:
         """The task now, then a status update per change, ending with its final status
         (and its result as an artifact first). Read from the task tree's stored and live
         events; a party waiting on it (``Mesh.wait``) judges its deadline and absence
@@ -484,9 +488,9 @@ class Gateway(RequestHandler):
                         return
                     if question.state == "open":
                         await self.mesh.bus.write(question, revision, Claim(actor=self.me))
-                    elif question.owner == self.me and time.time() - (question.progress_at or 0) > question.claim_timeout_s / 3:
+                    elif question.owner == self.me:  # a write is what shows the asker we are here
                         await self.mesh.bus.write(question, revision, Renew(actor=self.me, epoch=question.epoch))
-                    wait = question.claim_timeout_s / 6
+                    wait = question.claim_timeout_s / 4
                 except (Conflict, TransitionError):
                     wait = 0.05  # another gateway wrote: look again
                 except (MeshError, RemoteProtocolError) as exc:
@@ -509,11 +513,11 @@ class Gateway(RequestHandler):
 
 
 def _with_state(record: TaskRecord, state: str, epoch: int) -> TaskRecord:
-    return msgspec.structs.replace(record, state=state, epoch=epoch)  # type: ignore[arg-type]
+    return msgspec.structs.replace(record, state=state, epoch=epoch)
 
 
 def a2a_state_name(record: TaskRecord) -> str:
-    return TaskState.Name(a2a_status(record).state).removeprefix("TASK_STATE_").lower().replace("_", "-")
+    return str(TaskState.Name(a2a_status(record).state)).removeprefix("TASK_STATE_").lower().replace("_", "-")
 
 
 def build_app(gateway: Gateway) -> Any:
@@ -529,11 +533,6 @@ def build_app(gateway: Gateway) -> Any:
     return Starlette(routes=routes)
 
 
-def task_dict(task: Task) -> dict[str, Any]:
-    """A task as JSON (for logs and tests)."""
-    return MessageToDict(task)
-
-
 async def serve(
     mesh: Mesh,
     *,
@@ -541,6 +540,7 @@ async def serve(
     port: int,
     capabilities: tuple[str, ...] = (),
     claim_timeout_s: float = 10.0,
+    public_url: str | None = None,
     announce: Any = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then stop the streams."""
@@ -555,10 +555,10 @@ async def serve(
         await tg.start(gateway.keep_questions)
 
         async def announce_when_up() -> None:
-            while not server.started:  # uvicorn offers no event for it
+            while not server.started:  # noqa: ASYNC110  (uvicorn offers no event for it)
                 await anyio.sleep(0.01)
             bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
-            gateway.url = f"http://{host}:{bound}/"
+            gateway.url = public_url or f"http://{host}:{bound}/"
             if announce is not None:
                 announce(gateway.url)
 

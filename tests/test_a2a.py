@@ -6,6 +6,7 @@ nats-server."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from a2a.types import (
 
 from mesh.broker import Broker, free_ports
 from mesh.client import Mesh
-from mesh.testing import AgentProcs, wait_for
+from mesh.testing import AgentProcs
 
 pytestmark = pytest.mark.slow
 
@@ -226,14 +227,12 @@ async def test_errors_have_a2a_codes_and_the_gateway_stays_up(echo_org: AgentPro
     assert gw.proc.poll() is None
 
 
-async def test_missing_extra_is_one_line(tmp_path: Path) -> None:
+def test_missing_extra_is_one_line(tmp_path: Path) -> None:
     # A Python where the SDK cannot be imported: a path entry shadowing it.
     shadow = tmp_path / "shadow" / "a2a"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('no a2a here')\n")
     env = {"PYTHONPATH": str(tmp_path / "shadow")}
-    import os
-
     out = subprocess.run(
         [sys.executable, "-m", "mesh", "a2a", "serve"], capture_output=True, text=True, env={**os.environ, **env}
     )

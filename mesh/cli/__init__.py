@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve only this capability (and those under it) as a skill; repeatable (default: all served)",
     )
     x.add_argument(
+        "--url",
+        default=None,
+        help="the URL clients reach this gateway at, for the card (default http://HOST:PORT/; set it behind a "
+        "proxy or with --host 0.0.0.0)",
+    )
+    x.add_argument(
         "--claim-timeout",
         type=parse_duration,
         default=10.0,
@@ -306,8 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument(
         "--id",
         default="a2a-gateway",
-        help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default "
-        "a2a-gateway)",
+        help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default a2a-gateway)",
     )
     _server(x)
 

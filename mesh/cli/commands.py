@@ -710,6 +710,7 @@ async def _a2a_serve(args: argparse.Namespace) -> int:
             port=args.port,
             capabilities=tuple(args.capability),
             claim_timeout_s=args.claim_timeout,
+            public_url=args.url,
             announce=announce,
         )
     return 0
