@@ -20,13 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
-import msgspec
 import structlog
 from a2a.helpers import get_data_parts, new_data_part, new_text_part
 from a2a.server.context import ServerCallContext
@@ -66,7 +65,6 @@ from protocol import (
     InvalidName,
     RemoteProtocolError,
     Renew,
-    TaskEvent,
     TaskRecord,
     TransitionError,
     best_match,
@@ -76,6 +74,9 @@ from protocol import (
 
 from .bus import Conflict, MeshError, NotFound
 from .client import Mesh, OverLimit
+from .follow import wait_terminal
+from .questions import NEW_CHILD
+from .retry import retry
 
 __all__ = ["DEFAULT_ID", "Gateway", "a2a_status", "record_to_task", "build_app"]
 
@@ -83,6 +84,9 @@ log = structlog.get_logger("mesh.a2a")
 
 #: the mesh identity gateways share, so any of them can speak for the tasks of another
 DEFAULT_ID = "a2a-gateway"
+
+#: how old a directory read may be to check a message's skill against
+DIRECTORY_FRESH_S = 2.0
 
 #: metadata keys a message (or its request) may set
 SKILL_KEYS = ("skill", "capability")
@@ -150,18 +154,6 @@ def _is_question(record: TaskRecord, me: str) -> bool:
     return record.capability == clarification_capability(me) and not is_terminal(record)
 
 
-@dataclass
-class _Following:
-    """What a follower of one task has seen: its last record and pending questions."""
-
-    record: TaskRecord
-    questions: dict[str, str] = field(default_factory=dict)  # id -> question text
-
-    def status_key(self) -> tuple[str, str]:
-        question = next(iter(self.questions.values()), "")
-        return (self.record.state, question)
-
-
 class Gateway(RequestHandler):
     """The SDK's request handler over the mesh: see the module docstring."""
 
@@ -181,13 +173,20 @@ class Gateway(RequestHandler):
         self.url = url
         self.max_text = max_text
         self._holding: set[str] = set()
+        #: the directory as last read, and when: a message names its skill each time, and
+        #: the directory changes at the pace of agents joining and leaving
+        self._served: tuple[float, dict[str, str]] = (-math.inf, {})
         self._tg: anyio.abc.TaskGroup | None = None
 
     # --- the card, live from the directory ---------------------------------------------------
 
-    async def served(self) -> dict[str, str]:
+    async def served(self, *, fresh_s: float = 0.0) -> dict[str, str]:
         """Capability -> description, of live agents, filtered by ``--capability``
-        (a filter covers its sub-capabilities, as ``summarize`` covers ``summarize.x``)."""
+        (a filter covers its sub-capabilities, as ``summarize`` covers ``summarize.x``);
+        read at most ``fresh_s`` ago."""
+        at, served = self._served
+        if time.monotonic() - at <= fresh_s:
+            return served
         out: dict[str, str] = {}
         for card in sorted(await self.mesh.agents(), key=lambda c: c.id):
             for cap in card.serves:
@@ -196,6 +195,7 @@ class Gateway(RequestHandler):
                 if cap.startswith("agent.") or out.get(cap):
                     continue
                 out[cap] = card.description or card.role or ""
+        self._served = (time.monotonic(), out)
         return out
 
     def base_card(self) -> AgentCard:
@@ -236,7 +236,9 @@ class Gateway(RequestHandler):
             for key in SKILL_KEYS:
                 if key in meta and isinstance(meta[key], str):
                     wanted = wanted or meta[key]
-        served = sorted(await self.served())
+        served = sorted(await self.served(fresh_s=DIRECTORY_FRESH_S))
+        if wanted and wanted not in served:
+            served = sorted(await self.served())  # it may have just joined
         if self.capabilities:
             served = sorted({*served, *self.capabilities}) if not served else served
         if not wanted:
@@ -400,72 +402,70 @@ class Gateway(RequestHandler):
         self, record: TaskRecord
     ) -> AsyncIterator[Task | TaskStatusUpdateEvent | TaskArtifactUpdateEvent]:
         """The task now, then a status update per change, ending with its final status
-        (and its result as an artifact first). Read from the task tree's stored and live
-        events; a party waiting on it (``Mesh.wait``) judges its deadline and absence
-        of agents meanwhile, as any requester does."""
-        seen = _Following(record)
+        (its result as an artifact first) or with ``input-required``. Followed as any
+        requester follows its task (``mesh.follow.wait_terminal``: the record's writes,
+        its deadline and absence of agents judged meanwhile); a new child is read to see
+        whether it is a question to us."""
         question = await self._question(record)
         if question is not None:
-            seen.questions[question.id] = question.instruction
             self.hold(question.id, record.root)
         yield record_to_task(record, question)
         if is_terminal(record) or question is not None:
             return
-        send, receive = anyio.create_memory_object_stream[TaskEvent | TaskRecord](64)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._events, record, send.clone())
-            tg.start_soon(self._wait, record, send)
-            async with receive:
-                async for item in receive:
-                    before = seen.status_key()
-                    final = self._update(seen, item)
-                    if final is not None:
-                        tg.cancel_scope.cancel()
-                        if final.state == "done":
-                            yield TaskArtifactUpdateEvent(
-                                task_id=final.id, context_id=final.root, artifact=_artifact(final), last_chunk=True
-                            )
-                        yield self._status_event(final, None)
-                        return
-                    if seen.status_key() != before:
-                        pending = next(iter(seen.questions.values()), None)
-                        yield self._status_event(seen.record, pending)
-                        if pending is not None:  # an interrupted state ends the stream (A2A); the answer resumes
-                            tg.cancel_scope.cancel()
-                            return
+        seen = set(record.children)
+        last = (record.state, "")
+        send, receive = anyio.create_memory_object_stream[TaskRecord](64)
 
-    def _update(self, seen: _Following, item: TaskEvent | TaskRecord) -> TaskRecord | None:
-        """Fold one event (or the waiter's final record) in; the final record once ended."""
-        if isinstance(item, TaskRecord):
-            return item if is_terminal(item) else None
-        if item.task == seen.record.id:
-            if item.record is not None and is_terminal(item.record):
-                return item.record
-            if item.epoch >= seen.record.epoch:  # (a replayed older write must not turn the status back)
-                seen.record = _with_state(seen.record, item.state, item.epoch)
-        elif item.parent == seen.record.id and item.capability == clarification_capability(self.me):
-            if item.kind == "created" and item.record is not None and item.state == "open":
-                seen.questions[item.task] = item.record.instruction
-                self.hold(item.task, item.root)
-            elif item.state in ("done", "failed", "cancelled"):
-                seen.questions.pop(item.task, None)
-        return None
+        async def follow() -> None:
+            async with send:
+                await send.send(await wait_terminal(self.mesh.bus, record, observer=self.me, on_record=send.send))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            async with receive:
+                async for current in receive:
+                    if is_terminal(current):
+                        tg.cancel_scope.cancel()
+                        if current.state == "done":
+                            yield TaskArtifactUpdateEvent(
+                                task_id=current.id,
+                                context_id=current.root,
+                                artifact=_artifact(current),
+                                last_chunk=True,
+                            )
+                        yield self._status_event(current, None)
+                        return
+                    question = None
+                    for child_id in current.children:
+                        if child_id not in seen:
+                            seen.add(child_id)
+                            child = await self._child(child_id, current.root)
+                            if child is not None and _is_question(child, self.me):
+                                question = child
+                                self.hold(child.id, child.root)
+                    key = (current.state, question.id if question else "")
+                    if key != last:
+                        last = key
+                        yield self._status_event(current, question.instruction if question else None)
+                    if question is not None:  # an interrupted state ends the stream (A2A); the answer resumes
+                        tg.cancel_scope.cancel()
+                        return
+
+    async def _child(self, child_id: str, root: str) -> TaskRecord | None:
+        # The asker records a child before it creates it: one not found yet may be a moment from existing.
+        try:
+            child, _ = await retry(
+                lambda: self.mesh.bus.read_any(child_id, root=root), retry_on=NotFound, attempts=12, backoff=NEW_CHILD
+            )
+        except (MeshError, RemoteProtocolError):
+            return None
+        return child
 
     def _status_event(self, record: TaskRecord, question: str | None) -> TaskStatusUpdateEvent:
         status = a2a_status(record)
         if question is not None and record.state in ("working", "review"):
             status = TaskStatus(state=TaskState.TASK_STATE_INPUT_REQUIRED, message=_agent_message(record, question))
         return TaskStatusUpdateEvent(task_id=record.id, context_id=record.root, status=status)
-
-    async def _events(self, record: TaskRecord, send: anyio.abc.ObjectSendStream[TaskEvent | TaskRecord]) -> None:
-        async with send:
-            async for event in self.mesh.events(root=record.root, history=True):
-                await send.send(event)
-
-    async def _wait(self, record: TaskRecord, send: anyio.abc.ObjectSendStream[TaskEvent | TaskRecord]) -> None:
-        async with send:
-            with contextlib.suppress(MeshError):  # the events report the end too
-                await send.send(await self.mesh.wait(record))
 
     # --- holding questions for the A2A client ----------------------------------------------
 
@@ -510,10 +510,6 @@ class Gateway(RequestHandler):
             async for event in events:
                 if event.kind == "created" and event.capability == capability and event.state == "open":
                     self.hold(event.task, event.root)
-
-
-def _with_state(record: TaskRecord, state: str, epoch: int) -> TaskRecord:
-    return msgspec.structs.replace(record, state=state, epoch=epoch)
 
 
 def a2a_state_name(record: TaskRecord) -> str:
