@@ -71,6 +71,7 @@ from protocol import (
     work_items,
 )
 
+from . import identity
 from .settings import Settings
 
 __all__ = [
@@ -191,8 +192,11 @@ def translate_errors(what: str) -> Iterator[None]:
         raise Refused(f"{what}: the broker refused: {exc.description}", code=exc.err_code) from None
 
 
-async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None) -> Client:
-    """Connect to the broker; a missing broker is a clear :class:`Unreachable`.
+async def connect(
+    url: str, *, name: str, reconnect: bool = True, reconnects: Reconnects | None = None, nkey: str | None = None
+) -> Client:
+    """Connect to the broker; a missing broker is a clear :class:`Unreachable`. With
+    ``nkey`` (a seed file) the connection authenticates as that key, acting as ``name``.
 
     The first connection gets a few attempts (nats-py would otherwise retry a wrong
     URL forever); once connected, the client reconnects forever, so agents ride out
@@ -200,11 +204,15 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
     log = structlog.get_logger("mesh.nats").bind(connection=name)
 
     async def on_error(exc: Exception) -> None:
+        if not clients and "authorization violation" in str(exc).lower():
+            refused.append(exc)  # said as such below, not as an unreachable server
         # Before the first connection, a failed attempt is part of the Unreachable
         # error raised below, which says it in one line: only a debugging note here.
         (log.warning if clients else log.debug)("nats connection error", error=str(exc) or type(exc).__name__)
 
     clients: list[Client] = []
+    refused: list[Exception] = []
+    auth = identity.connect_options(nkey, name)  # a bad seed file is said before dialling
 
     async def on_disconnect() -> None:
         if clients and not (clients[0].is_closed or clients[0].is_draining):
@@ -227,8 +235,13 @@ async def connect(url: str, *, name: str, reconnect: bool = True, reconnects: Re
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            **auth,
         )
+    except nats.errors.AuthorizationError:
+        raise Unreachable(identity.refused_message(url, nkey)) from None
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+        if refused:
+            raise Unreachable(identity.refused_message(url, nkey)) from None
         raise Unreachable(
             f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
             "`mesh broker`, or point --server / MESH_SERVER at a running one."
@@ -444,7 +457,7 @@ class Bus:
         """Connect (with reconnection tracking) and ensure the mesh's resources."""
         settings = settings or Settings.from_env()  # a bad setting is said before connecting
         reconnects = Reconnects()
-        nc = await connect(url, name=agent, reconnects=reconnects)
+        nc = await connect(url, name=agent, reconnects=reconnects, nkey=settings.nkey)
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
             with translate_errors("setting up the mesh's buckets and streams"):

@@ -30,7 +30,8 @@ class Settings:
     ``MESH_LEASE_S`` (the lease of queues this process creates), ``MESH_FINISHED_TTL``
     (how long a finished record stays in the live bucket, e.g. ``10m``), ``MESH_RETENTION``
     (how long finished work stays readable, e.g. ``7d``) and ``MESH_RETENTION_BYTES``
-    (a size cap on that history, e.g. ``10GiB``, 2 GiB by default; 0 means none)."""
+    (a size cap on that history, e.g. ``10GiB``, 2 GiB by default; 0 means none).
+    ``MESH_NKEY`` is the seed file to connect with."""
 
     replicas: int = 1
     #: file storage survives broker restarts; memory is for benchmarks only
@@ -50,6 +51,10 @@ class Settings:
     #: a queue nobody pulled from or published to for this long is removed by the
     #: broker (its items stay in the stream for the next queue of that capability)
     queue_idle_s: float = 3600.0
+    #: the seed file this process connects with (``MESH_NKEY``, or ``--nkey``): its
+    #: key's name is the process's id in the mesh (see mesh/identity.py). None: no key
+    #: (a broker without auth)
+    nkey: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,6 +75,7 @@ class Settings:
             finished_ttl_s=_parsed(env, "MESH_FINISHED_TTL", _duration, cls.finished_ttl_s),
             retention_s=_parsed(env, "MESH_RETENTION", _duration, cls.retention_s),
             retention_bytes=_parsed(env, "MESH_RETENTION_BYTES", parse_bytes, cls.retention_bytes),
+            nkey=env.get("MESH_NKEY") or None,
         )
 
 
