@@ -97,7 +97,9 @@ def permissions(role: Role, name: str, names: Names | None = None) -> Permission
     """The permissions of a key named ``name`` with ``role`` on the mesh ``names``."""
     names = names or Names()
     if role == "operator":
-        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+        # Everything, but nobody, not even an operator, speaks for the server: a
+        # forged republished write would be taken as the bucket's.
+        return {"publish": {"allow": [">"], "deny": [names.records_subjects]}, "subscribe": {"allow": [">"]}}
     work = names.work_stream
     publish = _shared_publish(names, name)
     subscribe = _shared_subscribe(names, name)
