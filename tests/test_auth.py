@@ -1,0 +1,381 @@
+"""Identities and the broker's permissions (issue 14): each attack the broker can stop
+is attempted against a real nats-server run with authorization, and refused; honest
+agents go on working. The attacks are counted in docs/SECURITY.md.
+
+An attacker here is a raw nats-py connection with a valid key of its own (a compromised
+agent or client, or a prompt-injected one driving its process), sending exactly the
+messages the attack needs. A refused publish or subscription comes back from the
+server as a "permissions violation" error on that connection; a flush after the
+attempt guarantees the error has arrived (the server answers in order)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+
+from mesh.auth import auth_config, permissions
+from mesh.broker import Broker, find_nats_server
+from mesh.bus import MeshError, Unreachable
+from mesh.client import Mesh
+from mesh.identity import IdentityError, inbox_prefix, list_keys, load_seed, new_key
+from mesh.testing import AgentProcs, Keys, wait_for
+from protocol import AgentCard, ControlRequest, Names, encode, new_task
+
+pytestmark = pytest.mark.auth
+
+NAMES = Names()
+
+
+class Attacker:
+    """A raw connection with a key of its own, recording the server's refusals."""
+
+    def __init__(self, nc: Client, refusals: list[str]) -> None:
+        self.nc, self.refusals = nc, refusals
+        self.arrived = anyio.Event()
+
+    async def refused(self, what: str, subject: str) -> None:
+        """Assert the server refused ``what`` ('publish' or 'subscription') on ``subject``."""
+        want = f'permissions violation for {what} to "{subject}"'.lower()
+        await self.nc.flush()
+        with anyio.move_on_after(5):  # nats-py may hand the error over after the flush's answer
+            while not any(want in r.lower() for r in self.refusals):
+                await self.arrived.wait()
+                self.arrived = anyio.Event()
+        assert any(want in r.lower() for r in self.refusals), f"not refused: {what} {subject}: {self.refusals}"
+
+    async def publish_refused(self, subject: str, data: bytes = b"x", headers: dict[str, str] | None = None) -> None:
+        await self.nc.publish(subject, data, headers=headers)
+        await self.refused("publish", subject)
+
+    async def subscribe_refused(self, subject: str) -> None:
+        await self.nc.subscribe(subject)
+        await self.refused("subscription", subject)
+
+
+@pytest.fixture
+async def attacker(keys: Keys) -> AsyncIterator[Callable[..., Awaitable[Attacker]]]:
+    connections: list[Client] = []
+
+    async def connect(name: str, role: str = "agent") -> Attacker:
+        refusals: list[str] = []
+        attacker: Attacker | None = None
+
+        async def on_error(exc: Exception) -> None:
+            refusals.append(str(exc))
+            if attacker is not None:
+                attacker.arrived.set()
+
+        seed = load_seed(keys.seed(name, role))
+        nc = await nats.connect(
+            keys.broker.url,
+            nkeys_seed_str=seed.seed,
+            inbox_prefix=inbox_prefix(name),
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        connections.append(nc)
+        attacker = Attacker(nc, refusals)
+        return attacker
+
+    yield connect
+    for nc in connections:
+        await nc.close()
+
+
+def card_subject(agent_id: str) -> str:
+    return f"$KV.{NAMES.agents_bucket}.{NAMES.agent_key(agent_id)}"
+
+
+async def honest_agent(agent_procs: AgentProcs, mesh_client: Mesh, name: str = "alice") -> AgentCard:
+    agent_procs.start(name, ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    card = await mesh_client.bus.card(name)
+    assert card is not None
+    return card
+
+
+async def still_works(agent_procs: AgentProcs, keys: Keys, agent_id: str = "alice") -> None:
+    """Honest parties go on working: a client's task is done by the honest agent."""
+    client = await keys.connect("carol", "client")
+    try:
+        with anyio.fail_after(30):
+            final = await client.run("echo", "still here?")
+        assert final.state == "done" and final.owner == agent_id
+    finally:
+        await client.close()
+
+
+# --- connecting --------------------------------------------------------------------------
+
+
+async def test_an_unknown_key_cannot_connect(broker: Broker, tmp_path: Path) -> None:
+    new_key(tmp_path / "elsewhere", "mallory", "operator")  # a well-formed key the broker never heard of
+    with pytest.raises(Unreachable, match="refused the key"):
+        await Mesh.connect(broker.url, settings=_settings(tmp_path / "elsewhere" / "mallory.nk"))
+
+
+async def test_no_key_cannot_connect(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESH_NKEY")
+    with pytest.raises(Unreachable, match="requires a key"):
+        await Mesh.connect(broker.url)
+
+
+async def test_a_key_acts_only_as_its_own_name(keys: Keys, broker: Broker) -> None:
+    with pytest.raises(IdentityError, match="is not the name of the key"):
+        await Mesh.connect(broker.url, client_id="alice", settings=keys.settings("carol", "client"))
+
+
+# --- the directory -------------------------------------------------------------------------
+
+
+async def test_an_agent_cannot_overwrite_or_delete_another_agents_card(
+    agent_procs: AgentProcs, mesh_client: Mesh, attacker: Any, keys: Keys
+) -> None:
+    card = await honest_agent(agent_procs, mesh_client)
+    bob = await attacker("bob")
+    forged = msgspec.structs.replace(card, serves=("everything",), capacity=999)
+    await bob.publish_refused(card_subject("alice"), encode(forged))
+    await bob.publish_refused(card_subject("alice"), b"", headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub"})
+    await bob.publish_refused(card_subject("alice"), b"", headers={"KV-Operation": "DEL"})
+    stream = f"KV_{NAMES.agents_bucket}"
+    await bob.publish_refused(f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode({"filter": card_subject("alice")}))
+    await bob.publish_refused(f"$JS.API.STREAM.MSG.DELETE.{stream}", msgspec.json.encode({"seq": 1}))
+    await bob.publish_refused(f"$JS.API.STREAM.DELETE.{stream}")
+    now = await mesh_client.bus.card("alice")
+    assert now is not None and now.serves == ("echo",)
+    await still_works(agent_procs, keys)
+
+
+async def test_an_agent_writes_its_own_card(agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys) -> None:
+    card = await honest_agent(agent_procs, mesh_client)
+    assert card.public_key == load_seed(keys.seed("alice")).public_key  # the card names its key
+
+
+async def test_nobody_adds_a_ghost_card(mesh_client: Mesh, attacker: Any) -> None:
+    ghost = AgentCard(id="ghost", serves=("everything",), capacity=999)
+    bob = await attacker("bob")
+    await bob.publish_refused(card_subject("ghost"), encode(ghost))
+    carol = await attacker("carol", "client")
+    await carol.publish_refused(card_subject("ghost"), encode(ghost))
+    await carol.publish_refused(card_subject("carol"), encode(msgspec.structs.replace(ghost, id="carol")))
+    assert await mesh_client.bus.card("ghost") is None and await mesh_client.bus.card("carol") is None
+
+
+async def test_a_client_cannot_write_into_the_directory(mesh_client: Mesh, keys: Keys) -> None:
+    carol = await keys.connect("carol", "client")
+    try:
+        with pytest.raises(MeshError):  # the broker drops the publish: no ack ever comes
+            await carol.bus.publish_card(AgentCard(id="carol"), ttl_s=60)
+        assert await mesh_client.bus.card("carol") is None
+    finally:
+        await carol.close()
+
+
+# --- control subjects ----------------------------------------------------------------------
+
+
+async def test_an_agent_cannot_answer_or_drain_through_another_agents_control_subject(
+    agent_procs: AgentProcs, mesh_client: Mesh, attacker: Any, keys: Keys
+) -> None:
+    await honest_agent(agent_procs, mesh_client)
+    bob = await attacker("bob")
+    control = NAMES.control_subject("alice")
+    await bob.subscribe_refused(control)  # to take alice's control requests (and answer them)
+    await bob.nc.subscribe("x.q", queue="q")  # (a harmless subscription still works)
+    await bob.subscribe_refused(f"{NAMES.prefix}.v2.ctl.>")
+    await bob.publish_refused(control, encode(ControlRequest(action="drain")))
+    card = await mesh_client.bus.card("alice")
+    assert card is not None and not card.draining
+    await still_works(agent_procs, keys)
+
+
+async def test_a_client_cannot_drain_an_agent(agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys) -> None:
+    await honest_agent(agent_procs, mesh_client)
+    carol = await keys.connect("carol", "client")
+    try:
+        with pytest.raises(MeshError, match=r"did not answer|no agent"):
+            await carol.control("alice", "drain", timeout=1.0)
+    finally:
+        await carol.close()
+    card = await mesh_client.bus.card("alice")
+    assert card is not None and not card.draining
+    await still_works(agent_procs, keys)
+    # an operator may (mesh_client is the operator test-client)
+    reply = await mesh_client.control("alice", "drain")
+    assert reply.draining
+
+
+async def test_nobody_reads_another_partys_inbox(attacker: Any) -> None:
+    bob = await attacker("bob")
+    await bob.subscribe_refused("_INBOX.>")
+    await bob.subscribe_refused(f"{inbox_prefix('alice')}.>")
+    await bob.publish_refused(f"{inbox_prefix('alice')}.abc", b'{"stream":"KV_mesh-v2-tasks","seq":1}')
+
+
+# --- the records ---------------------------------------------------------------------------
+
+
+async def test_nobody_publishes_on_the_record_republish_subjects(mesh_client: Mesh, attacker: Any) -> None:
+    record = new_task(task_id="t1", capability="echo", instruction="x", requester="carol", now=time.time())
+    for name, role in (("bob", "agent"), ("carol", "client"), ("root", "operator")):
+        party = await attacker(name, role)
+        await party.publish_refused(NAMES.record_subject("t1"), encode(record), headers={"Nats-Sequence": "99"})
+
+
+async def test_nobody_but_an_operator_destroys_or_reconfigures_the_mesh(mesh_client: Mesh, attacker: Any) -> None:
+    for name, role in (("bob", "agent"), ("carol", "client")):
+        party = await attacker(name, role)
+        for stream in (f"KV_{NAMES.tasks_bucket}", NAMES.events_stream, NAMES.work_stream):
+            await party.publish_refused(f"$JS.API.STREAM.DELETE.{stream}")
+            await party.publish_refused(f"$JS.API.STREAM.PURGE.{stream}", b"{}")
+            await party.publish_refused(f"$JS.API.STREAM.UPDATE.{stream}", b"{}")
+        await party.publish_refused(f"$JS.API.CONSUMER.DELETE.{NAMES.work_stream}.echo")
+    assert len(await mesh_client.bus.js.streams_info()) == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (docs/SECURITY.md): a rollup header is not a subject, so permissions cannot refuse it; the tasks "
+    "bucket allows rollups (nats-py's KV default) though the mesh never rolls a task up. Closed by creating the "
+    "bucket with allow_rollup_hdrs false",
+)
+async def test_a_party_cannot_wipe_the_task_records_with_a_rollup(mesh_client: Mesh, keys: Keys) -> None:
+    for i in range(3):
+        record = new_task(task_id=f"t{i}", capability="echo", instruction="x", requester="test-client", now=time.time())
+        await mesh_client.bus._compare_and_set(NAMES.task_key(record.id), encode(record), 0, finished=False)
+    carol = await keys.connect("carol", "client")
+    try:
+        # (with rollups refused, the broker answers with an error instead of an ack)
+        await carol.nc.request(f"$KV.{NAMES.tasks_bucket}.task.t0", b"x", headers={"Nats-Rollup": "all"}, timeout=2.0)
+    finally:
+        await carol.close()
+    info = await mesh_client.bus.js.stream_info(f"KV_{NAMES.tasks_bucket}")
+    assert info.state.messages == 3
+
+
+# --- one id, one key -------------------------------------------------------------------------
+
+
+async def test_a_second_process_under_an_agents_id_with_another_key_is_refused(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, attacker: Any
+) -> None:
+    await honest_agent(agent_procs, mesh_client)
+    brief = agent_procs.directory / "alice.toml"
+    env = {**os.environ, "MESH_NKEY": str(keys.seed("bob"))}
+    # through the command line: refused before it connects, in one line
+    proc = await anyio.run_process(
+        [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--id", "alice", "--server", keys.broker.url],
+        env=env,
+        check=False,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith("mesh agent: error: id 'alice' is not the name of the key")
+    # around it (a raw connection with bob's key): the broker refuses alice's subjects
+    bob = await attacker("bob")
+    await bob.subscribe_refused(NAMES.control_subject("alice"))
+    await bob.publish_refused(card_subject("alice"), b"", headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub"})
+    await bob.publish_refused(NAMES.error_subject("alice"), b"{}")
+    assert await mesh_client.bus.card("alice") is not None
+    await still_works(agent_procs, keys)
+
+
+async def test_an_agent_runs_under_its_keys_name(broker: Broker, mesh_client: Mesh, keys: Keys, tmp_path: Path) -> None:
+    from mesh.testing import write_brief
+
+    brief = write_brief(tmp_path, "worker", ["echo"], kind="echo")
+    env = {**os.environ, "MESH_NKEY": str(keys.seed("dora"))}
+    async with await anyio.open_process(
+        [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--server", broker.url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        try:
+            await wait_for(lambda: mesh_client.bus.card("dora"), what="the agent to join under its key's name")
+        finally:
+            proc.terminate()
+            with anyio.fail_after(30):
+                await proc.wait()
+
+
+# --- honest agents, end to end ------------------------------------------------------------------
+
+
+async def test_with_auth_a_clients_task_is_done_with_review(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys
+) -> None:
+    agent_procs.start("alice", ["echo"], kind="echo")
+    agent_procs.start("rev1", ["review"], kind="check")
+    agent_procs.start("rev2", ["review"], kind="check")
+    await agent_procs.ready(mesh_client)
+    carol = await keys.connect("carol", "client")
+    try:
+        with anyio.fail_after(60):
+            final = await carol.run("echo", "hello", review=2)
+        assert final.state == "done", final
+        assert {v.reviewer for v in final.votes} == {"rev1", "rev2"}
+        history = await carol.history(final.root)  # a client reads the trail
+        assert history
+    finally:
+        await carol.close()
+    for agent_id in agent_procs.procs:
+        assert "permissions violation" not in agent_procs.log(agent_id), agent_procs.log(agent_id)
+
+
+# --- the config itself -----------------------------------------------------------------------------
+
+
+def test_the_auth_config_is_valid_nats_server_config(tmp_path: Path) -> None:
+    for name, role in (("a1", "agent"), ("c1", "client"), ("o1", "operator")):
+        new_key(tmp_path / "keys", name, role)
+    conf = tmp_path / "auth.conf"
+    conf.write_text(auth_config(list_keys(tmp_path / "keys")))
+    main = tmp_path / "main.conf"
+    main.write_text('include "auth.conf"\n')
+    proc = subprocess.run([find_nats_server(), "-t", "-c", str(main)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_permissions_bind_the_agents_own_subjects() -> None:
+    perms = permissions("agent", "alice")
+    allow = perms["publish"]["allow"]
+    assert card_subject("alice") in allow and NAMES.control_subject("alice") in allow
+    assert not any(s.startswith(f"$KV.{NAMES.agents_bucket}.") and s != card_subject("alice") for s in allow)
+    assert NAMES.records_subjects in perms["publish"]["deny"]
+    client = permissions("client", "carol")
+    assert not any(s.startswith(f"$KV.{NAMES.agents_bucket}") for s in client["publish"]["allow"])
+    assert not any(".ctl." in s for s in client["publish"]["allow"] + client["subscribe"]["allow"])
+
+
+# --- seed files ---------------------------------------------------------------------------------
+
+
+def test_a_new_seed_is_private_and_never_overwritten(tmp_path: Path) -> None:
+    key = new_key(tmp_path, "alice", "agent")
+    seed = tmp_path / "alice.nk"
+    assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+    assert load_seed(seed).public_key == key.public_key
+    with pytest.raises(IdentityError, match="never overwritten"):
+        new_key(tmp_path, "alice", "client")
+
+
+def _settings(seed: Path) -> object:
+    import dataclasses
+
+    from mesh.settings import Settings
+
+    return dataclasses.replace(Settings.from_env(), nkey=str(seed))
