@@ -379,3 +379,116 @@ def _settings(seed: Path) -> object:
     from mesh.settings import Settings
 
     return dataclasses.replace(Settings.from_env(), nkey=str(seed))
+
+
+# --- the command line: keys, config, bad seed files -------------------------------------------
+
+
+def mesh_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+UNREACHABLE = "nats://127.0.0.1:9"
+
+
+def test_bad_seed_files_get_one_line_naming_the_file(tmp_path: Path) -> None:
+    new_key(tmp_path, "good", "agent")
+    open_seed = tmp_path / "open.nk"
+    open_seed.write_bytes((tmp_path / "good.nk").read_bytes())
+    open_seed.chmod(0o644)
+    garbage = tmp_path / "garbage.nk"
+    garbage.write_text("not a seed\n")
+    garbage.chmod(0o600)
+    account = tmp_path / "account.nk"  # a seed, but of an account, not a user
+    account.write_text("SAAGNJOZTRPYHBJWSBYDA4RRZK2FCGKVLVLYXJ3BTT4NRXYWK5BFNBAWBQ\n")
+    account.chmod(0o600)
+    (tmp_path / "adir.nk").mkdir()
+    cases = {
+        str(tmp_path / "missing.nk"): "does not exist",
+        str(open_seed): "chmod 600",
+        str(garbage): "does not hold a NATS user seed",
+        str(account): "does not hold a NATS user seed",
+        str(tmp_path / "adir.nk"): "not a regular file",
+    }
+    for path, what in cases.items():
+        one_line_error(mesh_cli("agents", "--nkey", path, "--server", UNREACHABLE), path, what)
+        one_line_error(mesh_cli("submit", "echo", "hi", "--server", UNREACHABLE, env={"MESH_NKEY": path}), path, what)
+    brief = tmp_path / "b.toml"
+    brief.write_text('name = "b"\nserves = ["echo"]\nkind = "echo"\n')
+    run = mesh_cli("agent", "run", str(brief), "--nkey", str(open_seed), "--server", UNREACHABLE)
+    one_line_error(run, str(open_seed), "chmod 600")
+
+
+def test_keys_new_list_and_auth_config_from_the_command_line(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    made = mesh_cli("keys", "new", "alice", "--role", "agent", "--dir", str(keys))
+    assert made.returncode == 0 and made.stdout.strip().startswith("U"), made.stderr
+    assert stat.S_IMODE((keys / "alice.nk").stat().st_mode) == 0o600
+    one_line_error(mesh_cli("keys", "new", "alice", "--role", "client", "--dir", str(keys)), "never overwritten")
+    one_line_error(mesh_cli("keys", "new", "a.b", "--role", "client", "--dir", str(keys)), "invalid key name")
+    assert mesh_cli("keys", "new", "carol", "--role", "client", env={"MESH_KEYS": str(keys)}).returncode == 0
+    listed = mesh_cli("keys", "list", str(keys))
+    assert listed.returncode == 0 and "alice" in listed.stdout and "client" in listed.stdout
+    out = tmp_path / "auth.conf"
+    assert mesh_cli("auth", "config", str(keys), "--out", str(out)).returncode == 0
+    assert "authorization {" in out.read_text() and made.stdout.strip() in out.read_text()
+    one_line_error(mesh_cli("auth", "config", str(tmp_path / "nope")), "does not exist")
+
+
+def _broker_says(*args: str, tmp_path: Path) -> str:
+    """Run `mesh broker`, return its stderr once it is up, then stop it."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "broker",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--store",
+            str(tmp_path / "js"),
+            *args,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "agents connect with" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # (reads the rest, closes the pipe)
+    return "".join(lines)
+
+
+def test_broker_without_auth_says_it_is_open(tmp_path: Path) -> None:
+    said = _broker_says(tmp_path=tmp_path)
+    warning = [line for line in said.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "OPEN" in warning[0] and "--auth" in warning[0]
+
+
+def test_broker_with_auth_lets_in_only_its_keys(tmp_path: Path) -> None:
+    new_key(tmp_path / "keys", "alice", "agent")
+    said = _broker_says("--auth", str(tmp_path / "keys"), tmp_path=tmp_path)
+    assert "WARNING" not in said and "authorization on: 2 keys" in said, said
+    assert (tmp_path / "keys" / "operator.nk").exists()  # the broker's own setup connected as the operator

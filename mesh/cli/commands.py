@@ -184,10 +184,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
         raise
     key = " --nkey DIR/NAME.nk" if args.auth else ""
-    print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}{key}", file=sys.stderr)
     try:
         assert broker.process is not None
         with _stop_signals() as stop:
+            # Said once a stop is handled: a signal right after this line stops the broker too
+            print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}{key}", file=sys.stderr)
             while (code := broker.process.poll()) is None:
                 if stop.wait(0.5):
                     return 0
