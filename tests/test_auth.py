@@ -266,6 +266,29 @@ async def test_a_party_cannot_wipe_the_task_records_with_a_rollup(mesh_client: M
     assert info.state.messages == 3
 
 
+async def test_a_revoked_key_is_disconnected_when_the_broker_reloads(keys: Keys, broker: Broker) -> None:
+    closed = anyio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    seed = load_seed(keys.seed("bob"))
+    nc = await nats.connect(
+        broker.url,
+        nkeys_seed_str=seed.seed,
+        inbox_prefix=inbox_prefix("bob"),
+        allow_reconnect=False,
+        closed_cb=on_closed,
+    )
+    (keys.directory / "bob.pub").unlink()  # revoking: the .pub leaves the keys directory
+    broker.reload()
+    with anyio.fail_after(10):
+        await closed.wait()
+    assert nc.is_closed
+    with pytest.raises(Unreachable, match="refused the key"):
+        await Mesh.connect(broker.url, client_id="bob", settings=_settings(keys.directory / "bob.nk"))
+
+
 # --- one id, one key -------------------------------------------------------------------------
 
 
