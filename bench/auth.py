@@ -66,19 +66,26 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
     rates: dict[str, list[float]] = {"off": [], "on": []}
     cpu: dict[str, float] = {"off": 0.0, "on": 0.0}
     tasks: dict[str, int] = {"off": 0, "on": 0}
+    #: per block: the ratios on/off of p50 and of rate (a same-second comparison)
+    paired: dict[str, list[float]] = {"p50": [], "rate": []}
     try:
         for mesh in meshes.values():  # warm-up: queues made, connections warm
             await mesh_sequential(mesh, sizes["warmup"])
             await mesh_concurrent(mesh, sizes["warmup"] * 4, 16)
         for block in range(sizes["blocks"]):
+            block_p50: dict[str, float] = {}
             for mode in ("off", "on") if block % 2 == 0 else ("on", "off"):
                 mesh = meshes[mode]
                 before = cpu_seconds(pids[mode])
-                lat[mode] += await mesh_sequential(mesh, sizes["sequential"])
+                seq = await mesh_sequential(mesh, sizes["sequential"])
+                lat[mode] += seq
+                block_p50[mode] = dist_ms(seq)["p50"]
                 burst = await mesh_concurrent(mesh, sizes["concurrent"], sizes["inflight"])
                 rates[mode].append(burst["rate"])
                 cpu[mode] += cpu_seconds(pids[mode]) - before
                 tasks[mode] += sizes["sequential"] + sizes["concurrent"]
+            paired["p50"].append(ratio(block_p50["on"], block_p50["off"]))
+            paired["rate"].append(ratio(rates["on"][-1], rates["off"][-1]))
             progress(
                 NAME,
                 f"block {block + 1}/{sizes['blocks']}: p50 off {dist_ms(lat['off'])['p50']:.2f} ms, "
@@ -94,6 +101,8 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
         "broker_cpu_ms_per_task": {mode: 1000 * cpu[mode] / max(tasks[mode], 1) for mode in cpu},
         "ratio_p50_on_off": ratio(p50["on"], p50["off"]),
         "ratio_rate_on_off": ratio(spread(rates["on"])["median"], spread(rates["off"])["median"]),
+        "paired_ratio_p50_on_off": spread(paired["p50"]),
+        "paired_ratio_rate_on_off": spread(paired["rate"]),
         "sizes": sizes,
     }
 
@@ -104,7 +113,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     sizes = (
         {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16}
         if quick
-        else {"warmup": 20, "blocks": 6, "sequential": 100, "concurrent": 500, "inflight": 64}
+        else {"warmup": 20, "blocks": 20, "sequential": 100, "concurrent": 500, "inflight": 64}
     )
     with tempdir() as d:
         seeds = ensure_keys(d / "keys", {"echo1": "agent", "bench-client": "client"})

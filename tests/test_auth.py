@@ -515,3 +515,10 @@ def test_broker_with_auth_lets_in_only_its_keys(tmp_path: Path) -> None:
     said = _broker_says("--auth", str(tmp_path / "keys"), tmp_path=tmp_path)
     assert "WARNING" not in said and "authorization on: 2 keys" in said, said
     assert (tmp_path / "keys" / "operator.nk").exists()  # the broker's own setup connected as the operator
+
+
+def test_control_and_retention_need_an_operator_key(tmp_path: Path) -> None:
+    new_key(tmp_path, "carol", "client")
+    seed = str(tmp_path / "carol.nk")
+    one_line_error(mesh_cli("agent", "drain", "alice", "--nkey", seed, "--server", UNREACHABLE), "operator's key")
+    one_line_error(mesh_cli("setup", "--retention", "1d", "--nkey", seed, "--server", UNREACHABLE), "operator's key")

@@ -209,8 +209,27 @@ RETENTION_MIN_S = 120.0
 RETENTION_MAX_S = 36500 * 86400.0  # (settings.MAX_DURATION_S: JetStream's 64-bit nanoseconds)
 
 
+def _need_operator(what: str) -> None:
+    """Refuse, before connecting, what the broker's permissions would refuse a
+    non-operator key anyway (silently: a refused request is never answered)."""
+    seed = os.environ.get("MESH_NKEY")
+    if not seed:
+        return
+    from ..identity import load_seed
+
+    identity = load_seed(seed)
+    if identity.role not in (None, "operator"):
+        raise UserError(
+            f"{what} needs an operator's key, and {seed} is a{'n' if identity.role == 'agent' else ''} "
+            f"{identity.role}'s: pass --nkey with an operator key (`mesh keys new NAME --role operator`)"
+        )
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     from ..defaults import default_server
+
+    if args.retention is not None or args.retention_bytes is not None:
+        _need_operator("changing the retention")
 
     return _run(_setup, args.server or default_server(), args)
 
@@ -288,6 +307,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 0
 
     import msgspec
+
+    _need_operator(f"`mesh agent {args.agent_command}`")
 
     async def control() -> int:
         mesh = await _mesh(args)
