@@ -42,14 +42,18 @@ def broker(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.M
     """A fresh nats-server with JetStream (store under the test's tmp dir). With auth
     (:func:`with_auth`), only keys in ``tmp_path/keys`` connect: the test itself is the
     operator ``test-client`` (``MESH_NKEY`` is set for it, so any client or command the
-    test starts connects as the operator), and each agent of ``agent_procs`` gets a key
+    test starts connects as the operator; ``MESH_TEST_AUTH_ROLE=client`` makes it a
+    client), and each agent of ``agent_procs`` gets a key
     of its own id."""
     store = tmp_path / "js"
     store.mkdir()
     b = Broker(store=str(store))
     if with_auth(request):
         b.auth = str(tmp_path / "keys")
-        seeds = ensure_keys(b.auth, {"test-client": "operator"})
+        # MESH_TEST_AUTH_ROLE=client runs the test as a mere client (what a requester may
+        # do; tests that drain agents or change retention then fail, as they should)
+        role = os.environ.get("MESH_TEST_AUTH_ROLE") or "operator"
+        seeds = ensure_keys(b.auth, {"test-client": role})
         monkeypatch.setenv("MESH_NKEY", str(seeds["test-client"]))
     b.start()
     try:

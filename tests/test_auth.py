@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import msgspec
 import nats
 import nats.errors
@@ -32,7 +33,7 @@ from mesh.bus import MeshError, Unreachable
 from mesh.client import Mesh
 from mesh.identity import IdentityError, inbox_prefix, list_keys, load_seed, new_key
 from mesh.testing import AgentProcs, Keys, wait_for
-from protocol import AgentCard, ControlRequest, Names, encode, new_task
+from protocol import AgentCard, ControlRequest, Names, TaskRecord, encode, new_task
 
 pytestmark = pytest.mark.auth
 
@@ -359,6 +360,27 @@ async def test_with_auth_a_clients_task_is_done_with_review(
         assert "permissions violation" not in agent_procs.log(agent_id), agent_procs.log(agent_id)
 
 
+async def test_with_auth_a_client_answers_an_agents_question(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys
+) -> None:
+    agent_procs.start("asker", ["ambiguous"], kind="mesh.faults:Asker", options={"question": "Which Python version?"})
+    await agent_procs.ready(mesh_client)
+    carol = await keys.connect("carol", "client")
+
+    async def answer(question: TaskRecord) -> str:
+        assert question.capability == "agent.carol"
+        return "3.11"
+
+    try:
+        with anyio.fail_after(30):
+            record = await carol.wait(await carol.submit("ambiguous", "install it"), on_question=answer)
+        assert record.state == "done" and record.result == "install it -> using your answer: 3.11"
+        cancelled = await carol.cancel((await carol.submit("nobody-serves", "x", claim_timeout_s=30)).id)
+        assert cancelled.state == "cancelled"  # a requester cancels its own task
+    finally:
+        await carol.close()
+
+
 # --- the config itself -----------------------------------------------------------------------------
 
 
@@ -522,3 +544,40 @@ def test_control_and_retention_need_an_operator_key(tmp_path: Path) -> None:
     seed = str(tmp_path / "carol.nk")
     one_line_error(mesh_cli("agent", "drain", "alice", "--nkey", seed, "--server", UNREACHABLE), "operator's key")
     one_line_error(mesh_cli("setup", "--retention", "1d", "--nkey", seed, "--server", UNREACHABLE), "operator's key")
+
+
+async def test_up_runs_its_org_with_auth_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh.testing import write_brief
+
+    monkeypatch.delenv("MESH_NKEY", raising=False)
+    write_brief(tmp_path, "upper", ["echo"], kind="echo", options={"prefix": "up: "})
+    org = tmp_path / "org.toml"
+    org.write_text('name = "one"\n[[agents]]\nbrief = "upper.toml"\n')
+    keys = tmp_path / "keys"
+    log = tmp_path / "up.log"
+    up = _spawn(["up", str(org), "--keys", str(keys)], log)
+    try:
+        said = await wait_for(
+            lambda: "submit work with" in log.read_text() and log.read_text(), what="mesh up to start its org"
+        )
+        line = next(x for x in said.splitlines() if "submit work with" in x)
+        server = line.split("--server ")[1].split()[0]
+        assert f"--nkey {keys / 'client.nk'}" in line
+        assert {p.name for p in keys.glob("*.pub")} == {"upper.pub", "operator.pub", "client.pub"}
+        with pytest.raises(Unreachable, match="requires a key"):  # the org's broker is not open
+            await Mesh.connect(server)
+        client = await Mesh.connect(server, settings=_settings(keys / "client.nk"))
+        try:
+            await wait_for(lambda: client.bus.card("upper"), what="the org's agent to join")
+            with anyio.fail_after(30):
+                assert (await client.run("echo", "x")).result == "up: x"
+        finally:
+            await client.close()
+    finally:
+        up.terminate()
+        assert await anyio.to_thread.run_sync(up.wait, 60) == 0, log.read_text()
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "mesh", *argv], stderr=log)

@@ -206,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`operator` and `client` are made there for you (drain agents, submit work).",
     )
     p.add_argument("org", help="org TOML file")
-    p.add_argument("--keys", default=None, metavar="DIR", help=KEYS_DIR_HELP)
+    p.add_argument(
+        "--keys",
+        default=None,
+        metavar="DIR",
+        help=f"{KEYS_DIR_HELP}; with --server, only given this way (or $MESH_KEYS) do agents use keys from it",
+    )
     _server(p)
 
     p = sub.add_parser("submit", help="submit a task")

@@ -385,7 +385,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         broker.start()
         server = broker.url
         print(f"broker: {server} (monitoring {broker.monitor_url}); keys in {keys_dir}", file=sys.stderr)
-    else:  # someone else's broker: agents with a key in the keys directory use it
+    elif args.keys or os.environ.get("MESH_KEYS"):  # another's broker: agents with a key there use it
         seeds = {agent_id: seed for agent_id, _ in ids if (seed := keys_dir / f"{agent_id}.nk").exists()}
     procs = []
     try:
