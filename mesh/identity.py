@@ -36,6 +36,7 @@ __all__ = [
     "list_keys",
     "ensure_keys",
     "connect_options",
+    "default_id",
     "inbox_prefix",
     "refused_message",
 ]
@@ -241,6 +242,16 @@ def ensure_keys(directory: Path | str, wanted: dict[str, str]) -> dict[str, Path
             new_key(directory, name, role)
         out[name] = seed_path
     return out
+
+
+def default_id(nkey: str | Path | None) -> str | None:
+    """The id a process connecting with ``nkey`` acts under unless told: its key's name,
+    but for an operator's key (an operator may act under any id, so it is no agent's
+    identity: an agent or client it runs gets the id it would get without a key)."""
+    if nkey is None:
+        return None
+    identity = load_seed(nkey)
+    return None if identity.role == "operator" else identity.name
 
 
 def inbox_prefix(name: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from protocol import DEFAULT_LEASE_S, MAX_LEASE_S
@@ -53,8 +53,9 @@ class Settings:
     queue_idle_s: float = 3600.0
     #: the seed file this process connects with (``MESH_NKEY``, or ``--nkey``): its
     #: key's name is the process's id in the mesh (see mesh/identity.py). None: no key
-    #: (a broker without auth)
-    nkey: str | None = None
+    #: (a broker without auth). A credential, not a tuning: settings made in code for
+    #: something else still connect with the process's key
+    nkey: str | None = field(default_factory=lambda: os.environ.get("MESH_NKEY") or None)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -297,7 +297,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             identity = load_seed(os.environ["MESH_NKEY"])
             if args.id is not None:
                 identity.check_id(args.id)
-            key_name = identity.name
+            key_name = identity.name if identity.role != "operator" else None
         brief = _brief_or_org_member(args.brief, args.agent)
         # One id, one process: the same brief run on two machines must not make two
         # agents under one name (the second would be refused at start). `mesh up`
