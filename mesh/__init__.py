@@ -24,6 +24,7 @@ _EXPORTS = {
     "Conflict": "bus",
     "CorruptRecord": "bus",
     "IdInUse": "presence",
+    "IdentityError": "identity",
     "Unavailable": "bus",
     "MeshError": "bus",
     "NotFound": "bus",
@@ -50,6 +51,7 @@ __all__ = [
     "Conflict",
     "CorruptRecord",
     "IdInUse",
+    "IdentityError",
     "Lost",
     "Mesh",
     "MeshError",
@@ -86,5 +88,6 @@ if TYPE_CHECKING:
     from .broker import Broker, BrokerNotFound, find_nats_server
     from .bus import Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
+    from .identity import IdentityError
     from .presence import IdInUse
     from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker

@@ -7,6 +7,7 @@ loopback ports, a client, agent processes) are the plugin :mod:`mesh.pytest_plug
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,11 +18,11 @@ import anyio
 
 from .broker import Broker, free_ports
 from .client import Mesh
-from .identity import ensure_keys
+from .identity import connect_options, ensure_keys
 from .process import AgentProcess, spawn_agent
 from .settings import Settings
 
-__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for"]
+__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for", "nats_options"]
 
 
 def write_brief(directory: Path, name: str, serves: list[str], **fields: Any) -> Path:
@@ -69,6 +70,13 @@ async def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await anyio.sleep(0.05)
+
+
+def nats_options(name: str = "test-client") -> dict[str, Any]:
+    """nats-py ``connect`` options for a raw connection acting as ``name``: none on an
+    open broker; with ``MESH_NKEY`` set (the ``broker`` fixture with auth sets it), its
+    key and inbox prefix."""
+    return connect_options(os.environ.get("MESH_NKEY") or None, name)
 
 
 class Keys:
