@@ -78,9 +78,10 @@ class Identity:
         refuse the writes anyway, one by one, and the process would look broken. An
         operator's key may act under any id (its permissions allow everything)."""
         if mesh_id != self.name and self.role != "operator":
+            who = {"client": "a client", None: "a party"}.get(self.role, "an agent")
             raise IdentityError(
-                f"id {mesh_id!r} is not the name of the key {self.path} ({self.name!r}): with a key, an "
-                f"{self.role or 'agent'} runs under its key's name; drop --id, or use the key named {mesh_id!r}"
+                f"id {mesh_id!r} is not the name of the key {self.path} ({self.name!r}): with a key, "
+                f"{who} runs under its key's name; drop --id, or use the key named {mesh_id!r}"
             )
 
 
