@@ -54,6 +54,8 @@ def _shared_publish(names: Names, name: str) -> list[str]:
         f"{base}.evt.>",
         names.error_subject(name),
         f"{api}.INFO",
+        # which stream holds a subject (nats-py asks before subscribing to a stream)
+        f"{api}.STREAM.NAMES",
     ]
     for stream in s.values():
         # Whoever comes first creates the mesh's resources (idempotent: an existing

@@ -10,6 +10,7 @@ attempt guarantees the error has arrived (the server answers in order)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -354,6 +355,11 @@ async def test_with_auth_a_clients_task_is_done_with_review(
         assert {v.reviewer for v in final.votes} == {"rev1", "rev2"}
         history = await carol.history(final.root)  # a client reads the trail
         assert history
+        with anyio.fail_after(10):  # and follows the events (an ordered consumer, with flow control)
+            async for event in carol.events(root=final.root, history=True):
+                assert event.root == final.root
+                break
+        assert {c.id for c in await carol.agents()} == {"alice", "rev1", "rev2"}  # and reads the directory
     finally:
         await carol.close()
     for agent_id in agent_procs.procs:
@@ -581,3 +587,33 @@ async def test_up_runs_its_org_with_auth_by_default(tmp_path: Path, monkeypatch:
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "mesh", *argv], stderr=log)
+
+
+async def test_a_clients_commands_work_with_auth(agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys) -> None:
+    await honest_agent(agent_procs, mesh_client)
+    env = {**os.environ, "MESH_NKEY": str(keys.seed("carol", "client")), "MESH_SERVER": keys.broker.url}
+
+    async def cli(*argv: str) -> str:
+        proc = await anyio.run_process([sys.executable, "-m", "mesh", *argv], env=env, check=False)
+        assert proc.returncode == 0, (argv, proc.stderr.decode())
+        return proc.stdout.decode()
+
+    done = json.loads(await cli("submit", "echo", "hi", "--wait", "--json"))
+    assert done["state"] == "done" and done["requester"] == "carol"
+    assert done["id"] in await cli("trace", done["id"])
+    assert "alice" in await cli("agents")
+    assert "alice" in await cli("top", "--once")
+    await cli("inbox")
+    queued = json.loads(await cli("submit", "nobody-serves", "x", "--json"))
+    await cli("cancel", queued["id"])
+    with anyio.fail_after(30):  # `mesh watch` follows the events (runs until stopped)
+        async with await anyio.open_process(
+            [sys.executable, "-m", "mesh", "watch", "--history"], env=env, stderr=subprocess.DEVNULL
+        ) as watch:
+            assert watch.stdout is not None
+            seen = b""
+            async for chunk in watch.stdout:
+                seen += chunk
+                if done["id"].encode() in seen:
+                    break
+            watch.terminate()
