@@ -143,13 +143,12 @@ def permissions(role: Role, name: str, names: Names | None = None) -> Permission
         control_all = f"{names.prefix}.v{MAJOR_VERSION}.ctl.>"
         deny_publish += [f"$KV.{names.agents_bucket}.>", control_all, f"$JS.ACK.{work}.>"]
         deny_subscribe += [control_all]
-    perms: Permissions = {
-        "publish": {"allow": publish, "deny": deny_publish},
-        "subscribe": {"allow": subscribe},
+    perms: Permissions = {"publish": {"allow": publish, "deny": deny_publish}, "subscribe": {"allow": subscribe}}
+    if role == "agent":
         # Answering a request it received (a control request, a services API ping):
-        # one reply each, within a minute, to the requester's inbox.
-        "allow_responses": {"max": 1, "expires": "1m"},
-    }
+        # one reply each, within a minute, to the requester's inbox. A client answers
+        # nothing (a question to it is a task, answered by a record write).
+        perms["allow_responses"] = {"max": 1, "expires": "1m"}
     if deny_subscribe:
         perms["subscribe"]["deny"] = deny_subscribe
     return perms
