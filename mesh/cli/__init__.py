@@ -304,7 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     k = ksub.add_parser("new", help="make a key: writes DIR/NAME.nk and DIR/NAME.pub, prints the public key")
     k.add_argument("name", help="the key's name: the agent or client id it acts as (letters, digits, '_', '-')")
-    k.add_argument("--role", required=True, choices=("agent", "client", "operator"), help="what the key may do")
+    k.add_argument(
+        "--role",
+        required=True,
+        choices=("agent", "client", "operator"),
+        help="what the key may do: agent (works; writes only its own card and control subject), client (submits, "
+        "reads, cancels; no cards, no control), operator (everything: drain agents, change retention)",
+    )
     k.add_argument("--dir", default=None, help=KEYS_DIR_HELP)
     k = ksub.add_parser("list", help="list the public keys in a keys directory")
     k.add_argument("dir", nargs="?", default=None, help=KEYS_DIR_HELP)
