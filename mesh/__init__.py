@@ -25,6 +25,7 @@ _EXPORTS = {
     "Conflict": "bus",
     "CorruptRecord": "bus",
     "IdInUse": "presence",
+    "IdentityError": "identity",
     "Unavailable": "bus",
     "MeshError": "bus",
     "NotFound": "bus",
@@ -52,6 +53,7 @@ __all__ = [
     "Conflict",
     "CorruptRecord",
     "IdInUse",
+    "IdentityError",
     "Lost",
     "Mesh",
     "MeshError",
@@ -88,5 +90,6 @@ if TYPE_CHECKING:
     from .broker import Broker, BrokerNotFound, find_nats_server
     from .bus import BrokerError, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
+    from .identity import IdentityError
     from .presence import IdInUse
     from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
