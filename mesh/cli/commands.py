@@ -162,12 +162,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
         else:  # the setup below connects like any party: as the local operator
             os.environ["MESH_NKEY"] = str(ensure_keys(args.auth, {"operator": "operator"})["operator"])
         keys = list_keys(args.auth)
-    else:
-        print(
-            f"mesh broker: WARNING: no --auth, so this broker is OPEN: anyone who can reach {args.host}:{args.port} "
-            "can read, forge and delete every task, card and stream (see docs/SECURITY.md)",
-            file=sys.stderr,
-        )
     broker = Broker(
         host=args.host,
         port=args.port,
@@ -182,6 +176,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
     broker.start(log=None)
     if args.auth:
         print(f"authorization on: {len(keys)} keys from {args.auth} ({_roles(keys)})", file=sys.stderr)
+    else:  # said once it runs: a broker that failed to start is open to no one
+        print(
+            f"mesh broker: WARNING: no --auth, so this broker is OPEN: anyone who can reach {args.host}:{args.port} "
+            "can read, forge and delete every task, card and stream (see docs/SECURITY.md)",
+            file=sys.stderr,
+        )
     print(
         f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr
     )
