@@ -35,6 +35,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RePublish,
     RetentionPolicy,
@@ -693,25 +694,37 @@ class Bus:
         self.settings = settings
         storage = StorageType.FILE if settings.storage == "file" else StorageType.MEMORY
         names = self.names
-        self.tasks = await self._bucket(
-            KeyValueConfig(
-                bucket=names.tasks_bucket,
+        # The tasks bucket's stream is made here rather than by nats-py's KV helper,
+        # which always allows rollup headers: one write carrying `Nats-Rollup: all` on
+        # any task key would wipe every live record, and permissions cannot refuse a
+        # header. The mesh never rolls a task up (PROTOCOL.md 6.20).
+        await self._stream(
+            StreamConfig(
+                name=f"KV_{names.tasks_bucket}",
                 description="agent-mesh live task records (task.<id>); finished ones expire into the events stream",
+                subjects=[f"$KV.{names.tasks_bucket}.>"],
+                retention=RetentionPolicy.LIMITS,
                 # One revision per key: a write replaces the last one in place. The
                 # events stream is the trace.
-                history=1,
-                direct=True,
+                max_msgs_per_subject=1,
+                discard=DiscardPolicy.NEW,
+                allow_direct=True,
+                allow_rollup_hdrs=False,
+                deny_delete=True,
+                allow_msg_ttl=True,
+                duplicate_window=120.0,
                 # The protocol's limit (a party refuses to write more, and to read it):
                 # the broker refuses a larger value from a peer that does not. It counts
                 # a write's headers too (compare-and-set, TTL): room for them.
-                max_value_size=MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
+                max_msg_size=MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
                 storage=storage,
-                replicas=settings.replicas,
+                num_replicas=settings.replicas,
                 # Parties follow a task on a plain subscription: the broker republishes
                 # every accepted write (never a refused compare-and-set).
                 republish=RePublish(src=f"$KV.{names.tasks_bucket}.>", dest=names.records_subjects),
             )
         )
+        self.tasks = await self.js.key_value(names.tasks_bucket)
         self.agents = await self._bucket(
             KeyValueConfig(
                 bucket=names.agents_bucket,

@@ -248,20 +248,18 @@ async def test_nobody_but_an_operator_destroys_or_reconfigures_the_mesh(mesh_cli
     assert len(await mesh_client.bus.js.streams_info()) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (docs/SECURITY.md): a rollup header is not a subject, so permissions cannot refuse it; the tasks "
-    "bucket allows rollups (nats-py's KV default) though the mesh never rolls a task up. Closed by creating the "
-    "bucket with allow_rollup_hdrs false",
-)
 async def test_a_party_cannot_wipe_the_task_records_with_a_rollup(mesh_client: Mesh, keys: Keys) -> None:
+    """A header is nothing permissions can refuse: the tasks bucket refuses rollups."""
     for i in range(3):
         record = new_task(task_id=f"t{i}", capability="echo", instruction="x", requester="test-client", now=time.time())
         await mesh_client.bus._compare_and_set(NAMES.task_key(record.id), encode(record), 0, finished=False)
     carol = await keys.connect("carol", "client")
     try:
         # (with rollups refused, the broker answers with an error instead of an ack)
-        await carol.nc.request(f"$KV.{NAMES.tasks_bucket}.task.t0", b"x", headers={"Nats-Rollup": "all"}, timeout=2.0)
+        reply = await carol.nc.request(
+            f"$KV.{NAMES.tasks_bucket}.task.t0", b"x", headers={"Nats-Rollup": "all"}, timeout=2.0
+        )
+        assert b"rollup" in reply.data.lower(), reply.data  # the stream's refusal, not an ack
     finally:
         await carol.close()
     info = await mesh_client.bus.js.stream_info(f"KV_{NAMES.tasks_bucket}")
