@@ -256,7 +256,7 @@ async def test_a_party_cannot_wipe_the_task_records_with_a_rollup(mesh_client: M
     carol = await keys.connect("carol", "client")
     try:
         # (with rollups refused, the broker answers with an error instead of an ack)
-        reply = await carol.nc.request(
+        reply = await carol.bus.nc.request(
             f"$KV.{NAMES.tasks_bucket}.task.t0", b"x", headers={"Nats-Rollup": "all"}, timeout=2.0
         )
         assert b"rollup" in reply.data.lower(), reply.data  # the stream's refusal, not an ack
