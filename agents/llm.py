@@ -301,6 +301,8 @@ class _Session:
     cost: float = 0.0
     rounds: int = 0
     vetoes: list[str] = field(default_factory=list)
+    #: how each MCP tool call of the current turn went, by call id (for its progress line)
+    tool_lines: dict[str, str] = field(default_factory=dict)
 
 
 class LLMAgent:
@@ -420,7 +422,8 @@ class LLMAgent:
                 if isinstance(outcome, _Final):
                     return outcome.value
                 session.messages.append({"role": "tool", "tool_call_id": call.id, "content": outcome})
-            await task.progress(f"turn {turn}: {', '.join(c.name for c in reply.calls)} ({reply.model})")
+            said = ", ".join(session.tool_lines.pop(c.id, c.name) for c in reply.calls)
+            await task.progress(f"turn {turn}: {said} ({reply.model})")
         raise TaskFailed(
             f"no result after {self.options.max_turns} model turns (the brief's options.max_turns)", reason="budget"
         )
@@ -563,7 +566,7 @@ class LLMAgent:
                 except Exception as exc:  # a tool's failure is the model's information, not the task's end
                     return f"error: {call.name} failed: {type(exc).__name__}: {exc}"
             if call.name in self.mcp.tools:
-                return await self._mcp_call(session, call.name, args)
+                return await self._mcp_call(session, call, args)
             if call.name not in allowed:
                 known = allowed | set(self.extra) | set(self.mcp.tools)
                 return f"error: there is no tool {call.name!r} here; use one of: {', '.join(sorted(known))}"
@@ -592,30 +595,29 @@ class LLMAgent:
         except KeyError as exc:
             return f"error: {call.name} needs the argument {exc}"
 
-    async def _mcp_call(self, session: _Session, name: str, args: dict[str, Any]) -> str:
+    async def _mcp_call(self, session: _Session, call: ToolCall, args: dict[str, Any]) -> str:
         """Call an MCP tool within the task's deadline; what it reports it cost is
-        charged; the call shows in the task's progress (name, arguments' digest,
-        outcome, duration)."""
+        charged; how it went (name, arguments' digest, outcome, duration) goes into
+        the turn's progress line and the log."""
         task = session.task
         left = None if task.record.deadline is None else task.record.deadline - time.time()
-        outcome = await self.mcp.call(name, args, within=left)
-        line = f"tool {name} ({digest(args)}): {outcome.status} in {outcome.seconds * 1000:.0f} ms"
+        outcome = await self.mcp.call(call.name, args, within=left)
+        ms = outcome.seconds * 1000
+        session.tool_lines[call.id] = f"{call.name} ({digest(args)}) {outcome.status} in {ms:.0f} ms"
         log.info(
             "mcp tool called",
             task=task.record.id,
-            tool=name,
+            tool=call.name,
             args=digest(args),
             status=outcome.status,
-            ms=round(outcome.seconds * 1000, 1),
+            ms=round(ms, 1),
             tokens=outcome.tokens,
             cost=outcome.cost,
         )
         session.tokens += outcome.tokens
         session.cost += outcome.cost
-        if session.charge:
-            if outcome.tokens or outcome.cost:
-                await task.charge(tokens=outcome.tokens, cost=outcome.cost)  # past the budget: Lost
-            await task.progress(line)
+        if session.charge and (outcome.tokens or outcome.cost):
+            await task.charge(tokens=outcome.tokens, cost=outcome.cost)  # past the budget: Lost, failed(budget)
         return outcome.text
 
     async def _delegate(self, task: TaskContext, args: dict[str, Any]) -> str:

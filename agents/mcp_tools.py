@@ -135,12 +135,18 @@ class McpTools:
         """Connect to every server, then hold the connections until cancelled (the
         agent's shutdown); a server that cannot be reached stops the agent's start
         with a :class:`KindError` naming it."""
-        async with anyio.create_task_group() as tg:
-            for server in self.servers:
-                await tg.start(self._hold, server)
-            log.info("mcp tools ready", agent=self.brief.name, tools=sorted(self.tools))
-            task_status.started()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                for server in self.servers:
+                    await tg.start(self._hold, server)
+                log.info("mcp tools ready", agent=self.brief.name, tools=sorted(self.tools))
+                task_status.started()
+                await anyio.sleep_forever()
+        except BaseExceptionGroup as group:  # the one error of a server that could not start, as itself
+            leaf = _leaf(group)
+            if isinstance(leaf, KindError):
+                raise leaf from None
+            raise
 
     async def _hold(self, server: McpServer, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         from mcp import ClientSession
@@ -149,7 +155,7 @@ class McpTools:
         ready = False
         try:
             async with self._transport(server) as (read, write), ClientSession(read, write) as session:
-                with anyio.fail_after(server.timeout_s):
+                with anyio.fail_after(server.connect_timeout_s):
                     await session.initialize()
                     listing = await session.list_tools()
                 self._add(server, listing.tools)
@@ -166,7 +172,7 @@ class McpTools:
             if isinstance(leaf, KindError):
                 raise leaf from None
             if isinstance(leaf, TimeoutError):
-                why = f"did not answer within {server.timeout_s:g} s (its timeout_s)"
+                why = f"did not answer within {server.connect_timeout_s:g} s (its connect_timeout_s)"
             elif isinstance(leaf, (OSError, ValueError)):
                 why = f"cannot start: {leaf}"
             else:

@@ -50,8 +50,10 @@ class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     url: str | None = None
     #: only these of its tools (default: all it lists)
     tools: tuple[str, ...] = ()
-    #: seconds one tool call (and connecting) may take; past it the model is told
+    #: seconds one tool call may take; past it the model is told it timed out
     timeout_s: float = 30.0
+    #: seconds the server may take to start and answer at the agent's start
+    connect_timeout_s: float = 30.0
 
 
 class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -221,31 +223,42 @@ def _check_model(brief: Brief, where: str) -> None:
 def _check_mcp(brief: Brief, where: str) -> None:
     names = [server.name for server in brief.mcp_servers]
     for i, server in enumerate(brief.mcp_servers):
-        at = f"{where}: field `mcp_servers[{i}]`"
+        at = f"mcp_servers[{i}]"
         if not _MCP_NAME.fullmatch(server.name):
             raise BriefError(
-                f"{at}.name: invalid name {server.name!r}: 1 to 24 letters, digits and '_' (not '__'), "
+                f"{where}: field `{at}.name`: invalid name {server.name!r}: 1 to 24 letters, digits and '_' (not '__'), "
                 "starting with a letter"
             )
         if names.count(server.name) > 1:
-            raise BriefError(f"{at}.name: {server.name!r} is listed twice; give each server its own name")
+            raise BriefError(
+                f"{where}: field `{at}.name`: {server.name!r} is listed twice; give each server its own name"
+            )
         if bool(server.command) == (server.url is not None):
             raise BriefError(
-                f'{at}: give either `command` (a stdio server, e.g. ["python", "-m", "my_tools"]) or `url` '
+                f'{where}: field `{at}`: give either `command` (a stdio server, e.g. ["python", "-m", "my_tools"]) or `url` '
                 '(streamable HTTP, e.g. "http://127.0.0.1:8000/mcp"), not both'
             )
         if server.command and not all(part.strip() for part in server.command):
-            raise BriefError(f"{at}.command: remove the empty entry (the program, then one string per argument)")
+            raise BriefError(
+                f"{where}: field `{at}.command`: remove the empty entry (the program, then one string per argument)"
+            )
         if server.url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", server.url):
-            raise BriefError(f"{at}.url: {server.url!r} is not an http:// or https:// URL")
+            raise BriefError(f"{where}: field `{at}.url`: {server.url!r} is not an http:// or https:// URL")
         if (server.env or server.cwd is not None) and not server.command:
-            raise BriefError(f"{at}: `env` and `cwd` are for a `command`; a `url` server runs elsewhere")
+            raise BriefError(
+                f"{where}: field `{at}`: `env` and `cwd` are for a `command`; a `url` server runs elsewhere"
+            )
         for tool in server.tools:
             if not _TOOL.fullmatch(tool):
-                raise BriefError(f"{at}.tools: invalid tool name {tool!r}: use letters, digits and '_'")
+                raise BriefError(
+                    f"{where}: field `{at}.tools`: invalid tool name {tool!r}: use letters, digits and '_'"
+                )
         # (written so that nan fails too: a call with no bound could hold the agent)
-        if not 0 < server.timeout_s <= MAX_MCP_TIMEOUT_S:
-            raise BriefError(f"{at}.timeout_s: must be more than 0 and at most {MAX_MCP_TIMEOUT_S:g} seconds")
+        for field in ("timeout_s", "connect_timeout_s"):
+            if not 0 < getattr(server, field) <= MAX_MCP_TIMEOUT_S:
+                raise BriefError(
+                    f"{where}: field `{at}.{field}`: must be more than 0 and at most {MAX_MCP_TIMEOUT_S:g} seconds"
+                )
 
 
 #: the longest one MCP tool call may take
