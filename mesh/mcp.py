@@ -24,6 +24,7 @@ import anyio
 import msgspec
 
 from protocol import (
+    TERMINAL_STATES,
     InvalidName,
     LocalProtocolError,
     RemoteProtocolError,
@@ -39,7 +40,7 @@ from .bus import MeshError, NotFound
 if TYPE_CHECKING:
     from .client import Mesh
 
-__all__ = ["MISSING_EXTRA", "Gateway", "McpUnavailable", "build_server", "import_mcp", "serve"]
+__all__ = ["MISSING_EXTRA", "Gateway", "McpUnavailable", "build_server", "import_mcp", "message", "serve"]
 
 MISSING_EXTRA = "MCP needs the mcp extra: pip install 'agent-mesh[mcp]'"
 
@@ -109,7 +110,10 @@ def _deadline(value: float | str | None) -> float | None:
         return None
     from .defaults import parse_duration
 
-    seconds = float(value) if isinstance(value, (int, float)) else parse_duration(value)
+    try:
+        seconds = float(value) if isinstance(value, (int, float)) else parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"deadline: {exc}") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"deadline {value!r}: give a positive number of seconds or a duration like 30s or 5m")
     return seconds
@@ -160,31 +164,38 @@ class Gateway:
 
     async def _follow(self, record: TaskRecord, timeout: float | None, progress: Progress | None) -> dict[str, Any]:
         """Wait for the task to end (or ``timeout`` seconds: then its current state),
-        reporting its tree's events through ``progress`` meanwhile."""
+        reporting its tree's events through ``progress`` meanwhile, and its end last
+        (the record may show it before its event arrives)."""
         if timeout is not None and (not math.isfinite(timeout) or timeout <= 0):
             raise ValueError(f"timeout {timeout!r}: give a positive number of seconds")
         final: list[TaskRecord] = []
+        told = [0]
 
         async def no_answers(_question: TaskRecord) -> str:
             return NO_QUESTIONS
 
+        async def report() -> None:
+            assert progress is not None
+            async for event in self.mesh.events(root=record.root):
+                if event.task == record.id and event.state in TERMINAL_STATES:
+                    continue  # said below, once
+                told[0] += 1
+                await progress(told[0], describe(event))
+
         async with anyio.create_task_group() as tg:
             if progress is not None:
-                tg.start_soon(self._report, record, progress)
+                tg.start_soon(report)
             with anyio.move_on_after(math.inf if timeout is None else timeout):
                 final.append(await self.mesh.wait(record, on_question=no_answers))
             tg.cancel_scope.cancel()
         if final:
+            if progress is not None:
+                end = final[0]
+                await progress(told[0] + 1, f"ended {end.state}" + (f" ({end.reason})" if end.reason else ""))
             return summary(final[0])
         out = summary(await self.mesh.get(record.id, root=record.root))
         out["note"] = f"still {out['state']} after {timeout:g} s; call `wait` with its id to wait longer"
         return out
-
-    async def _report(self, record: TaskRecord, progress: Progress) -> None:
-        count = 0
-        async for event in self.mesh.events(root=record.root):
-            count += 1
-            await progress(count, describe(event))
 
     async def agents(self) -> list[dict[str, Any]]:
         return [msgspec.to_builtins(card) for card in await self.mesh.agents()]
@@ -222,7 +233,7 @@ class Gateway:
         return summary(await self.mesh.take_and_finish(validate_task_id(task_id), text))
 
 
-def _message(exc: Exception) -> str:
+def message(exc: Exception) -> str:
     """The one line a model (and its user) reads for a failed tool call."""
     if isinstance(exc, NotFound):
         return f"no such task: {exc}"
@@ -234,98 +245,11 @@ def _message(exc: Exception) -> str:
 
 
 def build_server(gateway: Gateway, *, name: str = "agent-mesh") -> Any:
-    """An ``MCPServer`` whose tools call ``gateway``."""
+    """An ``MCPServer`` whose tools call ``gateway`` (:mod:`mesh.mcp_server`)."""
     import_mcp()
-    from mcp.server.mcpserver import Context, MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
+    from .mcp_server import build
 
-    server = MCPServer(
-        name=name,
-        instructions="Delegate work to an agent-mesh organization: `agents` lists who serves which "
-        "capabilities; `submit` hands a task to a capability and (by default) waits for the result; "
-        "`trace` shows how a task went.",
-        log_level="WARNING",
-    )
-
-    async def guarded(call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except Exception as exc:  # every failure is the caller's information, and the gateway stays up
-            raise ToolError(_message(exc)) from None
-
-    def reporter(ctx: Context) -> Progress:
-        async def report(count: float, message: str) -> None:
-            await ctx.report_progress(count, None, message)
-
-        return report
-
-    @server.tool()
-    async def submit(
-        capability: str,
-        text: str,
-        ctx: Context,
-        data: Any = None,
-        criteria: str = "",
-        review: int = 0,
-        reviewer: str = "review",
-        deadline: float | str | None = None,
-        wait: bool = True,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Hand a task to the agents serving `capability` (dotted, e.g. `summarize.medical`).
-
-        `text` is the instruction, `data` optional JSON input, `criteria` what reviewers check,
-        `review` how many approvals from `reviewer` agents the result needs (0: none), `deadline`
-        seconds or a duration like "5m". With `wait` (the default) it returns the final task (its
-        `result`, or why it failed), reporting progress as the agents work; after `timeout` seconds
-        it returns the running task instead (then call `wait`)."""
-        return await guarded(  # type: ignore[no-any-return]
-            gateway.submit(
-                capability,
-                text,
-                data=data,
-                criteria=criteria,
-                review=review,
-                reviewer=reviewer,
-                deadline=deadline,
-                wait=wait,
-                timeout=timeout,
-                progress=reporter(ctx),
-            )
-        )
-
-    @server.tool()
-    async def wait(task: str, ctx: Context, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for a task to end and return it (its `result`, or `reason` and `error`); after
-        `timeout` seconds, return it as it is."""
-        return await guarded(gateway.wait(task, timeout=timeout, progress=reporter(ctx)))  # type: ignore[no-any-return]
-
-    @server.tool()
-    async def agents() -> list[dict[str, Any]]:
-        """The live agents: id, role, the capabilities each serves, whom it delegates to, its load."""
-        return await guarded(gateway.agents())  # type: ignore[no-any-return]
-
-    @server.tool()
-    async def trace(task: str) -> dict[str, Any]:
-        """A task's tree (its subtasks, owners, states, results) and its events, in order."""
-        return await guarded(gateway.trace(task))  # type: ignore[no-any-return]
-
-    @server.tool()
-    async def cancel(task: str, note: str = "") -> dict[str, Any]:
-        """Cancel a task and every subtask still running."""
-        return await guarded(gateway.cancel(task, note))  # type: ignore[no-any-return]
-
-    @server.tool()
-    async def inbox(capability: str = "human") -> list[dict[str, Any]]:
-        """Work waiting for a person: open tasks of `capability` (default `human`) and below."""
-        return await guarded(gateway.inbox(capability))  # type: ignore[no-any-return]
-
-    @server.tool()
-    async def answer(task: str, text: str) -> dict[str, Any]:
-        """Take an open task from the inbox and finish it with `text` as its result."""
-        return await guarded(gateway.answer(task, text))  # type: ignore[no-any-return]
-
-    return server
+    return build(gateway, name=name)
 
 
 async def serve(
