@@ -35,6 +35,7 @@ _EXPORTS = {
     "Lost": "work",
     "Reviewer": "work",
     "RoleViolation": "work",
+    "Serving": "work",
     "TaskContext": "work",
     "TaskFailed": "work",
     "Verdict": "work",
@@ -60,6 +61,7 @@ __all__ = [
     "OverLimit",
     "Reviewer",
     "RoleViolation",
+    "Serving",
     "Settings",
     "TaskContext",
     "TaskFailed",
@@ -89,4 +91,4 @@ if TYPE_CHECKING:
     from .bus import BrokerError, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
     from .presence import IdInUse
-    from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
+    from .work import Lost, Reviewer, RoleViolation, Serving, TaskContext, TaskFailed, Verdict, Worker

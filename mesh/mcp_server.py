@@ -32,7 +32,13 @@ def build(gateway: Gateway, *, name: str = "agent-mesh") -> MCPServer:
         except Exception as exc:  # every failure is the caller's information, and the gateway stays up
             raise ToolError(message(exc)) from None
 
-    def reporter(ctx: Context) -> Progress:
+    def reporter(ctx: Context) -> Progress | None:
+        """Progress notifications for this call, or None if the caller asked for none
+        (then the task's events are not followed at all)."""
+        meta = ctx.request_context.meta or {}
+        if meta.get("progress_token", meta.get("progressToken")) is None:
+            return None
+
         async def report(count: float, message: str) -> None:
             await ctx.report_progress(count, None, message)
 
