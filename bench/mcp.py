@@ -74,6 +74,23 @@ async def _gateway_sequential(session: Any, n: int) -> list[float]:
     return out
 
 
+async def _submit_wait_sequential(mesh: Any, n: int) -> list[float]:
+    """What the gateway does per task, without MCP: submit, then wait answering questions."""
+    from mesh.mcp import NO_QUESTIONS
+
+    async def no_answers(_question: Any) -> str:
+        return NO_QUESTIONS
+
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        record = await mesh.wait(await mesh.submit("echo", "ping"), on_question=no_answers)
+        out.append(time.perf_counter() - t)
+        if record.state != "done":
+            raise RuntimeError(f"a task did not end done: {record}")
+    return out
+
+
 async def _measure(url: str, n: int, repeats: int, warmup: int, block: int) -> Any:
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
@@ -83,7 +100,7 @@ async def _measure(url: str, n: int, repeats: int, warmup: int, block: int) -> A
         command=sys.executable, args=["-m", "mesh", "mcp", "serve", "--server", url], env={"MESH_LOG_LEVEL": "warning"}
     )
     runs = []
-    pooled: dict[str, list[float]] = {"direct": [], "gateway": []}
+    pooled: dict[str, list[float]] = {"direct": [], "submit_wait": [], "gateway": []}
     async with (
         await Mesh.connect(url, client_id="bench-direct") as mesh,
         stdio_client(params) as (read, write),
@@ -93,13 +110,16 @@ async def _measure(url: str, n: int, repeats: int, warmup: int, block: int) -> A
         await mesh_sequential(mesh, warmup)
         await _gateway_sequential(session, warmup)
         for rep in range(repeats):
-            got: dict[str, list[float]] = {"direct": [], "gateway": []}
+            got: dict[str, list[float]] = {"direct": [], "submit_wait": [], "gateway": []}
+            sides = {
+                "direct": lambda: mesh_sequential(mesh, block),
+                "submit_wait": lambda: _submit_wait_sequential(mesh, block),
+                "gateway": lambda: _gateway_sequential(session, block),
+            }
             for i in range(max(n // block, 1)):
-                first, second = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
-                for key in (first, second):
-                    got[key] += await (
-                        mesh_sequential(mesh, block) if key == "direct" else _gateway_sequential(session, block)
-                    )
+                order = list(sides) if i % 2 == 0 else list(reversed(sides))  # neither always follows the other
+                for key in order:
+                    got[key] += await sides[key]()
             run = {k: dist_ms(v) for k, v in got.items()}
             runs.append(run)
             for k, v in got.items():
@@ -107,7 +127,8 @@ async def _measure(url: str, n: int, repeats: int, warmup: int, block: int) -> A
             progress(
                 NAME,
                 f"repeat {rep + 1}/{repeats}: p50 Mesh.run {run['direct']['p50']:.2f} ms, via mesh mcp serve "
-                f"{run['gateway']['p50']:.2f} ms (x{ratio(run['gateway']['p50'], run['direct']['p50']):.2f})",
+                f"{run['gateway']['p50']:.2f} ms (x{ratio(run['gateway']['p50'], run['direct']['p50']):.2f}); "
+                f"Mesh.submit + Mesh.wait {run['submit_wait']['p50']:.2f} ms",
             )
     both = {k: dist_ms(v) for k, v in pooled.items()}
     return {
@@ -122,10 +143,12 @@ async def _measure(url: str, n: int, repeats: int, warmup: int, block: int) -> A
             "pooled": {
                 "direct_p50": both["direct"]["p50"],
                 "direct_p99": both["direct"]["p99"],
+                "submit_wait_p50": both["submit_wait"]["p50"],
                 "gateway_p50": both["gateway"]["p50"],
                 "gateway_p99": both["gateway"]["p99"],
                 "ratio_p50": ratio(both["gateway"]["p50"], both["direct"]["p50"]),
                 "ratio_p99": ratio(both["gateway"]["p99"], both["direct"]["p99"]),
+                "ratio_gateway_submit_wait_p50": ratio(both["gateway"]["p50"], both["submit_wait"]["p50"]),
             },
         },
     }

@@ -39,8 +39,8 @@ def build(gateway: Gateway, *, name: str = "agent-mesh") -> MCPServer:
         if meta.get("progress_token", meta.get("progressToken")) is None:
             return None
 
-        async def report(count: float, message: str) -> None:
-            await ctx.report_progress(count, None, message)
+        async def report(count: float, line: str) -> None:
+            await ctx.report_progress(count, None, line)
 
         return report
 
