@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from mesh.broker import Broker, free_ports
@@ -33,17 +34,17 @@ def _gateway_args(broker: Broker, *extra: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def stdio_gateway(broker: Broker) -> AsyncIterator[ClientSession]:
+async def stdio_gateway(broker: Broker) -> AsyncIterator[tuple[ClientSession, str | None]]:
     params = StdioServerParameters(
         command=sys.executable, args=_gateway_args(broker), env={"MESH_LOG_LEVEL": "warning"}
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
-        yield session
+        yield session, None
 
 
 @contextlib.asynccontextmanager
-async def http_gateway(broker: Broker) -> AsyncIterator[ClientSession]:
+async def http_gateway(broker: Broker) -> AsyncIterator[tuple[ClientSession, str | None]]:
     (port,) = free_ports(1)
     log = Path(broker.store or ".") / f"gateway-{port}.log"
     with log.open("wb") as errors:
@@ -64,12 +65,10 @@ async def http_gateway(broker: Broker) -> AsyncIterator[ClientSession]:
 
         try:
             await wait_for(listening, what="the MCP gateway to listen")
-            async with (
-                streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write),
-                ClientSession(read, write) as session,
-            ):
+            url = f"http://127.0.0.1:{port}/mcp"
+            async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
-                yield session
+                yield session, url
         finally:
             proc.terminate()
             with anyio.fail_after(10):
@@ -107,7 +106,7 @@ async def test_submit_and_wait_with_progress(broker: Broker, org: AgentProcs, tr
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append((value, message))
 
-    async with gateway(broker) as session:
+    async with gateway(broker) as (session, url):
         done = _data(
             await session.call_tool(
                 "submit", {"capability": "slow", "text": "take your time"}, progress_callback=on_progress
@@ -120,12 +119,23 @@ async def test_submit_and_wait_with_progress(broker: Broker, org: AgentProcs, tr
         assert progress[-1] == (len(progress), "ended done"), progress
         assert any(m and "step 1/3" in m for _, m in progress), progress  # the claim event's note
 
+        if url is not None:  # garbage at the HTTP endpoint: a clean refusal, and it goes on serving
+            async with httpx.AsyncClient() as http:
+                for body, headers in [
+                    (b"\xff\x00 not json", {"content-type": "application/json"}),
+                    (b'{"jsonrpc": "2.0", "method": 7}', {"content-type": "application/json"}),
+                    (b"x" * 100_000, {"content-type": "text/plain"}),
+                ]:
+                    reply = await http.post(
+                        url, content=body, headers={"accept": "application/json, text/event-stream", **headers}
+                    )
+                    assert 400 <= reply.status_code < 500, (reply.status_code, reply.text)
         echoed = _data(await session.call_tool("submit", {"capability": "echo", "text": "hi", "data": {"n": 1}}))
         assert echoed["state"] == "done"
 
 
 async def test_wait_trace_agents_cancel_inbox_answer_and_errors(broker: Broker, org: AgentProcs) -> None:
-    async with stdio_gateway(broker) as session:
+    async with stdio_gateway(broker) as (session, _):
         names = {t.name for t in (await session.list_tools()).tools}
         assert names == {"submit", "wait", "agents", "trace", "cancel", "inbox", "answer"}
 
@@ -192,3 +202,37 @@ async def test_the_gateway_uses_only_the_client_api() -> None:
     source = anyio.Path(__file__).parent.parent / "mesh" / "mcp.py"
     text = await source.read_text()
     assert "from .bus import" not in text.replace("from .bus import MeshError, NotFound", "")
+
+
+async def test_garbage_on_stdio_leaves_the_gateway_serving(broker: Broker) -> None:
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LATEST_HANDSHAKE_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "fuzz", "version": "0"},
+        },
+    }
+    # (the SDK drops lines it cannot read; the next good one is answered)
+    lines = [b"\xff\xfe not json\n", b'{"jsonrpc": "2.0", "id": 9, "method": 42}\n', b"[]\n"]
+    lines.append(json.dumps(initialize).encode() + b"\n")
+    async with await anyio.open_process(
+        [sys.executable, *_gateway_args(broker)], env={**os.environ, "MESH_LOG_LEVEL": "warning"}
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        for line in lines:
+            await proc.stdin.send(line)
+        buffer = b""
+        with anyio.fail_after(30):
+            while b'"id":1,' not in buffer.replace(b" ", b""):
+                buffer += await proc.stdout.receive()
+        replies = [json.loads(line) for line in buffer.splitlines() if line.strip()]
+        assert any(r.get("id") == 1 and "result" in r for r in replies), replies
+        assert proc.returncode is None
+        await proc.stdin.aclose()
+        with anyio.fail_after(10):
+            await proc.wait()
