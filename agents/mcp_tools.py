@@ -135,6 +135,9 @@ class McpTools:
         """Connect to every server, then hold the connections until cancelled (the
         agent's shutdown); a server that cannot be reached stops the agent's start
         with a :class:`KindError` naming it."""
+        if not self.servers:
+            task_status.started()
+            return
         try:
             async with anyio.create_task_group() as tg:
                 for server in self.servers:

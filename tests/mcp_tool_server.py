@@ -1,11 +1,13 @@
 """A tiny MCP server (the SDK's MCPServer over stdio) for the MCP tests: an agent
-whose brief lists it calls these tools. ``MCP_TEST_LOG`` names a file each call
+whose brief lists it calls these tools (over stdio; with ``--http PORT``, streamable
+HTTP at http://127.0.0.1:PORT/mcp). ``MCP_TEST_LOG`` names a file each call
 appends its tool name and arguments to, so a test sees what the agent called."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -61,4 +63,7 @@ def priced(text: str) -> CallToolResult:
 
 
 if __name__ == "__main__":
-    server.run()
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":  # streamable HTTP on this port
+        server.run("streamable-http", port=int(sys.argv[2]))
+    else:
+        server.run()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,10 +21,11 @@ import pytest
 
 from agents.mcp_tools import McpTools
 from mesh.briefs import Brief, BriefError, load_brief
+from mesh.broker import free_ports
 from mesh.client import Mesh
 from mesh.kinds import KindError
 from mesh.process import AgentProcess
-from mesh.testing import AgentProcs
+from mesh.testing import AgentProcs, wait_for
 from protocol import Budget, TaskRecord
 
 SERVER = Path(__file__).parent.parent / "mcp_tool_server.py"
@@ -138,6 +141,43 @@ async def test_what_the_model_reads_of_each_outcome() -> None:
         priced = await tools.call("tools__priced", {"text": "x"})
         assert (priced.tokens, priced.cost) == (100, 0.25)
         tg.cancel_scope.cancel()
+
+
+async def test_a_streamable_http_server(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    with (tmp_path / "server.log").open("wb") as errors:
+        proc = await anyio.open_process(
+            [sys.executable, str(SERVER), "--http", str(port)], stdin=subprocess.DEVNULL, stdout=errors, stderr=errors
+        )
+    async with proc:
+        try:
+
+            def listening() -> bool:
+                assert proc.returncode is None, (tmp_path / "server.log").read_text()
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", port)) == 0
+
+            await wait_for(listening, what="the MCP server to listen")
+            brief = msgspec.convert(
+                {
+                    "name": "t",
+                    "serves": ["x"],
+                    "mcp_servers": [{"name": "web", "url": f"http://127.0.0.1:{port}/mcp", "timeout_s": 0.5}],
+                },
+                Brief,
+            )
+            tools = McpTools(brief)
+            async with anyio.create_task_group() as tg:
+                await tg.start(tools.serve)
+                ok = await tools.call("web__shout", {"text": "over http"})
+                assert (ok.text, ok.status) == ("OVER HTTP", "ok")
+                hung = await tools.call("web__hang", {})
+                assert hung.status == "timed out"
+                tg.cancel_scope.cancel()
+        finally:
+            proc.terminate()
+            with anyio.fail_after(10):
+                await proc.wait()
 
 
 async def test_only_the_listed_tools() -> None:
