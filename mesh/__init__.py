@@ -25,6 +25,7 @@ _EXPORTS = {
     "Conflict": "bus",
     "CorruptRecord": "bus",
     "IdInUse": "presence",
+    "IdentityError": "identity",
     "Unavailable": "bus",
     "MeshError": "bus",
     "NotFound": "bus",
@@ -53,6 +54,7 @@ __all__ = [
     "Conflict",
     "CorruptRecord",
     "IdInUse",
+    "IdentityError",
     "Lost",
     "Mesh",
     "MeshError",
@@ -90,5 +92,6 @@ if TYPE_CHECKING:
     from .broker import Broker, BrokerNotFound, find_nats_server
     from .bus import BrokerError, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
+    from .identity import IdentityError
     from .presence import IdInUse
     from .work import Lost, Reviewer, RoleViolation, Serving, TaskContext, TaskFailed, Verdict, Worker

@@ -76,6 +76,7 @@ from protocol import (
     work_items,
 )
 
+from . import identity
 from .retry import Backoff, retry
 from .settings import Settings, client_tls
 
@@ -225,8 +226,10 @@ async def connect(
     reconnect: bool = True,
     reconnects: Reconnects | None = None,
     tls: ssl.SSLContext | None = None,
+    nkey: str | None = None,
 ) -> Client:
-    """Connect to the broker; a missing broker is a clear :class:`Unreachable`.
+    """Connect to the broker; a missing broker is a clear :class:`Unreachable`. With
+    ``nkey`` (a seed file) the connection authenticates as that key, acting as ``name``.
 
     The first connection gets a few attempts (nats-py would otherwise retry a wrong
     URL forever); once connected, the client reconnects forever, so agents ride out
@@ -235,6 +238,8 @@ async def connect(
     log = structlog.get_logger("mesh.nats").bind(connection=name)
 
     async def on_error(exc: Exception) -> None:
+        if not clients and "authorization violation" in str(exc).lower():
+            refused.append(exc)  # said as such below, not as an unreachable server
         # Before the first connection, a failed attempt is part of the Unreachable
         # error raised below, which says it in one line: only a debugging note here.
         (log.warning if clients else log.debug)("nats connection error", error=str(exc) or type(exc).__name__)
@@ -245,6 +250,8 @@ async def connect(
             raise exc
 
     clients: list[Client] = []
+    refused: list[Exception] = []
+    auth = identity.connect_options(nkey, name)  # a bad seed file is said before dialling
 
     async def on_disconnect() -> None:
         if clients and not (clients[0].is_closed or clients[0].is_draining):
@@ -269,10 +276,15 @@ async def connect(
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
             tls=tls,
+            **auth,
         )
     except ssl.SSLError as exc:
         raise Unreachable(_tls_failure(url, exc, tls)) from None
+    except nats.errors.AuthorizationError:
+        raise Unreachable(identity.refused_message(url, nkey)) from None
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+        if refused:
+            raise Unreachable(identity.refused_message(url, nkey)) from None
         raise Unreachable(
             f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
             "`mesh broker`, or point --server / MESH_SERVER at a running one."
@@ -662,7 +674,7 @@ class Bus:
         settings = settings or Settings.from_env()  # a bad setting is said before connecting
         tls = tls or client_tls(settings.tls_ca)
         reconnects = Reconnects()
-        nc = await connect(url, name=agent, reconnects=reconnects, tls=tls)
+        nc = await connect(url, name=agent, reconnects=reconnects, tls=tls, nkey=settings.nkey)
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
             try:

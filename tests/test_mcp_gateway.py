@@ -33,11 +33,15 @@ def _gateway_args(broker: Broker, *extra: str) -> list[str]:
     return ["-m", "mesh", "mcp", "serve", "--server", broker.url, *extra]
 
 
+def _gateway_env() -> dict[str, str]:
+    """What the gateway needs of the test's environment: its key when the broker runs
+    with auth (the SDK starts a stdio server with a minimal environment of its own)."""
+    return {k: v for k, v in os.environ.items() if k in ("MESH_NKEY", "MESH_TLS_CA")} | {"MESH_LOG_LEVEL": "warning"}
+
+
 @contextlib.asynccontextmanager
 async def stdio_gateway(broker: Broker) -> AsyncIterator[tuple[ClientSession, str | None]]:
-    params = StdioServerParameters(
-        command=sys.executable, args=_gateway_args(broker), env={"MESH_LOG_LEVEL": "warning"}
-    )
+    params = StdioServerParameters(command=sys.executable, args=_gateway_args(broker), env=_gateway_env())
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         yield session, None
