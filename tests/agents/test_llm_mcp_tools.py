@@ -70,7 +70,7 @@ def toolsmith(shared_start: Callable[..., AgentProcess], shared_procs: AgentProc
 
 
 async def _run(mesh: Mesh, procs: AgentProcs, capability: str, **kwargs: object) -> TaskRecord:
-    await procs.ready(mesh, "toolsmith")
+    await procs.ready(mesh, "toolsmith", timeout=90)  # litellm and the MCP server start first: seconds
     record = await mesh.run(capability, f"Use the {capability} tool.", **kwargs)  # type: ignore[arg-type]
     return record
 
