@@ -36,6 +36,7 @@ _EXPORTS = {
     "Lost": "work",
     "Reviewer": "work",
     "RoleViolation": "work",
+    "Serving": "work",
     "TaskContext": "work",
     "TaskFailed": "work",
     "Verdict": "work",
@@ -62,6 +63,7 @@ __all__ = [
     "OverLimit",
     "Reviewer",
     "RoleViolation",
+    "Serving",
     "Settings",
     "TaskContext",
     "TaskFailed",
@@ -92,4 +94,4 @@ if TYPE_CHECKING:
     from .client import Mesh, OverLimit
     from .identity import IdentityError
     from .presence import IdInUse
-    from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
+    from .work import Lost, Reviewer, RoleViolation, Serving, TaskContext, TaskFailed, Verdict, Worker

@@ -342,6 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("dir", help="keys directory (its *.pub files)")
     c.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
+
+    p = sub.add_parser("mcp", help="serve the mesh to MCP hosts (desktop assistants, IDEs) as tools")
+    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION")
+    m = msub.add_parser(
+        "serve",
+        help="an MCP server with the tools submit, wait, agents, trace, cancel, inbox, answer",
+        description="Serve the mesh as MCP tools: over stdio (the default; an MCP host starts this command "
+        "itself) or streamable HTTP (--http, at http://HOST:PORT/mcp). A mesh client like `mesh submit`: "
+        "several may serve one mesh. Needs the mcp extra (pip install 'agent-mesh[mcp]'); see docs/INTEROP.md",
+    )
+    m.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    m.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="with --http: address to listen on (default 127.0.0.1)"
+    )
+    m.add_argument(
+        "--port", type=_whole("port", 1, 65535), default=8765, help="with --http: port, 1 to 65535 (default 8765)"
+    )
+    _server(m)
     return parser
 
 

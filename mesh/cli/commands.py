@@ -97,6 +97,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "top": cmd_top,
         "keys": cmd_keys,
         "auth": cmd_auth,
+        "mcp": cmd_mcp,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
@@ -110,6 +111,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         os.environ["MESH_NKEY"] = args.nkey
     if args.command == "brief" and args.brief_command is None:
         parser.parse_args(["brief", "--help"])
+    if args.command == "mcp" and args.mcp_command is None:
+        parser.parse_args(["mcp", "--help"])
     with user_errors():
         return table[args.command](args)
 
@@ -730,6 +733,25 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             await mesh.close()
 
     return _run(inbox)
+
+
+# --- MCP ---------------------------------------------------------------------------------------
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from ..defaults import default_server
+    from ..mcp import McpUnavailable, serve
+
+    server = args.server or default_server()
+
+    async def gateway() -> int:
+        await serve(server, prefix=args.prefix, http=args.http, host=args.host, port=args.port)
+        return 0
+
+    try:
+        return _run(gateway)
+    except McpUnavailable as exc:
+        raise UserError(str(exc)) from None
 
 
 # --- top ---------------------------------------------------------------------------------------
