@@ -10,6 +10,7 @@ With ``MESH_MODEL`` set, the same org's writer and fact-checker use the model.""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import os
 import sys
@@ -24,7 +25,9 @@ from mesh.briefs import load_org
 from mesh.broker import Broker
 from mesh.cli import render
 from mesh.client import Mesh
+from mesh.identity import default_keys_dir, ensure_keys
 from mesh.process import AgentProcess, spawn_agent
+from mesh.settings import Settings
 from protocol import TaskRecord
 
 from .research import render_answer
@@ -44,8 +47,15 @@ def say(text: str = "") -> None:
 def run_demo(*, keep_logs: bool = False) -> int:
     logs = Path(tempfile.mkdtemp(prefix="mesh-demo-logs-"))
     org, briefs = load_org(DEMO_ORG)
-    with Broker() as broker:
-        say(f"broker: nats-server with JetStream on {broker.url} (monitoring {broker.monitor_url})")
+    # Secure by default: every process has its own key (made once in the keys
+    # directory, reused after) and the broker lets in only these keys.
+    keys_dir = default_keys_dir()
+    seeds = ensure_keys(keys_dir, {b.name: "agent" for b, _ in briefs} | {"demo": "client", "human-demo": "client"})
+    with Broker(auth=str(keys_dir)) as broker:
+        say(
+            f"broker: nats-server with JetStream on {broker.url} (monitoring {broker.monitor_url}), "
+            f"authorization on: one key per process, in {keys_dir}"
+        )
         procs: list[AgentProcess] = []
         try:
             for brief, _ in briefs:
@@ -56,13 +66,14 @@ def run_demo(*, keep_logs: bool = False) -> int:
                         agent_id=brief.name,
                         agent_name=brief.name,
                         log_path=logs / f"{brief.name}.log",
+                        env={"MESH_NKEY": str(seeds[brief.name])},
                     )
                 )
             say(
                 f"org {org.name!r} ({DEMO_ORG.name}): started {len(procs)} agent processes: "
                 + ", ".join(f"{p.agent_id} (pid {p.process.pid})" for p in procs)
             )
-            code = anyio.run(_tasks, broker.url, [b.name for b, _ in briefs], procs)
+            code = anyio.run(_tasks, broker.url, [b.name for b, _ in briefs], procs, seeds)
         finally:
             for p in procs:
                 p.drain()
@@ -97,8 +108,12 @@ async def _joined(mesh: Mesh, names: list[str], procs: list[AgentProcess]) -> bo
     return True
 
 
-async def _tasks(server: str, names: list[str], procs: list[AgentProcess]) -> int:
-    async with await Mesh.connect(server, client_id="demo") as mesh:
+def _as(seed: Path) -> Settings:
+    return dataclasses.replace(Settings.from_env(), nkey=str(seed))
+
+
+async def _tasks(server: str, names: list[str], procs: list[AgentProcess], seeds: dict[str, Path]) -> int:
+    async with await Mesh.connect(server, client_id="demo", settings=_as(seeds["demo"])) as mesh:
         if not await _joined(mesh, names, procs):
             return 1
         say("directory: " + ", ".join(f"{c.id} serves {'/'.join(c.serves)}" for c in await mesh.agents()))
@@ -133,7 +148,7 @@ async def _tasks(server: str, names: list[str], procs: list[AgentProcess]) -> in
             "citations": [],
             "method": "answered by a person (human-demo) from the human inbox",
         }
-        async with await Mesh.connect(server, client_id="human-demo") as person:
+        async with await Mesh.connect(server, client_id="human-demo", settings=_as(seeds["human-demo"])) as person:
             await person.take_and_finish(waiting[0].id, answer)
         say(f"   human-demo answered task {waiting[0].id} (as `mesh inbox answer {waiting[0].id} TEXT` would)")
         r = await mesh.wait(task)

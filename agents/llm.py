@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import msgspec
 import structlog
 
@@ -47,6 +48,7 @@ from mesh.kinds import (
 from mesh.work import RoleViolation, TaskContext, TaskFailed, Verdict
 from protocol import LocalProtocolError, ReviewPolicy, TaskRecord
 
+from .mcp_tools import McpTools, digest
 from .prompt import review_prompt, system_prompt, task_prompt
 from .tools import EXTRA_TOOLS, Tool, protocol_tools
 
@@ -299,6 +301,8 @@ class _Session:
     cost: float = 0.0
     rounds: int = 0
     vetoes: list[str] = field(default_factory=list)
+    #: how each MCP tool call of the current turn went, by call id (for its progress line)
+    tool_lines: dict[str, str] = field(default_factory=dict)
 
 
 class LLMAgent:
@@ -316,6 +320,8 @@ class LLMAgent:
                 f"available: {', '.join(sorted(EXTRA_TOOLS)) or 'none'}"
             )
         self.extra: dict[str, Tool] = {t: EXTRA_TOOLS[t] for t in brief.tools}
+        #: the brief's MCP servers' tools (connected by :meth:`serve`)
+        self.mcp = McpTools(brief)
         self.models = brief.models()
         self.client = (
             ModelClient(self.models, temperature=brief.temperature, options=self.options) if self.models else None
@@ -328,6 +334,10 @@ class LLMAgent:
             log.info("no model configured: working offline", agent=brief.name)
 
     # --- the worker interface ---------------------------------------------------------
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold the brief's MCP servers' connections while the agent runs."""
+        await self.mcp.serve(task_status=task_status)
 
     async def work(self, task: TaskContext) -> Any:
         if review_request(task.data) is not None:
@@ -384,7 +394,7 @@ class LLMAgent:
         children = await task.children()
         can_delegate = task.record.hops_left > 0
         tools = protocol_tools(mode="work", delegates=self.brief.delegates, can_delegate=can_delegate)
-        tools += [t.schema for t in self.extra.values()]
+        tools += [t.schema for t in self.extra.values()] + self.mcp.schemas()
         session = self._session(
             task,
             "work",
@@ -412,7 +422,8 @@ class LLMAgent:
                 if isinstance(outcome, _Final):
                     return outcome.value
                 session.messages.append({"role": "tool", "tool_call_id": call.id, "content": outcome})
-            await task.progress(f"turn {turn}: {', '.join(c.name for c in reply.calls)} ({reply.model})")
+            said = ", ".join(session.tool_lines.pop(c.id, c.name) for c in reply.calls)
+            await task.progress(f"turn {turn}: {said} ({reply.model})")
         raise TaskFailed(
             f"no result after {self.options.max_turns} model turns (the brief's options.max_turns)", reason="budget"
         )
@@ -442,6 +453,7 @@ class LLMAgent:
         tools = protocol_tools(mode="review", delegates=(), can_delegate=False) + [
             t.schema for t in self.extra.values()
         ]
+        tools += self.mcp.schemas()
         session = self._session(
             task,
             "review",
@@ -553,8 +565,11 @@ class LLMAgent:
                     return await self.extra[call.name].call(args)
                 except Exception as exc:  # a tool's failure is the model's information, not the task's end
                     return f"error: {call.name} failed: {type(exc).__name__}: {exc}"
+            if call.name in self.mcp.tools:
+                return await self._mcp_call(session, call, args)
             if call.name not in allowed:
-                return f"error: there is no tool {call.name!r} here; use one of: {', '.join(sorted(allowed | set(self.extra)))}"
+                known = allowed | set(self.extra) | set(self.mcp.tools)
+                return f"error: there is no tool {call.name!r} here; use one of: {', '.join(sorted(known))}"
             match call.name:
                 case "approve":
                     return _Final(Verdict(approve=True))
@@ -579,6 +594,31 @@ class LLMAgent:
                     )
         except KeyError as exc:
             return f"error: {call.name} needs the argument {exc}"
+
+    async def _mcp_call(self, session: _Session, call: ToolCall, args: dict[str, Any]) -> str:
+        """Call an MCP tool within the task's deadline; what it reports it cost is
+        charged; how it went (name, arguments' digest, outcome, duration) goes into
+        the turn's progress line and the log."""
+        task = session.task
+        left = None if task.record.deadline is None else task.record.deadline - time.time()
+        outcome = await self.mcp.call(call.name, args, within=left)
+        ms = outcome.seconds * 1000
+        session.tool_lines[call.id] = f"{call.name} ({digest(args)}) {outcome.status} in {ms:.0f} ms"
+        log.info(
+            "mcp tool called",
+            task=task.record.id,
+            tool=call.name,
+            args=digest(args),
+            status=outcome.status,
+            ms=round(ms, 1),
+            tokens=outcome.tokens,
+            cost=outcome.cost,
+        )
+        session.tokens += outcome.tokens
+        session.cost += outcome.cost
+        if session.charge and (outcome.tokens or outcome.cost):
+            await task.charge(tokens=outcome.tokens, cost=outcome.cost)  # past the budget: Lost, failed(budget)
+        return outcome.text
 
     async def _delegate(self, task: TaskContext, args: dict[str, Any]) -> str:
         capability, instruction = str(args["capability"]), str(args["instruction"])

@@ -33,6 +33,7 @@ from bench.common import DOCS, RESULTS, child_env, machine_facts, source_hash
 BENCHMARKS: dict[str, str] = {
     "footprint": "bench.footprint",
     "latency": "bench.latency",
+    "auth": "bench.auth",
     "baseline": "bench.baseline",
     "throughput": "bench.throughput",
     "central": "bench.central",

@@ -25,6 +25,7 @@ _EXPORTS = {
     "Conflict": "bus",
     "CorruptRecord": "bus",
     "IdInUse": "presence",
+    "IdentityError": "identity",
     "Unavailable": "bus",
     "MeshError": "bus",
     "NotFound": "bus",
@@ -35,6 +36,7 @@ _EXPORTS = {
     "Lost": "work",
     "Reviewer": "work",
     "RoleViolation": "work",
+    "Serving": "work",
     "TaskContext": "work",
     "TaskFailed": "work",
     "Verdict": "work",
@@ -52,6 +54,7 @@ __all__ = [
     "Conflict",
     "CorruptRecord",
     "IdInUse",
+    "IdentityError",
     "Lost",
     "Mesh",
     "MeshError",
@@ -60,6 +63,7 @@ __all__ = [
     "OverLimit",
     "Reviewer",
     "RoleViolation",
+    "Serving",
     "Settings",
     "TaskContext",
     "TaskFailed",
@@ -88,5 +92,6 @@ if TYPE_CHECKING:
     from .broker import Broker, BrokerNotFound, find_nats_server
     from .bus import BrokerError, Conflict, CorruptRecord, MeshError, NotFound, Settings, Unavailable, Unreachable
     from .client import Mesh, OverLimit
+    from .identity import IdentityError
     from .presence import IdInUse
-    from .work import Lost, Reviewer, RoleViolation, TaskContext, TaskFailed, Verdict, Worker
+    from .work import Lost, Reviewer, RoleViolation, Serving, TaskContext, TaskFailed, Verdict, Worker

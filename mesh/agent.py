@@ -59,7 +59,7 @@ from .keeper import Flag, HeldItem, Keeper
 from .presence import Presence
 from .queues import Delivery, Pulls
 from .reviewing import ReviewRun
-from .work import Reviewer, Worker
+from .work import Reviewer, Serving, Worker
 from .working import TaskRun
 
 __all__ = ["AgentConfig", "Agent"]
@@ -166,6 +166,9 @@ class Agent:
         self.pulls = Pulls(self.bus, self.config.serves, free=self._free, deliver=self._deliver)
         try:
             async with anyio.create_task_group() as tg:
+                if isinstance(self.worker, Serving):
+                    # Before any task, and outliving them all: cancelled with tg below.
+                    await tg.start(self.worker.serve)
                 async with anyio.create_task_group() as tasks_tg:
                     self._tasks_tg = tasks_tg
                     await self.presence.refuse_a_live_namesake()

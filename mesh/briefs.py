@@ -27,11 +27,33 @@ from protocol import (
     validate_capability,
 )
 
-__all__ = ["BriefError", "Brief", "Org", "load_brief", "load_org", "BRIEF_TEMPLATE"]
+__all__ = ["BriefError", "Brief", "McpServer", "Org", "load_brief", "load_org", "BRIEF_TEMPLATE"]
 
 
 class BriefError(ValueError):
     """A brief or org file is invalid; the message says where and how to fix it."""
+
+
+class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An MCP server whose tools a model-calling agent may use (``[[mcp_servers]]``):
+    a command the agent starts and speaks to over stdio, or a streamable HTTP URL."""
+
+    #: names its tools for the model: tool ``read`` of server ``files`` is ``files__read``
+    name: str
+    #: stdio: the program and its arguments, e.g. ["python", "-m", "my_tools"]
+    command: tuple[str, ...] = ()
+    #: environment for the command (added to a minimal default one)
+    env: dict[str, str] = {}
+    #: working directory of the command (default: the agent's)
+    cwd: str | None = None
+    #: streamable HTTP: the server's endpoint, e.g. "http://127.0.0.1:8000/mcp"
+    url: str | None = None
+    #: only these of its tools (default: all it lists)
+    tools: tuple[str, ...] = ()
+    #: seconds one tool call may take; past it the model is told it timed out
+    timeout_s: float = 30.0
+    #: seconds the server may take to start and answer at the agent's start
+    connect_timeout_s: float = 30.0
 
 
 class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,6 +86,8 @@ class Brief(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     budget: Budget | None = None
     #: extra tools the model may call besides the protocol's actions
     tools: tuple[str, ...] = ()
+    #: MCP servers whose tools the model may call too (connected once per agent)
+    mcp_servers: tuple[McpServer, ...] = ()
     #: the lease of the queues this agent creates (how long it may stay silent before
     #: its work moves to another agent); None: $MESH_LEASE_S, else 10 s
     lease_s: float | None = None
@@ -143,6 +167,7 @@ def _check(brief: Brief, where: str) -> Brief:
         raise BriefError(f"{where}: field `drain_timeout_s`: must be 0 to {MAX_SECONDS:g} seconds (a day)")
     _check_reviews(brief, where)
     _check_model(brief, where)
+    _check_mcp(brief, where)
     for field in ("may", "must_not"):
         if not all(line.strip() for line in getattr(brief, field)):
             raise BriefError(f"{where}: field `{field}`: remove the empty entry (one rule per string)")
@@ -194,6 +219,52 @@ def _check_model(brief: Brief, where: str) -> None:
     if len(set(brief.tools)) != len(brief.tools):
         raise BriefError(f"{where}: field `tools`: a tool is listed twice")
 
+
+def _check_mcp(brief: Brief, where: str) -> None:
+    names = [server.name for server in brief.mcp_servers]
+    for i, server in enumerate(brief.mcp_servers):
+        at = f"mcp_servers[{i}]"
+        if not _MCP_NAME.fullmatch(server.name):
+            raise BriefError(
+                f"{where}: field `{at}.name`: invalid name {server.name!r}: 1 to 24 letters, digits and '_' (not '__'), "
+                "starting with a letter"
+            )
+        if names.count(server.name) > 1:
+            raise BriefError(
+                f"{where}: field `{at}.name`: {server.name!r} is listed twice; give each server its own name"
+            )
+        if bool(server.command) == (server.url is not None):
+            raise BriefError(
+                f'{where}: field `{at}`: give either `command` (a stdio server, e.g. ["python", "-m", "my_tools"]) or `url` '
+                '(streamable HTTP, e.g. "http://127.0.0.1:8000/mcp"), not both'
+            )
+        if server.command and not all(part.strip() for part in server.command):
+            raise BriefError(
+                f"{where}: field `{at}.command`: remove the empty entry (the program, then one string per argument)"
+            )
+        if server.url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", server.url):
+            raise BriefError(f"{where}: field `{at}.url`: {server.url!r} is not an http:// or https:// URL")
+        if (server.env or server.cwd is not None) and not server.command:
+            raise BriefError(
+                f"{where}: field `{at}`: `env` and `cwd` are for a `command`; a `url` server runs elsewhere"
+            )
+        for tool in server.tools:
+            if not _TOOL.fullmatch(tool):
+                raise BriefError(
+                    f"{where}: field `{at}.tools`: invalid tool name {tool!r}: use letters, digits and '_'"
+                )
+        # (written so that nan fails too: a call with no bound could hold the agent)
+        for field in ("timeout_s", "connect_timeout_s"):
+            if not 0 < getattr(server, field) <= MAX_MCP_TIMEOUT_S:
+                raise BriefError(
+                    f"{where}: field `{at}.{field}`: must be more than 0 and at most {MAX_MCP_TIMEOUT_S:g} seconds"
+                )
+
+
+#: the longest one MCP tool call may take
+MAX_MCP_TIMEOUT_S = 3600.0
+
+_MCP_NAME = re.compile(r"(?!.*__)[A-Za-z][A-Za-z0-9_]{0,23}")
 
 #: what one agent process works on at once (each slot is a pull request on its queues)
 MAX_CAPACITY = 10_000
@@ -296,6 +367,19 @@ temperature = 0.2  # 0 to 2
 # Extra tools for the model besides the protocol's actions (delegate, ask, finish):
 # e.g. "search_docs" (BM25 search in Python's documentation).
 tools = []
+
+# MCP servers whose tools the model may call as well (optional; `llm` kind, needs the
+# mcp extra: pip install 'agent-mesh[mcp]'). Tool `read` of server `files` is
+# `files__read` to the model. A stdio server is started by the agent and stopped with it:
+# [[mcp_servers]]
+# name = "files"
+# command = ["python", "-m", "my_file_tools"]
+# timeout_s = 30           # per call; a slower call is reported to the model as timed out
+# tools = ["read", "list"] # only these (default: all the server lists)
+# Or a streamable HTTP server:
+# [[mcp_servers]]
+# name = "search"
+# url = "http://127.0.0.1:8000/mcp"
 
 # Review policy for the tasks this agent creates when it delegates (optional):
 # [review]

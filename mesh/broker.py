@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,11 @@ class Broker:
     http_port: int = 0
     store: str | None = None
     config: str | None = None
+    #: a keys directory (mesh/identity.py): run with the authorization config of its
+    #: public keys (mesh/auth.py); None: the broker is open to anyone who reaches it
+    auth: str | None = None
+    #: the mesh whose subjects the auth config names
+    prefix: str = "mesh"
     extra_args: tuple[str, ...] = ()
     #: PEM files of the server's certificate (chain) and private key
     tls_cert: str | None = None
@@ -118,6 +124,7 @@ class Broker:
     binary: str = field(default_factory=find_nats_server)
     process: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
+    _auth_tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
@@ -136,8 +143,9 @@ class Broker:
             self._tmp = tempfile.TemporaryDirectory(prefix="mesh-js-")
             self.store = self._tmp.name
         cmd = [self.binary]
-        if self.config:
-            cmd += ["-c", self.config]
+        config = self._auth_config() if self.auth else self.config
+        if config:
+            cmd += ["-c", config]
         cmd += ["-a", self.host, "-p", str(self.port), "-m", str(self.http_port), "-js", "-sd", self.store]
         if self.tls_cert or self.tls_key:
             if not (self.tls_cert and self.tls_key):
@@ -183,6 +191,45 @@ class Broker:
         self.stop()
         raise BrokerFailed(f"nats-server did not become healthy within {timeout}s")
 
+    def _auth_config(self) -> str:
+        """Write the auth config of ``self.auth``'s keys (with an ``include`` of
+        ``self.config``, if any) and return the file to run with."""
+        from protocol import Names
+
+        from .auth import write_auth_config
+
+        assert self.auth is not None
+        if self._auth_tmp is None:
+            self._auth_tmp = tempfile.TemporaryDirectory(prefix="mesh-auth-")
+        here = Path(self._auth_tmp.name)
+        write_auth_config(self.auth, here / "auth.conf", Names(self.prefix))
+        main = here / "main.conf"
+        lines = ['include "auth.conf"']
+        if self.config:  # nats-server takes include paths relative to the including file
+            lines.insert(0, f'include "{os.path.relpath(Path(self.config).resolve(), here)}"')
+        main.write_text("\n".join(lines) + "\n")
+        return str(main)
+
+    def reload(self, *, timeout: float = 10.0) -> None:
+        """Re-read the keys directory and have the running server reload its config
+        (SIGHUP): keys added since the start can connect once this returns."""
+        assert self.process is not None and self.auth is not None, "a running broker with auth"
+        before = self._varz().get("config_load_time")
+        self._auth_config()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._varz().get("config_load_time") == before:  # the server says when it reloaded
+            if time.monotonic() > deadline:
+                raise BrokerFailed(f"nats-server did not reload its config within {timeout}s")
+            time.sleep(0.01)
+
+    def _varz(self) -> dict[str, object]:
+        import json
+
+        with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=2.0) as resp:
+            data = json.loads(resp.read())
+        return data if isinstance(data, dict) else {}
+
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.monitor_url}/healthz", timeout=0.5) as resp:
@@ -199,6 +246,9 @@ class Broker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self._auth_tmp is not None:
+            self._auth_tmp.cleanup()
+            self._auth_tmp = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

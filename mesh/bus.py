@@ -35,6 +35,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RePublish,
     RetentionPolicy,
@@ -76,6 +77,7 @@ from protocol import (
     work_items,
 )
 
+from . import identity
 from .retry import Backoff, retry
 from .settings import Settings, client_tls
 
@@ -225,8 +227,10 @@ async def connect(
     reconnect: bool = True,
     reconnects: Reconnects | None = None,
     tls: ssl.SSLContext | None = None,
+    nkey: str | None = None,
 ) -> Client:
-    """Connect to the broker; a missing broker is a clear :class:`Unreachable`.
+    """Connect to the broker; a missing broker is a clear :class:`Unreachable`. With
+    ``nkey`` (a seed file) the connection authenticates as that key, acting as ``name``.
 
     The first connection gets a few attempts (nats-py would otherwise retry a wrong
     URL forever); once connected, the client reconnects forever, so agents ride out
@@ -235,6 +239,8 @@ async def connect(
     log = structlog.get_logger("mesh.nats").bind(connection=name)
 
     async def on_error(exc: Exception) -> None:
+        if not clients and "authorization violation" in str(exc).lower():
+            refused.append(exc)  # said as such below, not as an unreachable server
         # Before the first connection, a failed attempt is part of the Unreachable
         # error raised below, which says it in one line: only a debugging note here.
         (log.warning if clients else log.debug)("nats connection error", error=str(exc) or type(exc).__name__)
@@ -245,6 +251,8 @@ async def connect(
             raise exc
 
     clients: list[Client] = []
+    refused: list[Exception] = []
+    auth = identity.connect_options(nkey, name)  # a bad seed file is said before dialling
 
     async def on_disconnect() -> None:
         if clients and not (clients[0].is_closed or clients[0].is_draining):
@@ -269,10 +277,15 @@ async def connect(
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
             tls=tls,
+            **auth,
         )
     except ssl.SSLError as exc:
         raise Unreachable(_tls_failure(url, exc, tls)) from None
+    except nats.errors.AuthorizationError:
+        raise Unreachable(identity.refused_message(url, nkey)) from None
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+        if refused:
+            raise Unreachable(identity.refused_message(url, nkey)) from None
         raise Unreachable(
             f"cannot reach a NATS server at {url} ({exc or type(exc).__name__}). Start one with "
             "`mesh broker`, or point --server / MESH_SERVER at a running one."
@@ -662,7 +675,7 @@ class Bus:
         settings = settings or Settings.from_env()  # a bad setting is said before connecting
         tls = tls or client_tls(settings.tls_ca)
         reconnects = Reconnects()
-        nc = await connect(url, name=agent, reconnects=reconnects, tls=tls)
+        nc = await connect(url, name=agent, reconnects=reconnects, tls=tls, nkey=settings.nkey)
         bus = cls(nc, names, agent=agent, reconnects=reconnects)
         try:
             try:
@@ -681,25 +694,37 @@ class Bus:
         self.settings = settings
         storage = StorageType.FILE if settings.storage == "file" else StorageType.MEMORY
         names = self.names
-        self.tasks = await self._bucket(
-            KeyValueConfig(
-                bucket=names.tasks_bucket,
+        # The tasks bucket's stream is made here rather than by nats-py's KV helper,
+        # which always allows rollup headers: one write carrying `Nats-Rollup: all` on
+        # any task key would wipe every live record, and permissions cannot refuse a
+        # header. The mesh never rolls a task up (PROTOCOL.md 6.20).
+        await self._stream(
+            StreamConfig(
+                name=f"KV_{names.tasks_bucket}",
                 description="agent-mesh live task records (task.<id>); finished ones expire into the events stream",
+                subjects=[f"$KV.{names.tasks_bucket}.>"],
+                retention=RetentionPolicy.LIMITS,
                 # One revision per key: a write replaces the last one in place. The
                 # events stream is the trace.
-                history=1,
-                direct=True,
+                max_msgs_per_subject=1,
+                discard=DiscardPolicy.NEW,
+                allow_direct=True,
+                allow_rollup_hdrs=False,
+                deny_delete=True,
+                allow_msg_ttl=True,
+                duplicate_window=120.0,
                 # The protocol's limit (a party refuses to write more, and to read it):
                 # the broker refuses a larger value from a peer that does not. It counts
                 # a write's headers too (compare-and-set, TTL): room for them.
-                max_value_size=MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
+                max_msg_size=MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
                 storage=storage,
-                replicas=settings.replicas,
+                num_replicas=settings.replicas,
                 # Parties follow a task on a plain subscription: the broker republishes
                 # every accepted write (never a refused compare-and-set).
                 republish=RePublish(src=f"$KV.{names.tasks_bucket}.>", dest=names.records_subjects),
             )
         )
+        self.tasks = await self.js.key_value(names.tasks_bucket)
         self.agents = await self._bucket(
             KeyValueConfig(
                 bucket=names.agents_bucket,

@@ -46,6 +46,7 @@ from protocol import (
 from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .defaults import DEFAULT_SERVER, default_server
 from .follow import create_and_wait, wait_terminal
+from .identity import default_id
 from .questions import Answerer, Questions
 from .work import new_id
 
@@ -77,7 +78,9 @@ class Mesh:
         names: Names | None = None,
         settings: Settings | None = None,
     ) -> Mesh:
-        client_id = client_id or f"client-{new_id()[:8]}"
+        settings = settings or Settings.from_env()
+        # With a key, a client is who its key says (mesh/identity.py)
+        client_id = client_id or default_id(settings.nkey) or f"client-{new_id()[:8]}"
         bus = await Bus.connect(url or default_server(), names or Names(), agent=client_id, settings=settings)
         return cls(bus, client_id)
 

@@ -31,7 +31,7 @@ import msgspec
 from protocol import ReviewPolicy, TaskRecord, best_match
 
 from .briefs import Brief
-from .work import Reviewer, TaskContext, TaskFailed, Verdict, Worker
+from .work import Reviewer, Serving, TaskContext, TaskFailed, Verdict, Worker
 
 __all__ = [
     "KINDS",
@@ -350,6 +350,8 @@ class ReviewedResults:
         self.policy = policy
         if isinstance(worker, Reviewer):
             self.review = worker.review
+        if isinstance(worker, Serving):
+            self.serve = worker.serve
 
     async def work(self, task: TaskContext) -> Any:
         result = await self.worker.work(task)

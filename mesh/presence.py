@@ -21,6 +21,7 @@ import anyio.abc
 from protocol import AgentCard, ControlReply, ControlRequest, NotUnderstood, RemoteProtocolError, decode_control, encode
 
 from .bus import MeshError, NotFound, Unavailable
+from .identity import load_seed
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -38,6 +39,10 @@ class Presence:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.host, self.pid = socket.gethostname(), os.getpid()
+        #: the public key of the key this agent connects with (the broker checked it):
+        #: on the card, so a reader can tell which key stands behind an id
+        nkey = agent.settings.nkey
+        self.public_key = load_seed(nkey).public_key if nkey else None
 
     def card(self) -> AgentCard:
         agent, config = self.agent, self.agent.config
@@ -61,6 +66,7 @@ class Presence:
             completed=agent.stats.completed,
             failed=agent.stats.failed,
             refused=agent.bus.refused,
+            public_key=self.public_key,
         )
 
     async def publish_card(self) -> None:

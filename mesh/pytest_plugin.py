@@ -19,22 +19,55 @@ import pytest
 
 from .broker import Broker
 from .client import Mesh
-from .testing import AgentProcs
+from .identity import ensure_keys
+from .testing import AgentProcs, Keys
 
-__all__ = ["broker", "mesh_client", "agent_procs"]
+__all__ = ["broker", "keys", "mesh_client", "agent_procs", "with_auth"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "auth: run the test's broker with authorization (as MESH_TEST_AUTH=1 does for every test)"
+    )
+
+
+def with_auth(request: pytest.FixtureRequest) -> bool:
+    """Whether this test's broker runs with authorization: the test is marked ``auth``,
+    or ``MESH_TEST_AUTH=1`` runs every test that way."""
+    return os.environ.get("MESH_TEST_AUTH", "") not in ("", "0") or request.node.get_closest_marker("auth") is not None
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh nats-server with JetStream (store under the test's tmp dir)."""
+def broker(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    """A fresh nats-server with JetStream (store under the test's tmp dir). With auth
+    (:func:`with_auth`), only keys in ``tmp_path/keys`` connect: the test itself is the
+    operator ``test-client`` (``MESH_NKEY`` is set for it, so any client or command the
+    test starts connects as the operator; ``MESH_TEST_AUTH_ROLE=client`` makes it a
+    client), and each agent of ``agent_procs`` gets a key
+    of its own id."""
     store = tmp_path / "js"
     store.mkdir()
     b = Broker(store=str(store))
+    if with_auth(request):
+        b.auth = str(tmp_path / "keys")
+        # MESH_TEST_AUTH_ROLE=client runs the test as a mere client (what a requester may
+        # do; tests that drain agents or change retention then fail, as they should)
+        role = os.environ.get("MESH_TEST_AUTH_ROLE") or "operator"
+        seeds = ensure_keys(b.auth, {"test-client": role})
+        monkeypatch.setenv("MESH_NKEY", str(seeds["test-client"]))
     b.start()
     try:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def keys(broker: Broker) -> Keys:
+    """Make keys on a broker with auth (mark the test ``auth``), e.g. an attacker's."""
+    if broker.auth is None:
+        pytest.skip("needs a broker with auth: mark the test with @pytest.mark.auth")
+    return Keys(broker)
 
 
 @pytest.fixture

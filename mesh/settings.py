@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from protocol import DEFAULT_LEASE_S, MAX_LEASE_S
@@ -39,7 +39,8 @@ class Settings:
     (how long a finished record stays in the live bucket, e.g. ``10m``), ``MESH_RETENTION``
     (how long finished work stays readable, e.g. ``7d``) and ``MESH_RETENTION_BYTES``
     (a size cap on that history, e.g. ``10GiB``, 2 GiB by default; 0 means none).
-    ``MESH_TLS_CA`` (or ``--tls-ca``) names the CA file that verifies the broker."""
+    ``MESH_TLS_CA`` (or ``--tls-ca``) names the CA file that verifies the broker;
+    ``MESH_NKEY`` is the seed file to connect with."""
 
     replicas: int = 1
     #: file storage survives broker restarts; memory is for benchmarks only
@@ -63,6 +64,11 @@ class Settings:
     #: must be TLS and the broker must prove its name with a certificate from them;
     #: unset, a broker that asks for TLS is checked against the system's CAs
     tls_ca: str | None = None
+    #: the seed file this process connects with (``MESH_NKEY``, or ``--nkey``): its
+    #: key's name is the process's id in the mesh (see mesh/identity.py). None: no key
+    #: (a broker without auth). A credential, not a tuning: settings made in code for
+    #: something else still connect with the process's key
+    nkey: str | None = field(default_factory=lambda: os.environ.get("MESH_NKEY") or None)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -84,6 +90,7 @@ class Settings:
             retention_s=_parsed(env, "MESH_RETENTION", _duration, cls.retention_s),
             retention_bytes=_parsed(env, "MESH_RETENTION_BYTES", parse_bytes, cls.retention_bytes),
             tls_ca=env.get("MESH_TLS_CA") or None,
+            nkey=env.get("MESH_NKEY") or None,
         )
 
 

@@ -6,6 +6,8 @@ loopback ports, a client, agent processes) are the plugin :mod:`mesh.pytest_plug
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import subprocess
 import time
@@ -17,9 +19,11 @@ import anyio
 
 from .broker import Broker, free_ports
 from .client import Mesh
+from .identity import connect_options, ensure_keys
 from .process import AgentProcess, spawn_agent
+from .settings import Settings
 
-__all__ = ["AgentProcs", "Cluster", "write_brief", "wait_for"]
+__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for", "nats_options"]
 
 
 def write_brief(directory: Path, name: str, serves: list[str], **fields: Any) -> Path:
@@ -69,13 +73,48 @@ async def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, what:
         await anyio.sleep(0.05)
 
 
+def nats_options(name: str = "test-client") -> dict[str, Any]:
+    """nats-py ``connect`` options for a raw connection acting as ``name``: none on an
+    open broker; with ``MESH_NKEY`` set (the ``broker`` fixture with auth sets it), its
+    key and inbox prefix."""
+    return connect_options(os.environ.get("MESH_NKEY") or None, name)
+
+
+class Keys:
+    """The keys of a broker run with authorization (``Broker(auth=DIR)``): a key is made
+    when first asked for, and the broker reloaded so that it can connect at once."""
+
+    def __init__(self, broker: Broker) -> None:
+        assert broker.auth is not None, "a broker with auth"
+        self.broker = broker
+        self.directory = Path(broker.auth)
+
+    def seed(self, name: str, role: str = "agent") -> Path:
+        """The seed file of key ``name`` (made with ``role`` if missing)."""
+        path = self.directory / f"{name}.nk"
+        if not path.exists():
+            ensure_keys(self.directory, {name: role})
+            if self.broker.process is not None:
+                self.broker.reload()
+        return path
+
+    def settings(self, name: str, role: str = "client") -> Settings:
+        return dataclasses.replace(Settings.from_env(), nkey=str(self.seed(name, role)))
+
+    async def connect(self, name: str, role: str = "client", **kwargs: Any) -> Mesh:
+        """A client connected with key ``name``."""
+        return await Mesh.connect(self.broker.url, client_id=name, settings=self.settings(name, role), **kwargs)
+
+
 class AgentProcs:
-    """Real ``mesh agent run`` processes, stopped (SIGKILL if need be) at teardown."""
+    """Real ``mesh agent run`` processes, stopped (SIGKILL if need be) at teardown. On a
+    broker with authorization each agent connects with a key of its own id."""
 
     def __init__(self, broker: Broker, directory: Path) -> None:
         self.broker = broker
         self.directory = directory
         self.procs: dict[str, AgentProcess] = {}
+        self.keys = Keys(broker) if broker.auth else None
 
     def start(
         self,
@@ -88,6 +127,8 @@ class AgentProcs:
     ) -> AgentProcess:
         brief = write_brief(self.directory, name, serves, **fields)
         agent_id = agent_id or name
+        if self.keys is not None and "MESH_NKEY" not in (env or {}):
+            env = {**(env or {}), "MESH_NKEY": str(self.keys.seed(agent_id, "agent"))}
         log = self.directory / f"{agent_id}.log"
         proc = spawn_agent(
             brief,

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
+import anyio.abc
 import msgspec
 
 from protocol import (
@@ -38,6 +39,7 @@ from .retry import BROKER_BACKOFF, retry
 __all__ = [
     "Worker",
     "Reviewer",
+    "Serving",
     "Verdict",
     "TaskFailed",
     "RoleViolation",
@@ -96,6 +98,16 @@ class Worker(Protocol):
 @runtime_checkable
 class Reviewer(Protocol):
     async def review(self, task: TaskContext) -> Verdict: ...
+
+
+@runtime_checkable
+class Serving(Protocol):
+    """A worker that keeps something open while its agent runs (connections to tool
+    servers): the agent starts ``serve`` in its task group before it takes work
+    (an error before ``task_status.started()`` stops the agent's start) and cancels
+    it after the last task has ended."""
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
 
 
 class TaskContext:

@@ -282,9 +282,12 @@ async def _no_agents(mesh_client: Mesh) -> bool:
     return not await mesh_client.agents()
 
 
-def test_demo_runs_end_to_end() -> None:
+def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESH_KEYS", str(tmp_path / "keys"))  # (not ./mesh-keys in the repo)
     proc = mesh("demo", timeout=120)
     out = proc.stdout
+    assert "authorization on: one key per process" in out  # secure by default
+    assert (tmp_path / "keys" / "writer.nk").exists() and (tmp_path / "keys" / "demo.pub").exists()
     assert "1. a question the documentation answers" in out and "pydoc_data.topics['compound']" in out
     assert "the exception is suppressed" in out and "[1]" in out and "no model configured" in out
     assert "fact-check: approved by fact-checker" in out and "approve   -> done by fact-checker" in out

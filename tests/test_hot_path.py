@@ -20,6 +20,7 @@ from mesh.agent import Agent, AgentConfig
 from mesh.broker import Broker
 from mesh.bus import Unavailable
 from mesh.client import Mesh
+from mesh.testing import nats_options
 from mesh.work import TaskContext
 from protocol import Claim, Finish, TaskRecord, decode_event, new_task
 
@@ -77,7 +78,7 @@ class HeldReplies:
 
 async def _on_end(url: str, task_id: str, then: Any) -> nats.aio.client.Client:
     """An independent observer: calls ``then()`` when the task's terminal event is out."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **nats_options())
 
     async def seen(msg: Msg) -> None:
         if decode_event(msg.data).state in ("done", "failed", "cancelled"):

@@ -13,6 +13,7 @@ import nats
 from mesh.broker import Broker
 from mesh.client import Mesh
 from mesh.settings import Settings
+from mesh.testing import nats_options
 
 VECTORS = json.loads((Path(__file__).parent.parent / "protocol/vectors/resources.json").read_text(encoding="utf-8"))
 
@@ -32,7 +33,7 @@ async def _info(nc: nats.NATS, subject: str) -> dict[str, Any]:
 async def test_streams_and_queues_are_as_the_vectors_say(broker: Broker, mesh_client: Mesh) -> None:
     await mesh_client.bus.ensure_queue(VECTORS["queue"]["capability"])
     defaults = Settings.from_env() == Settings()  # an environment's own settings change the defaults
-    nc = await nats.connect(broker.url)
+    nc = await nats.connect(broker.url, **nats_options())
     try:
         for stream in VECTORS["streams"]:
             config = await _info(nc, f"$JS.API.STREAM.INFO.{stream['name']}")
@@ -52,7 +53,7 @@ async def test_writes_carry_the_headers_the_vectors_say(broker: Broker, mesh_cli
     """A task created and cancelled: its work item, its events and its ending record
     write, seen on the wire; KV writes carry no Mesh-Version."""
     want = {case["what"].split(" (")[0].split(":")[0]: case["headers"] for case in VECTORS["headers"]}
-    nc = await nats.connect(broker.url)
+    nc = await nats.connect(broker.url, **nats_options())
     try:
         kv = await nc.subscribe("$KV.mesh-v2-tasks.>")
         work = await nc.subscribe("mesh.v2.work.>")

@@ -112,10 +112,19 @@ TLS_CA_HELP = (
     "against the system's CAs)"
 )
 
+NKEY_HELP = (
+    "seed file of the key to connect with (default: $MESH_NKEY; none: the broker must be open). "
+    "Make one with `mesh keys new`"
+)
+
 
 def _server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p.add_argument("--tls-ca", default=None, metavar="FILE", help=TLS_CA_HELP)
+    p.add_argument("--nkey", default=None, metavar="FILE", help=NKEY_HELP)
+
+
+KEYS_DIR_HELP = "keys directory (default: $MESH_KEYS, else ./mesh-keys)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-ca or $MESH_TLS_CA naming the CA that signed it). Needs --tls-key; see docs/DEPLOY.md",
     )
     p.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--auth",
+        default=None,
+        metavar="DIR",
+        help="run with authorization: only the keys whose .pub files are in DIR may connect, each with its role's "
+        "permissions (see `mesh keys`, docs/SECURITY.md). The broker's own setup connects with --nkey, else with "
+        "an operator key DIR/operator.nk (made if missing). Without --auth the broker is open to anyone who "
+        "reaches it",
+    )
+    p.add_argument("--nkey", default=None, metavar="FILE", help=f"with --auth: {NKEY_HELP}")
     _retention(p)
 
     p = sub.add_parser(
@@ -194,8 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     _server(s)
 
-    p = sub.add_parser("up", help="run an organization: broker (unless --server) plus one process per agent")
+    p = sub.add_parser(
+        "up",
+        help="run an organization: broker (unless --server) plus one process per agent",
+        description="Run an organization. Without --server, the broker runs with authorization on: each agent "
+        "connects with its own key (made in the keys directory if missing, reused if present), and the keys "
+        "`operator` and `client` are made there for you (drain agents, submit work).",
+    )
     p.add_argument("org", help="org TOML file")
+    p.add_argument(
+        "--keys",
+        default=None,
+        metavar="DIR",
+        help=f"{KEYS_DIR_HELP}; with --server, only given this way (or $MESH_KEYS) do agents use keys from it",
+    )
     _server(p)
 
     p = sub.add_parser("submit", help="submit a task")
@@ -311,17 +342,72 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument(
         "--id",
-        default="a2a-gateway",
-        help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default a2a-gateway)",
+        default=None,
+        help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default: the "
+        "--nkey's name, else a2a-gateway)",
     )
     _server(x)
 
     sub.add_parser("kinds", help="list the agent kinds: built-in and published by installed packages")
+
+    p = sub.add_parser(
+        "keys",
+        help="make and list identities (ed25519 keys in NATS's nkey format)",
+        description="A key is NAME.nk (the secret seed, mode 0600) and NAME.pub (name, role, public key) in a keys "
+        "directory. NAME is its holder's id in the mesh. Roles: agent (works; writes only its own card), client "
+        "(submits, cancels, reads; writes no cards, drains nobody), operator (everything).",
+    )
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    k = ksub.add_parser("new", help="make a key: writes DIR/NAME.nk and DIR/NAME.pub, prints the public key")
+    k.add_argument("name", help="the key's name: the agent or client id it acts as (letters, digits, '_', '-')")
+    k.add_argument(
+        "--role",
+        required=True,
+        choices=("agent", "client", "operator"),
+        help="what the key may do: agent (works; writes only its own card and control subject), client (submits, "
+        "reads, cancels; no cards, no control), operator (everything: drain agents, change retention)",
+    )
+    k.add_argument("--dir", default=None, help=KEYS_DIR_HELP)
+    k = ksub.add_parser("list", help="list the public keys in a keys directory")
+    k.add_argument("dir", nargs="?", default=None, help=KEYS_DIR_HELP)
+    k.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("auth", help="broker authorization from a keys directory")
+    usub = p.add_subparsers(dest="auth_command", metavar="ACTION")
+    c = usub.add_parser(
+        "config",
+        help="write a nats-server authorization block for the public keys in DIR",
+        description="Write a nats-server config fragment (`authorization { users = [...] }`: one nkey user per "
+        "DIR/*.pub, with its role's publish/subscribe permissions) for a production server to `include`. "
+        "Reload the server (nats-server --signal reload) after adding keys.",
+    )
+    c.add_argument("dir", help="keys directory (its *.pub files)")
+    c.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
+
+    p = sub.add_parser("mcp", help="serve the mesh to MCP hosts (desktop assistants, IDEs) as tools")
+    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION")
+    m = msub.add_parser(
+        "serve",
+        help="an MCP server with the tools submit, wait, agents, trace, cancel, inbox, answer",
+        description="Serve the mesh as MCP tools: over stdio (the default; an MCP host starts this command "
+        "itself) or streamable HTTP (--http, at http://HOST:PORT/mcp). A mesh client like `mesh submit`: "
+        "several may serve one mesh. Needs the mcp extra (pip install 'agent-mesh[mcp]'); see docs/INTEROP.md",
+    )
+    m.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    m.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="with --http: address to listen on (default 127.0.0.1)"
+    )
+    m.add_argument(
+        "--port", type=_whole("port", 1, 65535), default=8765, help="with --http: port, 1 to 65535 (default 8765)"
+    )
+    _server(m)
     return parser
 
 
 #: arguments that name files: any bytes the file system takes are fine there
-_PATHS = frozenset({"brief", "org", "file", "store", "config", "tls_ca", "tls_cert", "tls_key"})
+_PATHS = frozenset(
+    {"brief", "org", "file", "store", "config", "tls_ca", "tls_cert", "tls_key", "nkey", "auth", "dir", "out", "keys"}
+)
 
 
 def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

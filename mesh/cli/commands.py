@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import secrets
 import signal
 import sys
@@ -65,6 +66,7 @@ def _user_message(exc: Exception) -> str | None:
         + classes("mesh.broker", "BrokerNotFound", "BrokerFailed")
         + classes("mesh.bus", "Unreachable")
         + classes("mesh.settings", "SettingsError")
+        + classes("mesh.identity", "IdentityError")
         + classes("protocol", "InvalidName"),
     ):
         return str(exc)
@@ -93,14 +95,27 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "kinds": cmd_kinds,
         "inbox": cmd_inbox,
         "top": cmd_top,
+        "keys": cmd_keys,
+        "auth": cmd_auth,
+        "mcp": cmd_mcp,
         "a2a": cmd_a2a,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
     if args.command == "a2a" and args.a2a_command is None:
         parser.parse_args(["a2a", "--help"])
+    if args.command == "keys" and args.keys_command is None:
+        parser.parse_args(["keys", "--help"])
+    if args.command == "auth" and args.auth_command is None:
+        parser.parse_args(["auth", "--help"])
+    if getattr(args, "nkey", None) and args.command != "broker":
+        # One place for the key: every connection of this process (and the setting's
+        # checks) reads it from the environment, as it would MESH_NKEY.
+        os.environ["MESH_NKEY"] = args.nkey
     if args.command == "brief" and args.brief_command is None:
         parser.parse_args(["brief", "--help"])
+    if args.command == "mcp" and args.mcp_command is None:
+        parser.parse_args(["mcp", "--help"])
     with user_errors():
         return table[args.command](args)
 
@@ -143,6 +158,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UserError("TLS needs both --tls-cert FILE and --tls-key FILE")
     store = args.store or str(Path("mesh-data").absolute())
+    if args.auth:
+        from ..identity import ensure_keys, list_keys, load_seed
+
+        if args.nkey:
+            if load_seed(args.nkey).role != "operator":
+                raise UserError(f"--nkey {args.nkey}: the broker's setup needs an operator key")
+            os.environ["MESH_NKEY"] = args.nkey
+        else:  # the setup below connects like any party: as the local operator
+            os.environ["MESH_NKEY"] = str(ensure_keys(args.auth, {"operator": "operator"})["operator"])
+        keys = list_keys(args.auth)
     broker = Broker(
         host=args.host,
         port=args.port,
@@ -151,8 +176,18 @@ def cmd_broker(args: argparse.Namespace) -> int:
         config=args.config,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        auth=args.auth,
+        prefix=args.prefix,
     )
     broker.start(log=None)
+    if args.auth:
+        print(f"authorization on: {len(keys)} keys from {args.auth} ({_roles(keys)})", file=sys.stderr)
+    else:  # said once it runs: a broker that failed to start is open to no one
+        print(
+            f"mesh broker: WARNING: no --auth, so this broker is OPEN: anyone who can reach {args.host}:{args.port} "
+            "can read, forge and delete every task, card and stream (see docs/SECURITY.md)",
+            file=sys.stderr,
+        )
     print(
         f"nats-server (JetStream, store {store}) on {broker.url}; monitoring on {broker.monitor_url}", file=sys.stderr
     )
@@ -163,11 +198,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except BaseException:
         broker.stop()
         raise
-    tls = " --tls-ca CA.pem" if args.tls_cert else ""
-    print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}{tls}", file=sys.stderr)
+    key = (" --nkey DIR/NAME.nk" if args.auth else "") + (" --tls-ca CA.pem" if args.tls_cert else "")
     try:
         assert broker.process is not None
         with _stop_signals() as stop:
+            # Said once a stop is handled: a signal right after this line stops the broker too
+            print(f"agents connect with: mesh agent run BRIEF.toml --server {broker.url}{key}", file=sys.stderr)
             while (code := broker.process.poll()) is None:
                 if stop.wait(0.5):
                     return 0
@@ -177,12 +213,38 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+def _roles(keys: list[Any]) -> str:
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key.role] = counts.get(key.role, 0) + 1
+    return ", ".join(f"{n} {role}{'s' if n > 1 else ''}" for role, n in sorted(counts.items())) or "none"
+
+
 RETENTION_MIN_S = 120.0
 RETENTION_MAX_S = 36500 * 86400.0  # (settings.MAX_DURATION_S: JetStream's 64-bit nanoseconds)
 
 
+def _need_operator(what: str) -> None:
+    """Refuse, before connecting, what the broker's permissions would refuse a
+    non-operator key anyway (silently: a refused request is never answered)."""
+    seed = os.environ.get("MESH_NKEY")
+    if not seed:
+        return
+    from ..identity import load_seed
+
+    identity = load_seed(seed)
+    if identity.role not in (None, "operator"):
+        raise UserError(
+            f"{what} needs an operator's key, and {seed} is a{'n' if identity.role == 'agent' else ''} "
+            f"{identity.role}'s: pass --nkey with an operator key (`mesh keys new NAME --role operator`)"
+        )
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     from ..defaults import default_server
+
+    if args.retention is not None or args.retention_bytes is not None:
+        _need_operator("changing the retention")
 
     return _run(_setup, args.server or default_server(), args)
 
@@ -244,15 +306,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         if args.id is not None:
             validate_agent_id(args.id)  # said before the brief is read or the broker dialled
+        key_name = None
+        if os.environ.get("MESH_NKEY"):
+            from ..identity import load_seed
+
+            identity = load_seed(os.environ["MESH_NKEY"])
+            if args.id is not None:
+                identity.check_id(args.id)
+            key_name = identity.name if identity.role != "operator" else None
         brief = _brief_or_org_member(args.brief, args.agent)
         # One id, one process: the same brief run on two machines must not make two
         # agents under one name (the second would be refused at start). `mesh up`
-        # gives its agents readable ids of its own.
-        agent_id = args.id or f"{brief.name[:59]}-{secrets.token_hex(2)}"  # ids are at most 64 characters
+        # gives its agents readable ids of its own. With a key, the id is the key's.
+        agent_id = args.id or key_name or f"{brief.name[:59]}-{secrets.token_hex(2)}"  # ids are at most 64 chars
         anyio.run(lambda: run_agent(brief, server=server, agent_id=agent_id, prefix=args.prefix))
         return 0
 
     import msgspec
+
+    _need_operator(f"`mesh agent {args.agent_command}`")
 
     async def control() -> int:
         mesh = await _mesh(args)
@@ -302,28 +374,47 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from ..briefs import load_org
     from ..broker import Broker
+    from ..identity import default_keys_dir, ensure_keys
     from ..process import spawn_agent
 
     org, briefs = load_org(args.org)
     for brief, _ in briefs:
         _check_kind(brief)  # as `mesh brief check` does: refused here, not by each process
+    ids = [
+        (brief.name if replicas == 1 else f"{brief.name}-{i + 1}", brief.name)
+        for brief, replicas in briefs
+        for i in range(replicas)
+    ]
+    keys_dir = Path(args.keys) if args.keys else default_keys_dir()
+    seeds: dict[str, Path] = {}
     broker = None
     server = args.server
     if server is None:
-        broker = Broker(port=4222 if _port_free(4222) else 0, http_port=8222 if _port_free(8222) else 0)
+        # Secure by default: the org's own broker lets in only the org's keys (made
+        # here once, reused after), each agent with its own id's permissions.
+        wanted = {agent_id: "agent" for agent_id, _ in ids} | {"operator": "operator", "client": "client"}
+        seeds = ensure_keys(keys_dir, wanted)
+        broker = Broker(
+            port=4222 if _port_free(4222) else 0,
+            http_port=8222 if _port_free(8222) else 0,
+            auth=str(keys_dir),
+            prefix=args.prefix,
+        )
         broker.start()
         server = broker.url
-        print(f"broker: {server} (monitoring {broker.monitor_url})", file=sys.stderr)
+        print(f"broker: {server} (monitoring {broker.monitor_url}); keys in {keys_dir}", file=sys.stderr)
+    elif args.keys or os.environ.get("MESH_KEYS"):  # another's broker: agents with a key there use it
+        seeds = {agent_id: seed for agent_id, _ in ids if (seed := keys_dir / f"{agent_id}.nk").exists()}
     procs = []
     try:
-        for brief, replicas in briefs:
-            for i in range(replicas):
-                agent_id = brief.name if replicas == 1 else f"{brief.name}-{i + 1}"
-                procs.append(
-                    spawn_agent(args.org, server=server, agent_id=agent_id, agent_name=brief.name, log_path=None)
-                )
+        for agent_id, name in ids:
+            env = {"MESH_NKEY": str(seeds[agent_id])} if agent_id in seeds else None
+            procs.append(
+                spawn_agent(args.org, server=server, agent_id=agent_id, agent_name=name, log_path=None, env=env)
+            )
         print(f"org {org.name!r}: {len(procs)} agent processes; Ctrl-C drains them all", file=sys.stderr)
-        print(f"submit work with: mesh submit CAPABILITY TEXT --wait --server {server}", file=sys.stderr)
+        key = f" --nkey {seeds['client']}" if "client" in seeds else ""
+        print(f"submit work with: mesh submit CAPABILITY TEXT --wait --server {server}{key}", file=sys.stderr)
         # Restart nothing silently: a process that exits on its own is reported.
         with _stop_signals() as stop:
             while not stop.wait(0.5):
@@ -620,7 +711,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     from ..client import Mesh, default_server
     from . import render
 
-    person = args.as_ or _person()
+    # With a key, the person is who the key says (another --as is refused for a client)
+    person = args.as_ or (None if os.environ.get("MESH_NKEY") else _person())
 
     async def inbox() -> int:
         mesh = await Mesh.connect(args.server or default_server(), client_id=person, names=Names(args.prefix))
@@ -644,6 +736,25 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             await mesh.close()
 
     return _run(inbox)
+
+
+# --- MCP ---------------------------------------------------------------------------------------
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from ..defaults import default_server
+    from ..mcp import McpUnavailable, serve
+
+    server = args.server or default_server()
+
+    async def gateway() -> int:
+        await serve(server, prefix=args.prefix, http=args.http, host=args.host, port=args.port)
+        return 0
+
+    try:
+        return _run(gateway)
+    except McpUnavailable as exc:
+        raise UserError(str(exc)) from None
 
 
 # --- top ---------------------------------------------------------------------------------------
@@ -677,6 +788,50 @@ def cmd_top(args: argparse.Namespace) -> int:
     return _run(top)
 
 
+# --- keys and authorization ---------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from ..identity import default_keys_dir, list_keys, new_key
+
+    if args.keys_command == "new":
+        directory = Path(args.dir) if args.dir else default_keys_dir()
+        key = new_key(directory, args.name, args.role)
+        print(key.public_key)
+        print(
+            f"wrote {directory / (key.name + '.nk')} (secret, mode 0600) and {directory / (key.name + '.pub')} "
+            f"({key.role}); the broker learns the key from the .pub (`mesh auth config`, `mesh broker --auth`)",
+            file=sys.stderr,
+        )
+        return 0
+    keys = list_keys(Path(args.dir) if args.dir else default_keys_dir())
+    if args.json:
+        import msgspec
+
+        print(json.dumps(msgspec.to_builtins(keys)))
+    else:
+        for key in keys:
+            print(f"{key.name:24} {key.role:9} {key.public_key}")
+    return 0
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    from protocol import Names
+
+    from ..auth import auth_config, write_auth_config
+    from ..identity import list_keys
+
+    if args.out:
+        try:
+            count = write_auth_config(args.dir, args.out, Names(args.prefix))
+        except OSError as exc:
+            raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        print(f"wrote {args.out}: {count} users; include it in the server's config and reload", file=sys.stderr)
+    else:
+        sys.stdout.write(auth_config(list_keys(args.dir), Names(args.prefix)))
+    return 0
+
+
 # --- the ecosystem's protocols (docs/INTEROP.md) ----------------------------------------------
 
 
@@ -688,7 +843,8 @@ def cmd_a2a(args: argparse.Namespace) -> int:
         raise UserError("A2A needs the SDK: pip install 'agent-mesh[a2a]'") from None
     from protocol import validate_agent_id, validate_capability
 
-    validate_agent_id(args.id)  # (an InvalidName is one line, like every bad name)
+    if args.id is not None:
+        validate_agent_id(args.id)  # (an InvalidName is one line, like every bad name)
     for capability in args.capability:
         validate_capability(capability)
     return _run(_a2a_serve, args)
@@ -697,13 +853,17 @@ def cmd_a2a(args: argparse.Namespace) -> int:
 async def _a2a_serve(args: argparse.Namespace) -> int:
     from protocol import Names
 
-    from ..a2a_gateway import serve
+    from ..a2a_gateway import DEFAULT_ID, serve
     from ..client import Mesh, default_server
 
     def announce(url: str) -> None:
         print(f"A2A gateway at {url} (agent card: {url}.well-known/agent-card.json)", flush=True)
 
-    async with await Mesh.connect(args.server or default_server(), client_id=args.id, names=Names(args.prefix)) as mesh:
+    # With a key, the id is the key's name (Mesh.connect's default; ids are bound to keys).
+    client_id = args.id or (None if os.environ.get("MESH_NKEY") else DEFAULT_ID)
+    async with await Mesh.connect(
+        args.server or default_server(), client_id=client_id, names=Names(args.prefix)
+    ) as mesh:
         await serve(
             mesh,
             host=args.host,

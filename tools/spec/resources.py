@@ -40,7 +40,7 @@ def resource_vectors() -> dict[str, Any]:
                 "max_msgs_per_subject": 1,
                 "discard": "new",
                 "allow_direct": True,
-                "allow_rollup_hdrs": True,
+                "allow_rollup_hdrs": False,
                 "deny_delete": True,
                 "allow_msg_ttl": True,
                 "max_msg_size": MAX_RECORD_BYTES + HEADER_ROOM_BYTES,

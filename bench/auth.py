@@ -1,0 +1,137 @@
+"""What authorization costs: the same no-op tasks with the broker's permissions on and
+off, in one run.
+
+Two brokers side by side: one open, one run with ``--auth`` (an nkey user per process,
+with its role's publish/subscribe permissions: docs/SECURITY.md). Each has one
+`mesh agent run` echo agent (the one on the auth broker connects with its agent key)
+and a client in this process (with a client key on the auth broker). The client
+alternates between the two in blocks: sequential tasks (p50 latency), then a burst of
+concurrent ones (throughput), so whatever else the machine does slows both alike.
+Broker CPU per task comes from each nats-server's own CPU time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.common import (
+    AgentRun,
+    agent_runs,
+    broker,
+    child_env,
+    cpu_seconds,
+    dist_ms,
+    progress,
+    ratio,
+    spread,
+    tempdir,
+    write_brief,
+)
+from bench.drive import mesh_concurrent, mesh_sequential
+
+NAME = "auth"
+
+
+@contextlib.contextmanager
+def auth_broker(keys: Path) -> Iterator[Any]:
+    from mesh.broker import Broker
+
+    with tempfile.TemporaryDirectory(prefix="bench-js-") as store:
+        b = Broker(store=store, auth=str(keys))
+        b.start()
+        try:
+            yield b
+        finally:
+            b.stop()
+
+
+async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[str, int], sizes: dict[str, int]) -> Any:
+    from mesh.client import Mesh
+    from mesh.settings import Settings
+
+    meshes = {
+        "off": await Mesh.connect(open_url, client_id="bench-client"),
+        "on": await Mesh.connect(
+            auth_url, client_id="bench-client", settings=dataclasses.replace(Settings.from_env(), nkey=str(client_seed))
+        ),
+    }
+    lat: dict[str, list[float]] = {"off": [], "on": []}
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, float] = {"off": 0.0, "on": 0.0}
+    tasks: dict[str, int] = {"off": 0, "on": 0}
+    #: per block: the ratios on/off of p50 and of rate (a same-second comparison)
+    paired: dict[str, list[float]] = {"p50": [], "rate": []}
+    try:
+        for mesh in meshes.values():  # warm-up: queues made, connections warm
+            await mesh_sequential(mesh, sizes["warmup"])
+            await mesh_concurrent(mesh, sizes["warmup"] * 4, 16)
+        for block in range(sizes["blocks"]):
+            block_p50: dict[str, float] = {}
+            for mode in ("off", "on") if block % 2 == 0 else ("on", "off"):
+                mesh = meshes[mode]
+                before = cpu_seconds(pids[mode])
+                seq = await mesh_sequential(mesh, sizes["sequential"])
+                lat[mode] += seq
+                block_p50[mode] = dist_ms(seq)["p50"]
+                burst = await mesh_concurrent(mesh, sizes["concurrent"], sizes["inflight"])
+                rates[mode].append(burst["rate"])
+                cpu[mode] += cpu_seconds(pids[mode]) - before
+                tasks[mode] += sizes["sequential"] + sizes["concurrent"]
+            paired["p50"].append(ratio(block_p50["on"], block_p50["off"]))
+            paired["rate"].append(ratio(rates["on"][-1], rates["off"][-1]))
+            progress(
+                NAME,
+                f"block {block + 1}/{sizes['blocks']}: p50 off {dist_ms(lat['off'])['p50']:.2f} ms, "
+                f"on {dist_ms(lat['on'])['p50']:.2f} ms; rate off {rates['off'][-1]:.0f}/s, on {rates['on'][-1]:.0f}/s",
+            )
+    finally:
+        for mesh in meshes.values():
+            await mesh.close()
+    p50 = {mode: dist_ms(v)["p50"] for mode, v in lat.items()}
+    return {
+        "latency_ms": {mode: dist_ms(v) for mode, v in lat.items()},
+        "rate_per_s": {mode: spread(v) for mode, v in rates.items()},
+        "broker_cpu_ms_per_task": {mode: 1000 * cpu[mode] / max(tasks[mode], 1) for mode in cpu},
+        "ratio_p50_on_off": ratio(p50["on"], p50["off"]),
+        "ratio_rate_on_off": ratio(spread(rates["on"])["median"], spread(rates["off"])["median"]),
+        "paired_ratio_p50_on_off": spread(paired["p50"]),
+        "paired_ratio_rate_on_off": spread(paired["rate"]),
+        "sizes": sizes,
+    }
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    from mesh.identity import ensure_keys
+
+    sizes = (
+        {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16}
+        if quick
+        else {"warmup": 20, "blocks": 20, "sequential": 100, "concurrent": 500, "inflight": 64}
+    )
+    with tempdir() as d:
+        seeds = ensure_keys(d / "keys", {"echo1": "agent", "bench-client": "client"})
+        echo = write_brief(d, "echo", ["echo"], kind="echo", capacity=64)
+        with broker() as open_b, auth_broker(d / "keys") as auth_b:
+            (d / "off").mkdir()
+            (d / "on").mkdir()
+            runs = [
+                AgentRun(echo, open_b.url, "echo1", d / "off"),
+                AgentRun(echo, auth_b.url, "echo1", d / "on", env=child_env(MESH_NKEY=str(seeds["echo1"]))),
+            ]
+            with agent_runs(runs):
+                progress(NAME, "two brokers (auth off, on), an echo agent on each; alternating blocks")
+                assert open_b.process is not None and auth_b.process is not None
+                pids = {"off": open_b.process.pid, "on": auth_b.process.pid}
+                result: dict[str, Any] = anyio.run(_measure, open_b.url, auth_b.url, seeds["bench-client"], pids, sizes)
+    result["setup"] = (
+        "2 brokers (open; --auth with nkey users and per-role permissions), 1 echo agent process (capacity 64) on "
+        "each, the client in the bench process; file storage; sequential p50 and concurrent bursts, interleaved"
+    )
+    return result
