@@ -252,11 +252,12 @@ def test_missing_extra_is_one_line(tmp_path: Path) -> None:
 
 
 async def test_a_gateway_is_a_remote_member_of_another_mesh(
-    echo_org: AgentProcs, gateways: Gateways, tmp_path: Path
+    echo_org: AgentProcs, gateways: Gateways, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Mesh B's agent `far` (kind a2a) forwards to mesh A's gateway: a question asked in
     mesh A reaches the requester in mesh B and its answer comes back."""
     gw = gateways.start()
+    monkeypatch.delenv("MESH_NKEY", raising=False)  # mesh B's broker is an open one, whatever mesh A's is
     store = tmp_path / "b"
     store.mkdir()
     other = Broker(store=str(store))
@@ -265,7 +266,7 @@ async def test_a_gateway_is_a_remote_member_of_another_mesh(
         procs = AgentProcs(other, tmp_path / "b")
         try:
             procs.start("far", ["far"], kind="a2a", options={"url": gw.url, "skill": "ambiguous"})
-            async with await Mesh.connect(other.url, client_id="b-client") as b:
+            async with await Mesh.connect(other.url) as b:
                 await procs.ready(b)
 
                 async def answer(question: Any) -> str:

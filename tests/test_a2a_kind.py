@@ -131,6 +131,10 @@ async def test_a_remote_a2a_agent_serves_a_capability(
     await mesh_client.cancel(hanging.id)
     await wait_for(lambda: len(executor.cancelled) == 1, what="the remote task to be cancelled")
 
+    late = await mesh_client.run("far", "hang until the deadline", deadline_s=1.5)
+    assert (late.state, late.reason) == ("failed", "deadline")
+    await wait_for(lambda: len(executor.cancelled) == 2, what="the remote task to be cancelled at our deadline")
+
 
 async def _working(mesh: Mesh, task_id: str) -> bool:
     return (await mesh.get(task_id)).state == "working"

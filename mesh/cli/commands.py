@@ -855,12 +855,14 @@ async def _a2a_serve(args: argparse.Namespace) -> int:
 
     from ..a2a_gateway import DEFAULT_ID, serve
     from ..client import Mesh, default_server
+    from ..identity import default_id
 
     def announce(url: str) -> None:
         print(f"A2A gateway at {url} (agent card: {url}.well-known/agent-card.json)", flush=True)
 
-    # With a key, the id is the key's name (Mesh.connect's default; ids are bound to keys).
-    client_id = args.id or (None if os.environ.get("MESH_NKEY") else DEFAULT_ID)
+    # With a client's key the id is the key's name (ids are bound to keys); an operator's
+    # key may act under any id, so the gateways' shared default holds.
+    client_id = args.id or default_id(os.environ.get("MESH_NKEY") or None) or DEFAULT_ID
     async with await Mesh.connect(
         args.server or default_server(), client_id=client_id, names=Names(args.prefix)
     ) as mesh:
