@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
+import signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from types import FrameType
 from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
+import uvicorn
 from a2a.helpers import get_data_parts, new_data_part, new_text_part
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.request_handler import RequestHandler
@@ -529,6 +533,16 @@ def build_app(gateway: Gateway) -> Any:
     return Starlette(routes=routes)
 
 
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn re-raises a signal it caught once it has shut down (SIGTERM: exit 143);
+        # a gateway that stopped when asked did its job, like `mesh agent run`: exit 0.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
 async def serve(
     mesh: Mesh,
     *,
@@ -540,13 +554,14 @@ async def serve(
     announce: Any = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then stop the streams."""
-    import uvicorn
-
+    # The SDK warns on every client error (the client's business, answered with its
+    # code) and about a card without skills (no agent live yet): not the operator's news.
+    logging.getLogger("a2a").setLevel(logging.ERROR)
     gateway = Gateway(mesh, capabilities=capabilities, url=f"http://{host}:{port}/", claim_timeout_s=claim_timeout_s)
     config = uvicorn.Config(
         build_app(gateway), host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     async with anyio.create_task_group() as tg:
         await tg.start(gateway.keep_questions)
 
