@@ -18,6 +18,7 @@ the agent card route, SSE); this module is the SDK's ``RequestHandler`` over
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -71,9 +72,10 @@ from protocol import (
     Renew,
     TaskRecord,
     TransitionError,
-    best_match,
     clarification_capability,
     is_terminal,
+    serves,
+    validate_capability,
 )
 
 from .bus import Conflict, MeshError, NotFound
@@ -124,7 +126,8 @@ def a2a_status(record: TaskRecord, question: TaskRecord | None = None) -> TaskSt
 
 def _agent_message(record: TaskRecord, text: str) -> Message:
     return Message(
-        message_id=f"{record.id}-{record.epoch}-{abs(hash(text)) % 10**8}",
+        # the same status gets the same id from every gateway
+        message_id=f"{record.id}-{record.epoch}-{hashlib.sha256(text.encode()).hexdigest()[:8]}",
         task_id=record.id,
         context_id=record.root,
         role=Role.ROLE_AGENT,
@@ -194,7 +197,7 @@ class Gateway(RequestHandler):
         out: dict[str, str] = {}
         for card in sorted(await self.mesh.agents(), key=lambda c: c.id):
             for cap in card.serves:
-                if self.capabilities and best_match(self.capabilities, cap) is None:
+                if self.capabilities and not serves(self.capabilities, cap):
                     continue
                 if cap.startswith("agent.") or out.get(cap):
                     continue
@@ -235,22 +238,31 @@ class Gateway(RequestHandler):
     # --- messages ----------------------------------------------------------------------------
 
     async def _capability(self, params: SendMessageRequest) -> str:
-        wanted = ""
-        for meta in (params.message.metadata, params.metadata):
-            for key in SKILL_KEYS:
-                if key in meta and isinstance(meta[key], str):
-                    wanted = wanted or meta[key]
-        served = sorted(await self.served(fresh_s=DIRECTORY_FRESH_S))
-        if wanted and wanted not in served:
-            served = sorted(await self.served())  # it may have just joined
-        if self.capabilities:
-            served = sorted({*served, *self.capabilities}) if not served else served
+        """The message's skill (metadata ``skill``), which a live agent must serve (or
+        cover: an agent serving ``summarize`` takes ``summarize.medical``) and
+        ``--capability`` must allow; without one, the first ``--capability``, else the
+        first skill served."""
+        metas = (params.message.metadata, params.metadata)
+        wanted = next((m[k] for m in metas for k in SKILL_KEYS if k in m and isinstance(m[k], str)), "")
         if not wanted:
-            if not served:
+            if self.capabilities:
+                return self.capabilities[0]
+            first = min(await self.served(fresh_s=DIRECTORY_FRESH_S), default=None)
+            if first is None:
                 raise InvalidParamsError(message="no skill is served now: no agent of the mesh is live")
-            return (list(self.capabilities) or served)[0]
-        if wanted not in served and not (self.capabilities and best_match(self.capabilities, wanted)):
-            raise InvalidParamsError(message=f"unknown skill {wanted!r}; skills served: {', '.join(served) or 'none'}")
+            return first
+        served = tuple(await self.served(fresh_s=DIRECTORY_FRESH_S))
+        if not serves(served, wanted):
+            served = tuple(await self.served())  # it may have just joined
+        allowed = not self.capabilities or serves(self.capabilities, wanted)
+        try:
+            valid = validate_capability(wanted) == wanted
+        except InvalidName:
+            valid = False
+        if not (valid and allowed and serves(served, wanted)):
+            raise InvalidParamsError(
+                message=f"unknown skill {wanted[:100]!r}; skills served: {', '.join(sorted(served)) or 'none'}"
+            )
         return wanted
 
     def _instruction(self, message: Message) -> tuple[str, Any]:
@@ -346,15 +358,14 @@ class Gateway(RequestHandler):
         record = await self._submit(params)
         if params.configuration.return_immediately:
             return record_to_task(record)
+        # Until it ends or needs input (where the stream ends), as one task.
         last = Task()
         async for item in self._follow(record):
             if isinstance(item, Task):
                 last = item
             elif isinstance(item, TaskStatusUpdateEvent):
                 last.status.CopyFrom(item.status)
-                if item.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
-                    break
-            elif isinstance(item, TaskArtifactUpdateEvent):
+            else:
                 last.artifacts.append(item.artifact)
         return last
 
