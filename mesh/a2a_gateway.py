@@ -541,7 +541,38 @@ def build_app(gateway: Gateway) -> Any:
 
     routes = create_agent_card_routes(gateway.base_card(), card_modifier=live_card)
     routes += create_jsonrpc_routes(gateway, "/", enable_v0_3_compat=True)
-    return Starlette(routes=routes)
+    return _BodyLimit(Starlette(routes=routes), MAX_BODY_BYTES)
+
+
+#: the largest request body read: a task record is at most 768 KiB (docs/PROTOCOL.md 6.18)
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class _BodyLimit:
+    """An ASGI wrapper that stops reading a request body past ``limit`` bytes with
+    HTTP 413, which the SDK's dispatcher answers with A2A's invalid request error
+    ("Payload too large"): a client cannot make the gateway hold an unbounded body."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.exceptions import HTTPException
+
+        seen = 0
+
+        async def bounded() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, bounded, send)
 
 
 class _Server(uvicorn.Server):

@@ -216,6 +216,8 @@ async def test_errors_have_a2a_codes_and_the_gateway_stays_up(echo_org: AgentPro
     assert (await rpc(send([{"text": "x"}], skill="juggle")))["error"]["code"] == -32602
     assert (await rpc(send([{"text": "x" * 70_000}], skill="echo")))["error"]["code"] == -32602
     assert (await rpc(send([{"url": "http://x/y.png"}], skill="echo")))["error"]["code"] == -32005
+    huge = await rpc(send([{"text": "x" * 2_000_000}], skill="echo"))
+    assert (huge["error"]["code"], huge["error"]["message"]) == (-32600, "Payload too large")
     get = {"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": "nope"}}
     assert (await rpc(get))["error"]["code"] == -32001
     # 0.3 method names on the same endpoint
