@@ -41,7 +41,7 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_help_does_not_import_heavy_modules() -> None:
-    heavy = ("nats", "litellm", "anyio", "structlog", "rich", "aiohttp", "msgspec", "protocol")
+    heavy = ("nats", "litellm", "anyio", "structlog", "rich", "aiohttp", "msgspec", "protocol", "a2a", "uvicorn")
     code = f"import sys; from mesh.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

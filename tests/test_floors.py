@@ -90,7 +90,7 @@ def test_the_runtime_imports_neither_pytest_nor_agents() -> None:
 
 def test_the_roles_of_agents_are_published_kinds() -> None:
     found = kinds()
-    for name in ("llm", "critic", "retrieve", "writer"):
+    for name in ("llm", "critic", "retrieve", "writer", "a2a"):
         assert found[name].origin.startswith("agent-mesh "), found[name].origin
         assert f"agent_mesh.kinds {name} = agents." in found[name].origin
     assert found["echo"].origin == "mesh"

@@ -307,6 +307,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server(p)
 
+    p = sub.add_parser("a2a", help="speak A2A: put the mesh behind an A2A endpoint (docs/INTEROP.md)")
+    xsub = p.add_subparsers(dest="a2a_command", metavar="ACTION")
+    x = xsub.add_parser(
+        "serve",
+        help="serve the mesh to A2A clients: agent card, JSON-RPC (A2A 1.0 and 0.3), streaming",
+        description="Serve the mesh as one A2A agent until SIGTERM/SIGINT: its card (at "
+        "/.well-known/agent-card.json) lists the capabilities live agents serve as skills; a message "
+        "(to /) becomes a mesh task of the skill named in its metadata ('skill', else the first). Gateways "
+        "hold no state: run several with the same --id. Needs the extra: pip install 'agent-mesh[a2a]'.",
+    )
+    x.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    x.add_argument(
+        "--port", type=_whole("port", 0, 65535), default=8000, help="HTTP port, 0 for any free one (default 8000)"
+    )
+    x.add_argument(
+        "--capability",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="serve only this capability (and those under it) as a skill; repeatable (default: all served)",
+    )
+    x.add_argument(
+        "--url",
+        default=None,
+        help="the URL clients reach this gateway at, for the card (default http://HOST:PORT/; set it behind a "
+        "proxy or with --host 0.0.0.0)",
+    )
+    x.add_argument(
+        "--claim-timeout",
+        type=parse_duration,
+        default=10.0,
+        help="a task no agent takes this long fails (A2A: failed, no_agent) (default 10s)",
+    )
+    x.add_argument(
+        "--id",
+        default=None,
+        help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default: the "
+        "--nkey's name, else a2a-gateway)",
+    )
+    _server(x)
+
     sub.add_parser("kinds", help="list the agent kinds: built-in and published by installed packages")
 
     p = sub.add_parser(

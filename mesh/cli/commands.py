@@ -98,9 +98,12 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "keys": cmd_keys,
         "auth": cmd_auth,
         "mcp": cmd_mcp,
+        "a2a": cmd_a2a,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
+    if args.command == "a2a" and args.a2a_command is None:
+        parser.parse_args(["a2a", "--help"])
     if args.command == "keys" and args.keys_command is None:
         parser.parse_args(["keys", "--help"])
     if args.command == "auth" and args.auth_command is None:
@@ -826,4 +829,50 @@ def cmd_auth(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {count} users; include it in the server's config and reload", file=sys.stderr)
     else:
         sys.stdout.write(auth_config(list_keys(args.dir), Names(args.prefix)))
+    return 0
+
+
+# --- the ecosystem's protocols (docs/INTEROP.md) ----------------------------------------------
+
+
+def cmd_a2a(args: argparse.Namespace) -> int:
+    try:
+        import a2a.server  # noqa: F401  (an extra: say how to get it, not a traceback)
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("A2A needs the SDK: pip install 'agent-mesh[a2a]'") from None
+    from protocol import validate_agent_id, validate_capability
+
+    if args.id is not None:
+        validate_agent_id(args.id)  # (an InvalidName is one line, like every bad name)
+    for capability in args.capability:
+        validate_capability(capability)
+    return _run(_a2a_serve, args)
+
+
+async def _a2a_serve(args: argparse.Namespace) -> int:
+    from protocol import Names
+
+    from ..a2a_gateway import DEFAULT_ID, serve
+    from ..client import Mesh, default_server
+    from ..identity import default_id
+
+    def announce(url: str) -> None:
+        print(f"A2A gateway at {url} (agent card: {url}.well-known/agent-card.json)", flush=True)
+
+    # With a client's key the id is the key's name (ids are bound to keys); an operator's
+    # key may act under any id, so the gateways' shared default holds.
+    client_id = args.id or default_id(os.environ.get("MESH_NKEY") or None) or DEFAULT_ID
+    async with await Mesh.connect(
+        args.server or default_server(), client_id=client_id, names=Names(args.prefix)
+    ) as mesh:
+        await serve(
+            mesh,
+            host=args.host,
+            port=args.port,
+            capabilities=tuple(args.capability),
+            claim_timeout_s=args.claim_timeout,
+            public_url=args.url,
+            announce=announce,
+        )
     return 0
