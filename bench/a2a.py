@@ -15,8 +15,6 @@ Not part of ``bench.run``'s report: printed and written to bench/results/a2a.jso
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,17 @@ from typing import Any
 
 import anyio
 
-from bench.common import RESULTS, AgentRun, agent_runs, child_env, dist_ms, progress, ratio, spread, write_brief
+from bench.common import (
+    AgentRun,
+    agent_runs,
+    child_env,
+    dist_ms,
+    progress,
+    ratio,
+    run_standalone,
+    spread,
+    write_brief,
+)
 from bench.drive import mesh_sequential
 
 NAME = "a2a"
@@ -129,13 +137,4 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    args = parser.parse_args()
-    from mesh.logs import configure_logging
-
-    configure_logging("warning")
-    out = main(quick=args.quick)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}{'-quick' if args.quick else ''}.json").write_text(json.dumps(out, indent=1))
-    print(json.dumps(out["summary"], indent=1))
+    run_standalone(NAME, __doc__, main)

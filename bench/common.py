@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -590,3 +590,20 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 def tempdir(prefix: str = "bench-") -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix=prefix) as d:
         yield Path(d)
+
+
+def run_standalone(name: str, doc: str | None, main: Callable[..., dict[str, Any]]) -> None:
+    """``python -m bench.NAME [--quick]`` for a benchmark outside bench.run's report: runs
+    it, writes bench/results/NAME[-quick].json and prints its summary."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or name).split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    args = parser.parse_args()
+    from mesh.logs import configure_logging
+
+    configure_logging("warning")
+    out = main(quick=args.quick)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}{'-quick' if args.quick else ''}.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out["summary"], indent=1))

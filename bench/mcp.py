@@ -18,8 +18,6 @@ Not part of ``bench.run``'s report: printed and written to bench/results/mcp.jso
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,7 +27,17 @@ from typing import Any
 import anyio
 import msgspec
 
-from bench.common import REPO, RESULTS, AgentRun, agent_runs, dist_ms, progress, ratio, spread, write_brief
+from bench.common import (
+    REPO,
+    AgentRun,
+    agent_runs,
+    dist_ms,
+    progress,
+    ratio,
+    run_standalone,
+    spread,
+    write_brief,
+)
 from bench.drive import mesh_sequential
 
 NAME = "mcp"
@@ -176,13 +184,4 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    args = parser.parse_args()
-    from mesh.logs import configure_logging
-
-    configure_logging("warning")
-    out = main(quick=args.quick)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}{'-quick' if args.quick else ''}.json").write_text(json.dumps(out, indent=1))
-    print(json.dumps(out["summary"], indent=1))
+    run_standalone(NAME, __doc__, main)

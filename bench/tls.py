@@ -16,9 +16,7 @@ bench/results/tls.json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,17 @@ from typing import Any
 
 import anyio
 
-from bench.common import RESULTS, AgentRun, agent_runs, child_env, dist_ms, progress, ratio, spread, write_brief
+from bench.common import (
+    AgentRun,
+    agent_runs,
+    child_env,
+    dist_ms,
+    progress,
+    ratio,
+    run_standalone,
+    spread,
+    write_brief,
+)
 from bench.drive import mesh_sequential
 
 NAME = "tls"
@@ -114,13 +122,4 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    args = parser.parse_args()
-    from mesh.logs import configure_logging
-
-    configure_logging("warning")
-    out = main(quick=args.quick)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}{'-quick' if args.quick else ''}.json").write_text(json.dumps(out, indent=1))
-    print(json.dumps(out["summary"], indent=1))
+    run_standalone(NAME, __doc__, main)
