@@ -39,22 +39,34 @@ def agent_config(brief: Brief, agent_id: str | None = None) -> AgentConfig:
 async def run_agent(brief: Brief, *, server: str, agent_id: str | None = None, prefix: str = "mesh") -> None:
     """Run one agent until SIGTERM or SIGINT, then drain and return."""
     agent = Agent(agent_config(brief, agent_id), make_worker(brief), server=server, names=Names(prefix))
-    async with anyio.create_task_group() as tg:
-        await tg.start(agent.run)
 
-        async def on_signals() -> None:
-            # Keep receiving until we leave: a second signal (Ctrl-C reaches a whole
-            # process group, then `mesh up` sends SIGTERM) must not kill a draining agent.
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if agent.draining:
-                        agent.log.info("signal received while draining; still draining", signal=name)
-                    else:
-                        agent.log.info("signal received, draining", signal=name)
+    joined = False
+
+    async def on_signals(
+        scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Listening before the agent starts, so that no signal meets Python's default
+        # handler: one while the agent joins (the broker may be down, and joining retries)
+        # stops it at once, as it holds nothing yet; one after it joined drains it. Keep
+        # receiving until we leave: a second signal (Ctrl-C reaches a whole process group,
+        # then `mesh up` sends SIGTERM) must not kill a draining agent.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not joined:
+                    agent.log.info("signal received while joining; leaving", signal=name)
+                    scope.cancel()
+                elif agent.draining:
+                    agent.log.info("signal received while draining; still draining", signal=name)
+                else:
+                    agent.log.info("signal received, draining", signal=name)
                     agent.drain()
 
-        tg.start_soon(on_signals)
+    async with anyio.create_task_group() as tg:
+        await tg.start(on_signals, tg.cancel_scope)
+        await tg.start(agent.run)
+        joined = True
         await agent.stopped()
         tg.cancel_scope.cancel()
 

@@ -199,3 +199,36 @@ async def test_agent_run_is_cancellable_and_leaves_cleanly(broker, mesh_client: 
         return "inproc" not in {c.id for c in await mesh_client.agents()}
 
     await wait_for(gone, what="card removed on leave")
+
+
+async def test_a_signal_while_joining_stops_the_agent_cleanly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM before the agent has joined (here: a 'broker' that accepts the TCP
+    connection and never speaks) ends the process at once with exit 0 and a log line,
+    not with Python's default handler (exit 143, or a KeyboardInterrupt traceback)."""
+    import subprocess
+    import sys
+
+    accepted = anyio.Event()
+
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            accepted.set()
+            await anyio.sleep_forever()
+
+    brief = tmp_path / "echo.toml"
+    brief.write_text('name = "joiner"\nrole = "echo"\nkind = "echo"\nserves = ["echo"]\n')
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    cmd = [sys.executable, "-m", "mesh", "agent", "run", str(brief), "--server", f"nats://127.0.0.1:{port}"]
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, silent)
+        async with await anyio.open_process(cmd, stderr=subprocess.STDOUT) as proc:
+            with anyio.fail_after(20):
+                await accepted.wait()  # the agent is connecting: it has not joined
+                proc.send_signal(signal.SIGTERM)
+                assert proc.stdout is not None
+                out = b"".join([chunk async for chunk in proc.stdout])
+                await proc.wait()
+        tg.cancel_scope.cancel()
+    assert proc.returncode == 0, out.decode()
+    assert "signal received while joining; leaving" in out.decode()
