@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,10 @@ async def _measure(server: str, gateway: str, n: int, repeats: int, warmup: int,
 
     mesh = await Mesh.connect(server, client_id="bench-direct")
     client = await create_client(gateway, ClientConfig(streaming=False))
-    sides = {"direct": lambda k: mesh_sequential(mesh, k), "a2a": lambda k: a2a_sequential(client, k)}
+    sides: dict[str, Callable[[int], Awaitable[list[float]]]] = {
+        "direct": lambda k: mesh_sequential(mesh, k),
+        "a2a": lambda k: a2a_sequential(client, k),
+    }
     runs = []
     pooled: dict[str, list[float]] = {"direct": [], "a2a": []}
     try:

@@ -170,7 +170,7 @@ async def _measure(
             c0, p0 = time.process_time(), cpu("mesh")
             me_conc = await mesh_concurrent(mesh, n_conc, INFLIGHT)
             me_cpu = ((time.process_time() - c0) + (cpu("mesh") - p0)) * 1000 / n_conc
-            run = {
+            run: dict[str, Any] = {
                 "autogen": {
                     "seq": dist_ms(ag_seq),
                     "rate": ag_conc["rate"],

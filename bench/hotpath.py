@@ -161,8 +161,8 @@ class NatsCounter:
                 counter.counts[(side(sub._conn), "unsubscribe (UNSUB)")] += 1
             return await orig_unsub(sub, *args, **kwargs)
 
-        Client.request, Client.publish = request, publish  # type: ignore[method-assign]
-        Client.subscribe, Subscription.unsubscribe = subscribe, unsubscribe  # type: ignore[method-assign]
+        Client.request, Client.publish = request, publish  # type: ignore[method-assign,assignment]
+        Client.subscribe, Subscription.unsubscribe = subscribe, unsubscribe  # type: ignore[method-assign,assignment]
         Client._process_msg = process_msg  # type: ignore[method-assign,assignment]
         try:
             yield self

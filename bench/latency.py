@@ -51,7 +51,12 @@ async def _measure(url: str, n: int, repeats: int, warmup: int, block: int) -> d
                 raw += r
                 plain += m
                 blocks.append({"raw_p50": dist_ms(r)["p50"], "mesh_p50": dist_ms(m)["p50"]})
-            run = {"raw": dist_ms(raw), "mesh": dist_ms(plain), "mesh_review1": dist_ms(reviewed), "blocks": blocks}
+            run: dict[str, Any] = {
+                "raw": dist_ms(raw),
+                "mesh": dist_ms(plain),
+                "mesh_review1": dist_ms(reviewed),
+                "blocks": blocks,
+            }
             runs.append(run)
             for key, values in (("raw", raw), ("mesh", plain), ("mesh_review1", reviewed)):
                 pooled[key] += values

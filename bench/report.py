@@ -239,7 +239,7 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
         cfgs = rel["configs"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         names = [c["name"].replace(" (k=1)", "\n(k=1)").replace(", ", ",\n") for c in cfgs]
-        x = range(len(cfgs))
+        x = list(range(len(cfgs)))
         w = 0.38
         axes[0].bar([i - w / 2 for i in x], [_med(c["accuracy"]) for c in cfgs], w, label="measured (median of runs)")
         axes[0].bar(
@@ -1830,7 +1830,9 @@ def _control_rss(res: dict[str, Any]) -> float:
     ws = [w for w in res["control"]["windows"] if w.get("broker_rss_mib")]
     if len(ws) < 2:
         return math.nan
-    return (ws[-1]["broker_rss_mib"] - ws[0]["broker_rss_mib"]) * 1024 / (ws[-1]["completed"] - ws[0]["completed"])
+    return float(
+        (ws[-1]["broker_rss_mib"] - ws[0]["broker_rss_mib"]) * 1024 / (ws[-1]["completed"] - ws[0]["completed"])
+    )
 
 
 def _stored(per: dict[str, float] | None) -> str:

@@ -152,7 +152,7 @@ async def _directory(b: Any, hosts: list[Child], agents: int, window_s: float, l
                 if entry is None:
                     break
                 n += 1
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
             watched.append(time.perf_counter() - t)
         # Presence traffic: every card write, as the broker delivers it to a subscriber.
         names = Names()

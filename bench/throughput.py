@@ -10,6 +10,7 @@ every process (client, agents or coordinator and workers, nats-server).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -53,10 +54,11 @@ async def _measure(
         await raw_concurrent(nc, INFLIGHT, INFLIGHT, SUBMIT)
         for rep in range(repeats):
             run: dict[str, Any] = {}
-            for system, go, pids in (
+            systems: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]], list[int]]] = [
                 ("mesh", lambda: mesh_concurrent(mesh, n, INFLIGHT), agent_pids),
                 ("central", lambda: raw_concurrent(nc, n, INFLIGHT, SUBMIT), central_pids),
-            ):
+            ]
+            for system, go, pids in systems:
                 before = (time.process_time(), _cpu(pids), server_counters(b))
                 r = await go()
                 after = (time.process_time(), _cpu(pids), server_counters(b))
