@@ -9,7 +9,7 @@ from typing import Any
 
 from protocol import AgentCard, TaskEvent, TaskRecord
 
-__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view"]
+__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view", "org_cells"]
 
 
 def _short(value: Any, width: int = 80) -> str:
@@ -175,3 +175,39 @@ def top_view(snap: Any) -> str:
             summary,
         ]
     )
+
+
+def org_cells(result: dict[str, Any]) -> str:
+    """The org benchmark's cells (bench/org.py's result): measured beside the arithmetic."""
+    rows = []
+    for c in result["cells"]:
+        got, want = c["pooled"], c["predicted"]
+        rows.append(
+            (
+                c["group"],
+                f"{c['p']:g}/{c['q']:g}/{c['f']:g}",
+                f"{c['rho']:g}",
+                c["policy"],
+                str(c["n"]),
+                f"{got['accuracy']:.2%} ({want['accuracy']:.2%})",
+                f"{got['wrong_accepted']:.2%} ({want['wrong_accepted']:.2%})",
+                f"{got['right_lost']:.2%} ({want['right_lost']:.2%})",
+                f"{got['attempts']:.2f} ({want['attempts']:.2f})",
+                f"{got['reviews']:.2f} ({want['reviews']:.2f})",
+                f"{c['p50_ms']['median']:.0f}",
+            )
+        )
+    header = (
+        "cell",
+        "p/q/f",
+        "rho",
+        "policy",
+        "tasks",
+        "accuracy (arithmetic)",
+        "wrong accepted",
+        "right lost",
+        "attempts",
+        "reviews",
+        "p50 ms",
+    )
+    return _table("measured (independent-error arithmetic, mixed with shared draws by rho)", header, rows)
