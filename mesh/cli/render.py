@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from protocol import AgentCard, TaskEvent, TaskRecord
+from protocol import AgentCard, TaskEvent, TaskRecord, approvals, vetoes
 
 __all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view", "org_cells"]
 
@@ -63,7 +63,12 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
         took = f"{(r.updated - r.created) * 1000:.0f} ms"
         reason = f" ({r.reason}: {_short(r.error, 50)})" if r.reason else ""
         owner = f" owner {r.author or r.owner} epoch {r.epoch}" if (r.author or r.owner) else ""
-        review = f" review {len(r.votes)}/{r.review.quorum}" if r.review else ""
+        review = ""
+        if r.review:
+            # approvals toward the quorum; a last round also counts its vetoes toward reject_quorum
+            review = f" review {len(approvals(r))}/{r.review.quorum}"
+            if vetoes(r) and r.review.reject_quorum > 1:
+                review += f", vetoes {len(vetoes(r))}/{r.review.reject_quorum}"
         lines.append(
             f"{'  ' * depth}{r.id} [{r.capability}] {r.state}{reason}{owner} attempts {r.attempts}{review} {took}"
         )
