@@ -16,6 +16,7 @@ latency; next to the independent-error arithmetic for the same p, q, f, k.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from typing import Any
@@ -40,26 +41,56 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-def predict(p: float, q: float, f: float, k: int, max_reworks: int = MAX_REWORKS) -> dict[str, float]:
+def settles(k: int, r: int, x: float) -> float:
+    """The chance that votes, each an approval with probability ``x``, reach ``k``
+    approvals before ``r`` vetoes (the last round under ``reject_quorum`` r; r = 1 is
+    every round's rule: all k must approve)."""
+    return sum(math.comb(k - 1 + j, j) * x**k * (1 - x) ** j for j in range(r))
+
+
+def votes_until_settled(k: int, r: int, x: float) -> float:
+    """Expected votes cast until ``k`` approvals or ``r`` vetoes, voters one after the other."""
+    return sum(
+        math.comb(i + j, i) * x**i * (1 - x) ** j  # reach (i approvals, j vetoes): one more vote is cast
+        for i in range(k)
+        for j in range(r)
+    )
+
+
+def predict(
+    p: float, q: float, f: float, k: int, max_reworks: int = MAX_REWORKS, reject_quorum: int = 1
+) -> dict[str, float]:
     """The independent-error arithmetic. A round is accepted when all k reviewers
     approve: a right answer with probability (1-f)^k, a wrong one with (1-q)^k;
-    otherwise it is reworked, at most ``max_reworks`` times, then it fails."""
+    otherwise it is reworked, at most ``max_reworks`` times. In the last round a result
+    is rejected only by ``reject_quorum`` distinct vetoes (one, by default: the first
+    veto rejects), and then the task fails."""
     if k == 0:
-        return {"accuracy": p, "wrong_accepted": 1 - p, "failed": 0.0, "attempts": 1.0, "reviews": 0.0}
+        return {
+            "accuracy": p,
+            "wrong_accepted": 1 - p,
+            "failed": 0.0,
+            "right_lost": 0.0,
+            "attempts": 1.0,
+            "reviews": 0.0,
+        }
     a = p * (1 - f) ** k  # round accepts a right answer
     b = (1 - p) * (1 - q) ** k  # round accepts a wrong answer
-    r = 1 - a - b  # round sends the task back
-    rounds = max_reworks + 1
-    geo = sum(r**i for i in range(rounds))  # expected rounds
+    s = 1 - a - b  # round sends the task back
+    geo = sum(s**i for i in range(max_reworks))  # expected rounds before the last
+    last = s**max_reworks  # the last round is reached
     # Reviews in a round if voters go one after the other and the first veto ends it.
-    approve_right, approve_wrong = 1 - f, 1 - q
-    per_round = sum(p * approve_right**i + (1 - p) * approve_wrong**i for i in range(k))
+    before = p * votes_until_settled(k, 1, 1 - f) + (1 - p) * votes_until_settled(k, 1, 1 - q)
+    at_last = p * votes_until_settled(k, reject_quorum, 1 - f) + (1 - p) * votes_until_settled(k, reject_quorum, 1 - q)
+    right_last = p * settles(k, reject_quorum, 1 - f)
+    wrong_last = (1 - p) * settles(k, reject_quorum, 1 - q)
     return {
-        "accuracy": a * geo,
-        "wrong_accepted": b * geo,
-        "failed": r**rounds,
-        "attempts": geo,
-        "reviews": per_round * geo,
+        "accuracy": a * geo + last * right_last,
+        "wrong_accepted": b * geo + last * wrong_last,
+        "failed": last * (1 - right_last - wrong_last),
+        "right_lost": last * p * (1 - settles(k, reject_quorum, 1 - f)),
+        "attempts": geo + last,
+        "reviews": before * geo + at_last * last,
     }
 
 

@@ -265,6 +265,10 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
         axes[1].grid(True, axis="y", alpha=0.3)
         save(fig, "reliability")
 
+    org = ok("org")
+    if org:
+        _org_plots(plt, save, org)
+
     hp = ok("hotpath")
     if hp:
         ops = [o for o in hp["ops"] if o["wait_ms_per_task"] > 0]
@@ -278,6 +282,46 @@ def _plots(runs: dict[str, dict[str, Any]], out: Path) -> dict[str, str]:
         ax.set_title("Where a no-op task waits: JetStream round trips on the critical path")
         save(fig, "hotpath")
     return made
+
+
+def _org_plots(plt: Any, save: Callable[[Any, str], None], org: dict[str, Any]) -> None:
+    """Accuracy heat maps over p x q, one per policy; accuracy against rho."""
+    grid = [c for c in org["cells"] if c["group"] == "grid"]
+    policies = list(dict.fromkeys(c["policy"] for c in grid))
+    if grid:
+        ps = sorted({c["p"] for c in grid})
+        qs = sorted({c["q"] for c in grid})
+        fig, axes = plt.subplots(1, len(policies), figsize=(3.2 * len(policies), 3.4), squeeze=False)
+        for ax, policy in zip(axes[0], policies, strict=True):
+            acc = {(c["p"], c["q"]): c["pooled"]["accuracy"] for c in grid if c["policy"] == policy}
+            z = [[acc.get((p, q), math.nan) for q in qs] for p in ps]
+            ax.imshow(z, vmin=0.7, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
+            for i in range(len(ps)):
+                for j in range(len(qs)):
+                    v = z[i][j]
+                    ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=8, color="w" if v < 0.9 else "k")
+            ax.set_xticks(range(len(qs)), [f"{q:g}" for q in qs])
+            ax.set_yticks(range(len(ps)), [f"{p:g}" for p in ps])
+            ax.set_xlabel("q (checker catches a wrong answer)")
+            ax.set_title(policy, fontsize=10)
+        axes[0][0].set_ylabel("p (worker is right)")
+        fig.suptitle(f"accuracy % by policy (f = {grid[0]['f']:g}, independent errors)", fontsize=10)
+        save(fig, "org-heatmap")
+    corr = [c for c in org["cells"] if c["group"] == "rho"]
+    if corr:
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        for policy in dict.fromkeys(c["policy"] for c in corr):
+            cs = sorted((c for c in corr if c["policy"] == policy), key=lambda c: c["rho"])
+            line = ax.plot([c["rho"] for c in cs], [c["pooled"]["accuracy"] for c in cs], "o-", label=policy)
+            ax.plot([c["rho"] for c in cs], [c["predicted"]["accuracy"] for c in cs], ":", color=line[0].get_color())
+        ax.set_xlabel("rho (share of tasks whose errors share one draw)")
+        ax.set_ylabel("accuracy (dotted: arithmetic)")
+        ax.set_title(
+            f"p = {corr[0]['p']:g}, q = {corr[0]['q']:g}, f = {corr[0]['f']:g}: review against correlated errors"
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "org-rho")
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -375,6 +419,7 @@ def _document(
         "failover",
         "footprint",
         "reliability",
+        "org",
         "hotpath",
         "chaos",
         "durability",
@@ -445,6 +490,7 @@ def _document(
     add(_failover(r["failover"], status["failover"], plots))
     add(_footprint(r["footprint"], status["footprint"]))
     add(_reliability(r["reliability"], status["reliability"], plots))
+    add(_org(r["org"], status["org"], plots))
     # Chaos runs with another lease (`--chaos-lease S`) keep their own results files.
     churn = [(n, *_section_status(runs, n)) for n in sorted(runs, key=_lease_order) if n.startswith("chaos-lease")]
     add(_chaos(r["chaos"], status["chaos"], churn, before or {}))
@@ -1207,6 +1253,94 @@ def _reliability(res: dict[str, Any] | None, status: str, plots: dict[str, str])
             )
         out += ["\n" + n for n in notes]
         out.append(_img(plots, "reliability", "reliability"))
+    return "\n".join(out) + "\n"
+
+
+def _ci95(acc: float, n: int) -> float:
+    """Half the width of a 95% normal interval of a proportion measured on ``n`` tasks."""
+    return 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / max(n, 1))
+
+
+def _org_row(c: dict[str, Any]) -> list[str]:
+    got, want = c["pooled"], c["predicted"]
+    runs = ", ".join(f"{100 * r['accuracy']:.2f}" for r in c["runs"])
+    return [
+        c["policy"],
+        f"{c['p']:g} / {c['q']:g} / {c['f']:g}",
+        f"{c['rho']:g}",
+        f"{c['n']:,}",
+        f"**{100 * got['accuracy']:.2f}%** ±{100 * _ci95(got['accuracy'], c['n']):.2f} ({100 * want['accuracy']:.2f}%); runs {runs}",
+        f"{100 * got['wrong_accepted']:.2f}% ({100 * want['wrong_accepted']:.2f}%)",
+        f"{100 * got['right_lost']:.2f}% ({100 * want['right_lost']:.2f}%)",
+        f"{got['attempts']:.2f} ({want['attempts']:.2f})",
+        f"{got['reviews']:.2f} ({want['reviews']:.2f})",
+        _sp(c["p50_ms"], " ms", 0),
+    ]
+
+
+_ORG_HEADER = [
+    "policy",
+    "p / q / f",
+    "rho",
+    "tasks",
+    "accuracy ±95% (arithmetic); per run",
+    "wrong accepted",
+    "right answer lost",
+    "attempts / task",
+    "reviews / task",
+    "p50 latency",
+]
+
+
+def _org(res: dict[str, Any] | None, status: str, plots: dict[str, str]) -> str:
+    out = ["## The founding question: organizations of noisy agents (`mesh bench org`)\n", status]
+    if not res:
+        return "\n".join(out) + "\n"
+    cells = res["cells"]
+    out.append(
+        "Policies (k: approvals asked; reworks: `max_reworks`; r: `reject_quorum`, distinct vetoes "
+        "that reject in the last round): "
+        + "; ".join(
+            f"`{name}` = k {v['k']}, {v['max_reworks']} reworks, r {v['reject_quorum']}"
+            for name, v in res["policies"].items()
+        )
+        + ". In brackets: the arithmetic (`bench/org.py` `predict_org`: independent errors, mixed with the shared-draw "
+        "case in proportion rho). *Right answer lost*: a right result rejected at the bound. Reviews are votes cast, "
+        "read from each task's record. The worked example for people who design organizations is "
+        "[ORGANIZATIONS.md](ORGANIZATIONS.md).\n"
+    )
+    targets = [c for c in cells if c["group"] == "targets"]
+    if targets:
+        out.append("### The targets\n")
+        out.append(_table(_ORG_HEADER, [_org_row(c) for c in targets]))
+        out.append("")
+    corr = [c for c in cells if c["group"] == "rho"]
+    if corr:
+        out.append("### Correlated errors: accuracy against rho\n")
+        out.append(_table(_ORG_HEADER, [_org_row(c) for c in corr]))
+        base = {c["rho"]: c["pooled"]["accuracy"] for c in corr if c["policy"] == "none"}
+        lines = []
+        for policy in dict.fromkeys(c["policy"] for c in corr if c["policy"] != "none"):
+            acc = {c["rho"]: c["pooled"]["accuracy"] for c in corr if c["policy"] == policy}
+            pred = {c["rho"]: c["predicted"]["accuracy"] for c in corr if c["policy"] == policy}
+            if 0.0 in acc and 0.5 in acc and 0.0 in base and 0.5 in base and acc[0.0] != base[0.0]:
+                kept = (acc[0.5] - base[0.5]) / (acc[0.0] - base[0.0])
+                lines.append(
+                    f"- `{policy}`: gain over no review {100 * (acc[0.0] - base[0.0]):.1f} points at rho 0, "
+                    f"{100 * (acc[0.5] - base[0.5]):.1f} at rho 0.5: **{100 * kept:.0f}% of the gain kept** "
+                    f"(arithmetic: {100 * (pred[0.5] - base[0.5]) / max(pred[0.0] - base[0.0], 1e-9):.0f}%)"
+                )
+        if lines:
+            out.append("\nHow much of review's gain is left when errors share a draw (at rho 0.5, half the tasks):\n")
+            out.extend(lines)
+        out.append("")
+        out.append(_img(plots, "org-rho", "accuracy against rho"))
+    grid = [c for c in cells if c["group"] == "grid"]
+    if grid:
+        out.append("### p x q by policy\n")
+        out.append(_table(_ORG_HEADER, [_org_row(c) for c in grid]))
+        out.append("")
+        out.append(_img(plots, "org-heatmap", "accuracy heat maps"))
     return "\n".join(out) + "\n"
 
 

@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "bench.scale",
     "failover": "bench.failover",
     "reliability": "bench.reliability",
+    "org": "bench.org",
     "chaos": "bench.chaos",
     "durability": "bench.durability",
     "hotpath": "bench.hotpath",

@@ -60,9 +60,26 @@ def check_answer(data: Any) -> int:
     return int(data["a"]) + int(data["b"])
 
 
+def _draw(data: Any, rng: random.Random) -> float:
+    """The uniform draw an answer turns on: the task's shared ``data.u`` if it has one
+    (a task whose difficulty every party shares: they err together), else the agent's
+    own seeded draw."""
+    u = data.get("u") if isinstance(data, dict) else None
+    return float(u) if u is not None else rng.random()
+
+
+def _rate(data: Any, name: str, default: float) -> float:
+    """``data.<name>`` if the task sets it (one host serves a whole sweep), else the
+    agent's option."""
+    value = data.get(name) if isinstance(data, dict) else None
+    return float(value) if value is not None else default
+
+
 class NoisyAdder:
-    """Adds ``data.a + data.b``, right with probability ``options.p`` (seeded); a wrong
-    answer is off by a random non-zero amount. Each attempt draws afresh."""
+    """Adds ``data.a + data.b``, right with probability ``options.p`` (or ``data.p``;
+    seeded); a wrong answer is off by a random non-zero amount. Each attempt draws
+    afresh, unless the task carries a shared draw ``data.u``: then it is wrong exactly
+    when ``u >= p``, on every attempt (a hard task stays hard)."""
 
     def __init__(self, brief: Any) -> None:
         self.p = float(brief.options.get("p", 1.0))
@@ -76,7 +93,7 @@ class NoisyAdder:
         if self.delay_s:
             await anyio.sleep(self.delay_s)
         answer = check_answer(task.data)
-        if self.rng.random() >= self.p:
+        if _draw(task.data, self.rng) >= _rate(task.data, "p", self.p):
             self.wrong += 1
             answer += self.rng.choice((-1, 1)) * self.rng.randint(1, 9)
         return answer
@@ -88,7 +105,10 @@ class NoisyAdder:
 class NoisyChecker:
     """Reviews an adder's answer against the true sum: catches a wrong answer with
     probability ``options.q``, wrongly vetoes a right one with probability ``options.f``
-    (seeded, independent draws)."""
+    (``data.q``, ``data.f`` where the task sets them; seeded, independent draws). On a
+    task with a shared draw ``data.u`` it misses a wrong answer exactly when
+    ``u >= q``: the hardest tasks are the ones it cannot see through.
+    False alarms stay independent."""
 
     def __init__(self, brief: Any) -> None:
         self.q = float(brief.options.get("q", 1.0))
@@ -104,17 +124,19 @@ class NoisyChecker:
 
     async def review(self, task: Any) -> Verdict:
         self.reviews += 1
-        right = task.record.result == check_answer(task.data)
+        data = task.data
+        right = task.record.result == check_answer(data)
         draw = self.rng.random()
         if right:
-            if draw < self.f:
+            if draw < _rate(data, "f", self.f):
                 self.vetoes += 1
                 self.false_vetoes += 1
                 return Verdict(approve=False, reasons=("looks wrong to me (a false alarm)",))
             return Verdict(approve=True)
-        if draw < self.q:
+        shared = data.get("u") if isinstance(data, dict) else None
+        if (draw if shared is None else float(shared)) < _rate(data, "q", self.q):
             self.vetoes += 1
-            return Verdict(approve=False, reasons=(f"{task.record.result} is not {task.data['a']} + {task.data['b']}",))
+            return Verdict(approve=False, reasons=(f"{task.record.result} is not {data['a']} + {data['b']}",))
         self.missed += 1
         return Verdict(approve=True)
 

@@ -19,6 +19,7 @@ import msgspec
 
 from protocol import (
     MAX_LEASE_S,
+    MAX_VOTES,
     Budget,
     InvalidName,
     ReviewPolicy,
@@ -186,9 +187,20 @@ def _check_reviews(brief: Brief, where: str) -> None:
                 validate_capability(cap)
             except InvalidName as exc:
                 raise BriefError(f"{where}: field `{field}.{sub}`: {exc}") from None
+        if policy.quorum - 1 + policy.reject_quorum > MAX_VOTES:
+            raise BriefError(
+                f"{where}: field `{field}.reject_quorum`: {policy.reject_quorum} vetoes with quorum {policy.quorum} "
+                f"is more votes than one round holds; keep quorum + reject_quorum at most {MAX_VOTES + 1}"
+            )
     own = brief.review_results
     if own is None:
         return
+    if own.reject_quorum != 1:
+        raise BriefError(
+            f"{where}: field `review_results.reject_quorum`: only a task's own review guarantees distinct "
+            "reviewers, which the last round's rule needs; set `reject_quorum` in `review` of the agent that "
+            "delegates to this one (or on the task), and remove it here"
+        )
     if best_match(brief.serves, own.capability):
         raise BriefError(
             f"{where}: field `review_results.capability`: {own.capability!r} is served by this agent "
@@ -386,6 +398,8 @@ tools = []
 # quorum = 1
 # capability = "review"
 # max_reworks = 2
+# reject_quorum = 2        # the last round rejects only on 2 distinct vetoes (default 1):
+#                          # a right answer survives one noisy reviewer (docs/ORGANIZATIONS.md)
 # escalate_to = "human.review"
 
 # Review policy for the results this agent produces: reviewers of `capability`

@@ -24,6 +24,7 @@ __all__ = [
     "Overreacher",
     "Asker",
     "SlowReviewer",
+    "Naysayer",
 ]
 
 
@@ -133,3 +134,17 @@ class SlowReviewer:
     async def review(self, task: TaskContext) -> Verdict:
         await anyio.sleep(self.seconds)
         return Verdict(approve=True)
+
+
+class Naysayer:
+    """A reviewer that vetoes everything, right or wrong: the noisiest checker there is.
+    Under ``reject_quorum`` > 1 it costs the last round a review, never the task."""
+
+    def __init__(self, brief: Brief) -> None:
+        pass
+
+    async def work(self, task: TaskContext) -> Any:
+        return "no"
+
+    async def review(self, task: TaskContext) -> Verdict:
+        return Verdict(approve=False, reasons=("I object to everything",))

@@ -92,7 +92,18 @@ from .limits import (
     json_size,
     record_breach,
 )
-from .machine import TRANSITIONS, apply, approvals, event_kind, free_slots, is_terminal, review_full, slot_of
+from .machine import (
+    TRANSITIONS,
+    apply,
+    approvals,
+    event_kind,
+    free_slots,
+    is_terminal,
+    last_round,
+    review_full,
+    slot_of,
+    vetoes,
+)
 from .names import (
     MAJOR_VERSION,
     MAX_PRIORITY,
@@ -228,6 +239,8 @@ __all__ = [
     "TRANSITIONS",
     "apply",
     "approvals",
+    "vetoes",
+    "last_round",
     "event_kind",
     "free_slots",
     "is_terminal",

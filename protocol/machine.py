@@ -31,10 +31,21 @@ from .events import (
     Reviewing,
     Veto,
 )
-from .limits import check_record_limits
+from .limits import MAX_ERROR_CHARS, check_record_limits
 from .types import TERMINAL_STATES, ReviewSlot, TaskRecord, Usage, Vote
 
-__all__ = ["TRANSITIONS", "apply", "is_terminal", "approvals", "event_kind", "slot_of", "free_slots", "review_full"]
+__all__ = [
+    "TRANSITIONS",
+    "apply",
+    "is_terminal",
+    "approvals",
+    "vetoes",
+    "last_round",
+    "event_kind",
+    "slot_of",
+    "free_slots",
+    "review_full",
+]
 
 #: (state, event kind) -> the states the event may lead to. A pair not listed is an
 #: illegal transition. Terminal states have no outgoing transitions.
@@ -53,9 +64,9 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("working", "expire"): ("failed",),
     ("review", "reviewing"): ("review",),
     ("review", "approve"): ("review", "done"),
-    ("review", "veto"): ("open", "failed"),
+    ("review", "veto"): ("review", "open", "failed"),
     ("review", "cancel"): ("cancelled",),
-    ("review", "expire"): ("failed",),
+    ("review", "expire"): ("open", "failed"),
 }
 
 
@@ -76,6 +87,20 @@ def approvals(record: TaskRecord) -> frozenset[str]:
         for v in record.votes
         if v.verdict == "approve" and v.round == record.reworks and v.reviewer != record.author
     )
+
+
+def vetoes(record: TaskRecord) -> frozenset[str]:
+    """Distinct non-author reviewers vetoing the current round."""
+    return frozenset(
+        v.reviewer
+        for v in record.votes
+        if v.verdict == "veto" and v.round == record.reworks and v.reviewer != record.author
+    )
+
+
+def last_round(record: TaskRecord) -> bool:
+    """In the last review round the policy allows: a veto can no longer send it back."""
+    return record.review is not None and record.reworks >= record.review.max_reworks
 
 
 def slot_of(record: TaskRecord, reviewer: str) -> ReviewSlot | None:
@@ -320,38 +345,23 @@ def _approve(record: TaskRecord, event: Approve, now: float) -> TaskRecord:
 
 
 def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
-    _check_voter(record, event)
+    slots = _check_voter(record, event)
     if not event.reasons or not all(r.strip() for r in event.reasons):
         raise _refuse(record, event, "a veto must give at least one non-empty reason")
     policy = record.review
     assert policy is not None
     vote = Vote(reviewer=event.actor, verdict="veto", reasons=event.reasons, round=record.reworks, at=now)
     feedback = (*record.feedback, vote)
+    if last_round(record):
+        new = msgspec.structs.replace(record, votes=(*record.votes, vote), slots=slots, feedback=feedback, updated=now)
+        held = len(vetoes(new))
+        if held < policy.reject_quorum:
+            # The last round: one veto is one opinion. The voter's slot opens for another
+            # reviewer; the round ends at the quorum's approvals or reject_quorum vetoes.
+            progress = f"vetoed by {held} of the {policy.reject_quorum} reviewers it takes to reject; asking another"
+            return msgspec.structs.replace(new, progress=progress)
+        return _past_bound(new, now, "; ".join(event.reasons))
     # A veto ends the round: every slot is released.
-    if record.reworks >= policy.max_reworks:
-        if policy.escalate_to is not None:
-            # Past the bound a person (or another authority) decides; its answer is final.
-            return msgspec.structs.replace(
-                record,
-                state="open",
-                capability=policy.escalate_to,
-                review=None,
-                owner=None,
-                ticket=None,
-                claim_timeout_s=policy.escalation_timeout_s,
-                votes=(*record.votes, vote),
-                slots=(),
-                feedback=feedback,
-                progress=f"escalated to {policy.escalate_to} after {record.reworks} reworks",
-                updated=now,
-            )
-        return _end(
-            msgspec.structs.replace(record, votes=(*record.votes, vote), slots=(), feedback=feedback),
-            now,
-            "failed",
-            reason="rejected",
-            error="; ".join(event.reasons),
-        )
     return msgspec.structs.replace(
         record,
         state="open",
@@ -363,6 +373,30 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
         feedback=feedback,
         progress="sent back for rework",
         updated=now,
+    )
+
+
+def _past_bound(record: TaskRecord, now: float, error: str) -> TaskRecord:
+    """The last round rejected the result (its vetoes already recorded): escalate, or
+    fail ``rejected``."""
+    policy = record.review
+    assert policy is not None
+    if policy.escalate_to is not None:
+        # Past the bound a person (or another authority) decides; its answer is final.
+        return msgspec.structs.replace(
+            record,
+            state="open",
+            capability=policy.escalate_to,
+            review=None,
+            owner=None,
+            ticket=None,
+            claim_timeout_s=policy.escalation_timeout_s,
+            slots=(),
+            progress=f"escalated to {policy.escalate_to} after {record.reworks} reworks",
+            updated=now,
+        )
+    return _end(
+        msgspec.structs.replace(record, slots=()), now, "failed", reason="rejected", error=error[:MAX_ERROR_CHARS]
     )
 
 
@@ -382,6 +416,11 @@ def _expire(record: TaskRecord, event: Expire, now: float) -> TaskRecord:
         raise _refuse(record, event, "no_agent only ends a task no agent holds")
     if record.state == "working":
         return _end(record, now, "failed", reason="no_agent", error=f"{record.owner} stopped answering")
+    if record.state == "review" and vetoes(record):
+        # A last round short of its reject quorum that no other reviewer takes up: the
+        # vetoes it has are all the judgment there will be.
+        said = (r for v in record.votes if v.verdict == "veto" and v.round == record.reworks for r in v.reasons)
+        return _past_bound(record, now, "; ".join(said))
     return _end(record, now, "failed", reason="no_agent", error=f"no agent took {record.capability!r}")
 
 

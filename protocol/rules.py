@@ -14,8 +14,8 @@ import msgspec
 
 from .errors import LocalProtocolError
 from .events import Claim, Expire, Reviewing
-from .limits import MAX_QUORUM, check_record_limits
-from .machine import free_slots, is_terminal, slot_of
+from .limits import MAX_QUORUM, MAX_VOTES, check_record_limits
+from .machine import free_slots, is_terminal, slot_of, vetoes
 from .names import (
     MAX_PRIORITY,
     capability_tokens,
@@ -164,6 +164,14 @@ def _validate_review(review: ReviewPolicy | None) -> None:
             raise LocalProtocolError(f"review quorum must be 1 to {MAX_QUORUM}, got {review.quorum}")
         if review.max_reworks < 0 or not review.escalation_timeout_s > 0:
             raise LocalProtocolError("review max_reworks must be >= 0 and escalation_timeout_s > 0")
+        if not 1 <= review.reject_quorum <= MAX_QUORUM:
+            raise LocalProtocolError(f"review reject_quorum must be 1 to {MAX_QUORUM}, got {review.reject_quorum}")
+        if review.quorum - 1 + review.reject_quorum > MAX_VOTES:
+            # The last round holds up to quorum - 1 approvals and reject_quorum vetoes.
+            raise LocalProtocolError(
+                f"review quorum + reject_quorum must be at most {MAX_VOTES + 1} (the votes one round may hold), "
+                f"got {review.quorum} + {review.reject_quorum}"
+            )
 
 
 # --- longest-prefix routing ------------------------------------------------------------
@@ -218,7 +226,8 @@ def work_items(old: TaskRecord | None, new: TaskRecord, revision: int) -> tuple[
     An item is made only when someone new must act: a task that becomes open to claim
     (created, sent back for rework, escalated) gets one work item on its capability's
     queue; a result that enters review gets one review item per slot of the quorum on
-    the reviewer capability's queue. Nothing else publishes an item: a hand-back
+    the reviewer capability's queue, and a veto of the last round that does not yet
+    reject it gets one more, for the slot its voter spent. Nothing else publishes an item: a hand-back
     (``release``) returns the owner's own item to the queue instead, and a lapsed
     owner's item comes back by itself. A clarification (a task on ``agent.<id>``) has
     no queue: the one party that can answer it finds it among the children of the
@@ -227,6 +236,25 @@ def work_items(old: TaskRecord | None, new: TaskRecord, revision: int) -> tuple[
         if is_clarification(new.capability):
             return ()
         return (WorkItem(task=new.id, capability=new.capability, revision=revision, record=new),)
+    if new.state == "review" and old is not None and old.state == "review" and old.reworks == new.reworks:
+        # A veto of the last round short of its reject quorum frees its voter's slot
+        # for another reviewer: one item for it, numbered by the vetoes so far.
+        assert new.review is not None
+        opened = len(vetoes(new)) - len(vetoes(old))
+        if opened <= 0:
+            return ()
+        slot = (len(vetoes(new)) - 1) % new.review.quorum
+        return (
+            WorkItem(
+                task=new.id,
+                kind="review",
+                capability=new.review.capability,
+                revision=revision,
+                round=new.reworks,
+                slot=slot,
+                record=new,
+            ),
+        )
     if new.state == "review" and (old is None or old.state != "review"):
         assert new.review is not None
         return tuple(

@@ -99,6 +99,10 @@ class ReviewPolicy(_Wire, frozen=True, kw_only=True):
     #: how long an escalated task waits to be taken (people are slower than agents):
     #: it becomes the escalated task's ``claim_timeout_s``
     escalation_timeout_s: EscalationTimeout = 3600.0
+    #: distinct vetoes that reject a result in the last round (``reworks == max_reworks``):
+    #: short of them the round goes on with another reviewer, so one noisy reviewer costs
+    #: a review, not the task. 1 is the rule of every other round: the first veto decides.
+    reject_quorum: Quorum = 1
 
 
 class Vote(_Wire, frozen=True, kw_only=True):

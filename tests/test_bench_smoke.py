@@ -29,6 +29,7 @@ BENCHMARKS = [
     "scale",
     "failover",
     "reliability",
+    "org",
     "chaos",
     "durability",
     "hotpath",

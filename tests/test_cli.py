@@ -203,6 +203,15 @@ def test_brief_new_then_check(tmp_path: Path) -> None:
         ('name = "a"\nserves = ["x"]\nkind = "nope"\n', "unknown kind 'nope'"),
         ('name = "a"\n', "missing required field `serves`"),
         ("name = \n", "not valid TOML"),
+        (
+            'name = "a"\nserves = ["x"]\n[review]\nquorum = 16\nreject_quorum = 16\n',
+            "field `review.reject_quorum`: 16 vetoes with quorum 16 is more votes than one round holds",
+        ),
+        (
+            'name = "a"\nserves = ["x"]\ndelegates = ["critique"]\n'
+            '[review_results]\ncapability = "critique"\nreject_quorum = 2\n',
+            "field `review_results.reject_quorum`: only a task's own review guarantees distinct reviewers",
+        ),
     ],
 )
 def test_invalid_briefs_name_file_field_and_fix(tmp_path: Path, content: str, expected: str) -> None:
@@ -226,6 +235,11 @@ def test_bad_values_are_one_line_errors_without_tracebacks(tmp_path: Path) -> No
         (("submit", "x", "y", "--data", f"@{tmp_path / 'missing.json'}"), "cannot read the file"),
         (("submit", "x", "y", "--review", "100"), "a review needs 1 to 16 approvals"),
         (("submit", "x", "y", "--review", "-1"), "a review needs 1 to 16 approvals"),
+        (("submit", "x", "y", "--reject-quorum", "2"), "--reject-quorum needs --review"),
+        (
+            ("submit", "x", "y", "--review", "1", "--reject-quorum", "0"),
+            "invalid reject quorum '0': a whole number from 1 to 16",
+        ),
         (("submit", "x", "y", "--deadline", "nan"), "duration must be positive"),
         (("submit", "x", "y", "--deadline", "inf"), "duration must be positive"),
         (("setup", "--retention-bytes", "lots"), "invalid size 'lots'"),
@@ -374,3 +388,12 @@ async def _connections(broker: Broker) -> list[Any]:
         return [SimpleNamespace(name=c.get("name")) for c in data.get("connections", [])]
 
     return await anyio.to_thread.run_sync(fetch)
+
+
+def test_mesh_bench_org_runs_a_quick_sweep_and_prints_measured_beside_arithmetic() -> None:
+    out = mesh("bench", "org", timeout=120).stdout
+    assert "accuracy (arithmetic)" in out
+    # every quick cell, one row each: the policies and the correlated cell
+    rows = [line for line in out.splitlines() if line.startswith(("targets", "rho"))]
+    assert [r.split("  ")[0] for r in rows] == ["targets", "targets", "targets", "rho"], out
+    assert any("k=1, r=2" in r for r in rows), out

@@ -238,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--review", type=_quorum, default=0, metavar="N", help="require N approvals from `review` agents (1 to 16)"
     )
     p.add_argument("--reviewer", default="review", help="reviewer capability (default: review)")
+    p.add_argument(
+        "--reject-quorum",
+        type=_whole("reject quorum", 1, 16),
+        default=None,
+        metavar="R",
+        help="with --review: in the last review round only R distinct vetoes reject the result, 1 to 16 "
+        "(default 1: the first veto does)",
+    )
     p.add_argument("--deadline", type=parse_duration, default=None, help="deadline, e.g. 30s or 5m")
     p.add_argument(
         "--hops", type=_whole("hops", 0, 100), default=8, help="hop limit for handoffs, 0 to 100 (default 8)"
@@ -349,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     _server(x)
 
     sub.add_parser("kinds", help="list the agent kinds: built-in and published by installed packages")
+
+    p = sub.add_parser("bench", help="run a benchmark of this checkout through a real mesh (docs/BENCHMARKS.md)")
+    bsub = p.add_subparsers(dest="bench_command")
+    o = bsub.add_parser(
+        "org",
+        help="noisy workers and reviewers under review policies: accuracy, losses and cost beside the arithmetic "
+        "(docs/ORGANIZATIONS.md)",
+    )
+    o.add_argument(
+        "--full",
+        action="store_true",
+        help="the full sweep behind docs/BENCHMARKS.md (about 10 minutes on 2 cores; writes bench/results/org.json); "
+        "default: a quick sweep of a few tasks per cell (seconds; figures not meaningful)",
+    )
 
     p = sub.add_parser(
         "keys",

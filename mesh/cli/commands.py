@@ -99,11 +99,14 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "auth": cmd_auth,
         "mcp": cmd_mcp,
         "a2a": cmd_a2a,
+        "bench": cmd_bench,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
     if args.command == "a2a" and args.a2a_command is None:
         parser.parse_args(["a2a", "--help"])
+    if args.command == "bench" and args.bench_command is None:
+        parser.parse_args(["bench", "--help"])
     if args.command == "keys" and args.keys_command is None:
         parser.parse_args(["keys", "--help"])
     if args.command == "auth" and args.auth_command is None:
@@ -482,7 +485,7 @@ def _port_free(port: int) -> bool:
 def cmd_submit(args: argparse.Namespace) -> int:
     import msgspec
 
-    from protocol import ReviewPolicy
+    from protocol import MAX_VOTES, ReviewPolicy
 
     from . import render
 
@@ -503,7 +506,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise UserError("--data is nested too deeply to read; pass a flatter JSON value") from None
         except ValueError as exc:  # an integer of more digits than Python converts (4300)
             raise UserError(f"--data: {exc}") from None
-    review = ReviewPolicy(quorum=args.review, capability=args.reviewer) if args.review else None
+    if args.reject_quorum is not None and not args.review:
+        raise UserError("--reject-quorum needs --review N: it is a rule of the review's last round")
+    if args.review and args.review - 1 + (args.reject_quorum or 1) > MAX_VOTES:
+        raise UserError(
+            f"--review {args.review} with --reject-quorum {args.reject_quorum} is more votes than one round holds; "
+            f"keep the two at most {MAX_VOTES + 1} together"
+        )
+    review = (
+        ReviewPolicy(quorum=args.review, capability=args.reviewer, reject_quorum=args.reject_quorum or 1)
+        if args.review
+        else None
+    )
 
     async def submit() -> int:
         mesh = await _mesh(args)
@@ -672,6 +686,35 @@ def _check_kind(brief: Any) -> None:
     from ..kinds import make_worker
 
     make_worker(brief)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``python -m bench.run --only org`` in the checkout this mesh runs from, then
+    print its cells: measured beside the arithmetic."""
+    import subprocess
+    import tempfile
+
+    from . import render
+
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "bench" / "org.py").is_file():
+        raise UserError(
+            "the benchmarks are not installed with the package: run `mesh bench` from a checkout of agent-mesh "
+            "installed with `pip install -e '.[dev,bench]'`"
+        )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        results = repo / "bench" / "results" if args.full else Path(tmp)
+        cmd = [sys.executable, "-m", "bench.run", "--only", "org", "--no-report", "--results", str(results)]
+        code = subprocess.run([*cmd, *([] if args.full else ["--quick"])], cwd=repo, env=env).returncode
+        found = results / "org.json"
+        if code != 0 or not found.is_file():
+            raise UserError(f"the org benchmark failed (exit {code}); its output is above")
+        run = json.loads(found.read_text())
+    print(render.org_cells(run["result"]))
+    if args.full:
+        print(f"wrote {found}; rewrite docs/BENCHMARKS.md with: python -m bench.run --report-only")
+    return 0
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:

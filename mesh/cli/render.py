@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from protocol import AgentCard, TaskEvent, TaskRecord
+from protocol import AgentCard, TaskEvent, TaskRecord, approvals, vetoes
 
-__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view"]
+__all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view", "org_cells"]
 
 
 def _short(value: Any, width: int = 80) -> str:
@@ -63,7 +63,12 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
         took = f"{(r.updated - r.created) * 1000:.0f} ms"
         reason = f" ({r.reason}: {_short(r.error, 50)})" if r.reason else ""
         owner = f" owner {r.author or r.owner} epoch {r.epoch}" if (r.author or r.owner) else ""
-        review = f" review {len(r.votes)}/{r.review.quorum}" if r.review else ""
+        review = ""
+        if r.review:
+            # approvals toward the quorum; a last round also counts its vetoes toward reject_quorum
+            review = f" review {len(approvals(r))}/{r.review.quorum}"
+            if vetoes(r) and r.review.reject_quorum > 1:
+                review += f", vetoes {len(vetoes(r))}/{r.review.reject_quorum}"
         lines.append(
             f"{'  ' * depth}{r.id} [{r.capability}] {r.state}{reason}{owner} attempts {r.attempts}{review} {took}"
         )
@@ -175,3 +180,39 @@ def top_view(snap: Any) -> str:
             summary,
         ]
     )
+
+
+def org_cells(result: dict[str, Any]) -> str:
+    """The org benchmark's cells (bench/org.py's result): measured beside the arithmetic."""
+    rows = []
+    for c in result["cells"]:
+        got, want = c["pooled"], c["predicted"]
+        rows.append(
+            (
+                c["group"],
+                f"{c['p']:g}/{c['q']:g}/{c['f']:g}",
+                f"{c['rho']:g}",
+                c["policy"],
+                str(c["n"]),
+                f"{got['accuracy']:.2%} ({want['accuracy']:.2%})",
+                f"{got['wrong_accepted']:.2%} ({want['wrong_accepted']:.2%})",
+                f"{got['right_lost']:.2%} ({want['right_lost']:.2%})",
+                f"{got['attempts']:.2f} ({want['attempts']:.2f})",
+                f"{got['reviews']:.2f} ({want['reviews']:.2f})",
+                f"{c['p50_ms']['median']:.0f}",
+            )
+        )
+    header = (
+        "cell",
+        "p/q/f",
+        "rho",
+        "policy",
+        "tasks",
+        "accuracy (arithmetic)",
+        "wrong accepted",
+        "right lost",
+        "attempts",
+        "reviews",
+        "p50 ms",
+    )
+    return _table("measured (independent-error arithmetic, mixed with shared draws by rho)", header, rows)
