@@ -60,6 +60,8 @@ __all__ = [
     "verify",
     "stamp",
     "check_write",
+    "check_alone",
+    "parties",
     "IMMUTABLE_FIELDS",
 ]
 
@@ -288,6 +290,10 @@ def check_write(
     for name in IMMUTABLE_FIELDS + (() if escalated else _ESCALATION_FIELDS):
         if getattr(new, name) != getattr(prev, name):
             raise refuse(f"{name} changed")
+    if new.state == "failed" and new.reason == "error" and (signer in parties(prev) or signer in operators):
+        # A party's end of a task whose record it cannot trust (PROTOCOL.md 6.15, 6.21):
+        # written from its own copy, which may be older than the record it replaces.
+        return
     if new.epoch < prev.epoch:
         raise refuse(f"the epoch went back from {prev.epoch} to {new.epoch} (an old revision replayed?)")
     if new.epoch > prev.epoch + 1:
@@ -397,3 +403,29 @@ def _anyone_may_end(prev: TaskRecord, new: TaskRecord) -> bool:
     if new.reason == "no_agent":
         return not (prev.state == "working" and prev.ticket is not None)
     return new.reason == "error" and new.lapses == prev.lapses + 1
+
+
+def parties(record: TaskRecord) -> frozenset[str]:
+    """The keys a record names: its requester, owner and author, its voters and its
+    review slots' holders."""
+    keys = {record.requester_key, record.owner_key, record.author_key}
+    keys.update(v.key for v in (*record.votes, *record.feedback))
+    keys.update(s.key for s in record.slots)
+    return frozenset(k for k in keys if k is not None)
+
+
+def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset()) -> None:
+    """What a reader that does not hold the previous revision can check (it joined late,
+    or the task was not in the bucket): the signer is a party the record itself names
+    (a cancel: its requester or an operator), or the write is an end any party may
+    judge (deadline passed, nobody to act, owner lost too often). :class:`Forged` if not."""
+    if new.state == "cancelled":
+        if signer != new.requester_key and signer not in operators:
+            raise Forged(f"only the requester ({new.requester}) or an operator cancels", signer=signer)
+        return
+    if new.state == "failed" and (
+        new.reason in ("deadline", "no_agent") or (new.reason == "error" and new.lapses >= new.max_lapses)
+    ):
+        return
+    if signer not in parties(new) and signer not in operators:
+        raise Forged("the signer is not a party of the task", signer=signer)
