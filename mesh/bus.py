@@ -71,6 +71,7 @@ from protocol import (
     end_unreadable,
     event_kind,
     is_terminal,
+    parties,
     task_event,
     trace_id,
     trail_gap,
@@ -870,7 +871,7 @@ class Bus:
             await self.report(f"task {task_id}: revision {revision}: {exc}", key=key)
             log.warning("forged record write", task=task_id, revision=revision, signer=exc.signer, why=exc.why)
             if link is not None and not is_terminal(link.record):
-                return link.record, revision
+                return link.record, await self._restore(link.record, revision, link.digest)
             raise ForgedRecord(
                 f"task {task_id}: {exc}",
                 task_id=task_id,
@@ -882,6 +883,21 @@ class Bus:
             raise CorruptRecord(
                 f"task {task_id}: unreadable record ({exc})", task_id=task_id, revision=revision, prev=digest(value)
             ) from None
+
+    async def _restore(self, record: TaskRecord, forged: int, prev: str) -> int:
+        """Write the last valid revision of a task back over a forged one, if this party
+        is one of the task's (PROTOCOL.md 6.21): nobody then meets the forgery again.
+        Returns the revision to carry on from (the forged one if another party wrote
+        first: its write is verified in turn when read)."""
+        signer = self.trust.signer
+        if signer is None or signer.public_key not in parties(record):
+            return forged
+        try:
+            return await self._compare_and_set(
+                self.names.task_key(record.id), encode(record), forged, finished=False, prev=prev, record=record
+            )
+        except (Conflict, Unavailable):
+            return forged
 
     def stamp_new(self, record: TaskRecord) -> TaskRecord:
         """A new task's record as this party submits it: with its key as the

@@ -236,9 +236,9 @@ def stamp(prev: TaskRecord | None, new: TaskRecord, signer: str) -> TaskRecord:
         changes["requester_key"] = signer
     if new.epoch > (prev.epoch if prev is not None else 0) and new.owner_key != signer:
         changes["owner_key"] = signer
-    if new.author is not None and (prev is None or new.author != prev.author or new.result != prev.result):
-        if new.state in ("review", "done") and (prev is None or prev.state == "working"):
-            changes["author_key"] = signer
+    finished = new.state in ("review", "done") and (prev is None or prev.state in ("open", "working"))
+    if finished and new.author is not None and new.author_key != signer:
+        changes["author_key"] = signer
     if any(v.key is None for v in new.votes) or any(v.key is None for v in new.feedback):
         old = set(prev.votes) | set(prev.feedback) if prev is not None else set()
         mine = {v for v in (*new.votes, *new.feedback) if v.key is None and v not in old}
@@ -276,11 +276,18 @@ def check_write(
     def refuse(why: str) -> Forged:
         return Forged(why, signer=signer)
 
+    _check_intrinsic(new, refuse)
     if prev is None:
         _check_first(new, signer, operators, refuse)
         return
     if prev.state in TERMINAL_STATES:
         raise refuse(f"the task had already ended ({prev.state})")
+    if new == prev:
+        # A restore: a party writes the last valid revision back over a forged one
+        # (PROTOCOL.md 6.21). It changes nothing, so any party may.
+        if signer in parties(prev) or signer in operators:
+            return
+        raise refuse("a restore by a key that is no party of the task")
     escalated = (
         prev.state == "review"
         and prev.review is not None
@@ -418,7 +425,9 @@ def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = fro
     """What a reader that does not hold the previous revision can check (it joined late,
     or the task was not in the bucket): the signer is a party the record itself names
     (a cancel: its requester or an operator), or the write is an end any party may
-    judge (deadline passed, nobody to act, owner lost too often). :class:`Forged` if not."""
+    judge (deadline passed, nobody to act, owner lost too often); and the record is
+    consistent with its own keys (:func:`_check_intrinsic`). :class:`Forged` if not."""
+    _check_intrinsic(new, lambda why: Forged(why, signer=signer))
     if new.state == "cancelled":
         if signer != new.requester_key and signer not in operators:
             raise Forged(f"only the requester ({new.requester}) or an operator cancels", signer=signer)
@@ -429,3 +438,21 @@ def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = fro
         return
     if signer not in parties(new) and signer not in operators:
         raise Forged("the signer is not a party of the task", signer=signer)
+
+
+def _check_intrinsic(record: TaskRecord, refuse: _Refuse) -> None:
+    """What a record must show whoever wrote it: no vote by its author's key, one vote
+    a key a round, a result by its owner's key, and a review passed only by enough
+    distinct non-author keys."""
+    current = [v for v in record.votes if v.round == record.reworks]
+    keys = [v.key for v in current if v.key is not None]
+    if record.author_key is not None and record.author_key in keys:
+        raise refuse("the author's key voted on its own result")
+    if len(keys) != len(set(keys)):
+        raise refuse("one key voted twice in a round (under several names)")
+    if record.state in ("review", "done") and record.author_key is not None and record.author_key != record.owner_key:
+        raise refuse("the result's author key is not the owner's")
+    if record.state == "done" and record.review is not None and record.author_key is not None:
+        approving = {v.key for v in current if v.verdict == "approve" and v.key is not None}
+        if len(approving) < record.review.quorum:
+            raise refuse(f"done with {len(approving)} signed approvals of {record.review.quorum}")
