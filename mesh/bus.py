@@ -172,7 +172,7 @@ class CorruptRecord(MeshError, RemoteProtocolError):
 
 
 class ForgedRecord(CorruptRecord):
-    """A task's stored record fails verification (PROTOCOL.md 6.21): its signature, or
+    """A task's stored record fails verification (PROTOCOL.md 6.23): its signature, or
     its signer's right to make that transition. It is never acted on; a party holding
     no valid copy of the task ends it like an unreadable one."""
 
@@ -690,7 +690,7 @@ class Bus:
         self._reports = _ReportBudget()
         #: bad input this process met and refused, reported or held back (an agent's card shows it)
         self.refused = 0
-        #: signs this process's record writes and verifies what it reads (PROTOCOL.md 6.21)
+        #: signs this process's record writes and verifies what it reads (PROTOCOL.md 6.23)
         self.trust = trust or Trust()
 
     @classmethod
@@ -858,7 +858,7 @@ class Bus:
         self, task_id: str, revision: int, value: bytes, headers: dict[str, str] | None
     ) -> tuple[TaskRecord, int]:
         """A stored write of a task's record, once decoded and verified (PROTOCOL.md
-        6.21). A forged write is reported with its signer and never returned: a party
+        6.23). A forged write is reported with its signer and never returned: a party
         that holds the task's last valid revision carries on from it (its next write
         replaces the forged one, by compare-and-set on ``revision``); one that holds
         none gets :class:`ForgedRecord`, and ends the task as an unreadable one."""
@@ -886,7 +886,7 @@ class Bus:
 
     async def _restore(self, record: TaskRecord, forged: int, prev: str) -> int:
         """Write the last valid revision of a task back over a forged one, if this party
-        is one of the task's (PROTOCOL.md 6.21): nobody then meets the forgery again.
+        is one of the task's (PROTOCOL.md 6.23): nobody then meets the forgery again.
         Returns the revision to carry on from (the forged one if another party wrote
         first: its write is verified in turn when read)."""
         signer = self.trust.signer

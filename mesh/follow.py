@@ -97,7 +97,7 @@ async def _follow(
         fresh: tuple[TaskRecord, int] | None = None
         if write is not None:
             try:
-                # Verified before it is used (PROTOCOL.md 6.21); a forged write gives our
+                # Verified before it is used (PROTOCOL.md 6.23); a forged write gives our
                 # last valid copy back, at the forged revision our next write replaces.
                 fresh = await bus.admit(task_id, write[0], write[1], write[2])
             except RemoteProtocolError:

@@ -1,4 +1,4 @@
-"""This process's side of signed record writes (PROTOCOL.md 6.21): it signs every task
+"""This process's side of signed record writes (PROTOCOL.md 6.23): it signs every task
 record it writes, and verifies every record it reads before anyone acts on it.
 
 Each reader verifies each revision once: the last verified revision of every task it

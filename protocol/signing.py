@@ -1,4 +1,4 @@
-"""Signed record writes (PROTOCOL.md 6.21): who wrote each revision of a task, and
+"""Signed record writes (PROTOCOL.md 6.23): who wrote each revision of a task, and
 whether that write was theirs to make.
 
 Every write of a task record carries three headers: ``Mesh-Signer`` (the writer's nkey
@@ -16,7 +16,7 @@ A valid signature says who wrote; :func:`check_write` says whether they could: t
 a record carries (``requester_key``, ``owner_key`` set by a claim, ``author_key`` set by a
 finish, each vote's and review slot's ``key``) name who may make each transition, and the
 transition itself must be one :data:`protocol.machine.TRANSITIONS` allows. A write that
-fails either check is :class:`Forged`: never acted on (PROTOCOL.md 6.21 says what a party
+fails either check is :class:`Forged`: never acted on (PROTOCOL.md 6.23 says what a party
 does instead).
 
 Pure functions: keys are passed in, the crypto is PyNaCl's (ed25519), nkeys only
@@ -284,7 +284,7 @@ def check_write(
         raise refuse(f"the task had already ended ({prev.state})")
     if new == prev:
         # A restore: a party writes the last valid revision back over a forged one
-        # (PROTOCOL.md 6.21). It changes nothing, so any party may.
+        # (PROTOCOL.md 6.23). It changes nothing, so any party may.
         if signer in parties(prev) or signer in operators:
             return
         raise refuse("a restore by a key that is no party of the task")
@@ -298,7 +298,7 @@ def check_write(
         if getattr(new, name) != getattr(prev, name):
             raise refuse(f"{name} changed")
     if new.state == "failed" and new.reason == "error" and (signer in parties(prev) or signer in operators):
-        # A party's end of a task whose record it cannot trust (PROTOCOL.md 6.15, 6.21):
+        # A party's end of a task whose record it cannot trust (PROTOCOL.md 6.15, 6.23):
         # written from its own copy, which may be older than the record it replaces.
         return
     if new.epoch < prev.epoch:

@@ -1,4 +1,4 @@
-"""Signed transitions, verified by every reader (issue 14 item 3, PROTOCOL.md 6.21): the
+"""Signed transitions, verified by every reader (issue 14 item 3, PROTOCOL.md 6.23): the
 attacks the broker's permissions cannot stop, because they are writes a key may make to
 a task record it may write, each attempted against a real nats-server run with
 authorization and refused by verification; honest agents go on working through them.

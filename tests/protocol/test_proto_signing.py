@@ -1,4 +1,4 @@
-"""Signed record writes (protocol/signing.py, PROTOCOL.md 6.21): the published vectors
+"""Signed record writes (protocol/signing.py, PROTOCOL.md 6.23): the published vectors
 hold when checked the way another language would (PyNaCl and hashlib directly, from
 the vector's bytes alone); tampering with any byte of a signed write fails it; and
 check_write gives each vector's verdict."""
