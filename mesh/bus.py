@@ -877,7 +877,7 @@ class Bus:
                 task_id=task_id,
                 revision=revision,
                 signer=exc.signer,
-                prev=link.digest if link is not None else "",
+                prev=digest(value),
             ) from None
         except RemoteProtocolError as exc:
             raise CorruptRecord(
