@@ -279,6 +279,12 @@ async def test_truncated_or_garbled_signatures_are_refused(
         except nats.js.errors.BadRequestError:
             continue  # lost a race with alice's own write: try again on the new revision
     await reported(reports, mallory.key.public_key)
+    # A write with no signature at all (a peer without keys, or one that strips them).
+    record, revision, _, _ = await mallory.current(task.id)
+    await mallory.put(
+        task.id, encode(msgspec.structs.replace(record, progress="unsigned")), revision, prev="", headers={}
+    )
+    await reported(reports, "nobody", "unsigned write")
     await finishes_honestly(carol, task)
     await carol.close()
 
