@@ -107,10 +107,10 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
     }
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+def main(quick: bool = False, sizes: dict[str, int] | None = None) -> dict[str, Any]:
     from mesh.identity import ensure_keys
 
-    sizes = (
+    sizes = sizes or (
         {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16}
         if quick
         else {"warmup": 20, "blocks": 20, "sequential": 100, "concurrent": 500, "inflight": 64}

@@ -55,6 +55,7 @@ from protocol import (
     AgentCard,
     ErrorReport,
     Event,
+    Forged,
     Names,
     ProtocolError,
     RemoteProtocolError,
@@ -64,12 +65,13 @@ from protocol import (
     apply,
     decode_card,
     decode_event,
-    decode_record,
     decode_work_item,
+    digest,
     encode,
     end_unreadable,
     event_kind,
     is_terminal,
+    parties,
     task_event,
     trace_id,
     trail_gap,
@@ -80,6 +82,7 @@ from protocol import (
 from . import identity
 from .retry import Backoff, retry
 from .settings import Settings, client_tls
+from .trust import Trust, load_trust
 
 __all__ = [
     "MeshError",
@@ -88,6 +91,7 @@ __all__ = [
     "Unreachable",
     "Unavailable",
     "CorruptRecord",
+    "ForgedRecord",
     "Refused",
     "BrokerError",
     "NotADelivery",
@@ -159,10 +163,22 @@ class CorruptRecord(MeshError, RemoteProtocolError):
     of the task end it (:meth:`Bus.end_unreadable`); ``revision`` is the unreadable
     one, which that write replaces."""
 
-    def __init__(self, message: str, *, task_id: str, revision: int) -> None:
+    def __init__(self, message: str, *, task_id: str, revision: int, prev: str = "") -> None:
         super().__init__(message)
         self.task_id = task_id
         self.revision = revision
+        #: ``Mesh-Prev`` of a write replacing it (the digest of the last valid revision)
+        self.prev = prev
+
+
+class ForgedRecord(CorruptRecord):
+    """A task's stored record fails verification (PROTOCOL.md 6.23): its signature, or
+    its signer's right to make that transition. It is never acted on; a party holding
+    no valid copy of the task ends it like an unreadable one."""
+
+    def __init__(self, message: str, *, task_id: str, revision: int, signer: str | None, prev: str = "") -> None:
+        super().__init__(message, task_id=task_id, revision=revision, prev=prev)
+        self.signer = signer
 
 
 class Reconnects:
@@ -480,18 +496,19 @@ class Follow:
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc
-        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[int, bytes, dict[str, str]]] = collections.deque()
         self._arrived = anyio.Event()
 
     async def _on_msg(self, msg: Msg) -> None:
-        revision = (msg.headers or {}).get("Nats-Sequence", "")
+        headers = msg.headers or {}
+        revision = headers.get("Nats-Sequence", "")
         if msg.data and revision.isdigit():  # else not a republished write (or a deletion)
-            self._queue.append((int(revision), msg.data))
+            self._queue.append((int(revision), msg.data, headers))
             self._arrived.set()
 
-    async def next(self, timeout: float) -> tuple[int, bytes] | None:
-        """The next write (revision, record bytes), or None after ``timeout`` seconds
-        without one."""
+    async def next(self, timeout: float) -> tuple[int, bytes, dict[str, str]] | None:
+        """The next write (revision, record bytes, headers: :meth:`Bus.admit` verifies
+        it), or None after ``timeout`` seconds without one."""
         if not self._queue:
             if self._nc.is_closed:
                 raise Unavailable("following a task: the connection to the broker is closed")
@@ -648,7 +665,15 @@ class QueueInfo:
 class Bus:
     """A connection plus the mesh's buckets, streams and queues."""
 
-    def __init__(self, nc: Client, names: Names, *, agent: str, reconnects: Reconnects | None = None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        names: Names,
+        *,
+        agent: str,
+        reconnects: Reconnects | None = None,
+        trust: Trust | None = None,
+    ) -> None:
         #: the raw connection: no module of the runtime but this one uses it (tests and
         #: benchmarks that speak NATS themselves, e.g. to send bad input, do)
         self.nc = nc
@@ -665,6 +690,8 @@ class Bus:
         self._reports = _ReportBudget()
         #: bad input this process met and refused, reported or held back (an agent's card shows it)
         self.refused = 0
+        #: signs this process's record writes and verifies what it reads (PROTOCOL.md 6.23)
+        self.trust = trust or Trust()
 
     @classmethod
     async def connect(
@@ -675,8 +702,9 @@ class Bus:
         settings = settings or Settings.from_env()  # a bad setting is said before connecting
         tls = tls or client_tls(settings.tls_ca)
         reconnects = Reconnects()
+        trust = load_trust(settings.nkey)
         nc = await connect(url, name=agent, reconnects=reconnects, tls=tls, nkey=settings.nkey)
-        bus = cls(nc, names, agent=agent, reconnects=reconnects)
+        bus = cls(nc, names, agent=agent, reconnects=reconnects, trust=trust)
         try:
             try:
                 with translate_errors("setting up the mesh's buckets and streams"):
@@ -815,16 +843,66 @@ class Bus:
         that does not decode raises :class:`CorruptRecord` (the caller reports it, and a
         party of the task ends it with :meth:`end_unreadable`)."""
         key = self.names.task_key(task_id)
+        subject = f"$KV.{self.names.tasks_bucket}.{key}"
         with translate_errors(f"task {task_id}"):
-            entry = await self.tasks.get(key)
-        if entry.value is None or entry.operation is not None:
+            try:
+                msg = await self.js.get_last_msg(f"KV_{self.names.tasks_bucket}", subject, direct=True)
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"task {task_id}") from None
+        headers = msg.headers or {}
+        if not msg.data or headers.get("KV-Operation") in ("DEL", "PURGE") or msg.subject != subject:
             raise NotFound(f"task {task_id}")
+        return await self.admit(task_id, msg.seq or 0, msg.data, headers)
+
+    async def admit(
+        self, task_id: str, revision: int, value: bytes, headers: dict[str, str] | None
+    ) -> tuple[TaskRecord, int]:
+        """A stored write of a task's record, once decoded and verified (PROTOCOL.md
+        6.23). A forged write is reported with its signer and never returned: a party
+        that holds the task's last valid revision carries on from it (its next write
+        replaces the forged one, by compare-and-set on ``revision``); one that holds
+        none gets :class:`ForgedRecord`, and ends the task as an unreadable one."""
+        key = self.names.task_key(task_id)
         try:
-            return decode_record(entry.value), entry.revision or 0
+            return self.trust.admit(task_id, key, revision, value, headers), revision
+        except Forged as exc:
+            link = self.trust.last(task_id)
+            self.refused += 1
+            await self.report(f"task {task_id}: revision {revision}: {exc}", key=key)
+            log.warning("forged record write", task=task_id, revision=revision, signer=exc.signer, why=exc.why)
+            if link is not None and not is_terminal(link.record):
+                return link.record, await self._restore(link.record, revision, link.digest)
+            raise ForgedRecord(
+                f"task {task_id}: {exc}",
+                task_id=task_id,
+                revision=revision,
+                signer=exc.signer,
+                prev=digest(value),
+            ) from None
         except RemoteProtocolError as exc:
             raise CorruptRecord(
-                f"task {task_id}: unreadable record ({exc})", task_id=task_id, revision=entry.revision or 0
+                f"task {task_id}: unreadable record ({exc})", task_id=task_id, revision=revision, prev=digest(value)
             ) from None
+
+    async def _restore(self, record: TaskRecord, forged: int, prev: str) -> int:
+        """Write the last valid revision of a task back over a forged one, if this party
+        is one of the task's (PROTOCOL.md 6.23): nobody then meets the forgery again.
+        Returns the revision to carry on from (the forged one if another party wrote
+        first: its write is verified in turn when read)."""
+        signer = self.trust.signer
+        if signer is None or signer.public_key not in parties(record):
+            return forged
+        try:
+            return await self._compare_and_set(
+                self.names.task_key(record.id), encode(record), forged, finished=False, prev=prev, record=record
+            )
+        except (Conflict, Unavailable):
+            return forged
+
+    def stamp_new(self, record: TaskRecord) -> TaskRecord:
+        """A new task's record as this party submits it: with its key as the
+        requester's (the key that may cancel it), when it has one."""
+        return self.trust.stamp(None, record)
 
     async def read_any(self, task_id: str, *, root: str | None = None) -> tuple[TaskRecord, int]:
         """The record wherever it is: in the live bucket (with its revision), else as
@@ -889,8 +967,12 @@ class Bus:
                 )
         ended = end_unreadable(copy, why=str(error), now=time.time())
         key = self.names.task_key(task_id)
+        link = self.trust.last(task_id)
+        prev = link.digest if link is not None and link.record == copy else error.prev
         try:
-            revision = await self._compare_and_set(key, encode(ended), error.revision, finished=True)
+            revision = await self._compare_and_set(
+                key, encode(ended), error.revision, finished=True, prev=prev, record=ended
+            )
         except Conflict:
             return await self.read(task_id)  # someone else wrote first: theirs stands
         await self.publish_event(
@@ -958,10 +1040,13 @@ class Bus:
         claims, cancels or expires it: its work item carries it (revision 0)."""
         if record.epoch != 0 or record.state not in ("open", "failed"):
             raise MeshError(f"task {record.id}: a new task is open (or refused at birth, failed)")
+        record = self.stamp_new(record)
         if record.state == "failed":
             # Refused at birth (a child past the hop limit, a loop): on record at once,
             # so its parent and `mesh trace` read the refusal like any outcome.
-            revision = await self._compare_and_set(self.names.task_key(record.id), encode(record), 0, finished=True)
+            revision = await self._compare_and_set(
+                self.names.task_key(record.id), encode(record), 0, finished=True, record=record
+            )
             return await self.announce(None, record, revision, ())
         return await self.announce(None, record, 0, ())
 
@@ -986,9 +1071,13 @@ class Bus:
         new = old
         for e in events:
             new = apply(new, e, at)
+        new = self.trust.stamp(old, new)
         key = self.names.task_key(old.id)
+        prev = self.trust.prev_digest(old, revision, encode(old) if self.trust.signed and revision else None)
         try:
-            new_revision = await self._compare_and_set(key, encode(new), revision, finished=is_terminal(new))
+            new_revision = await self._compare_and_set(
+                key, encode(new), revision, finished=is_terminal(new), prev=prev, record=new
+            )
         except Unavailable:
             # The ack is lost, not necessarily the write: if the record now is exactly
             # what we wrote, it landed.
@@ -1001,11 +1090,21 @@ class Bus:
             new_revision = fresh_revision
         return new, new_revision, await self.announce(old, new, new_revision, events, revision_before=revision)
 
-    async def _compare_and_set(self, key: str, data: bytes, revision: int, *, finished: bool) -> int:
+    async def _compare_and_set(
+        self,
+        key: str,
+        data: bytes,
+        revision: int,
+        *,
+        finished: bool,
+        prev: str = "",
+        record: TaskRecord | None = None,
+    ) -> int:
         """Write ``key`` if its revision is ``revision`` (0: if it does not exist). A
         write that ends a task carries the bucket's finished-record TTL: the record
-        leaves the live bucket by itself (its terminal event keeps it)."""
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        leaves the live bucket by itself (its terminal event keeps it). With an
+        identity the write is signed over ``prev``, the digest of the value it replaces."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), **self.trust.headers(key, prev, data)}
         with translate_errors(f"{key} changed since revision {revision}"):
             ack = await self.js.publish(
                 f"$KV.{self.names.tasks_bucket}.{key}",
@@ -1013,6 +1112,8 @@ class Bus:
                 headers=headers,
                 msg_ttl=self.settings.finished_ttl_s if finished else None,
             )
+        if record is not None:
+            self.trust.wrote(record.id, int(ack.seq), data, record)
         return int(ack.seq)
 
     async def announce(

@@ -127,6 +127,7 @@ class Mesh:
             claim_timeout_s=claim_timeout_s,
             task_id=task_id,
         )
+        record = self.bus.stamp_new(record)
         await self.bus.create(record)
         return record
 

@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from protocol import RemoteProtocolError, TaskRecord, TransitionError, decode_record, is_terminal, judge_waiting
+from protocol import RemoteProtocolError, TaskRecord, TransitionError, is_terminal, judge_waiting
 
 from .bus import Bus, Conflict, CorruptRecord, Follow, NotFound, Unavailable
 
@@ -62,6 +62,7 @@ async def create_and_wait(
     item and "created" event come back while the task is worked; they are awaited
     before returning, however the wait ends, so a caller that exits at once loses
     nothing."""
+    record = bus.stamp_new(record)
     async with bus.follow(record.id) as writes:
         announced = await bus.create_and_announce(record)
         try:
@@ -96,7 +97,9 @@ async def _follow(
         fresh: tuple[TaskRecord, int] | None = None
         if write is not None:
             try:
-                fresh = (decode_record(write[1]), write[0])
+                # Verified before it is used (PROTOCOL.md 6.23); a forged write gives our
+                # last valid copy back, at the forged revision our next write replaces.
+                fresh = await bus.admit(task_id, write[0], write[1], write[2])
             except RemoteProtocolError:
                 fresh = None  # not a record we can use: read the bucket instead
                 read_at = 0.0

@@ -112,6 +112,9 @@ class Vote(_Wire, frozen=True, kw_only=True):
     #: the rework round the vote was cast in (``TaskRecord.reworks`` at the time)
     round: Reworks = 0
     at: float = 0.0
+    #: the voter's public key (nkey ``U...``): the one that signed the write casting this
+    #: vote (protocol.signing); one key votes once a round, whatever name it gives
+    key: str | None = None
 
 
 class ReviewSlot(_Wire, frozen=True, kw_only=True):
@@ -128,6 +131,8 @@ class ReviewSlot(_Wire, frozen=True, kw_only=True):
     ticket: NonNegInt | None = None
     #: wall-clock time the slot was taken; shown only
     since: float = 0.0
+    #: the holder's public key: the one that signed the write taking the slot
+    key: str | None = None
 
 
 class Budget(_Wire, frozen=True, kw_only=True):
@@ -160,8 +165,14 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     #: expertise tags (shown with the task and in agents' cards; no allocation rule reads them)
     tags: Annotated[tuple[Tag, ...], msgspec.Meta(max_length=L.MAX_TAGS)] = ()
     requester: str
+    #: the requester's public key (nkey ``U...``), recorded at submission: the key that
+    #: may cancel the task (with operators'). None in a mesh without identities
+    requester_key: str | None = None
     state: State = "open"
     owner: str | None = None
+    #: the owner's public key, recorded by its claim (the key that signed it): the key
+    #: that may write the owner's transitions at this epoch
+    owner_key: str | None = None
     #: fencing token: grows by one on every claim
     epoch: NonNegInt = 0
     #: number of claims so far
@@ -205,6 +216,8 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     result: Any = None
     #: who produced ``result`` (excluded from reviewing it)
     author: str | None = None
+    #: the author's public key: no vote signed by it counts
+    author_key: str | None = None
     reason: Reason | None = None
     error: ErrorText = ""
     #: how long a waiting party lets the task sit unchanged while nobody can act on it

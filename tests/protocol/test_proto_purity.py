@@ -15,7 +15,10 @@ PACKAGE = Path(protocol.__file__).parent
 FORBIDDEN = ("nats", "anyio", "litellm", "structlog", "asyncio", "socket", "mesh", "agents", "tools")
 #: File and console I/O: the spec generator that needs them lives in tools/, outside the package.
 NO_FILE_IO = ("argparse", "pathlib", "io", "os", "shutil", "tempfile", "glob", "subprocess")
-ALLOWED_THIRD_PARTY = {"msgspec"}
+#: PyNaCl and nkeys: signing (protocol/signing.py) is part of the protocol; both are pure
+#: computation (ed25519, the nkey encoding), and imported only where a signature is made
+#: or checked.
+ALLOWED_THIRD_PARTY = {"msgspec", "nacl", "nkeys"}
 
 
 def _top_level_imports(path: Path) -> set[str]:
@@ -58,7 +61,7 @@ def test_importing_protocol_loads_no_runtime_library() -> None:
     code = "import json, sys; import protocol; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
-    for name in ("nats", "anyio", "litellm", "structlog", "argparse", "tools"):
+    for name in ("nats", "anyio", "litellm", "structlog", "argparse", "tools", "nacl", "nkeys"):
         assert name not in loaded, f"import protocol loaded {name}"
 
 
@@ -68,7 +71,7 @@ def test_all_is_complete_and_resolvable() -> None:
     for name in protocol.__all__:
         assert hasattr(protocol, name), name
     public = {n for n in vars(protocol) if not n.startswith("_")}
-    modules = {"cards", "codec", "core", "errors", "events", "limits", "machine", "names", "rules", "types"}
+    modules = {"cards", "codec", "core", "errors", "events", "limits", "machine", "names", "rules", "signing", "types"}
     assert public - modules - set(protocol.__all__) == set()
 
 
@@ -85,6 +88,7 @@ def test_module_all_lists_are_resolvable() -> None:
         "machine",
         "names",
         "rules",
+        "signing",
         "types",
     ):
         mod = importlib.import_module(f"protocol.{module}")

@@ -18,6 +18,7 @@ from .names import name_vectors
 from .resources import RESOURCES_HOW, resource_vectors
 from .rules import RULES_HOW, rule_vectors
 from .schemas import SCHEMAS, schema
+from .signing import SIGNING_HOW, signing_vectors
 from .transitions import transition_vectors
 
 __all__ = ["DOC", "SCHEMA_DIR", "VECTOR_DIR", "Artifact", "WriteError", "artifacts", "check", "write"]
@@ -66,6 +67,7 @@ def artifacts(cases: Cases | None = None) -> list[Artifact]:
         "decode": {"cases": decode_vectors(cases)},
         "resources": {"how": RESOURCES_HOW, **resource_vectors()},
         "limits": {"how": LIMITS_HOW, **limit_vectors(cases)},
+        "signing": {"how": SIGNING_HOW, **signing_vectors(cases)},
     }
     out += [Artifact(VECTOR_DIR / f"{stem}.json", _json({**head, **body})) for stem, body in vectors.items()]
     return out

@@ -1,0 +1,161 @@
+"""This process's side of signed record writes (PROTOCOL.md 6.23): it signs every task
+record it writes, and verifies every record it reads before anyone acts on it.
+
+Each reader verifies each revision once: the last verified revision of every task it
+follows is kept (with its digest, which the next write's ``Mesh-Prev`` must name), so
+re-reading it costs a dictionary lookup. A mesh without identities (no seed configured)
+neither signs nor verifies; a signed reader refuses an unsigned write as forged.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol import (
+    Forged,
+    SigningKey,
+    TaskRecord,
+    check_alone,
+    check_write,
+    decode_record,
+    digest,
+    is_terminal,
+    sign,
+    signature_of,
+    signing_key,
+    stamp,
+    verify,
+)
+
+__all__ = ["Trust", "Link", "load_trust"]
+
+#: tasks whose last verified revision a reader keeps (a few hundred bytes each)
+CHAIN_CAPACITY = 4096
+#: digests of a task's earlier revisions kept to name a replay as one
+SEEN_DIGESTS = 32
+
+
+@dataclass
+class Link:
+    """The last revision of a task this process verified (or wrote)."""
+
+    revision: int
+    digest: str
+    record: TaskRecord
+    #: digests of the task's earlier revisions (a write over one of them is a replay)
+    seen: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=SEEN_DIGESTS))
+
+
+class Trust:
+    """Signs this process's writes and verifies what it reads; ``signer`` None: a mesh
+    without identities (nothing signed, nothing checked)."""
+
+    def __init__(self, signer: SigningKey | None = None, operators: frozenset[str] = frozenset()) -> None:
+        self.signer = signer
+        #: keys that may cancel any task
+        self.operators = operators
+        self._chain: collections.OrderedDict[str, Link] = collections.OrderedDict()
+        #: signatures checked (not served from the chain): the bench's count
+        self.verified = 0
+
+    @property
+    def signed(self) -> bool:
+        return self.signer is not None
+
+    def last(self, task_id: str) -> Link | None:
+        return self._chain.get(task_id)
+
+    def _keep(self, task_id: str, link: Link) -> None:
+        self._chain[task_id] = link
+        self._chain.move_to_end(task_id)
+        while len(self._chain) > CHAIN_CAPACITY:
+            self._chain.popitem(last=False)
+
+    def stamp(self, prev: TaskRecord | None, new: TaskRecord) -> TaskRecord:
+        """``new`` with this process's key recorded where its write makes it a party."""
+        return new if self.signer is None else stamp(prev, new, self.signer.public_key)
+
+    def prev_digest(self, old: TaskRecord | None, revision: int, encoded_old: bytes | None) -> str:
+        """``Mesh-Prev`` of a write over ``old`` at ``revision`` (0: the key's first)."""
+        if revision == 0 or old is None:
+            return ""
+        link = self._chain.get(old.id)
+        if link is not None and link.record == old:
+            return link.digest
+        return digest(encoded_old) if encoded_old is not None else ""
+
+    def headers(self, key: str, prev: str, value: bytes) -> dict[str, str]:
+        return {} if self.signer is None else sign(self.signer, key, prev, value)
+
+    def wrote(self, task_id: str, revision: int, value: bytes, record: TaskRecord) -> None:
+        """Keep this process's own accepted write as the task's last valid revision."""
+        if self.signer is None:
+            return
+        link = self._chain.get(task_id)
+        fresh = Link(revision, digest(value), record)
+        if link is not None:
+            fresh.seen.extend(link.seen)
+            fresh.seen.append(link.digest)
+        self._keep(task_id, fresh)
+
+    def admit(
+        self, task_id: str, key: str, revision: int, value: bytes, headers: Mapping[str, str] | None
+    ) -> TaskRecord:
+        """The record of a write read from the broker, once verified. Raises the
+        decoder's RemoteProtocolError for bytes that do not decode, :class:`Forged`
+        for a write this process must not act on."""
+        link = self._chain.get(task_id)
+        if self.signer is None:
+            return decode_record(value)
+        value_digest = digest(value)
+        if link is not None and link.revision == revision and link.digest == value_digest:
+            return link.record  # verified before: once per revision
+        signature = signature_of(headers)
+        if signature is None:
+            raise Forged("an unsigned write in a mesh with identities")
+        verify(signature, key, value)
+        self.verified += 1
+        record = decode_record(value)
+        if link is None:
+            if signature.prev:
+                check_alone(record, signature.signer, operators=self.operators)
+            else:
+                check_write(None, record, signature.signer, operators=self.operators)
+        elif signature.prev == link.digest:
+            check_write(link.record, record, signature.signer, operators=self.operators)
+        elif signature.prev in link.seen or not signature.prev:
+            raise Forged(
+                f"written over an earlier revision than {link.revision} (a replay or a fork)",
+                signer=signature.signer,
+            )
+        else:
+            # We missed writes between ours and this one: check what the record shows.
+            if is_terminal(link.record):
+                raise Forged(f"the task had already ended ({link.record.state})", signer=signature.signer)
+            if record.epoch < link.record.epoch:
+                raise Forged(f"the epoch went back from {link.record.epoch} to {record.epoch}", signer=signature.signer)
+            check_alone(record, signature.signer, operators=self.operators)
+        fresh = Link(revision, value_digest, record)
+        if link is not None:
+            fresh.seen.extend(link.seen)
+            fresh.seen.append(link.digest)
+        self._keep(task_id, fresh)
+        return record
+
+
+def load_trust(nkey: str | Path | None) -> Trust:
+    """The trust of a process connecting with the seed file ``nkey`` (None: a mesh
+    without identities). The operators' keys are the ``.pub`` files of role operator
+    beside the seed (the keys directory), and the seed's own if it is an operator's."""
+    if nkey is None:
+        return Trust()
+    from .identity import list_keys, load_seed
+
+    identity = load_seed(nkey)
+    operators = {k.public_key for k in list_keys(Path(nkey).parent) if k.role == "operator"}
+    if identity.role == "operator":
+        operators.add(identity.public_key)
+    return Trust(signing_key(identity.seed), frozenset(operators))

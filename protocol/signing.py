@@ -1,0 +1,461 @@
+"""Signed record writes (PROTOCOL.md 6.23): who wrote each revision of a task, and
+whether that write was theirs to make.
+
+Every write of a task record carries three headers: ``Mesh-Signer`` (the writer's nkey
+public key, ``U...``), ``Mesh-Prev`` (the digest of the value it replaces; empty for the
+key's first write) and ``Mesh-Sig`` (an ed25519 signature). What is signed is the exact
+stored bytes, never a re-encoding, so a peer in another language verifies without
+canonical JSON::
+
+    b"mesh.v2.rec\\n" + key + b"\\n" + Mesh-Prev + b"\\n" + value
+
+The key binds a signature to one task; ``Mesh-Prev`` chains each task's revisions, so a
+replayed revision does not follow the one it would replace.
+
+A valid signature says who wrote; :func:`check_write` says whether they could: the keys
+a record carries (``requester_key``, ``owner_key`` set by a claim, ``author_key`` set by a
+finish, each vote's and review slot's ``key``) name who may make each transition, and the
+transition itself must be one :data:`protocol.machine.TRANSITIONS` allows. A write that
+fails either check is :class:`Forged`: never acted on (PROTOCOL.md 6.23 says what a party
+does instead).
+
+Pure functions: keys are passed in, the crypto is PyNaCl's (ed25519), nkeys only
+decodes the key format. Nothing here reads a clock or a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .errors import RemoteProtocolError
+from .machine import TRANSITIONS
+from .types import TERMINAL_STATES, TaskRecord, Vote
+
+if TYPE_CHECKING:
+    import nacl.signing
+
+# PyNaCl and nkeys are imported where they are used: `import protocol` stays light for
+# the parties that never sign (a mesh without identities).
+
+__all__ = [
+    "SIGNER_HEADER",
+    "PREV_HEADER",
+    "SIG_HEADER",
+    "SIGNED_DOMAIN",
+    "Forged",
+    "Signature",
+    "SigningKey",
+    "signing_key",
+    "digest",
+    "signed_payload",
+    "sign",
+    "signature_of",
+    "verify",
+    "stamp",
+    "check_write",
+    "check_alone",
+    "parties",
+    "IMMUTABLE_FIELDS",
+]
+
+SIGNER_HEADER = "Mesh-Signer"
+PREV_HEADER = "Mesh-Prev"
+SIG_HEADER = "Mesh-Sig"
+#: prefixed to every signed payload, so a record signature is never valid as anything else
+SIGNED_DOMAIN = b"mesh.v2.rec\n"
+
+#: fields no transition changes: a write that changes one is forged, whoever signed it
+IMMUTABLE_FIELDS: tuple[str, ...] = (
+    "v",
+    "id",
+    "instruction",
+    "data",
+    "criteria",
+    "tags",
+    "requester",
+    "requester_key",
+    "max_lapses",
+    "hops_left",
+    "deadline",
+    "budget",
+    "parent",
+    "root",
+    "lineage",
+    "trace",
+    "created",
+)
+#: fields only an escalating veto changes (the task moves to its escalation capability)
+_ESCALATION_FIELDS = ("capability", "review", "claim_timeout_s")
+
+
+class Forged(RemoteProtocolError):
+    """A write whose signature is missing, malformed or wrong, or whose signer could
+    not make that transition. ``signer`` is the key the write claims (None: unsigned)."""
+
+    def __init__(self, why: str, *, signer: str | None = None) -> None:
+        self.why = why
+        self.signer = signer
+        super().__init__(f"forged write ({why}; signed by {signer or 'nobody'})")
+
+
+class Signature(msgspec.Struct, frozen=True, kw_only=True):
+    """A write's three signing headers, as sent."""
+
+    signer: str
+    prev: str
+    sig: str
+
+
+class SigningKey:
+    """An ed25519 key made once from an nkey seed (decoding the seed costs more than
+    a signature: keep the key, not the seed)."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, key: nacl.signing.SigningKey, public_key: str) -> None:
+        self._key = key
+        #: the nkey public key (``U...``), as ``Mesh-Signer`` carries it
+        self.public_key = public_key
+
+    def sign(self, payload: bytes) -> bytes:
+        return bytes(self._key.sign(payload).signature)
+
+    def __repr__(self) -> str:
+        return f"SigningKey({self.public_key})"
+
+
+def signing_key(seed: str | bytes) -> SigningKey:
+    """The signing key of an nkey user seed (``SU...``)."""
+    import nacl.signing
+    import nkeys
+
+    raw = seed.encode() if isinstance(seed, str) else bytes(seed)
+    _, secret = nkeys.decode_seed(bytearray(raw.strip()))
+    key = nacl.signing.SigningKey(bytes(secret))
+    public = nkeys.from_seed(bytearray(raw.strip())).public_key.decode()
+    return SigningKey(key, public)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    if not text or len(text) % 4 == 1 or any(c not in _B64_CHARS for c in text):
+        raise ValueError("not base64url without padding")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_Refuse = Callable[[str], Forged]
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def digest(value: bytes) -> str:
+    """``Mesh-Prev`` of the write that replaces ``value``: SHA-256, base64url unpadded."""
+    return _b64(hashlib.sha256(value).digest())
+
+
+def signed_payload(key: str, prev: str, value: bytes) -> bytes:
+    """The exact bytes a write's signature covers (``key``: the task's key in the
+    bucket, ``task.<id>``; ``prev``: :func:`digest` of the replaced value, or "")."""
+    return SIGNED_DOMAIN + key.encode() + b"\n" + prev.encode() + b"\n" + value
+
+
+def sign(signer: SigningKey, key: str, prev: str, value: bytes) -> dict[str, str]:
+    """The headers of a signed write of ``value`` over the value whose digest is ``prev``."""
+    sig = signer.sign(signed_payload(key, prev, value))
+    return {SIGNER_HEADER: signer.public_key, PREV_HEADER: prev, SIG_HEADER: _b64(sig)}
+
+
+def signature_of(headers: Mapping[str, str] | None) -> Signature | None:
+    """A write's signature from its headers; None if it carries none (an unsigned
+    write). Some but not all of the three headers is :class:`Forged`."""
+    headers = headers or {}
+    found = {h: headers.get(h) for h in (SIGNER_HEADER, PREV_HEADER, SIG_HEADER)}
+    if all(v is None for v in found.values()):
+        return None
+    missing = [h for h, v in found.items() if v is None]
+    if missing:
+        raise Forged(f"missing {', '.join(missing)}", signer=found[SIGNER_HEADER])
+    return Signature(signer=found[SIGNER_HEADER] or "", prev=found[PREV_HEADER] or "", sig=found[SIG_HEADER] or "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
+    """An nkey user public key: base32 (unpadded) of the prefix byte ``U``, the 32-byte
+    ed25519 key and a CRC-16 (XMODEM, little-endian) of the two."""
+    import nacl.signing
+    import nkeys
+
+    try:
+        raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+    except (binascii.Error, ValueError):
+        raise Forged("Mesh-Signer is not base32", signer=public_key) from None
+    if len(raw) != 35 or raw[0] != nkeys.PREFIX_BYTE_USER:
+        raise Forged("Mesh-Signer is not a user public key (U...)", signer=public_key)
+    if int.from_bytes(raw[33:], "little") != nkeys.crc16(bytearray(raw[:33])):
+        raise Forged("Mesh-Signer's checksum is wrong", signer=public_key)
+    return nacl.signing.VerifyKey(raw[1:33])
+
+
+def verify(signature: Signature, key: str, value: bytes) -> None:
+    """Check that ``signature`` signs ``value`` written at ``key`` over the value whose
+    digest is ``signature.prev``; :class:`Forged` if not."""
+    import nacl.exceptions
+
+    verify_key = _verify_key(signature.signer)
+    try:
+        sig = _unb64(signature.sig)
+    except (ValueError, binascii.Error):
+        raise Forged("Mesh-Sig is not base64url", signer=signature.signer) from None
+    if len(sig) != 64:
+        raise Forged(f"Mesh-Sig is {len(sig)} bytes, not 64", signer=signature.signer)
+    try:
+        verify_key.verify(signed_payload(key, signature.prev, value), sig)
+    except nacl.exceptions.BadSignatureError:
+        raise Forged("the signature does not match the record", signer=signature.signer) from None
+
+
+# --- who may write what -------------------------------------------------------------------
+
+
+def stamp(prev: TaskRecord | None, new: TaskRecord, signer: str) -> TaskRecord:
+    """``new`` with ``signer``'s key recorded where the write makes it a party: the
+    requester's key on a new task, the owner's on a claim, the author's on a finish,
+    the voter's on its vote and the reviewer's on the slot it takes. The signing
+    runtime stamps every record it writes; :func:`check_write` then holds it to them."""
+    changes: dict[str, object] = {}
+    if prev is None and new.requester_key is None and new.epoch == 0:
+        changes["requester_key"] = signer
+    if new.epoch > (prev.epoch if prev is not None else 0) and new.owner_key != signer:
+        changes["owner_key"] = signer
+    finished = new.state in ("review", "done") and (prev is None or prev.state in ("open", "working"))
+    if finished and new.author is not None and new.author_key != signer:
+        changes["author_key"] = signer
+    if any(v.key is None for v in new.votes) or any(v.key is None for v in new.feedback):
+        old = set(prev.votes) | set(prev.feedback) if prev is not None else set()
+        mine = {v for v in (*new.votes, *new.feedback) if v.key is None and v not in old}
+        changes["votes"] = tuple(_own(v, mine, signer) for v in new.votes)
+        changes["feedback"] = tuple(_own(v, mine, signer) for v in new.feedback)
+    old_slots = set(prev.slots) if prev is not None else set()
+    if any(s.key is None and s not in old_slots for s in new.slots):
+        changes["slots"] = tuple(
+            msgspec.structs.replace(s, key=signer) if s.key is None and s not in old_slots else s for s in new.slots
+        )
+    return msgspec.structs.replace(new, **changes) if changes else new
+
+
+def _own(vote: Vote, mine: set[Vote], signer: str) -> Vote:
+    return msgspec.structs.replace(vote, key=signer) if vote in mine else vote
+
+
+def _reachable(before: str, after: str) -> bool:
+    """``after`` follows ``before`` by at most two transitions of the table (a write
+    may apply two at once: a claim and a result; a claim and a failure)."""
+    if before == after:
+        return any(b == before and after in nexts for (b, _), nexts in TRANSITIONS.items())
+    one = {n for (b, _), nexts in TRANSITIONS.items() if b == before for n in nexts}
+    two = {n for (b, _), nexts in TRANSITIONS.items() if b in one for n in nexts}
+    return after in one or after in two
+
+
+def check_write(
+    prev: TaskRecord | None, new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset()
+) -> None:
+    """Refuse (:class:`Forged`) a write of ``new`` over ``prev`` (None: the key's first
+    write, whose previous revision was the work item's record) that ``signer``'s key
+    could not make. ``operators``: the operators' keys, who may cancel any task."""
+
+    def refuse(why: str) -> Forged:
+        return Forged(why, signer=signer)
+
+    _check_intrinsic(new, refuse)
+    if prev is None:
+        _check_first(new, signer, operators, refuse)
+        return
+    if prev.state in TERMINAL_STATES:
+        raise refuse(f"the task had already ended ({prev.state})")
+    if new == prev:
+        # A restore: a party writes the last valid revision back over a forged one
+        # (PROTOCOL.md 6.23). It changes nothing, so any party may.
+        if signer in parties(prev) or signer in operators:
+            return
+        raise refuse("a restore by a key that is no party of the task")
+    escalated = (
+        prev.state == "review"
+        and prev.review is not None
+        and new.review is None
+        and new.capability == prev.review.escalate_to
+    )
+    for name in IMMUTABLE_FIELDS + (() if escalated else _ESCALATION_FIELDS):
+        if getattr(new, name) != getattr(prev, name):
+            raise refuse(f"{name} changed")
+    if new.state == "failed" and new.reason == "error" and (signer in parties(prev) or signer in operators):
+        # A party's end of a task whose record it cannot trust (PROTOCOL.md 6.15, 6.23):
+        # written from its own copy, which may be older than the record it replaces.
+        return
+    if new.epoch < prev.epoch:
+        raise refuse(f"the epoch went back from {prev.epoch} to {new.epoch} (an old revision replayed?)")
+    if new.epoch > prev.epoch + 1:
+        raise refuse(f"the epoch jumped from {prev.epoch} to {new.epoch}")
+    if not _reachable(prev.state, new.state):
+        raise refuse(f"no transition leads from {prev.state} to {new.state}")
+    if new.epoch == prev.epoch + 1:
+        _check_claim(prev, new, signer, refuse)
+        return
+    if new.owner_key != prev.owner_key:
+        raise refuse("the owner's key changed without a claim")
+    if new.state == "cancelled":
+        if signer != prev.requester_key and signer not in operators:
+            raise refuse(f"only the requester ({prev.requester}) or an operator cancels")
+        return
+    if _votes_changed(prev, new):
+        _check_vote(prev, new, signer, refuse)
+        return
+    if new.slots != prev.slots:
+        _check_slots(prev, new, signer, refuse)
+        return
+    if new.state == "failed" and _anyone_may_end(prev, new):
+        return
+    if signer != prev.owner_key:
+        raise refuse(f"only the owner ({prev.owner}) at epoch {prev.epoch} writes this")
+    if new.author != prev.author or new.result != prev.result:
+        if new.author != prev.owner or new.author_key != signer:
+            raise refuse("a result must name its owner and its owner's key as author")
+
+
+def _check_first(new: TaskRecord, signer: str, operators: frozenset[str], refuse: _Refuse) -> None:
+    if new.epoch > 1:
+        raise refuse(f"a task's first write has epoch {new.epoch}")
+    if new.epoch == 1:
+        if new.owner_key != signer:
+            raise refuse("a claim must record its signer as the owner's key")
+        return
+    if new.state == "cancelled":
+        if signer != new.requester_key and signer not in operators:
+            raise refuse(f"only the requester ({new.requester}) or an operator cancels")
+        return
+    if new.state == "failed":
+        if new.reason in ("no_agent", "deadline") or signer == new.requester_key:
+            return
+    raise refuse(f"a task's first write cannot leave it {new.state}")
+
+
+def _check_claim(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse) -> None:
+    if prev.state not in ("open", "working"):
+        raise refuse(f"a claim of a task in {prev.state}")
+    if new.owner_key != signer:
+        raise refuse("a claim must record its signer as the owner's key")
+    if prev.state == "working" and (prev.ticket is None or new.ticket != prev.ticket):
+        raise refuse(f"a takeover must hold the owner's work item ({prev.ticket}), not {new.ticket}")
+    if new.attempts != prev.attempts + 1:
+        raise refuse("a claim counts one more attempt")
+    if (new.author != prev.author or new.result != prev.result) and new.author_key != signer:
+        raise refuse("a result must name its owner's key as author")
+
+
+def _votes_changed(prev: TaskRecord, new: TaskRecord) -> bool:
+    return new.votes != prev.votes or new.feedback != prev.feedback
+
+
+def _check_vote(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse) -> None:
+    if prev.state != "review":
+        raise refuse(f"a vote on a task in {prev.state}")
+    cast = [v for v in new.votes if v not in prev.votes] + [v for v in new.feedback if v not in prev.feedback]
+    if not cast or any(v != cast[0] for v in cast):
+        raise refuse("a write casts exactly one vote")
+    vote = cast[0]
+    if vote.key != signer:
+        raise refuse(f"the vote of {vote.reviewer!r} is not signed by its key")
+    if signer == prev.author_key:
+        raise refuse("the author cannot review its own result")
+    if vote.round != prev.reworks:
+        raise refuse(f"a vote for round {vote.round} in round {prev.reworks}")
+    if any(v.key == signer and v.round == prev.reworks for v in prev.votes):
+        raise refuse("this key already voted in this round (under any name)")
+    if new.votes and new.votes[: len(prev.votes)] != prev.votes:
+        raise refuse("earlier votes were changed")
+    if new.feedback[: len(prev.feedback)] != prev.feedback:
+        raise refuse("earlier feedback was changed")
+    if any(s.key != signer for s in set(prev.slots) - set(new.slots)) and new.state == "review":
+        raise refuse("a vote gave up another reviewer's slot")
+
+
+def _check_slots(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse) -> None:
+    if prev.state != "review":
+        raise refuse(f"a review slot taken on a task in {prev.state}")
+    if signer == prev.author_key:
+        raise refuse("the author cannot review its own result")
+    for slot in set(new.slots) - set(prev.slots):
+        if slot.key != signer:
+            raise refuse(f"the slot of {slot.reviewer!r} is not signed by its key")
+    taken = {s.ticket for s in new.slots if s.key == signer}
+    for slot in set(prev.slots) - set(new.slots):
+        if slot.key != signer and slot.ticket not in taken:
+            raise refuse(f"the slot of {slot.reviewer!r} was given up by another key")
+
+
+def _anyone_may_end(prev: TaskRecord, new: TaskRecord) -> bool:
+    """An end any party may write (an observer's judgement, PROTOCOL.md 6.11-6.13): past
+    the deadline, nobody to act, or the owner lost too often."""
+    if new.reason == "deadline":
+        return new.deadline is not None and new.updated >= new.deadline
+    if new.reason == "no_agent":
+        return not (prev.state == "working" and prev.ticket is not None)
+    return new.reason == "error" and new.lapses == prev.lapses + 1
+
+
+def parties(record: TaskRecord) -> frozenset[str]:
+    """The keys a record names: its requester, owner and author, its voters and its
+    review slots' holders."""
+    keys = {record.requester_key, record.owner_key, record.author_key}
+    keys.update(v.key for v in (*record.votes, *record.feedback))
+    keys.update(s.key for s in record.slots)
+    return frozenset(k for k in keys if k is not None)
+
+
+def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset()) -> None:
+    """What a reader that does not hold the previous revision can check (it joined late,
+    or the task was not in the bucket): the signer is a party the record itself names
+    (a cancel: its requester or an operator), or the write is an end any party may
+    judge (deadline passed, nobody to act, owner lost too often); and the record is
+    consistent with its own keys (:func:`_check_intrinsic`). :class:`Forged` if not."""
+    _check_intrinsic(new, lambda why: Forged(why, signer=signer))
+    if new.state == "cancelled":
+        if signer != new.requester_key and signer not in operators:
+            raise Forged(f"only the requester ({new.requester}) or an operator cancels", signer=signer)
+        return
+    if new.state == "failed" and (
+        new.reason in ("deadline", "no_agent") or (new.reason == "error" and new.lapses >= new.max_lapses)
+    ):
+        return
+    # A reviewer giving its slot back leaves no trace of its key in the record: in
+    # review, a reader without the previous revision cannot tell that from a stranger's
+    # write that changed nothing its keys protect (the checks above).
+    if signer not in parties(new) and signer not in operators and new.state != "review":
+        raise Forged("the signer is not a party of the task", signer=signer)
+
+
+def _check_intrinsic(record: TaskRecord, refuse: _Refuse) -> None:
+    """What a record must show whoever wrote it: no vote by its author's key, one vote
+    a key a round, a result by its owner's key, and a review passed only by enough
+    distinct non-author keys."""
+    current = [v for v in record.votes if v.round == record.reworks]
+    keys = [v.key for v in current if v.key is not None]
+    if record.author_key is not None and record.author_key in keys:
+        raise refuse("the author's key voted on its own result")
+    if len(keys) != len(set(keys)):
+        raise refuse("one key voted twice in a round (under several names)")
+    if record.state in ("review", "done") and record.author_key is not None and record.author_key != record.owner_key:
+        raise refuse("the result's author key is not the owner's")
+    if record.state == "done" and record.review is not None and record.author_key is not None:
+        approving = {v.key for v in current if v.verdict == "approve" and v.key is not None}
+        if len(approving) < record.review.quorum:
+            raise refuse(f"done with {len(approving)} signed approvals of {record.review.quorum}")

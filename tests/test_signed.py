@@ -1,0 +1,332 @@
+"""Signed transitions, verified by every reader (issue 14 item 3, PROTOCOL.md 6.23): the
+attacks the broker's permissions cannot stop, because they are writes a key may make to
+a task record it may write, each attempted against a real nats-server run with
+authorization and refused by verification; honest agents go on working through them.
+Counted in docs/SECURITY.md.
+
+The attacker is a raw nats-py connection with a key of its own (or, for a reviewer
+voting on its own work, the author's key) writing exactly the record write the attack
+needs: a record it built with the protocol's own functions, signed with its own key
+(a forger cannot sign with another's), by compare-and-set on the current revision, as
+any party's write is. The broker accepts it; what is tested is that nobody acts on it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh.client import Mesh
+from mesh.identity import inbox_prefix, load_seed
+from mesh.testing import AgentProcs, Keys, wait_for
+from protocol import (
+    SIG_HEADER,
+    Approve,
+    Cancel,
+    ErrorReport,
+    Event,
+    Finish,
+    Names,
+    SigningKey,
+    TaskRecord,
+    apply,
+    decode_record,
+    digest,
+    encode,
+    sign,
+    signing_key,
+    stamp,
+)
+
+pytestmark = pytest.mark.auth
+
+NAMES = Names()
+STREAM = f"KV_{NAMES.tasks_bucket}"
+
+
+class Forger:
+    """A raw connection that writes signed task records with its own key."""
+
+    def __init__(self, nc: Client, key: SigningKey) -> None:
+        self.nc, self.key = nc, key
+        self.js: JetStreamContext = nc.jetstream()
+
+    async def current(self, task_id: str) -> tuple[TaskRecord, int, bytes, dict[str, str]]:
+        subject = f"$KV.{NAMES.tasks_bucket}.{NAMES.task_key(task_id)}"
+        msg = await self.js.get_last_msg(STREAM, subject, direct=True)
+        return decode_record(msg.data), msg.seq or 0, msg.data, dict(msg.headers or {})
+
+    async def put(
+        self, task_id: str, data: bytes, revision: int, *, prev: str, headers: dict[str, str] | None = None
+    ) -> int:
+        """Write ``data`` over ``revision`` (signed by us over ``prev`` unless ``headers``)."""
+        key = NAMES.task_key(task_id)
+        signed = headers if headers is not None else sign(self.key, key, prev, data)
+        ack = await self.js.publish(
+            f"$KV.{NAMES.tasks_bucket}.{key}",
+            data,
+            headers={"Nats-Expected-Last-Subject-Sequence": str(revision), **signed},
+        )
+        return int(ack.seq)
+
+    async def write(self, task_id: str, change: Callable[[TaskRecord], TaskRecord]) -> int:
+        """Read the record, change it, sign it with our key and write it."""
+        record, revision, data, _ = await self.current(task_id)
+        forged = change(record)
+        return await self.put(task_id, encode(forged), revision, prev=digest(data))
+
+    async def apply(self, task_id: str, event: Event) -> int:
+        """A transition the protocol's own rules compute, stamped and signed with our key."""
+
+        def change(record: TaskRecord) -> TaskRecord:
+            return stamp(record, apply(record, event, record.updated + 0.001), self.key.public_key)
+
+        return await self.write(task_id, change)
+
+
+@pytest.fixture
+async def forger(keys: Keys) -> AsyncIterator[Callable[..., Awaitable[Forger]]]:
+    connections: list[Client] = []
+
+    async def connect(name: str = "mallory", role: str = "agent") -> Forger:
+        seed = load_seed(keys.seed(name, role))
+        nc = await nats.connect(
+            keys.broker.url, nkeys_seed_str=seed.seed, inbox_prefix=inbox_prefix(name), allow_reconnect=False
+        )
+        connections.append(nc)
+        return Forger(nc, signing_key(seed.seed))
+
+    yield connect
+    for nc in connections:
+        await nc.close()
+
+
+@pytest.fixture
+async def reports(mesh_client: Mesh) -> AsyncIterator[list[ErrorReport]]:
+    """Error reports published while the test runs (the operator reads every agent's)."""
+    got: list[ErrorReport] = []
+
+    async def on_msg(msg: Any) -> None:
+        got.append(msgspec.json.decode(msg.data, type=ErrorReport))
+
+    sub = await mesh_client.bus.nc.subscribe(f"{NAMES.prefix}.v2.err.>", cb=on_msg)
+    yield got
+    await sub.unsubscribe()
+
+
+async def reported(reports: list[ErrorReport], signer: str, *what: str) -> None:
+    """Some party reported a forged write by ``signer`` (naming each of ``what``)."""
+
+    def found() -> bool:
+        return any(signer in r.error and all(w in r.error for w in what) for r in reports)
+
+    await wait_for(found, timeout=20, what=f"a report of {signer}'s forged write {what}: {reports}")
+
+
+async def working_task(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, *, seconds: float = 4.0, **kwargs: Any
+) -> tuple[Mesh, TaskRecord]:
+    """A client's task that the honest agent alice is working on (a sleep)."""
+    agent_procs.start("alice", ["sleep"], kind="sleep", options={"steps": 8})
+    await agent_procs.ready(mesh_client)
+    carol = await keys.connect("carol", "client")
+    task = await carol.submit("sleep", "sleep a while", data={"seconds": seconds}, **kwargs)
+    await wait_for(lambda: _state_is(carol, task.id, "working"), timeout=20, what="alice to claim")
+    return carol, task
+
+
+async def _state_is(mesh: Mesh, task_id: str, state: str) -> bool:
+    return (await mesh.get(task_id)).state == state
+
+
+async def finishes_honestly(carol: Mesh, task: TaskRecord, owner: str = "alice") -> TaskRecord:
+    with anyio.fail_after(60):
+        final = await carol.wait(task.id)
+    assert final.state == "done", final
+    assert final.owner == owner and final.result != "forged", final
+    return final
+
+
+# --- the attacks ------------------------------------------------------------------------------
+
+
+async def test_records_are_signed_and_chained(agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys) -> None:
+    """Every write carries its signer, the digest of what it replaced and a signature."""
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=0.5)
+    forger = Forger(mesh_client.bus.nc, mesh_client.bus.trust.signer)  # type: ignore[arg-type]
+    record, _, _, headers = await forger.current(task.id)
+    alice = load_seed(keys.seed("alice")).public_key
+    carol_key = load_seed(keys.seed("carol", "client")).public_key
+    assert headers["Mesh-Signer"] == alice and record.owner_key == alice
+    assert "Mesh-Prev" in headers and len(headers[SIG_HEADER]) == 86
+    assert record.requester_key == carol_key
+    final = await finishes_honestly(carol, task)
+    assert final.author_key == alice
+    await carol.close()
+
+
+async def test_a_forged_done_on_a_task_not_owned_is_refused(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    carol, task = await working_task(agent_procs, mesh_client, keys)
+    mallory = await forger()
+    record, *_ = await mallory.current(task.id)
+    # As the owner (its name, its epoch), with mallory's own key: not the owner's key.
+    await mallory.apply(task.id, Finish(actor="alice", epoch=record.epoch, result="forged"))
+    await reported(reports, mallory.key.public_key, "owner")
+    # And claiming the owner's key for itself without a claim.
+    await mallory.write(
+        task.id,
+        lambda r: msgspec.structs.replace(
+            r, state="done", result="forged", author="mallory", author_key=mallory.key.public_key
+        ),
+    )
+    await reported(reports, mallory.key.public_key, "author")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_a_non_requester_cannot_cancel(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    carol, task = await working_task(agent_procs, mesh_client, keys)
+    mallory = await forger("mallory-client", "client")
+    await mallory.apply(task.id, Cancel(actor="carol", note="cancelled by carol (not really)"))
+    await reported(reports, mallory.key.public_key, "requester")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_an_epoch_jump_and_an_illegal_takeover_are_refused(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    carol, task = await working_task(agent_procs, mesh_client, keys)
+    mallory = await forger()
+    me = mallory.key.public_key
+
+    def jump(r: TaskRecord) -> TaskRecord:
+        return msgspec.structs.replace(r, owner="mallory", owner_key=me, epoch=r.epoch + 5, attempts=r.attempts + 1)
+
+    await mallory.write(task.id, jump)
+    await reported(reports, me, "epoch jumped")
+
+    # Validly signed, one epoch on, recording its own key: a takeover without the
+    # owner's work item, which the transition table refuses.
+    def takeover(r: TaskRecord) -> TaskRecord:
+        return msgspec.structs.replace(
+            r, owner="mallory", owner_key=me, epoch=r.epoch + 1, attempts=r.attempts + 1, ticket=999_999
+        )
+
+    await mallory.write(task.id, takeover)
+    await reported(reports, me, "takeover")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_a_replayed_old_revision_is_refused(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=6.0)
+    mallory = await forger()
+    _, first, data, headers = await mallory.current(task.id)  # alice's claim, exactly as signed
+
+    async def moved_on() -> bool:
+        return (await mallory.current(task.id))[1] > first
+
+    await wait_for(moved_on, timeout=20, what="alice to write progress")
+    _, revision, _, _ = await mallory.current(task.id)
+    signed = {k: v for k, v in headers.items() if k.startswith("Mesh-")}
+    await mallory.put(task.id, data, revision, prev="", headers=signed)
+    await reported(reports, headers["Mesh-Signer"], "replay")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_truncated_or_garbled_signatures_are_refused(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    """Fuzzed: the owner's own next write, its signature truncated, cut, flipped or
+    replaced by noise; or its bytes changed under a good signature."""
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=6.0)
+    mallory = await forger()
+    rng = random.Random(14)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/ "
+    for attempt in range(12):
+        record, revision, data, _ = await mallory.current(task.id)
+        forged = encode(msgspec.structs.replace(record, progress=f"forged {attempt}"))
+        good = sign(mallory.key, NAMES.task_key(task.id), digest(data), forged)
+        sig = good[SIG_HEADER]
+        garbled = [
+            sig[: rng.randrange(len(sig))],
+            sig[::-1],
+            "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 120))),
+            sig[:10] + ("A" if sig[10] != "A" else "B") + sig[11:],
+            "",
+        ][attempt % 5]
+        tampered = {**good, SIG_HEADER: garbled}
+        if attempt % 6 == 5:  # a good signature over other bytes
+            tampered = good
+            forged = forged.replace(b"forged", b"FORGED")
+        try:
+            await mallory.put(task.id, forged, revision, prev="", headers=tampered)
+        except nats.js.errors.BadRequestError:
+            continue  # lost a race with alice's own write: try again on the new revision
+    await reported(reports, mallory.key.public_key)
+    # A write with no signature at all (a peer without keys, or one that strips them).
+    for _ in range(20):  # alice's own writes (a renewal, a restore) may come between
+        record, revision, _, _ = await mallory.current(task.id)
+        try:
+            await mallory.put(
+                task.id, encode(msgspec.structs.replace(record, progress="unsigned")), revision, prev="", headers={}
+            )
+            break
+        except nats.js.errors.BadRequestError:
+            continue
+    else:
+        raise AssertionError("the unsigned write lost every race with the owner's writes")
+    await reported(reports, "nobody", "unsigned write")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_a_reviewer_cannot_vote_on_its_own_work_nor_one_key_twice(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    agent_procs.start("alice", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    carol = await keys.connect("carol", "client")
+    task = await carol.submit("echo", "hello", review=2, claim_timeout_s=60)
+    await wait_for(lambda: _state_is(carol, task.id, "review"), timeout=20, what="alice's result in review")
+    # The author, under another name, with its own key.
+    author = await forger("alice")
+    record, *_ = await author.current(task.id)
+    await author.apply(task.id, Approve(actor="someone-else", epoch=record.epoch))
+    # The requester reads it (as its wait would): refused, reported, and its own valid
+    # copy written back over it.
+    seen = await carol.get(task.id)
+    assert seen.state == "review" and seen.votes == (), seen
+    await reported(reports, author.key.public_key, "author")
+    # One identity, two names: the first vote is a vote like any agent's; the second is not.
+    mallory = await forger()
+    record, *_ = await mallory.current(task.id)
+    await mallory.apply(task.id, Approve(actor="rev-x", epoch=record.epoch))
+    record = await carol.get(task.id)  # a vote like any agent's (carol's wait follows every write)
+    assert [v.reviewer for v in record.votes] == ["rev-x"]
+    await mallory.apply(task.id, Approve(actor="rev-y", epoch=record.epoch))
+    seen = await carol.get(task.id)
+    assert seen.state == "review" and [v.reviewer for v in seen.votes] == ["rev-x"], seen
+    await reported(reports, mallory.key.public_key, "voted")
+    agent_procs.start("rev1", ["review"], kind="check")
+    with anyio.fail_after(60):
+        final = await carol.wait(task.id)
+    assert final.state == "done", final
+    assert {v.reviewer for v in final.votes} == {"rev-x", "rev1"}, final.votes
+    assert len({v.key for v in final.votes}) == 2
+    await carol.close()
