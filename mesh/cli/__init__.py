@@ -384,6 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dir", help="keys directory (its *.pub files)")
     c.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
 
+    p = sub.add_parser("otel", help="OpenTelemetry: send a span per task to your tracing system")
+    osub = p.add_subparsers(dest="otel_command", metavar="ACTION")
+    o = osub.add_parser(
+        "export",
+        help="follow the events stream and send one span per task (OTLP over HTTP or gRPC)",
+        description="Follow the mesh's events stream until SIGTERM/SIGINT and send one span per task when it "
+        "ends: its trace and span ids are the task's traceparent's (children under their parent task, model "
+        "calls of agents with OTEL_* settings under their task), its attributes the final record's (capability, "
+        "owner, epoch, attempts, result size, tokens and cost, reason) and its span events the transitions "
+        "(claim, lapse, hand-back, re-open, vote, veto, clarification...). Configured by the standard OTEL_* "
+        "variables: OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), OTEL_EXPORTER_OTLP_PROTOCOL "
+        "(http/protobuf or grpc), OTEL_SERVICE_NAME, OTEL_TRACES_EXPORTER=console to print them. Run one per "
+        "mesh. Needs the otel extra: pip install 'agent-mesh[otel]'.",
+    )
+    o.add_argument(
+        "--history", action="store_true", help="first send the spans of the tasks the events stream still holds"
+    )
+    _server(o)
+
     p = sub.add_parser("mcp", help="serve the mesh to MCP hosts (desktop assistants, IDEs) as tools")
     msub = p.add_subparsers(dest="mcp_command", metavar="ACTION")
     m = msub.add_parser(

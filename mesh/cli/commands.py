@@ -99,6 +99,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "auth": cmd_auth,
         "mcp": cmd_mcp,
         "a2a": cmd_a2a,
+        "otel": cmd_otel,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
@@ -114,6 +115,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         os.environ["MESH_NKEY"] = args.nkey
     if args.command == "brief" and args.brief_command is None:
         parser.parse_args(["brief", "--help"])
+    if args.command == "otel" and args.otel_command is None:
+        parser.parse_args(["otel", "--help"])
     if args.command == "mcp" and args.mcp_command is None:
         parser.parse_args(["mcp", "--help"])
     with user_errors():
@@ -739,6 +742,39 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 # --- MCP ---------------------------------------------------------------------------------------
+
+
+def cmd_otel(args: argparse.Namespace) -> int:
+    """Send one span per task, built from the events stream, to the OTEL_* exporter."""
+    from ..otel import OtelUnavailable, export_task_spans, task_span_sink
+
+    try:
+        sink = task_span_sink()
+    except OtelUnavailable as exc:
+        raise UserError(str(exc)) from None
+
+    async def export() -> int:
+        import anyio
+
+        mesh = await _mesh(args)
+        try:
+            print("exporting a span per task (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            async with anyio.create_task_group() as tg:
+
+                async def on_signals() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for _ in signals:
+                            tg.cancel_scope.cancel()
+
+                tg.start_soon(on_signals)
+                await export_task_spans(mesh, sink, history=args.history)
+        finally:
+            await mesh.close()
+            sink.close()
+            print(f"exported {sink.sent} task spans", file=sys.stderr)
+        return 0
+
+    return _run(export)
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
