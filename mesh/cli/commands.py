@@ -409,6 +409,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     elif args.keys or os.environ.get("MESH_KEYS"):  # another's broker: agents with a key there use it
         seeds = {agent_id: seed for agent_id, _ in ids if (seed := keys_dir / f"{agent_id}.nk").exists()}
     procs = []
+    arrivals = None
     try:
         for agent_id, name in ids:
             env = {"MESH_NKEY": str(seeds[agent_id])} if agent_id in seeds else None
@@ -418,6 +419,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"org {org.name!r}: {len(procs)} agent processes; Ctrl-C drains them all", file=sys.stderr)
         key = f" --nkey {seeds['client']}" if "client" in seeds else ""
         print(f"submit work with: mesh submit CAPABILITY TEXT --wait --server {server}{key}", file=sys.stderr)
+        arrivals = _report_arrivals([agent_id for agent_id, _ in ids], server, args.prefix, seeds.get("client"))
         # Restart nothing silently: a process that exits on its own is reported.
         with _stop_signals() as stop:
             while not stop.wait(0.5):
@@ -431,6 +433,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("draining agents ...", file=sys.stderr)
         return 0
     finally:
+        if arrivals is not None:
+            arrivals.stop()
         with _ignore_sigint():
             for p in procs:
                 p.drain()
@@ -442,6 +446,49 @@ def cmd_up(args: argparse.Namespace) -> int:
                     p.kill()
             if broker is not None:
                 broker.stop()
+
+
+class _Arrivals:
+    """`mesh up`'s report of agents coming up, in a thread of its own (the command's
+    main thread waits on signals and its children)."""
+
+    def __init__(self, expected: list[str], connect: Callable[[], Awaitable[Mesh]]) -> None:
+        import functools
+
+        import anyio
+
+        from .progress import report_arrivals
+
+        self._stop = threading.Event()
+        run = functools.partial(report_arrivals, expected, connect, stop=self._stop, say=self._say)
+        self._thread = threading.Thread(target=anyio.run, args=(run,), name="arrivals", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _report_arrivals(expected: list[str], server: str, prefix: str, seed: Path | None) -> _Arrivals:
+    import dataclasses
+
+    from protocol import Names
+
+    from ..client import Mesh
+    from ..settings import Settings
+
+    settings = Settings.from_env()
+    if seed is not None:  # the org's own broker: read the directory as its client
+        settings = dataclasses.replace(settings, nkey=str(seed))
+
+    async def connect() -> Mesh:
+        return await Mesh.connect(server, names=Names(prefix), settings=settings)
+
+    return _Arrivals(expected, connect)
 
 
 @contextlib.contextmanager
@@ -524,9 +571,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not args.wait:
                 print(json.dumps({"id": record.id, "state": record.state}) if args.json else record.id)
                 return 0
-            if not args.json:
-                print(f"submitted {record.id}; waiting ...", file=sys.stderr)
-            final = await mesh.wait(record, on_question=_ask_the_terminal)
+            if args.json:
+                final = await mesh.wait(record, on_question=_ask_the_terminal)
+            else:
+                print(f"submitted {record.id}; waiting ...", file=sys.stderr, flush=True)
+                final = await _wait_showing_status(mesh, record)
         finally:
             await mesh.close()
         if args.json:
@@ -536,6 +585,41 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0 if final.state == "done" else 1
 
     return _run(submit)
+
+
+async def _wait_showing_status(mesh: Mesh, record: Any) -> Any:
+    """Wait for the task, showing its status line (state, owner, last progress note,
+    elapsed) on stderr: rewritten in place on a terminal, a line per change otherwise."""
+    import anyio
+
+    from .progress import StatusLine
+
+    status = StatusLine(sys.stderr)
+
+    async def on_record(current: Any) -> None:
+        status.update(current)
+
+    async def ask(question: Any) -> str:
+        status.clear()
+        return await _ask_the_terminal(question)
+
+    async def tick() -> None:
+        while True:  # the elapsed time moves on a terminal even while nothing is written
+            await anyio.sleep(0.5)
+            status.draw()
+
+    if not status.tty:
+        final = await mesh.wait(record, on_question=ask, on_record=on_record)
+    else:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tick)
+                final = await mesh.wait(record, on_question=ask, on_record=on_record)
+                tg.cancel_scope.cancel()
+        finally:
+            status.clear()
+    status.finish(final)
+    return final
 
 
 async def _ask_the_terminal(question: Any) -> str:
