@@ -35,7 +35,7 @@ def status_text(record: TaskRecord, elapsed_s: float) -> str:
     if record.progress:
         parts.append(record.progress)
     # Everything an agent wrote is shown escaped: a progress note cannot redraw the terminal.
-    return one_line("  ".join(parts))
+    return one_line("  ".join(parts)).rstrip()
 
 
 class StatusLine:
