@@ -49,8 +49,7 @@ async def test_up_says_each_agent_as_it_comes_up(broker: Broker, mesh_client: Me
     org = tmp_path / "org.toml"
     org.write_text('name = "pair"\n[[agents]]\nbrief = "echoer.toml"\nreplicas = 2\n')
     log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "mesh", "up", str(org), "--server", broker.url], stderr=out)
+    up = _spawn_up(org, broker.url, log)
     try:
         said = await wait_for(
             lambda: "all 2 agents up in" in log.read_text() and log.read_text(), timeout=60, what="both agents up"
@@ -64,3 +63,8 @@ async def test_up_says_each_agent_as_it_comes_up(broker: Broker, mesh_client: Me
     finally:
         up.terminate()
         assert await anyio.to_thread.run_sync(up.wait, 60) == 0, log.read_text()
+
+
+def _spawn_up(org: Path, server: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "mesh", "up", str(org), "--server", server], stderr=out)
