@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an organization: broker (unless --server) plus one process per agent",
         description="Run an organization. Without --server, the broker runs with authorization on: each agent "
         "connects with its own key (made in the keys directory if missing, reused if present), and the keys "
-        "`operator` and `client` are made there for you (drain agents, submit work).",
+        "`operator` and `client` are made there for you (drain agents, submit work). Each agent is reported as it "
+        "joins the directory (agent NAME up (k/n)).",
     )
     p.add_argument("org", help="org TOML file")
     p.add_argument(
@@ -245,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--claim-timeout", type=parse_duration, default=10.0, help="fail no_agent if unclaimed this long (default 10s)"
     )
-    p.add_argument("--wait", action="store_true", help="wait for the task to end and print the result")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the task to end and print the result; meanwhile its status (state, owner, last progress "
+        "note, elapsed) is on stderr: one line rewritten in place on a terminal, a line per change otherwise",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: the final record)")
     _server(p)
 
