@@ -319,3 +319,54 @@ async def test_bad_or_missing_otel_settings_warn_and_the_agent_works(
     assert "is not an http:// or https:// URL" in agent_procs.log("bad-url")
     assert "OpenTelemetry is not installed" in agent_procs.log("no-extra")
     assert "pip install 'agent-mesh[otel]'" in agent_procs.log("no-extra")
+
+
+# --- the span builder alone ----------------------------------------------------------------
+
+
+def _event(kind: str, of: Any, at: float, **fields: Any) -> Any:
+    """A TaskEvent about task ``of`` (``record=`` attaches a record, as terminal events do)."""
+    from protocol import TaskEvent
+
+    values = {
+        "kind": kind,
+        "task": of.id,
+        "root": of.root,
+        "parent": of.parent,
+        "capability": of.capability,
+        "actor": "a",
+        "state": of.state,
+        "at": at,
+    }
+    return TaskEvent(**{**values, **fields})
+
+
+def test_a_takeover_is_a_lapse_and_memory_is_bounded() -> None:
+    import msgspec
+
+    from mesh.spans import SpanBuilder
+    from protocol import new_task, traceparent
+
+    builder = SpanBuilder(max_open=2)
+    task = new_task(
+        task_id="t1", capability="x", instruction="i", requester="me", now=100.0, trace=traceparent("1" * 32, "2" * 16)
+    )
+    assert builder.feed(_event("created", task, 100.0, record=task)) == []
+    assert builder.feed(_event("claim", task, 101.0, actor="a", epoch=1, state="working")) == []
+    assert builder.feed(_event("claim", task, 105.0, actor="b", epoch=2, state="working")) == []
+    done = msgspec.structs.replace(task, state="done", owner="b", epoch=2, attempts=2, lapses=1, result=[1, 2])
+    (span,) = builder.feed(_event("finish", done, 106.0, actor="b", epoch=2, record=done))
+    assert [e.name for e in span.events] == ["claim", "lapse", "claim", "result"]
+    assert span.events[1].attributes["mesh.actor"] == "b"
+    assert (span.start, span.end, span.trace_id, span.span_id) == (100.0, 106.0, "1" * 32, "2" * 16)
+    assert span.attributes["mesh.task.lapses"] == 1 and span.attributes["mesh.task.result_bytes"] == len(b"[1,2]")
+    assert builder.feed(_event("ended", done, 107.0, record=done)) == []  # one span per task
+
+    # Past max_open unfinished tasks the oldest is forgotten: its span still comes, without its events.
+    others = [msgspec.structs.replace(task, id=f"o{i}", root=f"o{i}") for i in range(3)]
+    for other in others:
+        builder.feed(_event("claim", other, 110.0, epoch=1, state="working"))
+    assert builder.forgotten == 1
+    first = msgspec.structs.replace(others[0], state="done")
+    (span,) = builder.feed(_event("finish", first, 111.0, record=first))
+    assert [e.name for e in span.events] == ["result"] and span.start == 100.0
