@@ -68,3 +68,34 @@ async def test_up_says_each_agent_as_it_comes_up(broker: Broker, mesh_client: Me
 def _spawn_up(org: Path, server: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "mesh", "up", str(org), "--server", server], stderr=out)
+
+
+def test_on_a_terminal_the_line_is_rewritten_in_place() -> None:
+    """The terminal form, with a stream that says it is a terminal: each update redraws
+    the one line, the end leaves the final status on a line of its own, and an agent's
+    progress note cannot move the cursor."""
+    import io
+
+    import msgspec
+
+    from mesh.cli.progress import StatusLine
+    from protocol import new_task
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    status = StatusLine(out)
+    task = new_task(task_id="t1", capability="x", instruction="i", requester="me", now=1.0)
+    status.update(task)
+    working = msgspec.structs.replace(task, state="working", owner="w-1", progress="step 1\x1b[2J\nhalf")
+    status.update(working)
+    status.draw()  # what the ticker does: the same line, a newer elapsed time
+    status.finish(msgspec.structs.replace(working, state="done"))
+    text = out.getvalue()
+    assert text.count("\r\x1b[2K") == 4  # three draws, and the clear before the final line
+    assert "\n" not in text[:-1] and text.endswith("\n")  # one line, rewritten; the last one kept
+    drawn = text.split("\r\x1b[2K")
+    assert drawn[2].split()[1:] == ["working", "owner", "w-1", "step", r"1\x1b[2J\nhalf"]
+    assert drawn[-1].split()[1] == "done"
