@@ -287,6 +287,50 @@ async def test_task_and_model_call_spans_reach_an_otlp_receiver(
     assert resources[f"chat {PRIMARY}"]["mesh.agent"] == "planner"
 
 
+async def test_task_spans_reach_an_otlp_grpc_receiver(
+    broker: Broker, agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
+    """OTLP over gRPC, chosen by OTEL_EXPORTER_OTLP_PROTOCOL, to a receiver built on
+    opentelemetry-proto's gRPC service."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    received: list[Any] = []
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            received.extend(span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans)
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    agent_procs.start("echoer", ["echo"], kind="echo")
+    exporter = _exporter(
+        broker,
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        },
+    )
+    try:
+        await agent_procs.ready(mesh_client)
+        record = await mesh_client.run("echo", "over grpc")
+        await wait_for(lambda: any(s.name == "task echo" for s in received), timeout=30, what="the span over gRPC")
+    finally:
+        err = _stop(exporter)
+        server.stop(None)
+    assert exporter.returncode == 0, err
+    (span,) = [s for s in received if s.name == "task echo"]
+    assert (span.trace_id.hex(), span.span_id.hex()) == tuple(record.trace.split("-")[1:3])  # type: ignore[union-attr]
+    assert _attr(span, "mesh.task.owner") == "echoer" and _attr(span, "mesh.task.state") == "done"
+
+
 @pytest.mark.slow
 async def test_bad_or_missing_otel_settings_warn_and_the_agent_works(
     agent_procs: AgentProcs, mesh_client: Mesh, start_agent: Callable[..., AgentProcess], tmp_path: Path
