@@ -354,6 +354,8 @@ async def export_task_spans(
     builder = SpanBuilder()
     async for event in mesh.events(history=history):
         for span in builder.feed(event):
+            if not span.whole:
+                await _complete(mesh, span)
             if span.parent_task is not None and span.parent_span_id is None:
                 try:
                     parent = await mesh.get(span.parent_task, root=span.root)
@@ -365,6 +367,33 @@ async def export_task_spans(
             sink.emit(span)
             if on_span is not None:
                 on_span(span)
+
+
+async def _complete(mesh: Mesh, span: TaskSpan) -> None:
+    """Fill in the transitions of a task that began before we followed the stream,
+    from the events the stream still holds for it (one read, only for such tasks)."""
+    from protocol import RemoteProtocolError, decode_event
+
+    from .bus import MeshError
+
+    try:
+        stored = await mesh.bus.stored(mesh.names.events_stream, mesh.names.task_events_filter(span.task, span.root))
+    except MeshError as exc:
+        log.info(
+            "a task's earlier events could not be read: its span has only the later ones",
+            task=span.task,
+            error=str(exc),
+        )
+        return
+    again = SpanBuilder()
+    for data in stored:
+        try:
+            event = decode_event(data)
+        except RemoteProtocolError:
+            continue
+        for whole in again.feed(event):
+            if whole.task == span.task:
+                span.events, span.start, span.whole = whole.events, whole.start, whole.whole
 
 
 def _ns(seconds: float) -> int:

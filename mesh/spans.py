@@ -62,6 +62,9 @@ class TaskSpan:
     events: list[SpanEvent]
     #: the failure reason: the span's status is an error
     error: str | None = None
+    #: whether the builder saw the task from its creation (else its earlier transitions
+    #: are missing: the exporter started, or was restarted, while the task ran)
+    whole: bool = True
 
 
 def span_ids(traceparent: str | None) -> tuple[str, str] | None:
@@ -83,6 +86,7 @@ def span_ids(traceparent: str | None) -> tuple[str, str] | None:
 class _Open:
     """A task seen but not ended yet."""
 
+    #: when its ``created`` event was seen (None: not seen)
     start: float | None = None
     span_id: str | None = None
     state: str = "open"
@@ -223,4 +227,5 @@ class SpanBuilder:
             attributes=attributes,
             events=task.events,
             error=record.reason if record.state == "failed" else None,
+            whole=task.start is not None,
         )

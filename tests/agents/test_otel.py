@@ -140,6 +140,31 @@ async def test_the_span_tree_of_a_delegated_reviewed_task(agent_procs: AgentProc
     sink.close()
 
 
+async def test_a_task_begun_before_the_exporter_still_gets_its_whole_span(
+    agent_procs: AgentProcs, mesh_client: Mesh
+) -> None:
+    """The exporter follows only new events here (no --history), and starts while the
+    task runs: the transitions before it are read back from the stream."""
+    agent_procs.start("sleeper", ["nap"], kind="sleep", options={"seconds": 3.0, "steps": 3})
+    await agent_procs.ready(mesh_client)
+    record = await mesh_client.submit("nap", "a while")
+
+    async def progressed() -> bool:
+        return (await mesh_client.get(record.id)).progress == "step 1/3"
+
+    await wait_for(progressed, what="the task's first progress note")
+    memory = InMemorySpanExporter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: export_task_spans(mesh_client, task_span_sink(memory)))
+        await wait_for(lambda: memory.get_finished_spans(), timeout=30, what="the task's span")
+        tg.cancel_scope.cancel()
+    (span,) = memory.get_finished_spans()
+    # The claim was written before the exporter started (progress notes are heartbeats
+    # of the record, not events): it comes from the stream's stored events.
+    assert [(e.name, e.attributes["mesh.actor"]) for e in span.events] == [("claim", "sleeper"), ("result", "sleeper")]
+    assert span.start_time == int(record.created * 1e9)
+
+
 # --- over OTLP, with an LLM agent's model calls --------------------------------------------
 
 
