@@ -165,6 +165,8 @@ class Reply:
     tokens: int
     cost: float
     model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     def message(self) -> dict[str, Any]:
         """The assistant message to append to the conversation."""
@@ -281,7 +283,15 @@ class ModelClient:
             except Exception:  # no price known for this model: tokens are still charged
                 cost = 0.0
         model = str(hidden.get("litellm_model_name") or getattr(response, "model", "") or self.models[0])
-        return Reply(content=message.content or "", calls=calls, tokens=tokens, cost=float(cost or 0.0), model=model)
+        return Reply(
+            content=message.content or "",
+            calls=calls,
+            tokens=tokens,
+            cost=float(cost or 0.0),
+            model=model,
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        )
 
 
 class _Final:
@@ -499,10 +509,17 @@ class LLMAgent:
                 raise TaskFailed(f"no tokens left in the budget ({used} of {limit} spent)", reason="budget")
             max_tokens = min(max_tokens, limit - used)
         turn = self._next_mock(record, session.mode)
+        model = self.client.models[0]
         try:
-            reply = await self.client.complete(
-                session.messages, tools, max_tokens=max_tokens, patience=patience, turn=turn
-            )
+            with task.model_call(
+                model=model, provider=_provider(model), max_tokens=max_tokens, temperature=self.client.temperature
+            ) as call:
+                reply = await self.client.complete(
+                    session.messages, tools, max_tokens=max_tokens, patience=patience, turn=turn
+                )
+                call.usage(
+                    input_tokens=reply.input_tokens, output_tokens=reply.output_tokens, response_model=reply.model
+                )
         except ModelFailed as exc:
             log.warning("model call failed", task=record.id, error=str(exc))
             raise TaskFailed(str(exc), reason="error") from None

@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "footprint": "bench.footprint",
     "latency": "bench.latency",
     "auth": "bench.auth",
+    "otel": "bench.otel",
     "baseline": "bench.baseline",
     "throughput": "bench.throughput",
     "central": "bench.central",

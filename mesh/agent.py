@@ -74,6 +74,8 @@ class AgentConfig:
     role: str = ""
     description: str = ""
     kind: str = ""
+    #: the name of the brief the agent runs (its id is this plus a suffix, or given)
+    brief: str = ""
     delegates: tuple[str, ...] = ()
     expertise: tuple[str, ...] = ()
     capacity: int = 1
@@ -146,6 +148,9 @@ class Agent:
 
     def held_tasks(self) -> tuple[str, ...]:
         return tuple(sorted(self._held))
+
+    def reviews_held(self) -> int:
+        return len(self._reviewing)
 
     def drain_requested(self) -> bool:
         return self._drain.is_set()

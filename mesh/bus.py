@@ -1516,20 +1516,29 @@ class Bus:
         version: str,
         description: str,
         metadata: dict[str, str],
+        endpoint: str,
         subject: str,
         handle: Callable[[bytes], Awaitable[bytes]],
+        stats: Callable[[], dict[str, Any]] | None = None,
     ) -> AsyncIterator[None]:
-        """Serve one endpoint under the mesh's services API name (``$SRV.PING`` and the
-        like find it): ``handle`` gets each request's body and returns the reply's."""
+        """Serve one endpoint named ``endpoint`` under the mesh's services API name
+        (``$SRV.PING`` and the like find it): ``handle`` gets each request's body and
+        returns the reply's; ``stats`` makes the endpoint's ``data`` in ``$SRV.STATS``
+        replies (an object, as the services API schema wants)."""
 
         async def respond(request: Request) -> None:
             await request.respond(await handle(request.data))
 
         with translate_errors(f"serving {subject}"):
             service = await nats.micro.add_service(
-                self.nc, name=self.names.service_name, version=version, description=description, metadata=metadata
+                self.nc,
+                name=self.names.service_name,
+                version=version,
+                description=description,
+                metadata=metadata,
+                stats_handler=(lambda _: stats()) if stats is not None else (lambda _: {}),
             )
-            await service.add_endpoint(name="control", subject=subject, handler=respond)
+            await service.add_endpoint(name=endpoint, subject=subject, handler=respond)
         try:
             yield
         finally:

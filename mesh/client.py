@@ -45,7 +45,7 @@ from protocol import (
 
 from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .defaults import DEFAULT_SERVER, default_server
-from .follow import create_and_wait, wait_terminal
+from .follow import OnRecord, create_and_wait, wait_terminal
 from .identity import default_id
 from .questions import Answerer, Questions
 from .work import new_id
@@ -169,12 +169,20 @@ class Mesh:
         except LimitExceeded as exc:
             raise OverLimit(exc) from None
 
-    async def wait(self, task: TaskRecord | str, *, on_question: Answerer | None = None) -> TaskRecord:
+    async def wait(
+        self,
+        task: TaskRecord | str,
+        *,
+        on_question: Answerer | None = None,
+        on_record: OnRecord | None = None,
+    ) -> TaskRecord:
         """Wait for the task to end; also judges no_agent and the deadline.
 
         With ``on_question``, questions that agents working on the task ask this
         client (clarification tasks addressed to ``agent.<client id>``) are answered by
-        calling it with the question's record."""
+        calling it with the question's record. ``on_record`` is called with each
+        version of the record seen (progress, a new owner, review), to show it; the
+        same version may come more than once."""
         if isinstance(task, TaskRecord):
             record = task
         else:
@@ -185,13 +193,19 @@ class Mesh:
                 # CorruptRecord if there is none: then nobody can say what the task was).
                 record, _ = await self.bus.end_unreadable(exc, None, actor=self.id)
         if on_question is None:
-            return await wait_terminal(self.bus, record, observer=self.id)
+            return await wait_terminal(self.bus, record, observer=self.id, on_record=on_record)
         final: list[TaskRecord] = []
         failure: list[Exception] = []
         async with anyio.create_task_group() as tg:
             questions = Questions(self.bus, self.id, on_question, tg)
+
+            async def seen(current: TaskRecord) -> None:
+                await questions.on_record(current)
+                if on_record is not None:
+                    await on_record(current)
+
             try:
-                final.append(await wait_terminal(self.bus, record, observer=self.id, on_record=questions.on_record))
+                final.append(await wait_terminal(self.bus, record, observer=self.id, on_record=seen))
             except Exception as exc:  # re-raised as itself, not inside an ExceptionGroup
                 failure.append(exc)
             tg.cancel_scope.cancel()

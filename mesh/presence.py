@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -132,12 +132,46 @@ class Presence:
         async with self.agent.bus.service(
             version=config.version if _semver(config.version) else "0.1.0",
             description=f"agent-mesh agent {config.id}: {config.role or config.kind}",
-            metadata={"agent": config.id, "serves": ",".join(config.serves), "role": config.role},
+            metadata={
+                "agent": config.id,
+                "brief": config.brief or config.id,
+                "serves": ",".join(config.serves),
+                "role": config.role,
+                "kind": config.kind,
+                "capacity": str(config.capacity),
+            },
+            # Named after the agent, so that the rows of `nats micro stats mesh-agent`
+            # (instance id, endpoint, requests...) say whose they are.
+            endpoint=config.id,
             subject=self.agent.names.control_subject(config.id),
             handle=self._control,
+            stats=self.stats,
         ):
             task_status.started()
             await anyio.sleep_forever()
+
+    def stats(self) -> dict[str, Any]:
+        """What ``$SRV.STATS`` shows of this agent (the endpoint's ``data``): a fleet
+        view for `nats micro stats mesh-agent --json` and `nats micro info`."""
+        agent, config = self.agent, self.agent.config
+        return {
+            "agent": config.id,
+            "brief": config.brief or config.id,
+            "role": config.role,
+            "kind": config.kind,
+            "serves": list(config.serves),
+            "load": agent.load(),
+            "capacity": config.capacity,
+            "tasks": list(agent.held_tasks()),
+            "reviews": agent.reviews_held(),
+            "done": agent.stats.completed,
+            "failed": agent.stats.failed,
+            "reviewed": agent.stats.reviews,
+            "refused": agent.bus.refused,
+            "draining": agent.draining,
+            "host": self.host,
+            "pid": self.pid,
+        }
 
     async def _control(self, data: bytes) -> bytes:
         """Answer a control request (``status``, ``drain``); garbage gets NotUnderstood."""

@@ -27,6 +27,7 @@ def agent_config(brief: Brief, agent_id: str | None = None) -> AgentConfig:
         role=brief.role,
         description=brief.brief.strip().splitlines()[0] if brief.brief.strip() else "",
         kind=brief.kind,
+        brief=brief.name,
         serves=brief.serves,
         delegates=brief.delegates,
         expertise=brief.expertise,

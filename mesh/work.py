@@ -33,6 +33,7 @@ from protocol import (
 
 from .bus import Announcement, Bus, Conflict, CorruptRecord, NotFound, Unavailable
 from .follow import OnRecord, create_and_wait, wait_terminal
+from .otel import ModelCall, model_call
 from .questions import Questions
 from .retry import BROKER_BACKOFF, retry
 
@@ -281,6 +282,22 @@ class TaskContext:
     async def progress(self, text: str, checkpoint: Any = None) -> None:
         """Report progress (renews the lease); ``checkpoint`` is kept for a successor."""
         await self.write(Renew(actor=self.agent, epoch=self.epoch, progress=text, checkpoint=checkpoint))
+
+    def model_call(
+        self, *, model: str, provider: str, max_tokens: int | None = None, temperature: float | None = None
+    ) -> ModelCall:
+        """A span for one model call made for this task, the child of the task's span
+        (OpenTelemetry, GenAI conventions), when this process sends traces (``OTEL_*``
+        settings and the otel extra); a no-op otherwise. ``with task.model_call(...) as
+        call: reply = ...; call.usage(input_tokens=..., output_tokens=...)``."""
+        return model_call(
+            self.record.trace,
+            agent=self.agent,
+            model=model,
+            provider=provider,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
 
     async def charge(self, *, tokens: int = 0, cost: float = 0.0) -> None:
         """Charge usage to the task's budget; past it the task fails ``budget`` and the

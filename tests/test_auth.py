@@ -573,6 +573,8 @@ async def test_up_runs_its_org_with_auth_by_default(tmp_path: Path, monkeypatch:
         client = await Mesh.connect(server, settings=_settings(keys / "client.nk"))
         try:
             await wait_for(lambda: client.bus.card("upper"), what="the org's agent to join")
+            # `mesh up` follows the directory with the org's client key, as a client may.
+            await wait_for(lambda: "agent upper up (1/1)" in log.read_text(), what="mesh up to say the agent is up")
             with anyio.fail_after(30):
                 assert (await client.run("echo", "x")).result == "up: x"
         finally:

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = [
     "footprint",
     "latency",
+    "otel",
     "baseline",
     "throughput",
     "central",

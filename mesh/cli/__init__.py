@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an organization: broker (unless --server) plus one process per agent",
         description="Run an organization. Without --server, the broker runs with authorization on: each agent "
         "connects with its own key (made in the keys directory if missing, reused if present), and the keys "
-        "`operator` and `client` are made there for you (drain agents, submit work).",
+        "`operator` and `client` are made there for you (drain agents, submit work). Each agent is reported as it "
+        "joins the directory (agent NAME up (k/n)).",
     )
     p.add_argument("org", help="org TOML file")
     p.add_argument(
@@ -253,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--claim-timeout", type=parse_duration, default=10.0, help="fail no_agent if unclaimed this long (default 10s)"
     )
-    p.add_argument("--wait", action="store_true", help="wait for the task to end and print the result")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the task to end and print the result; meanwhile its status (state, owner, last progress "
+        "note, elapsed) is on stderr: one line rewritten in place on a terminal, a line per change otherwise",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (with --wait: the final record)")
     _server(p)
 
@@ -405,6 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("dir", help="keys directory (its *.pub files)")
     c.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
+
+    p = sub.add_parser("otel", help="OpenTelemetry: send a span per task to your tracing system")
+    osub = p.add_subparsers(dest="otel_command", metavar="ACTION")
+    o = osub.add_parser(
+        "export",
+        help="follow the events stream and send one span per task (OTLP over HTTP or gRPC)",
+        description="Follow the mesh's events stream until SIGTERM/SIGINT and send one span per task when it "
+        "ends: its trace and span ids are the task's traceparent's (children under their parent task, model "
+        "calls of agents with OTEL_* settings under their task), its attributes the final record's (capability, "
+        "owner, epoch, attempts, result size, tokens and cost, reason) and its span events the transitions "
+        "(claim, lapse, hand-back, re-open, vote, veto, clarification...). Configured by the standard OTEL_* "
+        "variables: OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318), OTEL_EXPORTER_OTLP_PROTOCOL "
+        "(http/protobuf or grpc), OTEL_SERVICE_NAME, OTEL_TRACES_EXPORTER=console to print them. Run one per "
+        "mesh. Needs the otel extra: pip install 'agent-mesh[otel]'.",
+    )
+    o.add_argument(
+        "--history", action="store_true", help="first send the spans of the tasks the events stream still holds"
+    )
+    _server(o)
 
     p = sub.add_parser("mcp", help="serve the mesh to MCP hosts (desktop assistants, IDEs) as tools")
     msub = p.add_subparsers(dest="mcp_command", metavar="ACTION")

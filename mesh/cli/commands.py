@@ -100,6 +100,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "mcp": cmd_mcp,
         "a2a": cmd_a2a,
         "bench": cmd_bench,
+        "otel": cmd_otel,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
@@ -117,6 +118,8 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         os.environ["MESH_NKEY"] = args.nkey
     if args.command == "brief" and args.brief_command is None:
         parser.parse_args(["brief", "--help"])
+    if args.command == "otel" and args.otel_command is None:
+        parser.parse_args(["otel", "--help"])
     if args.command == "mcp" and args.mcp_command is None:
         parser.parse_args(["mcp", "--help"])
     with user_errors():
@@ -409,6 +412,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     elif args.keys or os.environ.get("MESH_KEYS"):  # another's broker: agents with a key there use it
         seeds = {agent_id: seed for agent_id, _ in ids if (seed := keys_dir / f"{agent_id}.nk").exists()}
     procs = []
+    arrivals = None
     try:
         for agent_id, name in ids:
             env = {"MESH_NKEY": str(seeds[agent_id])} if agent_id in seeds else None
@@ -418,6 +422,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"org {org.name!r}: {len(procs)} agent processes; Ctrl-C drains them all", file=sys.stderr)
         key = f" --nkey {seeds['client']}" if "client" in seeds else ""
         print(f"submit work with: mesh submit CAPABILITY TEXT --wait --server {server}{key}", file=sys.stderr)
+        arrivals = _report_arrivals([agent_id for agent_id, _ in ids], server, args.prefix, seeds.get("client"))
         # Restart nothing silently: a process that exits on its own is reported.
         with _stop_signals() as stop:
             while not stop.wait(0.5):
@@ -431,6 +436,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("draining agents ...", file=sys.stderr)
         return 0
     finally:
+        if arrivals is not None:
+            arrivals.stop()
         with _ignore_sigint():
             for p in procs:
                 p.drain()
@@ -442,6 +449,49 @@ def cmd_up(args: argparse.Namespace) -> int:
                     p.kill()
             if broker is not None:
                 broker.stop()
+
+
+class _Arrivals:
+    """`mesh up`'s report of agents coming up, in a thread of its own (the command's
+    main thread waits on signals and its children)."""
+
+    def __init__(self, expected: list[str], connect: Callable[[], Awaitable[Mesh]]) -> None:
+        import functools
+
+        import anyio
+
+        from .progress import report_arrivals
+
+        self._stop = threading.Event()
+        run = functools.partial(report_arrivals, expected, connect, stop=self._stop, say=self._say)
+        self._thread = threading.Thread(target=anyio.run, args=(run,), name="arrivals", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _report_arrivals(expected: list[str], server: str, prefix: str, seed: Path | None) -> _Arrivals:
+    import dataclasses
+
+    from protocol import Names
+
+    from ..client import Mesh
+    from ..settings import Settings
+
+    settings = Settings.from_env()
+    if seed is not None:  # the org's own broker: read the directory as its client
+        settings = dataclasses.replace(settings, nkey=str(seed))
+
+    async def connect() -> Mesh:
+        return await Mesh.connect(server, names=Names(prefix), settings=settings)
+
+    return _Arrivals(expected, connect)
 
 
 @contextlib.contextmanager
@@ -535,9 +585,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if not args.wait:
                 print(json.dumps({"id": record.id, "state": record.state}) if args.json else record.id)
                 return 0
-            if not args.json:
-                print(f"submitted {record.id}; waiting ...", file=sys.stderr)
-            final = await mesh.wait(record, on_question=_ask_the_terminal)
+            if args.json:
+                final = await mesh.wait(record, on_question=_ask_the_terminal)
+            else:
+                print(f"submitted {record.id}; waiting ...", file=sys.stderr, flush=True)
+                final = await _wait_showing_status(mesh, record)
         finally:
             await mesh.close()
         if args.json:
@@ -547,6 +599,41 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0 if final.state == "done" else 1
 
     return _run(submit)
+
+
+async def _wait_showing_status(mesh: Mesh, record: Any) -> Any:
+    """Wait for the task, showing its status line (state, owner, last progress note,
+    elapsed) on stderr: rewritten in place on a terminal, a line per change otherwise."""
+    import anyio
+
+    from .progress import StatusLine
+
+    status = StatusLine(sys.stderr)
+
+    async def on_record(current: Any) -> None:
+        status.update(current)
+
+    async def ask(question: Any) -> str:
+        status.clear()
+        return await _ask_the_terminal(question)
+
+    async def tick() -> None:
+        while True:  # the elapsed time moves on a terminal even while nothing is written
+            await anyio.sleep(0.5)
+            status.draw()
+
+    if not status.tty:
+        final = await mesh.wait(record, on_question=ask, on_record=on_record)
+    else:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tick)
+                final = await mesh.wait(record, on_question=ask, on_record=on_record)
+                tg.cancel_scope.cancel()
+        finally:
+            status.clear()
+    status.finish(final)
+    return final
 
 
 async def _ask_the_terminal(question: Any) -> str:
@@ -782,6 +869,39 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 
 # --- MCP ---------------------------------------------------------------------------------------
+
+
+def cmd_otel(args: argparse.Namespace) -> int:
+    """Send one span per task, built from the events stream, to the OTEL_* exporter."""
+    from ..otel import OtelUnavailable, export_task_spans, task_span_sink
+
+    try:
+        sink = task_span_sink()
+    except OtelUnavailable as exc:
+        raise UserError(str(exc)) from None
+
+    async def export() -> int:
+        import anyio
+
+        mesh = await _mesh(args)
+        try:
+            print("exporting a span per task (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            async with anyio.create_task_group() as tg:
+
+                async def on_signals() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for _ in signals:
+                            tg.cancel_scope.cancel()
+
+                tg.start_soon(on_signals)
+                await export_task_spans(mesh, sink, history=args.history)
+        finally:
+            await mesh.close()
+            sink.close()
+            print(f"exported {sink.sent} task spans", file=sys.stderr)
+        return 0
+
+    return _run(export)
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:

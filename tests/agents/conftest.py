@@ -43,11 +43,16 @@ def write_brief(directory: Path, name: str, **fields: Any) -> Path:
 OFFLINE_ENV = {"MESH_MODEL": "", "MESH_LOG_LEVEL": "info"}
 
 
-def start(procs: AgentProcs, name: str, **fields: Any) -> AgentProcess:
-    """Start one agent process from a brief with ``fields``; stopped at teardown."""
+def start(procs: AgentProcs, name: str, *, env: dict[str, str] | None = None, **fields: Any) -> AgentProcess:
+    """Start one agent process from a brief with ``fields`` (and ``env`` on top of the
+    offline one); stopped at teardown."""
     path = write_brief(procs.directory, name, **fields)
     proc = spawn_agent(
-        path, server=procs.broker.url, agent_id=name, log_path=procs.directory / f"{name}.log", env=OFFLINE_ENV
+        path,
+        server=procs.broker.url,
+        agent_id=name,
+        log_path=procs.directory / f"{name}.log",
+        env={**OFFLINE_ENV, **(env or {})},
     )
     procs.procs[name] = proc
     return proc
