@@ -1619,6 +1619,40 @@ class Bus:
         finally:
             await Listening(sub).close()
 
+    @contextlib.asynccontextmanager
+    async def follow_all(self) -> AsyncIterator[Follow]:
+        """Every accepted write of every live task record, as the broker republishes
+        them (core NATS, no consumer): what a live view of the whole mesh follows."""
+        follow = Follow(self.nc)
+        with translate_errors("following the task records"):
+            sub = await self.nc.subscribe(self.names.records_subjects, cb=follow._on_msg)
+        try:
+            yield follow
+        finally:
+            await Listening(sub).close()
+
+    async def directory_changes(self) -> AsyncIterator[tuple[str, AgentCard | None]]:
+        """The directory's cards as they are written, first the current ones: (agent id,
+        card), or (agent id, None) when a card is removed or expires (the bucket's
+        markers). A card that does not decode is left out (the directory is informative)."""
+        prefix = "agent."
+        with translate_errors("following the directory"):
+            watcher = await self.agents.watch(f"{prefix}>")
+        try:
+            with translate_errors("following the directory"):
+                async for entry in watcher:
+                    if entry is None:  # the end of the current values
+                        continue
+                    agent_id = entry.key.removeprefix(prefix)
+                    if entry.operation is not None or not entry.value:
+                        yield agent_id, None
+                        continue
+                    with contextlib.suppress(RemoteProtocolError):
+                        yield agent_id, decode_card(entry.value)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
 
 class _ReportBudget:
     """A token bucket for error reports: ``rate`` a second, bursts of ``burst``."""

@@ -27,7 +27,7 @@ from .client import Mesh
 
 T = TypeVar("T")
 
-__all__ = ["Snapshot", "take_snapshot", "analyse"]
+__all__ = ["Reading", "Snapshot", "analyse", "read_mesh", "take_snapshot"]
 
 
 @dataclass
@@ -104,6 +104,29 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
     """Read the directory, the live tasks bucket and the work items waiting in the
     queues (open tasks never claimed exist only there), then flag what needs a
     person's attention. A source the broker does not give is named in ``not_read``."""
+    reading = await read_mesh(mesh)
+    live = [record for record in reading.tasks if not is_terminal(record)]
+    snap = analyse(time.time(), reading.agents, live, stuck_after=stuck_after, loop_after=loop_after)
+    snap.unreadable = reading.unreadable
+    snap.not_read = reading.not_read
+    return snap
+
+
+@dataclass
+class Reading:
+    """What the broker holds now: live agents' cards, the task records of the live
+    bucket (finished ones too, until they expire) and of never-claimed tasks (from
+    their work items), what did not decode, and what could not be read."""
+
+    agents: list[AgentCard]
+    tasks: list[TaskRecord]
+    unreadable: list[str]
+    not_read: list[str]
+
+
+async def read_mesh(mesh: Mesh) -> Reading:
+    """Read what :func:`take_snapshot` (and ``mesh ui``) analyse; a source the broker
+    does not give is named in ``not_read``."""
     not_read: list[str] = []
     agents = await _read("the directory of agents", mesh.agents(), not_read) or []
     tasks: dict[str, TaskRecord] = {}
@@ -114,17 +137,14 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
         except RemoteProtocolError:
             unreadable.append(key)
             continue
-        if not is_terminal(record):
-            tasks[record.id] = record
+        tasks[record.id] = record
     bad_items: list[int] = []
     waiting = await _read("the queues' waiting items", mesh.bus.waiting_items(unreadable=bad_items), not_read)
     for _, item in waiting or []:
         if item.task not in tasks and item.revision == 0:
             tasks[item.task] = item.record
-    snap = analyse(time.time(), agents, list(tasks.values()), stuck_after=stuck_after, loop_after=loop_after)
-    snap.unreadable = sorted(unreadable) + [f"work item {seq}" for seq in bad_items]
-    snap.not_read = not_read
-    return snap
+    unreadable = sorted(unreadable) + [f"work item {seq}" for seq in bad_items]
+    return Reading(agents=agents, tasks=list(tasks.values()), unreadable=unreadable, not_read=not_read)
 
 
 async def _read(what: str, reading: Awaitable[T], not_read: list[str]) -> T | None:

@@ -36,7 +36,20 @@ def mesh(
 
 def test_help_lists_the_commands() -> None:
     out = mesh("--help").stdout
-    for command in ("demo", "broker", "setup", "agent", "up", "submit", "agents", "watch", "trace", "cancel", "brief"):
+    for command in (
+        "demo",
+        "broker",
+        "setup",
+        "agent",
+        "up",
+        "submit",
+        "agents",
+        "watch",
+        "trace",
+        "cancel",
+        "brief",
+        "ui",
+    ):
         assert command in out
 
 

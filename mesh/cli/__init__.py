@@ -321,6 +321,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server(p)
 
+    p = sub.add_parser(
+        "ui",
+        help="a live web view: agents, tasks with top's flags, task trees and timelines, the human inbox",
+        description="Serve a live view of the mesh to a browser until SIGTERM/SIGINT: the directory, live and "
+        "recent tasks (flagged stuck, looping or overloaded as by `mesh top`), a task's tree and timeline (as "
+        "`mesh trace`), and the human inbox with answer, approve and veto. Nothing is fetched from the internet. "
+        "With auth on, actions need an operator's key (--nkey); with another key the view is read-only. Needs "
+        "the extra: pip install 'agent-mesh[ui]'. See docs/UI.md.",
+    )
+    p.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_whole("port", 0, 65535), default=8080, help="HTTP port, 0 for any free one (default 8080)"
+    )
+    p.add_argument(
+        "--as",
+        dest="as_",
+        default=None,
+        metavar="NAME",
+        help="who inbox actions are made as (default: the --nkey's name, else human-<login>)",
+    )
+    p.add_argument("--capability", default="human", help="capability prefix of the inbox (default: human)")
+    p.add_argument(
+        "--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)"
+    )
+    p.add_argument(
+        "--loop-after",
+        type=_whole("count", 2, 1000),
+        default=3,
+        help="a capability recurring this often in a chain = looping, 2 to 1000 (default 3)",
+    )
+    _server(p)
+
     p = sub.add_parser("a2a", help="speak A2A: put the mesh behind an A2A endpoint (docs/INTEROP.md)")
     xsub = p.add_subparsers(dest="a2a_command", metavar="ACTION")
     x = xsub.add_parser(

@@ -101,6 +101,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "a2a": cmd_a2a,
         "bench": cmd_bench,
         "otel": cmd_otel,
+        "ui": cmd_ui,
     }
     if args.command == "agent" and args.agent_command is None:
         parser.parse_args(["agent", "--help"])
@@ -949,6 +950,68 @@ def cmd_top(args: argparse.Namespace) -> int:
             await mesh.close()
 
     return _run(top)
+
+
+# --- the web view ---------------------------------------------------------------------------
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401  (an extra: say how to get it, not a traceback)
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("the web view needs its extra: pip install 'agent-mesh[ui]'") from None
+    from protocol import validate_agent_id, validate_capability
+
+    from ..ui.server import PortInUse, bind
+
+    validate_capability(args.capability)
+    if args.as_ is not None:
+        validate_agent_id(args.as_)
+    actor, read_only = _ui_actor(args.as_)
+    try:
+        sock = bind(args.host, args.port)
+    except PortInUse as exc:
+        raise UserError(str(exc)) from None
+    try:
+        return _run(_ui_serve, args, sock, actor, read_only)
+    finally:
+        sock.close()
+
+
+def _ui_actor(as_: str | None) -> tuple[str | None, str]:
+    """Who the page acts as, or None and why it may not act: with auth on (a key),
+    only an operator's key acts from a page anyone who reaches it can use."""
+    seed = os.environ.get("MESH_NKEY")
+    if not seed:
+        return as_ or _person(), ""
+    from ..identity import load_seed
+
+    identity = load_seed(seed)
+    if identity.role != "operator":
+        whose = f"a {identity.role}'s" if identity.role else "a"
+        return (
+            None,
+            f"read-only: inbox actions need an operator's key (mesh ui --nkey OPERATOR.nk); {seed} is {whose} key",
+        )
+    return as_ or identity.name, ""
+
+
+async def _ui_serve(args: argparse.Namespace, sock: Any, actor: str | None, read_only: str) -> int:
+    from protocol import Names
+
+    from ..client import Mesh, default_server
+    from ..ui.server import UiConfig, serve
+
+    server = args.server or default_server()
+
+    def announce(url: str) -> None:
+        print(f"mesh ui at {url} (Ctrl-C stops)", flush=True)
+
+    config = UiConfig(actor=actor, read_only_reason=read_only, inbox_capability=args.capability, server=server)
+    async with await Mesh.connect(server, client_id=actor, names=Names(args.prefix)) as mesh:
+        await serve(mesh, sock, config, stuck_after=args.stuck_after, loop_after=args.loop_after, announce=announce)
+    return 0
 
 
 # --- keys and authorization ---------------------------------------------------------------------
