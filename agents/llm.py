@@ -534,7 +534,8 @@ class LLMAgent:
         session.tokens += reply.tokens
         session.cost += reply.cost
         if session.charge:
-            await task.charge(tokens=reply.tokens, cost=reply.cost)  # past the task's budget: Lost, task failed(budget)
+            # past the task's budget: Lost, task failed(budget)
+            await task.charge(tokens=reply.tokens, cost=reply.cost, note=f"turn {turn}: {reply.model}")
         own = self.brief.budget
         if own is not None and (
             (own.tokens is not None and session.tokens > own.tokens)
@@ -634,7 +635,8 @@ class LLMAgent:
         session.tokens += outcome.tokens
         session.cost += outcome.cost
         if session.charge and (outcome.tokens or outcome.cost):
-            await task.charge(tokens=outcome.tokens, cost=outcome.cost)  # past the budget: Lost, failed(budget)
+            # past the budget: Lost, failed(budget)
+            await task.charge(tokens=outcome.tokens, cost=outcome.cost, note=f"mcp {session.tool_lines[call.id]}")
         return outcome.text
 
     async def _delegate(self, task: TaskContext, args: dict[str, Any]) -> str:

@@ -1691,5 +1691,7 @@ def _note(event: Event, record: TaskRecord) -> str:
             return record.progress
         case "add_child":
             return str(getattr(event, "child", ""))
+        case "charge":
+            return str(getattr(event, "note", ""))
         case _:
             return ""

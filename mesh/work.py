@@ -15,6 +15,7 @@ import anyio.abc
 import msgspec
 
 from protocol import (
+    MAX_PROGRESS_CHARS,
     AddChild,
     Charge,
     Fenced,
@@ -299,10 +300,11 @@ class TaskContext:
             temperature=temperature,
         )
 
-    async def charge(self, *, tokens: int = 0, cost: float = 0.0) -> None:
+    async def charge(self, *, tokens: int = 0, cost: float = 0.0, note: str = "") -> None:
         """Charge usage to the task's budget; past it the task fails ``budget`` and the
-        worker is stopped."""
-        await self.write(Charge(actor=self.agent, epoch=self.epoch, usage=Usage(tokens=tokens, cost=cost)))
+        worker is stopped. ``note`` (what it paid for) is the ``charge`` event's note."""
+        note = note[:MAX_PROGRESS_CHARS]
+        await self.write(Charge(actor=self.agent, epoch=self.epoch, usage=Usage(tokens=tokens, cost=cost), note=note))
 
     async def delegate(
         self,

@@ -123,6 +123,9 @@ class Charge(_OwnerEvent, frozen=True, kw_only=True, tag="charge"):
     """Charge resource usage (tokens, cost) to the task's budget."""
 
     usage: Usage
+    #: what the usage paid for (a model turn, a tool call and how it went): the note of
+    #: the task's ``charge`` event, so the trace says where the budget went
+    note: Progress = ""
 
 
 class Cancel(_Event, frozen=True, kw_only=True, tag="cancel"):

@@ -110,6 +110,9 @@ async def test_a_reported_cost_is_charged_to_the_budget(shared_client: Mesh, too
     assert record.state == "done", record
     assert record.spent.cost >= 0.25
     assert record.spent.tokens >= 100
+    # The task's events say where the budget went: the tool call's charge names it.
+    charges = [e.note for e in await shared_client.history(record.root) if e.kind == "charge" and e.task == record.id]
+    assert any(re.fullmatch(r"mcp tools__priced \([0-9a-f]{12}\) ok in \d+ ms", note) for note in charges), charges
 
 
 # --- the tools' outcomes, in process (the same server, no broker) ---------------------------

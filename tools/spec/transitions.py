@@ -57,7 +57,7 @@ def sample_event(kind: str, record: TaskRecord, *, actor: str | None = None) -> 
         "reviewing": Reviewing(actor=actor or "critic-1", epoch=epoch, ticket=REVIEW_ITEM_1),
         "approve": Approve(actor=actor or "critic-1", epoch=epoch),
         "veto": Veto(actor=actor or "critic-1", epoch=epoch, reasons=("Too vague.",)),
-        "charge": Charge(actor=owner, epoch=epoch, usage=Usage(tokens=1200, cost=0.01)),
+        "charge": Charge(actor=owner, epoch=epoch, usage=Usage(tokens=1200, cost=0.01), note="turn 2: gpt-4o-mini"),
         "cancel": Cancel(actor=actor or "client-1", note="no longer needed"),
         "expire": Expire(actor=actor or "client-1", reason="no_agent"),
     }
