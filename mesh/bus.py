@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -99,6 +99,7 @@ __all__ = [
     "Settings",
     "Announcement",
     "Follow",
+    "Stored",
     "QueueInfo",
     "Lent",
     "PullStatus",
@@ -1352,6 +1353,13 @@ class Bus:
         found = await self.stored_with_subjects(f"KV_{name}", f"{prefix}{pattern}", last_per_subject=True)
         return [(subject.removeprefix(prefix), value) for subject, value in found if value]
 
+    async def task_writes(self) -> list[Stored]:
+        """The last write of every task record in the live bucket (``subject``: its key),
+        with the headers a reader verifies it by (:meth:`Trust.admit`)."""
+        prefix = f"$KV.{self.names.tasks_bucket}."
+        found = await self.stored_messages(f"KV_{self.names.tasks_bucket}", f"{prefix}task.>", last_per_subject=True)
+        return [m._replace(subject=m.subject.removeprefix(prefix)) for m in found if m.data]
+
     async def waiting_items(
         self, capability_filter: str = ">", *, unreadable: list[int] | None = None
     ) -> list[tuple[int, WorkItem]]:
@@ -1394,7 +1402,14 @@ class Bus:
     async def stored_with_subjects(
         self, stream: str, subject: str, *, last_per_subject: bool = False, patience_s: float = 15.0
     ) -> list[tuple[str, bytes]]:
-        """:meth:`stored`, with each message's subject.
+        """:meth:`stored`, with each message's subject."""
+        found = await self.stored_messages(stream, subject, last_per_subject=last_per_subject, patience_s=patience_s)
+        return [(m.subject, m.data) for m in found]
+
+    async def stored_messages(
+        self, stream: str, subject: str, *, last_per_subject: bool = False, patience_s: float = 15.0
+    ) -> list[Stored]:
+        """:meth:`stored`, each message with its subject, headers and sequence.
 
         A pull consumer is read until a message says nothing is left after it: counting
         on a push consumer's totals undercounts while a cluster moves the stream's leader.
@@ -1415,7 +1430,7 @@ class Bus:
 
         # The stream may be electing a leader: ask again a few times a second.
         sub = await retry(reader, retry_on=Unavailable, patience_s=patience_s, backoff=Backoff(0.25, 0.25))
-        out: list[tuple[str, bytes]] = []
+        out: list[Stored] = []
         try:
             with translate_errors(f"reading {stream}"):
                 if not (await sub.consumer_info()).num_pending:
@@ -1427,7 +1442,10 @@ class Bus:
                         if time.monotonic() > deadline:
                             raise Unavailable(f"reading {stream}: stopped after {len(out)} messages") from None
                         continue
-                    out.extend((msg.subject, msg.data) for msg in batch)
+                    out.extend(
+                        Stored(msg.subject, msg.data, dict(msg.headers or {}), msg.metadata.sequence.stream)
+                        for msg in batch
+                    )
                     if batch and batch[-1].metadata.num_pending == 0:
                         return out
         finally:
@@ -1652,6 +1670,16 @@ class Bus:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+class Stored(NamedTuple):
+    """A message a stream holds: its subject, bytes, headers and sequence (for a
+    key-value bucket, the key's revision)."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    seq: int
 
 
 class _ReportBudget:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import anyio
@@ -26,6 +26,7 @@ from protocol import (
     Claim,
     ControlReply,
     ControlRequest,
+    ErrorReport,
     Finish,
     LimitExceeded,
     Names,
@@ -36,6 +37,7 @@ from protocol import (
     TransitionError,
     Veto,
     decode_control_reply,
+    decode_error,
     decode_event,
     encode,
     is_terminal,
@@ -333,6 +335,20 @@ class Mesh:
                 yield decode_event(data)
             except RemoteProtocolError:
                 continue
+
+    async def reports(self, task_ids: Collection[str]) -> list[ErrorReport]:
+        """The error reports stored about these tasks' records, oldest first: writes a
+        party refused to act on, forged (PROTOCOL.md 6.23) or unreadable (6.15), each
+        naming its revision and, for a forgery, its signer."""
+        keys = {self.names.task_key(task_id) for task_id in task_ids}
+        subject = self.names.events_subjects[1]
+        out = []
+        for data in await self.bus.stored(self.names.events_stream, subject):
+            with contextlib.suppress(RemoteProtocolError):  # a foreign message is not ours to judge here
+                report = decode_error(data)
+                if report.key in keys:
+                    out.append(report)
+        return out
 
     async def history(self, root: str | None) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""

@@ -10,7 +10,9 @@ a person must notice early flagged (sensitivity to operations):
 Nothing read is left out silently: records and work items that do not decode are
 listed as unreadable, and a part of the broker that could not be read (the directory,
 the live tasks, the queues' waiting items) is named in ``not_read``: the view is then
-partial, and says so.
+partial, and says so. In a mesh with identities every record is verified as any party
+verifies it (PROTOCOL.md 6.23) before it is shown: a write that fails is listed as
+forged, with its signer, and never shown as the task's state.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from protocol import AgentCard, RemoteProtocolError, TaskRecord, decode_record, is_terminal, serves
+from protocol import AgentCard, Forged, RemoteProtocolError, TaskRecord, is_terminal, serves
 
 from .bus import MeshError
 from .client import Mesh
@@ -43,6 +45,9 @@ class Snapshot:
     unreadable: list[str] = field(default_factory=list)
     #: what could not be read from the broker, and why: the snapshot lacks it
     not_read: list[str] = field(default_factory=list)
+    #: task record writes that failed verification (a mesh with identities): which,
+    #: why, and who signed them; none of them is shown as its task's state
+    forged: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         by_owner: dict[str, list[TaskRecord]] = {}
@@ -95,6 +100,7 @@ class Snapshot:
                 "looping": self.looping,
                 "overloaded": self.overloaded,
                 "unreadable": self.unreadable,
+                "forged": self.forged,
                 "not_read": self.not_read,
             },
         }
@@ -108,6 +114,7 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
     live = [record for record in reading.tasks if not is_terminal(record)]
     snap = analyse(time.time(), reading.agents, live, stuck_after=stuck_after, loop_after=loop_after)
     snap.unreadable = reading.unreadable
+    snap.forged = reading.forged
     snap.not_read = reading.not_read
     return snap
 
@@ -116,12 +123,14 @@ async def take_snapshot(mesh: Mesh, *, stuck_after: float = 30.0, loop_after: in
 class Reading:
     """What the broker holds now: live agents' cards, the task records of the live
     bucket (finished ones too, until they expire) and of never-claimed tasks (from
-    their work items), what did not decode, and what could not be read."""
+    their work items), what did not decode, what failed verification, and what could
+    not be read."""
 
     agents: list[AgentCard]
     tasks: list[TaskRecord]
     unreadable: list[str]
     not_read: list[str]
+    forged: list[str] = field(default_factory=list)
 
 
 async def read_mesh(mesh: Mesh) -> Reading:
@@ -131,10 +140,17 @@ async def read_mesh(mesh: Mesh) -> Reading:
     agents = await _read("the directory of agents", mesh.agents(), not_read) or []
     tasks: dict[str, TaskRecord] = {}
     unreadable: list[str] = []
-    for key, value in await _read("the live tasks", mesh.bus.snapshot_keyed("task.>"), not_read) or []:
+    forged: list[str] = []
+    for key, value, headers, revision in await _read("the live tasks", mesh.bus.task_writes(), not_read) or []:
         try:
-            record = decode_record(value)
-        except RemoteProtocolError:
+            task_id = mesh.names.parse_task_key(key)
+            # Verified as a party verifies it (no-op without identities); unlike a party,
+            # a reader only looks: it neither reports nor restores (the task's parties do).
+            record = mesh.bus.trust.admit(task_id, key, revision, value, headers)
+        except Forged as exc:
+            forged.append(f"{key} revision {revision}: {exc.why} (signed by {exc.signer or 'nobody'})")
+            continue
+        except (RemoteProtocolError, ValueError):
             unreadable.append(key)
             continue
         tasks[record.id] = record
@@ -144,7 +160,7 @@ async def read_mesh(mesh: Mesh) -> Reading:
         if item.task not in tasks and item.revision == 0:
             tasks[item.task] = item.record
     unreadable = sorted(unreadable) + [f"work item {seq}" for seq in bad_items]
-    return Reading(agents=agents, tasks=list(tasks.values()), unreadable=unreadable, not_read=not_read)
+    return Reading(agents=agents, tasks=list(tasks.values()), unreadable=unreadable, not_read=not_read, forged=forged)
 
 
 async def _read(what: str, reading: Awaitable[T], not_read: list[str]) -> T | None:

@@ -23,9 +23,13 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from mesh.cli import render
 from mesh.client import Mesh
 from mesh.identity import inbox_prefix, load_seed
 from mesh.testing import AgentProcs, Keys, wait_for
+from mesh.top import read_mesh, take_snapshot
+from mesh.ui.board import Board
+from mesh.ui.feed import follow_mesh
 from protocol import (
     SIG_HEADER,
     Approve,
@@ -329,4 +333,54 @@ async def test_a_reviewer_cannot_vote_on_its_own_work_nor_one_key_twice(
     assert final.state == "done", final
     assert {v.reviewer for v in final.votes} == {"rev-x", "rev1"}, final.votes
     assert len({v.key for v in final.votes}) == 2
+    await carol.close()
+
+
+async def test_readers_show_a_forged_write_as_forged(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    """`mesh trace` lists the forged writes the task's parties refused; `mesh top` and
+    `mesh ui` verify what they read, list a forgery as forged, and never show it as the
+    task's state."""
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=1.0)
+    mallory = await forger()
+    record, *_ = await mallory.current(task.id)
+    await mallory.apply(task.id, Finish(actor="alice", epoch=record.epoch, result="forged"))
+    await reported(reports, mallory.key.public_key, "owner")
+    await finishes_honestly(carol, task)
+
+    # The trace names the refused write, its revision and its signer.
+    tree = await mesh_client.tree(task.id)
+    refused = await mesh_client.reports([task.id])
+    assert any(mallory.key.public_key in r.error and r.key == NAMES.task_key(task.id) for r in refused), refused
+    shown = render.trace(tree, await mesh_client.history(task.root), refused)
+    assert "FORGED reported by alice" in shown and mallory.key.public_key in shown, shown
+
+    # A forgery over the finished record: no party follows the task any more, so it
+    # stays in the bucket; readers verify and list it, and show no task in its place.
+    await mallory.write(
+        task.id, lambda r: msgspec.structs.replace(r, state="cancelled", reason="cancelled", error="forged")
+    )
+    viewer = await keys.connect("olive", "operator")
+    reading = await read_mesh(viewer)
+    key = NAMES.task_key(task.id)
+    assert [f for f in reading.forged if f.startswith(f"{key} revision ")], reading.forged
+    assert mallory.key.public_key in reading.forged[0]
+    assert task.id not in {t.id for t in reading.tasks}
+    snap = await take_snapshot(viewer)
+    assert snap.to_json()["flags"]["forged"] == reading.forged
+    assert "FORGED (not shown; its parties report it" in render.top_view(snap)
+
+    # The web view's board: the first read lists it, and so does a forged write as it happens.
+    board = Board()
+    async with anyio.create_task_group() as tg:
+        await tg.start(follow_mesh, viewer, board)
+        assert any(f.startswith(f"{key} revision ") for f in board.forged), board.forged
+        before = len(board.forged)
+        await mallory.write(task.id, lambda r: msgspec.structs.replace(r, error="forged again"))
+        await wait_for(lambda: len(board.forged) > before, timeout=10, what="the view to list the new forgery")
+        assert board.summary()["forged"][-1].startswith(f"{key} revision ")
+        assert board.record(task.id) is None
+        tg.cancel_scope.cancel()
+    await viewer.close()
     await carol.close()

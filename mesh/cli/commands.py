@@ -701,6 +701,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             root = await mesh.get(args.id)
             tree = await mesh.tree(args.id)
             events = await mesh.history(root.root)
+            reports = await mesh.reports([r.id for _, r in tree])
         finally:
             await mesh.close()
         if args.json:
@@ -709,11 +710,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
                     {
                         "tasks": [msgspec.to_builtins(r) for _, r in tree],
                         "events": [msgspec.to_builtins(e) for e in events],
+                        "reports": [msgspec.to_builtins(r) for r in reports],
                     }
                 )
             )
         else:
-            print(render.trace(tree, [e for e in events if e.task in {r.id for _, r in tree}]))
+            print(render.trace(tree, [e for e in events if e.task in {r.id for _, r in tree}], reports))
         return 0
 
     return _run(trace)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from protocol import AgentCard, TaskEvent, TaskRecord, approvals, vetoes
+from protocol import AgentCard, ErrorReport, TaskEvent, TaskRecord, approvals, vetoes
 
 __all__ = ["outcome", "agents_table", "event_line", "trace", "inbox", "top_view", "org_cells"]
 
@@ -57,7 +57,7 @@ def event_line(e: TaskEvent) -> str:
     return f"{clock} {e.task} {e.kind:9} -> {e.state}{reason}  {e.capability} by {e.actor} epoch {e.epoch}{note}"
 
 
-def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
+def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent], reports: Sequence[ErrorReport] = ()) -> str:
     lines = []
     for depth, r in tree:
         took = f"{(r.updated - r.created) * 1000:.0f} ms"
@@ -89,6 +89,17 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent]) -> str:
             note = f"  {_short(e.note, 50)}" if e.note else ""
             lines.append(
                 f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}"
+            )
+    if reports:
+        # Writes a party refused (forged, unreadable): never acted on, each named by the
+        # party that met it; the task carried on from its last valid revision, or ended.
+        t0 = min([e.at for e in events] + [report.at for report in reports])
+        lines.append("")
+        lines.append("refused writes (never acted on):")
+        for report in sorted(reports, key=lambda report: report.at):
+            what = "FORGED" if "forged" in report.error else "REFUSED"
+            lines.append(
+                f"  +{(report.at - t0) * 1000:7.1f} ms  {what} reported by {report.agent}: {_short(report.error, 160)}"
             )
     return "\n".join(lines)
 
@@ -163,6 +174,8 @@ def top_view(snap: Any) -> str:
     if flags.get("unreadable"):
         unreadable = ", ".join(flags["unreadable"])
         summary += f"\nunreadable (records: their parties end them; items: agents refuse them): {unreadable}"
+    for forged in flags.get("forged", ()):
+        summary += f"\nFORGED (not shown; its parties report it and carry on from the last valid write): {forged}"
     for missing in flags.get("not_read", ()):
         summary += f"\nNOT READ (this view lacks it): {missing}"
     return "\n\n".join(

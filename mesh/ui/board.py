@@ -27,6 +27,8 @@ __all__ = ["Board", "Query", "Viewer", "PAGE_SIZE", "FINISHED_KEPT"]
 PAGE_SIZE = 50
 #: finished tasks the view keeps (the newest), after their records leave the live bucket
 FINISHED_KEPT = 2000
+#: forged writes the page lists (the newest; every party reports each on its error subject)
+FORGED_SHOWN = 20
 #: the task filters a page may ask for
 TASK_FILTERS = ("active", "flagged", "finished", "all")
 
@@ -89,6 +91,8 @@ class Board:
         #: what the view could not read or decode (shown on the page, never dropped silently)
         self.not_read: list[str] = []
         self.unreadable: list[str] = []
+        #: task record writes that failed verification, newest last (at most FORGED_SHOWN)
+        self.forged: list[str] = []
         #: (created, id) of the tasks held, oldest first, all of them and by whether they
         #: ended: a page is a slice, not a sort of the board on every update
         self._all: list[tuple[float, str]] = []
@@ -153,6 +157,13 @@ class Board:
             return
         self.agents[card.id] = _Agent(card, now, _Row(self._bump(), agent_row(card)))
 
+    def put_forged(self, lines: list[str]) -> None:
+        """Writes that failed verification (never shown as their tasks' state)."""
+        fresh = [line for line in lines if line not in self.forged]
+        if fresh:
+            self.forged = (self.forged + fresh)[-FORGED_SHOWN:]
+            self._bump()
+
     def drop_card(self, agent_id: str) -> None:
         if self.agents.pop(agent_id, None) is not None:
             self._bump()
@@ -214,6 +225,7 @@ class Board:
             "overloaded": sorted(self.flags.overloaded),
             "not_read": self.not_read,
             "unreadable": self.unreadable,
+            "forged": self.forged,
         }
 
     def record(self, task_id: str) -> TaskRecord | None:

@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from protocol import RemoteProtocolError, decode_record
+from protocol import Forged, RemoteProtocolError, decode_record
 
 from ..bus import MeshError
 from ..client import Mesh
@@ -40,6 +40,7 @@ async def follow_mesh(mesh: Mesh, board: Board, *, task_status: anyio.abc.TaskSt
         for record in reading.tasks:
             board.put_record(record, 0)
         board.not_read, board.unreadable = reading.not_read, reading.unreadable
+        board.put_forged(reading.forged)
         board.reflag(time.time())
         tg.start_soon(_follow_directory, mesh, board)
         tg.start_soon(_reflag, board)
@@ -49,11 +50,19 @@ async def follow_mesh(mesh: Mesh, board: Board, *, task_status: anyio.abc.TaskSt
             write = await writes.next(timeout=REFLAG_S)
             if write is None:
                 continue
-            revision, data, _ = write  # unverified, as in mesh top (signed writes: docs/SECURITY.md)
+            revision, data, headers = write
             try:
-                board.put_record(decode_record(data), revision)
+                # Verified as read_mesh verifies (a mesh with identities). The key is the
+                # one the record names: its signature covers the key, so a lie fails too.
+                record = decode_record(data)
+                key = mesh.names.task_key(record.id)
+                record = mesh.bus.trust.admit(record.id, key, revision, data, headers)
+            except Forged as exc:
+                board.put_forged([f"{key} revision {revision}: {exc.why} (signed by {exc.signer or 'nobody'})"])
+                continue
             except RemoteProtocolError:
                 continue  # its parties end an unreadable record; the next read lists it
+            board.put_record(record, revision)
 
 
 async def _follow_created(mesh: Mesh, board: Board, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -97,6 +106,7 @@ async def _reread_after_reconnecting(mesh: Mesh, board: Board) -> None:
         for record in reading.tasks:
             board.put_record(record, 0, fresh=True)
         board.not_read, board.unreadable = reading.not_read, reading.unreadable
+        board.put_forged(reading.forged)
 
 
 async def _reflag(board: Board) -> None:

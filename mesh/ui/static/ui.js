@@ -133,6 +133,7 @@ function renderSummary(s) {
   if (s.overloaded.length) parts.push(el("span", { class: "alert" }, `overloaded: ${s.overloaded.join(", ")}`));
   for (const what of s.not_read) parts.push(el("span", { class: "alert" }, `NOT READ: ${what}`));
   if (s.unreadable.length) parts.push(el("span", { class: "alert" }, `unreadable: ${s.unreadable.join(", ")}`));
+  for (const what of s.forged || []) parts.push(el("span", { class: "alert forged" }, `FORGED: ${what}`));
   $("#summary").replaceChildren(...parts);
 }
 
