@@ -231,17 +231,34 @@ class Mesh:
         return record
 
     async def cancel(self, task_id: str, note: str = "", *, root: str | None = None) -> TaskRecord:
-        """Cancel a task and, depth first, every descendant still running."""
+        """Cancel a task and, depth first, every descendant still running that this
+        party may cancel. In a mesh with identities only a task's requester or an
+        operator may (PROTOCOL.md 6.23): a child's requester is its parent's owner, which
+        cancels the children it made when it sees its own task cancelled."""
         record = await self.get(task_id, root=root)
+        if not self._may_cancel(record):
+            raise MeshError(
+                f"task {task_id}: only its requester ({record.requester}) or an operator may cancel it; "
+                "connect with one of their keys (--nkey or MESH_NKEY)"
+            )
+        return await self._cancel_tree(record, note or f"cancelled by {self.id}")
+
+    def _may_cancel(self, record: TaskRecord) -> bool:
+        signer, trust = self.bus.trust.signer, self.bus.trust
+        return signer is None or signer.public_key in (record.requester_key, *trust.operators)
+
+    async def _cancel_tree(self, record: TaskRecord, note: str) -> TaskRecord:
         if not is_terminal(record):
             with contextlib.suppress(TransitionError):  # it ended meanwhile: nothing to cancel
                 record, _ = await self.bus.transition(
-                    task_id, lambda _: Cancel(actor=self.id, note=note or f"cancelled by {self.id}"), root=record.root
+                    record.id, lambda _: Cancel(actor=self.id, note=note), root=record.root
                 )
-        for child in record.children:
+        for child_id in record.children:
             with contextlib.suppress(NotFound, RemoteProtocolError):  # never created, or its parties end it
-                await self.cancel(child, note=f"parent {task_id} cancelled", root=record.root)
-        return await self.get(task_id, root=record.root)
+                child = await self.get(child_id, root=record.root)
+                if self._may_cancel(child):  # else its requester (our task's owner) does
+                    await self._cancel_tree(child, f"parent {record.id} cancelled")
+        return await self.get(record.id, root=record.root)
 
     async def tree(self, task_id: str) -> list[tuple[int, TaskRecord]]:
         """The task and its descendants, depth first, with their depth."""

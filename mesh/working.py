@@ -16,6 +16,7 @@ import anyio
 from protocol import (
     MAX_ERROR_CHARS,
     Ack,
+    Cancel,
     Claim,
     Fail,
     Finish,
@@ -23,6 +24,7 @@ from protocol import (
     Release,
     RemoteProtocolError,
     TaskRecord,
+    TransitionError,
     decode_record,
     settle_work,
     trace_id,
@@ -59,6 +61,8 @@ class TaskRun:
         self.log = agent.log.bind(
             task=record.id, root=record.root, epoch=self.ctx.epoch, trace_id=trace_id(record.trace)
         )
+        #: our task as its requester (or an operator) cancelled it, seen while working
+        self.cancelled: TaskRecord | None = None
 
     async def run(self) -> None:
         agent, d, ctx, log = self.agent, self.d, self.ctx, self.log
@@ -101,6 +105,8 @@ class TaskRun:
             with anyio.CancelScope(shield=True):
                 await ctx.settle()
                 await self._settle(outcome)
+                if self.cancelled is not None:
+                    await self._cancel_children(self.cancelled)
 
     async def _write_claim(self) -> bool:
         try:
@@ -144,6 +150,8 @@ class TaskRun:
                     continue
                 if self._moved_on(fresh):
                     self.log.info("the task moved on, stopping work", state=fresh.state, owner=fresh.owner)
+                    if fresh.state == "cancelled":
+                        self.cancelled = fresh
                     return False
 
     def _says_moved_on(self, data: bytes) -> bool:
@@ -195,6 +203,20 @@ class TaskRun:
             return "abandoned"
         log.debug("finished", state=record.state, reason=record.reason)
         return "failed" if record.state == "failed" else "done"
+
+    async def _cancel_children(self, record: TaskRecord) -> None:
+        """Cancel the children we made for a task its requester cancelled: we are their
+        requester, the one party (with operators) whose cancel every reader accepts in a
+        mesh with identities (PROTOCOL.md 5, ``cancel``). Their owners do the same below."""
+        for child in record.children:
+            try:
+                await self.agent.bus.transition(
+                    child, lambda _: Cancel(actor=self.me, note=f"parent {record.id} cancelled"), root=record.root
+                )
+            except TransitionError:
+                continue  # it ended already
+            except (MeshError, RemoteProtocolError) as exc:  # its deadline still ends it
+                self.log.warning("could not cancel a child", child=child, error=str(exc))
 
     async def _hand_back(self) -> None:
         """Return the task (draining): release it in the record if we claimed it, then

@@ -129,8 +129,10 @@ class Charge(_OwnerEvent, frozen=True, kw_only=True, tag="charge"):
 
 
 class Cancel(_Event, frozen=True, kw_only=True, tag="cancel"):
-    """End the task as ``cancelled`` in any live state, even past its deadline; the
-    canceller then cancels the task's children."""
+    """End the task as ``cancelled`` in any live state, even past its deadline. Then the
+    canceller cancels the children it may cancel, and the owner of the cancelled task
+    cancels the children it made (it is their requester: with identities, the one
+    party besides operators whose cancel of them is valid)."""
 
     #: becomes the record's ``error``
     note: ErrorText = ""

@@ -23,6 +23,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from mesh.bus import MeshError
 from mesh.cli import render
 from mesh.client import Mesh
 from mesh.identity import inbox_prefix, load_seed
@@ -383,4 +384,43 @@ async def test_readers_show_a_forged_write_as_forged(
         assert board.record(task.id) is None
         tg.cancel_scope.cancel()
     await viewer.close()
+    await carol.close()
+
+
+async def test_a_requesters_cancel_reaches_the_grandchildren_through_their_requesters(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    """A client may cancel only its own tasks: the children belong to the agents that
+    made them, which cancel them when they see their own task cancelled. Nobody's
+    honest cancel is refused as a forgery; a stranger's cancel is refused before it is
+    written, with a one-line reason."""
+    agent_procs.start("boss", ["relay"], kind="relay", delegates=["sleep"])
+    agent_procs.start("alice", ["sleep"], kind="sleep", options={"steps": 60})
+    await agent_procs.ready(mesh_client)
+    carol = await keys.connect("carol", "client")
+    task = await carol.submit("relay", "hand it on", data={"seconds": 60})
+
+    async def child_working() -> bool:
+        record = await carol.get(task.id)
+        return bool(record.children) and (await carol.get(record.children[0], root=task.root)).state == "working"
+
+    await wait_for(child_working, timeout=20, what="alice to work on boss's child task")
+    stranger = await keys.connect("dave", "client")
+    with pytest.raises(MeshError, match="only its requester \\(carol\\) or an operator may cancel it"):
+        await stranger.cancel(task.id)
+    assert (await carol.get(task.id)).state == "working"
+
+    root = await carol.cancel(task.id)
+    assert root.state == "cancelled"
+    child_id = root.children[0]
+
+    async def child_cancelled() -> bool:
+        return (await carol.get(child_id, root=task.root)).state == "cancelled"
+
+    await wait_for(child_cancelled, timeout=20, what="boss to cancel the child it made")
+    child = await carol.get(child_id, root=task.root)
+    assert child.error == f"parent {task.id} cancelled", child
+    # Nobody reported a forgery: every cancel was its writer's to make.
+    assert not [r for r in reports if "forged" in r.error], reports
+    await stranger.close()
     await carol.close()
