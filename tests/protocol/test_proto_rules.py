@@ -55,6 +55,7 @@ from protocol import (
     specificity,
     split_budget,
     trail_gap,
+    vetoes,
     work_item_id,
     work_items,
 )
@@ -434,7 +435,16 @@ def test_judge_waiting(record: TaskRecord, waited_s: float, queue_active: bool, 
         assert event == Expire(actor="party", reason="no_agent")
     if event is not None:
         ended = apply(record, event, now)
-        assert (ended.state, ended.reason) == ("failed", event.reason)
+        if event.reason == "no_agent" and record.state == "review" and vetoes(record):
+            # A last round short of its reject quorum that nobody took up: its vetoes
+            # are the judgment (PROTOCOL.md 5, expire): escalated, or failed rejected.
+            assert record.review is not None
+            if record.review.escalate_to is not None:
+                assert (ended.state, ended.capability) == ("open", record.review.escalate_to)
+            else:
+                assert (ended.state, ended.reason) == ("failed", "rejected")
+        else:
+            assert (ended.state, ended.reason) == ("failed", event.reason)
 
 
 # --- unreadable records and holes in the trail -----------------------------------------------
