@@ -67,7 +67,11 @@ async def test_writes_carry_the_headers_the_vectors_say(broker: Broker, mesh_cli
     finally:
         await nc.close()
     ending = want["a record write that ends the task"]
-    assert dict(write.headers or {}) == {**ending, "Nats-Expected-Last-Subject-Sequence": "0"}
+    headers = dict(write.headers or {})
+    signed = {h: headers.pop(h) for h in ("Mesh-Signer", "Mesh-Prev", "Mesh-Sig") if h in headers}
+    assert headers == {**ending, "Nats-Expected-Last-Subject-Sequence": "0"}
+    # With identities the write is signed too (PROTOCOL.md 6.23), over the key's first value.
+    assert len(signed) == (3 if mesh_client.bus.trust.signed else 0), signed
     assert set(item.headers or {}) == set(want["a work item"])
     assert (item.headers or {})["Mesh-Version"] == "2"
     for event in told:
