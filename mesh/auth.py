@@ -123,7 +123,7 @@ def permissions(role: Role, name: str, names: Names | None = None) -> Permission
     if role == "agent":
         control = names.control_subject(name)
         publish += [
-            f"$KV.{names.agents_bucket}.{names.agent_key(name)}",  # its own card: put, heartbeat, purge
+            f"$KV.{names.agents_bucket}.{names.agent_key(name)}",  # its own card: put, heartbeat, removal
             control,  # asking its own id whether a live namesake answers (one id, one process)
             f"$JS.API.CONSUMER.MSG.NEXT.{work}.*",  # pulling work
             f"$JS.ACK.{work}.>",  # settling and renewing what it holds

@@ -36,7 +36,6 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
-    KeyValueConfig,
     RePublish,
     RetentionPolicy,
     StorageType,
@@ -754,17 +753,28 @@ class Bus:
             )
         )
         self.tasks = await self.js.key_value(names.tasks_bucket)
-        self.agents = await self._bucket(
-            KeyValueConfig(
-                bucket=names.agents_bucket,
+        # The directory too refuses rollups: one `Nats-Rollup: all` on an agent's own card
+        # key would wipe every card. The broker cannot keep subject-delete markers for
+        # expired cards then (they need rollups), so an expired card goes silently, and a
+        # watcher learns of a dead agent from its missing heartbeats (PROTOCOL.md 6.20).
+        await self._stream(
+            StreamConfig(
+                name=f"KV_{names.agents_bucket}",
                 description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
-                history=1,
-                max_value_size=MAX_CARD_BYTES + HEADER_ROOM_BYTES,
+                subjects=[f"$KV.{names.agents_bucket}.>"],
+                retention=RetentionPolicy.LIMITS,
+                max_msgs_per_subject=1,
+                discard=DiscardPolicy.NEW,
+                allow_rollup_hdrs=False,
+                deny_delete=True,
+                allow_msg_ttl=True,
+                duplicate_window=120.0,
+                max_msg_size=MAX_CARD_BYTES + HEADER_ROOM_BYTES,
                 storage=storage,
-                replicas=settings.replicas,
-                limit_marker_ttl=60.0,
+                num_replicas=settings.replicas,
             )
         )
+        self.agents = await self.js.key_value(names.agents_bucket)
         await self._stream(
             StreamConfig(
                 name=names.events_stream,
@@ -810,20 +820,6 @@ class Bus:
                 await self.js.update_stream(work)
         bytes_cap = events.max_bytes if events.max_bytes and events.max_bytes > 0 else 0
         return Settings(retention_s=float(events.max_age or 0.0), retention_bytes=bytes_cap)
-
-    async def _bucket(self, config: KeyValueConfig) -> KeyValue:
-        try:
-            return await self.js.key_value(config.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                return await self.js.create_key_value(config)
-            except nats.js.errors.BadRequestError:
-                # Lost a creation race with another agent: use theirs, which a cluster
-                # may not show for a moment yet (its members are still placing it).
-                bucket = config.bucket
-                return await retry(
-                    lambda: self.js.key_value(bucket), retry_on=nats.js.errors.BucketNotFoundError, patience_s=10.0
-                )
 
     async def _stream(self, config: StreamConfig) -> None:
         assert config.name is not None
@@ -1490,9 +1486,15 @@ class Bus:
             return None
 
     async def remove_card(self, agent_id: str) -> None:
-        """Remove an agent's card now (a purge whose marker expires in a minute)."""
+        """Remove an agent's card now: a delete marker (the bucket keeps one revision a
+        key, so it replaces the card) that expires in a minute, leaving nothing behind."""
         with translate_errors(f"removing the card of {agent_id}"):
-            await self.agents.purge(self.names.agent_key(agent_id), msg_ttl=60.0)
+            await self.js.publish(
+                f"$KV.{self.names.agents_bucket}.{self.names.agent_key(agent_id)}",
+                b"",
+                headers={"KV-Operation": "DEL"},
+                msg_ttl=60.0,
+            )
 
     async def cards(self) -> list[AgentCard]:
         """Every card in the directory that decodes, by agent id (expired ones are gone)."""

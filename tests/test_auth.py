@@ -266,6 +266,24 @@ async def test_a_party_cannot_wipe_the_task_records_with_a_rollup(mesh_client: M
     assert info.state.messages == 3
 
 
+async def test_an_agent_cannot_wipe_the_directory_with_a_rollup_on_its_own_card(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys
+) -> None:
+    """The one key an agent may write in the directory is its own card's: a rollup
+    there would wipe every card. The directory bucket refuses rollups."""
+    agent_procs.start("alice", ["echo"], kind="echo")
+    agent_procs.start("bob", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    seed = load_seed(keys.seed("bob"))
+    nc = await nats.connect(keys.broker.url, nkeys_seed_str=seed.seed, inbox_prefix=inbox_prefix("bob"))
+    try:
+        reply = await nc.request(card_subject("bob"), b"x", headers={"Nats-Rollup": "all"}, timeout=2.0)
+        assert b"rollup not permitted" in reply.data, reply.data
+    finally:
+        await nc.close()
+    assert {"alice", "bob"} <= {card.id for card in await mesh_client.agents()}
+
+
 async def test_a_revoked_key_is_disconnected_when_the_broker_reloads(keys: Keys, broker: Broker) -> None:
     closed = anyio.Event()
 

@@ -58,15 +58,19 @@ async def test_writes_carry_the_headers_the_vectors_say(broker: Broker, mesh_cli
         kv = await nc.subscribe("$KV.mesh-v2-tasks.>")
         work = await nc.subscribe("mesh.v2.work.>")
         events = await nc.subscribe("mesh.v2.evt.>")
+        cards = await nc.subscribe("$KV.mesh-v2-agents.>")
         await nc.flush()
         record = await mesh_client.submit("summarize.medical", "x", claim_timeout_s=60)
         await mesh_client.cancel(record.id)
         item = await work.next_msg(timeout=5)
         write = await kv.next_msg(timeout=5)
         told = [await events.next_msg(timeout=5) for _ in range(2)]  # created, cancel
+        await mesh_client.bus.remove_card("agent-a")
+        removal = await cards.next_msg(timeout=5)
     finally:
         await nc.close()
     ending = want["a record write that ends the task"]
+    assert dict(removal.headers or {}) == want["a card removal"]
     headers = dict(write.headers or {})
     signed = {h: headers.pop(h) for h in ("Mesh-Signer", "Mesh-Prev", "Mesh-Sig") if h in headers}
     assert headers == {**ending, "Nats-Expected-Last-Subject-Sequence": "0"}

@@ -56,10 +56,9 @@ def resource_vectors() -> dict[str, Any]:
                 "retention": "limits",
                 "max_msgs_per_subject": 1,
                 "discard": "new",
-                "allow_rollup_hdrs": True,
+                "allow_rollup_hdrs": False,
                 "deny_delete": True,
                 "allow_msg_ttl": True,
-                "subject_delete_marker_ttl": ns(60),
                 "max_msg_size": MAX_CARD_BYTES + HEADER_ROOM_BYTES,
             },
             "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
@@ -132,6 +131,11 @@ def resource_vectors() -> dict[str, Any]:
             "subject": f"$KV.{names.agents_bucket}.{names.agent_key('agent-a')}",
             "headers": {"Nats-TTL": "6"},
             "default": {"Nats-TTL": "6"},
+        },
+        {
+            "what": "a card removal (an agent leaving): a delete marker that expires in a minute",
+            "subject": f"$KV.{names.agents_bucket}.{names.agent_key('agent-a')}",
+            "headers": {"KV-Operation": "DEL", "Nats-TTL": "60"},
         },
         {
             "what": "a work item (with the task's trace, when it is a valid traceparent)",
