@@ -68,6 +68,7 @@ from protocol import (
     digest,
     encode,
     end_unreadable,
+    event_id,
     event_kind,
     is_terminal,
     parties,
@@ -1604,7 +1605,7 @@ class Bus:
         return await self._send_acked(
             self.names.event_subject(record.root, record.id, kind),
             encode(event),
-            msg_id=f"{record.id}:{revision}:{kind}",
+            msg_id=event_id(kind, record, revision),
             trace=record.trace,
         )
 

@@ -5,6 +5,7 @@ Time, ids and randomness are arguments: every rule here is deterministic.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ __all__ = [
     "pull_priority",
     "work_items",
     "work_item_id",
+    "event_id",
+    "record_tag",
+    "MSG_ID_DIGEST_CHARS",
     "is_clarification",
     "Take",
     "Drop",
@@ -278,9 +282,31 @@ def is_clarification(capability: str) -> bool:
     return capability_tokens(capability)[0] == "agent"
 
 
+#: characters of a record's digest in a ``Nats-Msg-Id``
+MSG_ID_DIGEST_CHARS = 16
+
+
+def record_tag(record: TaskRecord) -> str:
+    """What makes a ``Nats-Msg-Id`` unpredictable: the first :data:`MSG_ID_DIGEST_CHARS`
+    characters of the base64url SHA-256 of the record's JSON as the sender encodes it.
+    Ids of task, revision and kind alone can be squatted: a party publishing a message
+    under the id of a write still to come would have the real one dropped as a
+    duplicate (the stream's duplicate window). A record's bytes (its times, its result)
+    are known only once it is written. The same sender re-sending the same message
+    makes the same id, so a re-send is still stored once."""
+    raw = hashlib.sha256(msgspec.json.encode(record)).digest()
+    return base64.urlsafe_b64encode(raw).decode()[:MSG_ID_DIGEST_CHARS]
+
+
 def work_item_id(item: WorkItem) -> str:
     """The item's ``Nats-Msg-Id``: the same item sent twice is stored once."""
-    return f"{item.task}:{item.revision}:{item.kind}:{item.slot}"
+    return f"{item.task}:{item.revision}:{item.kind}:{item.slot}:{record_tag(item.record)}"
+
+
+def event_id(kind: str, record: TaskRecord, revision: int) -> str:
+    """The ``Nats-Msg-Id`` of the event of ``kind`` announcing ``record`` at
+    ``revision``: the same event sent twice is stored once."""
+    return f"{record.id}:{revision}:{kind}:{record_tag(record)}"
 
 
 @dataclass(frozen=True)

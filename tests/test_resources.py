@@ -14,6 +14,7 @@ from mesh.broker import Broker
 from mesh.client import Mesh
 from mesh.settings import Settings
 from mesh.testing import nats_options
+from protocol import MSG_ID_DIGEST_CHARS, decode_event, decode_work_item, record_tag, work_item_id
 
 VECTORS = json.loads((Path(__file__).parent.parent / "protocol/vectors/resources.json").read_text(encoding="utf-8"))
 
@@ -78,5 +79,9 @@ async def test_writes_carry_the_headers_the_vectors_say(broker: Broker, mesh_cli
     assert len(signed) == (3 if mesh_client.bus.trust.signed else 0), signed
     assert set(item.headers or {}) == set(want["a work item"])
     assert (item.headers or {})["Mesh-Version"] == "2"
+    assert (item.headers or {})["Nats-Msg-Id"] == work_item_id(decode_work_item(item.data))
     for event in told:
         assert set(event.headers or {}) == set(want["a task event"])
+        announced = decode_event(event.data)
+        tag = (event.headers or {})["Nats-Msg-Id"].rsplit(":", 1)[1]
+        assert len(tag) == MSG_ID_DIGEST_CHARS and (announced.record is None or tag == record_tag(announced.record))

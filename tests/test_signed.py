@@ -45,6 +45,7 @@ from protocol import (
     decode_record,
     digest,
     encode,
+    event_id,
     sign,
     signing_key,
     stamp,
@@ -423,4 +424,23 @@ async def test_a_requesters_cancel_reaches_the_grandchildren_through_their_reque
     # Nobody reported a forgery: every cancel was its writer's to make.
     assert not [r for r in reports if "forged" in r.error], reports
     await stranger.close()
+    await carol.close()
+
+
+async def test_a_squatted_message_id_does_not_drop_the_real_message(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any
+) -> None:
+    """A party publishes under the ids of writes still to come (the next revisions'
+    `finish` events, whatever their record): the real event is still stored, since an
+    id names the record it announces, which nobody knows before it is written."""
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=1.0)
+    mallory = await forger()
+    record, revision, *_ = await mallory.current(task.id)
+    subject = NAMES.event_subject(record.root, record.id, "finish")
+    for ahead in range(1, 25):
+        for guess in (f"{task.id}:{revision + ahead}:finish", event_id("finish", record, revision + ahead)):
+            await mallory.js.publish(subject, b"squatted", headers={"Nats-Msg-Id": guess})
+    await finishes_honestly(carol, task)
+    events = [e for e in await mesh_client.history(task.root) if e.task == task.id]
+    assert [e.state for e in events if e.kind == "finish"] == ["done"], events
     await carol.close()

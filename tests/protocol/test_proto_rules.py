@@ -45,12 +45,14 @@ from protocol import (
     delegate,
     encode,
     end_unreadable,
+    event_id,
     fingerprint,
     is_terminal,
     judge_waiting,
     new_task,
     on_delivery,
     pull_priority,
+    record_tag,
     serves,
     specificity,
     split_budget,
@@ -204,7 +206,7 @@ def test_a_new_task_has_one_work_item_at_revision_zero() -> None:
         0,
     )
     assert item.record == opened
-    assert work_item_id(item) == "T:0:work:0"
+    assert work_item_id(item) == f"T:0:work:0:{record_tag(opened)}"
     assert decode_work_item(encode(item)) == item
 
 
@@ -216,7 +218,8 @@ def test_review_items_go_to_the_reviewer_capability() -> None:
         ("review", "review.medical", 7, 0, 0),
         ("review", "review.medical", 7, 0, 1),
     ]
-    assert [work_item_id(i) for i in items] == ["P:7:review:0", "P:7:review:1"]
+    tag = record_tag(in_review)
+    assert [work_item_id(i) for i in items] == [f"P:7:review:0:{tag}", f"P:7:review:1:{tag}"]
 
 
 def test_rework_and_escalation_publish_a_new_work_item() -> None:
@@ -305,6 +308,14 @@ def test_items_only_when_someone_new_must_act(old: TaskRecord, new: TaskRecord, 
         items = work_items(before, new, revision)
         opens = new.state == "open" and (before is None or before.state == "review")
         reviews = new.state == "review" and (before is None or before.state != "review")
+        # a veto of the last round short of its reject quorum frees its voter's slot
+        freed = (
+            new.state == "review"
+            and before is not None
+            and before.state == "review"
+            and before.reworks == new.reworks
+            and len(vetoes(new)) > len(vetoes(before))
+        )
         if opens:
             assert [(i.kind, i.capability) for i in items] == [("work", new.capability)]
         elif reviews:
@@ -312,6 +323,11 @@ def test_items_only_when_someone_new_must_act(old: TaskRecord, new: TaskRecord, 
             assert len(items) == new.review.quorum
             assert {(i.kind, i.capability, i.round) for i in items} == {("review", new.review.capability, new.reworks)}
             assert [i.slot for i in items] == list(range(new.review.quorum))
+        elif freed:
+            assert new.review is not None
+            assert [(i.kind, i.round, i.slot) for i in items] == [
+                ("review", new.reworks, (len(vetoes(new)) - 1) % new.review.quorum)
+            ]
         else:
             assert items == ()
         assert all(i.record == new and i.revision == revision and i.task == new.id for i in items)
@@ -331,6 +347,19 @@ def test_item_ids_tell_items_apart(keys: list[tuple[int, str, int]]) -> None:
         item = WorkItem(task="T", kind=kind, capability="x", revision=revision, slot=slot, record=opened)  # type: ignore[arg-type]
         ids.setdefault(work_item_id(item), set()).add((revision, kind, slot))
     assert all(len(v) == 1 for v in ids.values())
+
+
+@given(records(), records(), st.integers(0, 50), st.sampled_from(["claim", "finish", "created"]))
+def test_message_ids_depend_on_the_record(a: TaskRecord, b: TaskRecord, revision: int, kind: str) -> None:
+    """An item's or event's Nats-Msg-Id names the record it carries or announces: a
+    party cannot squat the id of a write still to come (it does not know the record),
+    and the same message re-sent keeps its id."""
+    assert event_id(kind, a, revision) == event_id(kind, a, revision)
+    assert event_id(kind, a, revision).startswith(f"{a.id}:{revision}:{kind}:")
+    if a != b:
+        assert event_id(kind, a, revision) != event_id(kind, msgspec.structs.replace(b, id=a.id), revision) or (
+            msgspec.structs.replace(b, id=a.id) == a
+        )
 
 
 # --- deliveries -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from protocol.names import (
     Names,
     clarification_capability,
 )
-from protocol.rules import DEFAULT_CLAIM_TIMEOUT_S, DEFAULT_HOPS, DEFAULT_LEASE_S, work_item_id, work_items
+from protocol.rules import DEFAULT_CLAIM_TIMEOUT_S, DEFAULT_HOPS, DEFAULT_LEASE_S, event_id, work_item_id, work_items
 from protocol.types import (
     PROTOCOL_VERSION,
     REASONS,
@@ -223,7 +223,8 @@ def _messages(cases: Cases) -> str:
     section(
         "Task event",
         f"Published on `{names.event_subject('T2', 'T2', 'approve')}` (stream `{names.events_stream}`), headers "
-        f"`{VERSION_HEADER}: {PROTOCOL_VERSION}` and `Nats-Msg-Id: T2:5:approve` (task, record revision, kind). "
+        f"`{VERSION_HEADER}: {PROTOCOL_VERSION}` and `Nats-Msg-Id: {event_id('approve', record, 5)}` (task, record "
+        "revision, kind, and the tag of the record the event announces: `record_tag`). "
         "`created` events and the events of transitions that end a task carry the record in `record`.",
         event,
     )

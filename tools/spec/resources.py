@@ -142,7 +142,7 @@ def resource_vectors() -> dict[str, Any]:
             "subject": names.work_subject(capability),
             "headers": {
                 VERSION_HEADER: str(MAJOR_VERSION),
-                "Nats-Msg-Id": "T1:0:work:0",
+                "Nats-Msg-Id": "T1:0:work:0:<record_tag>",
                 "traceparent": traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
             },
         },
@@ -151,7 +151,7 @@ def resource_vectors() -> dict[str, Any]:
             "subject": names.event_subject("T1", "T1", "claim"),
             "headers": {
                 VERSION_HEADER: str(MAJOR_VERSION),
-                "Nats-Msg-Id": "T1:1:claim",
+                "Nats-Msg-Id": "T1:1:claim:<record_tag>",
                 "traceparent": traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
             },
         },
@@ -175,5 +175,6 @@ RESOURCES_HOW: dict[str, str] = {
     "reference runtime's choice (`ack_wait` is the lease).",
     "headers": "The headers each kind of write carries, exactly: KV writes carry no `Mesh-Version` (their value's "
     "`v` says the version); stream publishes and error reports do. Values under `default` are the reference "
-    "runtime's settings, not rules.",
+    "runtime's settings, not rules. `<record_tag>` in a `Nats-Msg-Id` stands for the tag of the record the message "
+    "carries or announces (rules.json `work_items` shows whole ids; PROTOCOL.md 6.17).",
 }

@@ -381,7 +381,7 @@ RULES_HOW: dict[str, str] = {
     "trail_gap": "A party that received an item its last holder never acknowledged, with the task's `record` at "
     "`revision` and the latest event the trail holds for it (`last_event`, null if none): null if the trail shows "
     "that write; else publish the `items` (their usual message ids), then an event of `kind` in the name of `actor` "
-    "(carrying the record if it is terminal), with Nats-Msg-Id `<task>:<revision>:<kind>`.",
+    "(carrying the record if it is terminal), with Nats-Msg-Id `<task>:<revision>:<kind>:<record_tag(record)>`.",
     "end_unreadable": "The record a party writes, by compare-and-set on the unreadable revision, over a stored record "
     "that does not decode: its own `copy` of the task ended at wall-clock `now`, `why` being the decoder's message "
     "(the first 300 characters are kept).",
