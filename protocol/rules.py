@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,13 +289,22 @@ MSG_ID_DIGEST_CHARS = 16
 
 def record_tag(record: TaskRecord) -> str:
     """What makes a ``Nats-Msg-Id`` unpredictable: the first :data:`MSG_ID_DIGEST_CHARS`
-    characters of the base64url SHA-256 of the record's JSON as the sender encodes it.
+    characters of the base64url SHA-256 of ``"<id>\n<µs>\n<state>\n<epoch>\n<attempts>\n
+    <reworks>\n<votes>"``, where ``<µs>`` is ``floor(updated * 1000000)`` and ``<votes>``
+    the number of votes.
+
     Ids of task, revision and kind alone can be squatted: a party publishing a message
     under the id of a write still to come would have the real one dropped as a
-    duplicate (the stream's duplicate window). A record's bytes (its times, its result)
-    are known only once it is written. The same sender re-sending the same message
-    makes the same id, so a re-send is still stored once."""
-    raw = hashlib.sha256(msgspec.json.encode(record)).digest()
+    duplicate (the stream's duplicate window). The microsecond of a write is known only
+    once it is made. Integers and strings only, never the record's JSON: any party
+    that re-sends the message (a decoded copy, another language) makes the same id, so
+    a re-send is still stored once."""
+    micros = math.floor(record.updated * 1_000_000)
+    canonical = "\n".join(
+        str(part)
+        for part in (record.id, micros, record.state, record.epoch, record.attempts, record.reworks, len(record.votes))
+    )
+    raw = hashlib.sha256(canonical.encode()).digest()
     return base64.urlsafe_b64encode(raw).decode()[:MSG_ID_DIGEST_CHARS]
 
 

@@ -79,6 +79,7 @@ async def test_writes_carry_the_headers_the_vectors_say(broker: Broker, mesh_cli
     assert len(signed) == (3 if mesh_client.bus.trust.signed else 0), signed
     assert set(item.headers or {}) == set(want["a work item"])
     assert (item.headers or {})["Mesh-Version"] == "2"
+    print(item.data.decode())
     assert (item.headers or {})["Nats-Msg-Id"] == work_item_id(decode_work_item(item.data))
     for event in told:
         assert set(event.headers or {}) == set(want["a task event"])
