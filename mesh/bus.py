@@ -963,7 +963,7 @@ class Bus:
                     task_id=task_id,
                     revision=error.revision,
                 )
-        ended = end_unreadable(copy, why=str(error), now=time.time())
+        ended = self.trust.stamp_end(copy, end_unreadable(copy, why=str(error), now=time.time()), actor)
         key = self.names.task_key(task_id)
         link = self.trust.last(task_id)
         prev = link.digest if link is not None and link.record == copy else error.prev

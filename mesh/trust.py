@@ -27,6 +27,7 @@ from protocol import (
     signature_of,
     signing_key,
     stamp,
+    stamp_unreadable_end,
     verify,
 )
 
@@ -77,6 +78,11 @@ class Trust:
     def stamp(self, prev: TaskRecord | None, new: TaskRecord) -> TaskRecord:
         """``new`` with this process's key recorded where its write makes it a party."""
         return new if self.signer is None else stamp(prev, new, self.signer.public_key)
+
+    def stamp_end(self, copy: TaskRecord, ended: TaskRecord, actor: str) -> TaskRecord:
+        """``ended``, an unreadable record's end from ``copy``, with this process named as
+        its owner if the copy does not name its key (:func:`protocol.stamp_unreadable_end`)."""
+        return ended if self.signer is None else stamp_unreadable_end(copy, ended, actor, self.signer.public_key)
 
     def prev_digest(self, old: TaskRecord | None, revision: int, encoded_old: bytes | None) -> str:
         """``Mesh-Prev`` of a write over ``old`` at ``revision`` (0: the key's first)."""

@@ -246,7 +246,7 @@ class TaskContext:
                 return announced
             except Conflict:
                 fresh, rev = await self._read_after_conflict()
-            if rev and fresh == _applied(self.record, batch, now):
+            if rev and fresh == self._as_written(batch, now):
                 # Our own write, from an attempt whose ack was lost and whose check
                 # found the broker away too: it landed; announce it now.
                 old, self.record, self.revision = self.record, fresh, rev
@@ -268,6 +268,12 @@ class TaskContext:
             raise Lost(f"task {self.record.id}: unreadable record, task ended ({exc})") from None
         except NotFound:
             raise Lost(f"task {self.record.id} is gone") from None
+
+    def _as_written(self, batch: tuple[Any, ...], now: float) -> TaskRecord | None:
+        """The record our write of ``batch`` at ``now`` stored: the events applied, and
+        our key recorded where the write makes us a party (a mesh with identities)."""
+        applied = _applied(self.record, batch, now)
+        return None if applied is None else self.bus.trust.stamp(self.record, applied)
 
     def _still_ours(self, fresh: TaskRecord) -> None:
         """After a conflict: may we write to ``fresh``? Raise :class:`Lost` if not."""

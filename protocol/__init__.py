@@ -166,6 +166,7 @@ from .signing import (
     signed_payload,
     signing_key,
     stamp,
+    stamp_unreadable_end,
     verify,
 )
 from .types import (
@@ -307,6 +308,7 @@ __all__ = [
     "signature_of",
     "verify",
     "stamp",
+    "stamp_unreadable_end",
     "check_write",
     "check_alone",
     "parties",

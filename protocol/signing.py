@@ -59,6 +59,7 @@ __all__ = [
     "signature_of",
     "verify",
     "stamp",
+    "stamp_unreadable_end",
     "check_write",
     "check_alone",
     "parties",
@@ -250,6 +251,18 @@ def stamp(prev: TaskRecord | None, new: TaskRecord, signer: str) -> TaskRecord:
             msgspec.structs.replace(s, key=signer) if s.key is None and s not in old_slots else s for s in new.slots
         )
     return msgspec.structs.replace(new, **changes) if changes else new
+
+
+def stamp_unreadable_end(copy: TaskRecord, ended: TaskRecord, actor: str, signer: str) -> TaskRecord:
+    """``ended`` (:func:`protocol.end_unreadable` of a live ``copy``) with its writer
+    named as the owner when the copy does not name its key: the holder of a work item
+    that met an unreadable record ends the task, and a reader checking that end alone
+    (:func:`check_alone`) then finds its signer among the record's keys. It gives a
+    writer nothing an unreadable record had not: any signed write that does not decode
+    ends the task anyway (PROTOCOL.md 6.15)."""
+    if copy.state in TERMINAL_STATES or signer in parties(ended):
+        return ended  # a copy that had ended is written back as it is
+    return msgspec.structs.replace(ended, owner=actor, owner_key=signer)
 
 
 def _own(vote: Vote, mine: set[Vote], signer: str) -> Vote:

@@ -15,7 +15,7 @@ import pytest
 from mesh import CorruptRecord, Settings
 from mesh.client import Mesh
 from mesh.process import spawn_agent
-from mesh.testing import AgentProcs, wait_for, write_brief
+from mesh.testing import AgentProcs, put_raw, wait_for, write_brief
 from mesh.top import take_snapshot
 from protocol import (
     Claim,
@@ -50,7 +50,7 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     #    the bucket, and must refuse what it finds there).
     bad_record = b'{"v":2,"id":"bad1","state":"working","epoch":-3}'
     kv = mesh_client.bus.tasks
-    await kv.put("task.bad1", bad_record)
+    await put_raw(mesh_client, "task.bad1", bad_record)
     looks_fine = new_task(task_id="bad1", capability="echo", instruction="x", requester="test-client", now=time.time())
     await js.publish(queue, encode(WorkItem(task="bad1", capability="echo", revision=99, record=looks_fine)))
     # 3. A forged owner: a record claiming "mallory" holds the task without a work item.
@@ -69,7 +69,7 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     assert b"not_understood" in reply.data
 
     # 5. An unreadable record that no work item or party refers to.
-    await kv.put("task.bad2", bad_record)
+    await put_raw(mesh_client, "task.bad2", bad_record)
 
     # The agent is alive and working: a real task completes.
     assert (await mesh_client.run("echo", "still here")).state == "done"
@@ -83,7 +83,9 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
         return None
 
     repaired = await wait_for(ended, what="the unreadable record to be ended")
-    assert repaired.reason == "error" and "unreadable" in repaired.error and repaired.owner is None
+    assert repaired.reason == "error" and "unreadable" in repaired.error
+    # (with identities its writer names itself, so a reader checking the end alone finds its key)
+    assert repaired.owner == ("worker" if mesh_client.bus.trust.signed else None)
     # The other one is left as it is (no party, no copy), and the CLI says what it is.
     assert (await kv.get("task.bad2")).value == bad_record
     with pytest.raises(CorruptRecord, match="bad2"):
@@ -97,7 +99,12 @@ async def test_garbage_and_forgeries_leave_agents_running_and_records_intact(
     # The forged hold ends: an owner without a work item must show life by writing,
     # and "mallory" never does, so the waiting party ends it no_agent.
     final = await mesh_client.wait(forged)
-    assert final.state == "failed" and final.reason == "no_agent" and "mallory" in final.error
+    if mesh_client.bus.trust.signed:
+        # With identities the raw write is unsigned: a forgery, never acted on; the
+        # requester holds no valid revision of it, so it ends the task (PROTOCOL.md 6.23).
+        assert final.state == "failed" and final.reason == "error" and "forged write" in final.error, final
+    else:
+        assert final.state == "failed" and final.reason == "no_agent" and "mallory" in final.error
 
     async def reported() -> bool:
         while True:
@@ -218,7 +225,7 @@ async def test_a_record_corrupted_under_its_owner_ends_the_task_and_the_wait(
         return False
 
     await wait_for(claimed, what="the task to be claimed")
-    await mesh_client.bus.tasks.put(f"task.{record.id}", b'{"v":2,"id":"x","epoch":-1}')
+    await put_raw(mesh_client, f"task.{record.id}", b'{"v":2,"id":"x","epoch":-1}')
     with anyio.fail_after(20):
         final = await mesh_client.wait(record)
     # Whoever met it first (the owner's next progress write, or this waiting party)
@@ -246,7 +253,8 @@ async def _take_an_item_and_go_silent(ghost: Mesh, capability: str, *, finish: b
     record = item.record
     for event in events:
         record = apply(record, event, time.time())
-    await ghost.bus._compare_and_set(f"task.{item.task}", encode(record), 0, finished=finish)
+    record = ghost.bus.trust.stamp(item.record, record)  # its key as owner (and author), with identities
+    await ghost.bus._compare_and_set(f"task.{item.task}", encode(record), 0, finished=finish, record=record)
     await ghost.bus.nc.close()  # no event, no acknowledgement: gone
     return item.task
 

@@ -22,7 +22,7 @@ from mesh import OverLimit
 from mesh.broker import Broker
 from mesh.bus import NotFound
 from mesh.client import Mesh
-from mesh.testing import AgentProcs, wait_for
+from mesh.testing import AgentProcs, put_raw, wait_for
 from protocol import (
     MAX_CARD_BYTES,
     MAX_DATA_BYTES,
@@ -62,7 +62,7 @@ async def test_records_and_items_over_a_limit_are_refused_reported_and_never_wor
         "task.big1": json.dumps({**_open("big1"), "result": "x" * MAX_RESULT_BYTES}).encode(),
     }
     for key, value in raw.items():
-        await kv.put(key, value)
+        await put_raw(mesh_client, key, value)
         task = key.removeprefix("task.")
         fine = new_task(task_id=task, capability="echo", instruction="x", requester="test-client", now=time.time())
         await js.publish(queue, encode(WorkItem(task=task, capability="echo", revision=99, record=fine)))

@@ -17,17 +17,23 @@ import nacl.signing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from proto_strategies import records
 
 from protocol import (
     SIG_HEADER,
+    TERMINAL_STATES,
     Forged,
     TaskRecord,
+    check_alone,
     check_write,
     digest,
+    end_unreadable,
+    parties,
     sign,
     signature_of,
     signed_payload,
     signing_key,
+    stamp_unreadable_end,
     verify,
 )
 
@@ -137,3 +143,21 @@ def test_any_garbled_signature_headers_are_forged_never_a_crash(headers: dict[st
 
 def test_signed_payload_is_the_documented_concatenation() -> None:
     assert signed_payload("task.T1", "abc", b"{}") == b"mesh.v2.rec\ntask.T1\nabc\n{}"
+
+
+@given(records())
+def test_an_unreadable_records_end_names_its_writer_so_it_checks_alone(copy: TaskRecord) -> None:
+    """The holder of a work item that met an unreadable record ends the task from the
+    item's copy; named as its owner when the copy does not name its key, its end is
+    never refused for want of a party (only a copy inconsistent in itself is), and an
+    end by a key the copy names is left as it is."""
+    ended = end_unreadable(copy, why="unreadable", now=copy.updated + 1)
+    stamped = stamp_unreadable_end(copy, ended, "holder", KEY.public_key)
+    if copy.state in TERMINAL_STATES or KEY.public_key in parties(ended):
+        assert stamped == ended
+        return
+    assert (stamped.owner, stamped.owner_key) == ("holder", KEY.public_key)
+    try:
+        check_alone(stamped, KEY.public_key)
+    except Forged as exc:
+        assert "not a party" not in exc.why, exc
