@@ -23,26 +23,7 @@ from .identity import connect_options, ensure_keys
 from .process import AgentProcess, spawn_agent
 from .settings import Settings
 
-__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for", "nats_options", "put_raw"]
-
-
-async def put_raw(mesh: Mesh, key: str, value: bytes) -> int:
-    """Write ``value`` at ``key`` of the tasks bucket as it is, over whatever is there:
-    what a buggy party writes. With identities it is signed with ``mesh``'s key over the
-    current value, so readers meet a corrupt record of a party's, not a forgery (which
-    tests/test_signed.py covers). Returns the write's revision."""
-    import nats.js.errors
-
-    from protocol import digest
-
-    try:
-        current = (await mesh.bus.tasks.get(key)).value or b""
-    except nats.js.errors.KeyNotFoundError:
-        current = None
-    prev = "" if current is None else digest(current)
-    headers = mesh.bus.trust.headers(key, prev, value)
-    ack = await mesh.bus.js.publish(f"$KV.{mesh.names.tasks_bucket}.{key}", value, headers=headers or None)
-    return int(ack.seq)
+__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for", "nats_options"]
 
 
 def write_brief(directory: Path, name: str, serves: list[str], **fields: Any) -> Path:

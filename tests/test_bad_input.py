@@ -11,11 +11,12 @@ import anyio
 import msgspec
 import nats
 import pytest
+from raw_writes import put_raw
 
 from mesh import CorruptRecord, Settings
 from mesh.client import Mesh
 from mesh.process import spawn_agent
-from mesh.testing import AgentProcs, put_raw, wait_for, write_brief
+from mesh.testing import AgentProcs, wait_for, write_brief
 from mesh.top import take_snapshot
 from protocol import (
     Claim,

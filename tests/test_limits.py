@@ -17,12 +17,13 @@ import msgspec
 import nats
 import nats.js.errors
 import pytest
+from raw_writes import put_raw
 
 from mesh import OverLimit
 from mesh.broker import Broker
 from mesh.bus import NotFound
 from mesh.client import Mesh
-from mesh.testing import AgentProcs, put_raw, wait_for
+from mesh.testing import AgentProcs, wait_for
 from protocol import (
     MAX_CARD_BYTES,
     MAX_DATA_BYTES,
