@@ -723,56 +723,36 @@ class Bus:
         self.settings = settings
         storage = StorageType.FILE if settings.storage == "file" else StorageType.MEMORY
         names = self.names
-        # The tasks bucket's stream is made here rather than by nats-py's KV helper,
-        # which always allows rollup headers: one write carrying `Nats-Rollup: all` on
-        # any task key would wipe every live record, and permissions cannot refuse a
-        # header. The mesh never rolls a task up (PROTOCOL.md 6.20).
+        # Both buckets' streams are made here rather than by nats-py's KV helper, which
+        # always allows rollup headers: one write carrying `Nats-Rollup: all` on a task
+        # key (or on an agent's own card key) would wipe every live record (every card),
+        # and permissions cannot refuse a header. The mesh never rolls a key up
+        # (PROTOCOL.md 6.20). The broker cannot keep subject-delete markers for expired
+        # cards then (they need rollups), so an expired card goes silently, and a watcher
+        # learns of a dead agent from its missing heartbeats.
         await self._stream(
-            StreamConfig(
-                name=f"KV_{names.tasks_bucket}",
-                description="agent-mesh live task records (task.<id>); finished ones expire into the events stream",
-                subjects=[f"$KV.{names.tasks_bucket}.>"],
-                retention=RetentionPolicy.LIMITS,
-                # One revision per key: a write replaces the last one in place. The
-                # events stream is the trace.
-                max_msgs_per_subject=1,
-                discard=DiscardPolicy.NEW,
-                allow_direct=True,
-                allow_rollup_hdrs=False,
-                deny_delete=True,
-                allow_msg_ttl=True,
-                duplicate_window=120.0,
+            _bucket_stream(
+                names.tasks_bucket,
+                "agent-mesh live task records (task.<id>); finished ones expire into the events stream",
                 # The protocol's limit (a party refuses to write more, and to read it):
-                # the broker refuses a larger value from a peer that does not. It counts
-                # a write's headers too (compare-and-set, TTL): room for them.
-                max_msg_size=MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
+                # the broker refuses a larger value from a peer that does not.
+                max_value=MAX_RECORD_BYTES,
                 storage=storage,
-                num_replicas=settings.replicas,
+                replicas=settings.replicas,
+                allow_direct=True,
                 # Parties follow a task on a plain subscription: the broker republishes
                 # every accepted write (never a refused compare-and-set).
                 republish=RePublish(src=f"$KV.{names.tasks_bucket}.>", dest=names.records_subjects),
             )
         )
         self.tasks = await self.js.key_value(names.tasks_bucket)
-        # The directory too refuses rollups: one `Nats-Rollup: all` on an agent's own card
-        # key would wipe every card. The broker cannot keep subject-delete markers for
-        # expired cards then (they need rollups), so an expired card goes silently, and a
-        # watcher learns of a dead agent from its missing heartbeats (PROTOCOL.md 6.20).
         await self._stream(
-            StreamConfig(
-                name=f"KV_{names.agents_bucket}",
-                description="agent-mesh directory: agent.<id> -> card, expires without heartbeats",
-                subjects=[f"$KV.{names.agents_bucket}.>"],
-                retention=RetentionPolicy.LIMITS,
-                max_msgs_per_subject=1,
-                discard=DiscardPolicy.NEW,
-                allow_rollup_hdrs=False,
-                deny_delete=True,
-                allow_msg_ttl=True,
-                duplicate_window=120.0,
-                max_msg_size=MAX_CARD_BYTES + HEADER_ROOM_BYTES,
+            _bucket_stream(
+                names.agents_bucket,
+                "agent-mesh directory: agent.<id> -> card, expires without heartbeats",
+                max_value=MAX_CARD_BYTES,
                 storage=storage,
-                num_replicas=settings.replicas,
+                replicas=settings.replicas,
             )
         )
         self.agents = await self.js.key_value(names.agents_bucket)
@@ -1673,6 +1653,31 @@ class Bus:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+def _bucket_stream(
+    bucket: str, description: str, *, max_value: int, storage: StorageType, replicas: int, **more: Any
+) -> StreamConfig:
+    """The stream of one of the mesh's key-value buckets: one revision a key (a write
+    replaces the last in place; the events stream is the trace), per-message TTLs, no
+    deletes and no rollups, and a value limit with room for a write's headers
+    (compare-and-set, TTL, signature)."""
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        description=description,
+        subjects=[f"$KV.{bucket}.>"],
+        retention=RetentionPolicy.LIMITS,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=False,
+        deny_delete=True,
+        allow_msg_ttl=True,
+        duplicate_window=120.0,
+        max_msg_size=max_value + HEADER_ROOM_BYTES,
+        storage=storage,
+        num_replicas=replicas,
+        **more,
+    )
 
 
 class Stored(NamedTuple):

@@ -118,6 +118,14 @@ NKEY_HELP = (
 )
 
 
+def _listen(p: argparse.ArgumentParser, *, port: int) -> None:
+    """--host and --port of a command that serves HTTP (loopback unless told otherwise)."""
+    p.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_whole("port", 0, 65535), default=port, help=f"HTTP port, 0 for any free one (default {port})"
+    )
+
+
 def _server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p.add_argument("--tls-ca", default=None, metavar="FILE", help=TLS_CA_HELP)
@@ -330,10 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With auth on, actions need an operator's key (--nkey); with another key the view is read-only. Needs "
         "the extra: pip install 'agent-mesh[ui]'. See docs/UI.md.",
     )
-    p.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument(
-        "--port", type=_whole("port", 0, 65535), default=8080, help="HTTP port, 0 for any free one (default 8080)"
-    )
+    _listen(p, port=8080)
     p.add_argument(
         "--as",
         dest="as_",
@@ -363,10 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(to /) becomes a mesh task of the skill named in its metadata ('skill', else the first). Gateways "
         "hold no state: run several with the same --id. Needs the extra: pip install 'agent-mesh[a2a]'.",
     )
-    x.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    x.add_argument(
-        "--port", type=_whole("port", 0, 65535), default=8000, help="HTTP port, 0 for any free one (default 8000)"
-    )
+    _listen(x, port=8000)
     x.add_argument(
         "--capability",
         action="append",
