@@ -187,8 +187,18 @@ async def test_cut_link_moves_the_task_and_the_late_result_is_refused(hosts: Hos
                 )
 
             await wait_for(refused, timeout=40, what=f"{first} to find it was fenced out")
-            events = await mesh.history(None)
-            assert Counter(e.kind for e in events if e.task == record.id)["finish"] == 1
+            # The requester's wait ends at the record's write; its event is recorded just
+            # after (before the owner acknowledges its item): wait for it, then count.
+            kinds: Counter[str] = Counter()
+
+            async def finish_recorded() -> bool:
+                assert mesh is not None
+                kinds.clear()
+                kinds.update(e.kind for e in await mesh.history(None) if e.task == record.id)
+                return kinds["finish"] >= 1
+
+            await wait_for(finish_recorded, timeout=30, what="the finish event to be recorded")
+            assert kinds["finish"] == 1, kinds
         finally:
             await mesh.close()
     finally:
