@@ -118,6 +118,19 @@ NKEY_HELP = (
 )
 
 
+def _flagging(p: argparse.ArgumentParser) -> None:
+    """The thresholds of mesh top's flags (top, ui)."""
+    p.add_argument(
+        "--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)"
+    )
+    p.add_argument(
+        "--loop-after",
+        type=_whole("count", 2, 1000),
+        default=3,
+        help="a capability recurring this often in a chain = looping, 2 to 1000 (default 3)",
+    )
+
+
 def _listen(p: argparse.ArgumentParser, *, port: int) -> None:
     """--host and --port of a command that serves HTTP (loopback unless told otherwise)."""
     p.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -318,15 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true", help="with --once: JSON for scripts")
     p.add_argument("--interval", type=parse_duration, default=1.0, help="refresh interval (default 1s)")
-    p.add_argument(
-        "--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)"
-    )
-    p.add_argument(
-        "--loop-after",
-        type=_whole("count", 2, 1000),
-        default=3,
-        help="a capability recurring this often in a chain = looping, 2 to 1000 (default 3)",
-    )
+    _flagging(p)
     _server(p)
 
     p = sub.add_parser(
@@ -347,15 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="who inbox actions are made as (default: the --nkey's name, else human-<login>)",
     )
     p.add_argument("--capability", default="human", help="capability prefix of the inbox (default: human)")
-    p.add_argument(
-        "--stuck-after", type=parse_duration, default=30.0, help="no progress this long = stuck (default 30s)"
-    )
-    p.add_argument(
-        "--loop-after",
-        type=_whole("count", 2, 1000),
-        default=3,
-        help="a capability recurring this often in a chain = looping, 2 to 1000 (default 3)",
-    )
+    _flagging(p)
     _server(p)
 
     p = sub.add_parser("a2a", help="speak A2A: put the mesh behind an A2A endpoint (docs/INTEROP.md)")
