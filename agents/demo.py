@@ -50,7 +50,13 @@ def run_demo(*, keep_logs: bool = False) -> int:
     # Secure by default: every process has its own key (made once in the keys
     # directory, reused after) and the broker lets in only these keys.
     keys_dir = default_keys_dir()
-    seeds = ensure_keys(keys_dir, {b.name: "agent" for b, _ in briefs} | {"demo": "client", "human-demo": "client"})
+    # Each agent's key is bound to the queues of what its brief serves, and the person
+    # who answers the human inbox to those tasks: the broker enforces both.
+    seeds = ensure_keys(
+        keys_dir,
+        {b.name: "agent" for b, _ in briefs} | {"demo": "client", "human-demo": "client"},
+        serves={b.name: b.serves for b, _ in briefs} | {"demo": (), "human-demo": ("human",)},
+    )
     with Broker(auth=str(keys_dir)) as broker:
         say(
             f"broker: nats-server with JetStream on {broker.url} (monitoring {broker.monitor_url}), "

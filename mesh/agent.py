@@ -55,6 +55,7 @@ from protocol import (
 )
 
 from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings
+from .identity import IdentityError, load_seed, may_serve
 from .keeper import Flag, HeldItem, Keeper
 from .presence import Presence
 from .queues import Delivery, Pulls
@@ -165,10 +166,29 @@ class Agent:
         """Wait until the agent has left the mesh."""
         await self._stopped.wait()
 
+    def _bound_queues(self) -> Callable[[str], bool]:
+        """The queues our key lets us pull from (the broker refuses the others): a
+        served capability outside them is said now, not left as a queue that never
+        delivers. Queues below a served capability are pulled from only if bound."""
+        nkey = self.settings.nkey
+        identity = load_seed(nkey) if nkey else None
+        if identity is None or identity.role == "operator":
+            return lambda capability: True
+        serves = identity.serves
+        outside = [capability for capability in self.config.serves if not may_serve(serves, capability)]
+        if outside:
+            raise IdentityError(
+                f"the key {identity.path} is bound to {', '.join(serves or ()) or 'no capability'}, and this agent "
+                f"serves {', '.join(outside)} too: bind the key to what the brief serves (`mesh keys bind "
+                f"{identity.name} --serves ...`), rewrite the broker's auth config and reload it"
+            )
+        return lambda capability: may_serve(serves, capability)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Join the mesh and work until drained (or cancelled, which drains too)."""
+        may_pull = self._bound_queues()
         self.bus = await Bus.connect(self.server, self.names, agent=self.config.id, settings=self.settings)
-        self.pulls = Pulls(self.bus, self.config.serves, free=self._free, deliver=self._deliver)
+        self.pulls = Pulls(self.bus, self.config.serves, free=self._free, deliver=self._deliver, may_pull=may_pull)
         try:
             async with anyio.create_task_group() as tg:
                 if isinstance(self.worker, Serving):

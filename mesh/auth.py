@@ -4,9 +4,10 @@ publish and subscribe permissions of its role.
 
 NATS permissions are subject allow/deny lists, so they can bind what a subject names:
 an agent may write only the directory key, error subject and control subject of its
-own id (its key's name), and nobody but the server publishes the records' republish
-subjects. They cannot see into a message: who owns a task, who may vote on it, which
-capabilities an agent serves. docs/SECURITY.md has the table, and what stays open.
+own id (its key's name), take work only from the queues of the capabilities its key is
+bound to (``serves`` in its ``.pub``), and nobody but the server publishes the records'
+republish subjects. They cannot see into a message: who owns a task, who may vote on
+it. docs/SECURITY.md has the table, and what stays open.
 
 The config is an ``authorization { users = [...] }`` block: production servers
 ``include`` it (``mesh auth config DIR --out FILE``); ``mesh broker --auth DIR`` runs the
@@ -21,7 +22,7 @@ from typing import Any
 
 from protocol import MAJOR_VERSION, Names
 
-from .identity import PublicKey, Role, inbox_prefix, list_keys
+from .identity import ANY_CAPABILITY, PublicKey, Role, inbox_prefix, list_keys
 
 __all__ = ["Permissions", "permissions", "auth_config", "write_auth_config"]
 
@@ -81,8 +82,6 @@ def _shared_publish(names: Names, name: str) -> list[str]:
         f"{api}.CONSUMER.CREATE.{work}.*.{base}.work.>",
         f"{api}.CONSUMER.INFO.{work}.*",
         f"{api}.CONSUMER.LIST.{work}",
-        # A task that ended while its item waited: its party removes the item.
-        f"{api}.STREAM.MSG.DELETE.{work}",
     ]
     return out
 
@@ -95,8 +94,25 @@ def _shared_subscribe(names: Names, name: str) -> list[str]:
     ]
 
 
-def permissions(role: Role, name: str, names: Names | None = None) -> Permissions:
-    """The permissions of a key named ``name`` with ``role`` on the mesh ``names``."""
+def _queue_subjects(names: Names, serves: tuple[str, ...] | None) -> list[str]:
+    """Pulling and settling work, on the queues of the capabilities an agent's key is
+    bound to (a queue is a consumer named by its capability: one subject token)."""
+    work = names.work_stream
+    if serves is None or ANY_CAPABILITY in serves:
+        consumers = ["*"]
+    else:
+        consumers = [names.queue_consumer(capability) for capability in serves]
+    out = []
+    for consumer in consumers:
+        out += [f"$JS.API.CONSUMER.MSG.NEXT.{work}.{consumer}", f"$JS.ACK.{work}.{consumer}.>"]
+    return out
+
+
+def permissions(
+    role: Role, name: str, names: Names | None = None, serves: tuple[str, ...] | None = None
+) -> Permissions:
+    """The permissions of a key named ``name`` with ``role`` on the mesh ``names``,
+    bound to the capabilities ``serves`` (see :class:`mesh.identity.PublicKey`)."""
     names = names or Names()
     if role == "operator":
         # Everything, but nobody, not even an operator, speaks for the server: a
@@ -125,9 +141,12 @@ def permissions(role: Role, name: str, names: Names | None = None) -> Permission
         publish += [
             f"$KV.{names.agents_bucket}.{names.agent_key(name)}",  # its own card: put, heartbeat, removal
             control,  # asking its own id whether a live namesake answers (one id, one process)
-            f"$JS.API.CONSUMER.MSG.NEXT.{work}.*",  # pulling work
-            f"$JS.ACK.{work}.>",  # settling and renewing what it holds
         ]
+        # Pulling work, settling and renewing what it holds: on its bound queues only.
+        publish += _queue_subjects(names, serves)
+        # Items leave a queue by their holder's ack; nobody else removes one (an
+        # agent that could would drop any queue's waiting work).
+        deny_publish.append(f"$JS.API.STREAM.MSG.DELETE.{work}")
         subscribe += [
             control,
             f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{work}.*",
@@ -143,6 +162,14 @@ def permissions(role: Role, name: str, names: Names | None = None) -> Permission
         control_all = f"{names.prefix}.v{MAJOR_VERSION}.ctl.>"
         deny_publish += [f"$KV.{names.agents_bucket}.>", control_all, f"$JS.ACK.{work}.>"]
         deny_subscribe += [control_all]
+        if serves is None or serves:
+            # A person answering from the inbox holds no item: once the task is
+            # answered it takes the item off the queue by its sequence. The subject
+            # cannot name the item, so only keys bound to some capability (a person's)
+            # may; a requester's (bound to none) may not.
+            publish.append(f"$JS.API.STREAM.MSG.DELETE.{work}")
+        else:
+            deny_publish.append(f"$JS.API.STREAM.MSG.DELETE.{work}")
     perms: Permissions = {"publish": {"allow": publish, "deny": deny_publish}, "subscribe": {"allow": subscribe}}
     if role == "agent":
         # Answering a request it received (a control request, a services API ping):
@@ -159,8 +186,9 @@ def auth_config(keys: list[PublicKey], names: Names | None = None) -> str:
     names = names or Names()
     users = []
     for key in keys:
-        user = {"nkey": key.public_key, "permissions": permissions(key.role, key.name, names)}
-        users.append(f"    # {key.name} ({key.role})\n    " + json.dumps(user, indent=2).replace("\n", "\n    "))
+        user = {"nkey": key.public_key, "permissions": permissions(key.role, key.name, names, key.serves)}
+        bound = "" if key.serves is None or key.role == "operator" else f", serves {', '.join(key.serves) or 'nothing'}"
+        users.append(f"    # {key.name} ({key.role}{bound})\n    " + json.dumps(user, indent=2).replace("\n", "\n    "))
     header = (
         f"# agent-mesh authorization for mesh {names.prefix!r}: written by `mesh auth config` from "
         f"{len(keys)} public keys.\n# Include it in a nats-server config (`include auth.conf`); reload the server "

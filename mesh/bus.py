@@ -88,6 +88,7 @@ __all__ = [
     "MeshError",
     "Conflict",
     "NotFound",
+    "SquattedQueue",
     "Unreachable",
     "Unavailable",
     "CorruptRecord",
@@ -132,6 +133,10 @@ class NotFound(MeshError):
 
 class Unreachable(MeshError):
     """No broker at the URL."""
+
+
+class SquattedQueue(MeshError):
+    """A queue's name is taken by a consumer that takes another capability's items."""
 
 
 class Unavailable(MeshError):
@@ -1211,6 +1216,15 @@ class Bus:
         except NotFound:
             self._queues.discard(capability)
             return None
+        taken = (info.get("config") or {}).get("filter_subject")
+        if taken != names.work_subject(capability):
+            # Anyone who may make a queue picks its name and filter separately (the
+            # broker cannot tie one to the other): a consumer under this capability's
+            # name that takes another's items would hand them to the wrong agents.
+            raise SquattedQueue(
+                f"the queue of {capability} ({names.queue_consumer(capability)}) takes {taken!r}, not its own items: "
+                "someone made it so; an operator must delete that consumer of the work stream"
+            )
         return QueueInfo(
             capability=capability,
             lease_s=info.get("config", {}).get("ack_wait", 0) / 1e9,

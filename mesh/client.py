@@ -10,6 +10,7 @@ record and follows it; agents do the rest.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Collection
@@ -48,7 +49,7 @@ from protocol import (
 from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .defaults import DEFAULT_SERVER, default_server
 from .follow import OnRecord, create_and_wait, wait_terminal
-from .identity import default_id
+from .identity import default_id, load_seed
 from .questions import Answerer, Questions
 from .work import new_id
 
@@ -315,10 +316,25 @@ class Mesh:
             await self._clear_items(task_id, record.review.capability)
         return record
 
+    @functools.cached_property
+    def _clears_items(self) -> bool:
+        """Whether our key may take a waiting item off a queue: an operator's or a
+        person's (a client key bound to the capabilities it answers) may; an agent's or
+        a requester's may not (the broker refuses it: docs/SECURITY.md, attack 25)."""
+        nkey = self.bus.settings.nkey
+        if not nkey:
+            return True
+        identity = load_seed(nkey)
+        if identity.role == "client":
+            return identity.serves is None or bool(identity.serves)
+        return identity.role in ("operator", None)
+
     async def _clear_items(self, task_id: str, capability: str) -> None:
         """Take the items of a task that ended without an agent off its queue (people
         answer from the inbox, holding none); best effort: a later delivery would find
-        the task ended and drop them."""
+        the task ended and drop them, and until then readers of the queue skip them."""
+        if not self._clears_items:
+            return
         for sequence, item in await self.bus.waiting_items(capability):
             if item.task == task_id:
                 await self.bus.delete_item(sequence)

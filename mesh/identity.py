@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from protocol import InvalidName, validate_agent_id
+from protocol import InvalidName, validate_agent_id, validate_capability
 
 __all__ = [
     "ROLES",
@@ -30,6 +31,9 @@ __all__ = [
     "IdentityError",
     "PublicKey",
     "Identity",
+    "ANY_CAPABILITY",
+    "may_serve",
+    "bind_key",
     "default_keys_dir",
     "new_key",
     "load_seed",
@@ -45,6 +49,8 @@ Role = Literal["agent", "client", "operator"]
 #: who may do what is per role (docs/SECURITY.md): an agent works, a client asks for
 #: work, an operator may do everything (drain agents, change retention)
 ROLES: tuple[Role, ...] = ("agent", "client", "operator")
+#: in a key's ``serves``: every capability (the key is bound to no queue in particular)
+ANY_CAPABILITY = "*"
 SEED_SUFFIX = ".nk"
 PUB_SUFFIX = ".pub"
 
@@ -54,12 +60,18 @@ class IdentityError(ValueError):
     key name or role that is not valid, or an id that is not the key's."""
 
 
-class PublicKey(msgspec.Struct, frozen=True, kw_only=True):
+class PublicKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The public side of a key: what ``NAME.pub`` holds, and the auth config reads."""
 
     name: str
     role: Role
     public_key: str
+    #: The capabilities the key is bound to, which the broker enforces: an agent may
+    #: take work only from these capabilities' queues; a client (a person answering
+    #: from the inbox) may clear the waiting items of tasks it answered, which a
+    #: requester's key (``()``) may not. ``"*"``: any. None: a key made before
+    #: bindings, treated as ``"*"``.
+    serves: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ class Identity:
     public_key: str
     seed: str
     path: Path
+    #: the key's binding, from its ``.pub`` (None: unknown or unbound; see PublicKey)
+    serves: tuple[str, ...] | None = None
 
     def check_id(self, mesh_id: str) -> None:
         """Refuse to act under an id that is not this key's name: the broker would
@@ -103,13 +117,40 @@ def _valid_role(role: str) -> Role:
     return role
 
 
-def new_key(directory: Path | str, name: str, role: str) -> PublicKey:
+def may_serve(serves: tuple[str, ...] | None, capability: str) -> bool:
+    """Whether a key bound to ``serves`` may take work from ``capability``'s queue."""
+    return serves is None or ANY_CAPABILITY in serves or capability in serves
+
+
+def _valid_serves(serves: Iterable[str]) -> tuple[str, ...]:
+    out = []
+    for capability in serves:
+        if capability != ANY_CAPABILITY:
+            try:
+                validate_capability(capability)
+            except InvalidName as exc:
+                raise IdentityError(f"cannot bind a key to {capability!r}: {exc}") from None
+        if capability not in out:
+            out.append(capability)
+    return tuple(out)
+
+
+def _default_serves(role: Role) -> tuple[str, ...] | None:
+    # An agent's key made by hand pulls from any queue until bound (`mesh keys bind`);
+    # a client's is a requester's: it clears no queue's items.
+    return {"agent": (ANY_CAPABILITY,), "client": ()}.get(role)
+
+
+def new_key(directory: Path | str, name: str, role: str, *, serves: Iterable[str] | None = None) -> PublicKey:
     """Make a new user key ``name``: write its seed (mode 0600, never over an existing
-    file) and its public side into ``directory`` (created 0700 if missing)."""
+    file) and its public side into ``directory`` (created 0700 if missing). ``serves``
+    binds it to capabilities (see :class:`PublicKey`); the default binds an agent's key
+    to any queue and a client's to none."""
     import nkeys
 
     _valid_name(name)
     role = _valid_role(role)
+    bound = _valid_serves(serves) if serves is not None else _default_serves(role)
     directory = Path(directory)
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -127,7 +168,7 @@ def new_key(directory: Path | str, name: str, role: str) -> PublicKey:
         fd = os.open(seed_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(seed + b"\n")
-        key = PublicKey(name=name, role=role, public_key=public)
+        key = PublicKey(name=name, role=role, public_key=public, serves=None if role == "operator" else bound)
         with open(pub_path, "xb") as f:
             f.write(msgspec.json.format(msgspec.json.encode(key)) + b"\n")
     except OSError as exc:
@@ -165,13 +206,14 @@ def load_seed(path: Path | str) -> Identity:
     public = nkeys.from_seed(bytearray(seed)).public_key.decode()
     name = _valid_name(path.name.removesuffix(SEED_SUFFIX))
     role: Role | None = None
+    serves: tuple[str, ...] | None = None
     pub_path = path.with_name(f"{name}{PUB_SUFFIX}")
     if pub_path.exists():
         pub = _read_pub(pub_path)
         if pub.public_key != public:
             raise IdentityError(f"{pub_path} is not the public side of {path} (the keys differ); remove the stray file")
-        role = pub.role
-    return Identity(name=name, role=role, public_key=public, seed=seed.decode(), path=path)
+        role, serves = pub.role, pub.serves
+    return Identity(name=name, role=role, public_key=public, seed=seed.decode(), path=path, serves=serves)
 
 
 def _is_user_seed(seed: bytes) -> bool:
@@ -206,6 +248,8 @@ def _read_pub(path: Path) -> PublicKey:
     if path.name != f"{key.name}{PUB_SUFFIX}":
         raise IdentityError(f"{path} names the key {key.name!r}: the file must be {key.name}{PUB_SUFFIX}")
     _valid_name(key.name)
+    if key.serves is not None:
+        _valid_serves(key.serves)
     if not (key.public_key.startswith("U") and len(key.public_key) == 56):
         raise IdentityError(f"{path}: {key.public_key!r} is not a NATS user public key (56 characters from 'U')")
     return key
@@ -227,20 +271,46 @@ def list_keys(directory: Path | str) -> list[PublicKey]:
     return keys
 
 
-def ensure_keys(directory: Path | str, wanted: dict[str, str]) -> dict[str, Path]:
+def bind_key(directory: Path | str, name: str, serves: Iterable[str]) -> PublicKey:
+    """Bind the key ``name`` to ``serves`` (rewrites its ``.pub``; the broker enforces
+    it once its auth config is rewritten and reloaded)."""
+    pub_path = Path(directory) / f"{_valid_name(name)}{PUB_SUFFIX}"
+    if not pub_path.exists():
+        raise IdentityError(f"{pub_path} does not exist; make the key with `mesh keys new {name} --role ROLE`")
+    key = msgspec.structs.replace(_read_pub(pub_path), serves=_valid_serves(serves))
+    if key.role == "operator":
+        raise IdentityError(f"{pub_path} is an operator's key: it may do everything, and binds to nothing")
+    tmp = pub_path.with_name(pub_path.name + ".tmp")
+    try:
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(key)) + b"\n")
+        tmp.replace(pub_path)
+    except OSError as exc:
+        raise IdentityError(f"cannot write {pub_path}: {exc.strerror or exc}") from None
+    return key
+
+
+def ensure_keys(
+    directory: Path | str, wanted: dict[str, str], serves: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, Path]:
     """Make the keys in ``wanted`` (name -> role) that ``directory`` lacks; return each
-    one's seed path. An existing key is reused as it is (its role must match)."""
+    one's seed path. An existing key is reused as it is (its role must match); a key
+    named in ``serves`` is bound to those capabilities (an existing one rebound if its
+    binding differs: an org whose briefs changed)."""
     directory = Path(directory)
+    serves = serves or {}
     out = {}
     for name, role in wanted.items():
         seed_path = directory / f"{name}{SEED_SUFFIX}"
         pub_path = directory / f"{name}{PUB_SUFFIX}"
+        bound = serves.get(name)
         if seed_path.exists() and pub_path.exists():
             have = _read_pub(pub_path)
             if have.role != role:
                 raise IdentityError(f"{pub_path} is a key of role {have.role!r}, not {role!r}; remove it or rename")
+            if bound is not None and have.serves != _valid_serves(bound):
+                bind_key(directory, name, bound)
         else:
-            new_key(directory, name, role)
+            new_key(directory, name, role, serves=bound)
         out[name] = seed_path
     return out
 

@@ -30,7 +30,7 @@ import structlog
 
 from protocol import RemoteProtocolError, WorkItem, decode_work_item, pull_priority
 
-from .bus import Bus, Lent, Listening, MeshError, NotADelivery, PullInbox, PullStatus
+from .bus import Bus, Lent, Listening, MeshError, NotADelivery, PullInbox, PullStatus, SquattedQueue
 
 __all__ = ["Delivery", "Pulls"]
 
@@ -160,9 +160,13 @@ class Pulls:
         *,
         free: Callable[[], int],
         deliver: Callable[[Delivery], None],
+        may_pull: Callable[[str], bool] = lambda capability: True,
     ) -> None:
         self.bus = bus
         self.serves = serves
+        #: whether our key lets us pull from a capability's queue (the broker refuses
+        #: the queues of capabilities it is not bound to: we do not ask them)
+        self._may_pull = may_pull
         self._free = free
         self._deliver = deliver
         self._queues: dict[str, _Queue] = {}
@@ -234,7 +238,9 @@ class Pulls:
         """Make sure our own queues exist, and find the queues below them."""
         for served in self.serves:
             await self.bus.ensure_queue(served)
-        for capability in await self.bus.queues():
+        # Our own queues by name (a listing finds queues by what they take: one whose
+        # name was squatted by a consumer of other items would not be listed as ours)
+        for capability in dict.fromkeys((*self.serves, *await self.bus.queues())):
             await self._add(capability)
         await self.top_up()
 
@@ -242,7 +248,17 @@ class Pulls:
         priority = pull_priority(self.serves, capability)
         if priority is None or capability in self._queues:
             return
-        info = await self.bus.queue_info(capability)
+        if not self._may_pull(capability):
+            log.debug("not pulling from a queue our key is not bound to", capability=capability)
+            return
+        try:
+            info = await self.bus.queue_info(capability)
+        except SquattedQueue as exc:
+            # Not pulled from (we would get another capability's items); said loudly,
+            # and tried again after the next reconnection or a new queue's advisory.
+            log.error("not pulling from a squatted queue", capability=capability, error=str(exc))
+            await self.bus.report(str(exc))
+            return
         if info is None or capability in self._queues:
             return
         queue = _Queue(capability=capability, priority=priority, lease_s=info.lease_s)

@@ -635,3 +635,132 @@ async def test_a_clients_commands_work_with_auth(agent_procs: AgentProcs, mesh_c
                 if done["id"].encode() in seen:
                     break
             watch.terminate()
+
+
+# --- queues bound to keys (attacks 24 and 25) -----------------------------------------------------
+
+
+def bound_key(keys: Keys, name: str, role: str, serves: list[str]) -> Path:
+    """A key bound to ``serves``, let in by the broker."""
+    new_key(keys.directory, name, role, serves=serves)
+    keys.broker.reload()
+    return keys.directory / f"{name}.nk"
+
+
+async def test_an_agent_takes_work_only_from_the_queues_its_key_is_bound_to(
+    agent_procs: AgentProcs, mesh_client: Mesh, attacker: Any, keys: Keys
+) -> None:
+    work = NAMES.work_stream
+    waiting = await mesh_client.submit("translate", "bonjour", claim_timeout_s=60)  # its queue holds one item
+    bound_key(keys, "mallory", "agent", ["echo"])
+    mallory = await attacker("mallory")
+    other = NAMES.queue_consumer("translate")
+    pull = msgspec.json.encode({"batch": 1, "expires": 10**9, "group": "mesh", "priority": 0})
+    await mallory.publish_refused(f"$JS.API.CONSUMER.MSG.NEXT.{work}.{other}", pull)
+    await mallory.publish_refused(f"$JS.ACK.{work}.{other}.1.2.1.1700000000000000000.0", b"+TERM")
+    await mallory.publish_refused(f"$JS.API.STREAM.MSG.DELETE.{work}", msgspec.json.encode({"seq": 1}))
+    items = await mesh_client.bus.waiting_items("translate")
+    assert [item.task for _, item in items] == [waiting.id]  # still there, for a translator
+    # An honest agent bound to its brief's capability works as before.
+    bound_key(keys, "alice", "agent", ["echo"])
+    await honest_agent(agent_procs, mesh_client)
+    await still_works(agent_procs, keys)
+    assert "permissions violation" not in agent_procs.log("alice").lower()
+
+
+async def test_a_generalist_takes_the_tasks_below_its_capability_only_if_bound_to_them(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys
+) -> None:
+    # The queues exist before the agents look for them (at start).
+    medical = await mesh_client.submit("echo.medical", "for a specialist", claim_timeout_s=60)
+    legal = await mesh_client.submit("echo.legal", "for a generalist", claim_timeout_s=60)
+    bound_key(keys, "gen", "agent", ["echo", "echo.legal"])
+    agent_procs.start("gen", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    with anyio.fail_after(30):
+        assert (await mesh_client.wait(legal.id)).state == "done"
+        assert (await mesh_client.wait((await mesh_client.submit("echo", "its own")).id)).state == "done"
+    # Started before either task was done, it looked at echo.medical's queue and left it.
+    assert (await mesh_client.get(medical.id)).state == "open"
+    assert [item.task for _, item in await mesh_client.bus.waiting_items("echo.medical")] == [medical.id]
+    assert "permissions violation" not in agent_procs.log("gen").lower()
+
+
+async def test_an_agent_serving_beyond_its_keys_binding_stops_with_one_line(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys
+) -> None:
+    bound_key(keys, "narrow", "agent", ["echo"])
+    proc = agent_procs.start("narrow", ["echo", "translate"], kind="echo")
+    assert await anyio.to_thread.run_sync(proc.process.wait, 30) == 2
+    log = agent_procs.log("narrow")
+    assert "is bound to echo" in log and "serves translate too" in log and "mesh keys bind narrow" in log, log
+    assert "Traceback" not in log
+
+
+async def test_only_a_person_clears_the_items_of_what_it_answered(mesh_client: Mesh, keys: Keys) -> None:
+    asked = await mesh_client.submit("human.review", "is this fine?", claim_timeout_s=60)
+    bound_key(keys, "pat", "client", ["human"])
+    requester = await keys.connect("req", "client")  # a requester's key: bound to nothing
+    person = await Mesh.connect(keys.broker.url, client_id="pat", settings=_settings(keys.directory / "pat.nk"))
+    try:
+        assert load_seed(keys.directory / "req.nk").serves == ()
+        assert [r.id for r in await person.offered("human")] == [asked.id]
+        done = await person.take_and_finish(asked.id, "fine")
+        assert done.state == "done"
+        assert await mesh_client.bus.waiting_items("human.review") == []  # taken off the queue
+        # A requester answering leaves the item (it may not delete), and no inbox offers it.
+        other = await requester.submit("human.review", "and this?", claim_timeout_s=60)
+        with anyio.fail_after(3):  # not the 5 s of a refused, unanswered request
+            assert (await requester.take_and_finish(other.id, "also fine")).state == "done"
+        assert [item.task for _, item in await mesh_client.bus.waiting_items("human.review")] == [other.id]
+        assert await person.offered("human") == []
+    finally:
+        await requester.close()
+        await person.close()
+
+
+async def test_a_squatted_queue_is_said_and_not_pulled_from(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, attacker: Any
+) -> None:
+    work = NAMES.work_stream
+    mallory = await attacker("mallory", "client")
+    name, subject = NAMES.queue_consumer("echo"), NAMES.work_subject("translate")
+    config = {"durable_name": name, "filter_subject": subject, "ack_policy": "explicit"}
+    reply = await mallory.nc.request(
+        f"$JS.API.CONSUMER.CREATE.{work}.{name}.{subject}",
+        msgspec.json.encode({"stream_name": work, "action": "create", "config": config}),
+        timeout=5,
+    )
+    assert b'"error"' not in reply.data, reply.data  # allowed: whoever submits first makes a queue
+    agent_procs.start("alice", ["echo"], kind="echo")
+    await agent_procs.ready(mesh_client)
+    await wait_for(lambda: "not pulling from a squatted queue" in agent_procs.log("alice"), what="the agent to say so")
+    assert "an operator must delete that consumer" in agent_procs.log("alice")
+
+
+def test_permissions_bind_an_agent_to_its_queues_and_keep_deletes_from_agents_and_requesters() -> None:
+    work = NAMES.work_stream
+    bound = permissions("agent", "alice", NAMES, ("summarize", "summarize.medical"))["publish"]
+    assert f"$JS.API.CONSUMER.MSG.NEXT.{work}.summarize~medical" in bound["allow"]
+    assert not any(s.startswith(f"$JS.API.CONSUMER.MSG.NEXT.{work}.*") for s in bound["allow"])
+    assert f"$JS.API.STREAM.MSG.DELETE.{work}" in bound["deny"]
+    anywhere = permissions("agent", "alice", NAMES, ("*",))["publish"]["allow"]
+    assert f"$JS.API.CONSUMER.MSG.NEXT.{work}.*" in anywhere and f"$JS.ACK.{work}.*.>" in anywhere
+    assert f"$JS.API.STREAM.MSG.DELETE.{work}" in permissions("client", "pat", NAMES, ("human",))["publish"]["allow"]
+    assert f"$JS.API.STREAM.MSG.DELETE.{work}" in permissions("client", "req", NAMES, ())["publish"]["deny"]
+
+
+def test_keys_are_bound_from_the_command_line(tmp_path: Path) -> None:
+    env = {"MESH_KEYS": str(tmp_path / "keys")}
+    assert (
+        mesh_cli("keys", "new", "gen", "--role", "agent", "--serves", "summarize,summarize.medical", env=env).returncode
+        == 0
+    )
+    assert mesh_cli("keys", "new", "req", "--role", "client", env=env).returncode == 0
+    listed = mesh_cli("keys", "list", env=env).stdout
+    assert "serves summarize, summarize.medical" in listed and "serves nothing" in listed, listed
+    assert mesh_cli("keys", "bind", "req", "--serves", "human", env=env).returncode == 0
+    assert load_seed(tmp_path / "keys" / "req.nk").serves == ("human",)
+    one_line_error(mesh_cli("keys", "bind", "req", "--serves", "bad..cap", env=env), "cannot bind a key to 'bad..cap'")
+    one_line_error(mesh_cli("keys", "bind", "nobody", "--serves", "x", env=env), "nobody.pub does not exist")
+    assert "serves summarize, summarize.medical" in mesh_cli("auth", "config", str(tmp_path / "keys")).stdout

@@ -426,6 +426,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the key may do: agent (works; writes only its own card and control subject), client (submits, "
         "reads, cancels; no cards, no control), operator (everything: drain agents, change retention)",
     )
+    k.add_argument(
+        "--serves",
+        action="append",
+        default=None,
+        metavar="CAP",
+        help="bind the key to a capability (repeat for several; '*' for any); the broker enforces it: an agent "
+        "takes work only from these capabilities' queues (list the ones below a served capability too, e.g. "
+        "summarize and summarize.medical), a client (a person answering from the inbox) may clear the items of "
+        "what it answered. Default: an agent's key any queue, a client's (a requester's) none",
+    )
+    k.add_argument("--dir", default=None, help=KEYS_DIR_HELP)
+    k = ksub.add_parser(
+        "bind",
+        help="bind an existing key to capabilities (rewrites NAME.pub; then rewrite the auth config and reload)",
+        description="Bind key NAME to the capabilities it serves: the broker lets an agent take work only from "
+        "those queues, and a client clear only if bound to some. Takes effect when the broker's auth config is "
+        "rewritten (`mesh auth config DIR --out FILE`) and the server reloaded; `mesh broker --auth` and `mesh up` "
+        "rewrite it at start.",
+    )
+    k.add_argument("name", help="the key's name")
+    k.add_argument(
+        "--serves",
+        action="append",
+        required=True,
+        metavar="CAP",
+        help="a capability (repeat; '*' for any; '' for none)",
+    )
     k.add_argument("--dir", default=None, help=KEYS_DIR_HELP)
     k = ksub.add_parser("list", help="list the public keys in a keys directory")
     k.add_argument("dir", nargs="?", default=None, help=KEYS_DIR_HELP)

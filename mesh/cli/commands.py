@@ -400,7 +400,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Secure by default: the org's own broker lets in only the org's keys (made
         # here once, reused after), each agent with its own id's permissions.
         wanted = {agent_id: "agent" for agent_id, _ in ids} | {"operator": "operator", "client": "client"}
-        seeds = ensure_keys(keys_dir, wanted)
+        # Agents' keys take work from any queue: a generalist takes the tasks of
+        # capabilities below its own that no brief names (bind keys with `mesh keys
+        # bind` to forbid that). The org's client is also the person who answers the
+        # inbox: it may clear what it answered.
+        seeds = ensure_keys(keys_dir, wanted, serves={"client": ("*",)})
         broker = Broker(
             port=4222 if _port_free(4222) else 0,
             http_port=8222 if _port_free(8222) else 0,
@@ -1019,27 +1023,50 @@ async def _ui_serve(args: argparse.Namespace, sock: Any, actor: str | None, read
 # --- keys and authorization ---------------------------------------------------------------------
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from ..identity import default_keys_dir, list_keys, new_key
+def _binding(serves: tuple[str, ...] | None) -> str:
+    if serves is None or "*" in serves:
+        return "serves any"
+    return f"serves {', '.join(serves)}" if serves else "serves nothing"
 
+
+def _capabilities(given: list[str] | None) -> list[str] | None:
+    """--serves as given: repeated, or comma-separated; '' alone binds to nothing."""
+    if given is None:
+        return None
+    return [c.strip() for value in given for c in value.split(",") if c.strip()]
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from ..identity import bind_key, default_keys_dir, list_keys, new_key
+
+    directory = Path(args.dir) if args.dir else default_keys_dir()
     if args.keys_command == "new":
-        directory = Path(args.dir) if args.dir else default_keys_dir()
-        key = new_key(directory, args.name, args.role)
+        key = new_key(directory, args.name, args.role, serves=_capabilities(args.serves))
         print(key.public_key)
+        bound = "" if key.role == "operator" else f", {_binding(key.serves)}"
         print(
             f"wrote {directory / (key.name + '.nk')} (secret, mode 0600) and {directory / (key.name + '.pub')} "
-            f"({key.role}); the broker learns the key from the .pub (`mesh auth config`, `mesh broker --auth`)",
+            f"({key.role}{bound}); the broker learns the key from the .pub (`mesh auth config`, `mesh broker --auth`)",
             file=sys.stderr,
         )
         return 0
-    keys = list_keys(Path(args.dir) if args.dir else default_keys_dir())
+    if args.keys_command == "bind":
+        key = bind_key(directory, args.name, _capabilities(args.serves) or ())
+        print(
+            f"{directory / (key.name + '.pub')}: {key.role}, {_binding(key.serves)}; the broker enforces it once its "
+            "auth config is rewritten (`mesh auth config DIR --out FILE`) and reloaded",
+            file=sys.stderr,
+        )
+        return 0
+    keys = list_keys(directory)
     if args.json:
         import msgspec
 
         print(json.dumps(msgspec.to_builtins(keys)))
     else:
         for key in keys:
-            print(f"{key.name:24} {key.role:9} {key.public_key}")
+            bound = "" if key.role == "operator" else _binding(key.serves)
+            print(f"{key.name:24} {key.role:9} {key.public_key}  {bound}".rstrip())
     return 0
 
 
