@@ -47,6 +47,7 @@ from nats.micro.request import Request
 from protocol import (
     HEADER_ROOM_BYTES,
     MAJOR_VERSION,
+    MAX_CARD_AGE_S,
     MAX_CARD_BYTES,
     MAX_RECORD_BYTES,
     PRIORITY_GROUP,
@@ -758,6 +759,9 @@ class Bus:
                 max_value=MAX_CARD_BYTES,
                 storage=storage,
                 replicas=settings.replicas,
+                # No card outlives three of the longest heartbeats, whatever TTL its
+                # writer gave it (a card put with none would otherwise stay forever).
+                max_age=MAX_CARD_AGE_S,
             )
         )
         self.agents = await self.js.key_value(names.agents_bucket)

@@ -59,6 +59,7 @@ from .events import (
 from .limits import (
     HEADER_ROOM_BYTES,
     LIMITS,
+    MAX_CARD_AGE_S,
     MAX_CARD_BYTES,
     MAX_CHECKPOINT_BYTES,
     MAX_CHILDREN,
@@ -253,6 +254,7 @@ __all__ = [
     "MAX_DEADLINE_S",
     "MAX_LEASE_S",
     "MAX_HEARTBEAT_S",
+    "MAX_CARD_AGE_S",
     "Limit",
     "LIMITS",
     "LimitExceeded",

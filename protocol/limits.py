@@ -54,6 +54,7 @@ __all__ = [
     "MAX_DEADLINE_S",
     "MAX_LEASE_S",
     "MAX_HEARTBEAT_S",
+    "MAX_CARD_AGE_S",
     "Limit",
     "LIMITS",
     "LimitExceeded",
@@ -139,6 +140,10 @@ MAX_LEASE_S = 3600.0
 #: An agent's heartbeat period (its card's TTL follows it). A presence renewed less than
 #: hourly says nothing about whether the agent is there.
 MAX_HEARTBEAT_S = 3600.0
+#: The longest a card stays in the directory after its last put: its TTL is three
+#: heartbeats, and the directory's stream ages out anything older (a card put without
+#: a TTL, or with a longer one, goes too).
+MAX_CARD_AGE_S = 3 * MAX_HEARTBEAT_S
 
 
 @dataclass(frozen=True)

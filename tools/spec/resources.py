@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mesh.settings import Settings
-from protocol.limits import HEADER_ROOM_BYTES, MAX_CARD_BYTES, MAX_RECORD_BYTES
+from protocol.limits import HEADER_ROOM_BYTES, MAX_CARD_AGE_S, MAX_CARD_BYTES, MAX_RECORD_BYTES
 from protocol.names import MAJOR_VERSION, PRIORITY_GROUP, VERSION_HEADER, Names
 from protocol.rules import traceparent
 
@@ -60,8 +60,9 @@ def resource_vectors() -> dict[str, Any]:
                 "deny_delete": True,
                 "allow_msg_ttl": True,
                 "max_msg_size": MAX_CARD_BYTES + HEADER_ROOM_BYTES,
+                "max_age": ns(MAX_CARD_AGE_S),
             },
-            "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
+            "default": {"storage": settings.storage, "num_replicas": settings.replicas},
         },
         {
             "name": names.events_stream,
