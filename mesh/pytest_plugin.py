@@ -53,7 +53,9 @@ def broker(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.M
         # MESH_TEST_AUTH_ROLE=client runs the test as a mere client (what a requester may
         # do; tests that drain agents or change retention then fail, as they should)
         role = os.environ.get("MESH_TEST_AUTH_ROLE") or "operator"
-        seeds = ensure_keys(b.auth, {"test-client": role})
+        # As a client it is also the person at the inbox (bound to every capability:
+        # it may clear the items of what it answers)
+        seeds = ensure_keys(b.auth, {"test-client": role}, serves={"test-client": ("*",)} if role == "client" else None)
         monkeypatch.setenv("MESH_NKEY", str(seeds["test-client"]))
     b.start()
     try:
