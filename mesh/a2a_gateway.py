@@ -45,13 +45,17 @@ from a2a.types import (
     CancelTaskRequest,
     ContentTypeNotSupportedError,
     GetTaskRequest,
+    HTTPAuthSecurityScheme,
     InvalidParamsError,
     ListTasksRequest,
     ListTasksResponse,
     Message,
     Part,
     Role,
+    SecurityRequirement,
+    SecurityScheme,
     SendMessageRequest,
+    StringList,
     SubscribeToTaskRequest,
     Task,
     TaskArtifactUpdateEvent,
@@ -62,7 +66,12 @@ from a2a.types import (
     TaskStatusUpdateEvent,
     UnsupportedOperationError,
 )
-from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, TransportProtocol
+from a2a.utils.constants import (
+    AGENT_CARD_WELL_KNOWN_PATH,
+    PROTOCOL_VERSION_0_3,
+    PROTOCOL_VERSION_1_0,
+    TransportProtocol,
+)
 
 from protocol import (
     Claim,
@@ -81,6 +90,7 @@ from protocol import (
 from .bus import Conflict, MeshError, NotFound
 from .client import Mesh, OverLimit
 from .follow import wait_terminal
+from .http_token import RequireToken
 from .questions import NEW_CHILD
 from .retry import retry
 
@@ -172,8 +182,11 @@ class Gateway(RequestHandler):
         url: str = "",
         max_text: int = 64 * 1024,
         claim_timeout_s: float = 10.0,
+        bearer: bool = False,
     ) -> None:
         self.mesh = mesh
+        #: requests must carry a bearer token (the card says so: mesh/http_token.py)
+        self.bearer = bearer
         self.claim_timeout_s = claim_timeout_s
         self.me = mesh.id
         self.capabilities = capabilities
@@ -207,7 +220,7 @@ class Gateway(RequestHandler):
 
     def base_card(self) -> AgentCard:
         """The card without its skills (those are read from the directory per request)."""
-        return AgentCard(
+        card = AgentCard(
             name="agent-mesh",
             description="An organization of agents on agent-mesh; each skill is a capability its agents serve. "
             "Name the skill in the message's metadata ('skill'); without one the first skill is asked.",
@@ -225,6 +238,16 @@ class Gateway(RequestHandler):
             default_output_modes=["text/plain", "application/json"],
             skills=[AgentSkill(id="any", name="any", description="(read from the directory)", tags=["mesh"])],
         )
+        if self.bearer:
+            card.security_schemes["bearer"].CopyFrom(
+                SecurityScheme(
+                    http_auth_security_scheme=HTTPAuthSecurityScheme(
+                        scheme="Bearer", description="the token the gateway was started with (--token-file)"
+                    )
+                )
+            )
+            card.security_requirements.append(SecurityRequirement(schemes={"bearer": StringList()}))
+        return card
 
     async def card(self) -> AgentCard:
         card = self.base_card()
@@ -531,9 +554,10 @@ def a2a_state_name(record: TaskRecord) -> str:
     return str(TaskState.Name(a2a_status(record).state)).removeprefix("TASK_STATE_").lower().replace("_", "-")
 
 
-def build_app(gateway: Gateway) -> Any:
+def build_app(gateway: Gateway, token: str | None = None) -> Any:
     """The Starlette app: the agent card at the well-known path (built per request from
-    the directory) and one JSON-RPC endpoint at ``/`` serving A2A 1.0 and 0.3 names."""
+    the directory) and one JSON-RPC endpoint at ``/`` serving A2A 1.0 and 0.3 names;
+    with ``token``, every request but the card's must carry it."""
     from starlette.applications import Starlette
 
     async def live_card(_: AgentCard) -> AgentCard:
@@ -541,7 +565,8 @@ def build_app(gateway: Gateway) -> Any:
 
     routes = create_agent_card_routes(gateway.base_card(), card_modifier=live_card)
     routes += create_jsonrpc_routes(gateway, "/", enable_v0_3_compat=True)
-    return _BodyLimit(Starlette(routes=routes), MAX_BODY_BYTES)
+    app = _BodyLimit(Starlette(routes=routes), MAX_BODY_BYTES)
+    return app if token is None else RequireToken(app, token, public=(AGENT_CARD_WELL_KNOWN_PATH,))
 
 
 #: the largest request body read: a task record is at most 768 KiB (docs/PROTOCOL.md 6.18)
@@ -594,14 +619,27 @@ async def serve(
     claim_timeout_s: float = 10.0,
     public_url: str | None = None,
     announce: Any = None,
+    token: str | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then stop the streams."""
+    """Serve until SIGINT/SIGTERM (uvicorn's own handlers), then stop the streams. With
+    ``token``, requests must carry it (mesh/http_token.py)."""
     # The SDK warns on every client error (the client's business, answered with its
     # code) and about a card without skills (no agent live yet): not the operator's news.
     logging.getLogger("a2a").setLevel(logging.ERROR)
-    gateway = Gateway(mesh, capabilities=capabilities, url=f"http://{host}:{port}/", claim_timeout_s=claim_timeout_s)
+    gateway = Gateway(
+        mesh,
+        capabilities=capabilities,
+        url=f"http://{host}:{port}/",
+        claim_timeout_s=claim_timeout_s,
+        bearer=token is not None,
+    )
     config = uvicorn.Config(
-        build_app(gateway), host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        build_app(gateway, token),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=2,
     )
     server = _Server(config)
     async with anyio.create_task_group() as tg:

@@ -253,10 +253,17 @@ def build_server(gateway: Gateway, *, name: str = "agent-mesh") -> Any:
 
 
 async def serve(
-    url: str, *, prefix: str = "mesh", http: bool = False, host: str = "127.0.0.1", port: int = 8765
+    url: str,
+    *,
+    prefix: str = "mesh",
+    http: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
 ) -> None:
     """Connect to the mesh at ``url`` and serve MCP until the host hangs up (stdio) or
-    the process is stopped (HTTP)."""
+    the process is stopped (HTTP; with ``token``, every request must carry it:
+    mesh/http_token.py)."""
     import_mcp()
     from protocol import Names
 
@@ -264,7 +271,15 @@ async def serve(
 
     async with await Mesh.connect(url, names=Names(prefix)) as mesh:
         server = build_server(Gateway(mesh))
-        if http:
+        if not http:
+            await server.run_stdio_async()
+        elif token is None:
             await server.run_streamable_http_async(host=host, port=port)
         else:
-            await server.run_stdio_async()
+            import uvicorn
+
+            from .http_token import RequireToken
+
+            app = RequireToken(server.streamable_http_app(host=host), token)
+            config = uvicorn.Config(app, host=host, port=port, log_level=server.settings.log_level.lower())
+            await uvicorn.Server(config).serve()

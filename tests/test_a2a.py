@@ -281,3 +281,61 @@ async def test_a_gateway_is_a_remote_member_of_another_mesh(
             procs.stop_all()
     finally:
         other.stop()
+
+
+def token_file(tmp: Path, token: str = "s3cret-token-0123456789", mode: int = 0o600) -> Path:
+    path = tmp / f"token-{mode:o}"
+    path.write_text(token + "\n")
+    path.chmod(mode)
+    return path
+
+
+async def test_a_gateway_with_a_token_refuses_requests_without_it(
+    echo_org: AgentProcs, gateways: Gateways, tmp_path: Path
+) -> None:
+    # Listening beyond loopback is what needs a token; loopback still reaches it.
+    gw = gateways.start("--host", "0.0.0.0", "--token-file", str(token_file(tmp_path)))
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(gw.url + ".well-known/agent-card.json")  # discovery stays public
+        assert reply.status_code == 200
+        card = reply.json()
+        assert card["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"] == "Bearer", card
+        for headers in ({}, {"authorization": "Bearer wrong-token-0123456789"}, {"authorization": "s3cret"}):
+            refused = await http.post(gw.url, json={"jsonrpc": "2.0", "id": 1, "method": "GetTask"}, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    authorized = httpx.AsyncClient(headers={"authorization": "Bearer s3cret-token-0123456789"}, timeout=30)
+    a2a = await create_client(gw.url, ClientConfig(streaming=False, httpx_client=authorized))
+    try:
+        [response] = await collect(a2a.send_message(message("with a token", skill="echo")))
+        assert state(response.task.status) == "completed"
+        assert get_artifact_text(response.task.artifacts[0]) == "with a token"
+    finally:
+        await a2a.close()
+        await authorized.aclose()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--host", "0.0.0.0"], "would let anyone who reaches the port act as its key: pass --token-file FILE"),
+        (["--token-file", "{open}"], "is readable by others (mode 0644)"),
+        (["--token-file", "{short}"], "use at least 16"),
+        (["--token-file", "{missing}"], "does not exist; make one with"),
+    ],
+)
+def test_gateway_token_mistakes_are_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    files = {
+        "{open}": str(token_file(tmp_path, mode=0o644)),
+        "{short}": str(token_file(tmp_path, "short", mode=0o600)),
+        "{missing}": str(tmp_path / "nope"),
+    }
+    argv = [files.get(a, a) for a in args]
+    for command in (["a2a", "serve"], ["mcp", "serve", "--http"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mesh", *command, *argv, "--server", "nats://127.0.0.1:1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)

@@ -48,12 +48,14 @@ async def stdio_gateway(broker: Broker) -> AsyncIterator[tuple[ClientSession, st
 
 
 @contextlib.asynccontextmanager
-async def http_gateway(broker: Broker) -> AsyncIterator[tuple[ClientSession, str | None]]:
+async def http_gateway(
+    broker: Broker, *extra: str, token: str | None = None
+) -> AsyncIterator[tuple[ClientSession, str | None]]:
     (port,) = free_ports(1)
     log = Path(broker.store or ".") / f"gateway-{port}.log"
     with log.open("wb") as errors:
         proc = await anyio.open_process(
-            [sys.executable, *_gateway_args(broker, "--http", "--port", str(port))],
+            [sys.executable, *_gateway_args(broker, "--http", "--port", str(port), *extra)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -70,7 +72,12 @@ async def http_gateway(broker: Broker) -> AsyncIterator[tuple[ClientSession, str
         try:
             await wait_for(listening, what="the MCP gateway to listen")
             url = f"http://127.0.0.1:{port}/mcp"
-            async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            async with (
+                httpx.AsyncClient(headers=headers, timeout=30) as http,
+                streamable_http_client(url, http_client=http) as (read, write),
+                ClientSession(read, write) as session,
+            ):
                 await session.initialize()
                 yield session, url
         finally:
@@ -240,3 +247,24 @@ async def test_garbage_on_stdio_leaves_the_gateway_serving(broker: Broker) -> No
         await proc.stdin.aclose()
         with anyio.fail_after(10):
             await proc.wait()
+
+
+async def test_with_a_token_the_http_gateway_serves_only_requests_that_carry_it(
+    broker: Broker, org: AgentProcs, tmp_path: Path
+) -> None:
+    token = "mcp-token-0123456789abcdef"
+    path = tmp_path / "token"
+    path.write_text(token)
+    path.chmod(0o600)
+    async with http_gateway(broker, "--host", "0.0.0.0", "--token-file", str(path), token=token) as (session, url):
+        assert url is not None
+        echoed = _data(await session.call_tool("submit", {"capability": "echo", "text": "hi"}))
+        assert echoed["state"] == "done"
+        async with httpx.AsyncClient() as http:
+            for headers in ({}, {"authorization": "Bearer not-the-token-0123"}):
+                reply = await http.post(
+                    url,
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers={"accept": "application/json, text/event-stream", **headers},
+                )
+                assert reply.status_code == 401, (reply.status_code, reply.text)

@@ -139,6 +139,18 @@ def _listen(p: argparse.ArgumentParser, *, port: int) -> None:
     )
 
 
+def _token(p: argparse.ArgumentParser) -> None:
+    """--token-file of a gateway that serves HTTP."""
+    p.add_argument(
+        "--token-file",
+        default=os.environ.get("MESH_HTTP_TOKEN_FILE") or None,
+        metavar="FILE",
+        help="require `Authorization: Bearer <token>` on every request, the token read from FILE (mode 0600; "
+        "default $MESH_HTTP_TOKEN_FILE). Required to listen beyond loopback: whoever reaches the port acts as "
+        "the gateway's key",
+    )
+
+
 def _server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=None, help=SERVER_HELP)
     p.add_argument("--tls-ca", default=None, metavar="FILE", help=TLS_CA_HELP)
@@ -391,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the gateway's identity in the mesh, shared by every gateway of one A2A endpoint (default: the "
         "--nkey's name, else a2a-gateway)",
     )
+    _token(x)
     _server(x)
 
     sub.add_parser("kinds", help="list the agent kinds: built-in and published by installed packages")
@@ -505,13 +518,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--port", type=_whole("port", 1, 65535), default=8765, help="with --http: port, 1 to 65535 (default 8765)"
     )
+    _token(m)
     _server(m)
     return parser
 
 
 #: arguments that name files: any bytes the file system takes are fine there
 _PATHS = frozenset(
-    {"brief", "org", "file", "store", "config", "tls_ca", "tls_cert", "tls_key", "nkey", "auth", "dir", "out", "keys"}
+    {
+        "brief",
+        "org",
+        "file",
+        "store",
+        "config",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "nkey",
+        "auth",
+        "dir",
+        "out",
+        "keys",
+        "token_file",
+    }
 )
 
 

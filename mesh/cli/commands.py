@@ -67,6 +67,7 @@ def _user_message(exc: Exception) -> str | None:
         + classes("mesh.bus", "Unreachable")
         + classes("mesh.settings", "SettingsError")
         + classes("mesh.identity", "IdentityError")
+        + classes("mesh.http_token", "TokenError")
         + classes("protocol", "InvalidName"),
     ):
         return str(exc)
@@ -916,9 +917,10 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from ..mcp import McpUnavailable, serve
 
     server = args.server or default_server()
+    token = _gateway_token(args, "the MCP gateway") if args.http else None
 
     async def gateway() -> int:
-        await serve(server, prefix=args.prefix, http=args.http, host=args.host, port=args.port)
+        await serve(server, prefix=args.prefix, http=args.http, host=args.host, port=args.port, token=token)
         return 0
 
     try:
@@ -1105,12 +1107,24 @@ def cmd_a2a(args: argparse.Namespace) -> int:
     return _run(_a2a_serve, args)
 
 
+def _gateway_token(args: argparse.Namespace, what: str) -> str | None:
+    """The token a gateway's requests must carry (--token-file), said to be missing
+    before connecting if it listens beyond loopback without one."""
+    from ..http_token import check_exposure, load_token
+
+    token = load_token(args.token_file) if args.token_file else None
+    check_exposure(args.host, token, what=what)
+    return token
+
+
 async def _a2a_serve(args: argparse.Namespace) -> int:
     from protocol import Names
 
     from ..a2a_gateway import DEFAULT_ID, serve
     from ..client import Mesh, default_server
     from ..identity import default_id
+
+    token = _gateway_token(args, "the A2A gateway")
 
     def announce(url: str) -> None:
         print(f"A2A gateway at {url} (agent card: {url}.well-known/agent-card.json)", flush=True)
@@ -1129,5 +1143,6 @@ async def _a2a_serve(args: argparse.Namespace) -> int:
             claim_timeout_s=args.claim_timeout,
             public_url=args.url,
             announce=announce,
+            token=token,
         )
     return 0
