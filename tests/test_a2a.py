@@ -330,7 +330,7 @@ def test_gateway_token_mistakes_are_one_line(tmp_path: Path, args: list[str], sa
         "{missing}": str(tmp_path / "nope"),
     }
     argv = [files.get(a, a) for a in args]
-    for command in (["a2a", "serve"], ["mcp", "serve", "--http"]):
+    for command in (["a2a", "serve"], ["mcp", "serve", "--http"], ["ui"]):
         proc = subprocess.run(
             [sys.executable, "-m", "mesh", *command, *argv, "--server", "nats://127.0.0.1:1"],
             capture_output=True,

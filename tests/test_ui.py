@@ -135,11 +135,11 @@ def test_the_page_offers_only_what_the_protocol_accepts() -> None:
 
 
 @contextlib.contextmanager
-def _ui(broker: Broker, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def _ui(broker: Broker, tmp_path: Path, env: dict[str, str] | None = None, *extra: str) -> Iterator[str]:
     """A `mesh ui` process; its URL."""
     with (tmp_path / "ui.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "ui", "--port", "0", "--server", broker.url],
+            [sys.executable, "-m", "mesh", "ui", "--port", "0", "--server", broker.url, *extra],
             stdout=subprocess.PIPE,
             stderr=log,
             env={**os.environ, **(env or {})},
@@ -204,3 +204,28 @@ def test_config_is_plain_json() -> None:
     from mesh.ui.server import UiConfig
 
     assert msgspec.to_builtins(UiConfig(actor=None, read_only_reason="why"))["actor"] is None
+
+
+def test_with_a_token_the_view_serves_only_a_browser_that_was_given_it(broker: Broker, tmp_path: Path) -> None:
+    import httpx
+
+    token = "ui-token-0123456789abcdef"
+    path = tmp_path / "token"
+    path.write_text(token)
+    path.chmod(0o600)
+    with _ui(broker, tmp_path, None, "--host", "0.0.0.0", "--token-file", str(path)) as url:
+        assert url.endswith(f"/?token={token}")  # what the operator opens once
+        base = url.split("?", 1)[0].replace("0.0.0.0", "127.0.0.1")
+        with httpx.Client(timeout=10) as stranger:
+            for path_ in ("", "api/config", "api/stream", f"?token=not-{token}"):
+                assert stranger.get(base + path_).status_code == 401, path_
+            refused = stranger.post(f"{base}api/inbox/abc123/approve", headers={"x-mesh-ui": "1"}, content=b"{}")
+            assert refused.status_code == 401
+        with httpx.Client(timeout=10) as browser:
+            opened = browser.get(f"{base}?token={token}")
+            assert opened.status_code == 303 and opened.headers["location"] == "/"
+            cookie = opened.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            page = browser.get(base)  # the cookie from now on: no token in the URL
+            assert page.status_code == 200 and "<html" in page.text.lower()
+            assert browser.get(f"{base}api/config").json()["server"] == broker.url

@@ -356,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the extra: pip install 'agent-mesh[ui]'. See docs/UI.md.",
     )
     _listen(p, port=8080)
+    _token(p)
     p.add_argument(
         "--as",
         dest="as_",

@@ -977,12 +977,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.as_ is not None:
         validate_agent_id(args.as_)
     actor, read_only = _ui_actor(args.as_)
+    token = _gateway_token(args, "the web view")
     try:
         sock = bind(args.host, args.port)
     except PortInUse as exc:
         raise UserError(str(exc)) from None
     try:
-        return _run(_ui_serve, args, sock, actor, read_only)
+        return _run(_ui_serve, args, sock, actor, read_only, token)
     finally:
         sock.close()
 
@@ -1005,7 +1006,7 @@ def _ui_actor(as_: str | None) -> tuple[str | None, str]:
     return as_ or identity.name, ""
 
 
-async def _ui_serve(args: argparse.Namespace, sock: Any, actor: str | None, read_only: str) -> int:
+async def _ui_serve(args: argparse.Namespace, sock: Any, actor: str | None, read_only: str, token: str | None) -> int:
     from protocol import Names
 
     from ..client import Mesh, default_server
@@ -1014,11 +1015,21 @@ async def _ui_serve(args: argparse.Namespace, sock: Any, actor: str | None, read
     server = args.server or default_server()
 
     def announce(url: str) -> None:
+        if token is not None:  # opened once with it, the browser keeps it in a cookie
+            url = f"{url}?token={token}"
         print(f"mesh ui at {url} (Ctrl-C stops)", flush=True)
 
     config = UiConfig(actor=actor, read_only_reason=read_only, inbox_capability=args.capability, server=server)
     async with await Mesh.connect(server, client_id=actor, names=Names(args.prefix)) as mesh:
-        await serve(mesh, sock, config, stuck_after=args.stuck_after, loop_after=args.loop_after, announce=announce)
+        await serve(
+            mesh,
+            sock,
+            config,
+            stuck_after=args.stuck_after,
+            loop_after=args.loop_after,
+            announce=announce,
+            token=token,
+        )
     return 0
 
 

@@ -33,6 +33,7 @@ from protocol import InvalidName, RemoteProtocolError, TaskRecord, validate_task
 
 from ..bus import MeshError, NotFound
 from ..client import Mesh
+from ..http_token import RequireToken
 from .board import PAGE_SIZE, TASK_FILTERS, Board, Query, Viewer
 from .feed import follow_mesh
 from .inbox import ACTIONS, Refused, act, inbox_item
@@ -310,10 +311,14 @@ async def serve(
     stuck_after: float = 30.0,
     loop_after: int = 3,
     announce: Callable[[str], None] | None = None,
+    token: str | None = None,
 ) -> None:
-    """Serve the view on ``sock`` until SIGINT/SIGTERM."""
+    """Serve the view on ``sock`` until SIGINT/SIGTERM; with ``token``, only to
+    browsers that were given it (mesh/http_token.py)."""
     board = Board(stuck_after=stuck_after, loop_after=loop_after)
     app, keep_inbox = build_app(mesh, board, config)
+    if token is not None:
+        app = RequireToken(app, token, cookie="mesh_ui_token")
     uv = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
     server = _Server(uv)
     async with anyio.create_task_group() as tg:
