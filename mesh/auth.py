@@ -36,6 +36,7 @@ def _streams(names: Names) -> dict[str, str]:
         "agents": f"KV_{names.agents_bucket}",
         "events": names.events_stream,
         "work": names.work_stream,
+        "archive": names.archive_stream,
     }
 
 
@@ -62,7 +63,7 @@ def _shared_publish(names: Names, name: str) -> list[str]:
         # Whoever comes first creates the mesh's resources (idempotent: an existing
         # stream of another config is refused); nobody but an operator changes them.
         out += [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.CREATE.{stream}"]
-    for stream in (s["tasks"], s["events"], s["work"]):
+    for stream in (s["tasks"], s["events"], s["work"], s["archive"]):
         out += [f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"]
     out += [f"{api}.STREAM.MSG.GET.{s['agents']}", f"{api}.STREAM.MSG.GET.{s['tasks']}"]
     for stream in readable:

@@ -40,6 +40,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 from nats.js.kv import KeyValue
 from nats.micro.request import Request
@@ -694,6 +695,9 @@ class Bus:
         self._replies = _Replies(nc)
         #: capabilities whose queue this process made sure exists
         self._queues: set[str] = set()
+        #: whether the archive stream is the broker's copy of the bucket and nothing
+        #: else (None: not looked at yet)
+        self._archive_sound: bool | None = None
         self._reports = _ReportBudget()
         #: bad input this process met and refused, reported or held back (an agent's card shows it)
         self.refused = 0
@@ -780,6 +784,23 @@ class Bus:
         )
         await self._stream(
             StreamConfig(
+                name=names.archive_stream,
+                description="agent-mesh archive: every accepted write of the tasks bucket, with its signature, "
+                "copied by the broker; a finished task's verifiable history",
+                # No subjects: nobody publishes here, the broker alone copies the
+                # bucket's accepted writes (an event, which anyone may publish, is no
+                # proof of a record; PROTOCOL.md 6.17).
+                sources=[StreamSource(name=f"KV_{names.tasks_bucket}")],
+                retention=RetentionPolicy.LIMITS,
+                max_age=settings.retention_s,
+                max_bytes=settings.retention_bytes or None,
+                storage=storage,
+                num_replicas=settings.replicas,
+                allow_direct=True,
+            )
+        )
+        await self._stream(
+            StreamConfig(
                 name=names.work_stream,
                 description="agent-mesh queues: work items, one durable pull consumer per capability",
                 subjects=[names.work_subjects],
@@ -801,13 +822,15 @@ class Bus:
         with translate_errors("changing the retention of the mesh's history"):
             events = (await self.js.stream_info(names.events_stream)).config
             work = (await self.js.stream_info(names.work_stream)).config
+            archive = (await self.js.stream_info(names.archive_stream)).config
             if retention_s is not None or retention_bytes is not None:
                 if retention_s is not None:
-                    events.max_age = work.max_age = retention_s
+                    events.max_age = work.max_age = archive.max_age = retention_s
                 if retention_bytes is not None:
-                    events.max_bytes = retention_bytes or -1
+                    events.max_bytes = archive.max_bytes = retention_bytes or -1
                 await self.js.update_stream(events)
                 await self.js.update_stream(work)
+                await self.js.update_stream(archive)
         bytes_cap = events.max_bytes if events.max_bytes and events.max_bytes > 0 else 0
         return Settings(retention_s=float(events.max_age or 0.0), retention_bytes=bytes_cap)
 
@@ -913,8 +936,77 @@ class Bus:
             return record, 0
 
     async def archived(self, task_id: str, *, root: str | None = None) -> TaskRecord | None:
-        """The task's record as its latest event carries it (``created`` and terminal
-        events do), or None."""
+        """The task's record after it left the bucket: its last valid write in the
+        archive (every write verified in order, as a party that saw them all would), or
+        else as its latest event carries it (``created`` and terminal events do); or
+        None. With identities an event's record is taken only while the task is open
+        (never written to the bucket): events are unsigned, and every end is a write."""
+        record = await self._archived_write(task_id)
+        if record is not None:
+            return record
+        record = await self._archived_event(task_id, root)
+        if record is not None and self.trust.signed and is_terminal(record):
+            return None
+        return record
+
+    async def _archive_is_sound(self) -> bool:
+        """Whether the archive holds only what the broker copied from the bucket: any
+        party may create the mesh's streams, and one made with subjects of its own, or
+        other sources, or a transform, could be fed writes that never were the
+        bucket's. Looked at once; a stream that is not sound is reported, not read."""
+        if self._archive_sound is None:
+            stream = self.names.archive_stream
+            try:
+                info = await self._api(f"$JS.API.STREAM.INFO.{stream}", None, what="reading the archive's settings")
+            except NotFound:
+                return False  # a mesh that predates the archive: not yet made
+            config = info.get("config") or {}
+            sources = [
+                {k: v for k, v in source.items() if k not in ("opt_start_seq", "opt_start_time")}
+                for source in config.get("sources") or []
+            ]
+            sound = (
+                not config.get("subjects")
+                and not config.get("subject_transform")
+                and not config.get("mirror")
+                and sources == [{"name": f"KV_{self.names.tasks_bucket}"}]
+            )
+            if not sound:
+                why = f"the stream {stream} is not only the broker's copy of the tasks bucket: not read"
+                log.error("the archive is not sound", stream=stream, config=config)
+                await self.report(f"{why}; an operator must delete it (the next party makes it again)")
+            self._archive_sound = sound
+        return self._archive_sound
+
+    async def _archived_write(self, task_id: str) -> TaskRecord | None:
+        if not await self._archive_is_sound():
+            return None
+        key = self.names.task_key(task_id)
+        subject = f"$KV.{self.names.tasks_bucket}.{key}"
+        stream = self.names.archive_stream
+        chain = self.trust.fresh()
+        last: TaskRecord | None = None
+        seq = 1
+        while True:
+            with translate_errors(f"reading the archive of task {task_id}"):
+                msg = await self.nc.request(
+                    f"$JS.API.DIRECT.GET.{stream}",
+                    msgspec.json.encode({"seq": seq, "next_by_subj": subject}),
+                    timeout=5.0,
+                )
+            headers = msg.headers or {}
+            if headers.get("Status"):  # 404: no more (or no archive: a mesh that predates it)
+                return last
+            seq = int(headers.get("Nats-Sequence", "0")) + 1
+            if not msg.data:
+                continue
+            revision = _source_revision(headers)
+            try:
+                last = chain.admit(task_id, key, revision, msg.data, headers)
+            except (Forged, RemoteProtocolError):
+                continue  # not acted on by any party: the last valid write stands
+
+    async def _archived_event(self, task_id: str, root: str | None) -> TaskRecord | None:
         roots = [root] if root is not None else [task_id, None]
         for candidate in roots:
             for kind in ("*", "created"):
@@ -1671,6 +1763,13 @@ class Bus:
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+def _source_revision(headers: dict[str, str]) -> int:
+    """The bucket revision of a write the archive copied: the second word of its
+    ``Nats-Stream-Source`` header (``<stream> <sequence> ...``)."""
+    words = headers.get("Nats-Stream-Source", "").split()
+    return int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
 
 
 def _bucket_stream(

@@ -66,6 +66,11 @@ class Trust:
     def signed(self) -> bool:
         return self.signer is not None
 
+    def fresh(self) -> Trust:
+        """The same keys with no revision verified yet: to verify a task's whole
+        history (the archive) as a party that saw every write would."""
+        return Trust(self.signer, self.operators)
+
     def last(self, task_id: str) -> Link | None:
         return self._chain.get(task_id)
 

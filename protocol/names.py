@@ -125,6 +125,13 @@ class Names:
         return f"{self.prefix}-v{MAJOR_VERSION}-events"
 
     @property
+    def archive_stream(self) -> str:
+        """Every accepted write of the tasks bucket, copied by the broker (a stream
+        sourcing the bucket's): a finished task's verifiable history after its record
+        left the bucket."""
+        return f"{self.prefix}-v{MAJOR_VERSION}-archive"
+
+    @property
     def events_subjects(self) -> tuple[str, ...]:
         base = f"{self.prefix}.v{MAJOR_VERSION}"
         return (f"{base}.evt.>", f"{base}.err.>")

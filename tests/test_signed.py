@@ -40,6 +40,7 @@ from protocol import (
     Finish,
     Names,
     SigningKey,
+    TaskEvent,
     TaskRecord,
     apply,
     decode_record,
@@ -444,3 +445,70 @@ async def test_a_squatted_message_id_does_not_drop_the_real_message(
     events = [e for e in await mesh_client.history(task.root) if e.task == task.id]
     assert [e.state for e in events if e.kind == "finish"] == ["done"], events
     await carol.close()
+
+
+async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any
+) -> None:
+    """Once a finished record has left the bucket, its reader takes the last write of
+    the broker's archive that verifies, never a terminal event (events are unsigned,
+    and anyone who writes tasks may publish one): attack 22's worst case."""
+    agent_procs.start("alice", ["echo"], kind="echo", env={"MESH_FINISHED_TTL": "1s"})
+    await agent_procs.ready(mesh_client)
+    carol = await keys.connect("carol", "client")
+    try:
+        task = await carol.submit("echo", "the real result")
+        with anyio.fail_after(30):
+            final = await carol.wait(task.id)
+        assert final.state == "done" and final.result == "the real result"
+
+        async def gone() -> bool:
+            try:
+                await mesh_client.bus.read(task.id)
+            except MeshError:
+                return True
+            return False
+
+        await wait_for(gone, timeout=20, what="the finished record to leave the bucket")
+        mallory = await forger()
+        forged = msgspec.structs.replace(final, result="forged", owner="mallory", author="mallory")
+        event = TaskEvent(
+            kind="finish",
+            task=task.id,
+            root=task.root,
+            capability="echo",
+            actor="mallory",
+            epoch=final.epoch,
+            state="done",
+            at=final.updated + 1,
+            record=forged,
+        )
+        await mallory.js.publish(
+            NAMES.event_subject(task.root, task.id, "finish"), encode(event), headers={"Nats-Msg-Id": "forged-1"}
+        )
+        assert (await mesh_client.bus._archived_event(task.id, task.root)).result == "forged"  # type: ignore[union-attr]
+        olive = await keys.connect("olive", "client")
+        for reader in (carol, olive):  # one that followed it, and a fresh one
+            got = await reader.get(task.id)
+            assert (got.state, got.result, got.owner) == ("done", "the real result", "alice"), got
+        await olive.close()
+        assert (await mesh_client.get(task.id)).result == "the real result"
+    finally:
+        await carol.close()
+
+
+async def test_an_archive_that_is_not_the_brokers_copy_is_not_read(broker: Any, keys: Keys, forger: Any) -> None:
+    """Any party may create the mesh's streams: one that makes the archive first, fed
+    from a subject of its own, is found out and not read."""
+    mallory = await forger()
+    stream = NAMES.archive_stream
+    config = {"name": stream, "subjects": [NAMES.control_subject("mallory")], "retention": "limits"}
+    reply = await mallory.nc.request(f"$JS.API.STREAM.CREATE.{stream}", msgspec.json.encode(config), timeout=5)
+    assert b'"error"' not in reply.data, reply.data
+    carol = await keys.connect("carol", "client")
+    try:
+        assert await carol.bus._archive_is_sound() is False
+        with pytest.raises(MeshError, match=r"no such task|not live"):
+            await carol.get("0123456789abcdef")
+    finally:
+        await carol.close()

@@ -81,6 +81,21 @@ def resource_vectors() -> dict[str, Any]:
             },
         },
         {
+            "name": names.archive_stream,
+            "what": "the archive (the broker's copy of every accepted write of the tasks bucket)",
+            "must": {
+                "sources": [{"name": f"KV_{names.tasks_bucket}"}],
+                "retention": "limits",
+                "allow_direct": True,
+            },
+            "default": {
+                "storage": settings.storage,
+                "num_replicas": settings.replicas,
+                "max_age": ns(settings.retention_s),
+                "max_bytes": settings.retention_bytes,
+            },
+        },
+        {
             "name": names.work_stream,
             "what": "the work stream (every queue's items)",
             "must": {
