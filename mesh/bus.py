@@ -770,17 +770,21 @@ class Bus:
             )
         )
         self.agents = await self.js.key_value(names.agents_bucket)
+        # The events and the archive are the history: kept as long, read by direct gets.
+        history: dict[str, Any] = {
+            "retention": RetentionPolicy.LIMITS,
+            "max_age": settings.retention_s,
+            "max_bytes": settings.retention_bytes or None,
+            "storage": storage,
+            "num_replicas": settings.replicas,
+            "allow_direct": True,
+        }
         await self._stream(
             StreamConfig(
                 name=names.events_stream,
                 description="agent-mesh events: one per task transition (the trace and the archive), and error reports",
                 subjects=list(names.events_subjects),
-                retention=RetentionPolicy.LIMITS,
-                max_age=settings.retention_s,
-                max_bytes=settings.retention_bytes or None,
-                storage=storage,
-                num_replicas=settings.replicas,
-                allow_direct=True,
+                **history,
             )
         )
         await self._stream(
@@ -792,12 +796,7 @@ class Bus:
                 # bucket's accepted writes (an event, which anyone may publish, is no
                 # proof of a record; PROTOCOL.md 6.17).
                 sources=[StreamSource(name=f"KV_{names.tasks_bucket}")],
-                retention=RetentionPolicy.LIMITS,
-                max_age=settings.retention_s,
-                max_bytes=settings.retention_bytes or None,
-                storage=storage,
-                num_replicas=settings.replicas,
-                allow_direct=True,
+                **history,
             )
         )
         await self._stream(

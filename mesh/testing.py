@@ -18,12 +18,13 @@ from typing import Any
 import anyio
 
 from .broker import Broker, free_ports
+from .bus import NotFound
 from .client import Mesh
 from .identity import connect_options, ensure_keys
 from .process import AgentProcess, spawn_agent
 from .settings import Settings
 
-__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for", "nats_options"]
+__all__ = ["AgentProcs", "Keys", "Cluster", "write_brief", "wait_for", "gone_from_the_bucket", "nats_options"]
 
 
 def write_brief(directory: Path, name: str, serves: list[str], **fields: Any) -> Path:
@@ -71,6 +72,15 @@ async def wait_for(predicate: Callable[[], Any], *, timeout: float = 15.0, what:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await anyio.sleep(0.05)
+
+
+async def gone_from_the_bucket(mesh: Mesh, task_id: str) -> bool:
+    """Whether a task's record has left the live bucket (a finished one expires)."""
+    try:
+        await mesh.bus.read(task_id)
+    except NotFound:
+        return True
+    return False
 
 
 def nats_options(name: str = "test-client") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import anyio
 from mesh.broker import Broker
 from mesh.bus import NotFound
 from mesh.client import Mesh
-from mesh.testing import AgentProcs, wait_for
+from mesh.testing import AgentProcs, gone_from_the_bucket, wait_for
 
 
 async def test_a_newcomer_takes_waiting_work_at_once(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
@@ -82,14 +82,11 @@ async def test_finished_records_leave_the_live_bucket_and_stay_readable(
     live, _ = await mesh_client.bus.read(done.id)
     assert live == done
 
-    async def gone_from_the_bucket() -> bool:
-        try:
-            await mesh_client.bus.read(done.id)
-        except NotFound:
-            return True
-        return False
-
-    await wait_for(gone_from_the_bucket, timeout=20, what="the finished record to expire from the live bucket")
+    await wait_for(
+        lambda: gone_from_the_bucket(mesh_client, done.id),
+        timeout=20,
+        what="the finished record to expire from the live bucket",
+    )
     # The events history keeps it: a terminal event carries the final record.
     assert await mesh_client.get(done.id) == done
     history = await mesh_client.history(done.id)

@@ -27,7 +27,7 @@ from mesh.bus import MeshError
 from mesh.cli import render
 from mesh.client import Mesh
 from mesh.identity import inbox_prefix, load_seed
-from mesh.testing import AgentProcs, Keys, wait_for
+from mesh.testing import AgentProcs, Keys, gone_from_the_bucket, wait_for
 from mesh.top import read_mesh, take_snapshot
 from mesh.ui.board import Board
 from mesh.ui.feed import follow_mesh
@@ -462,14 +462,11 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
             final = await carol.wait(task.id)
         assert final.state == "done" and final.result == "the real result"
 
-        async def gone() -> bool:
-            try:
-                await mesh_client.bus.read(task.id)
-            except MeshError:
-                return True
-            return False
-
-        await wait_for(gone, timeout=20, what="the finished record to leave the bucket")
+        await wait_for(
+            lambda: gone_from_the_bucket(mesh_client, task.id),
+            timeout=20,
+            what="the finished record to leave the bucket",
+        )
         mallory = await forger()
         forged = msgspec.structs.replace(final, result="forged", owner="mallory", author="mallory")
         event = TaskEvent(
