@@ -426,9 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "keys",
         help="make and list identities (ed25519 keys in NATS's nkey format)",
-        description="A key is NAME.nk (the secret seed, mode 0600) and NAME.pub (name, role, public key) in a keys "
-        "directory. NAME is its holder's id in the mesh. Roles: agent (works; writes only its own card), client "
-        "(submits, cancels, reads; writes no cards, drains nobody), operator (everything).",
+        description="A key is NAME.nk (the secret seed, mode 0600) and NAME.pub (name, role, public key, the "
+        "capabilities it is bound to) in a keys directory. NAME is its holder's id in the mesh. Roles: agent (works; "
+        "writes only its own card; takes work only from the queues it is bound to), client (submits, cancels, reads; "
+        "writes no cards, drains nobody), operator (everything).",
     )
     ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
     k = ksub.add_parser("new", help="make a key: writes DIR/NAME.nk and DIR/NAME.pub, prints the public key")
