@@ -240,12 +240,12 @@ async def test_nobody_publishes_on_the_record_republish_subjects(mesh_client: Me
 async def test_nobody_but_an_operator_destroys_or_reconfigures_the_mesh(mesh_client: Mesh, attacker: Any) -> None:
     for name, role in (("bob", "agent"), ("carol", "client")):
         party = await attacker(name, role)
-        for stream in (f"KV_{NAMES.tasks_bucket}", NAMES.events_stream, NAMES.work_stream):
+        for stream in (f"KV_{NAMES.tasks_bucket}", NAMES.events_stream, NAMES.work_stream, NAMES.archive_stream):
             await party.publish_refused(f"$JS.API.STREAM.DELETE.{stream}")
             await party.publish_refused(f"$JS.API.STREAM.PURGE.{stream}", b"{}")
             await party.publish_refused(f"$JS.API.STREAM.UPDATE.{stream}", b"{}")
         await party.publish_refused(f"$JS.API.CONSUMER.DELETE.{NAMES.work_stream}.echo")
-    assert len(await mesh_client.bus.js.streams_info()) == 4
+    assert len(await mesh_client.bus.js.streams_info()) == 5
 
 
 async def test_a_party_cannot_wipe_the_task_records_with_a_rollup(mesh_client: Mesh, keys: Keys) -> None:

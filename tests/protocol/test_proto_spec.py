@@ -255,6 +255,7 @@ def test_resource_vectors_name_the_mesh_resources() -> None:
         f"KV_{names.tasks_bucket}",
         f"KV_{names.agents_bucket}",
         names.events_stream,
+        names.archive_stream,
         names.work_stream,
     }
     assert set(resources["how"]) <= set(resources)
