@@ -137,6 +137,7 @@ async def read_mesh(mesh: Mesh) -> Reading:
     """Read what :func:`take_snapshot` (and ``mesh ui``) analyse; a source the broker
     does not give is named in ``not_read``."""
     not_read: list[str] = []
+    mesh.bus.trust.remember_all()  # a view rereads every live record: verify each once
     agents = await _read("the directory of agents", mesh.agents(), not_read) or []
     tasks: dict[str, TaskRecord] = {}
     unreadable: list[str] = []

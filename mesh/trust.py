@@ -54,10 +54,18 @@ class Trust:
     """Signs this process's writes and verifies what it reads; ``signer`` None: a mesh
     without identities (nothing signed, nothing checked)."""
 
-    def __init__(self, signer: SigningKey | None = None, operators: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        signer: SigningKey | None = None,
+        operators: frozenset[str] = frozenset(),
+        *,
+        capacity: int | None = CHAIN_CAPACITY,
+    ) -> None:
         self.signer = signer
         #: keys that may cancel any task
         self.operators = operators
+        #: tasks whose last verified revision is kept (None: every task read)
+        self.capacity = capacity
         self._chain: collections.OrderedDict[str, Link] = collections.OrderedDict()
         #: signatures checked (not served from the chain): the bench's count
         self.verified = 0
@@ -69,7 +77,7 @@ class Trust:
     def fresh(self) -> Trust:
         """The same keys with no revision verified yet: to verify a task's whole
         history (the archive) as a party that saw every write would."""
-        return Trust(self.signer, self.operators)
+        return Trust(self.signer, self.operators, capacity=self.capacity)
 
     def last(self, task_id: str) -> Link | None:
         return self._chain.get(task_id)
@@ -77,8 +85,15 @@ class Trust:
     def _keep(self, task_id: str, link: Link) -> None:
         self._chain[task_id] = link
         self._chain.move_to_end(task_id)
-        while len(self._chain) > CHAIN_CAPACITY:
+        while self.capacity is not None and len(self._chain) > self.capacity:
             self._chain.popitem(last=False)
+
+    def remember_all(self) -> None:
+        """Keep the last verified revision of every task read, however many: for a view
+        (``mesh top``, ``mesh ui``), which holds every live record anyway and rereads
+        them all, and would otherwise verify them all again once they outnumber
+        :data:`CHAIN_CAPACITY`."""
+        self.capacity = None
 
     def stamp(self, prev: TaskRecord | None, new: TaskRecord) -> TaskRecord:
         """``new`` with this process's key recorded where its write makes it a party."""

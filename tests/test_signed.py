@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import msgspec
 import nats
+import nkeys
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -509,3 +510,33 @@ async def test_an_archive_that_is_not_the_brokers_copy_is_not_read(broker: Any, 
             await carol.get("0123456789abcdef")
     finally:
         await carol.close()
+
+
+def test_a_view_verifies_each_live_record_once_however_many() -> None:
+    """`mesh top` and `mesh ui` reread every live record; past the chain's capacity a
+    party forgets the oldest, but a view (``remember_all``) verifies each write once."""
+    from mesh.trust import CHAIN_CAPACITY, Trust
+    from protocol import Claim, new_task
+
+    key = signing_key(nkeys.encode_seed(bytes([3]) * 32, nkeys.PREFIX_BYTE_USER))
+    writes = []
+    for n in range(CHAIN_CAPACITY + 100):
+        task_id = f"{n:016x}"
+        record = stamp(
+            None, new_task(task_id=task_id, capability="echo", instruction="x", requester="c", now=1.0), key.public_key
+        )
+        claimed = stamp(record, apply(record, Claim(actor="a", ticket=1), 2.0), key.public_key)
+        value = encode(claimed)
+        writes.append((task_id, NAMES.task_key(task_id), value, sign(key, NAMES.task_key(task_id), "", value)))
+
+    def read_all(trust: Trust) -> int:
+        before = trust.verified
+        for task_id, key_name, value, headers in writes:
+            trust.admit(task_id, key_name, 1, value, headers)
+        return trust.verified - before
+
+    party, view = Trust(key), Trust(key)
+    view.remember_all()
+    assert read_all(party) == read_all(view) == len(writes)
+    assert read_all(party) == len(writes)  # forgot the oldest, each time: verifies them all again
+    assert read_all(view) == 0
