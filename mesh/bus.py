@@ -14,7 +14,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -75,6 +75,7 @@ from protocol import (
     event_kind,
     is_terminal,
     parties,
+    signature_of,
     task_event,
     trace_id,
     trail_gap,
@@ -178,6 +179,10 @@ class CorruptRecord(MeshError, RemoteProtocolError):
         self.revision = revision
         #: ``Mesh-Prev`` of a write replacing it (the digest of the last valid revision)
         self.prev = prev
+
+
+#: tasks created by this process that it remembers as new until it sees their first write
+NEW_TASKS_KEPT = 65536
 
 
 class ForgedRecord(CorruptRecord):
@@ -699,6 +704,9 @@ class Bus:
         #: whether the archive stream is the broker's copy of the bucket and nothing
         #: else (None: not looked at yet)
         self._archive_sound: bool | None = None
+        #: tasks this process created whose key it has not seen written yet: their
+        #: first write needs no look at the archive (they are new; oldest forgotten)
+        self._new_tasks: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._reports = _ReportBudget()
         #: bad input this process met and refused, reported or held back (an agent's card shows it)
         self.refused = 0
@@ -874,7 +882,7 @@ class Bus:
         none gets :class:`ForgedRecord`, and ends the task as an unreadable one."""
         key = self.names.task_key(task_id)
         try:
-            return self.trust.admit(task_id, key, revision, value, headers), revision
+            return await self.verified(task_id, revision, value, headers), revision
         except Forged as exc:
             link = self.trust.last(task_id)
             self.refused += 1
@@ -893,6 +901,46 @@ class Bus:
             raise CorruptRecord(
                 f"task {task_id}: unreadable record ({exc})", task_id=task_id, revision=revision, prev=digest(value)
             ) from None
+
+    async def verified(
+        self, task_id: str, revision: int, value: bytes, headers: Mapping[str, str] | None
+    ) -> TaskRecord:
+        """A stored write's record once verified (:meth:`Trust.admit`, and for a first
+        write read without the task's earlier ones, the archive's say); raises
+        :class:`Forged` or the decoder's error. Readers that only look (the views) call
+        it directly; parties go through :meth:`admit`."""
+        if self.trust.signed and self.trust.last(task_id) is None:
+            await self._refuse_a_remade_key(task_id, revision, headers)
+        return self.trust.admit(task_id, self.names.task_key(task_id), revision, value, headers)
+
+    async def _refuse_a_remade_key(self, task_id: str, revision: int, headers: Mapping[str, str] | None) -> None:
+        """Refuse (:class:`Forged`) a first write of a task whose history the archive
+        already holds (PROTOCOL.md 6.23): once a finished record has left the bucket, a
+        forger could make its key anew with a claim of its own, which a reader without
+        the earlier writes would check alone and accept. A task this process created
+        is new: no look."""
+        signature = signature_of(headers)
+        if signature is None or signature.prev:
+            return
+        if task_id in self._new_tasks:
+            del self._new_tasks[task_id]
+            return
+        if not await self._archive_is_sound():
+            return
+        subject = f"$KV.{self.names.tasks_bucket}.{self.names.task_key(task_id)}"
+        with translate_errors(f"reading the archive of task {task_id}"):
+            msg = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{self.names.archive_stream}",
+                msgspec.json.encode({"seq": 1, "next_by_subj": subject}),
+                timeout=5.0,
+            )
+        first = _source_revision(msg.headers or {}) if not (msg.headers or {}).get("Status") else 0
+        if 0 < first < revision:
+            raise Forged(
+                f"a first write at revision {revision} of a task whose writes the archive holds from revision "
+                f"{first}: its key was made anew",
+                signer=signature.signer,
+            )
 
     async def _restore(self, record: TaskRecord, forged: int, prev: str) -> int:
         """Write the last valid revision of a task back over a forged one, if this party
@@ -923,6 +971,12 @@ class Bus:
             return await self.read(task_id)
         except NotFound:
             pass
+        except ForgedRecord:
+            # A forged live record over a task that ended: its end is in the archive.
+            record = await self._archived_write(task_id)
+            if record is None or not is_terminal(record):
+                raise
+            return record, 0
         record = await self.archived(task_id, root=root)
         if record is None:
             raise NotFound(
@@ -1131,6 +1185,9 @@ class Bus:
         if record.epoch != 0 or record.state not in ("open", "failed"):
             raise MeshError(f"task {record.id}: a new task is open (or refused at birth, failed)")
         record = self.stamp_new(record)
+        self._new_tasks[record.id] = None
+        while len(self._new_tasks) > NEW_TASKS_KEPT:
+            self._new_tasks.popitem(last=False)
         if record.state == "failed":
             # Refused at birth (a child past the hop limit, a loop): on record at once,
             # so its parent and `mesh trace` read the refusal like any outcome.

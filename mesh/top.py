@@ -147,12 +147,15 @@ async def read_mesh(mesh: Mesh) -> Reading:
             task_id = mesh.names.parse_task_key(key)
             # Verified as a party verifies it (no-op without identities); unlike a party,
             # a reader only looks: it neither reports nor restores (the task's parties do).
-            record = mesh.bus.trust.admit(task_id, key, revision, value, headers)
+            record = await mesh.bus.verified(task_id, revision, value, headers)
         except Forged as exc:
             forged.append(f"{key} revision {revision}: {exc.why} (signed by {exc.signer or 'nobody'})")
             continue
         except (RemoteProtocolError, ValueError):
             unreadable.append(key)
+            continue
+        except MeshError as exc:  # the archive did not answer for a first write
+            not_read.append(f"{key} ({exc})")
             continue
         tasks[record.id] = record
     bad_items: list[int] = []

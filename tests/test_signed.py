@@ -36,6 +36,7 @@ from protocol import (
     SIG_HEADER,
     Approve,
     Cancel,
+    Claim,
     ErrorReport,
     Event,
     Finish,
@@ -490,6 +491,21 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
             got = await reader.get(task.id)
             assert (got.state, got.result, got.owner) == ("done", "the real result", "alice"), got
         await olive.close()
+
+        # The key made anew: a first write claiming and finishing the task as mallory's
+        # own, which a reader without the earlier writes would check alone.
+        claimed = stamp(task, apply(task, Claim(actor="mallory", ticket=1), task.updated + 1), mallory.key.public_key)
+        remade = stamp(
+            claimed,
+            apply(claimed, Finish(actor="mallory", epoch=1, result="forged"), task.updated + 2),
+            mallory.key.public_key,
+        )
+        await mallory.put(task.id, encode(remade), 0, prev="")
+        peter = await keys.connect("peter", "client")
+        for reader in (carol, peter, mesh_client):
+            got = await reader.get(task.id)
+            assert (got.state, got.result, got.owner) == ("done", "the real result", "alice"), got
+        await peter.close()
         assert (await mesh_client.get(task.id)).result == "the real result"
     finally:
         await carol.close()
@@ -516,7 +532,7 @@ def test_a_view_verifies_each_live_record_once_however_many() -> None:
     """`mesh top` and `mesh ui` reread every live record; past the chain's capacity a
     party forgets the oldest, but a view (``remember_all``) verifies each write once."""
     from mesh.trust import CHAIN_CAPACITY, Trust
-    from protocol import Claim, new_task
+    from protocol import new_task
 
     key = signing_key(nkeys.encode_seed(bytes([3]) * 32, nkeys.PREFIX_BYTE_USER))
     writes = []

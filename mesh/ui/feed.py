@@ -56,12 +56,14 @@ async def follow_mesh(mesh: Mesh, board: Board, *, task_status: anyio.abc.TaskSt
                 # one the record names: its signature covers the key, so a lie fails too.
                 record = decode_record(data)
                 key = mesh.names.task_key(record.id)
-                record = mesh.bus.trust.admit(record.id, key, revision, data, headers)
+                record = await mesh.bus.verified(record.id, revision, data, headers)
             except Forged as exc:
                 board.put_forged([f"{key} revision {revision}: {exc.why} (signed by {exc.signer or 'nobody'})"])
                 continue
-            except RemoteProtocolError:
-                continue  # its parties end an unreadable record; the next read lists it
+            except (RemoteProtocolError, MeshError):
+                # its parties end an unreadable record; the next read lists it (and
+                # a write whose check the broker did not answer)
+                continue
             board.put_record(record, revision)
 
 
