@@ -1049,25 +1049,35 @@ class Bus:
             with contextlib.suppress(RemoteProtocolError):
                 return decode_record(data) if data else None
             return None
+        chain = await self.archived_chain(task_id)
+        return chain[-1] if chain else None
+
+    async def archived_chain(self, task_id: str) -> list[TaskRecord]:
+        """The task's valid writes as the archive holds them, oldest first: each
+        verified against the one before, as a party that saw them all would (forged and
+        unreadable ones left out); empty if the archive is not sound or holds none."""
+        if not await self._archive_is_sound():
+            return []
+        key = self.names.task_key(task_id)
+        subject = f"$KV.{self.names.tasks_bucket}.{key}"
         chain = self.trust.fresh()
-        last: TaskRecord | None = None
+        valid: list[TaskRecord] = []
         seq = 1
         while True:
             with translate_errors(f"reading the archive of task {task_id}"):
                 msg = await self.nc.request(
-                    f"$JS.API.DIRECT.GET.{stream}",
+                    f"$JS.API.DIRECT.GET.{self.names.archive_stream}",
                     msgspec.json.encode({"seq": seq, "next_by_subj": subject}),
                     timeout=5.0,
                 )
             headers = msg.headers or {}
             if headers.get("Status"):  # 404: no more (or no archive: a mesh that predates it)
-                return last
+                return valid
             seq = int(headers.get("Nats-Sequence", "0")) + 1
             if not msg.data:
                 continue
-            revision = _source_revision(headers)
             try:
-                last = chain.admit(task_id, key, revision, msg.data, headers)
+                valid.append(chain.admit(task_id, key, _source_revision(headers), msg.data, headers))
             except (Forged, RemoteProtocolError):
                 continue  # not acted on by any party: the last valid write stands
 

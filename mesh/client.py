@@ -383,6 +383,31 @@ class Mesh:
                     out.append(report)
         return out
 
+    async def unbacked(self, events: Collection[TaskEvent]) -> set[tuple[str, float, str]]:
+        """With identities, the events (task, at, kind) that no verified write of their
+        task backs: an event repeats the state, epoch and time of the write it follows,
+        and events are unsigned, so one that no valid write shows is a false trace.
+        ``created`` events are left out (an open task's first write may be still to
+        come). Empty in a mesh without identities (nothing is verified there)."""
+        if not self.bus.trust.signed:
+            return set()
+        shown: dict[str, set[tuple[str, int, float]]] = {}
+        out = set()
+        for event in events:
+            if event.kind == "created":
+                continue
+            if event.task not in shown:
+                writes: set[tuple[str, int, float]] = {
+                    (r.state, r.epoch, r.updated) for r in await self.bus.archived_chain(event.task)
+                }
+                with contextlib.suppress(NotFound, CorruptRecord):  # the archive's copy may lag the bucket
+                    live, _ = await self.bus.read(event.task)
+                    writes.add((live.state, live.epoch, live.updated))
+                shown[event.task] = writes
+            if (event.state, event.epoch, event.at) not in shown[event.task]:
+                out.add((event.task, event.at, event.kind))
+        return out
+
     async def history(self, root: str | None) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""
         out = []

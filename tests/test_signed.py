@@ -486,6 +486,14 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
             NAMES.event_subject(task.root, task.id, "finish"), encode(event), headers={"Nats-Msg-Id": "forged-1"}
         )
         assert (await mesh_client.bus._archived_event(task.id, task.root)).result == "forged"  # type: ignore[union-attr]
+        # The trace still lists the forged event (events are unsigned), marked as one no
+        # verified write backs; the real ones are not.
+        events = await mesh_client.history(task.root)
+        unbacked = await mesh_client.unbacked(events)
+        assert unbacked == {(task.id, event.at, "finish")}, (unbacked, events)
+        shown = render.trace(await mesh_client.tree(task.id), events, (), unbacked)
+        marked = [line for line in shown.splitlines() if "UNBACKED" in line]
+        assert len(marked) == 1 and "by mallory" in marked[0], shown
         olive = await keys.connect("olive", "client")
         for reader in (carol, olive):  # one that followed it, and a fresh one
             got = await reader.get(task.id)

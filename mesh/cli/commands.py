@@ -707,6 +707,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
             tree = await mesh.tree(args.id)
             events = await mesh.history(root.root)
             reports = await mesh.reports([r.id for _, r in tree])
+            ours = [e for e in events if e.task in {r.id for _, r in tree}]
+            unbacked = await mesh.unbacked(ours)
         finally:
             await mesh.close()
         if args.json:
@@ -716,11 +718,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
                         "tasks": [msgspec.to_builtins(r) for _, r in tree],
                         "events": [msgspec.to_builtins(e) for e in events],
                         "reports": [msgspec.to_builtins(r) for r in reports],
+                        # events no verified write backs (with identities): a false trace
+                        "unbacked": [{"task": t, "at": at, "kind": kind} for t, at, kind in sorted(unbacked)],
                     }
                 )
             )
         else:
-            print(render.trace(tree, [e for e in events if e.task in {r.id for _, r in tree}], reports))
+            print(render.trace(tree, ours, reports, unbacked))
         return 0
 
     return _run(trace)

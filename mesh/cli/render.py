@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from protocol import AgentCard, ErrorReport, TaskEvent, TaskRecord, approvals, vetoes
@@ -57,7 +57,12 @@ def event_line(e: TaskEvent) -> str:
     return f"{clock} {e.task} {e.kind:9} -> {e.state}{reason}  {e.capability} by {e.actor} epoch {e.epoch}{note}"
 
 
-def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent], reports: Sequence[ErrorReport] = ()) -> str:
+def trace(
+    tree: list[tuple[int, TaskRecord]],
+    events: list[TaskEvent],
+    reports: Sequence[ErrorReport] = (),
+    unbacked: Collection[tuple[str, float, str]] = (),
+) -> str:
     lines = []
     for depth, r in tree:
         took = f"{(r.updated - r.created) * 1000:.0f} ms"
@@ -87,8 +92,10 @@ def trace(tree: list[tuple[int, TaskRecord]], events: list[TaskEvent], reports: 
         for e in events:
             reason = f" ({e.reason})" if e.reason else ""
             note = f"  {_short(e.note, 50)}" if e.note else ""
+            # Events are unsigned: one that no verified write backs is a false trace.
+            false = "  UNBACKED: no verified write shows it" if (e.task, e.at, e.kind) in unbacked else ""
             lines.append(
-                f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}"
+                f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}{false}"
             )
     if reports:
         # Writes a party refused (forged, unreadable): never acted on, each named by the
