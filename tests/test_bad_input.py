@@ -204,7 +204,11 @@ async def test_a_flood_of_bad_input_is_reported_at_a_bounded_rate(agent_procs: A
         except nats.errors.TimeoutError:
             break
     assert 20 <= len(reports) < 100, len(reports)  # a burst of 20, then 10 a second: not 501
-    assert "more reports held back since the last one" in reports[-1].error, reports[-1].error
+    # A report made after some were held back says how many: the last one, unless the
+    # budget refilled while the flood was still being refused (a slow run) and an
+    # earlier one said it.
+    told = [r.error for r in reports if "more reports held back since the last one" in r.error]
+    assert told, [r.error for r in reports[-3:]]
 
     # Every refusal is counted, reported or not: the agent's card shows them.
     async def counted() -> bool:
