@@ -84,6 +84,7 @@ from protocol import (
 )
 
 from . import identity
+from .defaults import STREAM_MAX_CONSUMERS
 from .retry import Backoff, retry
 from .settings import Settings, client_tls
 from .trust import Trust, load_trust
@@ -786,6 +787,7 @@ class Bus:
             "storage": storage,
             "num_replicas": settings.replicas,
             "allow_direct": True,
+            "max_consumers": STREAM_MAX_CONSUMERS,
         }
         await self._stream(
             StreamConfig(
@@ -816,6 +818,7 @@ class Bus:
                 # A backstop: items leave when acknowledged; one whose task ended
                 # while nobody pulled its queue goes when the history would.
                 max_age=settings.retention_s,
+                max_consumers=STREAM_MAX_CONSUMERS,
                 storage=storage,
                 num_replicas=settings.replicas,
                 allow_direct=True,
@@ -1871,6 +1874,7 @@ def _bucket_stream(
         max_msg_size=max_value + HEADER_ROOM_BYTES,
         storage=storage,
         num_replicas=replicas,
+        max_consumers=STREAM_MAX_CONSUMERS,
         **more,
     )
 

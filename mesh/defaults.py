@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_SERVER", "default_server", "parse_duration", "parse_bytes", "MAX_BYTES"]
+__all__ = ["DEFAULT_SERVER", "default_server", "parse_duration", "parse_bytes", "MAX_BYTES", "STREAM_MAX_CONSUMERS"]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+#: consumers a stream of the mesh may have: set on each, since nats-server 2.15 caps a
+#: stream that sets none at its `default_max_consumers` (1,000): the work stream has a
+#: queue per capability in use, the others a consumer per reader
+STREAM_MAX_CONSUMERS = 65536
 
 
 def default_server() -> str:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import nats
 
 from mesh.broker import Broker
@@ -86,3 +87,12 @@ async def test_writes_carry_the_headers_the_vectors_say(broker: Broker, mesh_cli
         announced = decode_event(event.data)
         tag = (event.headers or {})["Nats-Msg-Id"].rsplit(":", 1)[1]
         assert len(tag) == MSG_ID_DIGEST_CHARS and (announced.record is None or tag == record_tag(announced.record))
+
+
+async def test_more_than_a_thousand_capabilities_each_get_a_queue(broker: Broker, mesh_client: Mesh) -> None:
+    """nats-server 2.15 caps a stream that sets no `max_consumers` at 1,000 consumers:
+    the mesh's streams set their own, so the 1,001st capability in use gets its queue."""
+    with anyio.fail_after(120):
+        for n in range(1001):
+            await mesh_client.bus.ensure_queue(f"cap{n}")
+    assert len(await mesh_client.bus.queues()) == 1001

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.defaults import STREAM_MAX_CONSUMERS
 from mesh.settings import Settings
 from protocol.limits import HEADER_ROOM_BYTES, MAX_CARD_AGE_S, MAX_CARD_BYTES, MAX_RECORD_BYTES
 from protocol.names import MAJOR_VERSION, PRIORITY_GROUP, VERSION_HEADER, Names
@@ -46,7 +47,12 @@ def resource_vectors() -> dict[str, Any]:
                 "max_msg_size": MAX_RECORD_BYTES + HEADER_ROOM_BYTES,
                 "republish": {"src": f"$KV.{names.tasks_bucket}.>", "dest": names.records_subjects},
             },
-            "default": {"storage": settings.storage, "num_replicas": settings.replicas, "max_age": 0},
+            "default": {
+                "storage": settings.storage,
+                "num_replicas": settings.replicas,
+                "max_age": 0,
+                "max_consumers": STREAM_MAX_CONSUMERS,
+            },
         },
         {
             "name": f"KV_{names.agents_bucket}",
@@ -62,7 +68,11 @@ def resource_vectors() -> dict[str, Any]:
                 "max_msg_size": MAX_CARD_BYTES + HEADER_ROOM_BYTES,
                 "max_age": ns(MAX_CARD_AGE_S),
             },
-            "default": {"storage": settings.storage, "num_replicas": settings.replicas},
+            "default": {
+                "storage": settings.storage,
+                "num_replicas": settings.replicas,
+                "max_consumers": STREAM_MAX_CONSUMERS,
+            },
         },
         {
             "name": names.events_stream,
@@ -76,6 +86,7 @@ def resource_vectors() -> dict[str, Any]:
             "default": {
                 "storage": settings.storage,
                 "num_replicas": settings.replicas,
+                "max_consumers": STREAM_MAX_CONSUMERS,
                 "max_age": ns(settings.retention_s),
                 "max_bytes": settings.retention_bytes,
             },
@@ -91,6 +102,7 @@ def resource_vectors() -> dict[str, Any]:
             "default": {
                 "storage": settings.storage,
                 "num_replicas": settings.replicas,
+                "max_consumers": STREAM_MAX_CONSUMERS,
                 "max_age": ns(settings.retention_s),
                 "max_bytes": settings.retention_bytes,
             },
@@ -107,6 +119,7 @@ def resource_vectors() -> dict[str, Any]:
             "default": {
                 "storage": settings.storage,
                 "num_replicas": settings.replicas,
+                "max_consumers": STREAM_MAX_CONSUMERS,
                 "max_age": ns(settings.retention_s),
             },
         },
