@@ -15,6 +15,7 @@ make the browser act with it).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.cookies
 import ipaddress
@@ -103,7 +104,9 @@ class RequireToken:
             await self.app(scope, receive, send)
             return
         if self.cookie is not None:
-            jar = http.cookies.SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
+            jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+            with contextlib.suppress(http.cookies.CookieError):  # a garbled header: no cookie
+                jar.load(headers.get(b"cookie", b"").decode("latin-1"))
             morsel = jar.get(self.cookie)
             if morsel is not None and hmac.compare_digest(morsel.value.encode(), self._token):
                 await self.app(scope, receive, send)

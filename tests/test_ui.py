@@ -229,3 +229,28 @@ def test_with_a_token_the_view_serves_only_a_browser_that_was_given_it(broker: B
             page = browser.get(base)  # the cookie from now on: no token in the URL
             assert page.status_code == 200 and "<html" in page.text.lower()
             assert browser.get(f"{base}api/config").json()["server"] == broker.url
+
+
+async def test_the_token_check_refuses_garbage_without_failing() -> None:
+    """Whatever the headers hold, a request without the token gets 401, never a crash."""
+    from mesh.http_token import RequireToken
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("reached the app")
+
+    guard = RequireToken(app, "t" * 20, cookie="mesh_ui_token")
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    for headers in (
+        [(b"cookie", b'mesh_ui_token="unterminated')],
+        [(b"cookie", b"\x00\x01=;;;==; mesh_ui_token=" + b"\xff" * 30)],
+        [(b"authorization", b"Bearer " + b"\xff" * 20)],
+        [(b"cookie", b"mesh_ui_token=" + b"t" * 19)],
+    ):
+        sent.clear()
+        scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"token=%ff%00", "headers": headers}
+        await guard(scope, None, send)
+        assert sent[0]["status"] == 401, (headers, sent)
