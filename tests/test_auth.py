@@ -602,6 +602,41 @@ async def test_up_runs_its_org_with_auth_by_default(tmp_path: Path, monkeypatch:
         assert await anyio.to_thread.run_sync(up.wait, 60) == 0, log.read_text()
 
 
+async def test_up_binds_its_agents_to_their_briefs_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mesh up --bind`: each agent's key serves its brief's capabilities and those below
+    them the org names, so the generalist still takes a specialist's overflow."""
+    from mesh.testing import write_brief
+
+    monkeypatch.delenv("MESH_NKEY", raising=False)
+    write_brief(tmp_path, "gen", ["echo"], kind="echo", options={"prefix": "gen: "})
+    write_brief(tmp_path, "med", ["echo.medical"], kind="echo", options={"prefix": "med: "})
+    org = tmp_path / "org.toml"
+    org.write_text('name = "two"\n[[agents]]\nbrief = "gen.toml"\n[[agents]]\nbrief = "med.toml"\n')
+    keys = tmp_path / "keys"
+    log = tmp_path / "up.log"
+    up = _spawn(["up", str(org), "--keys", str(keys), "--bind"], log)
+    try:
+        said = await wait_for(
+            lambda: "submit work with" in log.read_text() and log.read_text(), what="mesh up to start its org"
+        )
+        line = next(x for x in said.splitlines() if "submit work with" in x)
+        server = line.split("--server ")[1].split()[0]
+        assert load_seed(keys / "gen.nk").serves == ("echo", "echo.medical")
+        assert load_seed(keys / "med.nk").serves == ("echo.medical",)
+        assert load_seed(keys / "client.nk").serves == ("*",)
+        client = await Mesh.connect(server, settings=_settings(keys / "client.nk"))
+        try:
+            await wait_for(lambda: "(2/2)" in log.read_text(), what="both agents up")
+            with anyio.fail_after(30):
+                assert (await client.run("echo", "x")).result == "gen: x"
+                assert (await client.run("echo.medical", "y")).result in ("med: y", "gen: y")
+        finally:
+            await client.close()
+    finally:
+        up.terminate()
+        assert await anyio.to_thread.run_sync(up.wait, 60) == 0, log.read_text()
+
+
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "mesh", *argv], stderr=log)

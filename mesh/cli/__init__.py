@@ -261,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"{KEYS_DIR_HELP}; with --server, only given this way (or $MESH_KEYS) do agents use keys from it",
     )
+    p.add_argument(
+        "--bind",
+        action="store_true",
+        help="bind each agent's key to its brief's capabilities and those below them that the org names (served, "
+        "delegated to, reviewing): the broker then gives it no other queue's work, and a task of a capability "
+        "below its own that no brief names waits for a specialist instead of going to it. Without --bind, keys "
+        "are used as they are (a new agent key takes any queue's work)",
+    )
     _server(p)
 
     p = sub.add_parser("submit", help="submit a task")

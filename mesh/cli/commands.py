@@ -377,6 +377,24 @@ def _brief_or_org_member(path: str, name: str | None) -> Any:
     raise UserError(f"{path}: no agent named {name!r}; agents are {', '.join(b.name for b, _ in briefs)}")
 
 
+def _org_bindings(briefs: list[Any]) -> dict[str, tuple[str, ...]]:
+    """What each brief's key is bound to with `mesh up --bind`: the capabilities it
+    serves, and those below them that the org names anywhere (served, delegated to,
+    reviewing, escalated to), so generalists still take their specialists' overflow."""
+    named: set[str] = set()
+    for brief in briefs:
+        named |= set(brief.serves) | set(brief.delegates)
+        for policy in (brief.review, brief.review_results):
+            if policy is not None:
+                named |= {policy.capability} | ({policy.escalate_to} if policy.escalate_to else set())
+    return {
+        brief.name: tuple(
+            dict.fromkeys([*brief.serves, *sorted(c for c in named for s in brief.serves if c.startswith(f"{s}."))])
+        )
+        for brief in briefs
+    }
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -401,11 +419,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Secure by default: the org's own broker lets in only the org's keys (made
         # here once, reused after), each agent with its own id's permissions.
         wanted = {agent_id: "agent" for agent_id, _ in ids} | {"operator": "operator", "client": "client"}
-        # Agents' keys take work from any queue: a generalist takes the tasks of
-        # capabilities below its own that no brief names (bind keys with `mesh keys
-        # bind` to forbid that). The org's client is also the person who answers the
-        # inbox: it may clear what it answered.
-        seeds = ensure_keys(keys_dir, wanted, serves={"client": ("*",)})
+        # Agents' keys take work from any queue unless --bind: a generalist takes the
+        # tasks of capabilities below its own that no brief names. The org's client is
+        # also the person who answers the inbox: it may clear what it answered.
+        serves: dict[str, tuple[str, ...]] = {"client": ("*",)}
+        if args.bind:
+            by_brief = _org_bindings([brief for brief, _ in briefs])
+            serves |= {agent_id: by_brief[name] for agent_id, name in ids}
+        seeds = ensure_keys(keys_dir, wanted, serves=serves)
         broker = Broker(
             port=4222 if _port_free(4222) else 0,
             http_port=8222 if _port_free(8222) else 0,
