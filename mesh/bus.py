@@ -14,7 +14,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -931,13 +931,12 @@ class Bus:
         if not await self._archive_is_sound():
             return
         subject = f"$KV.{self.names.tasks_bucket}.{self.names.task_key(task_id)}"
-        with translate_errors(f"reading the archive of task {task_id}"):
-            msg = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{self.names.archive_stream}",
-                msgspec.json.encode({"seq": 1, "next_by_subj": subject}),
-                timeout=5.0,
-            )
-        first = _source_revision(msg.headers or {}) if not (msg.headers or {}).get("Status") else 0
+        first = 0
+        writes = self._messages(self.names.archive_stream, subject, f"the archive of task {task_id}")
+        async with contextlib.aclosing(writes):
+            async for _, _, headers in writes:
+                first = _source_revision(headers)  # the task's oldest archived write
+                break
         if 0 < first < revision:
             raise Forged(
                 f"a first write at revision {revision} of a task whose writes the archive holds from revision "
@@ -1065,24 +1064,16 @@ class Bus:
         subject = f"$KV.{self.names.tasks_bucket}.{key}"
         chain = self.trust.fresh()
         valid: list[TaskRecord] = []
-        seq = 1
-        while True:
-            with translate_errors(f"reading the archive of task {task_id}"):
-                msg = await self.nc.request(
-                    f"$JS.API.DIRECT.GET.{self.names.archive_stream}",
-                    msgspec.json.encode({"seq": seq, "next_by_subj": subject}),
-                    timeout=5.0,
-                )
-            headers = msg.headers or {}
-            if headers.get("Status"):  # 404: no more (or no archive: a mesh that predates it)
-                return valid
-            seq = int(headers.get("Nats-Sequence", "0")) + 1
-            if not msg.data:
+        async for _, data, headers in self._messages(
+            self.names.archive_stream, subject, f"the archive of task {task_id}"
+        ):
+            if not data:
                 continue
             try:
-                valid.append(chain.admit(task_id, key, _source_revision(headers), msg.data, headers))
+                valid.append(chain.admit(task_id, key, _source_revision(headers), data, headers))
             except (Forged, RemoteProtocolError):
                 continue  # not acted on by any party: the last valid write stands
+        return valid
 
     async def _archived_event(self, task_id: str, root: str | None) -> TaskRecord | None:
         roots = [root] if root is not None else [task_id, None]
@@ -1538,23 +1529,33 @@ class Bus:
         can act on them: the first to pull one refuses and reports it)."""
         subject = f"{self.names.work_subjects[:-1]}{capability_filter}"
         out: list[tuple[int, WorkItem]] = []
+        async for seq, data, _ in self._messages(self.names.work_stream, subject, "the work stream"):
+            try:
+                out.append((seq, decode_work_item(data)))
+            except RemoteProtocolError:
+                if unreadable is not None:
+                    unreadable.append(seq)
+        return out
+
+    async def _messages(
+        self, stream: str, subject: str, what: str
+    ) -> AsyncGenerator[tuple[int, bytes, dict[str, str]], None]:
+        """Every message ``stream`` holds on ``subject`` (wildcards allowed), oldest first,
+        with its sequence and headers: one direct get each, no consumer (a work-queue
+        stream admits none beside its queues)."""
         seq = 1
         while True:
-            with translate_errors("reading the work stream"):
+            with translate_errors(f"reading {what}"):
                 msg = await self.nc.request(
-                    f"$JS.API.DIRECT.GET.{self.names.work_stream}",
+                    f"$JS.API.DIRECT.GET.{stream}",
                     msgspec.json.encode({"seq": seq, "next_by_subj": subject}),
                     timeout=5.0,
                 )
             headers = msg.headers or {}
-            if headers.get("Status"):
-                return out
+            if headers.get("Status"):  # 404: no more
+                return
             seq = int(headers.get("Nats-Sequence", "0"))
-            try:
-                out.append((seq, decode_work_item(msg.data)))
-            except RemoteProtocolError:
-                if unreadable is not None:
-                    unreadable.append(seq)
+            yield seq, msg.data, headers
             seq += 1
 
     async def stored(
