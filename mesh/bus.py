@@ -87,7 +87,7 @@ from . import identity
 from .defaults import STREAM_MAX_CONSUMERS
 from .retry import Backoff, retry
 from .settings import Settings, client_tls
-from .trust import Trust, load_trust
+from .trust import Gap, Trust, load_trust
 
 __all__ = [
     "MeshError",
@@ -184,6 +184,9 @@ class CorruptRecord(MeshError, RemoteProtocolError):
 
 #: tasks created by this process that it remembers as new until it sees their first write
 NEW_TASKS_KEPT = 65536
+#: how long a reader waits for the archive (the broker's copy, moments behind the
+#: bucket) to hold a write it must verify by the writes before it
+ARCHIVE_PATIENCE_S = 10.0
 
 
 class ForgedRecord(CorruptRecord):
@@ -914,7 +917,52 @@ class Bus:
         it directly; parties go through :meth:`admit`."""
         if self.trust.signed and self.trust.last(task_id) is None:
             await self._refuse_a_remade_key(task_id, revision, headers)
-        return self.trust.admit(task_id, self.names.task_key(task_id), revision, value, headers)
+        try:
+            return self.trust.admit(task_id, self.names.task_key(task_id), revision, value, headers)
+        except Gap:
+            return await self._verified_after_the_writes_between(task_id, revision, value, headers)
+
+    async def _verified_after_the_writes_between(
+        self, task_id: str, revision: int, value: bytes, headers: Mapping[str, str] | None
+    ) -> TaskRecord:
+        """Verify a write that does not follow the last revision this party holds (it
+        missed writes, or joined the task late) as a party that saw every write would
+        (PROTOCOL.md 6.23): each write the archive holds from the one after ours, up to
+        this one, checked against the last valid one before it. The archive is the
+        broker's copy and lags the bucket by moments: wait for it to hold this write."""
+        key = self.names.task_key(task_id)
+        signer = getattr(signature_of(headers), "signer", None)
+        if not await self._archive_is_sound():
+            raise Forged(
+                "it does not follow the last revision read, and no sound archive holds the writes between",
+                signer=signer,
+            )
+        subject = f"$KV.{self.names.tasks_bucket}.{key}"
+        pauses = Backoff(first_s=0.002, max_s=0.25).pauses()
+        deadline = time.monotonic() + ARCHIVE_PATIENCE_S
+        while True:
+            replaced = ""  # the stored write each one replaced: none before the first
+            writes = self._messages(self.names.archive_stream, subject, f"the archive of task {task_id}")
+            async with contextlib.aclosing(writes):
+                async for _, data, archived in writes:
+                    at = _source_revision(archived)
+                    if at == revision:
+                        return self.trust.admit(task_id, key, revision, value, headers, replaced=replaced)
+                    if at > revision:  # it holds later writes, so it never took this one
+                        raise Forged(f"the archive holds no write at revision {revision}", signer=signer)
+                    link = self.trust.last(task_id)
+                    if data and (link is None or at > link.revision):
+                        with contextlib.suppress(Forged, RemoteProtocolError):
+                            # Forged or unreadable: no party acted on it, the last valid one stands
+                            self.trust.admit(task_id, key, at, data, archived, replaced=replaced)
+                    replaced = digest(data)
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"task {task_id}: revision {revision} cannot be verified yet: the archive does not hold it "
+                    f"after {ARCHIVE_PATIENCE_S:g} s (is the broker copying the tasks bucket into "
+                    f"{self.names.archive_stream}?)"
+                )
+            await anyio.sleep(next(pauses))
 
     async def _refuse_a_remade_key(self, task_id: str, revision: int, headers: Mapping[str, str] | None) -> None:
         """Refuse (:class:`Forged`) a first write of a task whose history the archive
@@ -1064,15 +1112,15 @@ class Bus:
         subject = f"$KV.{self.names.tasks_bucket}.{key}"
         chain = self.trust.fresh()
         valid: list[TaskRecord] = []
+        replaced = ""  # the stored write each one replaced: none before the first
         async for _, data, headers in self._messages(
             self.names.archive_stream, subject, f"the archive of task {task_id}"
         ):
-            if not data:
-                continue
-            try:
-                valid.append(chain.admit(task_id, key, _source_revision(headers), data, headers))
-            except (Forged, RemoteProtocolError):
-                continue  # not acted on by any party: the last valid write stands
+            if data:
+                with contextlib.suppress(Forged, RemoteProtocolError):
+                    # (not acted on by any party: the last valid write stands)
+                    valid.append(chain.admit(task_id, key, _source_revision(headers), data, headers, replaced=replaced))
+            replaced = digest(data)
         return valid
 
     async def _archived_event(self, task_id: str, root: str | None) -> TaskRecord | None:

@@ -100,8 +100,8 @@ async def _follow(
                 # Verified before it is used (PROTOCOL.md 6.23); a forged write gives our
                 # last valid copy back, at the forged revision our next write replaces.
                 fresh = await bus.admit(task_id, write[0], write[1], write[2])
-            except RemoteProtocolError:
-                fresh = None  # not a record we can use: read the bucket instead
+            except (RemoteProtocolError, Unavailable):
+                fresh = None  # not a record we can use (or not verifiable yet): read the bucket instead
                 read_at = 0.0
             if fresh is not None and fresh[1] <= revision:
                 # A write that does not follow ours (a duplicate, or the real writes

@@ -22,7 +22,6 @@ from protocol import (
     check_write,
     decode_record,
     digest,
-    is_terminal,
     sign,
     signature_of,
     signing_key,
@@ -31,7 +30,7 @@ from protocol import (
     verify,
 )
 
-__all__ = ["Trust", "Link", "load_trust"]
+__all__ = ["Trust", "Link", "Gap", "load_trust"]
 
 #: tasks whose last verified revision a reader keeps (a few hundred bytes each)
 CHAIN_CAPACITY = 4096
@@ -128,11 +127,25 @@ class Trust:
         self._keep(task_id, fresh)
 
     def admit(
-        self, task_id: str, key: str, revision: int, value: bytes, headers: Mapping[str, str] | None
+        self,
+        task_id: str,
+        key: str,
+        revision: int,
+        value: bytes,
+        headers: Mapping[str, str] | None,
+        *,
+        replaced: str | None = None,
     ) -> TaskRecord:
         """The record of a write read from the broker, once verified. Raises the
         decoder's RemoteProtocolError for bytes that do not decode, :class:`Forged`
-        for a write this process must not act on."""
+        for a write this process must not act on, and :class:`Gap` for one that does
+        not follow the last revision this process holds (it missed writes, or never
+        saw one): only the writes between, from the archive, can say.
+
+        ``replaced``: in a replay of a task's whole history (the archive), the digest
+        of the stored write this one replaced. A write over a forged one names it (its
+        writer compared-and-set on what was there) and is checked against the last
+        valid revision all the same; a write over anything else is forged."""
         link = self._chain.get(task_id)
         if self.signer is None:
             return decode_record(value)
@@ -147,29 +160,42 @@ class Trust:
         record = decode_record(value)
         if link is None:
             if signature.prev:
+                if replaced is None:
+                    raise Gap(task_id, revision)
+                # Every write before it was forged or unreadable: the open task's is the last valid.
                 check_alone(record, signature.signer, operators=self.operators)
-            else:
-                check_write(None, record, signature.signer, operators=self.operators)
-        elif signature.prev == link.digest:
+            check_write(None, record, signature.signer, operators=self.operators)
+        elif signature.prev == link.digest or (replaced and signature.prev == replaced):
             check_write(link.record, record, signature.signer, operators=self.operators)
         elif signature.prev in link.seen or not signature.prev:
             raise Forged(
                 f"written over an earlier revision than {link.revision} (a replay or a fork)",
                 signer=signature.signer,
             )
+        elif replaced is not None:
+            raise Forged(f"written over no revision of the task (after {link.revision})", signer=signature.signer)
         else:
-            # We missed writes between ours and this one: check what the record shows.
-            if is_terminal(link.record):
-                raise Forged(f"the task had already ended ({link.record.state})", signer=signature.signer)
-            if record.epoch < link.record.epoch:
-                raise Forged(f"the epoch went back from {link.record.epoch} to {record.epoch}", signer=signature.signer)
-            check_alone(record, signature.signer, operators=self.operators)
+            raise Gap(task_id, revision)
         fresh = Link(revision, value_digest, record)
         if link is not None:
             fresh.seen.extend(link.seen)
             fresh.seen.append(link.digest)
         self._keep(task_id, fresh)
         return record
+
+
+class Gap(Exception):
+    """A write that does not follow the last revision of the task this process holds
+    (it missed writes in between, or never saw one; or the writer names a revision
+    nobody wrote). Its ``Mesh-Prev`` is the writer's word alone, and a record checked
+    without the revision it replaced could be anyone's claim of the task: the reader
+    verifies the writes in between, which the archive holds, before this one
+    (PROTOCOL.md 6.23)."""
+
+    def __init__(self, task_id: str, revision: int) -> None:
+        super().__init__(f"task {task_id}: revision {revision} does not follow the last revision read")
+        self.task_id = task_id
+        self.revision = revision
 
 
 def load_trust(nkey: str | Path | None) -> Trust:

@@ -435,25 +435,18 @@ def parties(record: TaskRecord) -> frozenset[str]:
 
 
 def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset()) -> None:
-    """What a reader that does not hold the previous revision can check (it joined late,
-    or the task was not in the bucket): the signer is a party the record itself names
-    (a cancel: its requester or an operator), or the write is an end any party may
-    judge (deadline passed, nobody to act, owner lost too often); and the record is
-    consistent with its own keys (:func:`_check_intrinsic`). :class:`Forged` if not."""
-    _check_intrinsic(new, lambda why: Forged(why, signer=signer))
-    if new.state == "cancelled":
-        if signer != new.requester_key and signer not in operators:
-            raise Forged(f"only the requester ({new.requester}) or an operator cancels", signer=signer)
+    """A write over stored writes none of which was valid (every earlier write of the
+    task is forged or unreadable, so the last valid revision is the open task's):
+    legal as a first write is (:func:`check_write` with no previous revision), or as an
+    end ``failed``/``error`` by a key the record names (a party's end of an unreadable
+    record, :func:`stamp_unreadable_end`). :class:`Forged` if not.
+
+    A reader that merely did not see the earlier writes does not use this: it reads
+    them (the archive) and checks each against the one before (PROTOCOL.md 6.23)."""
+    if new.state == "failed" and new.reason == "error" and (signer in parties(new) or signer in operators):
+        _check_intrinsic(new, lambda why: Forged(why, signer=signer))
         return
-    if new.state == "failed" and (
-        new.reason in ("deadline", "no_agent") or (new.reason == "error" and new.lapses >= new.max_lapses)
-    ):
-        return
-    # A reviewer giving its slot back leaves no trace of its key in the record: in
-    # review, a reader without the previous revision cannot tell that from a stranger's
-    # write that changed nothing its keys protect (the checks above).
-    if signer not in parties(new) and signer not in operators and new.state != "review":
-        raise Forged("the signer is not a party of the task", signer=signer)
+    check_write(None, new, signer, operators=operators)
 
 
 def _check_intrinsic(record: TaskRecord, refuse: _Refuse) -> None:

@@ -40,6 +40,7 @@ from protocol import (
     ErrorReport,
     Event,
     Finish,
+    Forged,
     Names,
     SigningKey,
     TaskEvent,
@@ -198,6 +199,41 @@ async def test_a_forged_done_on_a_task_not_owned_is_refused(
         ),
     )
     await reported(reports, mallory.key.public_key, "author")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_a_write_naming_a_revision_nobody_wrote_is_checked_against_the_writes_between(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    """A write's ``Mesh-Prev`` is its writer's word. One naming a revision nobody wrote
+    looks to every reader like a write after some it missed; checked on what the record
+    alone shows, a claim and a result recording the forger's own key passed, for any
+    task (attack 35). Every reader now checks it against the writes before it, as the
+    archive holds them: a party that followed the task, and one that never saw it."""
+    carol, task = await working_task(agent_procs, mesh_client, keys)
+    mallory = await forger()
+    me = mallory.key.public_key
+    record, revision, _, _ = await mallory.current(task.id)
+    # (the state machine refuses a takeover without the owner's item: the forger writes what it likes)
+    claimed = msgspec.structs.replace(
+        record, owner="mallory", owner_key=me, epoch=record.epoch + 1, attempts=record.attempts + 1, ticket=999_999
+    )
+    done = stamp(
+        claimed,
+        apply(claimed, Finish(actor="mallory", epoch=claimed.epoch, result="forged"), record.updated + 0.002),
+        me,
+    )
+    data = encode(done)
+    headers = sign(mallory.key, NAMES.task_key(task.id), "a-revision-nobody-wrote", data)
+    forged_at = await mallory.put(task.id, data, revision, prev="", headers=headers)
+    await reported(reports, me, "written over no revision")
+    olive = await keys.connect("olive", "operator")
+    try:
+        with pytest.raises(Forged, match="written over no revision"):  # a reader that never saw the task
+            await olive.bus.verified(task.id, forged_at, data, headers)
+    finally:
+        await olive.close()
     await finishes_honestly(carol, task)
     await carol.close()
 

@@ -1,0 +1,104 @@
+"""The reader's side of signed writes without a broker (mesh/trust.py): a write is
+checked against the revision it replaced, never on what its record alone shows."""
+
+from __future__ import annotations
+
+import msgspec
+import nkeys
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh.trust import Gap, Trust
+from protocol import (
+    Claim,
+    Finish,
+    Forged,
+    Renew,
+    SigningKey,
+    TaskRecord,
+    apply,
+    digest,
+    encode,
+    new_task,
+    sign,
+    signing_key,
+    stamp,
+)
+
+KEY = "task.T1"
+
+
+def _key(n: int) -> SigningKey:
+    return signing_key(nkeys.encode_seed(bytes([n]) * 32, nkeys.PREFIX_BYTE_USER))
+
+
+REQUESTER, OWNER, FORGER = _key(11), _key(12), _key(13)
+
+
+def _history(steps: int) -> list[tuple[bytes, dict[str, str]]]:
+    """A task's writes as the broker stores them: a claim, then ``steps`` renewals and a
+    result, each signed by its owner over the one before."""
+    opened = stamp(
+        None, new_task(task_id="T1", capability="echo", instruction="x", requester="c", now=1.0), REQUESTER.public_key
+    )
+    records = [stamp(opened, apply(opened, Claim(actor="a", ticket=7), 2.0), OWNER.public_key)]
+    for n in range(steps + 1):
+        event = (
+            Renew(actor="a", epoch=1, progress=f"step {n}") if n < steps else Finish(actor="a", epoch=1, result="ok")
+        )
+        records.append(stamp(records[-1], apply(records[-1], event, 3.0 + n), OWNER.public_key))
+    writes, prev = [], ""
+    for record in records:
+        value = encode(record)
+        writes.append((value, sign(OWNER, KEY, prev, value)))
+        prev = digest(value)
+    return writes
+
+
+def _forged_done(over: TaskRecord) -> bytes:
+    """The forger's claim of a task being worked, with its own key, and its result."""
+    claimed = msgspec.structs.replace(
+        over, owner="m", owner_key=FORGER.public_key, epoch=over.epoch + 1, attempts=over.attempts + 1, ticket=99
+    )
+    done = apply(claimed, Finish(actor="m", epoch=claimed.epoch, result="forged"), over.updated + 1)
+    return encode(stamp(claimed, done, FORGER.public_key))
+
+
+def test_a_write_that_does_not_follow_the_last_revision_read_needs_the_writes_between() -> None:
+    """Read live: a write over a revision this reader did not see (or naming one nobody
+    wrote) is a Gap, not something to judge on the record it carries."""
+    writes = _history(2)
+    reader = Trust(REQUESTER)
+    first = reader.admit("T1", KEY, 1, *writes[0])
+    forged = _forged_done(first)
+    with pytest.raises(Gap):
+        reader.admit("T1", KEY, 5, forged, sign(FORGER, KEY, "nobody-wrote-this", forged))
+    with pytest.raises(Gap):  # a reader that never saw the task
+        Trust(REQUESTER).admit("T1", KEY, 5, forged, sign(FORGER, KEY, digest(writes[1][0]), forged))
+
+
+@given(st.integers(min_value=0, max_value=4), st.data())
+def test_a_replay_of_the_whole_history_takes_the_honest_writes_and_no_forged_one(
+    steps: int, data: st.DataObject
+) -> None:
+    """Replayed in the broker's order, as the archive holds them: every honest write
+    is taken; a forged write, over whatever it names, is refused; and the honest write
+    after it (over the forged one, by compare-and-set) is checked against the last
+    valid revision and taken."""
+    writes = _history(steps)
+    at = data.draw(st.integers(min_value=1, max_value=len(writes) - 1), label="forged before write")
+    names = data.draw(st.sampled_from(["before", "nothing", "earlier"]), label="forged write names")
+    valid = [msgspec.json.decode(v, type=TaskRecord) for v, _ in writes]
+    forged = _forged_done(valid[at - 1])
+    prev = {"before": digest(writes[at - 1][0]), "nothing": "x", "earlier": digest(writes[0][0])}[names]
+    stored = [*writes[:at], (forged, sign(FORGER, KEY, prev, forged)), *writes[at:]]
+    reader, replaced, taken = Trust(REQUESTER), "", []
+    for revision, (value, headers) in enumerate(stored, start=1):
+        try:
+            taken.append(reader.admit("T1", KEY, revision, value, headers, replaced=replaced))
+        except Forged as exc:
+            assert value == forged, exc
+        replaced = digest(value)
+    assert taken == valid
+    assert reader.last("T1").record.result == "ok"  # type: ignore[union-attr]
