@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from protocol import InvalidName, validate_agent_id, validate_capability
+from protocol import ANY_CAPABILITY, InvalidName, validate_agent_id, validate_capability
 
 __all__ = [
     "ROLES",
@@ -49,8 +49,6 @@ Role = Literal["agent", "client", "operator"]
 #: who may do what is per role (docs/SECURITY.md): an agent works, a client asks for
 #: work, an operator may do everything (drain agents, change retention)
 ROLES: tuple[Role, ...] = ("agent", "client", "operator")
-#: in a key's ``serves``: every capability (the key is bound to no queue in particular)
-ANY_CAPABILITY = "*"
 SEED_SUFFIX = ".nk"
 PUB_SUFFIX = ".pub"
 

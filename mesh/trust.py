@@ -17,6 +17,7 @@ from pathlib import Path
 from protocol import (
     Forged,
     SigningKey,
+    Bindings,
     TaskRecord,
     check_alone,
     check_write,
@@ -58,11 +59,15 @@ class Trust:
         signer: SigningKey | None = None,
         operators: frozenset[str] = frozenset(),
         *,
+        bound: Bindings | None = None,
         capacity: int | None = CHAIN_CAPACITY,
     ) -> None:
         self.signer = signer
         #: keys that may cancel any task
         self.operators = operators
+        #: the capabilities the keys this process knows of are bound to: a claim or a
+        #: review counts only from a key bound to its capability (None: nobody held)
+        self.bound = bound
         #: tasks whose last verified revision is kept (None: every task read)
         self.capacity = capacity
         self._chain: collections.OrderedDict[str, Link] = collections.OrderedDict()
@@ -76,7 +81,7 @@ class Trust:
     def fresh(self) -> Trust:
         """The same keys with no revision verified yet: to verify a task's whole
         history (the archive) as a party that saw every write would."""
-        return Trust(self.signer, self.operators, capacity=self.capacity)
+        return Trust(self.signer, self.operators, bound=self.bound, capacity=self.capacity)
 
     def last(self, task_id: str) -> Link | None:
         return self._chain.get(task_id)
@@ -163,10 +168,10 @@ class Trust:
                 if replaced is None:
                     raise Gap(task_id, revision)
                 # Every write before it was forged or unreadable: the open task's is the last valid.
-                check_alone(record, signature.signer, operators=self.operators)
-            check_write(None, record, signature.signer, operators=self.operators)
+                check_alone(record, signature.signer, operators=self.operators, bound=self.bound)
+            check_write(None, record, signature.signer, operators=self.operators, bound=self.bound)
         elif signature.prev == link.digest or (replaced and signature.prev == replaced):
-            check_write(link.record, record, signature.signer, operators=self.operators)
+            check_write(link.record, record, signature.signer, operators=self.operators, bound=self.bound)
         elif signature.prev in link.seen or not signature.prev:
             raise Forged(
                 f"written over an earlier revision than {link.revision} (a replay or a fork)",
@@ -200,14 +205,18 @@ class Gap(Exception):
 
 def load_trust(nkey: str | Path | None) -> Trust:
     """The trust of a process connecting with the seed file ``nkey`` (None: a mesh
-    without identities). The operators' keys are the ``.pub`` files of role operator
-    beside the seed (the keys directory), and the seed's own if it is an operator's."""
+    without identities), from the ``.pub`` files beside the seed (the keys directory):
+    the operators' keys (and the seed's own if it is an operator's), and the
+    capabilities each known key is bound to (PROTOCOL.md 6.22, 6.23)."""
     if nkey is None:
         return Trust()
     from .identity import list_keys, load_seed
 
     identity = load_seed(nkey)
-    operators = {k.public_key for k in list_keys(Path(nkey).parent) if k.role == "operator"}
+    known = list_keys(Path(nkey).parent)
+    operators = {k.public_key for k in known if k.role == "operator"}
     if identity.role == "operator":
         operators.add(identity.public_key)
-    return Trust(signing_key(identity.seed), frozenset(operators))
+    # An operator's key, and one bound before bindings existed (no `serves`), take anything.
+    bound = {k.public_key: k.serves for k in known if k.role != "operator" and k.serves is not None}
+    return Trust(signing_key(identity.seed), frozenset(operators), bound=bound)

@@ -36,6 +36,7 @@ import msgspec
 
 from .errors import RemoteProtocolError
 from .machine import TRANSITIONS
+from .names import capability_tokens
 from .types import TERMINAL_STATES, TaskRecord, Vote
 
 if TYPE_CHECKING:
@@ -63,8 +64,17 @@ __all__ = [
     "check_write",
     "check_alone",
     "parties",
+    "may_take",
+    "Bindings",
+    "ANY_CAPABILITY",
     "IMMUTABLE_FIELDS",
 ]
+
+#: in a key's bound capabilities: every capability
+ANY_CAPABILITY = "*"
+#: the capabilities each key is bound to serve (PROTOCOL.md 6.22), as a reader knows
+#: them: a key it does not list is bound to none it knows of, and is not held to any
+Bindings = Mapping[str, tuple[str, ...]]
 
 SIGNER_HEADER = "Mesh-Signer"
 PREV_HEADER = "Mesh-Prev"
@@ -280,7 +290,12 @@ def _reachable(before: str, after: str) -> bool:
 
 
 def check_write(
-    prev: TaskRecord | None, new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset()
+    prev: TaskRecord | None,
+    new: TaskRecord,
+    signer: str,
+    *,
+    operators: frozenset[str] = frozenset(),
+    bound: Bindings | None = None,
 ) -> None:
     """Refuse (:class:`Forged`) a write of ``new`` over ``prev`` (None: the key's first
     write, whose previous revision was the work item's record) that ``signer``'s key
@@ -291,7 +306,7 @@ def check_write(
 
     _check_intrinsic(new, refuse)
     if prev is None:
-        _check_first(new, signer, operators, refuse)
+        _check_first(new, signer, operators, bound, refuse)
         return
     if prev.state in TERMINAL_STATES:
         raise refuse(f"the task had already ended ({prev.state})")
@@ -321,7 +336,7 @@ def check_write(
     if not _reachable(prev.state, new.state):
         raise refuse(f"no transition leads from {prev.state} to {new.state}")
     if new.epoch == prev.epoch + 1:
-        _check_claim(prev, new, signer, refuse)
+        _check_claim(prev, new, signer, bound, refuse)
         return
     if new.owner_key != prev.owner_key:
         raise refuse("the owner's key changed without a claim")
@@ -330,10 +345,10 @@ def check_write(
             raise refuse(f"only the requester ({prev.requester}) or an operator cancels")
         return
     if _votes_changed(prev, new):
-        _check_vote(prev, new, signer, refuse)
+        _check_vote(prev, new, signer, bound, refuse)
         return
     if new.slots != prev.slots:
-        _check_slots(prev, new, signer, refuse)
+        _check_slots(prev, new, signer, bound, refuse)
         return
     if new.state == "failed" and _anyone_may_end(prev, new):
         return
@@ -344,12 +359,15 @@ def check_write(
             raise refuse("a result must name its owner and its owner's key as author")
 
 
-def _check_first(new: TaskRecord, signer: str, operators: frozenset[str], refuse: _Refuse) -> None:
+def _check_first(
+    new: TaskRecord, signer: str, operators: frozenset[str], bound: Bindings | None, refuse: _Refuse
+) -> None:
     if new.epoch > 1:
         raise refuse(f"a task's first write has epoch {new.epoch}")
     if new.epoch == 1:
         if new.owner_key != signer:
             raise refuse("a claim must record its signer as the owner's key")
+        _check_bound_to_take(new, signer, bound, refuse)
         return
     if new.state == "cancelled":
         if signer != new.requester_key and signer not in operators:
@@ -361,11 +379,12 @@ def _check_first(new: TaskRecord, signer: str, operators: frozenset[str], refuse
     raise refuse(f"a task's first write cannot leave it {new.state}")
 
 
-def _check_claim(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse) -> None:
+def _check_claim(prev: TaskRecord, new: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:
     if prev.state not in ("open", "working"):
         raise refuse(f"a claim of a task in {prev.state}")
     if new.owner_key != signer:
         raise refuse("a claim must record its signer as the owner's key")
+    _check_bound_to_take(new, signer, bound, refuse)
     if prev.state == "working" and (prev.ticket is None or new.ticket != prev.ticket):
         raise refuse(f"a takeover must hold the owner's work item ({prev.ticket}), not {new.ticket}")
     if new.attempts != prev.attempts + 1:
@@ -378,9 +397,10 @@ def _votes_changed(prev: TaskRecord, new: TaskRecord) -> bool:
     return new.votes != prev.votes or new.feedback != prev.feedback
 
 
-def _check_vote(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse) -> None:
+def _check_vote(prev: TaskRecord, new: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:
     if prev.state != "review":
         raise refuse(f"a vote on a task in {prev.state}")
+    _check_bound_to_review(prev, signer, bound, refuse)
     cast = [v for v in new.votes if v not in prev.votes] + [v for v in new.feedback if v not in prev.feedback]
     if not cast or any(v != cast[0] for v in cast):
         raise refuse("a write casts exactly one vote")
@@ -401,9 +421,11 @@ def _check_vote(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse)
         raise refuse("a vote gave up another reviewer's slot")
 
 
-def _check_slots(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse) -> None:
+def _check_slots(prev: TaskRecord, new: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:
     if prev.state != "review":
         raise refuse(f"a review slot taken on a task in {prev.state}")
+    if any(s.key == signer for s in set(new.slots) - set(prev.slots)):
+        _check_bound_to_review(prev, signer, bound, refuse)
     if signer == prev.author_key:
         raise refuse("the author cannot review its own result")
     for slot in set(new.slots) - set(prev.slots):
@@ -413,6 +435,25 @@ def _check_slots(prev: TaskRecord, new: TaskRecord, signer: str, refuse: _Refuse
     for slot in set(prev.slots) - set(new.slots):
         if slot.key != signer and slot.ticket not in taken:
             raise refuse(f"the slot of {slot.reviewer!r} was given up by another key")
+
+
+def may_take(bound: Bindings | None, signer: str, capability: str) -> bool:
+    """Whether ``signer`` may take (claim, review) work of ``capability`` as far as the
+    bindings ``bound`` know: a key they do not list is not held to any."""
+    serves = None if bound is None else bound.get(signer)
+    return serves is None or ANY_CAPABILITY in serves or capability in serves
+
+
+def _check_bound_to_take(new: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:
+    # A question (`agent.<id>`) is answered by the party it is addressed to, which
+    # serves no queue for it (PROTOCOL.md 6.9).
+    if capability_tokens(new.capability)[0] != "agent" and not may_take(bound, signer, new.capability):
+        raise refuse(f"a claim of {new.capability} by a key not bound to it")
+
+
+def _check_bound_to_review(prev: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:
+    if prev.review is not None and not may_take(bound, signer, prev.review.capability):
+        raise refuse(f"a review ({prev.review.capability}) by a key not bound to it")
 
 
 def _anyone_may_end(prev: TaskRecord, new: TaskRecord) -> bool:
@@ -434,7 +475,9 @@ def parties(record: TaskRecord) -> frozenset[str]:
     return frozenset(k for k in keys if k is not None)
 
 
-def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset()) -> None:
+def check_alone(
+    new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset(), bound: Bindings | None = None
+) -> None:
     """A write over stored writes none of which was valid (every earlier write of the
     task is forged or unreadable, so the last valid revision is the open task's):
     legal as a first write is (:func:`check_write` with no previous revision), or as an
@@ -446,7 +489,7 @@ def check_alone(new: TaskRecord, signer: str, *, operators: frozenset[str] = fro
     if new.state == "failed" and new.reason == "error" and (signer in parties(new) or signer in operators):
         _check_intrinsic(new, lambda why: Forged(why, signer=signer))
         return
-    check_write(None, new, signer, operators=operators)
+    check_write(None, new, signer, operators=operators, bound=bound)
 
 
 def _check_intrinsic(record: TaskRecord, refuse: _Refuse) -> None:

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from mesh.bus import MeshError
 from mesh.cli import render
 from mesh.client import Mesh
-from mesh.identity import inbox_prefix, load_seed
+from mesh.identity import inbox_prefix, load_seed, new_key
 from mesh.testing import AgentProcs, Keys, gone_from_the_bucket, wait_for
 from mesh.top import read_mesh, take_snapshot
 from mesh.ui.board import Board
@@ -375,6 +375,52 @@ async def test_a_reviewer_cannot_vote_on_its_own_work_nor_one_key_twice(
     assert {v.reviewer for v in final.votes} == {"rev-x", "rev1"}, final.votes
     assert len({v.key for v in final.votes}) == 2
     await carol.close()
+
+
+async def test_a_claim_or_a_vote_counts_only_from_a_key_bound_to_its_capability(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    """The broker hands a bound key no other queue's items, but any key that writes
+    tasks could claim a waiting task outright, or vote on a review, with its own key
+    (attack 36). A reader holds each write to the bindings of the keys it knows (the
+    `.pub` files beside its seed): a key bound to `translate` neither claims an `echo`
+    task nor reviews one."""
+    new_key(keys.directory, "mallory-bound", "agent", serves=["translate"])
+    keys.broker.reload()
+    mallory = await forger("mallory-bound")
+    me = mallory.key.public_key
+    carol = await keys.connect("carol", "client")
+    try:
+        # A waiting task (nobody serves echo yet), claimed and finished in its first write:
+        # never taken as done. Its requester holds no valid write of it, so it ends the task
+        # as an unreadable one (a forger can end a waiting task, never pass off a result).
+        waiting = await carol.submit("echo", "never done by mallory", claim_timeout_s=60)
+        claimed = stamp(waiting, apply(waiting, Claim(actor="mallory-bound", ticket=None), waiting.updated + 1), me)
+        done = stamp(
+            claimed, apply(claimed, Finish(actor="mallory-bound", epoch=1, result="forged"), waiting.updated + 2), me
+        )
+        await mallory.put(waiting.id, encode(done), 0, prev="")
+        with anyio.fail_after(30):
+            ended = await carol.wait(waiting.id)
+        assert (ended.state, ended.reason) == ("failed", "error") and ended.result != "forged", ended
+        await reported(reports, me, "a claim of echo by a key not bound to it")
+        # A review: mallory's approval is not counted.
+        agent_procs.start("alice", ["echo"], kind="echo")
+        await agent_procs.ready(mesh_client)
+        task = await carol.submit("echo", "the real result", review=1, claim_timeout_s=60)
+        await wait_for(lambda: _state_is(carol, task.id, "review"), timeout=30, what="alice's result in review")
+        record, *_ = await mallory.current(task.id)
+        await mallory.apply(task.id, Approve(actor="mallory-bound", epoch=record.epoch))
+        seen = await carol.get(task.id)  # as its wait would read it
+        assert seen.state == "review" and seen.votes == (), seen
+        await reported(reports, me, "a review (review) by a key not bound to it")
+        agent_procs.start("rev1", ["review"], kind="check")
+        with anyio.fail_after(60):
+            final = await carol.wait(task.id)
+        assert (final.state, final.result, final.owner) == ("done", "the real result", "alice"), final
+        assert [v.reviewer for v in final.votes] == ["rev1"], final.votes
+    finally:
+        await carol.close()
 
 
 async def test_readers_show_a_forged_write_as_forged(

@@ -91,11 +91,12 @@ def test_write_vectors(case: dict[str, Any]) -> None:
     prev = msgspec.convert(case["prev"], TaskRecord)
     new = msgspec.convert(case["new"], TaskRecord)
     operators = frozenset(VECTORS["operators"])
+    bound = {k: tuple(v) for k, v in VECTORS["bound"].items()}
     if case["expect"] == "ok":
-        check_write(prev, new, case["signer"], operators=operators)
+        check_write(prev, new, case["signer"], operators=operators, bound=bound)
     else:
         with pytest.raises(Forged) as refused:
-            check_write(prev, new, case["signer"], operators=operators)
+            check_write(prev, new, case["signer"], operators=operators, bound=bound)
         assert refused.value.why == case["expect"]["refused"]
 
 

@@ -36,8 +36,9 @@ SIGNING_HOW = (
     "value is the exact stored bytes (base64 `value_b64`); Mesh-Prev is the base64url (unpadded) SHA-256 of "
     "the replaced value (`over_b64`; empty for a key's first write); the signed payload is "
     "`mesh.v2.rec\\n` + key + `\\n` + Mesh-Prev + `\\n` + value (`payload_b64`); `headers` must verify, and "
-    "every entry of `refused` must not. `writes`: check_write(prev, new, signer, operators) must accept "
-    "(`expect` is `ok`) or refuse with a reason starting with `expect` (the text is informative)."
+    "every entry of `refused` must not. `writes`: check_write(prev, new, signer, operators, bound) must accept "
+    "(`expect` is `ok`) or refuse with a reason starting with `expect` (the text is informative); `bound` "
+    "maps a key to the capabilities it is bound to serve (`*`: any; a key not listed is not held)."
 )
 
 
@@ -133,6 +134,7 @@ def signing_vectors(cases: Cases) -> dict[str, Any]:
             }
         )
     operators = frozenset(_key(seeds, n).public_key for n in source.array("operators"))
+    bound = {_key(seeds, n).public_key: tuple(caps) for n, caps in source.table("bound").items()}
 
     def signature(case: dict[str, Any]) -> dict[str, Any]:
         keys(case, ("name", "signer", "record", "over"))
@@ -172,7 +174,7 @@ def signing_vectors(cases: Cases) -> dict[str, Any]:
         if changes:
             new = msgspec.convert({**msgspec.to_builtins(new), **changes}, TaskRecord)
         try:
-            check_write(prev, new, signer.public_key, operators=operators)
+            check_write(prev, new, signer.public_key, operators=operators, bound=bound)
             got = "ok"
         except Forged as exc:
             got = exc.why
@@ -189,6 +191,7 @@ def signing_vectors(cases: Cases) -> dict[str, Any]:
     return {
         "keys": key_vectors,
         "operators": sorted(operators),
+        "bound": {k: list(v) for k, v in sorted(bound.items())},
         "signatures": source.each("signature", signature),
         "writes": source.each("write", write),
     }
