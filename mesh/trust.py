@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol import (
+    Bindings,
     Forged,
     SigningKey,
-    Bindings,
     TaskRecord,
     check_alone,
     check_write,
