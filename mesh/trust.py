@@ -169,7 +169,8 @@ class Trust:
                     raise Gap(task_id, revision)
                 # Every write before it was forged or unreadable: the open task's is the last valid.
                 check_alone(record, signature.signer, operators=self.operators, bound=self.bound)
-            check_write(None, record, signature.signer, operators=self.operators, bound=self.bound)
+            else:
+                check_write(None, record, signature.signer, operators=self.operators, bound=self.bound)
         elif signature.prev == link.digest or (replaced and signature.prev == replaced):
             check_write(link.record, record, signature.signer, operators=self.operators, bound=self.bound)
         elif signature.prev in link.seen or not signature.prev:

@@ -14,16 +14,19 @@ from protocol import (
     Claim,
     Finish,
     Forged,
+    RemoteProtocolError,
     Renew,
     SigningKey,
     TaskRecord,
     apply,
     digest,
     encode,
+    end_unreadable,
     new_task,
     sign,
     signing_key,
     stamp,
+    stamp_unreadable_end,
 )
 
 KEY = "task.T1"
@@ -102,3 +105,17 @@ def test_a_replay_of_the_whole_history_takes_the_honest_writes_and_no_forged_one
         replaced = digest(value)
     assert taken == valid
     assert reader.last("T1").record.result == "ok"  # type: ignore[union-attr]
+
+
+def test_a_partys_end_over_an_unreadable_first_write_is_taken_in_a_replay() -> None:
+    """Every write before it unreadable: the end a party writes from its own copy (named
+    as its owner, PROTOCOL.md 6.15) is the task's first valid write."""
+    opened = new_task(task_id="T1", capability="echo", instruction="x", requester="c", now=1.0)
+    garbage = b'{"v":2,"id":"T1","state":"working","epoch":-3}'
+    ended = stamp_unreadable_end(opened, end_unreadable(opened, why="unreadable", now=2.0), "a", OWNER.public_key)
+    value = encode(ended)
+    reader = Trust(REQUESTER)
+    with pytest.raises(RemoteProtocolError):
+        reader.admit("T1", KEY, 1, garbage, sign(FORGER, KEY, "", garbage), replaced="")
+    record = reader.admit("T1", KEY, 2, value, sign(OWNER, KEY, digest(garbage), value), replaced=digest(garbage))
+    assert (record.state, record.reason, record.owner_key) == ("failed", "error", OWNER.public_key)
