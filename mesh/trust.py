@@ -10,6 +10,7 @@ neither signs nor verifies; a signed reader refuses an unsigned write as forged.
 from __future__ import annotations
 
 import collections
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from protocol import (
     verify,
 )
 
-__all__ = ["Trust", "Link", "Gap", "load_trust"]
+__all__ = ["Trust", "Link", "Gap", "load_trust", "stored_time"]
 
 #: tasks whose last verified revision a reader keeps (a few hundred bytes each)
 CHAIN_CAPACITY = 4096
@@ -163,16 +164,21 @@ class Trust:
         verify(signature, key, value)
         self.verified += 1
         record = decode_record(value)
+        stored_at = stored_time(headers)
         if link is None:
             if signature.prev:
                 if replaced is None:
                     raise Gap(task_id, revision)
                 # Every write before it was forged or unreadable: the open task's is the last valid.
-                check_alone(record, signature.signer, operators=self.operators, bound=self.bound)
+                check_alone(record, signature.signer, operators=self.operators, bound=self.bound, stored_at=stored_at)
             else:
-                check_write(None, record, signature.signer, operators=self.operators, bound=self.bound)
+                check_write(
+                    None, record, signature.signer, operators=self.operators, bound=self.bound, stored_at=stored_at
+                )
         elif signature.prev == link.digest or (replaced and signature.prev == replaced):
-            check_write(link.record, record, signature.signer, operators=self.operators, bound=self.bound)
+            check_write(
+                link.record, record, signature.signer, operators=self.operators, bound=self.bound, stored_at=stored_at
+            )
         elif signature.prev in link.seen or not signature.prev:
             raise Forged(
                 f"written over an earlier revision than {link.revision} (a replay or a fork)",
@@ -188,6 +194,23 @@ class Trust:
             fresh.seen.append(link.digest)
         self._keep(task_id, fresh)
         return record
+
+
+def stored_time(headers: Mapping[str, str] | None) -> float | None:
+    """When the broker stored a message (its ``Nats-Time-Stamp``, RFC 3339 in UTC with
+    up to nanoseconds), as Unix time; None if absent or malformed."""
+    text = (headers or {}).get("Nats-Time-Stamp", "")
+    if not text.endswith("Z"):
+        return None
+    whole, _, fraction = text[:-1].partition(".")
+    try:
+        at = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+    if fraction and not fraction.isdigit():
+        return None
+    digits = fraction[:9]
+    return at + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 class Gap(Exception):

@@ -5,6 +5,7 @@ charge). Workers never touch NATS or the record directly."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from protocol import (
     best_match,
     delegate,
     fingerprint,
+    takeover_at,
 )
 
 from .bus import Announcement, Bus, Conflict, CorruptRecord, NotFound, Unavailable
@@ -67,6 +69,8 @@ def _applied(record: TaskRecord, events: tuple[Any, ...], now: float) -> TaskRec
 
 #: a write that meets this many other parties' writes in a row gives the task up
 CONFLICT_RETRIES = 10
+#: a takeover is written this long after the owner's lease ran out by our clock
+TAKEOVER_MARGIN_S = 0.01
 
 
 class TaskFailed(Exception):
@@ -81,6 +85,11 @@ class TaskFailed(Exception):
 
 class RoleViolation(Exception):
     """The brief does not allow this (e.g. delegating to a capability not in ``delegates``)."""
+
+
+class _TooEarly(Exception):
+    """Our pending takeover would be dated before the owner's lease ran out (the owner
+    wrote again since we last waited): wait again, and write it with a fresh clock."""
 
 
 class Lost(Exception):
@@ -203,17 +212,32 @@ class TaskContext:
             await announced.wait()
 
     async def _write(self, event: Any) -> tuple[TaskRecord, Announcement]:
-        # One clock reading for every attempt: applying the events to the same record
-        # then gives the same result, so a retry can recognise its own earlier write.
-        now = time.time()
         events = tuple(event) if isinstance(event, (tuple, list)) else (event,)
         # The pauses between attempts, not the attempts (each may wait out the
         # broker's timeout), count against our patience.
         attempts = BROKER_BACKOFF.attempts_within(self._patience_s)
-        try:
-            return await retry(lambda: self._write_once(events, now), retry_on=Unavailable, attempts=attempts)
-        except Unavailable as exc:
-            raise Lost(f"broker unavailable for {self._patience_s:.1f}s of retries: {exc}") from None
+        while True:
+            await self._wait_out_the_owners_lease()
+            # One clock reading for every attempt: applying the events to the same record
+            # then gives the same result, so a retry can recognise its own earlier write.
+            now = time.time()
+            try:
+                return await retry(
+                    functools.partial(self._write_once, events, now), retry_on=Unavailable, attempts=attempts
+                )
+            except _TooEarly:
+                continue  # the owner wrote again meanwhile: its lease runs from that write
+            except Unavailable as exc:
+                raise Lost(f"broker unavailable for {self._patience_s:.1f}s of retries: {exc}") from None
+
+    async def _wait_out_the_owners_lease(self) -> None:
+        """Before our pending claim takes over a task being worked: wait until its owner
+        has left the record unwritten for a whole lease. The broker lent us the owner's
+        item, so its lease lapsed there, but every reader counts a takeover only from
+        then (the ticket is in the record for anyone to copy; PROTOCOL.md 6.5)."""
+        earliest = takeover_at(self.record) if self._claim is not None else None
+        if earliest is not None and earliest > time.time():
+            await anyio.sleep(earliest - time.time() + TAKEOVER_MARGIN_S)
 
     async def _write_once(self, events: tuple[Any, ...], now: float) -> tuple[TaskRecord, Announcement]:
         async with self._lock:
@@ -239,6 +263,9 @@ class TaskContext:
         task is still ours; :class:`Lost` once it is not, or after many conflicts."""
         for _ in range(CONFLICT_RETRIES):
             batch = events if self._claim is None else (self._claim, *events)
+            earliest = takeover_at(self.record) if self._claim is not None else None
+            if earliest is not None and now < earliest:
+                raise _TooEarly()
             try:
                 self.record, self.revision, announced = await self.bus.write_and_announce(
                     self.record, self.revision, batch, now
@@ -285,6 +312,13 @@ class TaskContext:
             return
         if fresh.owner != self.agent or fresh.epoch != self.record.epoch or fresh.state != "working":
             raise Lost(f"task {self.record.id} is {fresh.state}, owner {fresh.owner} epoch {fresh.epoch}")
+
+    async def heartbeat(self) -> None:
+        """Write the record without changing it otherwise (a ``renew`` with no progress):
+        an owner at work writes at least every third of its lease, or anyone may take
+        the task over with its ticket (PROTOCOL.md 6.5). No event; ``progress_at``
+        stays, so a stuck task still shows as stuck."""
+        await self.write(Renew(actor=self.agent, epoch=self.epoch))
 
     async def progress(self, text: str, checkpoint: Any = None) -> None:
         """Report progress (renews the lease); ``checkpoint`` is kept for a successor."""

@@ -9,6 +9,7 @@ item once the result's events are recorded. Draining hands the task back; losing
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -26,6 +27,7 @@ from protocol import (
     TaskRecord,
     TransitionError,
     decode_record,
+    renew_every,
     settle_work,
     trace_id,
 )
@@ -131,10 +133,38 @@ class TaskRun:
             await self.d.ack()
 
     async def _watch_record(self) -> bool:
-        """Follow our task's record once claimed: False when someone else moved it on
-        (the requester cancelled it or ended it at its deadline, another agent took it
-        over because our lease lapsed), so the work stops. A republished write only
-        wakes us (anyone may publish on that subject): the bucket decides."""
+        """Follow our task's record once claimed, writing it at least every third of our
+        lease meanwhile: False when someone else moved it on, so the work stops."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
+            ours = await self._watch()
+            tg.cancel_scope.cancel()
+        return ours
+
+    async def _heartbeats(self) -> None:
+        """Write our record whenever a third of our lease passed since our last write
+        (PROTOCOL.md 6.5): the ticket a takeover names is in the record for anyone to
+        copy, so every reader counts a takeover only after a whole lease without a
+        write. A task done within a third of a lease writes none."""
+        every = renew_every(self.d.lease_s)
+        while True:
+            wait = self.ctx.record.updated + every - time.time()
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue
+            try:
+                await self.ctx.heartbeat()
+            except Lost:
+                return  # not ours any more: the watch sees why
+            except MeshError as exc:
+                self.log.warning("could not write a heartbeat", error=str(exc) or type(exc).__name__)
+                await anyio.sleep(every)
+
+    async def _watch(self) -> bool:
+        """False when someone else moved the task on (the requester cancelled it or
+        ended it at its deadline, another agent took it over because our lease lapsed).
+        A republished write only wakes us (anyone may publish on that subject): the
+        bucket decides."""
         bus, ctx = self.agent.bus, self.ctx
         async with bus.follow(ctx.record.id) as writes:
             while True:

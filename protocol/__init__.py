@@ -103,6 +103,7 @@ from .machine import (
     last_round,
     review_full,
     slot_of,
+    takeover_at,
     vetoes,
 )
 from .names import (
@@ -152,6 +153,7 @@ from .rules import (
 from .signing import (
     ANY_CAPABILITY,
     IMMUTABLE_FIELDS,
+    MAX_CLOCK_SKEW_S,
     PREV_HEADER,
     SIG_HEADER,
     SIGNED_DOMAIN,
@@ -315,6 +317,8 @@ __all__ = [
     "stamp",
     "stamp_unreadable_end",
     "check_write",
+    "MAX_CLOCK_SKEW_S",
+    "takeover_at",
     "ANY_CAPABILITY",
     "Bindings",
     "may_take",

@@ -225,7 +225,7 @@ class AgentCore:
     ) -> Decided:
         """What to do with ``item`` given the task's ``record`` at ``revision`` (the
         item's own copy on a first delivery)."""
-        decision = on_delivery(item, record, agent=self.agent, ticket=ticket)
+        decision = on_delivery(item, record, agent=self.agent, ticket=ticket, lease_s=lease_s)
         refill = delivered > 1 and revision > 0
         match decision:
             case Drop(why=why):

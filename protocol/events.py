@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .types import ErrorText, NonNegInt, Progress, Reasons, Usage
+from .types import ErrorText, Lease, NonNegInt, Progress, Reasons, Usage
 
 __all__ = [
     "Claim",
@@ -51,6 +51,8 @@ class Claim(_Event, frozen=True, kw_only=True, tag="claim"):
     agent at a time, so receiving the owner's own item means its lease lapsed."""
 
     ticket: NonNegInt | None = None
+    #: the lease of that item (its queue's ``ack_wait``): recorded in the record
+    item_lease_s: Lease | None = None
 
 
 class Renew(_OwnerEvent, frozen=True, kw_only=True, tag="renew"):

@@ -45,6 +45,7 @@ __all__ = [
     "slot_of",
     "free_slots",
     "review_full",
+    "takeover_at",
 ]
 
 #: (state, event kind) -> the states the event may lead to. A pair not listed is an
@@ -106,6 +107,16 @@ def last_round(record: TaskRecord) -> bool:
 def slot_of(record: TaskRecord, reviewer: str) -> ReviewSlot | None:
     """The review slot ``reviewer`` holds in the current round, if any."""
     return next((s for s in record.slots if s.reviewer == reviewer), None)
+
+
+def takeover_at(record: TaskRecord) -> float | None:
+    """The earliest ``updated`` a takeover of ``record`` may carry: a whole lease after
+    its owner last wrote it (an owner at work writes at least every third of its lease,
+    PROTOCOL.md 6.5); None when nothing bounds it (the task is not being worked, or its
+    owner holds no item, or recorded no lease)."""
+    if record.state != "working" or record.ticket is None or record.item_lease_s is None:
+        return None
+    return record.updated + record.item_lease_s
 
 
 def free_slots(record: TaskRecord) -> int:
@@ -201,6 +212,7 @@ def _claim(record: TaskRecord, event: Claim, now: float) -> TaskRecord:
         epoch=record.epoch + 1,
         attempts=record.attempts + 1,
         ticket=event.ticket,
+        item_lease_s=event.item_lease_s,
         lapses=lapses,
         progress=progress,
         progress_at=now,
@@ -262,7 +274,9 @@ def _fail(record: TaskRecord, event: Fail, now: float) -> TaskRecord:
 
 def _release(record: TaskRecord, event: Release, now: float) -> TaskRecord:
     _check_owner(record, event)
-    return msgspec.structs.replace(record, state="open", owner=None, ticket=None, progress=event.note, updated=now)
+    return msgspec.structs.replace(
+        record, state="open", owner=None, ticket=None, item_lease_s=None, progress=event.note, updated=now
+    )
 
 
 def _vote_guard(record: TaskRecord, event: Approve | Veto | Reviewing) -> None:
@@ -367,6 +381,7 @@ def _veto(record: TaskRecord, event: Veto, now: float) -> TaskRecord:
         state="open",
         owner=None,
         ticket=None,
+        item_lease_s=None,
         reworks=record.reworks + 1,
         votes=(),
         slots=(),
@@ -390,6 +405,7 @@ def _past_bound(record: TaskRecord, now: float, error: str) -> TaskRecord:
             review=None,
             owner=None,
             ticket=None,
+            item_lease_s=None,
             claim_timeout_s=policy.escalation_timeout_s,
             slots=(),
             progress=f"escalated to {policy.escalate_to} after {record.reworks} reworks",

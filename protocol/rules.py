@@ -340,9 +340,11 @@ class HandBack:
     why: str
 
 
-def on_delivery(item: WorkItem, record: TaskRecord, *, agent: str, ticket: int) -> Take | Drop | HandBack:
+def on_delivery(
+    item: WorkItem, record: TaskRecord, *, agent: str, ticket: int, lease_s: float | None = None
+) -> Take | Drop | HandBack:
     """What an agent does with work item ``item``, delivered to it as ``ticket`` (its
-    sequence in the work stream), given the task's current ``record``.
+    sequence in the work stream, lent for ``lease_s``), given the task's current ``record``.
 
     A work item claims an open task, or takes over a working one whose owner holds this
     very item (the broker lends an item to one agent at a time: getting it means the
@@ -355,10 +357,8 @@ def on_delivery(item: WorkItem, record: TaskRecord, *, agent: str, ticket: int) 
     if is_terminal(record):
         return Drop(f"task {record.id} is {record.state}")
     if item.kind == "work":
-        if record.state == "open":
-            return Take(Claim(actor=agent, ticket=ticket))
-        if record.state == "working" and record.ticket == ticket:
-            return Take(Claim(actor=agent, ticket=ticket))
+        if record.state == "open" or (record.state == "working" and record.ticket == ticket):
+            return Take(Claim(actor=agent, ticket=ticket, item_lease_s=lease_s))
         return Drop(f"task {record.id} is {record.state} under another work item")
     if record.state != "review" or record.review is None or record.reworks != item.round:
         return Drop(f"review round {item.round} of task {record.id} is over")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .errors import RemoteProtocolError
-from .machine import TRANSITIONS
+from .machine import TRANSITIONS, takeover_at
 from .names import capability_tokens
 from .types import TERMINAL_STATES, TaskRecord, Vote
 
@@ -65,6 +65,7 @@ __all__ = [
     "check_alone",
     "parties",
     "may_take",
+    "MAX_CLOCK_SKEW_S",
     "Bindings",
     "ANY_CAPABILITY",
     "IMMUTABLE_FIELDS",
@@ -75,6 +76,11 @@ ANY_CAPABILITY = "*"
 #: the capabilities each key is bound to serve (PROTOCOL.md 6.22), as a reader knows
 #: them: a key it does not list is bound to none it knows of, and is not held to any
 Bindings = Mapping[str, tuple[str, ...]]
+
+#: how far ahead of the broker's clock (the time it stored the write) a write's
+#: ``updated`` may be where time decides a write's legality (a takeover, a deadline):
+#: parties' clocks are kept within it (NTP)
+MAX_CLOCK_SKEW_S = 2.0
 
 SIGNER_HEADER = "Mesh-Signer"
 PREV_HEADER = "Mesh-Prev"
@@ -296,6 +302,7 @@ def check_write(
     *,
     operators: frozenset[str] = frozenset(),
     bound: Bindings | None = None,
+    stored_at: float | None = None,
 ) -> None:
     """Refuse (:class:`Forged`) a write of ``new`` over ``prev`` (None: the key's first
     write, whose previous revision was the work item's record) that ``signer``'s key
@@ -306,7 +313,7 @@ def check_write(
 
     _check_intrinsic(new, refuse)
     if prev is None:
-        _check_first(new, signer, operators, bound, refuse)
+        _check_first(new, signer, operators, bound, stored_at, refuse)
         return
     if prev.state in TERMINAL_STATES:
         raise refuse(f"the task had already ended ({prev.state})")
@@ -336,7 +343,7 @@ def check_write(
     if not _reachable(prev.state, new.state):
         raise refuse(f"no transition leads from {prev.state} to {new.state}")
     if new.epoch == prev.epoch + 1:
-        _check_claim(prev, new, signer, bound, refuse)
+        _check_claim(prev, new, signer, bound, stored_at, refuse)
         return
     if new.owner_key != prev.owner_key:
         raise refuse("the owner's key changed without a claim")
@@ -350,7 +357,7 @@ def check_write(
     if new.slots != prev.slots:
         _check_slots(prev, new, signer, bound, refuse)
         return
-    if new.state == "failed" and _anyone_may_end(prev, new):
+    if new.state == "failed" and _anyone_may_end(prev, new, stored_at):
         return
     if signer != prev.owner_key:
         raise refuse(f"only the owner ({prev.owner}) at epoch {prev.epoch} writes this")
@@ -360,7 +367,12 @@ def check_write(
 
 
 def _check_first(
-    new: TaskRecord, signer: str, operators: frozenset[str], bound: Bindings | None, refuse: _Refuse
+    new: TaskRecord,
+    signer: str,
+    operators: frozenset[str],
+    bound: Bindings | None,
+    stored_at: float | None,
+    refuse: _Refuse,
 ) -> None:
     if new.epoch > 1:
         raise refuse(f"a task's first write has epoch {new.epoch}")
@@ -374,12 +386,16 @@ def _check_first(
             raise refuse(f"only the requester ({new.requester}) or an operator cancels")
         return
     if new.state == "failed":
-        if new.reason in ("no_agent", "deadline") or signer == new.requester_key:
+        if new.reason == "no_agent" or signer == new.requester_key:
+            return
+        if new.reason == "deadline" and _dated(new, stored_at):
             return
     raise refuse(f"a task's first write cannot leave it {new.state}")
 
 
-def _check_claim(prev: TaskRecord, new: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:
+def _check_claim(
+    prev: TaskRecord, new: TaskRecord, signer: str, bound: Bindings | None, stored_at: float | None, refuse: _Refuse
+) -> None:
     if prev.state not in ("open", "working"):
         raise refuse(f"a claim of a task in {prev.state}")
     if new.owner_key != signer:
@@ -387,6 +403,7 @@ def _check_claim(prev: TaskRecord, new: TaskRecord, signer: str, bound: Bindings
     _check_bound_to_take(new, signer, bound, refuse)
     if prev.state == "working" and (prev.ticket is None or new.ticket != prev.ticket):
         raise refuse(f"a takeover must hold the owner's work item ({prev.ticket}), not {new.ticket}")
+    _check_lease_ran_out(prev, new, stored_at, refuse)
     if new.attempts != prev.attempts + 1:
         raise refuse("a claim counts one more attempt")
     if (new.author != prev.author or new.result != prev.result) and new.author_key != signer:
@@ -456,14 +473,40 @@ def _check_bound_to_review(prev: TaskRecord, signer: str, bound: Bindings | None
         raise refuse(f"a review ({prev.review.capability}) by a key not bound to it")
 
 
-def _anyone_may_end(prev: TaskRecord, new: TaskRecord) -> bool:
+def _anyone_may_end(prev: TaskRecord, new: TaskRecord, stored_at: float | None) -> bool:
     """An end any party may write (an observer's judgement, PROTOCOL.md 6.11-6.13): past
-    the deadline, nobody to act, or the owner lost too often."""
+    the deadline, nobody to act, or the owner lost too often (a takeover's end: once
+    the owner's lease ran out)."""
     if new.reason == "deadline":
-        return new.deadline is not None and new.updated >= new.deadline
+        return new.deadline is not None and new.updated >= new.deadline and _dated(new, stored_at)
     if new.reason == "no_agent":
         return not (prev.state == "working" and prev.ticket is not None)
-    return new.reason == "error" and new.lapses == prev.lapses + 1
+    if new.reason != "error" or new.lapses != prev.lapses + 1:
+        return False
+    earliest = takeover_at(prev)
+    return earliest is None or (new.updated >= earliest and _dated(new, stored_at))
+
+
+def _dated(new: TaskRecord, stored_at: float | None) -> bool:
+    """Whether ``new`` is dated no later than the broker stored it (give or take the
+    clocks' skew): time decides some writes' legality, and a writer picks its own."""
+    return stored_at is not None and new.updated <= stored_at + MAX_CLOCK_SKEW_S
+
+
+def _check_lease_ran_out(prev: TaskRecord, new: TaskRecord, stored_at: float | None, refuse: _Refuse) -> None:
+    """A takeover counts once the owner left its record unwritten for a whole lease
+    (:func:`takeover_at`): its ticket is in the record for anyone to copy, and only the
+    broker knows the item was lent anew (PROTOCOL.md 6.5, 6.23)."""
+    earliest = takeover_at(prev)
+    if earliest is None:
+        return
+    if new.updated < earliest:
+        raise refuse(
+            f"a takeover {new.updated - prev.updated:.3f} s after the owner's last write: "
+            f"before its lease ({prev.item_lease_s:g} s) ran out"
+        )
+    if not _dated(new, stored_at):
+        raise refuse("a takeover dated after the broker stored it (or stored at an unknown time)")
 
 
 def parties(record: TaskRecord) -> frozenset[str]:
@@ -476,7 +519,12 @@ def parties(record: TaskRecord) -> frozenset[str]:
 
 
 def check_alone(
-    new: TaskRecord, signer: str, *, operators: frozenset[str] = frozenset(), bound: Bindings | None = None
+    new: TaskRecord,
+    signer: str,
+    *,
+    operators: frozenset[str] = frozenset(),
+    bound: Bindings | None = None,
+    stored_at: float | None = None,
 ) -> None:
     """A write over stored writes none of which was valid (every earlier write of the
     task is forged or unreadable, so the last valid revision is the open task's):
@@ -489,7 +537,7 @@ def check_alone(
     if new.state == "failed" and new.reason == "error" and (signer in parties(new) or signer in operators):
         _check_intrinsic(new, lambda why: Forged(why, signer=signer))
         return
-    check_write(None, new, signer, operators=operators, bound=bound)
+    check_write(None, new, signer, operators=operators, bound=bound, stored_at=stored_at)
 
 
 def _check_intrinsic(record: TaskRecord, refuse: _Refuse) -> None:

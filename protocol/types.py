@@ -74,6 +74,7 @@ SlotIndex = Annotated[int, msgspec.Meta(ge=0, le=L.MAX_QUORUM - 1)]
 ClaimTimeout = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_CLAIM_TIMEOUT_S)]
 EscalationTimeout = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_ESCALATION_TIMEOUT_S)]
 Heartbeat = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_HEARTBEAT_S)]
+Lease = Annotated[float, msgspec.Meta(gt=0, le=L.MAX_LEASE_S)]
 Instruction = Annotated[str, msgspec.Meta(max_length=L.MAX_INSTRUCTION_CHARS)]
 Criteria = Annotated[str, msgspec.Meta(max_length=L.MAX_CRITERIA_CHARS)]
 Progress = Annotated[str, msgspec.Meta(max_length=L.MAX_PROGRESS_CHARS)]
@@ -182,6 +183,11 @@ class TaskRecord(_Wire, frozen=True, kw_only=True):
     #: item to another agent means the owner stopped renewing, and that agent may take
     #: the task over (:class:`protocol.events.Claim` with this ticket)
     ticket: NonNegInt | None = None
+    #: the lease of the owner's work item (its queue's ``ack_wait``), recorded by its
+    #: claim: the owner writes its record at least every third of it while it works, and
+    #: a takeover counts only once the record has gone unwritten for a whole lease
+    #: (PROTOCOL.md 6.5, 6.23). None for an owner holding no item
+    item_lease_s: Lease | None = None
     #: times an owner was lost (its lease lapsed and another agent took the task over);
     #: at ``max_lapses`` the task fails with ``error`` instead of poisoning agent after agent
     lapses: LapseCount = 0

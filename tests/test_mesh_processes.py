@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections import Counter
 
@@ -123,6 +124,27 @@ async def test_owner_killed_its_task_moves_to_another_agent(agent_procs: AgentPr
     assert final.epoch == 2 and final.lapses == 1
     # The successor resumed from the dead owner's checkpoint, not from zero.
     assert final.result["resumed_from"] >= 1
+
+
+async def test_an_owner_writes_its_record_every_third_of_its_lease(agent_procs: AgentProcs, mesh_client: Mesh) -> None:
+    """The ticket a takeover names is in the record for anyone to copy, so every reader
+    counts a takeover only after a whole lease without a write (PROTOCOL.md 6.5): an
+    owner at work writes a heartbeat (a renew, no progress, no event) every third of
+    its lease, and a task done sooner writes none."""
+    agent_procs.start("steady", ["steady"], kind="sleep", lease_s=1.5, options={"seconds": 3.0, "steps": 1})
+    await agent_procs.ready(mesh_client)
+    record = await mesh_client.submit("steady", "a long step")
+    with anyio.fail_after(30):
+        final = await mesh_client.wait(record)
+    assert final.state == "done" and final.item_lease_s == 1.5, final
+    writes = await mesh_client.bus.archived_chain(record.id)
+    beats = [w for w in writes if w.state == "working" and w.progress == "" and w.progress_at == writes[0].progress_at]
+    # 3 s of work, a write every 0.5 s: the claim and some 5 heartbeats (a slow machine, fewer)
+    assert len(beats) >= 4, [(w.state, w.progress, w.updated) for w in writes]
+    gaps = [b.updated - a.updated for a, b in itertools.pairwise(beats)]
+    assert max(gaps) < 1.5, gaps  # never a whole lease without a write
+    kinds = [e.kind for e in await mesh_client.history(record.root) if e.task == record.id]
+    assert "renew" not in kinds, kinds
 
 
 async def test_cancel_cascades_to_descendants(agent_procs: AgentProcs, mesh_client: Mesh) -> None:

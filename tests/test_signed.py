@@ -13,6 +13,7 @@ any party's write is. The broker accepts it; what is tested is that nobody acts 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -271,6 +272,44 @@ async def test_an_epoch_jump_and_an_illegal_takeover_are_refused(
 
     await mallory.write(task.id, takeover)
     await reported(reports, me, "takeover")
+    await finishes_honestly(carol, task)
+    await carol.close()
+
+
+async def test_a_takeover_with_the_owners_ticket_counts_only_after_its_lease(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, reports: list[ErrorReport]
+) -> None:
+    """The owner's ticket is in the record for anyone to copy: with it, any key bound to
+    the task's capability could take over a task being worked and finish it with its own
+    result (attack 37). A takeover counts only once the owner left the record unwritten
+    for a whole lease (an owner at work writes every third of one), dated no later than
+    the broker stored it: copying the ticket early is refused, and so is dating the
+    takeover in the future."""
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=6.0)
+    mallory = await forger()
+    me = mallory.key.public_key
+    record, *_ = await mallory.current(task.id)
+    assert record.ticket is not None and record.item_lease_s is not None, record
+
+    def takeover(at: float) -> Callable[[TaskRecord], TaskRecord]:
+        def change(r: TaskRecord) -> TaskRecord:
+            claimed = stamp(r, apply(r, Claim(actor="mallory", ticket=r.ticket, item_lease_s=r.item_lease_s), at), me)
+            return stamp(claimed, apply(claimed, Finish(actor="mallory", epoch=claimed.epoch, result="forged"), at), me)
+
+        return change
+
+    await mallory.write(task.id, takeover(time.time()))
+    await reported(reports, me, "before its lease")
+
+    async def alices_again() -> bool:  # restored by a party, or written over by alice
+        r, *_ = await mallory.current(task.id)
+        return r.owner == "alice" and r.state == "working"
+
+    await wait_for(alices_again, timeout=20, what="the forged takeover to be written over")
+    current, *_ = await mallory.current(task.id)
+    assert current.item_lease_s is not None
+    await mallory.write(task.id, takeover(current.updated + current.item_lease_s + 0.5))
+    await reported(reports, me, "dated after the broker stored it")
     await finishes_honestly(carol, task)
     await carol.close()
 

@@ -65,7 +65,7 @@ def item_for(record: TaskRecord, revision: int = 0) -> WorkItem:
 def test_a_first_delivery_of_an_open_task_is_worked_with_a_lazy_claim() -> None:
     c, record = core(), open_task()
     action = c.receive(item_for(record), ticket=7, delivered=1, lease_s=LEASE, now=0.0)
-    assert action == Work(Claim(actor="me", ticket=7), claim_first=False, fill_trail=False)
+    assert action == Work(Claim(actor="me", ticket=7, item_lease_s=LEASE), claim_first=False, fill_trail=False)
 
 
 def test_an_item_outside_the_brief_is_refused() -> None:
@@ -113,7 +113,7 @@ def test_a_takeover_waits_a_lease_after_our_connection_then_claims_first_and_fil
     early = c.decide(item, record, 3, ticket=7, delivered=2, lease_s=LEASE, now=104.0)
     assert isinstance(early, GiveBack) and math.isclose(early.wait_s, 6.0)
     later = c.decide(item, record, 3, ticket=7, delivered=2, lease_s=LEASE, now=110.5)
-    assert later == Work(Claim(actor="me", ticket=7), claim_first=True, fill_trail=True)
+    assert later == Work(Claim(actor="me", ticket=7, item_lease_s=LEASE), claim_first=True, fill_trail=True)
 
 
 def test_an_item_of_an_ended_task_is_dropped_and_a_redelivered_one_checks_the_trail() -> None:

@@ -93,10 +93,10 @@ def test_write_vectors(case: dict[str, Any]) -> None:
     operators = frozenset(VECTORS["operators"])
     bound = {k: tuple(v) for k, v in VECTORS["bound"].items()}
     if case["expect"] == "ok":
-        check_write(prev, new, case["signer"], operators=operators, bound=bound)
+        check_write(prev, new, case["signer"], operators=operators, bound=bound, stored_at=case["stored_at"])
     else:
         with pytest.raises(Forged) as refused:
-            check_write(prev, new, case["signer"], operators=operators, bound=bound)
+            check_write(prev, new, case["signer"], operators=operators, bound=bound, stored_at=case["stored_at"])
         assert refused.value.why == case["expect"]["refused"]
 
 

@@ -32,6 +32,7 @@ from protocol.names import (
     clarification_capability,
 )
 from protocol.rules import DEFAULT_CLAIM_TIMEOUT_S, DEFAULT_HOPS, DEFAULT_LEASE_S, event_id, work_item_id, work_items
+from protocol.signing import MAX_CLOCK_SKEW_S
 from protocol.types import (
     PROTOCOL_VERSION,
     REASONS,
@@ -363,6 +364,11 @@ def _constants() -> str:
         ("Default lease of a queue (its consumer's `ack_wait`), seconds", DEFAULT_LEASE_S),
         ("Default claim timeout, seconds (`claim_timeout_s`)", DEFAULT_CLAIM_TIMEOUT_S),
         ("Default `max_lapses` (owners lost before the task fails)", defaults.max_lapses),
+        (
+            "Clock skew allowed where time decides a write's legality (a takeover, a deadline's end), seconds "
+            "(`MAX_CLOCK_SKEW_S`)",
+            MAX_CLOCK_SKEW_S,
+        ),
         (
             "Default review policy",
             f"`quorum` {policy.quorum}, `capability` `{policy.capability}`, `max_reworks` {policy.max_reworks}, "

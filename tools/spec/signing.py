@@ -27,7 +27,7 @@ from protocol.signing import (
 )
 from protocol.types import TaskRecord
 
-from .cases import BadCase, Cases, keys, wire
+from .cases import T0, BadCase, Cases, keys, wire
 
 __all__ = ["SIGNING_HOW", "signing_vectors"]
 
@@ -38,7 +38,8 @@ SIGNING_HOW = (
     "`mesh.v2.rec\\n` + key + `\\n` + Mesh-Prev + `\\n` + value (`payload_b64`); `headers` must verify, and "
     "every entry of `refused` must not. `writes`: check_write(prev, new, signer, operators, bound) must accept "
     "(`expect` is `ok`) or refuse with a reason starting with `expect` (the text is informative); `bound` "
-    "maps a key to the capabilities it is bound to serve (`*`: any; a key not listed is not held)."
+    "maps a key to the capabilities it is bound to serve (`*`: any; a key not listed is not held); `stored_at` "
+    "is when the broker stored the write (its Nats-Time-Stamp, Unix seconds)."
 )
 
 
@@ -159,7 +160,7 @@ def signing_vectors(cases: Cases) -> dict[str, Any]:
         }
 
     def write(case: dict[str, Any]) -> dict[str, Any]:
-        keys(case, ("name", "chain", "expect"), ("set", "stamp"))
+        keys(case, ("name", "chain", "expect"), ("set", "stamp", "stored_at"))
         steps = _chain(cases, seeds, case["chain"])
         if len(steps) < 2:
             raise BadCase("a chain of two writes at least: the last is checked over the one before")
@@ -173,8 +174,9 @@ def signing_vectors(cases: Cases) -> dict[str, Any]:
         }
         if changes:
             new = msgspec.convert({**msgspec.to_builtins(new), **changes}, TaskRecord)
+        stored_at = T0 + float(case["stored_at"]) if "stored_at" in case else new.updated
         try:
-            check_write(prev, new, signer.public_key, operators=operators, bound=bound)
+            check_write(prev, new, signer.public_key, operators=operators, bound=bound, stored_at=stored_at)
             got = "ok"
         except Forged as exc:
             got = exc.why
@@ -185,6 +187,7 @@ def signing_vectors(cases: Cases) -> dict[str, Any]:
             "prev": wire(prev),
             "new": wire(new),
             "signer": signer.public_key,
+            "stored_at": stored_at,
             "expect": "ok" if got == "ok" else {"refused": got},
         }
 
