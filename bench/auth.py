@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
                 f"block {block + 1}/{sizes['blocks']}: p50 off {dist_ms(lat['off'])['p50']:.2f} ms, "
                 f"on {dist_ms(lat['on'])['p50']:.2f} ms; rate off {rates['off'][-1]:.0f}/s, on {rates['on'][-1]:.0f}/s",
             )
+        late = await _late_reader(meshes["on"], sizes["late"])
     finally:
         for mesh in meshes.values():
             await mesh.close()
@@ -103,17 +105,40 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
         "ratio_rate_on_off": ratio(spread(rates["on"])["median"], spread(rates["off"])["median"]),
         "paired_ratio_p50_on_off": spread(paired["p50"]),
         "paired_ratio_rate_on_off": spread(paired["rate"]),
+        "late_reader_ms": late,
         "sizes": sizes,
     }
+
+
+async def _late_reader(mesh: Any, n: int) -> dict[str, Any]:
+    """What a reader pays for a write that does not follow the last revision it read (a
+    reviewer or a view joining a task late, a party that missed writes): it checks the
+    writes before it, from the archive, first (PROTOCOL.md 6.23). Measured on ``n`` of
+    the finished echo tasks (one write each: a walk of one archived write and the
+    answer that none follows): the walk with its verification, against verifying the
+    same write as a party that holds the revision before it."""
+    walk: list[float] = []
+    plain: list[float] = []
+    for key, value, headers, revision in (await mesh.bus.task_writes())[:n]:
+        task_id = mesh.names.parse_task_key(key)
+        mesh.bus.trust = mesh.bus.trust.fresh()  # nothing of the task read yet
+        start = time.perf_counter()
+        await mesh.bus._verified_after_the_writes_between(task_id, revision, value, headers)
+        walk.append(time.perf_counter() - start)
+        reader = mesh.bus.trust.fresh()
+        start = time.perf_counter()
+        reader.admit(task_id, key, revision, value, headers)
+        plain.append(time.perf_counter() - start)
+    return {"writes_per_task": 1, "archive_walk": dist_ms(walk), "verify_only": dist_ms(plain)}
 
 
 def main(quick: bool = False, sizes: dict[str, int] | None = None) -> dict[str, Any]:
     from mesh.identity import ensure_keys
 
     sizes = sizes or (
-        {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16}
+        {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16, "late": 10}
         if quick
-        else {"warmup": 20, "blocks": 20, "sequential": 100, "concurrent": 500, "inflight": 64}
+        else {"warmup": 20, "blocks": 20, "sequential": 100, "concurrent": 500, "inflight": 64, "late": 500}
     )
     with tempdir() as d:
         seeds = ensure_keys(d / "keys", {"echo1": "agent", "bench-client": "client"})
