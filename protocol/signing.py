@@ -347,6 +347,12 @@ def check_write(
         return
     if new.owner_key != prev.owner_key:
         raise refuse("the owner's key changed without a claim")
+    if (new.ticket, new.item_lease_s) != (prev.ticket, prev.item_lease_s) and not (
+        new.state == "open" and new.ticket is None and new.item_lease_s is None
+    ):
+        # Only a claim sets them (a task back in its queue has none): an owner that
+        # named another item, or a longer lease, would keep its task from a takeover.
+        raise refuse("the work item or its lease changed without a claim")
     if new.state == "cancelled":
         if signer != prev.requester_key and signer not in operators:
             raise refuse(f"only the requester ({prev.requester}) or an operator cancels")
