@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 
 from protocol import (
+    TERMINAL_STATES,
     AgentCard,
     Approve,
     Budget,
@@ -407,6 +408,16 @@ class Mesh:
             if (event.state, event.epoch, event.at) not in shown[event.task]:
                 out.add((event.task, event.at, event.kind))
         return out
+
+    async def forged_end(self, event: TaskEvent) -> bool:
+        """Whether ``event`` ends its task (done, failed, cancelled) though no verified
+        write of the task shows that end: a forged event, which anyone who writes tasks
+        may publish (events are unsigned). Checked for ends only, where a false event
+        would pass off a result (one archive walk and one read each); False in a mesh
+        without identities."""
+        if event.state not in TERMINAL_STATES or event.kind == "created":
+            return False
+        return bool(await self.unbacked([event]))
 
     async def history(self, root: str | None) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""

@@ -12,9 +12,13 @@ any party's write is. The broker accepts it; what is tested is that nobody acts 
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -571,7 +575,7 @@ async def test_a_squatted_message_id_does_not_drop_the_real_message(
 
 
 async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
-    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, tmp_path: Path
 ) -> None:
     """Once a finished record has left the bucket, its reader takes the last write of
     the broker's archive that verifies, never a terminal event (events are unsigned,
@@ -615,6 +619,20 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
         shown = render.trace(await mesh_client.tree(task.id), events, (), unbacked)
         marked = [line for line in shown.splitlines() if "UNBACKED" in line]
         assert len(marked) == 1 and "by mallory" in marked[0], shown
+        # Event followers check every end against the verified writes: `mesh watch`
+        # marks the forged one, and the OTel exporter leaves it out (Mesh.forged_end).
+        real_end = next(e for e in events if e.task == task.id and e.state == "done" and e.actor == "alice")
+        assert await mesh_client.forged_end(event) and not await mesh_client.forged_end(real_end)
+        out = tmp_path / "watch.out"
+        watcher = _watch(task.root, keys.broker.url, keys.seed("carol", "client"), out)
+        try:
+            await wait_for(lambda: "by mallory" in out.read_text(), timeout=30, what="mesh watch to print the events")
+        finally:
+            watcher.terminate()
+            watcher.wait(10)
+        lines = out.read_text().splitlines()
+        assert [line for line in lines if "UNBACKED" in line] == [line for line in lines if "by mallory" in line], lines
+        assert any("-> done" in line and "by alice" in line for line in lines), lines
         olive = await keys.connect("olive", "client")
         for reader in (carol, olive):  # one that followed it, and a fresh one
             got = await reader.get(task.id)
@@ -638,6 +656,59 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
         assert (await mesh_client.get(task.id)).result == "the real result"
     finally:
         await carol.close()
+
+
+async def test_the_otel_exporter_leaves_out_an_end_no_verified_write_shows(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any
+) -> None:
+    """Events are unsigned (attack 22): a forged end published while a task is worked
+    would be exported as the task's span, with the record it carries. The exporter
+    checks every end against the verified writes and leaves it out; the real end makes
+    the task's one span."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mesh.otel import export_task_spans, task_span_sink
+
+    carol, task = await working_task(agent_procs, mesh_client, keys)
+    mallory = await forger()
+    record, *_ = await mallory.current(task.id)
+    forged = msgspec.structs.replace(record, state="done", result="forged", owner="mallory", author="mallory")
+    event = TaskEvent(
+        kind="finish",
+        task=task.id,
+        root=task.root,
+        capability=task.capability,
+        actor="mallory",
+        epoch=record.epoch,
+        state="done",
+        at=time.time(),
+        record=forged,
+    )
+    await mallory.js.publish(
+        NAMES.event_subject(task.root, task.id, "finish"), encode(event), headers={"Nats-Msg-Id": "forged-otel"}
+    )
+    memory = InMemorySpanExporter()
+    sink = task_span_sink(memory)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: export_task_spans(mesh_client, sink, history=True))
+        await finishes_honestly(carol, task)
+        await wait_for(lambda: memory.get_finished_spans(), timeout=30, what="the task's span")
+        tg.cancel_scope.cancel()
+    sink.close()
+    spans = [s for s in memory.get_finished_spans() if (s.attributes or {}).get("mesh.task.id") == task.id]
+    assert [(s.attributes or {}).get("mesh.task.owner") for s in spans] == ["alice"], spans
+    await carol.close()
+
+
+def _watch(root: str, server: str, seed: Path, out: Path) -> subprocess.Popen[bytes]:
+    """`mesh watch` of one task tree's stored and live events, as the key ``seed``."""
+    with open(out, "wb") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mesh", "watch", "--history", "--root", root, "--server", server],
+            stdout=f,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "MESH_NKEY": str(seed)},
+        )
 
 
 async def test_an_archive_that_is_not_the_brokers_copy_is_not_read(broker: Any, keys: Keys, forger: Any) -> None:

@@ -708,7 +708,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 f"watching {'task tree ' + args.root if args.root else 'all events'} (Ctrl-C to stop)", file=sys.stderr
             )
             async for event in mesh.events(root=args.root, history=args.history):
-                print(render.event_line(event), flush=True)
+                print(render.event_line(event, unbacked=await mesh.forged_end(event)), flush=True)
         finally:
             await mesh.close()
         return 0

@@ -50,11 +50,16 @@ def agents_table(cards: list[AgentCard], *, now: float) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def event_line(e: TaskEvent) -> str:
+#: how an event no verified write backs is shown (events are unsigned: a false trace)
+UNBACKED = "UNBACKED: no verified write shows it"
+
+
+def event_line(e: TaskEvent, *, unbacked: bool = False) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at * 1000) % 1000:03d}"
     reason = f" ({e.reason})" if e.reason else ""
     note = f"  {_short(e.note, 60)}" if e.note else ""
-    return f"{clock} {e.task} {e.kind:9} -> {e.state}{reason}  {e.capability} by {e.actor} epoch {e.epoch}{note}"
+    false = f"  {UNBACKED}" if unbacked else ""
+    return f"{clock} {e.task} {e.kind:9} -> {e.state}{reason}  {e.capability} by {e.actor} epoch {e.epoch}{note}{false}"
 
 
 def trace(
@@ -93,7 +98,7 @@ def trace(
             reason = f" ({e.reason})" if e.reason else ""
             note = f"  {_short(e.note, 50)}" if e.note else ""
             # Events are unsigned: one that no verified write backs is a false trace.
-            false = "  UNBACKED: no verified write shows it" if (e.task, e.at, e.kind) in unbacked else ""
+            false = f"  {UNBACKED}" if (e.task, e.at, e.kind) in unbacked else ""
             lines.append(
                 f"  +{(e.at - t0) * 1000:7.1f} ms  {e.task} {e.kind:9} -> {e.state}{reason} by {e.actor}{note}{false}"
             )
