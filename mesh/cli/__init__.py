@@ -308,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _server(p)
 
-    p = sub.add_parser("watch", help="print events live")
+    p = sub.add_parser(
+        "watch",
+        help="print events live",
+        description="Print the mesh's events as they come. With identities, an end (done, failed, "
+        "cancelled) that no verified write of its task shows is marked UNBACKED: events are unsigned.",
+    )
     p.add_argument("--root", default=None, help="only this task tree")
     p.add_argument("--history", action="store_true", help="print stored events first")
     _server(p)
