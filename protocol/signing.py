@@ -306,7 +306,11 @@ def check_write(
 ) -> None:
     """Refuse (:class:`Forged`) a write of ``new`` over ``prev`` (None: the key's first
     write, whose previous revision was the work item's record) that ``signer``'s key
-    could not make. ``operators``: the operators' keys, who may cancel any task."""
+    could not make. ``operators``: the operators' keys, who may cancel any task;
+    ``bound``: the capabilities the keys the reader knows are bound to (a claim, a vote
+    or a review slot counts only from a key bound to its capability); ``stored_at``:
+    when the broker stored the write (its ``Nats-Time-Stamp``, Unix seconds), by which a
+    takeover and an end at the deadline are dated."""
 
     def refuse(why: str) -> Forged:
         return Forged(why, signer=signer)
