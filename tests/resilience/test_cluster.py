@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mesh.bus import Settings
+from mesh.bus import Settings, Unavailable
 from mesh.client import Mesh
 from mesh.process import spawn_agent
 from mesh.testing import Cluster, wait_for, write_brief
@@ -59,9 +59,16 @@ async def test_losing_one_node_of_three_loses_nothing(cluster: Cluster, tmp_path
             )
 
         async def joined() -> bool:
-            return {c.id for c in await mesh.agents()} == {"k1", "k2"}
+            try:
+                return {c.id for c in await mesh.agents()} == {"k1", "k2"}
+            except Unavailable:  # a replicated stream electing its leader answers 503 a while
+                return False
 
-        await wait_for(joined, timeout=30, what="agents to join through the cluster")
+        try:
+            await wait_for(joined, timeout=60, what="agents to join through the cluster")
+        except AssertionError as exc:  # say why: the agents' own words
+            logs = {p.agent_id: p.log_path.read_text()[-1500:] for p in procs if p.log_path is not None}
+            raise AssertionError(f"{exc}; agents' logs: {logs}") from None
         records = [await mesh.submit("job", f"job {i}", claim_timeout_s=30) for i in range(40)]
 
         async def some_done() -> bool:
