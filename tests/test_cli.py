@@ -339,10 +339,15 @@ async def test_watch_prints_events_live(
 
         await wait_for(watching, what="mesh watch to connect")
 
-        # The connection comes before the consumer: watch until a probe task shows up.
+        # The connection comes before the consumer: watch until a probe task shows up
+        # (any of them: an end is printed once checked against the verified writes, a
+        # moment after its requester has seen it).
+        probes: list[str] = []
+
         async def probe_seen() -> bool:
-            probe = await mesh_client.run("echo", "probe")
-            return f"{probe.id} finish" in log_path.read_text()
+            probes.append((await mesh_client.run("echo", "probe")).id)
+            text = log_path.read_text()
+            return any(f"{probe} finish" in text for probe in probes)
 
         await wait_for(probe_seen, what="mesh watch to print a probe task")
         record = await mesh_client.run("echo", "watch me")
