@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import datetime
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,10 @@ from protocol import (
     verify,
 )
 
-__all__ = ["Trust", "Link", "Gap", "load_trust", "stored_time"]
+__all__ = ["Trust", "Link", "Gap", "KeysDirectory", "load_trust", "stored_time"]
 
+#: the least time between two readings of the keys directory for keys it did not name
+KEYS_REREAD_S = 5.0
 #: tasks whose last verified revision a reader keeps (a few hundred bytes each)
 CHAIN_CAPACITY = 4096
 #: digests of a task's earlier revisions kept to name a replay as one
@@ -62,6 +66,7 @@ class Trust:
         *,
         bound: Bindings | None = None,
         capacity: int | None = CHAIN_CAPACITY,
+        keys: KeysDirectory | None = None,
     ) -> None:
         self.signer = signer
         #: keys that may cancel any task
@@ -69,6 +74,8 @@ class Trust:
         #: the capabilities the keys this process knows of are bound to: a claim or a
         #: review counts only from a key bound to its capability (None: nobody held)
         self.bound = bound
+        #: where operators and bindings are read from, again when an unknown key signs
+        self.keys = keys
         #: tasks whose last verified revision is kept (None: every task read)
         self.capacity = capacity
         self._chain: collections.OrderedDict[str, Link] = collections.OrderedDict()
@@ -82,7 +89,7 @@ class Trust:
     def fresh(self) -> Trust:
         """The same keys with no revision verified yet: to verify a task's whole
         history (the archive) as a party that saw every write would."""
-        return Trust(self.signer, self.operators, bound=self.bound, capacity=self.capacity)
+        return Trust(self.signer, self.operators, bound=self.bound, capacity=self.capacity, keys=self.keys)
 
     def last(self, task_id: str) -> Link | None:
         return self._chain.get(task_id)
@@ -163,6 +170,8 @@ class Trust:
             raise Forged("an unsigned write in a mesh with identities")
         verify(signature, key, value)
         self.verified += 1
+        if self.keys is not None and self.keys.unknown(signature.signer):
+            self.operators, self.bound = self.keys.read()
         record = decode_record(value)
         stored_at = stored_time(headers)
         if link is None:
@@ -227,6 +236,35 @@ class Gap(Exception):
         self.revision = revision
 
 
+class KeysDirectory:
+    """The ``.pub`` files beside a process's seed: the operators' keys and every known
+    key's binding. Read at start, and again (at most every :data:`KEYS_REREAD_S`) when
+    a key signs that none of them names: a key added since is held to its binding
+    without a restart, once its ``.pub`` is copied here."""
+
+    def __init__(self, directory: Path, own: str, own_role: str | None) -> None:
+        self.directory, self.own, self.own_role = directory, own, own_role
+        self._known: frozenset[str] = frozenset()
+        self._read_at = -math.inf
+
+    def unknown(self, key: str) -> bool:
+        return key not in self._known and time.monotonic() - self._read_at >= KEYS_REREAD_S
+
+    def read(self) -> tuple[frozenset[str], dict[str, tuple[str, ...]]]:
+        """The operators' keys, and the capabilities each bound key is bound to."""
+        from .identity import list_keys
+
+        known = list_keys(self.directory)
+        self._known = frozenset(k.public_key for k in known) | {self.own}
+        self._read_at = time.monotonic()
+        operators = {k.public_key for k in known if k.role == "operator"}
+        if self.own_role == "operator":
+            operators.add(self.own)
+        # An operator's key, and one bound before bindings existed (no `serves`), take anything.
+        bound = {k.public_key: k.serves for k in known if k.role != "operator" and k.serves is not None}
+        return frozenset(operators), bound
+
+
 def load_trust(nkey: str | Path | None) -> Trust:
     """The trust of a process connecting with the seed file ``nkey`` (None: a mesh
     without identities), from the ``.pub`` files beside the seed (the keys directory):
@@ -234,13 +272,10 @@ def load_trust(nkey: str | Path | None) -> Trust:
     capabilities each known key is bound to (PROTOCOL.md 6.22, 6.23)."""
     if nkey is None:
         return Trust()
-    from .identity import list_keys, load_seed
+    from .identity import load_seed
 
     identity = load_seed(nkey)
-    known = list_keys(Path(nkey).parent)
-    operators = {k.public_key for k in known if k.role == "operator"}
-    if identity.role == "operator":
-        operators.add(identity.public_key)
-    # An operator's key, and one bound before bindings existed (no `serves`), take anything.
-    bound = {k.public_key: k.serves for k in known if k.role != "operator" and k.serves is not None}
-    return Trust(signing_key(identity.seed), frozenset(operators), bound=bound)
+    signer = signing_key(identity.seed)
+    keys = KeysDirectory(Path(nkey).parent, signer.public_key, identity.role)
+    operators, bound = keys.read()
+    return Trust(signer, operators, bound=bound, keys=keys)

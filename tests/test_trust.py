@@ -3,13 +3,16 @@ checked against the revision it replaced, never on what its record alone shows."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import nkeys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.trust import Gap, Trust
+from mesh.identity import load_seed, new_key
+from mesh.trust import Gap, Trust, load_trust
 from protocol import (
     Claim,
     Finish,
@@ -119,3 +122,21 @@ def test_a_partys_end_over_an_unreadable_first_write_is_taken_in_a_replay() -> N
         reader.admit("T1", KEY, 1, garbage, sign(FORGER, KEY, "", garbage), replaced="")
     record = reader.admit("T1", KEY, 2, value, sign(OWNER, KEY, digest(garbage), value), replaced=digest(garbage))
     assert (record.state, record.reason, record.owner_key) == ("failed", "error", OWNER.public_key)
+
+
+def test_a_key_added_since_start_is_held_to_its_binding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bindings are read from the `.pub` files beside the seed at start, and again when a
+    key none of them names signs (at most every few seconds: here at once): a key added
+    later, bound elsewhere, claims nothing."""
+    monkeypatch.setattr("mesh.trust.KEYS_REREAD_S", 0.0)
+    keys = tmp_path / "keys"
+    new_key(keys, "carol", "client")
+    reader = load_trust(keys / "carol.nk")
+    opened = stamp(
+        None, new_task(task_id="T1", capability="echo", instruction="x", requester="c", now=1.0), REQUESTER.public_key
+    )
+    new_key(keys, "late", "agent", serves=["translate"])
+    late = signing_key(load_seed(keys / "late.nk").seed)
+    claimed = encode(stamp(opened, apply(opened, Claim(actor="late", ticket=7), 2.0), late.public_key))
+    with pytest.raises(Forged, match="a claim of echo by a key not bound to it"):
+        reader.admit("T1", KEY, 1, claimed, sign(late, KEY, "", claimed))
