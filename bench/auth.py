@@ -93,6 +93,7 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
                 f"on {dist_ms(lat['on'])['p50']:.2f} ms; rate off {rates['off'][-1]:.0f}/s, on {rates['on'][-1]:.0f}/s",
             )
         late = await _late_reader(meshes["on"], sizes["late"])
+        following = await _event_follower(auth_url, client_seed, meshes["on"], sizes)
     finally:
         for mesh in meshes.values():
             await mesh.close()
@@ -106,6 +107,7 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
         "paired_ratio_p50_on_off": spread(paired["p50"]),
         "paired_ratio_rate_on_off": spread(paired["rate"]),
         "late_reader_ms": late,
+        "event_follower": following,
         "sizes": sizes,
     }
 
@@ -130,6 +132,51 @@ async def _late_reader(mesh: Any, n: int) -> dict[str, Any]:
         reader.admit(task_id, key, revision, value, headers)
         plain.append(time.perf_counter() - start)
     return {"writes_per_task": 1, "archive_walk": dist_ms(walk), "verify_only": dist_ms(plain)}
+
+
+async def _event_follower(auth_url: str, client_seed: Path, mesh: Any, sizes: dict[str, int]) -> dict[str, Any]:
+    """What checking every event costs a follower that shows or exports them (`mesh
+    watch`, the OTel exporter: :class:`mesh.backing.Backing`), while a burst of tasks
+    runs: the time from an event's arrival to its verdict, and how many events had to
+    be looked up in the archive (their write not yet verified from the republished
+    ones). A second connection, as a separate `mesh watch` would have."""
+    from mesh.client import Mesh
+    from mesh.settings import Settings
+
+    settings = dataclasses.replace(Settings.from_env(), nkey=str(client_seed))
+    follower = await Mesh.connect(auth_url, client_id="bench-client", settings=settings)
+    checks: list[float] = []
+    unbacked = 0
+    try:
+        async with follower.backing() as backing, anyio.create_task_group() as tg:
+            events = follower.events()
+
+            async def check() -> None:
+                nonlocal unbacked
+                async for event in events:
+                    start = time.perf_counter()
+                    unbacked += not await backing.backed(event)
+                    checks.append(time.perf_counter() - start)
+
+            tg.start_soon(check)
+            burst = await mesh_concurrent(mesh, sizes["late"], sizes["inflight"])
+            with anyio.move_on_after(10):
+                seen = -1
+                while len(checks) != seen:  # until the events stop coming
+                    seen = len(checks)
+                    await anyio.sleep(0.5)
+            tg.cancel_scope.cancel()
+        looked_up = backing.looked_up
+    finally:
+        await follower.close()
+    return {
+        "tasks": sizes["late"],
+        "events": len(checks),
+        "unbacked": unbacked,
+        "looked_up_in_archive": looked_up,
+        "check": dist_ms(checks),
+        "burst_rate_per_s": burst["rate"],
+    }
 
 
 def main(quick: bool = False, sizes: dict[str, int] | None = None) -> dict[str, Any]:

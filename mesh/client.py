@@ -20,7 +20,6 @@ import anyio
 import anyio.abc
 
 from protocol import (
-    TERMINAL_STATES,
     AgentCard,
     Approve,
     Budget,
@@ -47,6 +46,7 @@ from protocol import (
     traceparent,
 )
 
+from .backing import Backing
 from .bus import Bus, CorruptRecord, MeshError, NotFound, Settings, Unavailable
 from .defaults import DEFAULT_SERVER, default_server
 from .follow import OnRecord, create_and_wait, wait_terminal
@@ -389,7 +389,8 @@ class Mesh:
         task backs: an event repeats the state, epoch and time of the write it follows,
         and events are unsigned, so one that no valid write shows is a false trace.
         ``created`` events are left out (an open task's first write may be still to
-        come). Empty in a mesh without identities (nothing is verified there)."""
+        come). Empty in a mesh without identities (nothing is verified there). One
+        archive walk per task: to check events as they come, use :meth:`backing`."""
         if not self.bus.trust.signed:
             return set()
         shown: dict[str, set[tuple[str, int, float]]] = {}
@@ -398,26 +399,27 @@ class Mesh:
             if event.kind == "created":
                 continue
             if event.task not in shown:
-                writes: set[tuple[str, int, float]] = {
-                    (r.state, r.epoch, r.updated) for r in await self.bus.archived_chain(event.task)
-                }
-                with contextlib.suppress(NotFound, CorruptRecord):  # the archive's copy may lag the bucket
-                    live, _ = await self.bus.read(event.task)
-                    writes.add((live.state, live.epoch, live.updated))
-                shown[event.task] = writes
+                shown[event.task] = await self.shown_by_verified_writes(event.task)
             if (event.state, event.epoch, event.at) not in shown[event.task]:
                 out.add((event.task, event.at, event.kind))
         return out
 
-    async def forged_end(self, event: TaskEvent) -> bool:
-        """Whether ``event`` ends its task (done, failed, cancelled) though no verified
-        write of the task shows that end: a forged event, which anyone who writes tasks
-        may publish (events are unsigned). Checked for ends only, where a false event
-        would pass off a result (one archive walk and one read each); False in a mesh
-        without identities."""
-        if event.state not in TERMINAL_STATES or event.kind == "created":
-            return False
-        return bool(await self.unbacked([event]))
+    async def shown_by_verified_writes(self, task_id: str) -> set[tuple[str, int, float]]:
+        """(state, epoch, updated) of each verified write of the task: those the archive
+        holds, checked in order, and the bucket's (the archive's copy may lag it)."""
+        writes: set[tuple[str, int, float]] = {
+            (r.state, r.epoch, r.updated) for r in await self.bus.archived_chain(task_id)
+        }
+        with contextlib.suppress(NotFound, CorruptRecord):
+            live, _ = await self.bus.read(task_id)
+            writes.add((live.state, live.epoch, live.updated))
+        return writes
+
+    def backing(self) -> contextlib.AbstractAsyncContextManager[Backing]:
+        """Check events as they come (``async with mesh.backing() as backing: ...
+        await backing.backed(event)``): every write the broker republishes meanwhile is
+        verified as it comes, so an event's check seldom reads the archive."""
+        return Backing.following(self)
 
     async def history(self, root: str | None) -> list[TaskEvent]:
         """All stored events of one task tree (or of the whole mesh), in order."""

@@ -176,11 +176,14 @@ class Gateway:
 
         async def report() -> None:
             assert progress is not None
-            async for event in self.mesh.events(root=record.root):
-                if event.task == record.id and event.state in TERMINAL_STATES:
-                    continue  # said below, once
-                told[0] += 1
-                await progress(told[0], describe(event))
+            async with self.mesh.backing() as backing:
+                async for event in self.mesh.events(root=record.root):
+                    if event.task == record.id and event.state in TERMINAL_STATES:
+                        continue  # said below, once
+                    if not await backing.backed(event):
+                        continue  # events are unsigned: one no verified write shows is nobody's word
+                    told[0] += 1
+                    await progress(told[0], describe(event))
 
         async with anyio.create_task_group() as tg:
             if progress is not None:
@@ -205,11 +208,13 @@ class Gateway:
         tree = await self.mesh.tree(task_id)
         ids = {r.id for _, r in tree}
         events = [e for e in await self.mesh.history(root.root) if e.task in ids]
+        unbacked = await self.mesh.unbacked(events)
         return {
             "tasks": [{"depth": depth, **summary(r)} for depth, r in tree],
             "events": [
                 {"at": e.at, "task": e.task, "kind": e.kind, "actor": e.actor, "state": e.state, "note": e.note}
                 | ({"reason": e.reason} if e.reason else {})
+                | ({"unbacked": True} if (e.task, e.at, e.kind) in unbacked else {})
                 for e in events
             ],
         }

@@ -92,7 +92,8 @@ def build(gateway: Gateway, *, name: str = "agent-mesh") -> MCPServer:
 
     @server.tool()
     async def trace(task: str) -> dict[str, Any]:
-        """A task's tree (its subtasks, owners, states, results) and its events, in order."""
+        """A task's tree (its subtasks, owners, states, results) and its events, in order; an
+        event no verified write backs (events are unsigned) is marked `"unbacked": true`."""
         return await guarded(gateway.trace(task))  # type: ignore[no-any-return]
 
     @server.tool()

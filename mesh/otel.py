@@ -19,6 +19,7 @@ missing) is a warning; the agent works on, without spans.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -31,6 +32,8 @@ import structlog
 from .spans import SpanBuilder, TaskSpan, span_ids
 
 if TYPE_CHECKING:
+    from protocol import TaskEvent
+
     from .client import Mesh
 
 __all__ = [
@@ -347,31 +350,43 @@ async def export_task_spans(
     """Follow the events stream (``history``: every stored event first) and send one
     span per task that ends, until cancelled. A parent task whose span id was not seen
     in the stream (it started before we followed) is read from the mesh."""
+    builder = SpanBuilder()
+    async with mesh.backing() as backing:
+        async for event in mesh.events(history=history):
+            if not await backing.backed(event):
+                # Events are unsigned: one no verified write shows would be exported as
+                # the task's (an end with whatever record it carries, a claim by anyone).
+                # Left out; the real ones follow.
+                log.warning("an event no verified write shows: not exported", task=event.task, actor=event.actor)
+                continue
+            await _export(mesh, builder, event, sink, on_span)
+
+
+async def _export(
+    mesh: Mesh,
+    builder: SpanBuilder,
+    event: TaskEvent,
+    sink: TaskSpanSink,
+    on_span: Callable[[TaskSpan], None] | None,
+) -> None:
     from protocol import RemoteProtocolError
 
     from .bus import MeshError
 
-    builder = SpanBuilder()
-    async for event in mesh.events(history=history):
-        if await mesh.forged_end(event):
-            # Events are unsigned: an end no verified write shows would be exported as
-            # the task's, with whatever record it carries. Left out; the real end follows.
-            log.warning("an end no verified write shows: not exported", task=event.task, actor=event.actor)
-            continue
-        for span in builder.feed(event):
-            if not span.whole:
-                await _complete(mesh, span)
-            if span.parent_task is not None and span.parent_span_id is None:
-                try:
-                    parent = await mesh.get(span.parent_task, root=span.root)
-                except (MeshError, RemoteProtocolError) as exc:
-                    log.info("parent task not found: its child's span is a root", task=span.task, error=str(exc))
-                else:
-                    ids = span_ids(parent.trace)
-                    span.parent_span_id = None if ids is None else ids[1]
-            sink.emit(span)
-            if on_span is not None:
-                on_span(span)
+    for span in builder.feed(event):
+        if not span.whole:
+            await _complete(mesh, span)
+        if span.parent_task is not None and span.parent_span_id is None:
+            try:
+                parent = await mesh.get(span.parent_task, root=span.root)
+            except (MeshError, RemoteProtocolError) as exc:
+                log.info("parent task not found: its child's span is a root", task=span.task, error=str(exc))
+            else:
+                ids = span_ids(parent.trace)
+                span.parent_span_id = None if ids is None else ids[1]
+        sink.emit(span)
+        if on_span is not None:
+            on_span(span)
 
 
 async def _complete(mesh: Mesh, span: TaskSpan) -> None:
@@ -390,11 +405,14 @@ async def _complete(mesh: Mesh, span: TaskSpan) -> None:
             error=str(exc),
         )
         return
-    again = SpanBuilder()
+    events = []
     for data in stored:
-        try:
-            event = decode_event(data)
-        except RemoteProtocolError:
+        with contextlib.suppress(RemoteProtocolError):
+            events.append(decode_event(data))
+    unbacked = await mesh.unbacked(events)  # one archive walk, with identities
+    again = SpanBuilder()
+    for event in events:
+        if (event.task, event.at, event.kind) in unbacked:
             continue
         for whole in again.feed(event):
             if whole.task == span.task:

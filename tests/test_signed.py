@@ -619,10 +619,13 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
         shown = render.trace(await mesh_client.tree(task.id), events, (), unbacked)
         marked = [line for line in shown.splitlines() if "UNBACKED" in line]
         assert len(marked) == 1 and "by mallory" in marked[0], shown
-        # Event followers check every end against the verified writes: `mesh watch`
-        # marks the forged one, and the OTel exporter leaves it out (Mesh.forged_end).
+        # Event followers check every event against the verified writes: `mesh watch`
+        # marks the forged one, and the OTel exporter leaves it out (Mesh.backing: a
+        # stored event's write is looked up in the archive).
         real_end = next(e for e in events if e.task == task.id and e.state == "done" and e.actor == "alice")
-        assert await mesh_client.forged_end(event) and not await mesh_client.forged_end(real_end)
+        async with mesh_client.backing() as backing:
+            assert not await backing.backed(event) and await backing.backed(real_end)
+            assert backing.looked_up == 1  # one archive walk for the task's two events
         out = tmp_path / "watch.out"
         watcher = _watch(task.root, keys.broker.url, keys.seed("carol", "client"), out)
         try:
@@ -658,13 +661,30 @@ async def test_a_finished_task_is_read_from_the_archive_not_from_a_forged_event(
         await carol.close()
 
 
-async def test_the_otel_exporter_leaves_out_an_end_no_verified_write_shows(
-    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any
+def _forged_event(of: TaskRecord, kind: str, state: str, epoch: int, **more: Any) -> TaskEvent:
+    """An event of task ``of`` by mallory, which no write of hers backs."""
+    return TaskEvent(
+        kind=kind,
+        task=of.id,
+        root=of.root,
+        capability=of.capability,
+        actor="mallory",
+        epoch=epoch,
+        state=state,  # type: ignore[arg-type]
+        at=time.time(),
+        **more,
+    )
+
+
+async def test_event_followers_leave_out_every_event_no_verified_write_shows(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, forger: Any, tmp_path: Path
 ) -> None:
-    """Events are unsigned (attack 22): a forged end published while a task is worked
-    would be exported as the task's span, with the record it carries. The exporter
-    checks every end against the verified writes and leaves it out; the real end makes
-    the task's one span."""
+    """Events are unsigned (attack 22): forged ones published while a task is worked (a
+    takeover, an end carrying a forged record) would become the task's span, with the
+    forger as its owner, and lines of `mesh watch` like any other. The exporter and
+    `mesh watch` check every event against the verified writes, as the broker
+    republishes them: the exporter leaves the forged ones out, `mesh watch` marks them,
+    and the real ones make the task's one span."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from mesh.otel import export_task_spans, task_span_sink
@@ -672,31 +692,40 @@ async def test_the_otel_exporter_leaves_out_an_end_no_verified_write_shows(
     carol, task = await working_task(agent_procs, mesh_client, keys)
     mallory = await forger()
     record, *_ = await mallory.current(task.id)
+
+    async def publish(event: TaskEvent, msg_id: str) -> None:
+        subject = NAMES.event_subject(task.root, task.id, event.kind)
+        await mallory.js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})
+
+    # One before the followers start (they find it in the stream: the archive decides)...
     forged = msgspec.structs.replace(record, state="done", result="forged", owner="mallory", author="mallory")
-    event = TaskEvent(
-        kind="finish",
-        task=task.id,
-        root=task.root,
-        capability=task.capability,
-        actor="mallory",
-        epoch=record.epoch,
-        state="done",
-        at=time.time(),
-        record=forged,
-    )
-    await mallory.js.publish(
-        NAMES.event_subject(task.root, task.id, "finish"), encode(event), headers={"Nats-Msg-Id": "forged-otel"}
-    )
+    await publish(_forged_event(record, "finish", "done", record.epoch, record=forged), "forged-end")
     memory = InMemorySpanExporter()
     sink = task_span_sink(memory)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: export_task_spans(mesh_client, sink, history=True))
-        await finishes_honestly(carol, task)
-        await wait_for(lambda: memory.get_finished_spans(), timeout=30, what="the task's span")
-        tg.cancel_scope.cancel()
+    out = tmp_path / "watch.out"
+    watcher = _watch(task.root, keys.broker.url, keys.seed("carol", "client"), out)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: export_task_spans(mesh_client, sink, history=True))
+            await wait_for(lambda: "by alice" in out.read_text(), timeout=30, what="mesh watch to print the claim")
+            # ...and one while they follow (the republished writes decide).
+            await publish(_forged_event(record, "claim", "working", record.epoch + 1), "forged-claim")
+            await finishes_honestly(carol, task)
+            await wait_for(lambda: memory.get_finished_spans(), timeout=30, what="the task's span")
+            await wait_for(lambda: "-> done" in out.read_text(), timeout=30, what="mesh watch to print the end")
+            tg.cancel_scope.cancel()
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
     sink.close()
     spans = [s for s in memory.get_finished_spans() if (s.attributes or {}).get("mesh.task.id") == task.id]
     assert [(s.attributes or {}).get("mesh.task.owner") for s in spans] == ["alice"], spans
+    actors = {(e.attributes or {}).get("mesh.actor") for e in spans[0].events}
+    assert "alice" in actors and "mallory" not in actors, spans[0].events
+    lines = out.read_text().splitlines()
+    forged_lines = [line for line in lines if "by mallory" in line]
+    assert len(forged_lines) == 2, lines
+    assert [line for line in lines if "UNBACKED" in line] == forged_lines, lines
     await carol.close()
 
 

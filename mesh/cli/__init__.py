@@ -311,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "watch",
         help="print events live",
-        description="Print the mesh's events as they come. With identities, an end (done, failed, "
-        "cancelled) that no verified write of its task shows is marked UNBACKED: events are unsigned.",
+        description="Print the mesh's events as they come. With identities, an event that no verified "
+        "write of its task shows (its state, epoch and time) is marked UNBACKED: events are unsigned, "
+        "and anyone who may write tasks may publish one. Every write is verified as the broker "
+        "republishes it; an event whose write was not seen (--history) is looked up in the archive.",
     )
     p.add_argument("--root", default=None, help="only this task tree")
     p.add_argument("--history", action="store_true", help="print stored events first")

@@ -707,8 +707,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(
                 f"watching {'task tree ' + args.root if args.root else 'all events'} (Ctrl-C to stop)", file=sys.stderr
             )
-            async for event in mesh.events(root=args.root, history=args.history):
-                print(render.event_line(event, unbacked=await mesh.forged_end(event)), flush=True)
+            async with mesh.backing() as backing:
+                async for event in mesh.events(root=args.root, history=args.history):
+                    print(render.event_line(event, unbacked=not await backing.backed(event)), flush=True)
         finally:
             await mesh.close()
         return 0
