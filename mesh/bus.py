@@ -1699,12 +1699,22 @@ class Bus:
                 entry = await self.agents.get(self.names.agent_key(agent_id))
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 return None
-        if not entry.value:
+        return self._held_card(agent_id, entry.value)
+
+    def _held_card(self, agent_id: str, value: bytes | None) -> AgentCard | None:
+        """The card stored under ``agent_id``'s key as a reader takes it: None if it does
+        not decode or names another id (the broker lets each key write only its own
+        name's card, not choose what the card says); with identities, what it serves
+        counts only as far as that key is bound to (:meth:`Trust.held_card`)."""
+        if not value:
             return None
         try:
-            return decode_card(entry.value)
+            card = decode_card(value)
         except RemoteProtocolError:
             return None
+        if card.id != agent_id:
+            return None
+        return self.trust.held_card(card)
 
     async def remove_card(self, agent_id: str) -> None:
         """Remove an agent's card now: a delete marker (the bucket keeps one revision a
@@ -1720,9 +1730,10 @@ class Bus:
     async def cards(self) -> list[AgentCard]:
         """Every card in the directory that decodes, by agent id (expired ones are gone)."""
         cards = []
-        for value in await self.snapshot("agent.>", bucket=self.agents):
-            with contextlib.suppress(RemoteProtocolError):  # the directory is informative
-                cards.append(decode_card(value))
+        for key, value in await self.snapshot_keyed("agent.>", bucket=self.agents):
+            card = self._held_card(key.removeprefix("agent."), value)
+            if card is not None:  # the directory is informative: a card that is not one is left out
+                cards.append(card)
         return sorted(cards, key=lambda c: c.id)
 
     async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
@@ -1888,8 +1899,9 @@ class Bus:
                     if entry.operation is not None or not entry.value:
                         yield agent_id, None
                         continue
-                    with contextlib.suppress(RemoteProtocolError):
-                        yield agent_id, decode_card(entry.value)
+                    card = self._held_card(agent_id, entry.value)
+                    if card is not None:
+                        yield agent_id, card
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]

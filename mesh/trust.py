@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol import (
+    AgentCard,
     Bindings,
     Forged,
     SigningKey,
@@ -26,6 +27,7 @@ from protocol import (
     check_write,
     decode_record,
     digest,
+    held_card,
     sign,
     signature_of,
     signing_key,
@@ -106,6 +108,17 @@ class Trust:
         them all, and would otherwise verify them all again once they outnumber
         :data:`CHAIN_CAPACITY`."""
         self.capacity = None
+
+    def held_card(self, card: AgentCard) -> AgentCard:
+        """``card`` as this reader takes it (:func:`protocol.held_card`): what it serves
+        counts only as far as the key of its id is bound to it. Unchanged in a mesh
+        without identities, or for an id no ``.pub`` here names (read again for one, at
+        most every :data:`KEYS_REREAD_S`)."""
+        if self.signer is None or self.keys is None:
+            return card
+        if card.id not in self.keys.names and self.keys.may_reread():
+            self.operators, self.bound = self.keys.read()
+        return held_card(card, self.keys.names.get(card.id), self.bound)
 
     def stamp(self, prev: TaskRecord | None, new: TaskRecord) -> TaskRecord:
         """``new`` with this process's key recorded where its write makes it a party."""
@@ -245,10 +258,15 @@ class KeysDirectory:
     def __init__(self, directory: Path, own: str, own_role: str | None) -> None:
         self.directory, self.own, self.own_role = directory, own, own_role
         self._known: frozenset[str] = frozenset()
+        #: the key of each name (an agent's id, a client's): who may write its card
+        self.names: dict[str, str] = {}
         self._read_at = -math.inf
 
     def unknown(self, key: str) -> bool:
-        return key not in self._known and time.monotonic() - self._read_at >= KEYS_REREAD_S
+        return key not in self._known and self.may_reread()
+
+    def may_reread(self) -> bool:
+        return time.monotonic() - self._read_at >= KEYS_REREAD_S
 
     def read(self) -> tuple[frozenset[str], dict[str, tuple[str, ...]]]:
         """The operators' keys, and the capabilities each bound key is bound to."""
@@ -256,6 +274,7 @@ class KeysDirectory:
 
         known = list_keys(self.directory)
         self._known = frozenset(k.public_key for k in known) | {self.own}
+        self.names = {k.name: k.public_key for k in known}
         self._read_at = time.monotonic()
         operators = {k.public_key for k in known if k.role == "operator"}
         if self.own_role == "operator":

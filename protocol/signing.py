@@ -37,7 +37,7 @@ import msgspec
 from .errors import RemoteProtocolError
 from .machine import TRANSITIONS, takeover_at
 from .names import capability_tokens
-from .types import TERMINAL_STATES, TaskRecord, Vote
+from .types import TERMINAL_STATES, AgentCard, TaskRecord, Vote
 
 if TYPE_CHECKING:
     import nacl.signing
@@ -68,6 +68,7 @@ __all__ = [
     "MAX_CLOCK_SKEW_S",
     "Bindings",
     "ANY_CAPABILITY",
+    "held_card",
     "IMMUTABLE_FIELDS",
 ]
 
@@ -469,6 +470,20 @@ def may_take(bound: Bindings | None, signer: str, capability: str) -> bool:
     bindings ``bound`` know: a key they do not list is not held to any."""
     serves = None if bound is None else bound.get(signer)
     return serves is None or ANY_CAPABILITY in serves or capability in serves
+
+
+def held_card(card: AgentCard, key: str | None, bound: Bindings | None) -> AgentCard:
+    """A directory card as a reader takes it (PROTOCOL.md 6.22 "Bindings"): the broker
+    lets only the key named ``card.id`` write that card, but cannot read what the card
+    claims; its capabilities count only as far as that key (``key``, as the reader
+    knows it) is bound to them, and its public key is that one. ``key`` None: a reader
+    that knows no key of that name takes the card as written."""
+    if key is None:
+        return card
+    serves = tuple(capability for capability in card.serves if may_take(bound, key, capability))
+    if serves == card.serves and card.public_key == key:
+        return card
+    return msgspec.structs.replace(card, serves=serves, public_key=key)
 
 
 def _check_bound_to_take(new: TaskRecord, signer: str, bound: Bindings | None, refuse: _Refuse) -> None:

@@ -176,6 +176,37 @@ async def test_nobody_adds_a_ghost_card(mesh_client: Mesh, attacker: Any) -> Non
     assert await mesh_client.bus.card("ghost") is None and await mesh_client.bus.card("carol") is None
 
 
+async def test_a_card_counts_only_for_what_its_key_is_bound_to(mesh_client: Mesh, attacker: Any, keys: Keys) -> None:
+    """Attack 26: the broker lets an agent write its own card, not choose what it says. A
+    card claiming capabilities its key is not bound to (so that gateways offer them and
+    views show them served), or another key, is read as far as the key's binding goes; a
+    card naming another agent's id under one's own name is no card."""
+    bound_key(keys, "mallory", "agent", ["echo"])
+    mallory = await attacker("mallory")
+    js = mallory.nc.jetstream()
+    alice = load_seed(keys.seed("alice")).public_key
+    await js.publish(card_subject("mallory"), encode(AgentCard(id="alice", serves=("echo",))))
+    olive = await keys.connect("olive", "client")  # a reader that knows mallory's .pub
+    try:
+        assert [c.id for c in await olive.agents()] == [], await olive.agents()
+        claims = AgentCard(id="mallory", serves=("echo", "legal.review"), capacity=999, public_key=alice)
+        await js.publish(card_subject("mallory"), encode(claims))
+        card = await olive.bus.card("mallory")
+        assert card is not None and card.serves == ("echo",), card
+        assert card.public_key == load_seed(keys.seed("mallory")).public_key
+        assert [(c.id, c.serves) for c in await olive.agents()] == [("mallory", ("echo",))]
+        async with anyio.create_task_group() as tg:  # the live directory, as `mesh ui` follows it
+
+            async def first_change() -> None:
+                async for agent_id, change in olive.bus.directory_changes():
+                    assert (agent_id, change and change.serves) == ("mallory", ("echo",))
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(first_change)
+    finally:
+        await olive.close()
+
+
 async def test_a_client_cannot_write_into_the_directory(mesh_client: Mesh, keys: Keys) -> None:
     carol = await keys.connect("carol", "client")
     try:

@@ -17,7 +17,7 @@ import nacl.signing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proto_strategies import records
+from proto_strategies import capabilities, cards, records
 
 from protocol import (
     SIG_HEADER,
@@ -28,6 +28,8 @@ from protocol import (
     check_write,
     digest,
     end_unreadable,
+    held_card,
+    may_take,
     parties,
     sign,
     signature_of,
@@ -162,3 +164,23 @@ def test_an_unreadable_records_end_names_its_writer_so_it_checks_alone(copy: Tas
         check_alone(stamped, KEY.public_key)
     except Forged as exc:
         assert "not a party" not in exc.why, exc
+
+
+@given(
+    card=cards, bound_to=st.none() | st.lists(capabilities | st.just("*"), max_size=3).map(tuple), known=st.booleans()
+)
+def test_a_card_serves_only_what_its_key_is_bound_to(card: Any, bound_to: Any, known: bool) -> None:
+    """A reader takes a card's capabilities as far as the key of its id is bound to them,
+    and the key it knows for the id as the card's; a card of a name it knows no key of
+    is taken as written."""
+    key = KEY.public_key if known else None
+    bound = {} if bound_to is None else {KEY.public_key: bound_to}
+    held = held_card(card, key, bound)
+    if key is None:
+        assert held == card
+        return
+    assert held.public_key == key
+    assert set(held.serves) <= set(card.serves)
+    assert all(may_take(bound, key, c) for c in held.serves)
+    assert [c for c in card.serves if may_take(bound, key, c)] == list(held.serves)
+    assert msgspec.structs.replace(held, serves=card.serves, public_key=card.public_key) == card
