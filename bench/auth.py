@@ -94,6 +94,7 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
             )
         late = await _late_reader(meshes["on"], sizes["late"])
         following = await _event_follower(auth_url, client_seed, meshes["on"], sizes)
+        views = await _view_refresh(auth_url, client_seed, meshes["on"], sizes)
     finally:
         for mesh in meshes.values():
             await mesh.close()
@@ -108,6 +109,7 @@ async def _measure(open_url: str, auth_url: str, client_seed: Path, pids: dict[s
         "paired_ratio_rate_on_off": spread(paired["rate"]),
         "late_reader_ms": late,
         "event_follower": following,
+        "view_refresh_ms": views,
         "sizes": sizes,
     }
 
@@ -179,13 +181,80 @@ async def _event_follower(auth_url: str, client_seed: Path, mesh: Any, sizes: di
     }
 
 
+async def _view_refresh(auth_url: str, client_seed: Path, mesh: Any, sizes: dict[str, int]) -> dict[str, Any]:
+    """What a refresh of `mesh top` costs with identities while tasks run, read two ways
+    on the same broker, each on a fresh connection: ``polling`` reads and verifies the
+    whole tasks bucket every refresh (`mesh top --once`, and the live mode before it
+    followed: the bucket holds every task finished in the last MESH_FINISHED_TTL, here
+    the tens of thousands of the blocks above), ``following`` reads it once and then
+    follows the republished writes, verifying each as it comes (the live mode now, and
+    `mesh ui`). Refreshes every 0.25 s during bursts of tasks."""
+    from mesh.client import Mesh
+    from mesh.settings import Settings
+    from mesh.top import take_snapshot
+    from mesh.ui.board import Board
+    from mesh.ui.feed import follow_mesh
+
+    settings = dataclasses.replace(Settings.from_env(), nkey=str(client_seed))
+    out: dict[str, Any] = {}
+    for mode in ("polling", "following"):
+        records = len(await mesh.bus.task_writes())
+        viewer = await Mesh.connect(auth_url, client_id="bench-client", settings=settings)
+        times: list[float] = []
+        rates: list[float] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                start = time.perf_counter()
+                board = Board()
+                if mode == "following":
+                    await tg.start(follow_mesh, viewer, board)
+                else:
+                    await take_snapshot(viewer)
+                first = time.perf_counter() - start
+                tg.start_soon(_refresh_every, viewer, board if mode == "following" else None, times)
+                with anyio.move_on_after(30):
+                    while len(times) < sizes["refreshes"]:  # bursts until enough refreshes ran
+                        rates.append((await mesh_concurrent(mesh, sizes["late"], sizes["inflight"]))["rate"])
+                tg.cancel_scope.cancel()
+        finally:
+            await viewer.close()
+        out[mode] = {
+            "records_in_bucket": records,
+            "first_picture_s": first,
+            "refresh": dist_ms(times),
+            "burst_rate_per_s": spread(rates),
+        }
+    return out
+
+
+async def _refresh_every(viewer: Any, board: Any, times: list[float]) -> None:
+    from mesh.top import take_snapshot
+
+    while True:
+        start = time.perf_counter()
+        if board is None:
+            await take_snapshot(viewer)
+        else:
+            board.snapshot(time.time())
+        times.append(time.perf_counter() - start)
+        await anyio.sleep(0.25)
+
+
 def main(quick: bool = False, sizes: dict[str, int] | None = None) -> dict[str, Any]:
     from mesh.identity import ensure_keys
 
     sizes = sizes or (
-        {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16, "late": 10}
+        {"warmup": 3, "blocks": 2, "sequential": 10, "concurrent": 40, "inflight": 16, "late": 10, "refreshes": 3}
         if quick
-        else {"warmup": 20, "blocks": 20, "sequential": 100, "concurrent": 500, "inflight": 64, "late": 500}
+        else {
+            "warmup": 20,
+            "blocks": 20,
+            "sequential": 100,
+            "concurrent": 500,
+            "inflight": 64,
+            "late": 500,
+            "refreshes": 10,
+        }
     )
     with tempdir() as d:
         seeds = ensure_keys(d / "keys", {"echo1": "agent", "bench-client": "client"})

@@ -1628,8 +1628,15 @@ class Bus:
     ) -> list[Stored]:
         """:meth:`stored`, each message with its subject, headers and sequence.
 
-        A pull consumer is read until a message says nothing is left after it: counting
-        on a push consumer's totals undercounts while a cluster moves the stream's leader.
+        A pull consumer is read until a message says nothing is left after it (counting
+        on a push consumer's totals undercounts while a cluster moves the stream's
+        leader), or until it reaches the stream's last message as of the start: a busy
+        stream grows while it is read, and a reader slower than its writers would chase
+        the tail for ever. With ``last_per_subject`` (a bucket, one message a key) a key
+        rewritten while it was read moved past that point: one more lap, to the last
+        message as of the end of the first, finds it (a key rewritten again in that lap
+        before it was reached is left to the next read; a view that follows the
+        republished writes has it anyway). Each key once, its newest message.
         """
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
@@ -1648,10 +1655,13 @@ class Bus:
         # The stream may be electing a leader: ask again a few times a second.
         sub = await retry(reader, retry_on=Unavailable, patience_s=patience_s, backoff=Backoff(0.25, 0.25))
         out: list[Stored] = []
+        newest: dict[str, Stored] = {}
         try:
             with translate_errors(f"reading {stream}"):
                 if not (await sub.consumer_info()).num_pending:
                     return out
+                end = (await self.js.stream_info(stream)).state.last_seq
+                laps = 2 if last_per_subject else 1
                 while True:
                     try:
                         batch = await sub.fetch(batch=512, timeout=1.0)
@@ -1659,12 +1669,20 @@ class Bus:
                         if time.monotonic() > deadline:
                             raise Unavailable(f"reading {stream}: stopped after {len(out)} messages") from None
                         continue
-                    out.extend(
-                        Stored(msg.subject, msg.data, dict(msg.headers or {}), msg.metadata.sequence.stream)
-                        for msg in batch
-                    )
-                    if batch and batch[-1].metadata.num_pending == 0:
-                        return out
+                    for msg in batch:
+                        stored = Stored(msg.subject, msg.data, dict(msg.headers or {}), msg.metadata.sequence.stream)
+                        if last_per_subject:
+                            newest[msg.subject] = stored
+                        else:
+                            out.append(stored)
+                    if not batch:
+                        continue
+                    last = batch[-1].metadata
+                    if last.num_pending == 0 or (last.sequence.stream >= end and laps == 1):
+                        return list(newest.values()) if last_per_subject else out
+                    if last.sequence.stream >= end:
+                        laps -= 1
+                        end = (await self.js.stream_info(stream)).state.last_seq
         finally:
             # Delete the reader's consumer now rather than leave it to its inactivity
             # threshold: every `mesh trace` would otherwise leave one behind for a while.

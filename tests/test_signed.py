@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -727,6 +728,41 @@ async def test_event_followers_leave_out_every_event_no_verified_write_shows(
     assert len(forged_lines) == 2, lines
     assert [line for line in lines if "UNBACKED" in line] == forged_lines, lines
     await carol.close()
+
+
+async def test_live_top_follows_the_writes_and_stops_cleanly(
+    agent_procs: AgentProcs, mesh_client: Mesh, keys: Keys, tmp_path: Path
+) -> None:
+    """`mesh top` refreshing (not --once) verifies the writes as they come between its
+    refreshes (Mesh.backing) and shows the task as its verified writes have it; Ctrl-C
+    stops the follower and the loop without a traceback."""
+    carol, task = await working_task(agent_procs, mesh_client, keys, seconds=2.0)
+    out, err = tmp_path / "top.out", tmp_path / "top.err"
+    top = _top(keys.broker.url, keys.seed("carol", "client"), out, err)
+    try:
+        await wait_for(lambda: out.read_text().count("mesh top ") >= 2, timeout=30, what="two views of mesh top")
+        assert task.id in out.read_text(), out.read_text()
+        await finishes_honestly(carol, task)
+        views = out.read_text().count("mesh top ")
+        await wait_for(lambda: out.read_text().count("mesh top ") > views, timeout=30, what="a view after the end")
+    finally:
+        top.send_signal(signal.SIGINT)
+        code = top.wait(20)
+    assert code in (0, 130), (code, err.read_text())
+    assert "Traceback" not in err.read_text(), err.read_text()
+    assert "forged" not in out.read_text().lower(), out.read_text()
+    await carol.close()
+
+
+def _top(server: str, seed: Path, out: Path, err: Path) -> subprocess.Popen[bytes]:
+    """`mesh top` refreshing every 0.2 s, as the key ``seed``."""
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mesh", "top", "--interval", "0.2", "--server", server],
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, "MESH_NKEY": str(seed)},
+        )
 
 
 def _watch(root: str, server: str, seed: Path, out: Path) -> subprocess.Popen[bytes]:

@@ -20,6 +20,7 @@ import pytest
 from mesh.broker import Broker
 from mesh.testing import Keys
 from mesh.ui import PAGE_SIZE, Board, Query, Viewer, offered_actions
+from mesh.ui.board import FINISHED_KEPT, FINISHED_SLACK
 from protocol import AgentCard, Approve, Claim, Finish, ReviewPolicy, TaskRecord, apply, new_task
 
 T0 = 1_700_000_000.0
@@ -102,6 +103,22 @@ def test_flags_are_mesh_tops_analysis_and_the_flagged_filter_shows_them() -> Non
     flags = {r["id"]: r["flags"] for r in update["tasks"]["rows"]}
     assert flags == {stuck.id: ["stuck"], waiting.id: ["overloaded"]}
     assert update["summary"]["stuck"] == 1 and update["summary"]["overloaded"] == ["echo"]
+
+
+def test_the_view_keeps_the_newest_finished_tasks_and_forgets_the_rest_in_batches() -> None:
+    """Forgetting old finished tasks is one pass over the board per FINISHED_SLACK ends
+    (not one per end: on a busy mesh, or a first picture of a bucket of tens of
+    thousands of finished records, that pass on every end made the view quadratic)."""
+    board = Board()
+    ends = FINISHED_KEPT + FINISHED_SLACK
+    for n in range(ends):
+        done = msgspec.structs.replace(_task(n), state="done", updated=1000.0 + n)
+        board.put_record(done, 1)
+    assert len(board.tasks) == ends  # not over the slack yet: nothing forgotten
+    board.put_record(msgspec.structs.replace(_task(ends), state="done", updated=1000.0 + ends), 1)
+    kept = sorted(t.record.updated for t in board.tasks.values())
+    assert len(kept) == FINISHED_KEPT and kept[0] == 1000.0 + ends + 1 - FINISHED_KEPT
+    assert board.summary()["tasks"] == {"done": FINISHED_KEPT}, board.summary()
 
 
 def test_a_card_not_written_for_three_heartbeats_leaves_the_view() -> None:

@@ -962,6 +962,8 @@ def cmd_top(args: argparse.Namespace) -> int:
     import anyio
 
     from ..top import take_snapshot
+    from ..ui.board import Board
+    from ..ui.feed import follow_mesh
     from . import render
 
     async def top() -> int:
@@ -974,12 +976,20 @@ def cmd_top(args: argparse.Namespace) -> int:
             # On a terminal, redraw in place (clear screen, cursor home); piped, append
             # one view per refresh so the output stays a readable log.
             redraw = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-            while True:
-                snap = await take_snapshot(mesh, stuck_after=args.stuck_after, loop_after=args.loop_after)
-                stamp = time.strftime("%H:%M:%S")
-                print(f"{redraw}mesh top  {stamp}  (every {args.interval:g} s; Ctrl-C quits)\n", flush=False)
-                print(render.top_view(snap), end="\n\n", flush=True)
-                await anyio.sleep(args.interval)
+            # Read once, then followed: each refresh costs the writes since the last one,
+            # not a read of the whole bucket (which holds every task finished in the last
+            # MESH_FINISHED_TTL: on a busy mesh, tens of thousands). With identities,
+            # every write is verified as it comes, as `mesh ui` does.
+            board = Board(stuck_after=args.stuck_after, loop_after=args.loop_after)
+            async with anyio.create_task_group() as tg:
+                await tg.start(follow_mesh, mesh, board)
+                while True:
+                    snap = board.snapshot(time.time())
+                    stamp = time.strftime("%H:%M:%S")
+                    print(f"{redraw}mesh top  {stamp}  (every {args.interval:g} s; Ctrl-C quits)\n", flush=False)
+                    print(render.top_view(snap), end="\n\n", flush=True)
+                    await anyio.sleep(args.interval)
+            return 0  # (not reached: the views go on until Ctrl-C)
         finally:
             await mesh.close()
 

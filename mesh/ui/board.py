@@ -19,7 +19,7 @@ from typing import Any
 
 from protocol import AgentCard, TaskRecord, is_terminal
 
-from ..top import analyse
+from ..top import Snapshot, analyse
 
 __all__ = ["Board", "Query", "Viewer", "PAGE_SIZE", "FINISHED_KEPT"]
 
@@ -27,6 +27,9 @@ __all__ = ["Board", "Query", "Viewer", "PAGE_SIZE", "FINISHED_KEPT"]
 PAGE_SIZE = 50
 #: finished tasks the view keeps (the newest), after their records leave the live bucket
 FINISHED_KEPT = 2000
+#: finished tasks beyond FINISHED_KEPT held before the oldest are forgotten, all at once:
+#: forgetting costs a pass over the board, once per this many ends, not once per end
+FINISHED_SLACK = 500
 #: forged writes the page lists (the newest; every party reports each on its error subject)
 FORGED_SHOWN = 20
 #: the task filters a page may ask for
@@ -140,6 +143,8 @@ class Board:
         return True
 
     def _forget_old_finished(self) -> None:
+        if len(self._finished) <= FINISHED_KEPT + FINISHED_SLACK:
+            return
         finished = [t for t in self.tasks.values() if is_terminal(t.record)]
         if len(finished) > FINISHED_KEPT:
             finished.sort(key=lambda t: t.record.updated)
@@ -174,6 +179,15 @@ class Board:
         for agent_id, held in list(self.agents.items()):
             if now - held.seen > 3 * held.card.heartbeat_s + 1.0:
                 self.drop_card(agent_id)
+
+    def snapshot(self, now: float) -> Snapshot:
+        """`mesh top`'s view of what the board holds: its live tasks analysed, with what
+        could not be read, did not decode or failed verification."""
+        live = [t.record for t in self.tasks.values() if not is_terminal(t.record)]
+        agents = sorted((a.card for a in self.agents.values()), key=lambda card: card.id)
+        snap = analyse(now, agents, live, stuck_after=self.stuck_after, loop_after=self.loop_after)
+        snap.unreadable, snap.not_read, snap.forged = list(self.unreadable), list(self.not_read), list(self.forged)
+        return snap
 
     def reflag(self, now: float) -> None:
         """Run `mesh top`'s analysis over the live tasks; re-version the rows whose
