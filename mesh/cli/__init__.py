@@ -354,7 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("id")
     a.add_argument("--reason", action="append", required=True, help="why (repeatable)")
 
-    p = sub.add_parser("top", help="live view of agents and tasks; flags stuck, looping and overloaded work")
+    p = sub.add_parser(
+        "top",
+        help="live view of agents and tasks; flags stuck, looping and overloaded work",
+        description="Show the live agents and tasks, flagging stuck, looping and overloaded work. It reads the "
+        "tasks bucket once (every record verified, with identities), then follows the writes the broker "
+        "republishes, so a refresh costs what changed since the last one; --once reads the whole bucket "
+        "(it holds every task finished in the last MESH_FINISHED_TTL, so that read grows with a busy mesh).",
+    )
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--json", action="store_true", help="with --once: JSON for scripts")
     p.add_argument("--interval", type=parse_duration, default=1.0, help="refresh interval (default 1s)")
